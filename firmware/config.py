@@ -1,0 +1,206 @@
+"""The kit's configuration: one TOML file, validated at start.
+
+Every section forbids unknown keys and describes each field, so a typo in
+/etc/tpskit/config.toml is refused with the key, the value and what is allowed.
+Secrets are never in the file itself: fields ending in ``_file`` name files,
+looked up under ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential) first.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PATH = Path("/etc/tpskit/config.toml")
+
+KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says what and how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KitConfig(Section):
+    """Who this kit is: the TPS it serves."""
+
+    kit_id: str = Field("tpskit-dev", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+                        description="Unique kit name, also the MQTT client id.")
+    kode_wilayah: str = Field("00.00.00.0000", pattern=KODE_WILAYAH_PATTERN,
+                              description="Kemendagri region code provinsi.kabkota.kecamatan.desa, "
+                                          "e.g. 31.71.01.1001.")
+    tps: int = Field(1, ge=1, le=999, description="TPS number within the desa/kelurahan.")
+    dpt: int | None = Field(None, ge=0, le=1000,
+                            description="Registered voters (DPT) of this TPS, if known at provisioning.")
+
+
+class PathsConfig(Section):
+    """Where the kit keeps its data."""
+
+    state_dir: Path = Field(Path("/var/lib/tpskit"),
+                            description="Database, photos and keys. Must survive reboots (never /run or /tmp).")
+    model: Path | None = Field(None, description="Digit model (.tflite); empty = the model shipped in the package.")
+
+
+class CameraConfig(Section):
+    """Camera backend and its fixed settings (chosen by `tpskit calibrate`)."""
+
+    backend: Literal["picamera2", "folder", "v4l2"] = Field(
+        "picamera2", description="picamera2 on the Pi; folder replays images (demo, tests, soak); "
+                                 "v4l2 is a USB camera through OpenCV.")
+    folder: Path | None = Field(None, description="For backend=folder: directory of images, one per press.")
+    loop: bool = Field(False, description="For backend=folder: start again at the first image after the last.")
+    device: int = Field(0, ge=0, description="For backend=v4l2: /dev/videoN index.")
+    width: int = Field(4608, ge=320, le=10000, description="Still width in pixels.")
+    height: int = Field(2592, ge=240, le=10000, description="Still height in pixels.")
+    timeout_s: float = Field(10.0, gt=0, le=120, description="A capture taking longer than this is an error.")
+    exposure_us: int | None = Field(None, ge=100, le=1_000_000, description="Fixed exposure time; None = auto.")
+    analogue_gain: float | None = Field(None, ge=1.0, le=16.0, description="Fixed gain; None = auto.")
+    lens_position: float | None = Field(None, ge=0.0, le=15.0,
+                                        description="Fixed focus in dioptres (1/m); None = autofocus once.")
+    awb_gains: tuple[float, float] | None = Field(None, description="Fixed (red, blue) white-balance gains.")
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of stored photos.")
+
+
+class GpioConfig(Section):
+    """Pins (BCM numbering) of the button, LEDs and buzzer."""
+
+    button: int = Field(17, ge=0, le=27, description="Capture button to GND (internal pull-up).")
+    hold_s: float = Field(3.0, ge=1.0, le=10.0, description="A press this long is a long press (status, resend).")
+    bounce_s: float = Field(0.05, ge=0.0, le=0.5, description="Debounce time of the button.")
+    led_green: int | None = Field(22, ge=0, le=27, description="Green LED (ready / ok).")
+    led_yellow: int | None = Field(23, ge=0, le=27, description="Yellow LED (busy / review / queued).")
+    led_red: int | None = Field(24, ge=0, le=27, description="Red LED (retake / error / low battery).")
+    buzzer: int | None = Field(25, ge=0, le=27, description="Active buzzer; None = no buzzer.")
+
+
+class MqttConfig(Section):
+    """Broker connection; the outbox is the source of truth, MQTT only carries it."""
+
+    url: str = Field("mqtts://localhost:8883", pattern=r"^mqtts?://[^/\s]+(:\d+)?/?$",
+                     description="mqtt://host:port (loopback/dev) or mqtts://host:port (TLS, production).")
+    username: str | None = Field(None, description="Per-kit username (or use a client certificate).")
+    password_file: Path | None = Field(None, description="File holding the password.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker; None = system store.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM), if the broker uses them.")
+    key_file: Path | None = Field(None, description="Client certificate key (PEM).")
+    topic_prefix: str = Field("tpskit/v1", pattern=r"^[A-Za-z0-9_/-]+$", description="Root of all topics.")
+    keepalive_s: int = Field(60, ge=10, le=1200, description="MQTT keepalive.")
+    heartbeat_s: int = Field(300, ge=10, le=3600, description="Seconds between heartbeats.")
+    backoff_max_s: float = Field(120.0, ge=1.0, le=3600, description="Longest wait between reconnects.")
+
+
+class OutboxConfig(Section):
+    """The store-and-forward queue."""
+
+    max_bytes: int = Field(2_000_000_000, ge=1_000_000, description="Refuse new messages beyond this size.")
+    retention_days: int = Field(30, ge=1, le=3650, description="Acked messages are purged after this.")
+    chunk_bytes: int = Field(64_000, ge=4_000, le=256_000, description="Photo chunk size on the wire.")
+
+
+class SigningConfig(Section):
+    """The kit's Ed25519 identity."""
+
+    key_file: Path | None = Field(None, description="Private key; None = <state_dir>/keys/kit.key.")
+
+
+class ReaderConfig(Section):
+    """How strict the page reader is."""
+
+    confidence: float = Field(0.99, gt=0.5, lt=1.0,
+                              description="A digit below this probability makes its number uncertain (review).")
+    min_px_per_mm: float = Field(2.0, gt=0.5, le=20, description="Below this the photo is refused (retake).")
+
+
+class PowerConfig(Section):
+    """Battery and low-battery shutdown."""
+
+    low_battery_pin: int | None = Field(None, ge=0, le=27,
+                                        description="GPIO line from the UPS HAT, active low; None = not wired.")
+    fuel_gauge: Literal["none", "max17040"] = Field("none", description="I2C fuel gauge, if fitted.")
+    critical_percent: float = Field(5.0, ge=0, le=50, description="Shut down cleanly at or below this level.")
+    warn_percent: float = Field(15.0, ge=0, le=80, description="Warn the KPPS at or below this level.")
+    shutdown_command: list[str] = Field(["systemctl", "poweroff"], description="Run after a clean stop.")
+
+
+class SoakConfig(Section):
+    """Automatic presses for long runs and fault tests."""
+
+    enabled: bool = Field(False, description="Generate presses automatically.")
+    interval_s: float = Field(2.0, ge=0.0, le=3600, description="Seconds between generated presses.")
+    presses: int = Field(0, ge=0, description="Stop after this many presses; 0 = run until stopped.")
+
+
+class Config(Section):
+    """The whole kit configuration."""
+
+    kit: KitConfig = Field(default_factory=KitConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    gpio: GpioConfig = Field(default_factory=GpioConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    signing: SigningConfig = Field(default_factory=SigningConfig)
+    reader: ReaderConfig = Field(default_factory=ReaderConfig)
+    power: PowerConfig = Field(default_factory=PowerConfig)
+    soak: SoakConfig = Field(default_factory=SoakConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths.state_dir / "tpskit.db"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing.key_file or self.paths.state_dir / "keys" / "kit.key"
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{loc}' (value {err.get('input')!r}): remove it or check its spelling"
+    return f"'{loc}' = {err.get('input')!r}: {err['msg']}"
+
+
+def parse(data: dict) -> Config:
+    """Validate a dict (as read from TOML); raise ConfigError naming every bad key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"invalid configuration:\n  {lines}") from None
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Read and validate the TOML file at *path* (default /etc/tpskit/config.toml)."""
+    path = Path(path) if path else DEFAULT_PATH
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found: run 'tpskit provision' or pass --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return parse(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_secret(path: Path | str | None) -> str | None:
+    """Read a secret file, preferring $CREDENTIALS_DIRECTORY/<name> (systemd LoadCredential)."""
+    if path is None:
+        return None
+    path = Path(path)
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates = [Path(cred_dir) / path.name] if cred_dir else []
+    candidates.append(path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8").strip()
+    raise ConfigError(f"secret file {path} not found (also looked in $CREDENTIALS_DIRECTORY)")
