@@ -13,11 +13,20 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PATH = Path("/etc/tpskit/config.toml")
 
 KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
+
+# Places whose content is lost at reboot: the kit's data must never live there.
+VOLATILE_DIRS = (Path("/run"), Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), Path("/var/run"))
+
+
+def is_volatile(path: Path) -> bool:
+    """True if *path* lies under a directory that does not survive a reboot."""
+    path = Path(os.path.abspath(path))
+    return any(path == d or d in path.parents for d in VOLATILE_DIRS)
 
 
 class ConfigError(ValueError):
@@ -45,8 +54,22 @@ class PathsConfig(Section):
     """Where the kit keeps its data."""
 
     state_dir: Path = Field(Path("/var/lib/tpskit"),
-                            description="Database, photos and keys. Must survive reboots (never /run or /tmp).")
-    model: Path | None = Field(None, description="Digit model (.tflite); empty = the model shipped in the package.")
+                            description="Database, photos and keys. Must survive reboots "
+                                        "(never /run or /tmp).")
+    model: Path | None = Field(None,
+                               description="Digit model (.tflite); empty = the model shipped in the package.")
+    min_free_mb: int = Field(50, ge=1, le=100_000,
+                             description="Refuse a capture (error pattern, kit stays ready) when the state "
+                                         "filesystem has less free space than this.")
+    volatile_ok: bool = Field(False, description="Allow state_dir on a volatile place (/run, /tmp, tmpfs). "
+                                                 "Only for tests and demos: data there is lost at reboot.")
+
+    @model_validator(mode="after")
+    def _persistent(self) -> PathsConfig:
+        if not self.volatile_ok and is_volatile(self.state_dir):
+            raise ValueError(f"state_dir {str(self.state_dir)!r} is lost at reboot (under /run or /tmp); "
+                             "use a persistent directory such as /var/lib/tpskit")
+        return self
 
 
 class CameraConfig(Section):
@@ -56,12 +79,14 @@ class CameraConfig(Section):
         "picamera2", description="picamera2 on the Pi; folder replays images (demo, tests, soak); "
                                  "v4l2 is a USB camera through OpenCV.")
     folder: Path | None = Field(None, description="For backend=folder: directory of images, one per press.")
-    loop: bool = Field(False, description="For backend=folder: start again at the first image after the last.")
+    loop: bool = Field(False,
+                       description="For backend=folder: start again at the first image after the last.")
     device: int = Field(0, ge=0, description="For backend=v4l2: /dev/videoN index.")
     width: int = Field(4608, ge=320, le=10000, description="Still width in pixels.")
     height: int = Field(2592, ge=240, le=10000, description="Still height in pixels.")
     timeout_s: float = Field(10.0, gt=0, le=120, description="A capture taking longer than this is an error.")
-    exposure_us: int | None = Field(None, ge=100, le=1_000_000, description="Fixed exposure time; None = auto.")
+    exposure_us: int | None = Field(None, ge=100, le=1_000_000,
+                                    description="Fixed exposure time; None = auto.")
     analogue_gain: float | None = Field(None, ge=1.0, le=16.0, description="Fixed gain; None = auto.")
     lens_position: float | None = Field(None, ge=0.0, le=15.0,
                                         description="Fixed focus in dioptres (1/m); None = autofocus once.")
@@ -73,12 +98,18 @@ class GpioConfig(Section):
     """Pins (BCM numbering) of the button, LEDs and buzzer."""
 
     button: int = Field(17, ge=0, le=27, description="Capture button to GND (internal pull-up).")
-    hold_s: float = Field(3.0, ge=1.0, le=10.0, description="A press this long is a long press (status, resend).")
+    hold_s: float = Field(3.0, ge=1.0, le=10.0,
+                          description="A press this long is a long press (status, resend).")
     bounce_s: float = Field(0.05, ge=0.0, le=0.5, description="Debounce time of the button.")
     led_green: int | None = Field(22, ge=0, le=27, description="Green LED (ready / ok).")
     led_yellow: int | None = Field(23, ge=0, le=27, description="Yellow LED (busy / review / queued).")
     led_red: int | None = Field(24, ge=0, le=27, description="Red LED (retake / error / low battery).")
     buzzer: int | None = Field(25, ge=0, le=27, description="Active buzzer; None = no buzzer.")
+    pin_factory: Literal["default", "mock", "lgpio", "rpigpio", "native"] = Field(
+        "default", description="gpiozero pin factory: default = gpiozero's choice (lgpio on bookworm); "
+                               "mock = no hardware (laptop demo, tests, soak).")
+    verdict_s: float = Field(30.0, ge=1.0, le=3600,
+                             description="How long the ok/review/retake pattern stays before plain 'ready'.")
 
 
 class MqttConfig(Section):
@@ -115,7 +146,8 @@ class ReaderConfig(Section):
     """How strict the page reader is."""
 
     confidence: float = Field(0.99, gt=0.5, lt=1.0,
-                              description="A digit below this probability makes its number uncertain (review).")
+                              description="A digit below this probability makes its number "
+                                          "uncertain (review).")
     min_px_per_mm: float = Field(2.0, gt=0.5, le=20, description="Below this the photo is refused (retake).")
 
 
@@ -123,11 +155,19 @@ class PowerConfig(Section):
     """Battery and low-battery shutdown."""
 
     low_battery_pin: int | None = Field(None, ge=0, le=27,
-                                        description="GPIO line from the UPS HAT, active low; None = not wired.")
+                                        description="GPIO line from the UPS HAT, active low; "
+                                                    "None = not wired.")
     fuel_gauge: Literal["none", "max17040"] = Field("none", description="I2C fuel gauge, if fitted.")
     critical_percent: float = Field(5.0, ge=0, le=50, description="Shut down cleanly at or below this level.")
     warn_percent: float = Field(15.0, ge=0, le=80, description="Warn the KPPS at or below this level.")
     shutdown_command: list[str] = Field(["systemctl", "poweroff"], description="Run after a clean stop.")
+
+    @model_validator(mode="after")
+    def _levels(self) -> PowerConfig:
+        if self.critical_percent > self.warn_percent:
+            raise ValueError(f"critical_percent ({self.critical_percent}) must not be above "
+                             f"warn_percent ({self.warn_percent})")
+        return self
 
 
 class SoakConfig(Section):
@@ -161,11 +201,36 @@ class Config(Section):
         return self.signing.key_file or self.paths.state_dir / "keys" / "kit.key"
 
 
+def _field_help(loc: tuple) -> tuple[str | None, list[str]]:
+    """The description of the field at *loc* and the keys allowed in its section."""
+    model: type[BaseModel] | None = Config
+    description = None
+    allowed: list[str] = []
+    for part in loc:
+        if model is None or not isinstance(part, str):
+            break
+        allowed = sorted(model.model_fields)
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        description = field.description
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return description, allowed
+
+
 def _describe(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"])
+    description, allowed = _field_help(err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"unknown key '{loc}' (value {err.get('input')!r}): remove it or check its spelling"
-    return f"'{loc}' = {err.get('input')!r}: {err['msg']}"
+        section = ".".join(str(p) for p in err["loc"][:-1]) or "top level"
+        return (f"unknown key '{loc}' (value {err.get('input')!r}): remove it or check its spelling; "
+                f"allowed in {section}: {', '.join(allowed)}")
+    msg = err["msg"].removeprefix("Value error, ")
+    text = f"'{loc}' = {err.get('input')!r}: {msg}"
+    if description and err["type"] != "model_type" and err["loc"]:
+        text += f" ({description})"
+    return text
 
 
 def parse(data: dict) -> Config:
