@@ -1,0 +1,113 @@
+"""What every camera backend gives the kit: a Frame, or a CaptureError with a clear message."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class CaptureError(RuntimeError):
+    """The camera gave no usable picture; the message says what and what to do."""
+
+
+class CaptureTimeout(CaptureError):
+    """The camera did not answer within its timeout."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One still: the JPEG as stored and sent, its decoded BGR image, when and where it came from."""
+
+    jpeg: bytes
+    image: np.ndarray
+    taken_at: float
+    source: str
+
+
+class Camera(Protocol):
+    """A still camera. capture() returns within its timeout or raises CaptureError."""
+
+    def capture(self) -> Frame: ...
+
+    def close(self) -> None: ...
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int = 90) -> bytes:
+    """BGR (or gray) image -> JPEG bytes."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise CaptureError("gambar tidak bisa disimpan sebagai JPEG (image could not be encoded)")
+    return buf.tobytes()
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """A JPEG ends with the EOI marker FFD9 (trailing padding allowed); a cut-off file does not."""
+    return data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def decode_image(data: bytes, *, name: str) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes to BGR, refusing empty, non-image and truncated data."""
+    import cv2
+
+    if not data:
+        raise CaptureError(f"{name}: file is empty (not a photo); replace it or press again for the next one")
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
+        raise CaptureError(f"{name}: JPEG is truncated (cut off before its end); take the photo again")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise CaptureError(f"{name}: not an image OpenCV can read; use a JPEG or PNG photo of the page")
+    return image
+
+
+class TimeoutRunner:
+    """Runs camera calls on one worker thread and waits at most timeout_s for each.
+
+    A call that hangs is abandoned (Python cannot kill a thread); the runner then refuses new calls
+    until the hung one returns, so the kit reports 'camera not responding' instead of hanging.
+    """
+
+    def __init__(self, *, timeout_s: float, name: str = "camera") -> None:
+        self.timeout_s = timeout_s
+        self.name = name
+        self._busy = threading.Lock()
+
+    @property
+    def hung(self) -> bool:
+        return self._busy.locked()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        if not self._busy.acquire(blocking=False):
+            raise CaptureTimeout(f"{self.name} is still stuck in its previous capture; "
+                                 "restart the kit if this repeats")
+        result: dict[str, object] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                result["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                result["error"] = exc
+            finally:
+                done.set()
+                self._busy.release()
+
+        t0 = time.monotonic()
+        threading.Thread(target=work, name=f"{self.name}-capture", daemon=True).start()
+        if not done.wait(self.timeout_s):
+            raise CaptureTimeout(f"{self.name} gave no picture within {self.timeout_s:g} s "
+                                 f"(waited {time.monotonic() - t0:.1f} s)")
+        if "error" in result:
+            err = result["error"]
+            if isinstance(err, CaptureError):
+                raise err
+            raise CaptureError(f"{self.name} failed: {err}") from err  # type: ignore[misc]
+        return result["value"]  # type: ignore[return-value]

@@ -1,0 +1,58 @@
+"""Folder camera: replays image files from a directory, one per press (demo, tests, soak)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from capture.base import CaptureError, Frame, TimeoutRunner, decode_image, encode_jpeg
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class FolderCamera:
+    """Each capture() returns the next file (sorted by name) of *folder*.
+
+    Every regular, non-hidden file counts, so a stray non-image is refused with a clear error
+    (and skipped at the next press) rather than silently ignored. The folder is listed again at
+    each press, so files dropped in while running are picked up.
+    """
+
+    def __init__(self, folder: Path | str, *, loop: bool = False, jpeg_quality: int = 90,
+                 timeout_s: float = 10.0) -> None:
+        self.folder = Path(folder)
+        self.loop = loop
+        self.jpeg_quality = jpeg_quality
+        self._runner = TimeoutRunner(timeout_s=timeout_s, name="folder camera")
+        self._next = 0
+        if not self.folder.is_dir():
+            raise CaptureError(f"camera folder {self.folder} does not exist; create it or fix camera.folder")
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def capture(self) -> Frame:
+        files = self.files()
+        if not files:
+            raise CaptureError(f"camera folder {self.folder} is empty: put photos of the pages in it")
+        if self._next >= len(files):
+            if not self.loop:
+                raise CaptureError(f"no more photos in {self.folder} ({len(files)} used); "
+                                   "add photos or set camera.loop = true")
+            self._next = 0
+        path = files[self._next]
+        self._next += 1
+        return self._runner.call(lambda: self._read(path))
+
+    def _read(self, path: Path) -> Frame:
+        taken_at = time.time()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CaptureError(f"{path.name}: cannot be read ({exc.strerror})") from None
+        image = decode_image(data, name=path.name)
+        jpeg = data if data[:2] == b"\xff\xd8" else encode_jpeg(image, quality=self.jpeg_quality)
+        return Frame(jpeg=jpeg, image=image, taken_at=taken_at, source=f"folder:{path.name}")
+
+    def close(self) -> None:
+        pass
