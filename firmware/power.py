@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 Callback = Callable[[], None]
 HYSTERESIS = 1.0
 
+#: Exit status of ``tpskit run`` after a clean stop for a critical battery. Under systemd the service user
+#: cannot power off; tpskit.service treats 75 as success, does not restart, and powers off in ExecStopPost=+.
+EXIT_POWEROFF = 75
+
 
 class FuelGauge(Protocol):
     """Anything that reports the state of charge."""

@@ -1,0 +1,102 @@
+"""The systemd units: `systemd-analyze verify` (where installed) and the directives issue 7 requires."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+UNITS = ["tpskit.service", "tpskit-collector.service"]
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def directives(unit: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd" / unit).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def localized(tmp_path: Path) -> list[Path]:
+    """Copies of the units whose ExecStart points at this checkout's tpskit (verify checks it exists)."""
+    exe = Path(sys.executable).with_name("tpskit")
+    if not exe.exists():
+        exe = Path(shutil.which("true") or "/bin/true")
+    paths = []
+    for unit in UNITS:
+        text = (ROOT / "systemd" / unit).read_text().replace("/opt/tpskit/venv/bin/tpskit", str(exe))
+        (tmp_path / unit).write_text(text)
+        paths.append(tmp_path / unit)
+    return paths
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt install systemd)")
+def test_systemd_analyze_verify(tmp_path):
+    paths = localized(tmp_path)
+    res = subprocess.run([ANALYZE, "verify", *map(str, paths)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    # any warning about our own units is a mistake (unknown key, bad value, ...)
+    ours = [line for line in res.stderr.splitlines() if "tpskit" in line]
+    assert not ours, "\n".join(ours)
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt install systemd)")
+@pytest.mark.parametrize("unit", UNITS)
+def test_exposure_is_low(tmp_path, unit):
+    paths = dict(zip(UNITS, localized(tmp_path), strict=True))
+    res = subprocess.run([ANALYZE, "security", "--offline=yes", str(paths[unit])],
+                         capture_output=True, text=True, timeout=60)
+    if res.returncode != 0 and "offline" in res.stderr:
+        pytest.skip("this systemd-analyze has no --offline")
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
+    assert m, res.stdout[-500:] + res.stderr
+    assert float(m.group(1)) <= 3.0
+
+
+def test_kit_unit_has_what_issue_7_requires():
+    d = directives("tpskit.service")
+    assert d["Type"] == ["notify"]
+    assert d["NotifyAccess"] == ["main"]
+    assert int(d["WatchdogSec"][0]) >= 10
+    assert d["Restart"] == ["on-failure"]
+    assert d["StateDirectory"] == ["tpskit"]
+    assert d["User"] == ["tpskit"]
+    assert set(d["SupplementaryGroups"][0].split()) >= {"gpio", "video"}
+    assert d["ProtectSystem"] == ["strict"]
+    assert d["ProtectHome"] == ["yes"]
+    assert d["NoNewPrivileges"] == ["yes"]
+    assert d["CapabilityBoundingSet"] == [""]
+    assert set(d["RestrictAddressFamilies"][0].split()) <= {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    assert d["DevicePolicy"] == ["closed"]
+    allowed = " ".join(d["DeviceAllow"])
+    for dev in ("gpiochip", "video4linux", "media", "dma_heap", "i2c"):
+        assert f"char-{dev} rw" in allowed
+    assert any(v.startswith("mqtt-password:") for v in d["LoadCredential"])
+    # the low-battery exit is clean, not restarted, and powers off with privileges only in ExecStopPost
+    assert d["SuccessExitStatus"] == ["75"] and d["RestartPreventExitStatus"] == ["75"]
+    assert d["ExecStopPost"][0].startswith("+") and "poweroff" in d["ExecStopPost"][0]
+    assert "LG_WD=/run/tpskit" in d["Environment"][0]
+
+
+def test_low_battery_exit_code_matches_power_module():
+    from firmware.power import EXIT_POWEROFF
+
+    assert directives("tpskit.service")["SuccessExitStatus"] == [str(EXIT_POWEROFF)]
+
+
+def test_collector_unit():
+    d = directives("tpskit-collector.service")
+    assert d["Restart"] == ["on-failure"]
+    assert d["DynamicUser"] == ["yes"]
+    assert d["StateDirectory"] == ["tpskit-collector"]
+    assert d["CapabilityBoundingSet"] == [""]
+    assert "collector" in d["ExecStart"][0]
