@@ -1,0 +1,311 @@
+"""Form templates as data: one JSON file per page under ``inference/forms/<FORM>/page<N>.json``.
+
+A page template gives the page size in mm, the four corner-marker points, the page code (tag family, id and
+corner positions), every field's writing boxes (and OMR bubbles) in mm, and the printed rules. New forms
+(DPR, DPD, DPRD, Pilkada) are added by adding files; see ``inference/forms/README.md`` for the schema.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = [
+    "FORMS_DIR",
+    "DEFAULT_FORM",
+    "TemplateError",
+    "Box",
+    "Bubble",
+    "Field",
+    "Rule",
+    "PageTemplate",
+    "Form",
+    "load_form",
+    "load_page",
+    "find_page_by_tag",
+    "available_forms",
+]
+
+FORMS_DIR = Path(__file__).resolve().parent / "forms"
+DEFAULT_FORM = "C.HASIL-PPWP-2024"
+TAG_FAMILIES = ("apriltag_36h10", "apriltag_36h11", "aruco_4x4_50")
+RULE_KINDS = ("sum", "le")
+
+
+class TemplateError(ValueError):
+    """A template file is missing or malformed; the message names the file, the key and what is expected."""
+
+
+@dataclass(frozen=True)
+class Box:
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x + self.w / 2, self.y + self.h / 2)
+
+
+@dataclass(frozen=True)
+class Bubble:
+    cx: float
+    cy: float
+    r: float
+
+
+@dataclass(frozen=True)
+class Field:
+    """A number written in boxes (left = most significant), optionally mirrored by bubble columns."""
+
+    name: str
+    label: str
+    boxes: tuple[Box, ...]
+    min: int = 0
+    max: int = 999
+    required: bool = True
+    bubbles: tuple[tuple[Bubble, ...], ...] = ()  # one column per box, digits 0..9 top to bottom
+    kind: str = "number"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``sum``: sum(terms) == total; ``le``: left <= right. ``when="all_filled"``: only if every term is written."""
+
+    name: str
+    kind: str
+    label: str = ""
+    terms: tuple[str, ...] = ()
+    total: str = ""
+    left: str = ""
+    right: str = ""
+    when: str = "always"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (*self.terms, self.total) if self.kind == "sum" else (self.left, self.right)
+
+
+@dataclass(frozen=True)
+class PageTemplate:
+    form: str
+    page: int
+    title: str
+    size_mm: tuple[float, float]
+    marker_points: tuple[tuple[float, float], ...]  # TL, TR, BR, BL (page upright)
+    marker_square_mm: float
+    tag_family: str
+    tag_id: int
+    tag_corners: tuple[tuple[float, float], ...]  # TL, TR, BR, BL of the tag's black square
+    fields: tuple[Field, ...]
+    rules: tuple[Rule, ...]
+    frames: tuple[Box, ...] = ()
+    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({f.name: f for f in self.fields})
+
+    @property
+    def n_boxes(self) -> int:
+        return sum(len(f.boxes) for f in self.fields)
+
+
+@dataclass(frozen=True)
+class Form:
+    form_id: str
+    pages: dict[int, PageTemplate]
+
+    def page_for_tag(self, tag_id: int) -> PageTemplate | None:
+        for p in self.pages.values():
+            if p.tag_id == tag_id:
+                return p
+        return None
+
+
+def _need(d: dict, key: str, typ, where: str):
+    if key not in d:
+        raise TemplateError(f"{where}: missing key '{key}'")
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+        raise TemplateError(f"{where}: '{key}' must be {getattr(typ, '__name__', typ)}, got {v!r}")
+    return v
+
+
+def _nums(v, n: int, where: str) -> tuple[float, ...]:
+    if not isinstance(v, list) or len(v) != n or not all(isinstance(x, int | float) for x in v):
+        raise TemplateError(f"{where}: expected a list of {n} numbers, got {v!r}")
+    return tuple(float(x) for x in v)
+
+
+def _box(v, where: str, size: tuple[float, float]) -> Box:
+    x, y, w, h = _nums(v, 4, where)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > size[0] or y + h > size[1]:
+        raise TemplateError(f"{where}: box {v} is empty or outside the {size[0]}x{size[1]} mm page")
+    return Box(x, y, w, h)
+
+
+def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
+    name = _need(d, "name", str, where)
+    where = f"{where} ('{name}')"
+    kind = d.get("kind", "number")
+    if kind != "number":
+        raise TemplateError(f"{where}: kind must be 'number', got {kind!r}")
+    boxes = tuple(
+        _box(b, f"{where}.boxes_mm[{i}]", size) for i, b in enumerate(_need(d, "boxes_mm", list, where))
+    )
+    if not boxes:
+        raise TemplateError(f"{where}: needs at least one box")
+    bubbles = ()
+    if "bubbles_mm" in d:
+        cols = _need(d, "bubbles_mm", list, where)
+        if len(cols) != len(boxes):
+            raise TemplateError(
+                f"{where}: bubbles_mm needs one column per box ({len(boxes)}), got {len(cols)}"
+            )
+        bubbles = tuple(
+            tuple(Bubble(*_nums(b, 3, f"{where}.bubbles_mm[{i}]")) for b in col) for i, col in enumerate(cols)
+        )
+        if any(len(c) != 10 for c in bubbles):
+            raise TemplateError(f"{where}: each bubble column needs 10 bubbles (digits 0..9)")
+    lo, hi = int(d.get("min", 0)), int(d.get("max", 10 ** len(boxes) - 1))
+    if not 0 <= lo <= hi < 10 ** len(boxes):
+        raise TemplateError(f"{where}: min/max {lo}/{hi} do not fit {len(boxes)} boxes")
+    return Field(
+        name=name,
+        label=str(d.get("label", name)),
+        boxes=boxes,
+        min=lo,
+        max=hi,
+        required=bool(d.get("required", True)),
+        bubbles=bubbles,
+    )
+
+
+def _rule(d: dict, where: str, names: set[str]) -> Rule:
+    name = _need(d, "name", str, where)
+    where = f"{where} ('{name}')"
+    kind = _need(d, "kind", str, where)
+    if kind not in RULE_KINDS:
+        raise TemplateError(f"{where}: kind must be one of {RULE_KINDS}, got {kind!r}")
+    when = d.get("when", "always")
+    if when not in ("always", "all_filled"):
+        raise TemplateError(f"{where}: when must be 'always' or 'all_filled', got {when!r}")
+    if kind == "sum":
+        rule = Rule(
+            name=name,
+            kind=kind,
+            label=str(d.get("label", name)),
+            terms=tuple(_need(d, "terms", list, where)),
+            total=_need(d, "total", str, where),
+            when=when,
+        )
+    else:
+        rule = Rule(
+            name=name,
+            kind=kind,
+            label=str(d.get("label", name)),
+            left=_need(d, "left", str, where),
+            right=_need(d, "right", str, where),
+            when=when,
+        )
+    unknown = [f for f in rule.fields if f not in names]
+    if unknown:
+        raise TemplateError(f"{where}: refers to unknown field(s) {unknown}")
+    return rule
+
+
+def parse_page(data: dict, where: str = "template") -> PageTemplate:
+    """Validate one page template (a dict as read from JSON)."""
+    if not isinstance(data, dict):
+        raise TemplateError(f"{where}: expected a JSON object")
+    if data.get("schema") != 1:
+        raise TemplateError(f"{where}: 'schema' must be 1, got {data.get('schema')!r}")
+    size = _nums(_need(data, "size_mm", list, where), 2, f"{where}.size_mm")
+    markers = _need(data, "markers", dict, where)
+    if markers.get("kind") != "double_square":
+        raise TemplateError(f"{where}.markers: kind must be 'double_square'")
+    pts = _need(markers, "points_mm", list, f"{where}.markers")
+    if len(pts) != 4:
+        raise TemplateError(f"{where}.markers.points_mm: need 4 points (TL, TR, BR, BL)")
+    tag = _need(data, "tag", dict, where)
+    family = _need(tag, "family", str, f"{where}.tag")
+    if family not in TAG_FAMILIES:
+        raise TemplateError(f"{where}.tag.family: must be one of {TAG_FAMILIES}, got {family!r}")
+    corners = _need(tag, "corners_mm", list, f"{where}.tag")
+    if len(corners) != 4:
+        raise TemplateError(f"{where}.tag.corners_mm: need 4 points (TL, TR, BR, BL)")
+    fields = tuple(
+        _field(f, f"{where}.fields[{i}]", size) for i, f in enumerate(_need(data, "fields", list, where))
+    )
+    names = [f.name for f in fields]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise TemplateError(f"{where}: duplicate field names {sorted(dup)}")
+    rules = tuple(_rule(r, f"{where}.rules[{i}]", set(names)) for i, r in enumerate(data.get("rules", [])))
+    return PageTemplate(
+        form=_need(data, "form", str, where),
+        page=_need(data, "page", int, where),
+        title=str(data.get("title", "")),
+        size_mm=(size[0], size[1]),
+        marker_points=tuple(_nums(p, 2, f"{where}.markers.points_mm") for p in pts),  # type: ignore[misc]
+        marker_square_mm=float(markers.get("square_mm", 7.2)),
+        tag_family=family,
+        tag_id=_need(tag, "id", int, f"{where}.tag"),
+        tag_corners=tuple(_nums(p, 2, f"{where}.tag.corners_mm") for p in corners),  # type: ignore[misc]
+        fields=fields,
+        rules=rules,
+        frames=tuple(_box(b, f"{where}.frames_mm", size) for b in data.get("frames_mm", [])),
+    )
+
+
+def load_page(path: Path | str) -> PageTemplate:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TemplateError(f"template {path} not found") from None
+    except json.JSONDecodeError as exc:
+        raise TemplateError(f"template {path} is not valid JSON: {exc}") from None
+    return parse_page(data, where=str(path))
+
+
+def available_forms(forms_dir: Path = FORMS_DIR) -> list[str]:
+    return sorted(p.name for p in forms_dir.iterdir() if p.is_dir() and any(p.glob("page*.json")))
+
+
+@lru_cache(maxsize=16)
+def load_form(form_id: str = DEFAULT_FORM, forms_dir: Path = FORMS_DIR) -> Form:
+    """All page templates of a form; TemplateError if the form is unknown or a page is malformed."""
+    folder = Path(forms_dir) / form_id
+    files = sorted(folder.glob("page*.json"))
+    if not files:
+        raise TemplateError(
+            f"unknown form {form_id!r}: no templates in {folder} "
+            f"(known: {', '.join(available_forms(Path(forms_dir))) or 'none'})"
+        )
+    pages: dict[int, PageTemplate] = {}
+    for f in files:
+        p = load_page(f)
+        if p.form != form_id:
+            raise TemplateError(f"{f}: 'form' is {p.form!r} but the folder is {form_id!r}")
+        if p.page in pages:
+            raise TemplateError(f"{f}: page {p.page} defined twice")
+        pages[p.page] = p
+    tags = [p.tag_id for p in pages.values()]
+    if len(set(tags)) != len(tags):
+        raise TemplateError(f"form {form_id}: pages share a tag id {tags}")
+    return Form(form_id=form_id, pages=dict(sorted(pages.items())))
+
+
+def find_page_by_tag(tag_id: int, forms_dir: Path = FORMS_DIR) -> PageTemplate | None:
+    """The page template whose page code is ``tag_id``, across all known forms."""
+    for form_id in available_forms(Path(forms_dir)):
+        page = load_form(form_id, Path(forms_dir)).page_for_tag(tag_id)
+        if page is not None:
+            return page
+    return None

@@ -1,0 +1,74 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from inference.templates import DEFAULT_FORM, TemplateError, load_form, load_page, parse_page
+
+FORM_DIR = Path(__file__).resolve().parents[1] / "inference" / "forms" / DEFAULT_FORM
+PDF = Path(__file__).resolve().parents[1] / ".." / "shared" / "forms" / f"{DEFAULT_FORM}.pdf"
+
+CONTRACT = {
+    1: ["dpt_l", "dpt_p", "dpt_jml"]
+    + [f"pengguna_{s}_{p}" for s in ("dpt", "dptb", "dpk", "total") for p in ("l", "p", "jml")]
+    + [
+        "surat_diterima",
+        "surat_digunakan",
+        "surat_dikembalikan",
+        "surat_tidak_digunakan",
+        "disabilitas_l",
+        "disabilitas_p",
+        "disabilitas_jml",
+    ],
+    2: ["paslon_1", "paslon_2", "paslon_3"],
+    3: ["suara_sah", "suara_tidak_sah", "total_suara", "tanggal", "bulan", "tahun"],
+}
+
+
+def test_ppwp_pages_have_contract_fields_and_tags():
+    form = load_form()
+    assert sorted(form.pages) == [1, 2, 3]
+    for n, page in form.pages.items():
+        assert page.tag_id == 100 + n and page.tag_family == "apriltag_36h10"
+        assert page.size_mm == (pytest.approx(600.0, abs=0.1), pytest.approx(900.0, abs=0.1))
+        names = [f.name for f in page.fields]
+        assert set(CONTRACT[n]) <= set(names)
+    p1, p2, p3 = form.pages[1], form.pages[2], form.pages[3]
+    assert p1.n_boxes == 66 and all(len(f.boxes) == 3 for f in p1.fields)
+    assert all(len(p2.by_name[f"paslon_{k}"].bubbles) == 3 for k in (1, 2, 3))
+    assert [len(p3.by_name[n].boxes) for n in ("tanggal", "bulan", "tahun")] == [2, 2, 4]
+    assert any(r.terms == ("suara_sah", "suara_tidak_sah") and r.total == "total_suara" for r in p3.rules)
+
+
+def test_bad_templates_are_refused_with_clear_errors(tmp_path):
+    data = json.loads((FORM_DIR / "page1.json").read_text())
+    bad = json.loads(json.dumps(data))
+    bad["fields"][0]["boxes_mm"][0] = [590, 10, 20, 20]
+    with pytest.raises(TemplateError, match="outside"):
+        parse_page(bad)
+    bad = json.loads(json.dumps(data))
+    bad["rules"][0]["terms"] = ["nope"]
+    with pytest.raises(TemplateError, match="unknown field"):
+        parse_page(bad)
+    bad = json.loads(json.dumps(data))
+    del bad["tag"]
+    with pytest.raises(TemplateError, match="missing key 'tag'"):
+        parse_page(bad)
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(TemplateError, match="not valid JSON"):
+        load_page(tmp_path / "x.json")
+    with pytest.raises(TemplateError, match="unknown form"):
+        load_form("C.HASIL-DPR-1999")
+
+
+@pytest.mark.skipif(not PDF.is_file(), reason="official PDF ../shared/forms is not present")
+def test_committed_templates_match_the_official_pdf():
+    pytest.importorskip("pymupdf")
+    import sys
+
+    sys.path.insert(0, str(FORM_DIR.parents[2] / "scripts"))
+    import measure_form
+
+    for page in measure_form.measure(PDF):
+        committed = json.loads((FORM_DIR / f"page{page['page']}.json").read_text())
+        assert measure_form.dump(page) == measure_form.dump(committed)
