@@ -1,0 +1,44 @@
+"""What the kit tells the KPPS, in Bahasa Indonesia (log, systemd status, demo output)."""
+
+from __future__ import annotations
+
+READY = "Kit siap. Letakkan halaman C.HASIL di bawah kamera, lalu tekan tombol."
+BUSY = "Sedang memotret dan membaca halaman, mohon tunggu…"
+OK = "Halaman {halaman} terbaca dan tersimpan (no. {seq}). Angka akan dikirim otomatis."
+REVIEW = ("Halaman {halaman} tersimpan (no. {seq}) tetapi PERLU DIPERIKSA: {reasons}. "
+          "Cocokkan angka di formulir; bila perlu perbaiki lalu foto ulang.")
+RETAKE = ("Foto tidak bisa dibaca: {reasons}. Rapikan halaman di bawah kamera (seluruh halaman terlihat, "
+          "tidak tertutup tangan, cukup terang), lalu tekan tombol lagi.")
+QUEUED = "Belum ada sinyal: {n} pesan menunggu dikirim. Data aman tersimpan di kit."
+SENT_ALL = "Semua data sudah terkirim."
+STATUS = ("Status: {total} foto tersimpan ({ok} terbaca, {review} perlu diperiksa, {retake} foto ulang); "
+          "{queued} pesan menunggu dikirim; koneksi {link}.")
+RESEND = "Mencoba mengirim ulang data yang belum terkirim."
+LOW_BATTERY = "Baterai lemah ({level}). Sambungkan daya atau siapkan baterai cadangan."
+SHUTDOWN = "Baterai hampir habis ({level}). Data sudah tersimpan; kit dimatikan dengan aman."
+STOPPING = "Kit berhenti. Semua data yang sudah tersimpan tetap aman."
+
+ERR_CAMERA_TIMEOUT = ("Kamera tidak merespons. Tekan tombol sekali lagi; bila berulang, matikan lalu "
+                      "nyalakan kit. Data sebelumnya aman.")
+ERR_CAMERA = "Gagal memotret: {detail}. Kit tetap siap; tekan tombol lagi. Data sebelumnya aman."
+ERR_DISK_FULL = ("Penyimpanan penuh ({detail}). Foto ini TIDAK tersimpan; hubungi operator. "
+                 "Data sebelumnya aman.")
+ERR_STORE = "Gagal menyimpan: {detail}. Tekan tombol lagi; data sebelumnya aman."
+ERR_READER = "Gagal membaca foto: {detail}. Tekan tombol lagi; data sebelumnya aman."
+
+REASONS_FALLBACK = "alasan tidak diketahui"
+
+
+def reasons_text(reading: dict) -> str:
+    """The reader's reasons as one sentence: prefer its Indonesian text, fall back to the codes."""
+    parts: list[str] = []
+    for r in reading.get("reasons", []) or []:
+        if isinstance(r, dict):
+            parts.append(str(r.get("message") or r.get("text") or r.get("pesan") or r.get("code") or r))
+        else:
+            parts.append(str(r))
+    return "; ".join(parts) if parts else REASONS_FALLBACK
+
+
+def battery_text(level: float | None) -> str:
+    return f"{level:.0f}%" if level is not None else "level tidak diketahui"
