@@ -1,0 +1,440 @@
+"""The Kit: one main loop that owns all state.
+
+Producers (gpiozero callbacks, the battery monitor, signal handlers, the soak presser) only put
+events on ``Kit.events``. The loop takes one event at a time: a press is captured, checked,
+stored (committed) and handed to the courier before the next event is looked at, while later
+presses wait in the queue, so a slow step never loses a press. Every failure of one press (bad
+photo, camera timeout, full disk, a reader bug) is reported with a message and the error pattern,
+and the loop carries on, ready for the next press, with earlier captures untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import statistics
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from capture.base import Camera, CaptureError, CaptureTimeout, encode_jpeg
+from firmware import messages as msg
+from firmware.clock import time_source as read_time_source
+from firmware.config import Config
+from firmware.events import Event, HoldReached, LowBattery, Press, Stop
+from firmware.store import CaptureRecord, CaptureStore, DiskFull, StoreError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_POWEROFF = 75  # same as firmware.power.EXIT_POWEROFF: tpskit.service powers off after it
+TICK_S = 0.5
+STATUS_EVERY_S = 30.0
+BATTERY_POLL_S = 30.0
+
+
+@dataclass
+class Verdict:
+    """What one press produced (also handed to on_verdict listeners: demo, soak, tests)."""
+
+    press: Press
+    pattern: str  # ok / review / retake / error
+    message: str
+    record: CaptureRecord | None = None
+    reading: dict[str, Any] | None = None
+    latency_ms: float = 0.0
+    steps_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Kit:
+    """The appliance. Build with :func:`build_kit` (or pass parts directly in tests)."""
+
+    def __init__(self, config: Config, *, camera: Camera, reader, store: CaptureStore, courier=None,
+                 panel=None, notifier=None, battery=None, pin_factory=None,
+                 say: Callable[[str], None] | None = None,
+                 time_source: Callable[[], str] = read_time_source,
+                 power_off: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.camera = camera
+        self.reader = reader
+        self.store = store
+        self.courier = courier
+        self.notifier = notifier
+        self.battery = battery
+        self.events: queue.Queue[Event] = queue.Queue()
+        if panel is None:
+            from firmware.hardware import Panel
+
+            panel = Panel(config.gpio, on_event=self.post, pin_factory=pin_factory)
+        self.panel = panel
+        self._say = say or (lambda text: log.info("%s", text))
+        self._time_source = time_source
+        self._power_off = power_off
+        self.on_verdict: list[Callable[[Verdict], None]] = []
+        self.verdicts = 0
+        self.presses = 0
+        self.latencies_ms: deque[float] = deque(maxlen=10_000)
+        self.last_message = ""
+        self.state = "starting"
+        self.exit_code = EXIT_OK
+        self._stop = threading.Event()
+        self._started = False
+        self._pattern_until: float | None = None
+        self._next_status = 0.0
+        self._next_battery = 0.0
+        self._gate = None
+        if battery is not None:
+            battery.when_low = lambda: self.post(LowBattery(level=_safe_level(battery), critical=False))
+            battery.when_critical = lambda: self.post(LowBattery(level=_safe_level(battery), critical=True))
+
+    # -- producers (any thread) ------------------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        """Thread-safe: the only thing producers do."""
+        self.events.put(event)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        self.post(Stop(reason))
+
+    # -- life cycle (main thread) ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Camera, model and database are open (constructor); start sending, re-submit, signal READY."""
+        if self._started:
+            return
+        self._started = True
+        if self.courier is not None:
+            self.courier.start()
+        self.resubmit()
+        if self.notifier is not None:
+            from firmware.watchdog import LivenessGate
+
+            self._gate = LivenessGate(self.notifier)
+            if self.courier is not None:
+                self._gate.register("courier", probe=self._courier_alive)
+        self.state = "ready"
+        self._show("ready")
+        self._tell(msg.READY)
+        if self.notifier is not None:
+            self.notifier.ready(msg.READY)
+        self._write_status()
+
+    def run(self) -> int:
+        """The main loop; returns the exit code (EXIT_POWEROFF after a critical battery)."""
+        self.start()
+        while not self._stop.is_set():
+            self.step(TICK_S)
+        self._shutdown()
+        if self.exit_code == EXIT_POWEROFF and self._power_off is not None:
+            self._power_off()
+        return self.exit_code
+
+    def step(self, timeout: float = TICK_S) -> Event | None:
+        """Handle one event (or none within *timeout*), then the periodic duties."""
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        if event is not None:
+            try:
+                self.handle(event)
+            except Exception as exc:  # a bug in one step must not stop the kit
+                log.exception("unexpected error handling %r", event)
+                self._error(msg.ERR_STORE.format(detail=f"kesalahan internal ({type(exc).__name__})"))
+        self._tick()
+        return event
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._gate is not None:
+            self._gate.tick()  # pings WATCHDOG=1 only from here, only if the courier thread is alive
+        if self._pattern_until is not None and now >= self._pattern_until:
+            self._pattern_until = None
+            self._show_idle()
+        if self.battery is not None and now >= self._next_battery:
+            self._next_battery = now + BATTERY_POLL_S
+            try:
+                self.battery.poll()  # fires when_low/when_critical -> events
+            except Exception:  # noqa: BLE001 - a flaky gauge must not stop the kit
+                log.warning("battery poll failed", exc_info=True)
+        if now >= self._next_status:
+            self._write_status()
+
+    def _shutdown(self) -> None:
+        self.state = "stopping"
+        if self.notifier is not None:
+            self.notifier.stopping(msg.STOPPING)
+        if self.courier is not None:
+            try:
+                self.courier.stop()
+            except Exception:  # noqa: BLE001
+                log.warning("courier did not stop cleanly", exc_info=True)
+        self._write_status()
+        self._tell(msg.STOPPING)
+
+    def close(self) -> None:
+        """Release camera, pins and database (after run() returned)."""
+        for part in (self.camera, self.panel, self.battery, self.store):
+            if part is None:
+                continue
+            try:
+                part.close()
+            except Exception:  # noqa: BLE001
+                log.warning("closing %r failed", part, exc_info=True)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, Press):
+            self.presses += 1
+            if event.kind == "short":
+                self.capture(event)
+            else:
+                self.report_status(event)
+        elif isinstance(event, HoldReached):
+            self._show("held")
+        elif isinstance(event, LowBattery):
+            self.low_battery(event)
+        elif isinstance(event, Stop):
+            log.info("stopping: %s", event.reason)
+            self._stop.set()
+
+    def capture(self, press: Press) -> Verdict:
+        """Short press: capture → check → store → send; always ends in a verdict pattern."""
+        self.state = "busy"
+        self._show("busy")
+        self._tell(msg.BUSY)
+        steps: dict[str, float] = {}
+        t = time.monotonic()
+        try:
+            self.store.check_space(2_000_000)
+        except DiskFull as exc:
+            return self._fail(press, msg.ERR_DISK_FULL.format(detail=exc), steps)
+        try:
+            frame = self.camera.capture()
+        except CaptureTimeout as exc:
+            log.error("camera timeout: %s", exc)
+            return self._fail(press, msg.ERR_CAMERA_TIMEOUT, steps)
+        except CaptureError as exc:
+            return self._fail(press, msg.ERR_CAMERA.format(detail=exc), steps)
+        steps["capture"] = _ms_since(t)
+        t = time.monotonic()
+        try:
+            reading = self.reader.read(frame.image)
+            data = reading.to_dict()
+            status = reading.status
+            annotated = getattr(reading, "annotated", None)
+            annotated_jpeg = encode_jpeg(annotated, quality=80) if annotated is not None else None
+        except Exception as exc:  # noqa: BLE001 - the reader must never take the kit down
+            log.exception("reader failed")
+            return self._fail(press, msg.ERR_READER.format(detail=f"{type(exc).__name__}: {exc}"), steps)
+        steps["read"] = _ms_since(t)
+        t = time.monotonic()
+        latency_ms = _ms_since(press.released_at)
+        try:
+            record = self.store.save(jpeg=frame.jpeg, status=status, reading=data, taken_at=frame.taken_at,
+                                     time_source=self._time_source(), source=frame.source,
+                                     annotated_jpeg=annotated_jpeg, latency_ms=latency_ms)
+        except DiskFull as exc:
+            return self._fail(press, msg.ERR_DISK_FULL.format(detail=exc), steps)
+        except StoreError as exc:
+            return self._fail(press, msg.ERR_STORE.format(detail=exc), steps)
+        steps["store"] = _ms_since(t)
+        if status == "ok":
+            text = msg.OK.format(halaman=record.halaman or "?", seq=record.seq)
+        elif status == "review":
+            text = msg.REVIEW.format(halaman=record.halaman or "?", seq=record.seq,
+                                     reasons=msg.reasons_text(data))
+        else:
+            text = msg.RETAKE.format(reasons=msg.reasons_text(data))
+        verdict = Verdict(press, status, text, record, data, latency_ms=_ms_since(press.released_at),
+                          steps_ms=steps)
+        self._verdict(verdict)
+        if status != "retake":
+            t = time.monotonic()
+            self.submit(record, frame.jpeg)
+            steps["submit"] = _ms_since(t)
+        return verdict
+
+    def report_status(self, press: Press | None = None) -> str:
+        """Long press: tell the status, retry anything not yet handed over, nudge the courier."""
+        self.resubmit()
+        if self.courier is not None:
+            try:
+                self.courier.kick()
+            except Exception:  # noqa: BLE001
+                log.warning("courier.kick failed", exc_info=True)
+        counts = self.store.counts()
+        cs = self._courier_status()
+        queued = int(cs.get("queued", cs.get("queue_depth", counts["unsubmitted"])) or 0)
+        link = "tersambung" if cs.get("connected") else ("tidak ada" if self.courier else "tidak dipakai")
+        text = msg.STATUS.format(total=counts["total"], ok=counts["ok"], review=counts["review"],
+                                 retake=counts["retake"], queued=queued, link=link)
+        self._tell(text)
+        self._tell(msg.RESEND if queued else msg.SENT_ALL)
+        self._show("queued" if queued else "ready")
+        self._write_status()
+        return text
+
+    def low_battery(self, event: LowBattery) -> None:
+        """Warn; if critical, stop cleanly (the current write is already finished) and power off."""
+        level = msg.battery_text(event.level)
+        self._show("low_battery")
+        self._pattern_until = None
+        if not event.critical:
+            self._tell(msg.LOW_BATTERY.format(level=level))
+            return
+        self._tell(msg.SHUTDOWN.format(level=level))
+        self.exit_code = EXIT_POWEROFF
+        self._stop.set()  # run() stops the courier, then calls power_off
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def submit(self, record: CaptureRecord, jpeg: bytes | None = None) -> bool:
+        """Hand a committed capture to the courier's outbox (idempotent by capture id)."""
+        if self.courier is None:
+            return False
+        try:
+            if jpeg is None:
+                jpeg = record.photo_path.read_bytes()
+            self.courier.submit_reading(capture_id=record.id, halaman=record.halaman, reading=record.reading,
+                                        photo_jpeg=jpeg, taken_at=record.taken_at,
+                                        time_source=record.time_source)
+        except Exception as exc:  # noqa: BLE001 - kept for the next resubmit (long press or restart)
+            log.error("capture %s not handed to the outbox: %s", record.id, exc)
+            self.store.mark_submitted(record.id, error=f"{type(exc).__name__}: {exc}")
+            return False
+        self.store.mark_submitted(record.id)
+        return True
+
+    def resubmit(self) -> int:
+        """Re-submit every committed ok/review capture without an outbox message; returns how many."""
+        if self.courier is None:
+            return 0
+        done = 0
+        for record in self.store.unsubmitted():
+            done += self.submit(record)
+        if done:
+            log.info("re-submitted %d stored capture(s) to the outbox", done)
+        return done
+
+    def _courier_alive(self) -> bool:
+        c = self.courier
+        if c is None:
+            return True
+        if hasattr(c, "is_alive"):
+            return bool(c.is_alive())
+        st = self._courier_status()
+        return bool(st.get("alive", st.get("running", True)))
+
+    def _courier_status(self) -> dict:
+        if self.courier is None:
+            return {}
+        try:
+            st = self.courier.status()
+            return st if isinstance(st, dict) else dict(getattr(st, "__dict__", {}))
+        except Exception:  # noqa: BLE001
+            return {}
+
+    # -- feedback ----------------------------------------------------------------------------------
+
+    def _verdict(self, verdict: Verdict) -> None:
+        self.verdicts += 1
+        self.latencies_ms.append(verdict.latency_ms)
+        self.state = "ready"
+        self._show(verdict.pattern)
+        self._pattern_until = time.monotonic() + self.config.gpio.verdict_s
+        self._tell(verdict.message)
+        self._write_status()
+        for listener in list(self.on_verdict):
+            try:
+                listener(verdict)
+            except Exception:  # noqa: BLE001
+                log.warning("verdict listener failed", exc_info=True)
+
+    def _fail(self, press: Press, text: str, steps: dict[str, float]) -> Verdict:
+        verdict = Verdict(press, "error", text, latency_ms=_ms_since(press.released_at), steps_ms=steps)
+        self._verdict(verdict)
+        return verdict
+
+    def _error(self, text: str) -> None:
+        self.state = "ready"
+        self._show("error")
+        self._pattern_until = time.monotonic() + self.config.gpio.verdict_s
+        self._tell(text)
+
+    def _show_idle(self) -> None:
+        cs = self._courier_status()
+        queued = cs.get("queued", cs.get("queue_depth", 0)) or 0
+        self._show("queued" if queued and not cs.get("connected", True) else "ready")
+
+    def _show(self, pattern: str) -> None:
+        if self.panel is not None:
+            try:
+                self.panel.show(pattern)
+            except Exception:  # noqa: BLE001 - a broken LED must not stop the kit
+                log.warning("cannot show %s", pattern, exc_info=True)
+
+    def _tell(self, text: str) -> None:
+        self.last_message = text
+        self._say(text)
+        if self.notifier is not None:
+            self.notifier.status(text)
+
+    # -- status file for `tpskit status` -----------------------------------------------------------
+
+    @property
+    def status_path(self) -> Path:
+        return self.store.state_dir / "status.json"
+
+    def status(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "pid": os.getpid(), "state": self.state, "ready": self.state in ("ready", "busy"),
+            "updated_at": time.time(), "kit_id": self.config.kit.kit_id,
+            "kode_wilayah": self.config.kit.kode_wilayah, "tps": self.config.kit.tps,
+            "presses": self.presses, "verdicts": self.verdicts, "last_message": self.last_message,
+            "latency_ms": {"median": statistics.median(lat) if lat else None,
+                           "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None},
+            "courier": self._courier_status(),
+            "battery": self.battery.status() if self.battery is not None else None,
+        }
+
+    def _write_status(self) -> None:
+        self._next_status = time.monotonic() + STATUS_EVERY_S
+        try:
+            tmp = self.status_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), ensure_ascii=False, default=str), encoding="utf-8")
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.status_path, exc)
+
+
+def _ms_since(t0: float) -> float:
+    return (time.monotonic() - t0) * 1000.0
+
+
+def _safe_level(battery) -> float | None:
+    try:
+        return battery.level()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def run_shutdown_command(command: list[str]) -> int:
+    """Run the configured power-off command (outside systemd; under systemd ExecStopPost does it)."""
+    if not command:
+        return 0
+    log.warning("running shutdown command: %s", " ".join(command))
+    try:
+        return subprocess.run(command, check=False, timeout=60).returncode
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("shutdown command failed: %s", exc)
+        return 1
