@@ -89,7 +89,14 @@ def _markers(rects) -> list[list[float]]:
     return [tl, tr, br, bl]
 
 
-def _tag(page) -> list[list[float]]:
+def _tag(page, tag_id: int) -> list[list[float]]:
+    """Corners of the page code in the tag's own order (OpenCV aruco corner 0..3), in mm.
+
+    The printed tag may be rotated: the order is taken from decoding a rendering of the page with OpenCV.
+    """
+    import cv2
+    import numpy as np
+
     best = None
     for d in page.get_drawings():
         r = d["rect"]
@@ -99,7 +106,19 @@ def _tag(page) -> list[list[float]]:
     if best is None:
         sys.exit("page code (AprilTag) not found")
     x, y, w, h = best
-    return [[_r(x), _r(y)], [_r(x + w), _r(y)], [_r(x + w), _r(y + h)], [_r(x), _r(y + h)]]
+    square = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+    dpi = 60
+    pix = page.get_pixmap(dpi=dpi, colorspace="gray")
+    img = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width)
+    det = cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_APRILTAG_36h10))
+    corners, ids, _ = det.detectMarkers(img)
+    if ids is None or int(ids.ravel()[0]) != tag_id:
+        sys.exit(f"page code: expected AprilTag 36h10 id {tag_id}, decoded {None if ids is None else ids.ravel()}")
+    out = []
+    for cx, cy in corners[0][0] * 25.4 / dpi:
+        sx, sy = min(square, key=lambda q: (q[0] - cx) ** 2 + (q[1] - cy) ** 2)
+        out.append([_r(sx), _r(sy)])
+    return out
 
 
 def _circles(page, diameter: float) -> list[list[float]]:
@@ -325,7 +344,7 @@ def measure(pdf: Path) -> list[dict]:
                 "title": f"Formulir Model C.HASIL-PPWP 2024, halaman {n} dari 3",
                 "size_mm": [_r(page.rect.width * MM), _r(page.rect.height * MM)],
                 "markers": {"kind": "double_square", "square_mm": 7.2, "points_mm": _markers(rects)},
-                "tag": {"family": "apriltag_36h10", "id": TAG_IDS[n], "corners_mm": _tag(page)},
+                "tag": {"family": "apriltag_36h10", "id": TAG_IDS[n], "corners_mm": _tag(page, TAG_IDS[n])},
                 "frames_mm": _frames(rects),
                 "fields": fields,
                 "rules": rules,
