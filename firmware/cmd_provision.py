@@ -1,0 +1,95 @@
+"""`tpskit provision`: set the kit's identity, broker, DPT and key (H-1)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="one provisioning file per kit (TOML or JSON, keys as the options below); "
+                        "options override it")
+    p.add_argument("--kode-wilayah", help="kode wilayah provinsi.kabkota.kecamatan.desa, e.g. 31.71.01.1001")
+    p.add_argument("--tps", help="TPS number 1-999")
+    p.add_argument("--broker", help="broker URL mqtts://host:port")
+    p.add_argument("--username", help="MQTT username of this kit")
+    p.add_argument("--password-file", help="file with the MQTT password (copied to the credential file)")
+    p.add_argument("--ca-file", help="CA bundle that signed the broker's certificate")
+    p.add_argument("--dpt", help="registered voters of this TPS (Pemilu 2024: at most 300)")
+    p.add_argument("--kit-id", help="kit name (default kit-<kode wilayah digits>-<TPS>)")
+    p.add_argument("--state-dir", help="state directory (default from the config, /var/lib/tpskit)")
+    p.add_argument("--config-out", help="config file to write (default --config or /etc/tpskit/config.toml)")
+    p.add_argument("--secret-out", help="MQTT password file to write (default <config dir>/mqtt-password)")
+    p.add_argument("--export", metavar="DIR",
+                   help="also write <kit_id>.csv (registry row) into DIR, e.g. a USB stick")
+    p.add_argument("--registry", metavar="FILE", help="also add the kit to this collector registry (JSON)")
+    p.add_argument("--force", action="store_true",
+                   help="allow a new identity although the kit holds data (moved to archive/, never deleted)")
+    p.add_argument("--new-key", action="store_true",
+                   help="with --force: replace the key (the old one is kept as a backup)")
+    p.add_argument("--volatile-ok", action="store_true",
+                   help="allow a state dir under /tmp or /run (tests and demos only: lost at reboot)")
+    p.add_argument("--service-user", default="tpskit", help="owner of the key when run as root")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from firmware import config as cfg
+    from firmware.provision import (
+        ProvisionError,
+        ProvisionRequest,
+        export_public,
+        provision,
+        read_request_file,
+    )
+
+    try:
+        values = read_request_file(args.from_file) if args.from_file else {}
+        for name in ("kode_wilayah", "tps", "broker", "username", "password_file", "ca_file", "dpt", "kit_id",
+                     "state_dir"):
+            v = getattr(args, name)
+            if v is not None:
+                values[name] = v
+        missing = [n for n in ("kode_wilayah", "tps", "broker") if values.get(n) in (None, "")]
+        if missing:
+            flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+            raise ProvisionError(f"belum diisi / missing: {flags} (atau di file --from)")
+        req = ProvisionRequest(**values)
+        config_out = Path(args.config_out or args.config or cfg.DEFAULT_PATH)
+        result = provision(req, config_out=config_out, force=args.force, new_key=args.new_key,
+                           service_user=args.service_user, secret_path=args.secret_out,
+                           volatile_ok=args.volatile_ok)
+        exported = export_public(result, args.export) if args.export else None
+        if args.registry:
+            from comms.signing import registry_add
+
+            registry_add(args.registry, result.kit_id, result.public_key, kode_wilayah=result.kode_wilayah,
+                         tps=result.tps)
+    except (ProvisionError, cfg.ConfigError, OSError) as exc:
+        print(f"tpskit provision: GAGAL / FAILED: {exc}", file=sys.stderr)
+        return 2
+
+    if args.json:
+        out = result.to_dict()
+        out["exported"] = str(exported) if exported else None
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"Kit {result.kit_id}: {result.kode_wilayah} TPS {result.tps}")
+    print(f"  config     : {result.config_path} ({'ditulis' if result.config_changed else 'tidak berubah'})")
+    key_state = "baru dibuat" if result.key_created else "sudah ada, dipakai"
+    print(f"  kunci/key  : {result.key_path} ({key_state})")
+    for note in result.notes:
+        print(f"  catatan    : {note}")
+    print(f"  kunci publik / public key: {result.public_key}")
+    print(f"  (juga di {result.public_key_path} dan .pem)")
+    print("  baris registry collector / registry row (kit_id,public_key,kode_wilayah,tps):")
+    print(f"  {result.registry_csv}")
+    if exported:
+        print(f"  diekspor ke / exported to: {exported}")
+    if args.registry:
+        print(f"  ditambahkan ke registry / added to: {args.registry}")
+    print("Langkah berikut / next: tpskit calibrate, lalu tpskit selftest")
+    return 0

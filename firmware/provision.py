@@ -1,0 +1,410 @@
+"""Provisioning a kit for H-1: identity (kode wilayah + TPS), broker, DPT, Ed25519 key.
+
+Idempotent: running it again with the same input changes nothing and prints the
+same public key. It refuses bad input with a message saying what was wrong and
+what to do, and it never overwrites an existing key or unsent data without
+``force`` (then the old data is moved to ``<state_dir>/archive/``, never deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from firmware import config as cfg
+from firmware.tomlwrite import dumps, write_atomic
+
+log = logging.getLogger(__name__)
+
+SERVICE_USER = "tpskit"
+DPT_MAX_2024 = 300  # PKPU: at most 300 voters per TPS in Pemilu 2024
+# Kemendagri province codes (38 provinces since 2022).
+PROVINCES: frozenset[int] = frozenset(
+    [*range(11, 20), 21, *range(31, 37), *range(51, 54), *range(61, 66), *range(71, 77), 81, 82,
+     *range(91, 97)])
+REQUEST_KEYS = {"kode_wilayah", "tps", "dpt", "kit_id", "broker", "username", "password", "password_file",
+                "ca_file", "topic_prefix", "state_dir"}
+
+
+class ProvisionError(ValueError):
+    """Provisioning refused; the message says what was wrong and what to do."""
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+def validate_kode_wilayah(value: str) -> str:
+    value = str(value).strip()
+    if not re.fullmatch(cfg.KODE_WILAYAH_PATTERN, value):
+        raise ProvisionError(
+            f"kode wilayah {value!r} salah format: harus NN.NN.NN.NNNN (provinsi.kabkota.kecamatan.desa), "
+            "contoh 31.71.01.1001 / kode wilayah must look like 31.71.01.1001")
+    prov, kab, kec, desa = value.split(".")
+    if int(prov) not in PROVINCES:
+        raise ProvisionError(f"kode provinsi {prov} pada {value!r} tidak dikenal (11–96 menurut Kemendagri): "
+                             "periksa kode wilayah / unknown province code")
+    if int(kab) == 0 or int(kec) == 0:
+        raise ProvisionError(f"kode kabupaten/kota dan kecamatan pada {value!r} tidak boleh 00: "
+                             "periksa kode wilayah / regency and district codes cannot be 00")
+    if not 1001 <= int(desa) <= 2999:
+        raise ProvisionError(f"kode desa/kelurahan {desa} pada {value!r} tidak wajar (kelurahan 1001–1999, "
+                             "desa 2001–2999): periksa kode wilayah / implausible village code")
+    return value
+
+
+def validate_tps(value) -> int:
+    try:
+        tps = int(str(value).strip())
+    except ValueError:
+        raise ProvisionError(f"nomor TPS {value!r} bukan angka: isi 1–999 / TPS must be a number") from None
+    if not 1 <= tps <= 999:
+        raise ProvisionError(f"nomor TPS {tps} di luar 1–999 / TPS number must be 1–999")
+    return tps
+
+
+def validate_dpt(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        dpt = int(str(value).strip())
+    except ValueError:
+        raise ProvisionError(f"DPT {value!r} bukan angka: isi jumlah pemilih terdaftar "
+                             "/ DPT must be a number") from None
+    if dpt < 1:
+        raise ProvisionError(f"DPT {dpt} harus minimal 1 / DPT must be at least 1")
+    if dpt > DPT_MAX_2024:
+        raise ProvisionError(f"DPT {dpt} melebihi batas {DPT_MAX_2024} pemilih per TPS pada Pemilu 2024: "
+                             f"periksa angka DPT dari KPU / Pemilu 2024 allows at most {DPT_MAX_2024} "
+                             "voters per TPS")
+    return dpt
+
+
+def validate_broker(url: str) -> str:
+    url = str(url).strip()
+    if not re.fullmatch(r"mqtts?://[^/\s:]+(:\d+)?/?", url):
+        raise ProvisionError(f"alamat broker {url!r} salah: harus mqtts://host:port (atau mqtt:// untuk uji) "
+                             "/ broker must be mqtts://host:port")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ProvisionError(f"port pada {url!r} tidak sah / bad port in broker URL") from None
+    return url
+
+
+def default_kit_id(kode_wilayah: str, tps: int) -> str:
+    """``kit-3171011001-005``: readable, unique per TPS, valid as an MQTT client id."""
+    return f"kit-{kode_wilayah.replace('.', '')}-{tps:03d}"
+
+
+def validate_kit_id(value: str) -> str:
+    value = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ProvisionError(f"kit id {value!r} tidak sah: huruf, angka, . _ - saja, maks 64 "
+                             "/ kit id may only use letters, digits, . _ -")
+    return value
+
+
+# --- request ------------------------------------------------------------------------------------------
+
+@dataclass
+class ProvisionRequest:
+    """What the technician gives (from the command line and/or one file per kit)."""
+
+    kode_wilayah: str
+    tps: int
+    broker: str
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    dpt: int | None = None
+    kit_id: str | None = None
+    ca_file: Path | None = None
+    topic_prefix: str | None = None
+    state_dir: Path | None = None
+
+    def validated(self) -> ProvisionRequest:
+        kode = validate_kode_wilayah(self.kode_wilayah)
+        tps = validate_tps(self.tps)
+        return ProvisionRequest(
+            kode_wilayah=kode, tps=tps, broker=validate_broker(self.broker),
+            username=(self.username or None), password=self.password,
+            password_file=Path(self.password_file) if self.password_file else None,
+            dpt=validate_dpt(self.dpt),
+            kit_id=validate_kit_id(self.kit_id) if self.kit_id else default_kit_id(kode, tps),
+            ca_file=Path(self.ca_file) if self.ca_file else None, topic_prefix=self.topic_prefix,
+            state_dir=Path(self.state_dir) if self.state_dir else None)
+
+    @property
+    def kabupaten(self) -> str:
+        return ".".join(self.kode_wilayah.split(".")[:2])
+
+
+def read_request_file(path: Path | str) -> dict:
+    """One kit's provisioning file (TOML or JSON); unknown keys are refused."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProvisionError(f"file provisioning {path} tidak bisa dibaca ({exc}) "
+                             "/ cannot read file") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProvisionError(f"file provisioning {path} rusak ({exc}): perbaiki formatnya "
+                             "/ file is not valid TOML/JSON") from None
+    if not isinstance(data, dict):
+        raise ProvisionError(f"file provisioning {path}: harus berisi satu tabel/objek per kit")
+    data = dict(data.get("provision", data))
+    if "url" in data and "broker" not in data:
+        data["broker"] = data.pop("url")
+    unknown = set(data) - REQUEST_KEYS
+    if unknown:
+        raise ProvisionError(f"file provisioning {path}: kunci tidak dikenal {sorted(unknown)}; "
+                             f"yang boleh: {sorted(REQUEST_KEYS)}")
+    return data
+
+
+# --- result -------------------------------------------------------------------------------------------
+
+@dataclass
+class ProvisionResult:
+    kit_id: str
+    kode_wilayah: str
+    tps: int
+    config_path: Path
+    key_path: Path
+    public_key: str
+    public_key_path: Path
+    registry_csv: str
+    key_created: bool
+    config_changed: bool
+    archived: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"kit_id": self.kit_id, "kode_wilayah": self.kode_wilayah, "tps": self.tps,
+                "config": str(self.config_path), "key": str(self.key_path), "public_key": self.public_key,
+                "public_key_file": str(self.public_key_path), "registry_csv": self.registry_csv,
+                "key_created": self.key_created, "config_changed": self.config_changed,
+                "archived": [str(p) for p in self.archived], "notes": self.notes}
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+def _service_ids(user: str) -> tuple[int, int] | None:
+    """(uid, gid) of the service user if we are root and it exists, else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        import pwd
+
+        pw = pwd.getpwnam(user)
+    except (KeyError, ImportError):
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _chown(path: Path, ids: tuple[int, int] | None) -> None:
+    if ids is not None:
+        os.chown(path, *ids)
+
+
+def stored_data(state_dir: Path) -> list[str]:
+    """What the kit holds that may not have been delivered: non-empty tables in tpskit.db, photos."""
+    found: list[str] = []
+    db = state_dir / "tpskit.db"
+    if db.exists():
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                tables = [r[0] for r in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+                for t in tables:
+                    n = con.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+                    if n:
+                        found.append(f"{n} baris di tabel {t}")
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            found.append(f"database {db} tidak terbaca ({exc})")
+    photos = state_dir / "photos"
+    if photos.is_dir():
+        n = sum(1 for p in photos.rglob("*") if p.is_file())
+        if n:
+            found.append(f"{n} foto di {photos}")
+    return found
+
+
+def _archive(state_dir: Path, label: str) -> Path:
+    """Move tpskit.db* and photos/ aside (never delete): ``<state_dir>/archive/<time>-<label>/``."""
+    dest = state_dir / "archive" / f"{time.strftime('%Y%m%dT%H%M%S')}-{label}"
+    dest.mkdir(parents=True, exist_ok=False)
+    for p in [*state_dir.glob("tpskit.db*"), state_dir / "photos"]:
+        if p.exists():
+            shutil.move(str(p), dest / p.name)
+    return dest
+
+
+def _read_existing(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ProvisionError(f"config {path} yang ada rusak ({exc}): perbaiki atau pindahkan dulu, "
+                             "atau ulangi dengan --force / existing config is unreadable") from None
+
+
+def _store_password(req: ProvisionRequest, secret_path: Path) -> Path | None:
+    """Put the MQTT password where tpskit.service loads it (LoadCredential=mqtt-password:...)."""
+    if req.password is not None:
+        secret = req.password
+    elif req.password_file is not None:
+        if req.password_file.resolve() == secret_path.resolve() and secret_path.exists():
+            return secret_path
+        try:
+            secret = req.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ProvisionError(f"file password {req.password_file} tidak bisa dibaca ({exc}) "
+                                 "/ cannot read the password file") from None
+    else:
+        return None
+    if not secret:
+        raise ProvisionError("password MQTT kosong / the MQTT password is empty")
+    if secret_path.exists() and secret_path.read_text(encoding="utf-8").strip() == secret:
+        return secret_path
+    write_atomic(secret_path, secret + "\n", mode=0o600)
+    return secret_path
+
+
+# --- the operation ------------------------------------------------------------------------------------
+
+CONFIG_HEADER = ("tpskit configuration, written by 'tpskit provision' and 'tpskit calibrate'.\n"
+                 "Every key is described in firmware/config.py; unknown keys are refused at start.")
+
+
+def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PATH, force: bool = False,
+              new_key: bool = False, service_user: str = SERVICE_USER,
+              secret_path: Path | str | None = None, volatile_ok: bool = False) -> ProvisionResult:
+    """Write the config, the password credential and the key; see the module docstring."""
+    from comms import signing
+
+    req = req.validated()
+    config_out = Path(config_out)
+    try:
+        existing = _read_existing(config_out)
+    except ProvisionError:
+        if not force:
+            raise
+        existing = {}
+    data: dict = {k: dict(v) if isinstance(v, dict) else v for k, v in existing.items()}
+    old_kit = data.get("kit", {})
+    state_dir = req.state_dir or Path(data.get("paths", {}).get("state_dir") or cfg.PathsConfig().state_dir)
+    if new_key and not force:
+        raise ProvisionError("--new-key membuang identitas kunci lama: ulangi bersama --force "
+                             "/ --new-key needs --force")
+
+    notes: list[str] = []
+    archived: list[Path] = []
+    identity_changed = bool(old_kit) and (
+        old_kit.get("kode_wilayah"), old_kit.get("tps"), old_kit.get("kit_id")) != (
+        req.kode_wilayah, req.tps, req.kit_id)
+    if identity_changed:
+        held = stored_data(state_dir)
+        if held and not force:
+            raise ProvisionError(
+                f"kit ini sudah disiapkan untuk {old_kit.get('kit_id')} ({old_kit.get('kode_wilayah')} "
+                f"TPS {old_kit.get('tps')}) dan masih menyimpan data: {'; '.join(held)}. Kirim/ekspor "
+                "dulu ('tpskit export'), lalu ulangi dengan --force (data lama dipindah ke archive/, "
+                "tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
+        if held:
+            archived.append(_archive(state_dir, str(old_kit.get("kit_id") or "old")))
+            notes.append(f"data lama dipindahkan ke {archived[-1]}")
+
+    # config
+    secret_path = Path(secret_path) if secret_path else config_out.parent / "mqtt-password"
+    password_path = _store_password(req, secret_path)
+    kit = {"kit_id": req.kit_id, "kode_wilayah": req.kode_wilayah, "tps": req.tps}
+    if req.dpt is not None:
+        kit["dpt"] = req.dpt
+    data["kit"] = kit
+    mqtt = data.setdefault("mqtt", {})
+    mqtt["url"] = req.broker
+    for key, value in (("username", req.username), ("password_file", password_path),
+                       ("ca_file", req.ca_file), ("topic_prefix", req.topic_prefix)):
+        if value is not None:
+            mqtt[key] = str(value)
+    if req.state_dir is not None:
+        data.setdefault("paths", {})["state_dir"] = str(req.state_dir)
+    if volatile_ok:
+        data.setdefault("paths", {})["volatile_ok"] = True
+    try:
+        conf = cfg.parse(data)
+    except cfg.ConfigError as exc:
+        raise ProvisionError("konfigurasi hasil provisioning tidak sah / resulting config is invalid: "
+                             f"{exc}") from None
+    text = dumps(data, header=CONFIG_HEADER)
+    changed = not config_out.exists() or config_out.read_text(encoding="utf-8") != text
+    if changed:
+        write_atomic(config_out, text, mode=0o644)
+
+    # state dir and key
+    ids = _service_ids(service_user)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    key_path = conf.signing_key_path
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    for d in {state_dir, key_path.parent}:
+        os.chmod(d, 0o700)
+        _chown(d, ids)
+    created = False
+    if key_path.exists() and new_key:
+        backup = key_path.with_name(f"{key_path.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
+        os.replace(key_path, backup)
+        notes.append(f"kunci lama disimpan sebagai {backup}")
+    if key_path.exists():
+        try:
+            key = signing.load_private_key(key_path)
+        except signing.KeyFileError as exc:
+            raise ProvisionError(f"{exc}. Kunci yang ada tidak ditimpa; pakai --force --new-key untuk "
+                                 "membuat kunci baru (yang lama disimpan) / key unreadable") from None
+    else:
+        key = signing.generate_key()
+        signing.save_private_key(key, key_path)
+        created = True
+    os.chmod(key_path, 0o600)
+    _chown(key_path, ids)
+
+    public = signing.public_key_b64(key)
+    pub_path = key_path.with_name("kit.pub")
+    pub_text = public + "\n"
+    if not pub_path.exists() or pub_path.read_text() != pub_text:
+        write_atomic(pub_path, pub_text, mode=0o644)
+    pem_path = key_path.with_name("kit.pub.pem")
+    pem_text = signing.public_key_pem(key)
+    if not pem_path.exists() or pem_path.read_text() != pem_text:
+        write_atomic(pem_path, pem_text, mode=0o644)
+    for p in (pub_path, pem_path):
+        _chown(p, ids)
+    return ProvisionResult(
+        kit_id=req.kit_id, kode_wilayah=req.kode_wilayah, tps=req.tps, config_path=config_out,
+        key_path=key_path, public_key=public, public_key_path=pub_path,
+        registry_csv=f"{req.kit_id},{public},{req.kode_wilayah},{req.tps}",
+        key_created=created, config_changed=changed, archived=archived, notes=notes)
+
+
+def export_public(result: ProvisionResult, directory: Path | str) -> Path:
+    """Write ``<kit_id>.csv`` (a registry row with header) into *directory*, e.g. a USB stick."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{result.kit_id}.csv"
+    write_atomic(path, "kit_id,public_key,kode_wilayah,tps\n" + result.registry_csv + "\n", mode=0o644)
+    return path

@@ -1,0 +1,210 @@
+"""tpskit provision: good and bad identities, repeat runs, --force, one file per kit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from comms import signing
+from firmware import cli
+from firmware import config as cfg
+from firmware.provision import (
+    ProvisionError,
+    ProvisionRequest,
+    default_kit_id,
+    provision,
+    validate_dpt,
+    validate_kode_wilayah,
+    validate_tps,
+)
+
+
+@pytest.fixture
+def env(tmp_path):
+    pw = tmp_path / "pw.txt"
+    pw.write_text("rahasia\n")
+    return {"conf": tmp_path / "etc" / "config.toml", "state": tmp_path / "state", "pw": pw, "tmp": tmp_path}
+
+
+def run_cli(env, *extra, kode="31.71.01.1001", tps="5"):
+    argv = ["provision", "--config-out", str(env["conf"]), "--state-dir", str(env["state"]),
+            "--broker", "mqtts://broker.kpu.example:8883", "--username", "kit5",
+            "--password-file", str(env["pw"]), "--dpt", "280", "--json", "--volatile-ok", *extra]
+    if kode is not None:
+        argv += ["--kode-wilayah", kode]
+    if tps is not None:
+        argv += ["--tps", tps]
+    return cli.main(argv)
+
+
+@pytest.mark.parametrize("kode", ["31.71.01.1001", "11.01.01.2001", "96.01.02.2005", "64.72.03.1004"])
+def test_good_kode_wilayah(kode):
+    assert validate_kode_wilayah(kode) == kode
+
+
+@pytest.mark.parametrize("kode,why", [
+    ("3171011001", "NN.NN.NN.NNNN"), ("31.71.1.1001", "NN.NN.NN.NNNN"), ("31-71-01-1001", "NN.NN.NN.NNNN"),
+    ("10.71.01.1001", "provinsi"), ("99.01.01.1001", "provinsi"), ("20.01.01.1001", "provinsi"),
+    ("31.00.01.1001", "00"), ("31.71.00.1001", "00"), ("31.71.01.0001", "desa"), ("31.71.01.3001", "desa"),
+])
+def test_bad_kode_wilayah(kode, why):
+    with pytest.raises(ProvisionError, match=why):
+        validate_kode_wilayah(kode)
+
+
+def test_tps_and_dpt_limits():
+    assert validate_tps("7") == 7 and validate_tps(999) == 999
+    for bad in (0, 1000, "x", "-1"):
+        with pytest.raises(ProvisionError, match="TPS"):
+            validate_tps(bad)
+    assert validate_dpt(300) == 300 and validate_dpt(None) is None
+    with pytest.raises(ProvisionError, match="300 pemilih per TPS pada Pemilu 2024"):
+        validate_dpt(301)
+    with pytest.raises(ProvisionError, match="DPT"):
+        validate_dpt("banyak")
+
+
+def test_provision_writes_valid_config_key_and_credential(env, capsys):
+    assert run_cli(env) == 0
+    out = json.loads(capsys.readouterr().out)
+    conf = cfg.load(env["conf"])
+    assert conf.kit.kode_wilayah == "31.71.01.1001" and conf.kit.tps == 5 and conf.kit.dpt == 280
+    assert conf.kit.kit_id == default_kit_id("31.71.01.1001", 5) == "kit-3171011001-005"
+    assert conf.mqtt.url == "mqtts://broker.kpu.example:8883" and conf.mqtt.username == "kit5"
+    assert cfg.read_secret(conf.mqtt.password_file) == "rahasia"
+    assert stat.S_IMODE(os.stat(conf.mqtt.password_file).st_mode) == 0o600
+    key_path = conf.signing_key_path
+    assert key_path == env["state"] / "keys" / "kit.key"
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(key_path.parent).st_mode) == 0o700
+    key = signing.load_private_key(key_path)
+    assert out["public_key"] == signing.public_key_b64(key)
+    assert (key_path.parent / "kit.pub").read_text().strip() == out["public_key"]
+    assert out["registry_csv"] == f"kit-3171011001-005,{out['public_key']},31.71.01.1001,5"
+    assert out["key_created"] and out["config_changed"]
+
+
+def test_repeat_run_is_idempotent(env, capsys):
+    assert run_cli(env) == 0
+    first = json.loads(capsys.readouterr().out)
+    text = env["conf"].read_text()
+    mtime = env["conf"].stat().st_mtime_ns
+    assert run_cli(env) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["public_key"] == first["public_key"]
+    assert not second["key_created"] and not second["config_changed"]
+    assert env["conf"].read_text() == text and env["conf"].stat().st_mtime_ns == mtime
+
+
+def test_bad_input_is_refused_and_changes_nothing(env, capsys):
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    before = env["conf"].read_text()
+    assert run_cli(env, kode="31.71.01.999") == 2
+    err = capsys.readouterr().err
+    assert "GAGAL" in err and "NN.NN.NN.NNNN" in err
+    assert run_cli(env, tps="0") == 2
+    assert run_cli(env, "--dpt", "450") == 2
+    assert "Pemilu 2024" in capsys.readouterr().err
+    assert run_cli(env, "--broker", "http://x") == 2
+    assert run_cli(env, kode=None) == 2
+    assert "--kode-wilayah" in capsys.readouterr().err
+    assert env["conf"].read_text() == before
+
+
+def _add_unsent_data(state):
+    con = sqlite3.connect(state / "tpskit.db")
+    con.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, state TEXT)")
+    con.execute("INSERT INTO outbox (state) VALUES ('queued')")
+    con.commit()
+    con.close()
+
+
+def test_new_identity_with_unsent_data_needs_force(env, capsys):
+    assert run_cli(env) == 0
+    first = json.loads(capsys.readouterr().out)
+    _add_unsent_data(env["state"])
+    assert run_cli(env, tps="6") == 2
+    err = capsys.readouterr().err
+    assert "masih menyimpan data" in err and "--force" in err
+    assert cfg.load(env["conf"]).kit.tps == 5  # unchanged
+    assert run_cli(env, "--force", tps="6") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert cfg.load(env["conf"]).kit.tps == 6
+    # unsent data was moved aside, not deleted; the key is kept (only --new-key replaces it)
+    archived = [p for p in (env["state"] / "archive").rglob("tpskit.db")]
+    assert len(archived) == 1
+    assert sqlite3.connect(archived[0]).execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+    assert not (env["state"] / "tpskit.db").exists()
+    assert out["public_key"] == first["public_key"]
+
+
+def test_new_identity_without_data_is_allowed(env, capsys):
+    assert run_cli(env) == 0
+    assert run_cli(env, tps="8") == 0
+    assert cfg.load(env["conf"]).kit.tps == 8
+
+
+def test_key_is_never_overwritten_without_force(env, capsys):
+    assert run_cli(env) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert run_cli(env, "--new-key") == 2
+    assert "--force" in capsys.readouterr().err
+    assert run_cli(env, "--new-key", "--force") == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["public_key"] != first["public_key"]
+    backups = list((env["state"] / "keys").glob("kit.key.*.bak"))
+    assert len(backups) == 1
+    assert signing.public_key_b64(signing.load_private_key(backups[0])) == first["public_key"]
+
+
+def test_corrupt_key_is_not_replaced(env, capsys):
+    assert run_cli(env) == 0
+    key = env["state"] / "keys" / "kit.key"
+    key.write_text("rusak\n")
+    assert run_cli(env) == 2
+    assert "tidak ditimpa" in capsys.readouterr().err
+    assert key.read_text() == "rusak\n"
+
+
+def test_from_file_per_kit_and_registry(env, capsys):
+    kits = env["tmp"] / "kits"
+    kits.mkdir()
+    (kits / "a.toml").write_text('kode_wilayah = "32.73.05.1002"\ntps = 12\nbroker = "mqtt://127.0.0.1:1883"\n'
+                                 'username = "kit-a"\npassword = "pw-a"\ndpt = 250\n')
+    (kits / "b.json").write_text(json.dumps({"kode_wilayah": "32.73.05.1002", "tps": 13,
+                                             "broker": "mqtt://127.0.0.1:1883", "kit_id": "bandung-13"}))
+    (kits / "bad.toml").write_text('kode_wilayah = "32.73.05.1002"\ntps = 14\nbrokr = "x"\n')
+    registry = env["tmp"] / "registry.json"
+    usb = env["tmp"] / "usb"
+    for name in ("a.toml", "b.json"):
+        conf = env["tmp"] / name / "config.toml"
+        assert cli.main(["provision", "--from", str(kits / name), "--config-out", str(conf), "--state-dir",
+                         str(env["tmp"] / name / "state"), "--registry", str(registry), "--export",
+                         str(usb), "--volatile-ok"]) == 0
+    out = capsys.readouterr().out
+    assert "kunci publik" in out
+    reg = signing.load_registry(registry)
+    assert set(reg) == {"kit-3273051002-012", "bandung-13"}
+    assert reg["bandung-13"].tps == 13 and reg["bandung-13"].kode_wilayah == "32.73.05.1002"
+    # the exported CSV rows concatenate into a registry the collector reads
+    rows = ["kit_id,public_key,kode_wilayah,tps"]
+    rows += [p.read_text().splitlines()[1] for p in sorted(usb.iterdir())]
+    (env["tmp"] / "all.csv").write_text("\n".join(rows) + "\n")
+    assert set(signing.load_registry(env["tmp"] / "all.csv")) == set(reg)
+    a = cfg.load(env["tmp"] / "a.toml" / "config.toml")
+    assert cfg.read_secret(a.mqtt.password_file) == "pw-a" and a.kit.dpt == 250
+    assert cli.main(["provision", "--from", str(kits / "bad.toml"), "--config-out",
+                     str(env["tmp"] / "bad" / "c.toml"), "--volatile-ok"]) == 2
+    assert "brokr" in capsys.readouterr().err
+
+
+def test_library_call_validates(env):
+    with pytest.raises(ProvisionError):
+        provision(ProvisionRequest(kode_wilayah="31.71.01.1001", tps=1000, broker="mqtt://h:1"),
+                  config_out=env["conf"], volatile_ok=True)
+    assert not env["conf"].exists()
