@@ -1,0 +1,97 @@
+"""Config errors name the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from firmware import config
+from firmware.config import ConfigError
+
+
+def error_of(text: str, tmp_path) -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    return str(info.value)
+
+
+def test_defaults_are_valid():
+    cfg = config.parse({})
+    assert cfg.db_path.name == "tpskit.db"
+    assert cfg.gpio.hold_s == 3.0
+
+
+def test_unknown_key_names_key_value_and_allowed(tmp_path):
+    text = error_of("[gpio]\nbuton = 27\n", tmp_path)
+    assert "gpio.buton" in text and "27" in text
+    assert "allowed in gpio" in text and "button" in text
+
+
+def test_unknown_section(tmp_path):
+    text = error_of("[camra]\nbackend = 'folder'\n", tmp_path)
+    assert "'camra'" in text and "camera" in text
+
+
+def test_bad_choice_lists_choices(tmp_path):
+    text = error_of("[camera]\nbackend = 'usb'\n", tmp_path)
+    assert "camera.backend" in text and "'usb'" in text
+    assert "'picamera2', 'folder' or 'v4l2'" in text
+
+
+def test_out_of_range_value(tmp_path):
+    text = error_of("[gpio]\nhold_s = 0.2\n", tmp_path)
+    assert "gpio.hold_s" in text and "0.2" in text and "greater than or equal to 1" in text
+
+
+def test_bad_type_and_pattern(tmp_path):
+    text = error_of("[kit]\ntps = 'satu'\nkode_wilayah = '3171011001'\n", tmp_path)
+    assert "kit.tps" in text and "'satu'" in text
+    assert "kit.kode_wilayah" in text and "'3171011001'" in text
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    text = error_of("[gpio]\nbutton = 99\nled_red = -1\n", tmp_path)
+    assert "gpio.button" in text and "gpio.led_red" in text
+
+
+def test_volatile_state_dir_refused(tmp_path):
+    text = error_of("[paths]\nstate_dir = '/run/tpskit'\n", tmp_path)
+    assert "/run/tpskit" in text and "persistent" in text
+    ok = tmp_path / "ok.toml"
+    ok.write_text("[paths]\nstate_dir = '/run/tpskit'\nvolatile_ok = true\n")
+    assert str(config.load(ok).paths.state_dir) == "/run/tpskit"
+
+
+def test_power_levels_consistent(tmp_path):
+    text = error_of("[power]\ncritical_percent = 30\nwarn_percent = 10\n", tmp_path)
+    assert "critical_percent" in text and "warn_percent" in text
+
+
+def test_not_toml_and_missing_file(tmp_path):
+    assert "not valid TOML" in error_of("[kit\n", tmp_path)
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_every_field_is_described():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, config.BaseModel):
+                assert ann.__doc__, f"section {name} has no docstring"
+                walk(ann)
+            else:
+                assert field.description, f"{model.__name__}.{name} has no description"
+    walk(config.Config)
+
+
+def test_secret_prefers_credentials_directory(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt.pass").write_text("rahasia\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert config.read_secret("/etc/tpskit/mqtt.pass") == "rahasia"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="not found"):
+        config.read_secret(tmp_path / "missing")

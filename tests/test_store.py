@@ -1,0 +1,92 @@
+"""CaptureStore on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from firmware.store import CaptureStore, DiskFull, StoreError
+
+JPEG = b"\xff\xd8" + b"x" * 1000 + b"\xff\xd9"
+
+
+def save(store, status="ok", page=1, **kw):
+    return store.save(jpeg=JPEG, status=status, reading={"page": page, "status": status, "reasons": []},
+                      taken_at=1_700_000_000.0, time_source="unsynced", source="test", **kw)
+
+
+def test_committed_row_points_at_complete_photo(tmp_path):
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    rec = save(store, annotated_jpeg=b"\xff\xd8ann\xff\xd9")
+    assert rec.photo_path.read_bytes() == JPEG
+    assert rec.annotated_path.read_bytes().startswith(b"\xff\xd8")
+    assert rec.photo_path.parent == tmp_path / "photos"
+    assert rec.halaman == 1 and rec.time_source == "unsynced"
+    conn = sqlite3.connect(tmp_path / "tpskit.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT COUNT(*) FROM captures").fetchone()[0] == 1
+    assert store.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_sequence_is_monotonic_across_restarts(tmp_path):
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    seqs = [save(store).seq for _ in range(3)]
+    store.close()
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    seqs.append(save(store, status="review", page=2).seq)
+    assert seqs == [1, 2, 3, 4]
+    assert [r.seq for r in store.last(2)] == [4, 3]
+    assert store.integrity_ok()
+
+
+def test_unsubmitted_and_mark(tmp_path):
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    a = save(store)
+    save(store, status="retake", page=None)
+    c = save(store, status="review", page=3)
+    assert [r.id for r in store.unsubmitted()] == [a.id, c.id]  # retakes are never sent
+    store.mark_submitted(a.id)
+    store.mark_submitted(c.id, error="OutboxFull")
+    assert [r.id for r in store.unsubmitted()] == [c.id]
+    assert store.counts() == {"ok": 1, "review": 1, "retake": 1, "total": 3, "unsubmitted": 1}
+
+
+def test_full_disk_refuses_and_keeps_earlier(tmp_path):
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    first = save(store)
+    store.min_free_mb = 10**9
+    with pytest.raises(DiskFull):
+        save(store)
+    store.min_free_mb = 1
+    assert store.counts()["total"] == 1
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == [f"{first.id}.jpg"]
+
+
+def test_write_failure_leaves_no_row_or_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    save(store)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(DiskFull):
+        save(store)
+    monkeypatch.undo()
+    assert store.counts()["total"] == 1
+    assert len(list((tmp_path / "photos").iterdir())) == 1
+
+
+def test_refuses_volatile_dir():
+    with pytest.raises(StoreError, match="lost at reboot"):
+        CaptureStore("/run/tpskit-test-never")
+
+
+def test_bad_status_refused(tmp_path):
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    with pytest.raises(ValueError):
+        save(store, status="maybe")
