@@ -1,0 +1,117 @@
+"""Camera backends: folder replay, clear errors on bad files, per-capture timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from capture import open_camera
+from capture.base import CaptureError, CaptureTimeout, TimeoutRunner
+from capture.folder import FolderCamera
+from capture.picam import fixed_controls
+from firmware.config import CameraConfig
+
+
+def page(value: int = 200) -> np.ndarray:
+    img = np.full((120, 160, 3), value, np.uint8)
+    cv2.putText(img, "C", (40, 80), cv2.FONT_HERSHEY_SIMPLEX, 2, (0, 0, 0), 3)
+    return img
+
+
+def write_jpeg(path, value=200):
+    ok, buf = cv2.imencode(".jpg", page(value))
+    path.write_bytes(buf.tobytes())
+    return buf.tobytes()
+
+
+def test_folder_replays_in_name_order_and_keeps_jpeg_bytes(tmp_path):
+    a = write_jpeg(tmp_path / "a.jpg", 210)
+    cv2.imwrite(str(tmp_path / "b.png"), page(100))
+    cam = FolderCamera(tmp_path)
+    f1, f2 = cam.capture(), cam.capture()
+    assert f1.jpeg == a and f1.source == "folder:a.jpg" and f1.image.shape == (120, 160, 3)
+    assert f2.jpeg[:2] == b"\xff\xd8" and f2.source == "folder:b.png"  # PNG re-encoded as JPEG
+    with pytest.raises(CaptureError, match="no more photos"):
+        cam.capture()
+
+
+def test_folder_loop(tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    cam = FolderCamera(tmp_path, loop=True)
+    assert [cam.capture().source for _ in range(3)] == ["folder:a.jpg"] * 3
+
+
+def test_bad_files_are_refused_clearly_then_next_works(tmp_path):
+    (tmp_path / "1-notes.txt").write_text("bukan foto")
+    good = write_jpeg(tmp_path / "3-good.jpg")
+    (tmp_path / "2-cut.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "0-empty.jpg").write_bytes(b"")
+    cam = FolderCamera(tmp_path)
+    with pytest.raises(CaptureError, match="empty"):
+        cam.capture()
+    with pytest.raises(CaptureError, match="not an image"):
+        cam.capture()
+    with pytest.raises(CaptureError, match="truncated"):
+        cam.capture()
+    assert cam.capture().source == "folder:3-good.jpg"
+
+
+def test_empty_and_missing_folder(tmp_path):
+    with pytest.raises(CaptureError, match="empty"):
+        FolderCamera(tmp_path).capture()
+    with pytest.raises(CaptureError, match="does not exist"):
+        FolderCamera(tmp_path / "nope")
+
+
+def test_hung_camera_times_out_and_is_reported_until_it_returns():
+    runner = TimeoutRunner(timeout_s=0.2, name="test camera")
+    release = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(CaptureTimeout, match="within 0.2 s"):
+        runner.call(lambda: release.wait(5))
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(CaptureTimeout, match="still stuck"):
+        runner.call(lambda: 1)
+    release.set()
+    time.sleep(0.1)
+    assert runner.call(lambda: 42) == 42
+
+
+def test_backend_errors_become_capture_errors():
+    runner = TimeoutRunner(timeout_s=1)
+
+    def boom():
+        raise OSError("VIDIOC_DQBUF failed")
+
+    with pytest.raises(CaptureError, match="VIDIOC_DQBUF"):
+        runner.call(boom)
+
+
+def test_open_camera_folder_and_config_errors(tmp_path):
+    write_jpeg(tmp_path / "a.jpg")
+    cam = open_camera(CameraConfig(backend="folder", folder=tmp_path))
+    assert cam.capture().source == "folder:a.jpg"
+    with pytest.raises(CaptureError, match="needs camera.folder"):
+        open_camera(CameraConfig(backend="folder"))
+
+
+def test_picamera2_missing_is_a_clear_error():
+    try:
+        import picamera2  # noqa: F401
+        pytest.skip("picamera2 present (on a Pi)")
+    except ImportError:
+        pass
+    with pytest.raises(CaptureError, match="python3-picamera2"):
+        open_camera(CameraConfig(backend="picamera2", timeout_s=5))
+
+
+def test_fixed_controls_from_calibration():
+    cfg = CameraConfig(exposure_us=8000, analogue_gain=1.5, awb_gains=(1.8, 1.4), lens_position=2.5)
+    assert fixed_controls(cfg) == {"AeEnable": False, "ExposureTime": 8000, "AnalogueGain": 1.5,
+                                   "AwbEnable": False, "ColourGains": (1.8, 1.4), "AfMode": 0,
+                                   "LensPosition": 2.5}
+    assert fixed_controls(CameraConfig()) == {}
