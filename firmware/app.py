@@ -90,6 +90,7 @@ class Kit:
         self._next_status = 0.0
         self._next_battery = 0.0
         self._gate = None
+        self._heartbeat: dict[str, Any] = {}
         if battery is not None:
             battery.when_low = lambda: self.post(LowBattery(level=_safe_level(battery), critical=False))
             battery.when_critical = lambda: self.post(LowBattery(level=_safe_level(battery), critical=True))
@@ -111,6 +112,8 @@ class Kit:
             return
         self._started = True
         if self.courier is not None:
+            if hasattr(self.courier, "heartbeat_info"):
+                self.courier.heartbeat_info(self.heartbeat)  # called on the courier's thread
             self.courier.start()
         self.resubmit()
         if self.notifier is not None:
@@ -331,8 +334,8 @@ class Kit:
             return True
         if hasattr(c, "is_alive"):
             return bool(c.is_alive())
-        st = self._courier_status()
-        return bool(st.get("alive", st.get("running", True)))
+        thread = getattr(c, "_thread", None)  # comms.courier.Courier's link thread
+        return thread is not None and thread.is_alive()
 
     def _courier_status(self) -> dict:
         if self.courier is None:
@@ -407,14 +410,38 @@ class Kit:
             "battery": self.battery.status() if self.battery is not None else None,
         }
 
+    def heartbeat(self) -> dict[str, Any]:
+        """For the courier's heartbeat (its thread): a snapshot the main loop refreshed."""
+        return dict(self._heartbeat)
+
     def _write_status(self) -> None:
         self._next_status = time.monotonic() + STATUS_EVERY_S
+        last = self.store.last(1)
+        battery = self.battery.status() if self.battery is not None else None
+        self._heartbeat = {
+            "battery": battery, "state": self.state,
+            "last_capture": ({"seq": last[0].seq, "status": last[0].status, "halaman": last[0].halaman,
+                              "taken_at": last[0].taken_at, "time_source": last[0].time_source}
+                             if last else None),
+            "firmware": _version("tpskit"), "model": getattr(getattr(self.reader, "classifier", None),
+                                                             "version", None),
+            "captures": self.store.counts(),
+        }
         try:
             tmp = self.status_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.status(), ensure_ascii=False, default=str), encoding="utf-8")
             os.replace(tmp, self.status_path)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _ms_since(t0: float) -> float:
@@ -438,3 +465,60 @@ def run_shutdown_command(command: list[str]) -> int:
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.error("shutdown command failed: %s", exc)
         return 1
+
+
+def load_reader(config: Config):
+    """The page reader with the digit model (loads the TFLite model: slow, do it before READY)."""
+    import importlib
+
+    digits = importlib.import_module("inference.digits")
+    reader = importlib.import_module("inference.reader")
+    classifier = digits.DigitClassifier.load(config.paths.model, num_threads=1)
+    return reader.PageReader(classifier=classifier, confidence=config.reader.confidence)
+
+
+def make_courier(config: Config):
+    """The courier for this kit's outbox (same DB file), credentials read from files."""
+    from comms.courier import Courier
+    from firmware.config import read_secret
+
+    return Courier.from_config(config, signing_key=config.signing_key_path,
+                               password=read_secret(config.mqtt.password_file))
+
+
+def build_kit(config: Config, *, camera=None, reader=None, courier=None, notifier=None, battery=None,
+              pin_factory=None, with_courier: bool = True, **kit_options) -> Kit:
+    """Open database, camera and model (in that order; each failure is a clear error), then the Kit.
+
+    Anything passed in is used as is (tests, demo); ``courier=None`` with ``with_courier`` builds one.
+    """
+    from capture import open_camera
+    from firmware.hardware import make_pin_factory
+
+    store = CaptureStore(config.paths.state_dir, min_free_mb=config.paths.min_free_mb,
+                         volatile_ok=config.paths.volatile_ok)
+    opened: list = [store]
+    try:
+        if camera is None:
+            camera = open_camera(config.camera)
+            opened.append(camera)
+        if reader is None:
+            reader = load_reader(config)
+        if courier is None and with_courier:
+            courier = make_courier(config)
+        if pin_factory is None:
+            pin_factory = make_pin_factory(config.gpio.pin_factory)
+        power = config.power
+        if battery is None and (power.low_battery_pin is not None or power.fuel_gauge != "none"):
+            from firmware.power import BatteryMonitor
+
+            battery = BatteryMonitor(config.power, pin_factory=pin_factory)
+        return Kit(config, camera=camera, reader=reader, store=store, courier=courier, notifier=notifier,
+                   battery=battery, pin_factory=pin_factory, **kit_options)
+    except BaseException:
+        for part in reversed(opened):
+            try:
+                part.close()
+            except Exception:  # noqa: BLE001
+                pass
+        raise
