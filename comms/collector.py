@@ -1,0 +1,435 @@
+"""Reference collector: verify, store (idempotently) and acknowledge kit messages.
+
+Runs anywhere (``tpskit collector --broker URL --db PATH --kits REGISTRY``). Readings, photo chunks and
+heartbeats arrive through an MQTT 5 shared subscription (``$share/collectors/...``) so several collectors
+split the load; retained readiness and status come through plain subscriptions. Each message is checked
+(topic, schema, registered kit, TPS, Ed25519 signature, replay) before anything is stored; rejects are
+logged and recorded in the ``rejects`` table only. A batch is committed (SQLite, synchronous=FULL) before
+the broker PUBACK and before the end-to-end ack on ``<prefix>/<kw>/<tps>/ack``.
+
+Storage is SQLite. PostgreSQL is not implemented yet (``CollectorStore`` is the one class to port).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from comms import payloads, topics
+from comms.outbox import connect
+from comms.signing import KitEntry, load_registry
+
+log = logging.getLogger("tpskit.comms.collector")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, seq INTEGER, kind TEXT NOT NULL, digest TEXT NOT NULL,
+    topic TEXT NOT NULL, created_at REAL, received_at REAL NOT NULL, payload BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_kit_seq ON messages(kit_id, seq) WHERE seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS readings (
+    message_id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL,
+    capture_id TEXT NOT NULL, halaman INTEGER, seq INTEGER NOT NULL, taken_at REAL, time_source TEXT,
+    reading TEXT NOT NULL, photo_sha256 TEXT, photo_bytes INTEGER, photo_chunks INTEGER,
+    created_at REAL, received_at REAL NOT NULL, UNIQUE(kit_id, capture_id));
+CREATE TABLE IF NOT EXISTS photo_chunks (
+    kit_id TEXT NOT NULL, capture_id TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL,
+    photo_sha256 TEXT NOT NULL, data BLOB NOT NULL, message_id TEXT NOT NULL,
+    PRIMARY KEY (kit_id, capture_id, idx));
+CREATE TABLE IF NOT EXISTS photos (
+    kit_id TEXT NOT NULL, capture_id TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
+    jpeg BLOB NOT NULL, completed_at REAL NOT NULL, PRIMARY KEY (kit_id, capture_id));
+CREATE TABLE IF NOT EXISTS kit_readiness (
+    kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, message_id TEXT NOT NULL,
+    seq INTEGER, created_at REAL, received_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kit_heartbeat (
+    kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, created_at REAL,
+    received_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kit_status (
+    kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, state TEXT NOT NULL,
+    reason TEXT, created_at REAL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rejects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, topic TEXT, reason TEXT NOT NULL,
+    detail TEXT, kit_id TEXT, message_id TEXT, payload_head BLOB);
+"""
+
+ACKED_KINDS = ("reading", "photo", "readiness")
+
+
+@dataclass
+class Outcome:
+    """What happened to one message: stored, duplicate, latest (non-queued kinds), stale or rejected."""
+
+    status: str
+    reason: str = ""
+    msg_id: str | None = None
+    kit_id: str | None = None
+    kode_wilayah: str | None = None
+    tps: int | None = None
+    kind: str | None = None
+
+    @property
+    def ack(self) -> bool:
+        return self.status in ("stored", "duplicate") and self.kind in ACKED_KINDS
+
+
+class CollectorStore:
+    """The collector's SQLite database; ``process`` validates and stores one message (call within a batch)."""
+
+    def __init__(self, path: Path | str, *, prefix: str = topics.DEFAULT_PREFIX):
+        self.path = Path(path)
+        self.prefix = prefix.strip("/")
+        self.conn = connect(self.path)
+        self.conn.executescript(SCHEMA)
+        self.max_seq: dict[str, int] = dict(
+            self.conn.execute("SELECT kit_id, MAX(seq) FROM messages WHERE seq IS NOT NULL GROUP BY kit_id"))
+
+    # --- batches --------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- processing -----------------------------------------------------------------------------------
+    def _reject(self, now: float, topic: str, payload: bytes, reason: str, detail: str = "",
+                kit_id: str | None = None, msg_id: str | None = None) -> Outcome:
+        log.warning("rejected message on %s: %s %s (kit %s, id %s)", topic, reason, detail, kit_id, msg_id)
+        self.conn.execute(
+            "INSERT INTO rejects (received_at, topic, reason, detail, kit_id, message_id, payload_head) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", (now, topic, reason, detail[:500], kit_id, msg_id, payload[:512]))
+        return Outcome("rejected", reason, msg_id, kit_id)
+
+    def process(self, topic: str, payload: bytes, registry: dict[str, KitEntry], *,
+                now: float | None = None) -> Outcome:
+        now = now if now is not None else time.time()
+        try:
+            parts = topics.parse_topic(self.prefix, topic)
+        except ValueError as exc:
+            return self._reject(now, topic, payload, "bad_topic", str(exc))
+        if parts.kind == topics.ACK:
+            return Outcome("ignored", "ack")
+        try:
+            env, raw = payloads.parse(payload)
+        except payloads.MalformedMessage as exc:
+            return self._reject(now, topic, payload, exc.reason, exc.detail)
+        kit = registry.get(env.kit_id)
+        if kit is None:
+            return self._reject(now, topic, payload, "unknown_kit", "kit not in the registry", env.kit_id, env.id)
+        if env.kind != parts.kind or env.kode_wilayah != parts.kode_wilayah or env.tps != parts.tps:
+            return self._reject(now, topic, payload, "topic_mismatch",
+                                f"message {env.kind} {env.kode_wilayah}/{env.tps} on topic {topic}",
+                                env.kit_id, env.id)
+        if (kit.kode_wilayah and kit.kode_wilayah != env.kode_wilayah) or (kit.tps and kit.tps != env.tps):
+            return self._reject(now, topic, payload, "wrong_tps",
+                                f"kit registered for {kit.kode_wilayah}/{kit.tps}", env.kit_id, env.id)
+        if not payloads.verify(kit.public_key, raw):
+            return self._reject(now, topic, payload, "bad_signature", "Ed25519 verification failed",
+                                env.kit_id, env.id)
+        if not env.id.startswith(env.kit_id + ":"):
+            return self._reject(now, topic, payload, "schema", "id must start with '<kit_id>:'", env.kit_id, env.id)
+        base = Outcome("stored", "", env.id, env.kit_id, env.kode_wilayah, env.tps, env.kind)
+        if env.kind == "heartbeat":
+            return self._latest(base, "kit_heartbeat", env, now, {"body": json.dumps(env.body)})
+        if env.kind == "status":
+            return self._latest(base, "kit_status", env, now,
+                                {"state": env.body["state"], "reason": env.body.get("reason")})
+        return self._store_queued(base, env, topic, payload, now)
+
+    def _latest(self, base: Outcome, table: str, env, now: float, cols: dict) -> Outcome:
+        row = self.conn.execute(f"SELECT created_at FROM {table} WHERE kit_id = ?", (env.kit_id,)).fetchone()
+        if row is not None and row[0] is not None and row[0] >= env.created_at:
+            base.status, base.reason = "stale", "older than the stored one"
+            return base
+        names = ["kit_id", "kode_wilayah", "tps", "created_at", "received_at", *cols]
+        values = [env.kit_id, env.kode_wilayah, env.tps, env.created_at, now, *cols.values()]
+        self.conn.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES "
+                          f"({', '.join('?' * len(names))})", values)
+        base.status = "latest"
+        return base
+
+    def _store_queued(self, base: Outcome, env, topic: str, payload: bytes, now: float) -> Outcome:
+        digest = hashlib.sha256(payload).hexdigest()
+        row = self.conn.execute("SELECT digest FROM messages WHERE id = ?", (env.id,)).fetchone()
+        if row is not None:
+            if row[0] == digest:
+                base.status = "duplicate"
+                return base
+            return self._reject(now, topic, payload, "replayed_id", "id already stored with other content",
+                                env.kit_id, env.id)
+        other = self.conn.execute("SELECT id FROM messages WHERE kit_id = ? AND seq = ?",
+                                  (env.kit_id, env.seq)).fetchone()
+        if other is not None:
+            return self._reject(now, topic, payload, "replayed_seq", f"seq {env.seq} already used by {other[0]}",
+                                env.kit_id, env.id)
+        body = env.body
+        if env.kind == "photo":
+            try:
+                data = payloads.decode_chunk(body)
+            except payloads.MalformedMessage as exc:
+                return self._reject(now, topic, payload, exc.reason, exc.detail, env.kit_id, env.id)
+            if body["index"] >= body["count"]:
+                return self._reject(now, topic, payload, "bad_chunk", "index >= count", env.kit_id, env.id)
+        elif env.kind == "reading":
+            dup = self.conn.execute("SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
+                                    (env.kit_id, body["capture_id"])).fetchone()
+            if dup is not None:
+                return self._reject(now, topic, payload, "replayed_capture",
+                                    f"capture {body['capture_id']} already stored as {dup[0]}", env.kit_id, env.id)
+        prev = self.max_seq.get(env.kit_id, 0)
+        if env.seq > prev + 1:
+            log.info("kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
+                        env.kit_id, env.seq, prev)
+        self.conn.execute(
+            "INSERT INTO messages (id, kit_id, seq, kind, digest, topic, created_at, received_at, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (env.id, env.kit_id, env.seq, env.kind, digest, topic, env.created_at, now, payload))
+        if env.kind == "reading":
+            photo = body.get("photo") or {}
+            self.conn.execute(
+                "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, seq, taken_at, "
+                "time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (env.id, env.kit_id, env.kode_wilayah, env.tps, body["capture_id"], body.get("halaman"), env.seq,
+                 body["taken_at"], body["time_source"], json.dumps(body["reading"], ensure_ascii=False),
+                 photo.get("sha256"), photo.get("bytes"), photo.get("chunks"), env.created_at, now))
+            if photo:
+                self._maybe_assemble(env.kit_id, body["capture_id"], now)
+        elif env.kind == "photo":
+            self.conn.execute(
+                "INSERT OR IGNORE INTO photo_chunks (kit_id, capture_id, idx, count, photo_sha256, data, message_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (env.kit_id, body["capture_id"], body["index"], body["count"], body["photo_sha256"], data, env.id))
+            self._maybe_assemble(env.kit_id, body["capture_id"], now)
+        elif env.kind == "readiness":
+            cur = self.conn.execute("SELECT seq FROM kit_readiness WHERE kit_id = ?", (env.kit_id,)).fetchone()
+            if cur is None or (cur[0] or 0) < env.seq:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO kit_readiness (kit_id, kode_wilayah, tps, message_id, seq, created_at, "
+                    "received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (env.kit_id, env.kode_wilayah, env.tps, env.id, env.seq, env.created_at, now,
+                     json.dumps(body, ensure_ascii=False)))
+        self.max_seq[env.kit_id] = max(prev, env.seq)
+        return base
+
+    def _maybe_assemble(self, kit_id: str, capture_id: str, now: float) -> None:
+        if self.conn.execute("SELECT 1 FROM photos WHERE kit_id = ? AND capture_id = ?",
+                             (kit_id, capture_id)).fetchone():
+            return
+        meta = self.conn.execute("SELECT photo_sha256, photo_bytes, photo_chunks FROM readings "
+                                 "WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id)).fetchone()
+        if meta is None or meta[0] is None:
+            return
+        sha, size, count = meta
+        n = self.conn.execute("SELECT COUNT(*) FROM photo_chunks WHERE kit_id = ? AND capture_id = ? "
+                              "AND photo_sha256 = ?", (kit_id, capture_id, sha)).fetchone()[0]
+        if n < count:
+            return
+        jpeg = b"".join(r[0] for r in self.conn.execute(
+            "SELECT data FROM photo_chunks WHERE kit_id = ? AND capture_id = ? AND photo_sha256 = ? ORDER BY idx",
+            (kit_id, capture_id, sha)))
+        if len(jpeg) != size or hashlib.sha256(jpeg).hexdigest() != sha:
+            log.error("kit %s capture %s: assembled photo does not match its SHA-256", kit_id, capture_id)
+            return
+        self.conn.execute("INSERT INTO photos (kit_id, capture_id, sha256, bytes, jpeg, completed_at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)", (kit_id, capture_id, sha, size, jpeg, now))
+        self.conn.execute("DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id))
+
+    # --- queries --------------------------------------------------------------------------------------
+    def gaps(self, kit_id: str) -> list[tuple[int, int]]:
+        """Missing sequence ranges (inclusive) below the highest seq seen from this kit."""
+        seqs = [r[0] for r in self.conn.execute(
+            "SELECT seq FROM messages WHERE kit_id = ? AND seq IS NOT NULL ORDER BY seq", (kit_id,))]
+        out, expect = [], 1
+        for s in seqs:
+            if s > expect:
+                out.append((expect, s - 1))
+            expect = s + 1
+        return out
+
+    def counts(self) -> dict:
+        q = self.conn.execute
+        return {"messages": q("SELECT COUNT(*) FROM messages").fetchone()[0],
+                "readings": q("SELECT COUNT(*) FROM readings").fetchone()[0],
+                "photos": q("SELECT COUNT(*) FROM photos").fetchone()[0],
+                "rejects": q("SELECT COUNT(*) FROM rejects").fetchone()[0]}
+
+
+class Collector:
+    """Subscribes, verifies, stores in batches, PUBACKs after commit and sends end-to-end acks."""
+
+    def __init__(self, *, broker_url: str, db_path: Path | str, registry: Path | str | dict[str, KitEntry],
+                 username: str | None = None, password: str | None = None, ca_file=None, cert_file=None,
+                 key_file=None, topic_prefix: str = topics.DEFAULT_PREFIX, group: str | None = topics.SHARE_GROUP,
+                 client_id: str | None = None, protocol: str = "mqtt5", session_expiry_s: int = 86400,
+                 batch_max: int = 500, batch_wait_s: float = 0.02):
+        from comms.courier import parse_broker_url
+
+        self.broker_url = broker_url
+        self._host, self._port, self._tls = parse_broker_url(broker_url)
+        self._creds = dict(username=username, password=password, ca_file=ca_file, cert_file=cert_file,
+                           key_file=key_file)
+        self.prefix = topic_prefix.strip("/")
+        self.group = group
+        self.client_id = client_id or f"tpskit-collector-{int(time.time() * 1000) % 10**9}"
+        self.protocol = protocol
+        self.session_expiry_s = session_expiry_s
+        self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
+        self.db_path = Path(db_path)
+        self._registry_path = None if isinstance(registry, dict) else Path(registry)
+        self._registry: dict[str, KitEntry] = registry if isinstance(registry, dict) else load_registry(registry)
+        self._registry_mtime = self._registry_path.stat().st_mtime if self._registry_path else 0.0
+        self._q: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._conn_gen = 0
+        self._client = None
+        self._worker: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.stats: dict[str, int] = defaultdict(int)
+        self._stats_lock = threading.Lock()
+
+    # --- MQTT -----------------------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker refused the collector: %s", reason_code)
+            return
+        self._conn_gen += 1
+        subs = [(f, 1) for f, _shared in topics.collector_filters(self.prefix, group=self.group)]
+        client.subscribe(subs)
+        self.connected.set()
+        log.info("collector connected to %s (session present: %s)", self.broker_url,
+                 getattr(flags, "session_present", None))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("collector disconnected from %s: %s", self.broker_url, reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        self._q.put((msg.topic, msg.payload, msg.mid, msg.qos, self._conn_gen))
+
+    def start(self) -> Collector:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        from comms.courier import make_mqtt_client
+
+        client = make_mqtt_client(client_id=self.client_id, protocol=self.protocol, tls=self._tls,
+                                   manual_ack=True, reconnect=True, clean_session=False, **self._creds)
+        client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        props = None
+        if self.protocol == "mqtt5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+        self._client = client
+        self._worker = threading.Thread(target=self._work, name="tpskit-collector", daemon=True)
+        self._worker.start()
+        if self.protocol == "mqtt5":
+            client.connect_async(self._host, self._port, keepalive=30, clean_start=False, properties=props)
+        else:
+            client.connect_async(self._host, self._port, keepalive=30)
+        client.loop_start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._worker:
+            self._worker.join(timeout)
+        if self._client is not None:
+            try:
+                self._client.disconnect()
+            finally:
+                self._client.loop_stop()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+    # --- worker ---------------------------------------------------------------------------------------
+    def _reload_registry(self) -> None:
+        if self._registry_path is None:
+            return
+        try:
+            mtime = self._registry_path.stat().st_mtime
+            if mtime != self._registry_mtime:
+                self._registry = load_registry(self._registry_path)
+                self._registry_mtime = mtime
+                log.info("kit registry reloaded: %d kits", len(self._registry))
+        except Exception as exc:  # noqa: BLE001 - keep the last good registry
+            log.error("kit registry not reloaded: %s", exc)
+
+    def _work(self) -> None:
+        store = CollectorStore(self.db_path, prefix=self.prefix)
+        last_reload = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    first = self._q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                batch = [first]
+                deadline = time.monotonic() + self.batch_wait_s
+                while len(batch) < self.batch_max:
+                    try:
+                        batch.append(self._q.get(timeout=max(0.0, deadline - time.monotonic())))
+                    except queue.Empty:
+                        break
+                if time.monotonic() - last_reload > 1.0:
+                    self._reload_registry()
+                    last_reload = time.monotonic()
+                self._process_batch(store, batch)
+        finally:
+            store.close()
+
+    def _process_batch(self, store: CollectorStore, batch: list) -> None:
+        now = time.time()
+        outcomes = []
+        store.begin()
+        try:
+            for topic, payload, _mid, _qos, _gen in batch:
+                outcomes.append(store.process(topic, payload, self._registry, now=now))
+            store.commit()
+        except Exception:
+            store.rollback()
+            log.exception("batch of %d messages not stored; the kits will resend", len(batch))
+            return
+        client = self._client
+        acks: dict[tuple[str, int], list[str]] = defaultdict(list)
+        with self._stats_lock:
+            for out in outcomes:
+                self.stats[out.status] += 1
+                if out.ack:
+                    acks[(out.kode_wilayah, out.tps)].append(out.msg_id)
+        for (_t, _p, mid, qos, gen) in batch:
+            if qos > 0 and gen == self._conn_gen:
+                client.ack(mid, qos)
+        for (kw, tps), ids in acks.items():
+            for i in range(0, len(ids), 200):
+                client.publish(topics.topic(self.prefix, kw, tps, topics.ACK),
+                               payloads.ack_payload(ids[i:i + 200], collector=self.client_id, at=now), qos=1)
+        with self._stats_lock:
+            self.stats["acks"] += sum(len(v) for v in acks.values())
+
+
+def open_store(path: Path | str) -> sqlite3.Connection:
+    """A read connection to a collector DB (for reports, fleet readiness)."""
+    return connect(path)

@@ -1,0 +1,551 @@
+"""The Courier: the API the firmware uses to send readings, and the MQTT link that drains the outbox.
+
+    courier = Courier(db_path=..., kit_id="kit-001", kode_wilayah="31.71.01.1001", tps=7,
+                      signing_key=Path("/var/lib/tpskit/keys/kit.key"), broker_url="mqtts://broker:8883",
+                      username="kit-001", password="...", ca_file=Path("ca.pem"))
+    courier.start()
+    courier.submit_reading(capture_id="c-0001", halaman=1, reading={...}, photo_jpeg=jpeg,
+                           taken_at=time.time(), time_source="rtc")
+    courier.status()   # {"connected": True, "queued": 0, "sent": 0, "acked": 12, ...}
+    courier.stop(timeout=5)
+
+``submit_reading`` returns once the signed messages are committed to the outbox (SQLite, synchronous=FULL);
+the link thread publishes them (QoS 1) and marks them ``sent`` on PUBACK and ``acked`` only when the
+collector's end-to-end ack arrives on ``<prefix>/<kw>/<tps>/ack``. paho's session lives in memory only:
+every connection uses a fresh client with a clean start, and the outbox decides what to (re)send.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from comms import payloads, topics
+from comms.outbox import PRIORITY_NUMBERS, PRIORITY_PHOTO, Outbox
+from comms.signing import coerce_signing_key
+
+log = logging.getLogger("tpskit.comms.courier")
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"broker url {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class Backoff:
+    """Exponential backoff with jitter: base·2^n capped at max, times a random factor in [0.5, 1]."""
+
+    def __init__(self, *, base_s: float = 1.0, max_s: float = 120.0, rng: random.Random | None = None):
+        self.base_s, self.max_s = base_s, max_s
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = min(self.max_s, self.base_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return delay * self._rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def make_mqtt_client(*, client_id: str, protocol: str, tls: bool, ca_file=None, cert_file=None, key_file=None,
+                     username: str | None = None, password: str | None = None, manual_ack: bool = False,
+                     reconnect: bool = False, clean_session: bool = True):
+    """A paho 2.x client (VERSION2 callbacks) with TLS verification and credentials set."""
+    import paho.mqtt.client as mqtt
+
+    proto = mqtt.MQTTv5 if protocol == "mqtt5" else mqtt.MQTTv311
+    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": client_id,
+              "protocol": proto, "reconnect_on_failure": reconnect, "manual_ack": manual_ack}
+    if proto == mqtt.MQTTv311:
+        kwargs["clean_session"] = clean_session
+    client = mqtt.Client(**kwargs)
+    if tls:
+        client.tls_set(ca_certs=str(ca_file) if ca_file else None, certfile=str(cert_file) if cert_file else None,
+                       keyfile=str(key_file) if key_file else None, cert_reqs=ssl.CERT_REQUIRED,
+                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_insecure_set(False)
+    elif cert_file:
+        raise ValueError("a client certificate needs an mqtts:// broker url")
+    if username:
+        client.username_pw_set(username, password)
+    return client
+
+
+class Courier:
+    """Signs, queues and delivers the kit's messages. All options are keyword-only plain values."""
+
+    def __init__(self, *, db_path: Path | str, kit_id: str, kode_wilayah: str, tps: int, signing_key,
+                 broker_url: str = "mqtt://127.0.0.1:1883", username: str | None = None,
+                 password: str | None = None, ca_file: Path | str | None = None,
+                 cert_file: Path | str | None = None, key_file: Path | str | None = None,
+                 topic_prefix: str = topics.DEFAULT_PREFIX, keepalive_s: int = 60, heartbeat_s: float = 300,
+                 chunk_bytes: int = 64_000, max_bytes: int = 2_000_000_000, retention_s: float = 30 * 86400,
+                 ack_timeout_s: float = 60.0, backoff_base_s: float = 1.0, backoff_max_s: float = 120.0,
+                 max_inflight: int = 64, protocol: str = "mqtt5", client_id: str | None = None,
+                 heartbeat_info: Callable[[], dict] | None = None):
+        if protocol not in ("mqtt5", "mqtt311"):
+            raise ValueError(f"protocol {protocol!r}: use 'mqtt5' or 'mqtt311'")
+        self.db_path = Path(db_path)
+        self.kit_id, self.kode_wilayah, self.tps = kit_id, kode_wilayah, int(tps)
+        self._key = coerce_signing_key(signing_key)
+        self.broker_url = broker_url
+        self._host, self._port, self._tls = parse_broker_url(broker_url)
+        self._username, self._password = username, password
+        self._ca_file, self._cert_file, self._key_file = ca_file, cert_file, key_file
+        self.prefix = topic_prefix.strip("/")
+        self.keepalive_s = int(keepalive_s)
+        self.heartbeat_s = float(heartbeat_s)
+        self.chunk_bytes = int(chunk_bytes)
+        self.ack_timeout_s = float(ack_timeout_s)
+        self.max_inflight = int(max_inflight)
+        self.protocol = protocol
+        self.client_id = client_id or kit_id
+        self._backoff = Backoff(base_s=backoff_base_s, max_s=backoff_max_s)
+        self._max_bytes, self._retention_s = int(max_bytes), float(retention_s)
+        self._outbox = Outbox(self.db_path, max_bytes=max_bytes, retention_s=retention_s)
+        self._heartbeat_info = heartbeat_info
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._work_gen = 0
+        self._lock = threading.Lock()
+        self._connected = False
+        self._last_error: str | None = None
+        self._last_ack_at: float | None = None
+        self._started_at = time.time()
+        self._kicked = False
+
+    @classmethod
+    def from_config(cls, cfg, *, signing_key=None, password: str | None = None, **overrides) -> Courier:
+        """Build from a firmware Config-like object (duck-typed: kit, paths, mqtt, outbox, signing)."""
+        kw = dict(db_path=cfg.paths.state_dir / "tpskit.db", kit_id=cfg.kit.kit_id,
+                  kode_wilayah=cfg.kit.kode_wilayah, tps=cfg.kit.tps,
+                  signing_key=signing_key or cfg.signing.key_file or cfg.paths.state_dir / "keys" / "kit.key",
+                  broker_url=cfg.mqtt.url, username=cfg.mqtt.username, password=password,
+                  ca_file=cfg.mqtt.ca_file, cert_file=cfg.mqtt.cert_file, key_file=cfg.mqtt.key_file,
+                  topic_prefix=cfg.mqtt.topic_prefix, keepalive_s=cfg.mqtt.keepalive_s,
+                  heartbeat_s=cfg.mqtt.heartbeat_s, backoff_max_s=cfg.mqtt.backoff_max_s,
+                  chunk_bytes=cfg.outbox.chunk_bytes, max_bytes=cfg.outbox.max_bytes,
+                  retention_s=cfg.outbox.retention_days * 86400.0)
+        for name in ("ack_timeout_s", "max_inflight", "protocol"):
+            if hasattr(cfg.mqtt, name):
+                kw[name] = getattr(cfg.mqtt, name)
+        kw.update(overrides)
+        return cls(**kw)
+
+    # --- topics ----------------------------------------------------------------------------------------
+
+    def topic(self, kind: str) -> str:
+        return topics.topic(self.prefix, self.kode_wilayah, self.tps, kind)
+
+    def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
+        return payloads.build(self._key, kind=kind, msg_id=msg_id, kit_id=self.kit_id,
+                              kode_wilayah=self.kode_wilayah, tps=self.tps, seq=seq, created_at=now, body=body)
+
+    # --- API used by the firmware ----------------------------------------------------------------------
+
+    def submit_reading(self, *, capture_id: str, halaman: int | None, reading: dict, photo_jpeg: bytes | None,
+                       taken_at: float, time_source: str) -> str:
+        """Sign and queue the numbers of one page, then its photo chunks, in one transaction.
+
+        Returns the reading's message id. Idempotent per capture_id: a second call changes nothing.
+        Raises OutboxFull (nothing queued) or ValueError for bad input.
+        """
+        rid = payloads.reading_id(self.kit_id, capture_id)
+        try:
+            body = payloads.reading_body(capture_id=capture_id, halaman=halaman, reading=reading,
+                                         taken_at=taken_at, time_source=time_source, photo=photo_jpeg,
+                                         chunk_bytes=self.chunk_bytes)
+        except Exception as exc:
+            raise ValueError(f"reading {capture_id!r} cannot be queued: {exc}") from None
+        chunks = payloads.photo_chunk_bodies(capture_id=capture_id, halaman=halaman, photo=photo_jpeg,
+                                             chunk_bytes=self.chunk_bytes) if photo_jpeg else []
+        now = time.time()
+        with self._outbox.transaction() as b:
+            if b.exists(rid):
+                return rid
+            seq = b.next_seq()
+            payload = self._build(kind="reading", msg_id=rid, seq=seq, body=body, now=now)
+            if len(payload) > payloads.READING_MAX_BYTES:
+                log.warning("reading %s is %d bytes on the wire (target %d): keep the reading dict compact",
+                            capture_id, len(payload), payloads.READING_MAX_BYTES)
+            b.add(msg_id=rid, seq=seq, kind="reading", topic=self.topic("reading"), payload=payload,
+                  priority=PRIORITY_NUMBERS, capture_id=capture_id, now=now)
+            for cb in chunks:
+                cid = payloads.photo_chunk_id(self.kit_id, capture_id, cb["index"])
+                cseq = b.next_seq()
+                b.add(msg_id=cid, seq=cseq, kind="photo", topic=self.topic("photo"),
+                      payload=self._build(kind="photo", msg_id=cid, seq=cseq, body=cb, now=now),
+                      priority=PRIORITY_PHOTO, capture_id=capture_id, now=now)
+        self._poke()
+        return rid
+
+    def has_capture(self, capture_id: str) -> bool:
+        """True if this capture is already in the outbox (for re-submitting after a restart)."""
+        return self._outbox.has_capture(capture_id)
+
+    def publish_retained(self, kind: str, body: dict) -> str:
+        """Queue a signed, retained message (e.g. kind="readiness" after the H-1 selftest); returns its id."""
+        if kind != "readiness":
+            raise ValueError(f"retained kind {kind!r} is not supported; use 'readiness'")
+        now = time.time()
+        with self._outbox.transaction() as b:
+            seq = b.next_seq()
+            msg_id = f"{self.kit_id}:{kind}:{seq}"
+            b.add(msg_id=msg_id, seq=seq, kind=kind, topic=self.topic(kind), retain=True,
+                  payload=self._build(kind=kind, msg_id=msg_id, seq=seq, body=dict(body), now=now),
+                  priority=PRIORITY_NUMBERS, now=now)
+        self._poke()
+        return msg_id
+
+    def heartbeat_info(self, func: Callable[[], dict] | None) -> None:
+        """Set the callable that supplies battery, last capture, firmware/model versions for heartbeats."""
+        self._heartbeat_info = func
+
+    def kick(self) -> None:
+        """Retry now: skip the current backoff wait and resend anything overdue."""
+        self._backoff.reset()
+        with self._lock:
+            self._kicked = True
+        self._poke()
+
+    def status(self) -> dict:
+        st = self._outbox.stats()
+        with self._lock:
+            return {"connected": self._connected, "queued": st["queued"], "sent": st["sent"],
+                    "acked": st["acked"], "oldest_unsent_age_s": st["oldest_unsent_age_s"],
+                    "bytes": st["unacked_bytes"], "max_bytes": st["max_bytes"], "last_seq": st["last_seq"],
+                    "last_error": self._last_error, "last_ack_at": self._last_ack_at, "broker": self.broker_url}
+
+    def start(self) -> Courier:
+        if self._thread and self._thread.is_alive():
+            return self
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tpskit-courier", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say offline, flush state and disconnect; returns within about *timeout* seconds."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("courier link did not stop within %.1f s", timeout)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self._outbox.close()
+
+    def __enter__(self) -> Courier:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the link thread -------------------------------------------------------------------------------
+
+    def _poke(self) -> None:
+        with self._lock:
+            self._work_gen += 1
+        self._wake.set()
+
+    def _set_error(self, msg: str | None) -> None:
+        with self._lock:
+            self._last_error = msg
+        if msg:
+            log.warning("%s", msg)
+
+    def _run(self) -> None:
+        outbox = Outbox(self.db_path, max_bytes=self._max_bytes, retention_s=self._retention_s)
+        try:
+            try:
+                outbox.purge()
+            except Exception:  # noqa: BLE001 - purge is housekeeping, never fatal
+                log.exception("outbox purge failed")
+            while not self._stop.is_set():
+                connected = _Session(self, outbox).run()
+                if self._stop.is_set():
+                    break
+                if connected:
+                    self._backoff.reset()
+                delay = self._backoff.next()
+                log.info("reconnecting to %s in %.1f s", self.broker_url, delay)
+                self._wake.wait(delay)
+                self._wake.clear()
+        finally:
+            with self._lock:
+                self._connected = False
+            outbox.close()
+
+
+class _Session:
+    """One MQTT connection: a fresh paho client, a pass over the outbox, flushes of sent/acked states."""
+
+    FLUSH_INTERVAL_S = 0.1
+    FLUSH_BATCH = 500
+
+    def __init__(self, courier: Courier, outbox: Outbox):
+        self.c = courier
+        self.outbox = outbox
+        self.inflight: dict[int, str] = {}      # mid -> message id (rows only)
+        self.early: dict[int, object] = {}      # PUBACKs seen before publish() returned: mid -> reason code
+        self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
+        self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
+        self.last_published: dict[str, float] = {}
+        self.pending_sent: list[str] = []
+        self.pending_acked: list[str] = []
+        self.first_pending_at: float | None = None
+        self.connack: object | None = None
+        self.connected = False
+        self.work_gen = -1
+        self.next_heartbeat = 0.0
+        self.next_stale_check = time.monotonic() + courier.ack_timeout_s
+        self.stale_interval = courier.ack_timeout_s
+        self.next_purge = time.monotonic() + 3600
+
+    # paho callbacks (run inside client.loop(), in this thread)
+    def on_connect(self, client, userdata, flags, reason_code, properties):
+        self.connack = reason_code
+        self.connected = not reason_code.is_failure
+
+    def on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected = False
+
+    def on_publish(self, client, userdata, mid, reason_code, properties):
+        msg_id = self.inflight.pop(mid, None)
+        if msg_id is None:
+            self.early[mid] = reason_code
+            return
+        self._puback(msg_id, reason_code)
+
+    def on_message(self, client, userdata, msg):
+        try:
+            ids = payloads.parse_ack(msg.payload)
+        except payloads.MalformedMessage as exc:
+            log.warning("ignoring bad ack on %s: %s", msg.topic, exc)
+            return
+        self.pending_acked.extend(ids)
+        for i in ids:
+            self.last_published.pop(i, None)
+        with self.c._lock:
+            self.c._last_ack_at = time.time()
+        self.stale_interval = self.c.ack_timeout_s
+        self._note_pending()
+
+    def _puback(self, msg_id: str, reason_code) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self.c._set_error(f"broker refused message {msg_id}: {reason_code} (check the kit's ACL)")
+            return
+        self.pending_sent.append(msg_id)
+        self._note_pending()
+
+    def _note_pending(self) -> None:
+        if self.first_pending_at is None:
+            self.first_pending_at = time.monotonic()
+
+    # --- the session --------------------------------------------------------------------------------
+
+    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
+        body = {"state": state} if reason is None else {"state": state, "reason": reason}
+        return self.c._build(kind="status", msg_id=f"{self.c.kit_id}:status:{time.time_ns()}", seq=None,
+                             body=body, now=time.time())
+
+    def run(self) -> bool:
+        """Connect and pump until disconnected or stopped; True if the broker accepted us."""
+        import paho.mqtt.client as mqtt
+
+        c = self.c
+        try:
+            client = make_mqtt_client(client_id=c.client_id, protocol=c.protocol, tls=c._tls, ca_file=c._ca_file,
+                                      cert_file=c._cert_file, key_file=c._key_file, username=c._username,
+                                      password=c._password)
+        except (ValueError, OSError, ssl.SSLError) as exc:
+            c._set_error(f"cannot set up MQTT client: {exc}")
+            return False
+        client.max_inflight_messages_set(max(c.max_inflight, 1))
+        client.on_connect, client.on_disconnect = self.on_connect, self.on_disconnect
+        client.on_publish, client.on_message = self.on_publish, self.on_message
+        client.will_set(c.topic("status"), self._status_payload("offline", "lost"), qos=1, retain=True)
+        try:
+            if c.protocol == "mqtt5":
+                client.connect(c._host, c._port, keepalive=c.keepalive_s, clean_start=True)
+            else:
+                client.connect(c._host, c._port, keepalive=c.keepalive_s)
+        except (OSError, ssl.SSLError) as exc:
+            c._set_error(f"cannot connect to {c.broker_url}: {exc}")
+            return False
+        deadline = time.monotonic() + max(10.0, c.keepalive_s)
+        while self.connack is None and time.monotonic() < deadline and not c._stop.is_set():
+            if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if not self.connected:
+            c._set_error(f"broker {c.broker_url} refused or dropped the connection: {self.connack}")
+            self._close(client)
+            return False
+        c._set_error(None)
+        with c._lock:
+            c._connected = True
+        log.info("connected to %s", c.broker_url)
+        try:
+            client.subscribe(c.topic("ack"), qos=1)
+            self._publish_control(client, c.topic("status"), self._status_payload("online"), retain=True)
+            self._pump_loop(client)
+        finally:
+            with c._lock:
+                c._connected = False
+            self._flush(force=True)
+        return True
+
+    def _publish_control(self, client, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        self.early.pop(info.mid, None)
+
+    def _pump_loop(self, client) -> None:
+        import paho.mqtt.client as mqtt
+
+        c = self.c
+        while True:
+            if c._stop.is_set():
+                self._goodbye(client)
+                return
+            busy = self._pump(client)
+            timeout = 0.0 if busy else (0.01 if self.inflight else 0.2)
+            if client.loop(timeout=timeout) != mqtt.MQTT_ERR_SUCCESS or not self.connected:
+                log.warning("lost connection to %s", c.broker_url)
+                self._close(client)
+                return
+            self._flush()
+            self._housekeeping(client)
+            c._wake.clear()
+
+    def _pump(self, client) -> bool:
+        """Publish more rows while the in-flight window has room; True if something was published."""
+        import paho.mqtt.client as mqtt
+
+        c = self.c
+        with c._lock:
+            gen = c._work_gen
+            kicked, c._kicked = c._kicked, False
+        if gen != self.work_gen:
+            self.work_gen = gen
+            self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
+        if kicked:
+            self._new_pass(only_overdue=True)
+        free = c.max_inflight - len(self.inflight)
+        published = False
+        now = time.monotonic()
+        for prio in (PRIORITY_NUMBERS, PRIORITY_PHOTO):
+            while free > 0 and not self.exhausted[prio]:
+                rows = self.outbox.pending(priority=prio, after_seq=self.cursor[prio], limit=free)
+                if len(rows) < free:
+                    self.exhausted[prio] = True
+                for row in rows:
+                    self.cursor[prio] = row.seq
+                    last = self.last_published.get(row.id)
+                    if last is not None and now - last < c.ack_timeout_s:
+                        continue
+                    info = client.publish(row.topic, row.payload, qos=1, retain=row.retain)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+                        c._set_error(f"publish of {row.id} failed: {mqtt.error_string(info.rc)}")
+                    self.last_published[row.id] = now
+                    early = self.early.pop(info.mid, None)
+                    if early is not None:
+                        self._puback(row.id, early)
+                    else:
+                        self.inflight[info.mid] = row.id
+                    free -= 1
+                    published = True
+            if not self.exhausted[prio]:
+                return published        # numbers first: no photo chunk while numbers wait
+        return published
+
+    def _new_pass(self, *, only_overdue: bool) -> None:
+        self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
+        self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
+        if not only_overdue:
+            self.last_published.clear()
+
+    def _flush(self, *, force: bool = False) -> None:
+        if self.first_pending_at is None:
+            return
+        n = len(self.pending_sent) + len(self.pending_acked)
+        if not force and n < self.FLUSH_BATCH and time.monotonic() - self.first_pending_at < self.FLUSH_INTERVAL_S:
+            return
+        sent, acked = self.pending_sent, self.pending_acked
+        self.pending_sent, self.pending_acked, self.first_pending_at = [], [], None
+        try:
+            now = time.time()
+            self.outbox.mark_sent(sent, at=now)
+            self.outbox.mark_acked(acked, at=now)
+        except Exception as exc:  # noqa: BLE001 - states are re-derived from resends and acks
+            self.c._set_error(f"cannot record delivery states: {exc}")
+
+    def _housekeeping(self, client) -> None:
+        c = self.c
+        now = time.monotonic()
+        if c.heartbeat_s > 0 and now >= self.next_heartbeat:
+            self.next_heartbeat = now + c.heartbeat_s
+            self._publish_control(client, c.topic("heartbeat"), self._heartbeat_payload())
+        if now >= self.next_stale_check and all(self.exhausted.values()) and not self.inflight:
+            self.next_stale_check = now + max(1.0, self.stale_interval / 4)
+            if self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
+                log.info("messages without collector ack for %.0f s: resending", c.ack_timeout_s)
+                self._new_pass(only_overdue=True)
+                self.stale_interval = min(self.stale_interval * 2, 3600.0)
+        if now >= self.next_purge:
+            self.next_purge = now + 3600
+            self.outbox.purge()
+
+    def _heartbeat_payload(self) -> bytes:
+        c = self.c
+        st = self.outbox.stats()
+        body: dict = {"queue": {"queued": st["queued"], "sent": st["sent"], "bytes": st["unacked_bytes"]},
+                      "oldest_unsent_age_s": st["oldest_unsent_age_s"],
+                      "uptime_s": round(time.time() - c._started_at, 1)}
+        if c._heartbeat_info is not None:
+            try:
+                body.update(c._heartbeat_info() or {})
+            except Exception as exc:  # noqa: BLE001 - a broken sensor must not stop delivery
+                body["info_error"] = str(exc)[:200]
+        return c._build(kind="heartbeat", msg_id=f"{c.kit_id}:heartbeat:{time.time_ns()}", seq=None, body=body,
+                        now=time.time())
+
+    def _goodbye(self, client) -> None:
+        """Clean stop: retained offline status, wait briefly for outstanding PUBACKs, disconnect."""
+        try:
+            self._publish_control(client, self.c.topic("status"), self._status_payload("offline", "stopped"),
+                                  retain=True)
+            deadline = time.monotonic() + 1.0
+            while self.inflight and time.monotonic() < deadline:
+                client.loop(timeout=0.05)
+            client.loop(timeout=0.05)
+        finally:
+            self._flush(force=True)
+            self._close(client)
+
+    @staticmethod
+    def _close(client) -> None:
+        try:
+            client.disconnect()
+            client.loop(timeout=0.05)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            client.socket() and client.socket().close()
+        except Exception:  # noqa: BLE001
+            pass

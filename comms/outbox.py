@@ -1,0 +1,278 @@
+"""The store-and-forward queue: SQLite tables in the kit's DB file (shared with firmware.store).
+
+Every message is committed (WAL, synchronous=FULL) before the link may hand it to the network.
+States: ``queued`` → ``sent`` (broker PUBACK) → ``acked`` (the collector stored it). Message ids are unique:
+adding an id that exists is a no-op, so re-submitting after a crash is harmless. Each message gets the next
+per-kit sequence number inside the same transaction, from a counter that never goes back (not even when
+acked rows are purged). Delivery order is (priority, seq): priority 0 = numbers and readiness, 1 = photo
+chunks, so a slow link carries the numbers of every page before any photo.
+
+The size is bounded: when a new batch does not fit, acked rows are purged first; if the unacked rows alone
+would exceed ``max_bytes`` the batch is refused with ``OutboxFull`` and nothing already queued is touched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+TABLE = "outbox"
+COUNTERS = "outbox_counters"
+PRIORITY_NUMBERS = 0
+PRIORITY_PHOTO = 1
+
+
+class OutboxFull(Exception):
+    """The outbox has no room for this message; nothing was queued and nothing was dropped."""
+
+    def __init__(self, needed: int, used: int, max_bytes: int):
+        super().__init__(
+            f"outbox penuh / outbox full: {needed} bytes needed, {used} of {max_bytes} bytes hold unsent "
+            "messages; connect the kit to a network or export a bundle (tpskit export DIR) so they can be sent")
+        self.needed, self.used, self.max_bytes = needed, used, max_bytes
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    seq: int
+    kind: str
+    topic: str
+    payload: bytes
+    retain: bool
+    priority: int
+    state: str = "queued"
+
+
+def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A connection in autocommit mode with WAL, synchronous=FULL and a busy timeout."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class _Batch:
+    """Operations inside one outbox transaction (see ``Outbox.transaction``)."""
+
+    def __init__(self, outbox: Outbox):
+        self._ob = outbox
+        self._conn = outbox._conn
+        self.added_bytes = 0
+        self.added: list[str] = []
+
+    def exists(self, msg_id: str) -> bool:
+        return self._conn.execute(f"SELECT 1 FROM {TABLE} WHERE id = ?", (msg_id,)).fetchone() is not None
+
+    def next_seq(self) -> int:
+        self._conn.execute(f"UPDATE {COUNTERS} SET value = value + 1 WHERE name = 'seq'")
+        return self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'seq'").fetchone()[0]
+
+    def add(self, *, msg_id: str, seq: int, kind: str, topic: str, payload: bytes, priority: int = 0,
+            retain: bool = False, capture_id: str | None = None, now: float | None = None) -> bool:
+        """Queue one message; False if the id already exists (nothing changes)."""
+        cur = self._conn.execute(
+            f"INSERT OR IGNORE INTO {TABLE} (id, seq, kind, topic, payload, retain, priority, capture_id, "
+            "state, bytes, created_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0)",
+            (msg_id, seq, kind, topic, payload, int(retain), priority, capture_id, len(payload),
+             now if now is not None else time.time()))
+        if cur.rowcount:
+            self.added_bytes += len(payload)
+            self.added.append(msg_id)
+            return True
+        return False
+
+
+class Outbox:
+    """The kit's outbox. Thread-safe (one connection, one lock); open one per thread for concurrency."""
+
+    def __init__(self, path: Path | str, *, max_bytes: int = 2_000_000_000, retention_s: float = 30 * 86400,
+                 timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.retention_s = float(retention_s)
+        self._lock = threading.RLock()
+        self._conn = connect(self.path, timeout_s=timeout_s)
+        self._create()
+
+    def _create(self) -> None:
+        db = sqlite_utils.Database(self._conn)
+        # CREATE ... IF NOT EXISTS is idempotent, so two processes opening the file at once are fine.
+        with self._lock:
+            db[TABLE].create({
+                "id": str, "seq": int, "kind": str, "topic": str, "payload": bytes, "retain": int,
+                "priority": int, "capture_id": str, "state": str, "bytes": int, "created_at": float,
+                "sent_at": float, "acked_at": float, "attempts": int,
+            }, pk="id", not_null={"seq", "kind", "topic", "payload", "state", "bytes", "created_at"},
+                if_not_exists=True)
+            db[COUNTERS].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+            self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('seq', 0)")
+            self._conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE}(seq)")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(priority, seq) "
+                               "WHERE state != 'acked'")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_capture ON {TABLE}(capture_id)")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_acked ON {TABLE}(acked_at) "
+                               "WHERE state = 'acked'")
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Batch]:
+        """BEGIN IMMEDIATE … COMMIT around a batch; all or nothing. Raises OutboxFull (rolled back)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                batch = _Batch(self)
+                yield batch
+                if batch.added_bytes:
+                    self._make_room(batch.added_bytes)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def _make_room(self, added: int) -> None:
+        total, unacked = self._conn.execute(
+            f"SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(CASE WHEN state != 'acked' THEN bytes END), 0) "
+            f"FROM {TABLE}").fetchone()
+        if total <= self.max_bytes:
+            return
+        if unacked > self.max_bytes:
+            raise OutboxFull(added, unacked - added, self.max_bytes)
+        # Purge acked rows, oldest first, until the total fits again (they have been delivered).
+        excess = total - self.max_bytes
+        freed = 0
+        rows = self._conn.execute(f"SELECT id, bytes FROM {TABLE} WHERE state = 'acked' ORDER BY acked_at, seq")
+        doomed = []
+        for msg_id, size in rows:
+            doomed.append((msg_id,))
+            freed += size
+            if freed >= excess:
+                break
+        self._conn.executemany(f"DELETE FROM {TABLE} WHERE id = ?", doomed)
+
+    def enqueue(self, *, msg_id: str, kind: str, topic: str, payload: bytes, priority: int = 0,
+                retain: bool = False, capture_id: str | None = None) -> int | None:
+        """Queue one pre-built message (its seq is assigned here); None if the id exists."""
+        with self.transaction() as b:
+            if b.exists(msg_id):
+                return None
+            seq = b.next_seq()
+            b.add(msg_id=msg_id, seq=seq, kind=kind, topic=topic, payload=payload, priority=priority,
+                  retain=retain, capture_id=capture_id)
+            return seq
+
+    def _update_many(self, sql: str, params: Iterable[tuple]) -> int:
+        params = list(params)
+        if not params:
+            return 0
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._conn.total_changes
+                self._conn.executemany(sql, params)
+                changed = self._conn.total_changes - before
+                self._conn.execute("COMMIT")
+                return changed
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def mark_sent(self, ids: Iterable[str], *, at: float | None = None) -> int:
+        """The broker has these (PUBACK). Only queued rows change."""
+        at = at if at is not None else time.time()
+        return self._update_many(
+            f"UPDATE {TABLE} SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND state = 'queued'", ((at, i) for i in ids))
+
+    def mark_acked(self, ids: Iterable[str], *, at: float | None = None) -> int:
+        """The collector stored these (end-to-end ack)."""
+        at = at if at is not None else time.time()
+        return self._update_many(
+            f"UPDATE {TABLE} SET state = 'acked', acked_at = ?, sent_at = COALESCE(sent_at, ?) "
+            "WHERE id = ? AND state != 'acked'", ((at, at, i) for i in ids))
+
+    def purge(self, *, now: float | None = None) -> int:
+        """Delete acked rows older than the retention period."""
+        now = now if now is not None else time.time()
+        with self._lock:
+            cur = self._conn.execute(f"DELETE FROM {TABLE} WHERE state = 'acked' AND acked_at < ?",
+                                     (now - self.retention_s,))
+            return cur.rowcount
+
+    # --- reading -------------------------------------------------------------------------------------
+
+    def pending(self, *, priority: int, after_seq: int = 0, limit: int = 100) -> list[Row]:
+        """Unacked rows of one priority with seq > after_seq, in seq order."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id, seq, kind, topic, payload, retain, priority, state FROM {TABLE} "
+                "WHERE state != 'acked' AND priority = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (priority, after_seq, limit)).fetchall()
+        return [Row(r[0], r[1], r[2], r[3], bytes(r[4]), bool(r[5]), r[6], r[7]) for r in rows]
+
+    def unacked(self) -> Iterator[Row]:
+        """Every unacked row in delivery order (priority, seq)."""
+        for prio in (PRIORITY_NUMBERS, PRIORITY_PHOTO):
+            after = 0
+            while True:
+                rows = self.pending(priority=prio, after_seq=after, limit=500)
+                if not rows:
+                    break
+                yield from rows
+                after = rows[-1].seq
+
+    def has_stale_sent(self, *, older_than: float) -> bool:
+        with self._lock:
+            return self._conn.execute(
+                f"SELECT 1 FROM {TABLE} WHERE state = 'sent' AND sent_at < ? LIMIT 1", (older_than,)
+            ).fetchone() is not None
+
+    def has_capture(self, capture_id: str) -> bool:
+        with self._lock:
+            return self._conn.execute(f"SELECT 1 FROM {TABLE} WHERE capture_id = ? LIMIT 1",
+                                      (capture_id,)).fetchone() is not None
+
+    def state_of(self, msg_id: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT state FROM {TABLE} WHERE id = ?", (msg_id,)).fetchone()
+        return row[0] if row else None
+
+    def stats(self, *, now: float | None = None) -> dict:
+        """Counts per state, unacked bytes, total bytes, age of the oldest unsent message, last seq."""
+        now = now if now is not None else time.time()
+        with self._lock:
+            counts = dict(self._conn.execute(f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state").fetchall())
+            unacked_bytes, total_bytes = self._conn.execute(
+                f"SELECT COALESCE(SUM(CASE WHEN state != 'acked' THEN bytes END), 0), COALESCE(SUM(bytes), 0) "
+                f"FROM {TABLE}").fetchone()
+            oldest = self._conn.execute(
+                f"SELECT MIN(created_at) FROM {TABLE} WHERE state = 'queued'").fetchone()[0]
+            seq = self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'seq'").fetchone()[0]
+        return {"queued": counts.get("queued", 0), "sent": counts.get("sent", 0), "acked": counts.get("acked", 0),
+                "unacked_bytes": unacked_bytes, "bytes": total_bytes, "max_bytes": self.max_bytes,
+                "oldest_unsent_age_s": (now - oldest) if oldest is not None else None, "last_seq": seq}
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,217 @@
+"""Versioned JSON payloads (schema v1, documented in docs/payloads.md).
+
+Every kit message is one signed *envelope*::
+
+    {"v": 1, "kind": "reading", "id": "<kit_id>:<capture_id>:reading", "kit_id": "...",
+     "kode_wilayah": "31.71.01.1001", "tps": 7, "seq": 42, "created_at": 1700000000.0,
+     "body": {...}, "sig": "<base64 Ed25519 over canonical JSON of all other fields>"}
+
+The wire bytes are the canonical JSON (sorted keys, no spaces, UTF-8) of the signed envelope.
+``seq`` is the kit's monotonic sequence number for outbox messages (reading, photo, readiness);
+heartbeat and status are not queued and carry ``seq: null``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+from typing import Any, Literal
+
+from nacl.signing import SigningKey, VerifyKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from comms.signing import canonical_json, sign_document, verify_document
+
+SCHEMA_VERSION = 1
+READING_MAX_BYTES = 2048          # numbers of one page on the wire (target)
+MAX_MESSAGE_BYTES = 512 * 1024    # anything larger is refused by the collector
+KIT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
+QUEUED_KINDS = ("reading", "photo", "readiness")
+
+
+class MalformedMessage(ValueError):
+    """A message does not follow the schema; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class PhotoMeta(_Model):
+    """The photo that follows a reading in chunks."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the whole JPEG.")
+    bytes: int = Field(ge=1, description="JPEG size.")
+    chunks: int = Field(ge=1, description="Number of photo messages.")
+    chunk_bytes: int = Field(ge=1, description="Raw bytes per chunk (the last may be shorter).")
+    content_type: Literal["image/jpeg"] = "image/jpeg"
+
+
+class ReadingBody(_Model):
+    """kind=reading: the numbers of one page (sent first, ≤ 2 KB)."""
+
+    capture_id: str = Field(min_length=1, max_length=128)
+    halaman: int | None = Field(None, ge=1, le=99, description="Page number of the C.HASIL form.")
+    taken_at: float = Field(description="Unix time the photo was taken (kit clock).")
+    time_source: str = Field(max_length=32, description="How the kit knew the time: ntp, rtc, gps, manual, none.")
+    reading: dict[str, Any] = Field(description="The page reading (inference.reader PageReading.to_dict()).")
+    photo: PhotoMeta | None = None
+
+
+class PhotoChunkBody(_Model):
+    """kind=photo: one checksummed chunk of the photo of a reading."""
+
+    capture_id: str = Field(min_length=1, max_length=128)
+    halaman: int | None = Field(None, ge=1, le=99)
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    photo_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    chunk_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    data: str = Field(description="Base64 of the chunk bytes.")
+
+
+class StatusBody(_Model):
+    state: Literal["online", "offline"]
+    reason: str | None = None
+
+
+class Envelope(_Model):
+    v: Literal[1] = Field(description="Schema version.")
+    kind: Literal["reading", "photo", "readiness", "heartbeat", "status"]
+    id: str = Field(min_length=1, max_length=256, description="Unique message id; resends reuse it.")
+    kit_id: str = Field(pattern=KIT_ID_PATTERN)
+    kode_wilayah: str = Field(pattern=KODE_WILAYAH_PATTERN)
+    tps: int = Field(ge=1, le=999)
+    seq: int | None = Field(None, ge=1, description="Per-kit sequence number of queued messages.")
+    created_at: float
+    body: dict[str, Any]
+    sig: str = Field(min_length=80, max_length=100, description="Base64 Ed25519 signature.")
+
+
+class Ack(_Model):
+    """Collector → kit on <prefix>/<kw>/<tps>/ack: these message ids are stored."""
+
+    v: Literal[1] = 1
+    kind: Literal["ack"] = "ack"
+    ids: list[str] = Field(min_length=1)
+    collector: str = ""
+    at: float = 0.0
+
+
+BODY_MODELS: dict[str, type[_Model] | None] = {
+    "reading": ReadingBody, "photo": PhotoChunkBody, "status": StatusBody, "readiness": None, "heartbeat": None,
+}
+
+
+# --- ids ----------------------------------------------------------------------------------------
+
+def reading_id(kit_id: str, capture_id: str) -> str:
+    return f"{kit_id}:{capture_id}:reading"
+
+
+def photo_chunk_id(kit_id: str, capture_id: str, index: int) -> str:
+    return f"{kit_id}:{capture_id}:photo:{index}"
+
+
+# --- building (kit side) -------------------------------------------------------------------------
+
+def build(key: SigningKey, *, kind: str, msg_id: str, kit_id: str, kode_wilayah: str, tps: int,
+          seq: int | None, created_at: float, body: dict) -> bytes:
+    """Sign an envelope and return its wire bytes."""
+    env = {"v": SCHEMA_VERSION, "kind": kind, "id": msg_id, "kit_id": kit_id, "kode_wilayah": kode_wilayah,
+           "tps": int(tps), "seq": seq, "created_at": float(created_at), "body": body}
+    return canonical_json(sign_document(key, env))
+
+
+def reading_body(*, capture_id: str, halaman: int | None, reading: dict, taken_at: float, time_source: str,
+                 photo: bytes | None, chunk_bytes: int) -> dict:
+    meta = None
+    if photo:
+        meta = {"sha256": hashlib.sha256(photo).hexdigest(), "bytes": len(photo),
+                "chunks": math.ceil(len(photo) / chunk_bytes), "chunk_bytes": chunk_bytes,
+                "content_type": "image/jpeg"}
+    body = {"capture_id": capture_id, "halaman": halaman, "taken_at": float(taken_at),
+            "time_source": time_source, "reading": reading, "photo": meta}
+    ReadingBody.model_validate(body)   # refuse bad input at the kit already
+    return body
+
+
+def photo_chunk_bodies(*, capture_id: str, halaman: int | None, photo: bytes, chunk_bytes: int) -> list[dict]:
+    photo_sha = hashlib.sha256(photo).hexdigest()
+    count = math.ceil(len(photo) / chunk_bytes)
+    out = []
+    for i in range(count):
+        chunk = photo[i * chunk_bytes:(i + 1) * chunk_bytes]
+        out.append({"capture_id": capture_id, "halaman": halaman, "index": i, "count": count,
+                    "photo_sha256": photo_sha, "chunk_sha256": hashlib.sha256(chunk).hexdigest(),
+                    "data": base64.b64encode(chunk).decode("ascii")})
+    return out
+
+
+# --- parsing (collector side) --------------------------------------------------------------------
+
+def parse(payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[Envelope, dict]:
+    """Decode and validate the schema (not the signature). Returns (envelope, raw dict)."""
+    if len(payload) > max_bytes:
+        raise MalformedMessage("too_large", f"{len(payload)} bytes > {max_bytes}")
+    try:
+        raw = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedMessage("not_json", str(exc)[:100]) from None
+    if not isinstance(raw, dict):
+        raise MalformedMessage("not_object")
+    if "sig" not in raw:
+        raise MalformedMessage("unsigned", "no 'sig' field")
+    try:
+        env = Envelope.model_validate(raw)
+        model = BODY_MODELS.get(env.kind)
+        if model is not None:
+            model.model_validate(env.body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise MalformedMessage("schema", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if env.kind in QUEUED_KINDS and env.seq is None:
+        raise MalformedMessage("schema", f"kind {env.kind} needs a seq")
+    return env, raw
+
+
+def verify(key: VerifyKey, raw: dict) -> bool:
+    return verify_document(key, raw)
+
+
+def decode_chunk(body: dict) -> bytes:
+    """The bytes of a photo chunk, checked against its own SHA-256."""
+    try:
+        data = base64.b64decode(body["data"], validate=True)
+    except (binascii.Error, ValueError, KeyError):
+        raise MalformedMessage("bad_chunk", "data is not base64") from None
+    if hashlib.sha256(data).hexdigest() != body.get("chunk_sha256"):
+        raise MalformedMessage("bad_chunk", "chunk_sha256 does not match the data")
+    return data
+
+
+def ack_payload(ids: list[str], *, collector: str, at: float) -> bytes:
+    return canonical_json({"v": 1, "kind": "ack", "ids": list(ids), "collector": collector, "at": at})
+
+
+def parse_ack(payload: bytes) -> list[str]:
+    try:
+        return Ack.model_validate_json(payload).ids
+    except ValidationError as exc:
+        raise MalformedMessage("bad_ack", str(exc.errors()[0]["msg"])) from None
+
+
+def json_schema() -> dict:
+    """JSON Schema of the envelope and bodies (for docs/payloads.md)."""
+    return {name: m.model_json_schema() for name, m in
+            (("envelope", Envelope), ("reading", ReadingBody), ("photo", PhotoChunkBody),
+             ("status", StatusBody), ("ack", Ack))}

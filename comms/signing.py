@@ -1,0 +1,253 @@
+"""The kit's Ed25519 identity (PyNaCl): keys, signatures, and the collector's registry of kit keys.
+
+Key file format: the 32-byte Ed25519 seed, base64, one line, file mode 0600.
+Public keys are exchanged as base64 of the 32 raw bytes (``public_key_b64``) or as PEM
+SubjectPublicKeyInfo (``public_key_pem``, readable by ``openssl pkey -pubin``).
+
+Registry (the collector's list of kits, ``--kits FILE``): JSON
+``{"version": 1, "kits": {"<kit_id>": {"public_key": "<base64>", "kode_wilayah": "31.71.01.1001",
+"tps": 7, "added_at": 1700000000.0}}}``; ``kode_wilayah`` and ``tps`` are optional and, when present,
+the collector refuses messages from that kit for any other TPS. A CSV file with the header
+``kit_id,public_key,kode_wilayah,tps`` is accepted too (read only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+# DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), followed by the 32 key bytes.
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+class KeyFileError(ValueError):
+    """A key or registry file cannot be used; the message says what and how to fix it."""
+
+
+
+
+def canonical_json(obj) -> bytes:
+    """The bytes that are signed: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- keys -------------------------------------------------------------------------------------------
+
+def generate_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save_private_key(key: SigningKey, path: Path | str) -> Path:
+    """Write the seed (base64) atomically with mode 0600."""
+    path = Path(path)
+    _atomic_write(path, base64.b64encode(bytes(key)) + b"\n", 0o600)
+    return path
+
+
+def load_private_key(path: Path | str) -> SigningKey:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise KeyFileError(f"kit key {path} not found: run 'tpskit provision' to create it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"kit key {path} cannot be read ({exc}): restore it or re-provision the kit") from None
+    try:
+        seed = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        seed = b""
+    if len(seed) != 32:
+        raise KeyFileError(f"kit key {path} is not a base64 Ed25519 seed (32 bytes): re-provision the kit")
+    return SigningKey(seed)
+
+
+def load_or_create_private_key(path: Path | str) -> SigningKey:
+    path = Path(path)
+    if path.exists():
+        return load_private_key(path)
+    key = generate_key()
+    save_private_key(key, path)
+    return key
+
+
+def coerce_signing_key(key: SigningKey | bytes | str | Path) -> SigningKey:
+    """A SigningKey from a SigningKey, a 32-byte seed, or a key file path."""
+    if isinstance(key, SigningKey):
+        return key
+    if isinstance(key, bytes | bytearray) and len(key) == 32:
+        return SigningKey(bytes(key))
+    if isinstance(key, str | Path):
+        return load_private_key(key)
+    raise KeyFileError("signing key must be a nacl SigningKey, a 32-byte seed or a key file path")
+
+
+def _verify_key(key: SigningKey | VerifyKey) -> VerifyKey:
+    return key.verify_key if isinstance(key, SigningKey) else key
+
+
+def public_key_b64(key: SigningKey | VerifyKey) -> str:
+    return base64.b64encode(bytes(_verify_key(key))).decode("ascii")
+
+
+def public_key_pem(key: SigningKey | VerifyKey) -> str:
+    der = _SPKI_PREFIX + bytes(_verify_key(key))
+    body = base64.b64encode(der).decode("ascii")
+    return f"-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"
+
+
+def load_public_key(text: str | bytes) -> VerifyKey:
+    """Parse a public key given as base64 (32 raw bytes) or PEM (SubjectPublicKeyInfo)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", errors="replace")
+    text = text.strip()
+    try:
+        if "BEGIN PUBLIC KEY" in text:
+            body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+            der = base64.b64decode(body, validate=True)
+            if len(der) != 44 or not der.startswith(_SPKI_PREFIX):
+                raise ValueError("not an Ed25519 SubjectPublicKeyInfo")
+            raw = der[len(_SPKI_PREFIX):]
+        else:
+            raw = base64.b64decode(text, validate=True)
+        if len(raw) != 32:
+            raise ValueError(f"{len(raw)} bytes instead of 32")
+        return VerifyKey(raw)
+    except (ValueError, binascii.Error) as exc:
+        raise KeyFileError(f"public key is not base64 or PEM Ed25519 ({exc}): export it with 'tpskit provision'") \
+            from None
+
+
+# --- signatures -------------------------------------------------------------------------------------
+
+def sign_bytes(key: SigningKey, data: bytes) -> str:
+    return base64.b64encode(key.sign(data).signature).decode("ascii")
+
+
+def verify_bytes(key: VerifyKey, data: bytes, signature_b64: str) -> bool:
+    try:
+        sig = base64.b64decode(signature_b64, validate=True)
+        key.verify(data, sig)
+        return True
+    except (BadSignatureError, binascii.Error, ValueError, TypeError):
+        return False
+
+
+def sign_document(key: SigningKey, doc: dict, *, field: str = "sig") -> dict:
+    """Return a copy of *doc* with *field* = signature over canonical_json(doc without field)."""
+    body = {k: v for k, v in doc.items() if k != field}
+    return {**body, field: sign_bytes(key, canonical_json(body))}
+
+
+def verify_document(key: VerifyKey, doc: dict, *, field: str = "sig") -> bool:
+    sig = doc.get(field)
+    if not isinstance(sig, str):
+        return False
+    body = {k: v for k, v in doc.items() if k != field}
+    return verify_bytes(key, canonical_json(body), sig)
+
+
+# --- registry of kit keys (collector side) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class KitEntry:
+    kit_id: str
+    public_key: VerifyKey
+    kode_wilayah: str | None = None
+    tps: int | None = None
+
+
+def load_registry(path: Path | str) -> dict[str, KitEntry]:
+    """Read a JSON (or CSV) registry of kit public keys; raise KeyFileError naming the bad entry."""
+    path = Path(path)
+    if not path.exists():
+        raise KeyFileError(f"kit registry {path} not found: create it with 'tpskit collector --kits {path} "
+                        "--add-kit KIT_ID --public-key KEY'")
+    text = path.read_text(encoding="utf-8")
+    rows: list[dict]
+    if path.suffix.lower() == ".csv" or (text.lstrip()[:1] not in ("{", "") and "," in text.splitlines()[0]):
+        rows = list(csv.DictReader(text.splitlines()))
+    else:
+        try:
+            data = json.loads(text) if text.strip() else {"kits": {}}
+        except json.JSONDecodeError as exc:
+            raise KeyFileError(f"kit registry {path} is not valid JSON ({exc})") from None
+        kits = data.get("kits", {}) if isinstance(data, dict) else None
+        if not isinstance(kits, dict):
+            raise KeyFileError(f"kit registry {path}: expected {{\"version\": 1, \"kits\": {{...}}}}")
+        rows = [{"kit_id": k, **(v if isinstance(v, dict) else {"public_key": v})} for k, v in kits.items()]
+    out: dict[str, KitEntry] = {}
+    for row in rows:
+        kit_id = (row.get("kit_id") or "").strip()
+        if not kit_id:
+            raise KeyFileError(f"kit registry {path}: an entry has no kit_id")
+        try:
+            key = load_public_key(row.get("public_key") or "")
+        except KeyFileError as exc:
+            raise KeyFileError(f"kit registry {path}, kit {kit_id}: {exc}") from None
+        tps = row.get("tps")
+        out[kit_id] = KitEntry(kit_id, key, (row.get("kode_wilayah") or None),
+                               int(tps) if tps not in (None, "") else None)
+    return out
+
+
+def registry_add(path: Path | str, kit_id: str, public_key: str | VerifyKey | SigningKey, *,
+                 kode_wilayah: str | None = None, tps: int | None = None) -> None:
+    """Add or replace one kit in a JSON registry (created if missing), atomically."""
+    path = Path(path)
+    if isinstance(public_key, SigningKey | VerifyKey):
+        key_b64 = public_key_b64(public_key)
+    else:
+        key_b64 = public_key_b64(load_public_key(public_key))
+    data: dict = {"version": 1, "kits": {}}
+    if path.exists() and path.read_text(encoding="utf-8").strip():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise KeyFileError(f"kit registry {path} is not valid JSON ({exc}); fix or move it first") from None
+        data.setdefault("kits", {})
+    entry: dict = {"public_key": key_b64, "added_at": time.time()}
+    if kode_wilayah:
+        entry["kode_wilayah"] = kode_wilayah
+    if tps is not None:
+        entry["tps"] = int(tps)
+    data["kits"][kit_id] = entry
+    _atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"), 0o644)
