@@ -184,7 +184,7 @@ class Kit:
 
     def close(self) -> None:
         """Release camera, pins and database (after run() returned)."""
-        for part in (self.camera, self.panel, self.battery, self.store):
+        for part in (self.courier, self.camera, self.panel, self.battery, self.store):
             if part is None:
                 continue
             try:
@@ -276,7 +276,7 @@ class Kit:
                 log.warning("courier.kick failed", exc_info=True)
         counts = self.store.counts()
         cs = self._courier_status()
-        queued = int(cs.get("queued", cs.get("queue_depth", counts["unsubmitted"])) or 0)
+        queued = _waiting(cs) if cs else counts["unsubmitted"]
         link = "tersambung" if cs.get("connected") else ("tidak ada" if self.courier else "tidak dipakai")
         text = msg.STATUS.format(total=counts["total"], ok=counts["ok"], review=counts["review"],
                                  retake=counts["retake"], queued=queued, link=link)
@@ -375,8 +375,7 @@ class Kit:
 
     def _show_idle(self) -> None:
         cs = self._courier_status()
-        queued = cs.get("queued", cs.get("queue_depth", 0)) or 0
-        self._show("queued" if queued and not cs.get("connected", True) else "ready")
+        self._show("queued" if _waiting(cs) and not cs.get("connected", True) else "ready")
 
     def _show(self, pattern: str) -> None:
         if self.panel is not None:
@@ -433,6 +432,11 @@ class Kit:
             os.replace(tmp, self.status_path)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+
+
+def _waiting(courier_status: dict) -> int:
+    """Messages not yet acknowledged by the collector (queued + sent)."""
+    return int(courier_status.get("queued", 0) or 0) + int(courier_status.get("sent", 0) or 0)
 
 
 def _version(dist: str) -> str | None:

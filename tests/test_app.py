@@ -1,0 +1,307 @@
+"""The Kit's main loop, driven through the mock button like a real press, on real SQLite files."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from capture.base import CaptureError, Frame, TimeoutRunner
+from firmware.app import EXIT_POWEROFF
+from firmware.events import LowBattery
+from tests.kit_helpers import KitHarness, StubReader, make_config, write_photo
+
+
+@pytest.fixture
+def photos(tmp_path):
+    d = tmp_path / "photos-in"
+    d.mkdir()
+    return d
+
+
+def test_short_press_captures_stores_and_shows_verdict(tmp_path, photos):
+    jpeg = write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        assert h.leds() == {"green": True, "yellow": False, "red": False}  # ready
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "ok" and v.record.seq == 1 and v.record.halaman == 1
+        assert v.record.photo_path.read_bytes() == jpeg
+        assert v.record.annotated_path.exists()
+        assert h.leds() == {"green": True, "yellow": False, "red": False}
+        assert "Halaman 1 terbaca" in v.message
+    assert h.store.counts()["total"] == 1
+
+
+def test_long_press_reports_status_and_never_captures(tmp_path, photos):
+    write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.press(1.3)  # hold_s = 1.0
+        deadline = time.monotonic() + 5
+        while not any(m.startswith("Status:") for m in h.messages) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any(m.startswith("Status: 0 foto") for m in h.messages)
+        assert h.verdicts.empty()
+        assert h.kit.reader.calls == 0
+
+
+def test_presses_during_a_slow_step_are_not_lost(tmp_path, photos):
+    for i in range(4):
+        write_photo(photos / f"{i:02d}.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, reader=StubReader(delay_s=0.4)) as h:
+        for _ in range(4):
+            h.press(0.05, bounce=True)
+            time.sleep(0.05)
+        got = [h.verdict() for _ in range(4)]
+    assert [v.pattern for v in got] == ["ok"] * 4
+    assert [v.record.seq for v in got] == [1, 2, 3, 4]
+
+
+def test_bad_inputs_get_errors_and_kit_stays_ready(tmp_path, photos):
+    write_photo(photos / "01-good.jpg", 220)
+    (photos / "02-notes.txt").write_text("bukan foto")
+    good = write_photo(photos / "03-cut.jpg", 220)
+    (photos / "03-cut.jpg").write_bytes(good[:300])
+    write_photo(photos / "04-review.jpg", 100)
+    write_photo(photos / "05-dark.jpg", 10)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        patterns = []
+        for _ in range(6):  # the 6th press finds no more photos
+            h.press()
+            v = h.verdict()
+            patterns.append(v.pattern)
+            if v.pattern == "error":
+                assert h.leds()["red"] is True and h.kit.state == "ready"
+        assert patterns == ["ok", "error", "error", "review", "retake", "error"]
+        texts = [m for m in h.messages if m.startswith("Gagal memotret")]
+        assert any("not an image" in t for t in texts) and any("truncated" in t for t in texts)
+        assert any("no more photos" in t for t in texts)
+    assert h.store.counts() == {"ok": 1, "review": 1, "retake": 1, "total": 3, "unsubmitted": 2}
+    assert h.store.integrity_ok()
+
+
+def test_empty_folder(tmp_path, photos):
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "error" and "empty" in v.message
+
+
+class HangingCamera:
+    """A camera whose driver hangs on the first capture (hardware edge), then recovers."""
+
+    def __init__(self, jpeg_path):
+        self.runner = TimeoutRunner(timeout_s=0.3, name="Camera Module")
+        self.release = threading.Event()
+        self.calls = 0
+        self.path = jpeg_path
+
+    def _grab(self):
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(10)
+            raise CaptureError("late")
+        import cv2
+
+        data = self.path.read_bytes()
+        return Frame(jpeg=data, image=cv2.imread(str(self.path)), taken_at=time.time(), source="hang-test")
+
+    def capture(self):
+        return self.runner.call(self._grab)
+
+    def close(self):
+        self.release.set()
+
+
+def test_camera_timeout_then_next_press_works(tmp_path, photos):
+    write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    cam = HangingCamera(photos / "01.jpg")
+    with KitHarness(cfg, camera=cam) as h:
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "error" and "Kamera tidak merespons" in v.message
+        cam.release.set()  # the driver comes back
+        time.sleep(0.1)
+        h.press()
+        assert h.verdict().pattern == "ok"
+
+
+def test_full_disk_refuses_capture_keeps_earlier(tmp_path, photos):
+    write_photo(photos / "01.jpg", 220)
+    write_photo(photos / "02.jpg", 220)
+    write_photo(photos / "03.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.press()
+        first = h.verdict()
+        h.store.min_free_mb = 10**9  # the state filesystem is "full"
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "error" and "Penyimpanan penuh" in v.message
+        h.store.min_free_mb = 1
+        h.press()
+        assert h.verdict().pattern == "ok"
+    assert first.record.photo_path.exists()
+    assert h.store.counts()["total"] == 2
+
+
+def test_reader_crash_is_an_error_not_a_dead_kit(tmp_path, photos):
+    write_photo(photos / "01.jpg", 220)
+    write_photo(photos / "02.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, reader=StubReader(fail_on=1)) as h:
+        h.press()
+        assert h.verdict().pattern == "error"
+        h.press()
+        assert h.verdict().pattern == "ok"
+
+
+class RecordingCourier:
+    """Courier double for loop tests without MQTT (the MQTT path is tested in test_app_courier.py)."""
+
+    def __init__(self):
+        self.submitted: list[str] = []
+        self.alive = False
+        self.fail = False
+
+    def start(self):
+        self.alive = True
+
+    def stop(self):
+        self.alive = False
+
+    def close(self):
+        pass
+
+    def is_alive(self):
+        return self.alive
+
+    def kick(self):
+        pass
+
+    def status(self):
+        return {"connected": False, "queued": len(self.submitted), "sent": 0}
+
+    def submit_reading(self, *, capture_id, halaman, reading, photo_jpeg, taken_at, time_source):
+        if self.fail:
+            raise RuntimeError("outbox full")
+        assert photo_jpeg[:2] == b"\xff\xd8"
+        if capture_id not in self.submitted:
+            self.submitted.append(capture_id)
+        return capture_id
+
+
+def test_unsent_captures_are_resubmitted_at_start(tmp_path, photos):
+    for i in range(3):
+        write_photo(photos / f"{i}.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    courier = RecordingCourier()
+    courier.fail = True
+    with KitHarness(cfg, courier=courier) as h:
+        h.press()
+        first = h.verdict()
+        assert h.leds()["green"]
+    assert courier.submitted == [] and h.store.counts()["unsubmitted"] == 1
+    courier = RecordingCourier()
+    with KitHarness(cfg, courier=courier) as h2:
+        assert courier.submitted == [first.record.id]  # re-submitted before READY
+        h2.press()
+        second = h2.verdict()
+        time.sleep(0.2)
+    assert courier.submitted == [first.record.id, second.record.id]
+    assert h2.store.counts()["unsubmitted"] == 0
+
+
+def test_critical_battery_finishes_write_then_powers_off(tmp_path, photos):
+    from firmware.power import BatteryMonitor
+
+    write_photo(photos / "01.jpg", 220)
+    factory = MockFactory()
+    cfg = make_config(tmp_path / "state", photos, power={"low_battery_pin": 5, "shutdown_command": ["true"]})
+    battery = BatteryMonitor(cfg.power, pin_factory=factory, bounce_s=None)
+    powered_off = threading.Event()
+    with KitHarness(cfg, battery=battery, factory=factory, power_off=powered_off.set,
+                    reader=StubReader(delay_s=0.3)) as h:
+        h.press()
+        time.sleep(0.1)  # the press is being processed
+        factory.pin(5).drive_low()  # the UPS HAT asserts low battery
+        v = h.verdict()
+        assert v.pattern == "ok"
+        rc = None
+        deadline = time.monotonic() + 10
+        while h.rc is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rc = h.rc
+    assert rc == EXIT_POWEROFF and powered_off.is_set()
+    assert any("Baterai hampir habis" in m for m in h.messages)
+    assert h.store.counts()["total"] == 1 and h.store.integrity_ok()
+
+
+def test_low_battery_warning_keeps_running(tmp_path, photos):
+    write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.kit.post(LowBattery(level=14.0, critical=False))
+        h.press()
+        assert h.verdict().pattern == "ok"
+        assert any("Baterai lemah (14%)" in m for m in h.messages)
+
+
+def test_watchdog_pings_only_while_courier_alive(tmp_path, photos):
+    import socket
+
+    from firmware.notify import SystemdNotifier
+
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.2)
+    notifier = SystemdNotifier(socket_path=sock_path, env={"WATCHDOG_USEC": "400000"})
+    courier = RecordingCourier()
+    cfg = make_config(tmp_path / "state", photos)
+    got: queue.Queue = queue.Queue()
+
+    def drain(seconds):
+        end = time.monotonic() + seconds
+        out = []
+        while time.monotonic() < end:
+            try:
+                out.append(server.recv(4096).decode())
+            except TimeoutError:
+                pass
+        return out
+
+    with KitHarness(cfg, courier=courier, notifier=notifier):
+        first = drain(1.0)
+        assert any(m.startswith("READY=1") for m in first)
+        assert any(m == "WATCHDOG=1" for m in first)
+        courier.alive = False  # the courier thread died
+        drain(0.5)
+        assert not any(m == "WATCHDOG=1" for m in drain(1.0))
+    server.close()
+    del got
+
+
+def test_status_file_and_cmd_status(tmp_path, photos):
+    from firmware.cmd_status import collect, render
+
+    write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.press()
+        h.verdict()
+        info = collect(cfg.paths.state_dir)
+        assert info["daemon"]["running"] and info["ready"]
+        assert info["captures"]["total"] == 1 and info["last_captures"][0]["status"] == "ok"
+        assert "READY" in render(info)
+    info = collect(cfg.paths.state_dir)
+    assert not info["ready"] and "daemon not running" in info["problems"]
