@@ -1,0 +1,198 @@
+"""tpskit selftest with gpiozero's MockFactory, the folder camera and a real broker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from comms import payloads, signing
+from firmware import cli
+from firmware.power import FakeGauge
+from firmware.selftest import (
+    Check,
+    Report,
+    boot_report,
+    check_battery,
+    check_button,
+    check_clock,
+    check_outputs,
+    check_storage,
+    last_selftest,
+    publish_readiness,
+    save_report,
+)
+from inference.digits import DEFAULT_MODEL
+from tests.broker import free_port
+from tests.selftest_helpers import Acker, Presser, make_kit, page_photos
+
+
+@pytest.fixture
+def factory():
+    f = MockFactory()
+    old = Device.pin_factory
+    Device.pin_factory = f
+    yield f
+    f.reset()
+    Device.pin_factory = old
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return page_photos(tmp_path_factory.mktemp("photos"))
+
+
+def test_button_press_and_timeout(tmp_path, factory):
+    conf = make_kit(tmp_path, broker_url="mqtt://127.0.0.1:1")
+    pin = factory.pin(conf.gpio.button)
+
+    def press(text):
+        assert "Tekan tombol" in text
+        pin.drive_low()
+
+    check = check_button(conf, pin_factory=factory, timeout_s=5, prompt=press)
+    assert check.ok, check.detail
+    pin.drive_high()
+    check = check_button(conf, pin_factory=factory, timeout_s=0.2, prompt=lambda t: None)
+    assert not check.ok and "tidak ada tekanan" in check.detail and "kabel tombol" in check.fix
+
+
+def test_leds_and_buzzer_are_driven(tmp_path, factory):
+    conf = make_kit(tmp_path, broker_url="mqtt://127.0.0.1:1")
+    check = check_outputs(conf, pin_factory=factory, on_s=0.01)
+    assert check.ok, check.detail
+    for pin_no in (conf.gpio.led_green, conf.gpio.led_yellow, conf.gpio.led_red, conf.gpio.buzzer):
+        states = [s.state for s in factory.pin(pin_no).states]
+        assert True in states and states[-1] is False  # went on, ended off
+    no = check_outputs(conf, pin_factory=factory, on_s=0.01, confirm=lambda q: False)
+    assert not no.ok and "polaritas" in no.fix
+
+
+def test_clock_storage_battery(tmp_path):
+    assert not check_clock(now=0.0, source="unsynced").ok  # 1970: the Pi without RTC and network
+    c = check_clock(now=time.mktime((2024, 2, 13, 12, 0, 0, 0, 0, 0)), source="unsynced")
+    assert c.ok and "belum sinkron" in c.detail
+    assert check_clock(now=time.mktime((2024, 2, 13, 12, 0, 0, 0, 0, 0)), source="ntp").ok
+    conf = make_kit(tmp_path / "k", broker_url="mqtt://127.0.0.1:1")
+    assert check_storage(conf).ok
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    conf.paths.state_dir = blocker / "state"  # cannot be created: a file is in the way
+    bad = check_storage(conf)
+    assert not bad.ok and "tidak bisa ditulis" in bad.detail
+    conf = make_kit(tmp_path / "k2", broker_url="mqtt://127.0.0.1:1")
+    check, level = check_battery(conf)
+    assert check.ok and check.skipped and level is None
+    conf.power.fuel_gauge = "max17040"
+    check, level = check_battery(conf, gauge=FakeGauge(30))
+    assert not check.ok and level == 30 and "isi baterai" in check.fix
+    check, level = check_battery(conf, gauge=FakeGauge(95))
+    assert check.ok and level == 95
+
+
+def _selftest(conf_path, *extra):
+    return cli.main(["--config", str(conf_path), "selftest", "--json", "--yes", "--button-timeout", "5",
+                     "--ack-timeout", "10", *extra])
+
+
+def _report(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_failing_camera_is_not_ready(tmp_path, factory, mosquitto, capsys):
+    empty = tmp_path / "no-photos"
+    empty.mkdir()
+    acker = Acker(mosquitto.url)
+    try:
+        conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=empty)
+        with Presser(factory, conf.gpio.button):
+            rc = _selftest(tmp_path / "kit" / "config.toml", "--skip", "model")
+    finally:
+        acker.close()
+    rep = _report(capsys)
+    assert rc == 1 and not rep["ready"]
+    assert rep["failing"] == ["camera"]
+    cam = next(c for c in rep["checks"] if c["name"] == "camera")
+    assert "tidak bisa memotret" in cam["detail"] and "kabel pita" in cam["fix"]
+    # the collector acked the test message; the readiness was published too
+    assert next(c for c in rep["checks"] if c["name"] == "collector")["ok"]
+    assert rep["readiness_message"]["state"] == "acked"
+    assert acker.seen[-1]["body"]["ready"] is False
+    assert acker.seen[-1]["body"]["failing"][0]["name"] == "camera"
+
+
+def test_missing_model_is_not_ready(tmp_path, factory, photos, capsys):
+    conf = make_kit(tmp_path / "kit", broker_url=f"mqtt://127.0.0.1:{free_port()}", photos=photos,
+                    model=tmp_path / "nowhere" / "digits.tflite")
+    with Presser(factory, conf.gpio.button):
+        rc = _selftest(tmp_path / "kit" / "config.toml", "--skip", "broker,collector", "--no-publish")
+    rep = _report(capsys)
+    assert rc == 1 and rep["failing"] == ["model"]
+    model = next(c for c in rep["checks"] if c["name"] == "model")
+    assert "tidak bisa dimuat" in model["detail"] and "pasang ulang" in model["fix"]
+    assert next(c for c in rep["checks"] if c["name"] == "camera")["ok"]
+    assert next(c for c in rep["checks"] if c["name"] == "button")["ok"]
+
+
+def test_unreachable_broker_is_not_ready_and_readiness_waits_in_outbox(tmp_path, factory, photos, capsys):
+    conf = make_kit(tmp_path / "kit", broker_url=f"mqtt://127.0.0.1:{free_port()}", photos=photos)
+    with Presser(factory, conf.gpio.button):
+        rc = _selftest(tmp_path / "kit" / "config.toml", "--skip", "model", "--ack-timeout", "2")
+    rep = _report(capsys)
+    assert rc == 1 and set(rep["failing"]) == {"broker", "collector"}
+    broker = next(c for c in rep["checks"] if c["name"] == "broker")
+    assert "tidak" in broker["detail"] and "sinyal" in broker["fix"]
+    assert rep["readiness_message"]["state"] == "queued"  # sent by the kit once the link is up
+    assert last_selftest(conf)["failing"] == ["broker", "collector"]
+
+
+def test_text_verdict_names_what_to_fix(tmp_path, factory, photos, capsys):
+    conf = make_kit(tmp_path / "kit", broker_url=f"mqtt://127.0.0.1:{free_port()}", photos=photos)
+    rc = cli.main(["--config", str(tmp_path / "kit" / "config.toml"), "selftest", "--yes", "--no-publish",
+                   "--button-timeout", "0.2", "--skip", "model,broker,collector"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "BELUM SIAP" in out and "Tombol / button" in out and "→ periksa kabel tombol" in out
+    assert conf.kit.kit_id in out
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="digit model not committed yet")
+def test_everything_ready(tmp_path, factory, photos, mosquitto, capsys):
+    acker = Acker(mosquitto.url)
+    try:
+        conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=photos)
+        with Presser(factory, conf.gpio.button):
+            rc = _selftest(tmp_path / "kit" / "config.toml")
+    finally:
+        acker.close()
+    rep = _report(capsys)
+    assert rep["failing"] == [] and rc == 0, rep
+    key = signing.load_private_key(conf.signing_key_path)
+    assert payloads.verify(key.verify_key, acker.seen[-1]) and acker.seen[-1]["body"]["ready"] is True
+
+
+def test_boot_report_uses_last_selftest(tmp_path):
+    conf = make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1")
+    rep = boot_report(conf)
+    assert not rep.ready and rep.failing[-1].name == "selftest" and "belum pernah" in rep.failing[-1].detail
+    passed = Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
+                    [Check("camera", True, "ok")])
+    save_report(conf, passed)
+    rep = boot_report(conf)
+    assert rep.ready, rep.text()
+    body = rep.readiness_body()
+    assert body["trigger"] == "boot" and body["ready"] is True and body["checks"]["selftest"] == "ok"
+
+    class FakeCourier:
+        def __init__(self):
+            self.sent = []
+
+        def publish_retained(self, kind, body):
+            self.sent.append((kind, body))
+            return "id-1"
+
+    courier = FakeCourier()
+    assert publish_readiness(courier, rep) == "id-1" and courier.sent[0][0] == "readiness"
