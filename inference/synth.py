@@ -23,8 +23,17 @@ from inference import handwriting
 from inference.render import render_page
 from inference.templates import PageTemplate, load_form
 
-__all__ = ["CONDITIONS", "SPOILS", "Sample", "make_tps", "fill_page", "photograph", "spoil", "make_sample",
-           "SENSOR"]
+__all__ = [
+    "CONDITIONS",
+    "SPOILS",
+    "Sample",
+    "make_tps",
+    "fill_page",
+    "photograph",
+    "spoil",
+    "make_sample",
+    "SENSOR",
+]
 
 SENSOR = (4608, 2592)  # Raspberry Pi Camera Module 3, full-resolution still (w, h)
 CONDITIONS = ("clean", "field", "hard")
@@ -64,8 +73,9 @@ def _split(total: int, n: int, rng: np.random.Generator, cap: int | None = None)
     return [int(p) for p in parts]
 
 
-def make_tps(rng: np.random.Generator, *, slip: bool = False, row_sums: float = 0.5) -> tuple[
-        dict[int, dict[str, int | None]], dict[str, int | None], str | None]:
+def make_tps(
+    rng: np.random.Generator, *, slip: bool = False, row_sums: float = 0.5
+) -> tuple[dict[int, dict[str, int | None]], dict[str, int | None], str | None]:
     """Numbers of one TPS: ``(pages {1,2,3: {field: value}}, bubbles {field: value}, slip rule or None)``."""
     dpt = int(rng.integers(120, 301))
     dpt_l = int(rng.binomial(dpt, 0.5))
@@ -83,8 +93,12 @@ def make_tps(rng: np.random.Generator, *, slip: bool = False, row_sums: float = 
     received = dpt + int(np.ceil(dpt * 0.02))
     returned = int(rng.integers(0, 4))
     received = max(received, used + returned)
-    v.update(surat_diterima=received, surat_digunakan=used, surat_dikembalikan=returned,
-             surat_tidak_digunakan=received - used - returned)
+    v.update(
+        surat_diterima=received,
+        surat_digunakan=used,
+        surat_dikembalikan=returned,
+        surat_tidak_digunakan=received - used - returned,
+    )
     invalid = int(rng.integers(0, 9))
     valid = used - invalid
     pas = _split(valid, 3, rng)
@@ -94,8 +108,14 @@ def make_tps(rng: np.random.Generator, *, slip: bool = False, row_sums: float = 
         rows = _split(votes, 5, rng, cap=99) if rng.random() < row_sums else [None] * 5
         for k, r in enumerate(rows, start=1):
             p2[f"paslon_{n}_baris_{k}"] = r
-    p3: dict[str, int | None] = {"suara_sah": valid, "suara_tidak_sah": invalid, "total_suara": used,
-                                 "tanggal": int(rng.choice([14, 14, 15])), "bulan": 2, "tahun": 2024}
+    p3: dict[str, int | None] = {
+        "suara_sah": valid,
+        "suara_tidak_sah": invalid,
+        "total_suara": used,
+        "tanggal": int(rng.choice([14, 14, 15])),
+        "bulan": 2,
+        "tahun": 2024,
+    }
     rows = _split(invalid, 5, rng) if rng.random() < row_sums else [None] * 5
     for k, r in enumerate(rows, start=1):
         p3[f"suara_tidak_sah_baris_{k}"] = r
@@ -111,6 +131,7 @@ def make_tps(rng: np.random.Generator, *, slip: bool = False, row_sums: float = 
         def bump(page: int, name: str) -> None:
             old = pages[page][name] or 0
             pages[page][name] = old + delta if 0 <= old + delta <= 999 else old - delta
+
         if kind == 0:
             bump(1, "dpt_jml")
             rule = "dpt_l + dpt_p = dpt_jml"
@@ -144,16 +165,24 @@ def _blend_ink(img: np.ndarray, x: int, y: int, cov: np.ndarray, ink: tuple[int,
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, img.shape[1]), min(y + h, img.shape[0])
     if x1 <= x0 or y1 <= y0:
         return
-    c = cov[y0 - y:y1 - y, x0 - x:x1 - x, None]
+    c = cov[y0 - y : y1 - y, x0 - x : x1 - x, None]
     region = img[y0:y1, x0:x1].astype(np.float32)
     inkf = np.asarray(ink, np.float32)
     region = region * (1 - c) + np.minimum(region, inkf) * c
     img[y0:y1, x0:x1] = np.clip(region, 0, 255).astype(np.uint8)
 
 
-def fill_page(page: PageTemplate, written: dict[str, int | None], *, px_per_mm: float, rng: np.random.Generator,
-              bubbles: dict[str, int | None] | None = None, ink: str | None = None, style: str | None = None,
-              leading: str | None = None) -> np.ndarray:
+def fill_page(
+    page: PageTemplate,
+    written: dict[str, int | None],
+    *,
+    px_per_mm: float,
+    rng: np.random.Generator,
+    bubbles: dict[str, int | None] | None = None,
+    ink: str | None = None,
+    style: str | None = None,
+    leading: str | None = None,
+) -> np.ndarray:
     """The blank page (BGR) with ``written`` numbers handwritten in their boxes and ``bubbles`` blackened."""
     s = px_per_mm
     gray = render_page(page, px_per_mm=s)
@@ -170,14 +199,17 @@ def fill_page(page: PageTemplate, written: dict[str, int | None], *, px_per_mm: 
             continue
         bh = f.boxes[0].h
         height = max(8, int(round(bh * s * rng.uniform(0.5, 0.72))))
-        glyphs = handwriting.render_number(int(value), len(f.boxes), height_px=height, rng=rng, writer=writer,
-                                           leading=lead)
+        glyphs = handwriting.render_number(
+            int(value), len(f.boxes), height_px=height, rng=rng, writer=writer, leading=lead
+        )
         for b, g in zip(f.boxes, glyphs, strict=True):
             if g is None:
                 continue
             cx = (b.x + b.w / 2 + rng.normal(0, 0.08) * b.w) * s
             cy = (b.y + b.h / 2 + rng.normal(0, 0.06) * b.h) * s
-            _blend_ink(img, int(cx - g.shape[1] / 2), int(cy - g.shape[0] / 2), g * rng.uniform(0.8, 1.0), color)
+            _blend_ink(
+                img, int(cx - g.shape[1] / 2), int(cy - g.shape[0] / 2), g * rng.uniform(0.8, 1.0), color
+            )
     for name, value in (bubbles or {}).items():
         f = page.by_name.get(name)
         if f is None or value is None or not f.bubbles:
@@ -188,8 +220,17 @@ def fill_page(page: PageTemplate, written: dict[str, int | None], *, px_per_mm: 
             r = bb.r * s
             size = int(2 * r + 6)
             cov = np.zeros((size, size), np.float32)
-            cv2.ellipse(cov, (size // 2, size // 2), (int(r * rng.uniform(0.75, 1.0)), int(r * rng.uniform(0.75, 1.0))),
-                        rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_AA)
+            cv2.ellipse(
+                cov,
+                (size // 2, size // 2),
+                (int(r * rng.uniform(0.75, 1.0)), int(r * rng.uniform(0.75, 1.0))),
+                rng.uniform(0, 180),
+                0,
+                360,
+                1.0,
+                -1,
+                cv2.LINE_AA,
+            )
             cov *= rng.uniform(0.75, 0.95)
             ox, oy = rng.normal(0, 0.08 * r, 2)
             _blend_ink(img, int(bb.cx * s - size / 2 + ox), int(bb.cy * s - size / 2 + oy), cov, color)
@@ -206,14 +247,24 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 _COND = {  # wobble, rotation sd (deg), light, shadow p, glare p, blur sigma (mm), noise sd, jpeg quality
     "clean": dict(persp=0.004, rot=0.8, light=0.05, shadow=0.0, glare=0.0, blur=0.0, noise=1.5, q=(92, 95)),
-    "field": dict(persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92)),
+    "field": dict(
+        persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92)
+    ),
     "hard": dict(persp=0.025, rot=4.0, light=0.3, shadow=0.6, glare=0.35, blur=0.16, noise=5.0, q=(70, 85)),
 }
 
 
-def page_homography(page: PageTemplate, *, sensor: tuple[int, int], rng: np.random.Generator, persp: float,
-                    rot_deg: float, upside_down: bool, fill: float = 0.93, shift: tuple[float, float] = (0, 0),
-                    ) -> np.ndarray:
+def page_homography(
+    page: PageTemplate,
+    *,
+    sensor: tuple[int, int],
+    rng: np.random.Generator,
+    persp: float,
+    rot_deg: float,
+    upside_down: bool,
+    fill: float = 0.93,
+    shift: tuple[float, float] = (0, 0),
+) -> np.ndarray:
     """Page mm -> photo px: page turned to lie along the sensor's long side, wobbled."""
     w, h = sensor
     pw, ph = page.size_mm
@@ -227,35 +278,60 @@ def page_homography(page: PageTemplate, *, sensor: tuple[int, int], rng: np.rand
     return cv2.getPerspectiveTransform(src, pts.astype(np.float32))
 
 
-def _light(img: np.ndarray, rng: np.random.Generator, *, amount: float, shadow: float, glare: float) -> np.ndarray:
+def _light(
+    img: np.ndarray, rng: np.random.Generator, *, amount: float, shadow: float, glare: float
+) -> np.ndarray:
     h, w = img.shape[:2]
     out = img.astype(np.float32)
     gy, gx = np.mgrid[0:8, 0:8].astype(np.float32) / 7
     a, b = rng.normal(0, amount, 2)
-    field_ = 1 + a * (gx - 0.5) + b * (gy - 0.5) - amount * 0.5 * ((gx - rng.random()) ** 2 + (gy - rng.random()) ** 2)
+    field_ = (
+        1
+        + a * (gx - 0.5)
+        + b * (gy - 0.5)
+        - amount * 0.5 * ((gx - rng.random()) ** 2 + (gy - rng.random()) ** 2)
+    )
+    field_ = field_ / field_.max() * rng.uniform(0.82, 0.97)  # auto exposure keeps the paper below white
     gain = cv2.resize(field_.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    out *= gain[..., None] * rng.uniform(0.85, 1.05)
+    out *= gain[..., None]
     if rng.random() < shadow:  # the KPPS member's shadow or the stand's arm
         mask = np.zeros((h // 8, w // 8), np.float32)
         x0 = int(rng.uniform(0, w // 8))
-        pts = np.array([[x0, 0], [x0 + rng.uniform(20, w // 16), 0], [x0 + rng.uniform(-20, 40), h // 8],
-                        [x0 - rng.uniform(0, 30), h // 8]], np.int32)
+        pts = np.array(
+            [
+                [x0, 0],
+                [x0 + rng.uniform(20, w // 16), 0],
+                [x0 + rng.uniform(-20, 40), h // 8],
+                [x0 - rng.uniform(0, 30), h // 8],
+            ],
+            np.int32,
+        )
         cv2.fillPoly(mask, [pts], 1.0)
         mask = cv2.GaussianBlur(mask, (0, 0), 6)
         mask = cv2.resize(mask, (w, h))
         out *= (1 - rng.uniform(0.2, 0.45) * mask)[..., None]
     if rng.random() < glare:  # a soft specular spot
         mask = np.zeros((h // 8, w // 8), np.float32)
-        cv2.circle(mask, (int(rng.uniform(0, w // 8)), int(rng.uniform(0, h // 8))), int(rng.uniform(8, 25)), 1.0, -1)
+        cv2.circle(
+            mask, (int(rng.uniform(0, w // 8)), int(rng.uniform(0, h // 8))), int(rng.uniform(8, 25)), 1.0, -1
+        )
         mask = cv2.GaussianBlur(mask, (0, 0), 8)
         mask = cv2.resize(mask, (w, h))
         out += (rng.uniform(40, 90) * mask)[..., None]
     return out
 
 
-def photograph(page_img: np.ndarray, page: PageTemplate, *, src_px_per_mm: float, rng: np.random.Generator,
-               condition: str = "field", scale: float = 1.0, upside_down: bool | None = None,
-               homography: np.ndarray | None = None) -> tuple[np.ndarray, bytes, np.ndarray]:
+def photograph(
+    page_img: np.ndarray,
+    page: PageTemplate,
+    *,
+    src_px_per_mm: float,
+    rng: np.random.Generator,
+    condition: str = "field",
+    scale: float = 1.0,
+    upside_down: bool | None = None,
+    homography: np.ndarray | None = None,
+) -> tuple[np.ndarray, bytes, np.ndarray]:
     """Photograph a filled page: returns ``(BGR photo, JPEG bytes, homography page mm -> photo px)``."""
     if condition not in _COND:
         raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
@@ -263,13 +339,19 @@ def photograph(page_img: np.ndarray, page: PageTemplate, *, src_px_per_mm: float
     w, h = int(SENSOR[0] * scale), int(SENSOR[1] * scale)
     if upside_down is None:
         upside_down = bool(rng.random() < 0.25)
-    hmm = homography if homography is not None else page_homography(
-        page, sensor=(w, h), rng=rng, persp=c["persp"], rot_deg=c["rot"], upside_down=upside_down)
+    hmm = (
+        homography
+        if homography is not None
+        else page_homography(
+            page, sensor=(w, h), rng=rng, persp=c["persp"], rot_deg=c["rot"], upside_down=upside_down
+        )
+    )
     to_src = np.diag([src_px_per_mm, src_px_per_mm, 1.0])
     hpx = hmm @ np.linalg.inv(to_src)
     bg = _background(h, w, rng)
-    photo = cv2.warpPerspective(page_img, hpx, (w, h), dst=bg, flags=cv2.INTER_AREA,
-                                borderMode=cv2.BORDER_TRANSPARENT)
+    photo = cv2.warpPerspective(
+        page_img, hpx, (w, h), dst=bg, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_TRANSPARENT
+    )
     out = _light(photo, rng, amount=c["light"], shadow=c["shadow"], glare=c["glare"])
     ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
     blur = c["blur"] * ppm * rng.uniform(0.3, 1.0) if c["blur"] else 0.0
@@ -298,8 +380,15 @@ def _hand(img: np.ndarray, rng: np.random.Generator, hmm: np.ndarray, page: Page
         cv2.line(img, (int(cx), int(cy)), (int(x2), int(y2)), skin, int(18 * ppm), cv2.LINE_AA)
 
 
-def spoil(kind: str, page_img: np.ndarray, page: PageTemplate, *, src_px_per_mm: float, rng: np.random.Generator,
-          scale: float = 1.0) -> tuple[np.ndarray, bytes]:
+def spoil(
+    kind: str,
+    page_img: np.ndarray,
+    page: PageTemplate,
+    *,
+    src_px_per_mm: float,
+    rng: np.random.Generator,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, bytes]:
     """An unusable photo of kind ``blurred``, ``dark``, ``cut_off``, ``hand`` or ``no_form``."""
     if kind not in SPOILS:
         raise ValueError(f"spoil kind must be one of {SPOILS}, got {kind!r}")
@@ -310,33 +399,62 @@ def spoil(kind: str, page_img: np.ndarray, page: PageTemplate, *, src_px_per_mm:
             x, y = int(rng.uniform(0, w * 0.7)), int(rng.uniform(0, h * 0.7))
             cv2.rectangle(img, (x, y), (x + int(w * 0.3), y + int(h * 0.3)), (235, 240, 240), -1)
             for k in range(8):
-                cv2.line(img, (x + 10, y + 15 + 12 * k), (x + int(w * 0.25), y + 15 + 12 * k), (60, 60, 60), 2)
+                cv2.line(
+                    img, (x + 10, y + 15 + 12 * k), (x + int(w * 0.25), y + 15 + 12 * k), (60, 60, 60), 2
+                )
         img = cv2.GaussianBlur(img, (0, 0), 1.0)
     else:
         shift = (0.0, 0.0)
         if kind == "cut_off":
             side = rng.choice([-1, 1])
-            shift = (float(side * rng.uniform(0.12, 0.25)), 0.0) if rng.random() < 0.5 else \
-                (0.0, float(side * rng.uniform(0.1, 0.2)))
-        hmm = page_homography(page, sensor=(w, h), rng=rng, persp=0.01, rot_deg=1.5,
-                              upside_down=bool(rng.random() < 0.3), shift=shift)
-        img, _, hmm = photograph(page_img, page, src_px_per_mm=src_px_per_mm, rng=rng, condition="clean",
-                                 scale=scale, homography=hmm)
+            shift = (
+                (float(side * rng.uniform(0.12, 0.25)), 0.0)
+                if rng.random() < 0.5
+                else (0.0, float(side * rng.uniform(0.1, 0.2)))
+            )
+        hmm = page_homography(
+            page,
+            sensor=(w, h),
+            rng=rng,
+            persp=0.01,
+            rot_deg=1.5,
+            upside_down=bool(rng.random() < 0.3),
+            shift=shift,
+        )
+        img, _, hmm = photograph(
+            page_img,
+            page,
+            src_px_per_mm=src_px_per_mm,
+            rng=rng,
+            condition="clean",
+            scale=scale,
+            homography=hmm,
+        )
         if kind == "blurred":
             ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
             img = cv2.GaussianBlur(img, (0, 0), ppm * rng.uniform(1.5, 3.0))
         elif kind == "dark":
-            img = np.clip(img.astype(np.float32) * rng.uniform(0.03, 0.08)
-                          + rng.normal(0, 1.5, img.shape), 0, 255).astype(np.uint8)
+            img = np.clip(
+                img.astype(np.float32) * rng.uniform(0.03, 0.08) + rng.normal(0, 1.5, img.shape), 0, 255
+            ).astype(np.uint8)
         elif kind == "hand":
             _hand(img, rng, hmm, page)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR), buf.tobytes()
 
 
-def make_sample(seed: int, page_no: int, *, condition: str = "field", scale: float = 0.6,
-                tps: tuple[dict, dict, str | None] | None = None, spoiled: str | None = None,
-                slip: bool = False, form_id: str = "C.HASIL-PPWP-2024", upside_down: bool | None = None) -> Sample:
+def make_sample(
+    seed: int,
+    page_no: int,
+    *,
+    condition: str = "field",
+    scale: float = 0.6,
+    tps: tuple[dict, dict, str | None] | None = None,
+    spoiled: str | None = None,
+    slip: bool = False,
+    form_id: str = "C.HASIL-PPWP-2024",
+    upside_down: bool | None = None,
+) -> Sample:
     """One photo of page ``page_no`` of a generated TPS (``tps`` from ``make_tps`` to share numbers)."""
     rng = np.random.default_rng(seed)
     page = load_form(form_id).pages[page_no]
@@ -348,9 +466,28 @@ def make_sample(seed: int, page_no: int, *, condition: str = "field", scale: flo
     img = fill_page(page, written, px_per_mm=src, rng=rng, bubbles=bub)
     if spoiled:
         photo, jpeg = spoil(spoiled, img, page, src_px_per_mm=src, rng=rng, scale=scale)
-        return Sample(image=photo, jpeg=jpeg, page=None if spoiled == "no_form" else page_no, written=written,
-                      bubbles=bub, condition=condition, spoiled=spoiled, slip=rule, px_per_mm=ppm_photo)
-    photo, jpeg, hmm = photograph(img, page, src_px_per_mm=src, rng=rng, condition=condition, scale=scale,
-                                  upside_down=upside_down)
-    return Sample(image=photo, jpeg=jpeg, page=page_no, written=written, bubbles=bub, condition=condition,
-                  slip=rule, homography=hmm, px_per_mm=ppm_photo)
+        return Sample(
+            image=photo,
+            jpeg=jpeg,
+            page=None if spoiled == "no_form" else page_no,
+            written=written,
+            bubbles=bub,
+            condition=condition,
+            spoiled=spoiled,
+            slip=rule,
+            px_per_mm=ppm_photo,
+        )
+    photo, jpeg, hmm = photograph(
+        img, page, src_px_per_mm=src, rng=rng, condition=condition, scale=scale, upside_down=upside_down
+    )
+    return Sample(
+        image=photo,
+        jpeg=jpeg,
+        page=page_no,
+        written=written,
+        bubbles=bub,
+        condition=condition,
+        slip=rule,
+        homography=hmm,
+        px_per_mm=ppm_photo,
+    )

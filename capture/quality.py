@@ -1,0 +1,86 @@
+"""Photo-quality check (pure function): sharpness, exposure and glare of a whole photo.
+
+Used by the page reader (to say *why* a page could not be found), by the appliance and by ``tpskit calibrate``.
+Measured on a reduced copy (longest side ``WORK_SIDE``) so it costs a few milliseconds on a Pi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = ["Quality", "assess", "WORK_SIDE", "MESSAGES"]
+
+WORK_SIDE = 1200
+MIN_SHARPNESS = (
+    0.22  # max edge slope / contrast per work pixel; a sharp print edge is ~0.5, heavy blur < 0.15
+)
+MIN_BRIGHTNESS = 60  # 95th percentile of gray: paper under light is far above this
+MAX_SATURATED = 0.04  # share of blown-out pixels
+
+MESSAGES = {
+    "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
+    "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
+    "glare": "Ada pantulan cahaya yang menutupi formulir. Ubah posisi lampu, lalu foto ulang.",
+    "not_an_image": "Berkas ini bukan foto yang bisa dibaca.",
+}
+
+
+@dataclass(frozen=True)
+class Quality:
+    ok: bool
+    reasons: tuple[str, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def messages(self) -> list[str]:
+        return [MESSAGES[r] for r in self.reasons if r in MESSAGES]
+
+
+def _work_gray(image: np.ndarray) -> np.ndarray:
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    f = WORK_SIDE / max(gray.shape[:2])
+    if f < 1:
+        gray = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def assess(
+    image: np.ndarray,
+    *,
+    min_sharpness: float = MIN_SHARPNESS,
+    min_brightness: float = MIN_BRIGHTNESS,
+    max_saturated: float = MAX_SATURATED,
+) -> Quality:
+    """Judge a photo (BGR or gray uint8): ``Quality(ok, reasons, metrics)``; reasons in ``MESSAGES``."""
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim not in (2, 3)
+        or min(image.shape[:2]) < 16
+    ):
+        return Quality(False, ("not_an_image",), {})
+    gray = _work_gray(image)
+    p5, p50, p95 = (float(v) for v in np.percentile(gray, (5, 50, 95)))
+    saturated = float(np.count_nonzero(gray >= 250)) / gray.size
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3) / 8
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3) / 8
+    mag = cv2.magnitude(gx, gy)
+    contrast = max(p95 - p5, 1.0)
+    sharpness = float(np.percentile(mag, 99.7)) / contrast
+    metrics = {
+        "sharpness": round(sharpness, 4),
+        "brightness_p50": p50,
+        "brightness_p95": p95,
+        "contrast": round(contrast, 1),
+        "saturated": round(saturated, 4),
+    }
+    reasons = []
+    if p95 < min_brightness or contrast < 25:
+        reasons.append("too_dark")
+    elif sharpness < min_sharpness:
+        reasons.append("blurred")
+    if saturated > max_saturated:
+        reasons.append("glare")
+    return Quality(not reasons, tuple(reasons), metrics)

@@ -1,0 +1,282 @@
+"""Registration: find the page code and the corner markers, map the photo to the template's mm coordinates.
+
+1. Detect the AprilTag page code on a reduced copy (any rotation): it names the form page and gives a first
+   homography from its four corners.
+2. Find the four double-square corner markers one by one, nearest first, each by template matching in a small
+   patch rectified with the current homography (coarse, then fine), and refit the homography after each.
+3. Check what makes a photo unusable: markers outside the frame, markers not visible (covered), blur and
+   exposure measured on the markers themselves, resolution below ``min_px_per_mm``.
+
+Failures raise ``RetakeError`` with machine reason codes (``REASONS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from inference.render import aruco_dictionary
+from inference.templates import Form, PageTemplate, available_forms, load_form
+
+__all__ = ["Registration", "RetakeError", "register", "rectify", "REASONS", "WORK_SIDE"]
+
+WORK_SIDE = 1600  # longest side of the reduced copy used to find the tag
+COARSE_PPM = 2.0  # px/mm of the coarse marker search patch
+FINE_PPM = 6.0
+MIN_MARKER_SCORE = 0.55
+MAX_EDGE_MM = 1.3  # marker edge 10-90% width above this = blurred
+MIN_PAPER = 55  # gray level of paper around the markers below this = too dark
+
+REASONS = {
+    "not_in_frame": "Formulir tidak masuk seluruhnya ke dalam foto. Letakkan formulir di tengah alas, lalu foto ulang.",
+    "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
+    "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
+    "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
+    "covered": "Sebagian formulir tertutup (tangan atau benda lain). Singkirkan, lalu foto ulang.",
+    "unknown_form": "Formulir ini tidak dikenal. Gunakan formulir C.HASIL resmi dengan kode halaman.",
+    "no_form": "Tidak ada formulir C.HASIL di foto. Letakkan formulir di alas kamera, lalu foto ulang.",
+    "low_resolution": "Formulir terlalu kecil di foto. Periksa tinggi kamera pada alas, lalu foto ulang.",
+    "not_an_image": "Berkas ini bukan foto yang bisa dibaca. Foto ulang.",
+}
+
+
+class RetakeError(Exception):
+    """The photo cannot be read; ``reasons`` are codes of ``REASONS``."""
+
+    def __init__(
+        self,
+        reasons: list[str] | tuple[str, ...],
+        *,
+        page: PageTemplate | None = None,
+        metrics: dict | None = None,
+    ) -> None:
+        self.reasons = tuple(reasons)
+        self.page = page
+        self.metrics = metrics or {}
+        super().__init__("; ".join(f"{r}: {REASONS.get(r, r)}" for r in self.reasons))
+
+
+@dataclass
+class Registration:
+    page: PageTemplate
+    homography: np.ndarray  # page mm -> photo px (3x3)
+    px_per_mm: float
+    rotation_deg: float  # how the page is turned in the photo (0 = upright along x)
+    residual_mm: float  # RMS disagreement of tag corners and markers with the final homography
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def rectify(
+    gray: np.ndarray,
+    hmm: np.ndarray,
+    x_mm: float,
+    y_mm: float,
+    w_mm: float,
+    h_mm: float,
+    ppm: float,
+    *,
+    interpolation: int = cv2.INTER_LINEAR,
+    border: int = 255,
+) -> np.ndarray:
+    """The page region (x, y, w, h) in mm as an upright image at ``ppm`` px/mm, sampled from the photo."""
+    out_w, out_h = max(1, int(round(w_mm * ppm))), max(1, int(round(h_mm * ppm)))
+    t = np.array([[1 / ppm, 0, x_mm], [0, 1 / ppm, y_mm], [0, 0, 1]], np.float64)
+    return cv2.warpPerspective(
+        gray,
+        hmm @ t,
+        (out_w, out_h),
+        flags=interpolation | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=border,
+    )
+
+
+def _marker_template(square_mm: float, ppm: float, pad_mm: float) -> np.ndarray:
+    size = int(round((2 * square_mm + 2 * pad_mm) * ppm))
+    t = np.full((size, size), 255, np.uint8)
+    c = size / 2
+    q = square_mm * ppm
+    sh = 4
+    one = 1 << sh
+    cv2.rectangle(
+        t, (int((c - q) * one), int((c - q) * one)), (int(c * one), int(c * one)), 0, -1, cv2.LINE_AA, sh
+    )
+    cv2.rectangle(
+        t, (int(c * one), int(c * one)), (int((c + q) * one), int((c + q) * one)), 0, -1, cv2.LINE_AA, sh
+    )
+    return t
+
+
+def _find_marker(
+    gray: np.ndarray,
+    hmm: np.ndarray,
+    point: tuple[float, float],
+    square_mm: float,
+    search_mm: float,
+    ppm: float,
+) -> tuple[tuple[float, float], float, np.ndarray]:
+    """Best match of a corner marker near ``point`` (mm): (refined point in mm, score, patch)."""
+    pad = 2.0
+    tmpl = _marker_template(square_mm, ppm, pad)
+    half = square_mm + pad + search_mm
+    patch = rectify(gray, hmm, point[0] - half, point[1] - half, 2 * half, 2 * half, ppm, border=128)
+    if patch.shape[0] <= tmpl.shape[0] or patch.shape[1] <= tmpl.shape[1]:
+        return point, 0.0, patch
+    res = cv2.matchTemplate(patch, tmpl, cv2.TM_CCOEFF_NORMED)
+    _, score, _, loc = cv2.minMaxLoc(res)
+    x, y = float(loc[0]), float(loc[1])
+    if 0 < loc[0] < res.shape[1] - 1:  # parabolic sub-pixel refinement
+        a, b, c = res[loc[1], loc[0] - 1], res[loc[1], loc[0]], res[loc[1], loc[0] + 1]
+        d = a - 2 * b + c
+        x += 0.5 * (a - c) / d if d else 0.0
+    if 0 < loc[1] < res.shape[0] - 1:
+        a, b, c = res[loc[1] - 1, loc[0]], res[loc[1], loc[0]], res[loc[1] + 1, loc[0]]
+        d = a - 2 * b + c
+        y += 0.5 * (a - c) / d if d else 0.0
+    cx = point[0] - half + (x + tmpl.shape[1] / 2) / ppm
+    cy = point[1] - half + (y + tmpl.shape[0] / 2) / ppm
+    return (cx, cy), float(score), patch
+
+
+def _edge_width_mm(patch: np.ndarray, ppm: float) -> tuple[float, float, float]:
+    """Blur and exposure on a fine marker patch: (edge 10-90% width in mm, paper level, ink level)."""
+    p = patch.astype(np.float32)
+    paper, ink = float(np.percentile(p, 90)), float(np.percentile(p, 5))
+    contrast = max(paper - ink, 1.0)
+    gx = cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3) / 8
+    gy = cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3) / 8
+    slope = float(np.percentile(cv2.magnitude(gx, gy), 99.0))  # gray levels per px across the sharpest edges
+    width_px = 0.8 * contrast / max(slope, 1e-3)  # a linear ramp from 10% to 90% of the contrast
+    return width_px / ppm, paper, ink
+
+
+def _px_per_mm(hmm: np.ndarray, at: tuple[float, float]) -> float:
+    pts = np.float32([[at, (at[0] + 1, at[1]), (at[0], at[1] + 1)]])
+    q = cv2.perspectiveTransform(pts, hmm)[0]
+    return float(np.sqrt(abs(np.cross(q[1] - q[0], q[2] - q[0]))))
+
+
+def _detect_tags(gray: np.ndarray, families: set[str]) -> list[tuple[str, int, np.ndarray]]:
+    f = min(1.0, WORK_SIDE / max(gray.shape[:2]))
+    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    found = []
+    for fast in (True, False):  # the ArUco3 pipeline is ~50x faster; the classic one is the fallback
+        for fam in sorted(families):
+            params = cv2.aruco.DetectorParameters()
+            params.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
+            params.minMarkerPerimeterRate = 0.04
+            params.maxMarkerPerimeterRate = 0.6
+            params.useAruco3Detection = fast
+            if not fast:
+                params.adaptiveThreshWinSizeMin = 9
+                params.adaptiveThreshWinSizeMax = 29
+            det = cv2.aruco.ArucoDetector(aruco_dictionary(fam), params)
+            corners, ids, _ = det.detectMarkers(small)
+            if ids is not None:
+                for c, i in zip(corners, ids.ravel(), strict=True):
+                    found.append((fam, int(i), c[0].astype(np.float64) / f))
+        if found:
+            break
+    return found
+
+
+def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: float = 2.0) -> Registration:
+    """Register a photo (BGR or gray) to its page template, or raise ``RetakeError``."""
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim not in (2, 3)
+        or min(image.shape[:2]) < 32
+    ):
+        raise RetakeError(["not_an_image"])
+    gray = _gray(image)
+    forms = [form] if form is not None else [load_form(f) for f in available_forms()]
+    families = {p.tag_family for f in forms for p in f.pages.values()}
+    tags = _detect_tags(gray, families)
+    page = corners = None
+    for fam, tag_id, c in tags:
+        for f in forms:
+            cand = f.page_for_tag(tag_id)
+            if cand is not None and cand.tag_family == fam:
+                page, corners = cand, c
+                break
+        if page is not None:
+            break
+    if page is None:
+        from capture.quality import assess
+
+        q = assess(image)
+        bad = [r for r in q.reasons if r in ("blurred", "too_dark")]
+        raise RetakeError(bad or (["unknown_form"] if tags else ["no_form"]), metrics=q.metrics)
+    src = np.array(page.tag_corners, np.float64)
+    hmm, _ = cv2.findHomography(src, corners)
+    h_img, w_img = gray.shape[:2]
+    ppm_tag = _px_per_mm(hmm, page.tag_corners[0])
+    if ppm_tag < min_px_per_mm * 0.8:
+        raise RetakeError(["low_resolution"], page=page, metrics={"px_per_mm": ppm_tag})
+    tag_c = np.mean(src, axis=0)
+    order = sorted(range(4), key=lambda i: np.hypot(*(np.array(page.marker_points[i]) - tag_c)))
+    found: dict[int, tuple[float, float]] = {}
+    scores, edges, papers, inks = [], [], [], []
+    fine_ppm = min(FINE_PPM, max(ppm_tag, 3.0))
+    for i in order:
+        pt = page.marker_points[i]
+        img_pt = cv2.perspectiveTransform(np.float64([[pt]]), hmm)[0, 0]
+        margin = page.marker_square_mm * ppm_tag
+        if not (margin <= img_pt[0] < w_img - margin and margin <= img_pt[1] < h_img - margin):
+            raise RetakeError(["not_in_frame"], page=page)
+        dist = float(np.hypot(pt[0] - tag_c[0], pt[1] - tag_c[1]))
+        search = min(60.0, 12.0 + 0.05 * dist) if found else min(60.0, 15.0 + 0.06 * dist)
+        coarse, s1, _ = _find_marker(gray, hmm, pt, page.marker_square_mm, search, COARSE_PPM)
+        fine, s2, patch = _find_marker(gray, hmm, coarse, page.marker_square_mm, 2.0, fine_ppm)
+        scores.append(s2)
+        if s2 < MIN_MARKER_SCORE:
+            raise RetakeError(["covered"], page=page, metrics={"marker_score": s2})
+        edge, paper, ink = _edge_width_mm(patch, fine_ppm)
+        edges.append(edge)
+        papers.append(paper)
+        inks.append(ink)
+        # the marker found at `fine` under hmm is really at `pt`: refit with everything known
+        found[i] = tuple(cv2.perspectiveTransform(np.float64([[fine]]), hmm)[0, 0])
+        mm_pts = np.array([page.tag_corners[k] for k in range(4)] + [page.marker_points[k] for k in found])
+        px_pts = np.vstack([corners, np.array([found[k] for k in found])])
+        if len(found) >= 4:  # markers only: far apart, most precise
+            hmm, _ = cv2.findHomography(mm_pts[4:], px_pts[4:])
+        else:  # too few far points for a stable perspective fit: affine, least squares
+            a = np.hstack([mm_pts, np.ones((len(mm_pts), 1))])
+            aff = np.linalg.lstsq(a, px_pts, rcond=None)[0].T
+            hmm = np.vstack([aff, [0, 0, 1]])
+    pred = cv2.perspectiveTransform(np.float64([page.tag_corners]), hmm)[0]
+    ppm = _px_per_mm(hmm, (page.size_mm[0] / 2, page.size_mm[1] / 2))
+    residual = float(np.sqrt(np.mean(np.sum((pred - corners) ** 2, axis=1)))) / ppm
+    edge_mm = float(np.median(edges))
+    metrics = {
+        "px_per_mm": round(ppm, 3),
+        "edge_mm": round(edge_mm, 3),
+        "paper": round(float(np.median(papers)), 1),
+        "ink": round(float(np.median(inks)), 1),
+        "marker_score": round(min(scores), 3),
+        "tag_residual_mm": round(residual, 3),
+    }
+    reasons = []
+    if metrics["paper"] < MIN_PAPER or metrics["paper"] - metrics["ink"] < 30:
+        reasons.append("too_dark")
+    elif edge_mm > MAX_EDGE_MM:
+        reasons.append("blurred")
+    if ppm < min_px_per_mm:
+        reasons.append("low_resolution")
+    if residual > 3.0:
+        reasons.append("covered")
+    if reasons:
+        raise RetakeError(reasons, page=page, metrics=metrics)
+    x_axis = cv2.perspectiveTransform(np.float64([[(0, 0), (100, 0)]]), hmm)[0]
+    rot = float(np.degrees(np.arctan2(*(x_axis[1] - x_axis[0])[::-1])))
+    return Registration(
+        page=page, homography=hmm, px_per_mm=ppm, rotation_deg=rot, residual_mm=residual, metrics=metrics
+    )
