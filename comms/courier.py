@@ -278,7 +278,12 @@ class Courier:
             except Exception:  # noqa: BLE001 - purge is housekeeping, never fatal
                 log.exception("outbox purge failed")
             while not self._stop.is_set():
-                connected = _Session(self, outbox).run()
+                try:
+                    connected = _Session(self, outbox).run()
+                except Exception as exc:  # noqa: BLE001 - the link must outlive any single failure
+                    log.exception("courier session failed")
+                    self._set_error(f"courier session failed: {exc}")
+                    connected = False
                 if self._stop.is_set():
                     break
                 if connected:
@@ -317,6 +322,11 @@ class _Session:
         self.next_stale_check = time.monotonic() + courier.ack_timeout_s
         self.stale_interval = courier.ack_timeout_s
         self.next_purge = time.monotonic() + 3600
+        # Until the collector has acked something in this session, only one message (the probe) is out:
+        # after a broker restart the collector may not have re-subscribed yet, and a full window would be
+        # dropped and then arrive out of order.
+        self.e2e_ok = False
+        self.probe_out = False
 
     # paho callbacks (run inside client.loop(), in this thread)
     def on_connect(self, client, userdata, flags, reason_code, properties):
@@ -340,6 +350,10 @@ class _Session:
             log.warning("ignoring bad ack on %s: %s", msg.topic, exc)
             return
         self.pending_acked.extend(ids)
+        if not self.e2e_ok:
+            self.e2e_ok = True
+            with self.c._lock:
+                self.c._work_gen += 1
         for i in ids:
             self.last_published.pop(i, None)
         with self.c._lock:
@@ -447,6 +461,8 @@ class _Session:
         if kicked:
             self._new_pass(only_overdue=True)
         free = c.max_inflight - len(self.inflight)
+        if not self.e2e_ok:
+            free = 0 if self.probe_out else min(free, 1)
         published = False
         now = time.monotonic()
         for prio in (PRIORITY_NUMBERS, PRIORITY_PHOTO):
@@ -470,11 +486,13 @@ class _Session:
                         self.inflight[info.mid] = row.id
                     free -= 1
                     published = True
+                    self.probe_out = True
             if not self.exhausted[prio]:
                 return published        # numbers first: no photo chunk while numbers wait
         return published
 
     def _new_pass(self, *, only_overdue: bool) -> None:
+        self.probe_out = False
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
         if not only_overdue:
@@ -501,7 +519,8 @@ class _Session:
         if c.heartbeat_s > 0 and now >= self.next_heartbeat:
             self.next_heartbeat = now + c.heartbeat_s
             self._publish_control(client, c.topic("heartbeat"), self._heartbeat_payload())
-        if now >= self.next_stale_check and all(self.exhausted.values()) and not self.inflight:
+        idle = all(self.exhausted.values()) or (not self.e2e_ok and self.probe_out)
+        if now >= self.next_stale_check and idle and not self.inflight:
             self.next_stale_check = now + max(1.0, self.stale_interval / 4)
             if self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
                 log.info("messages without collector ack for %.0f s: resending", c.ack_timeout_s)

@@ -1,0 +1,55 @@
+"""Ed25519 keys: save/load, public key export (base64 + PEM), signatures, registry."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from comms import signing
+
+
+def test_key_roundtrip_and_exports(tmp_path):
+    key = signing.generate_key()
+    path = signing.save_private_key(key, tmp_path / "keys" / "kit.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = signing.load_private_key(path)
+    assert bytes(again) == bytes(key)
+    b64 = signing.public_key_b64(key)
+    pem = signing.public_key_pem(key)
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----")
+    assert bytes(signing.load_public_key(b64)) == bytes(key.verify_key)
+    assert bytes(signing.load_public_key(pem)) == bytes(key.verify_key)
+
+
+def test_bad_keys_are_explained(tmp_path):
+    with pytest.raises(signing.KeyFileError, match="tpskit provision"):
+        signing.load_private_key(tmp_path / "missing.key")
+    (tmp_path / "bad.key").write_text("not a key")
+    with pytest.raises(signing.KeyFileError):
+        signing.load_private_key(tmp_path / "bad.key")
+    with pytest.raises(signing.KeyFileError):
+        signing.load_public_key("AAAA")
+
+
+def test_sign_verify_document():
+    key = signing.generate_key()
+    doc = signing.sign_document(key, {"a": 1, "b": "ü"})
+    assert signing.verify_document(key.verify_key, doc)
+    assert not signing.verify_document(key.verify_key, {**doc, "a": 2})
+    assert not signing.verify_document(signing.generate_key().verify_key, doc)
+    assert not signing.verify_document(key.verify_key, {"a": 1, "b": "ü"})
+
+
+def test_registry_json_and_csv(tmp_path):
+    k1, k2 = signing.generate_key(), signing.generate_key()
+    reg = tmp_path / "kits.json"
+    signing.registry_add(reg, "kit-1", signing.public_key_pem(k1), kode_wilayah="31.71.01.1001", tps=7)
+    signing.registry_add(reg, "kit-2", signing.public_key_b64(k2))
+    kits = signing.load_registry(reg)
+    assert set(kits) == {"kit-1", "kit-2"}
+    assert kits["kit-1"].tps == 7 and kits["kit-1"].kode_wilayah == "31.71.01.1001"
+    assert bytes(kits["kit-2"].public_key) == bytes(k2.verify_key)
+    csv_path = tmp_path / "kits.csv"
+    csv_path.write_text(f"kit_id,public_key,kode_wilayah,tps\nkit-3,{signing.public_key_b64(k1)},,\n")
+    assert signing.load_registry(csv_path)["kit-3"].tps is None
