@@ -51,6 +51,7 @@ class Verdict:
     reading: dict[str, Any] | None = None
     latency_ms: float = 0.0
     steps_ms: dict[str, float] = field(default_factory=dict)
+    page_reading: Any = None  # the reader's PageReading (for cross-page checks in the demo)
 
 
 class Kit:
@@ -258,7 +259,7 @@ class Kit:
         else:
             text = msg.RETAKE.format(reasons=msg.reasons_text(data))
         verdict = Verdict(press, status, text, record, data, latency_ms=_ms_since(press.released_at),
-                          steps_ms=steps)
+                          steps_ms=steps, page_reading=reading)
         self._verdict(verdict)
         if status != "retake":
             t = time.monotonic()
