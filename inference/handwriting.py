@@ -30,6 +30,8 @@ __all__ = [
     "render_digit",
     "render_mark",
     "render_number",
+    "render_box",
+    "BOX_MM",
 ]
 
 Piece = list[tuple[float, float]]
@@ -352,3 +354,109 @@ def render_number(value: int, n_boxes: int, *, height_px: int, rng: np.random.Ge
     for ch in text:
         out.append(render_digit(int(ch), height_px=height_px, rng=rng, writer=writer))
     return out
+
+
+# ------------------------------------------------------------------------------------------- boxes (training)
+
+# The 2024 C.HASIL number box, measured on the official PDF: inner 19 mm square, ~1 mm black border, 2.6 mm
+# between neighbouring boxes; the writing guide is 0.7 mm gray squares (~20% darkness) in 5 columns x 9 rows
+# (2.07 mm x 1.67 mm pitch), columns 0, 2, 4 full height, columns 1 and 3 only in rows 0, 4 and 8.
+BOX_MM = 19.0
+_GUIDE_PITCH = (2.07, 1.67)
+_GUIDE_DOTS = tuple((c, r) for c in range(5) for r in range(9) if c % 2 == 0 or r in (0, 4, 8))
+
+
+def render_box(content: np.ndarray | None, *, px_per_mm: float, rng: np.random.Generator,
+               height_mm: float = 12.0, center_mm: tuple[float, float] = (0.0, 0.0),
+               ink_darkness: float = 0.75, guide: bool = True, neighbours: bool = True, light: float = 0.2,
+               blur_px: float = 0.5, noise: float = 3.0, jpeg_quality: int = 85,
+               cut_mm: tuple[float, float, float, float] | None = None,
+               angle_deg: float = 0.0, spill: np.ndarray | None = None) -> np.ndarray:
+    """A photographed box crop (uint8 gray, dark ink on light paper) like the page reader cuts.
+
+    ``content``: ink coverage 0..1 of any size (or None for a blank box), scaled to ``height_mm`` and placed
+    at ``center_mm`` from the box centre. ``cut_mm``: how far the crop extends beyond the inner box edge
+    (left, top, right, bottom; negative cuts into the box); default random in -1..2 mm. ``spill``: ink of a
+    neighbouring box's digit, drawn just right of this box.
+    """
+    r = max(2.0 * px_per_mm, 8.0)  # drawing resolution (px/mm), downsampled to px_per_mm afterwards
+    margin = 5.0
+    side_mm = BOX_MM + 2 * margin
+    n = int(round(side_mm * r))
+    paper = float(rng.uniform(175, 245))
+    img = np.full((n, n), 1.0, np.float32)  # transmittance; 1 = paper
+    c0 = margin * r  # inner box top-left in px
+    bw = rng.uniform(0.6, 1.1)
+    dark = float(rng.uniform(0.75, 0.95))
+
+    def rect(x0_mm: float, y0_mm: float, x1_mm: float, y1_mm: float) -> None:
+        t = max(1, int(round(bw * r)))
+        p0 = (int(round(c0 + x0_mm * r - t / 2)), int(round(c0 + y0_mm * r - t / 2)))
+        p1 = (int(round(c0 + x1_mm * r + t / 2)), int(round(c0 + y1_mm * r + t / 2)))
+        cv2.rectangle(img, p0, p1, 1.0 - dark, thickness=t)
+
+    off = bw / 2
+    rect(-off, -off, BOX_MM + off, BOX_MM + off)
+    if neighbours:
+        gap = 2.6 + bw
+        for side in (-1, 1):
+            if rng.random() < 0.7:
+                x0 = side * (BOX_MM + gap)
+                rect(x0 - off, -off, x0 + BOX_MM + off, BOX_MM + off)
+    if guide:
+        g_dark = float(rng.uniform(0.1, 0.28))
+        gw = 4 * _GUIDE_PITCH[0]
+        gh = 8 * _GUIDE_PITCH[1]
+        gx0, gy0 = (BOX_MM - gw) / 2, (BOX_MM - gh) / 2
+        d = 0.7 * r / 2
+        for cx, cy in _GUIDE_DOTS:
+            x = c0 + (gx0 + cx * _GUIDE_PITCH[0]) * r
+            y = c0 + (gy0 + cy * _GUIDE_PITCH[1]) * r
+            cv2.rectangle(img, (int(x - d), int(y - d)), (int(x + d), int(y + d)), 1.0 - g_dark, -1)
+
+    def place(cov: np.ndarray, h_mm: float, cx_mm: float, cy_mm: float, darkness: float) -> None:
+        h_px = max(2, int(round(h_mm * r)))
+        s = h_px / cov.shape[0]
+        w_px = max(1, int(round(cov.shape[1] * s)))
+        cov = cv2.resize(cov, (w_px, h_px), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        x0 = int(round(c0 + (BOX_MM / 2 + cx_mm) * r - w_px / 2))
+        y0 = int(round(c0 + (BOX_MM / 2 + cy_mm) * r - h_px / 2))
+        xa, ya = max(x0, 0), max(y0, 0)
+        xb, yb = min(x0 + w_px, n), min(y0 + h_px, n)
+        if xb <= xa or yb <= ya:
+            return
+        sub = cov[ya - y0:yb - y0, xa - x0:xb - x0]
+        img[ya:yb, xa:xb] *= 1.0 - darkness * np.clip(sub, 0.0, 1.0)
+
+    if content is not None:
+        place(content, height_mm, center_mm[0], center_mm[1], ink_darkness)
+    if spill is not None:
+        place(spill, height_mm * rng.uniform(0.8, 1.2), BOX_MM / 2 + 2.6 + rng.uniform(1.0, 6.0),
+              rng.normal(0, 1.0), ink_darkness)
+    if angle_deg:
+        m = cv2.getRotationMatrix2D((c0 + BOX_MM * r / 2, c0 + BOX_MM * r / 2), angle_deg, 1.0)
+        img = cv2.warpAffine(img, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # camera sampling
+    m_px = int(round(side_mm * px_per_mm))
+    img = cv2.resize(img, (m_px, m_px), interpolation=cv2.INTER_AREA)
+    yy, xx = np.mgrid[0:m_px, 0:m_px].astype(np.float32) / m_px
+    a = rng.uniform(0, 2 * np.pi)
+    shade = 1.0 - light * (0.5 + 0.5 * (np.cos(a) * (xx - 0.5) + np.sin(a) * (yy - 0.5)) * 2) / 2
+    img = img * paper * shade
+    if blur_px > 0.05:
+        img = cv2.GaussianBlur(img, (0, 0), blur_px)
+    if noise > 0:
+        img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    if cut_mm is None:
+        cut_mm = tuple(rng.uniform(-1.0, 2.0, 4))
+    left, top, right, bottom = cut_mm
+    x0 = int(round((margin - left) * px_per_mm))
+    y0 = int(round((margin - top) * px_per_mm))
+    x1 = int(round((margin + BOX_MM + right) * px_per_mm))
+    y1 = int(round((margin + BOX_MM + bottom) * px_per_mm))
+    crop = np.ascontiguousarray(img[max(y0, 0):y1, max(x0, 0):x1])
+    if jpeg_quality < 100:
+        ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        crop = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return crop
