@@ -1,0 +1,75 @@
+"""`tpskit fleet readiness`: operators see which kits are ready, not ready (why) or silent, per kabupaten."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
+    r = sub.add_parser("readiness", help="kits by region: ready / not ready (why) / silent",
+                       description="Kits by region: ready / not ready (why) / silent, with counts and "
+                                   "%% ready per kabupaten, as a table, CSV or JSON.")
+    r.add_argument("--registry", help="collector registry (JSON or CSV) of the kits that should report")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--broker", help="read the retained readiness messages from this broker (mqtt[s]://host:port)")
+    src.add_argument("--collector-db", help="read the latest readiness from a collector database")
+    r.add_argument("--username", help="broker username (operator account, read access to readiness)")
+    r.add_argument("--password-file", help="file with the broker password")
+    r.add_argument("--ca-file", help="CA bundle of the broker")
+    r.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
+    r.add_argument("--wait", type=float, default=5.0, help="seconds to collect retained messages (broker)")
+    r.add_argument("--max-age-hours", type=float, default=None,
+                   help="a readiness older than this counts as not ready")
+    r.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")
+    r.add_argument("--csv", metavar="FILE", help="also write one row per kit to FILE ('-' = stdout)")
+    r.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from firmware import fleet
+
+    if not args.broker and not args.collector_db:
+        print("tpskit fleet readiness: pilih sumber: --broker URL atau --collector-db PATH", file=sys.stderr)
+        return 2
+    registry = None
+    try:
+        if args.registry:
+            from comms.signing import load_registry
+
+            registry = load_registry(args.registry)
+        if args.broker:
+            password = None
+            if args.password_file:
+                from firmware.config import read_secret
+
+                password = read_secret(args.password_file)
+            observations = fleet.from_broker(args.broker, registry=registry, prefix=args.prefix,
+                                             username=args.username, password=password, ca_file=args.ca_file,
+                                             wait_s=args.wait)
+        else:
+            observations = fleet.from_collector_db(args.collector_db)
+    except (OSError, ValueError, ConnectionError) as exc:
+        print(f"tpskit fleet readiness: {exc}", file=sys.stderr)
+        return 2
+    max_age = args.max_age_hours * 3600 if args.max_age_hours else None
+    states = fleet.assess(registry, observations, max_age_s=max_age)
+    if args.kabupaten:
+        states = [s for s in states if s.kabupaten == args.kabupaten]
+    summary = fleet.summarize(states)
+    if args.csv:
+        text = fleet.to_csv(states)
+        if args.csv == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.csv).write_text(text, encoding="utf-8")
+    if args.json:
+        print(json.dumps(fleet.to_json(states, summary), indent=2, ensure_ascii=False))
+    elif args.csv != "-":
+        print(fleet.table(states, summary))
+        if registry is None:
+            print("(tanpa --registry: kit yang diam tidak bisa diketahui)")
+    return 0

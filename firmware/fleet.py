@@ -1,0 +1,285 @@
+"""Fleet readiness for operators (H-1): which kits are ready, not ready (why) or silent, per kabupaten.
+
+Sources of the kits' latest readiness (signed, retained ``<prefix>/<kw>/<tps>/readiness``):
+
+- the broker itself: subscribe, collect the retained messages, verify each signature against the registry;
+- a collector database (``kit_readiness`` table, already verified by the collector).
+
+The registry (``comms.signing`` format) says which kits should exist: a registered kit without a readiness
+message is *silent*. A readiness older than ``max_age_s`` counts as not ready.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+READY, NOT_READY, SILENT = "ready", "not_ready", "silent"
+STATE_LABELS = {READY: "SIAP", NOT_READY: "BELUM SIAP", SILENT: "DIAM"}
+
+
+@dataclass
+class Observation:
+    """One kit's latest readiness message."""
+
+    kit_id: str
+    kode_wilayah: str
+    tps: int
+    body: dict
+    created_at: float | None = None
+    seq: int | None = None
+    verified: bool = True
+    problem: str = ""
+
+
+@dataclass
+class KitState:
+    kit_id: str
+    kode_wilayah: str | None
+    tps: int | None
+    state: str
+    reasons: list[str] = field(default_factory=list)
+    checked_at: float | None = None
+    trigger: str | None = None
+    battery_percent: float | None = None
+    registered: bool = True
+
+    @property
+    def kabupaten(self) -> str:
+        return ".".join(self.kode_wilayah.split(".")[:2]) if self.kode_wilayah else "?"
+
+
+@dataclass
+class RegionSummary:
+    kabupaten: str
+    total: int = 0
+    ready: int = 0
+    not_ready: int = 0
+    silent: int = 0
+
+    @property
+    def percent_ready(self) -> float:
+        return round(100.0 * self.ready / self.total, 1) if self.total else 0.0
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit/v1",
+                username: str | None = None, password: str | None = None, ca_file=None, wait_s: float = 5.0,
+                quiet_s: float = 0.7, client_id: str | None = None) -> list[Observation]:
+    """Collect the retained readiness messages from the broker (read-only; nothing is acked)."""
+    from comms import payloads
+    from comms.courier import make_mqtt_client, parse_broker_url
+
+    host, port, tls = parse_broker_url(broker_url)
+    client = make_mqtt_client(client_id=client_id or f"tpskit-fleet-{int(time.time() * 1000) % 10**9}",
+                              protocol="mqtt5", tls=tls, ca_file=ca_file, username=username,
+                              password=password)
+    got: dict[str, Observation] = {}
+    lock = threading.Lock()
+    last = [time.monotonic()]
+    subscribed = threading.Event()
+    failed: list[str] = []
+
+    def on_connect(c, _u, _f, rc, _p):
+        if rc.is_failure:
+            failed.append(str(rc))
+            subscribed.set()
+            return
+        c.subscribe(f"{prefix.strip('/')}/+/+/readiness", qos=1)
+
+    def on_subscribe(*_a):
+        last[0] = time.monotonic()
+        subscribed.set()
+
+    def on_message(_c, _u, msg):
+        obs = _observe(msg.payload, registry, payloads)
+        if obs is None:
+            return
+        with lock:
+            prev = got.get(obs.kit_id)
+            if prev is None or (obs.seq or 0) >= (prev.seq or 0) or not prev.verified:
+                got[obs.kit_id] = obs
+            last[0] = time.monotonic()
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"broker {broker_url} tidak terjangkau: {exc}") from None
+    client.loop_start()
+    try:
+        if not subscribed.wait(wait_s) or failed:
+            why = failed[0] if failed else "timeout"
+            raise ConnectionError(f"broker {broker_url} menolak / tidak menjawab: {why}")
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and time.monotonic() - last[0] < quiet_s:
+            time.sleep(0.05)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return list(got.values())
+
+
+def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | None:
+    try:
+        env, raw = payloads.parse(payload)
+    except payloads.MalformedMessage:
+        return None
+    if env.kind != "readiness":
+        return None
+    obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq)
+    if registry is not None:
+        entry = registry.get(env.kit_id)
+        if entry is None:
+            obs.verified, obs.problem = False, "kit tidak terdaftar di registry"
+        elif not payloads.verify(entry.public_key, raw):
+            obs.verified, obs.problem = False, "tanda tangan tidak sah (kunci tidak cocok dengan registry)"
+        elif (entry.kode_wilayah and entry.kode_wilayah != env.kode_wilayah) or (
+                entry.tps is not None and entry.tps != env.tps):
+            obs.verified = False
+            obs.problem = (f"melapor untuk {env.kode_wilayah} TPS {env.tps}, terdaftar untuk "
+                           f"{entry.kode_wilayah} TPS {entry.tps}")
+    return obs
+
+
+def from_collector_db(path: Path | str) -> list[Observation]:
+    """The latest readiness per kit as stored (and verified) by the collector."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"database collector {path} tidak ada")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = con.execute(
+            "SELECT kit_id, kode_wilayah, tps, body, created_at, seq FROM kit_readiness").fetchall()
+    except sqlite3.OperationalError as exc:
+        raise ValueError(f"{path} bukan database collector tpskit ({exc})") from None
+    finally:
+        con.close()
+    out = []
+    for kit_id, kw, tps, body, created_at, seq in rows:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = {}
+        out.append(Observation(kit_id, kw, int(tps), data if isinstance(data, dict) else {}, created_at, seq))
+    return out
+
+
+# --- assessment ---------------------------------------------------------------------------------
+
+def _reasons(body: dict) -> list[str]:
+    out = []
+    for item in body.get("failing") or []:
+        if isinstance(item, dict):
+            text = f"{item.get('name', '?')}: {item.get('detail', '')}".strip(": ")
+            if item.get("fix"):
+                text += f" → {item['fix']}"
+            out.append(text)
+        else:
+            out.append(str(item))
+    return out or ["laporan kesiapan: belum siap (tanpa rincian)"]
+
+
+def assess(registry: dict | None, observations: Iterable[Observation], *, now: float | None = None,
+           max_age_s: float | None = None) -> list[KitState]:
+    """One KitState per registered kit (silent if no readiness) plus any unregistered kit that reported."""
+    now = time.time() if now is None else now
+    seen = {o.kit_id: o for o in observations}
+    states: list[KitState] = []
+    kit_ids = list(registry) if registry is not None else []
+    kit_ids += [k for k in seen if registry is None or k not in registry]
+    for kit_id in kit_ids:
+        entry = registry.get(kit_id) if registry is not None else None
+        obs = seen.get(kit_id)
+        if obs is None:
+            states.append(KitState(kit_id, entry.kode_wilayah, entry.tps, SILENT,
+                                   ["tidak ada laporan kesiapan: kit belum dinyalakan, belum selftest, "
+                                    "atau tidak ada sinyal"]))
+            continue
+        body = obs.body
+        checked = body.get("checked_at")
+        if not isinstance(checked, int | float):
+            checked = obs.created_at
+        st = KitState(kit_id, obs.kode_wilayah, obs.tps, NOT_READY, checked_at=checked,
+                      trigger=body.get("trigger"), battery_percent=body.get("battery_percent"),
+                      registered=registry is None or kit_id in registry)
+        if not obs.verified:
+            st.reasons = [obs.problem]
+        elif body.get("ready") is not True:
+            st.reasons = _reasons(body)
+        elif max_age_s is not None and checked is not None and now - checked > max_age_s:
+            age_h = (now - checked) / 3600
+            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu: jalankan selftest"]
+        else:
+            st.state = READY
+        states.append(st)
+    states.sort(key=lambda s: (s.kode_wilayah or "~", s.tps or 0, s.kit_id))
+    return states
+
+
+def summarize(states: Iterable[KitState]) -> list[RegionSummary]:
+    regions: dict[str, RegionSummary] = {}
+    for s in states:
+        r = regions.setdefault(s.kabupaten, RegionSummary(s.kabupaten))
+        r.total += 1
+        setattr(r, s.state, getattr(r, s.state) + 1)
+    return [regions[k] for k in sorted(regions)]
+
+
+# --- output -------------------------------------------------------------------------------------
+
+CSV_FIELDS = ("kabupaten", "kode_wilayah", "tps", "kit_id", "state", "reasons", "checked_at", "trigger",
+              "battery_percent", "registered")
+
+
+def to_csv(states: Iterable[KitState]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_FIELDS)
+    for s in states:
+        checked = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.checked_at)) if s.checked_at else ""
+        w.writerow([s.kabupaten, s.kode_wilayah or "", s.tps or "", s.kit_id, s.state, " | ".join(s.reasons),
+                    checked, s.trigger or "", "" if s.battery_percent is None else s.battery_percent,
+                    "yes" if s.registered else "no"])
+    return buf.getvalue()
+
+
+def to_json(states: list[KitState], summary: list[RegionSummary]) -> dict:
+    total = RegionSummary("total")
+    for r in summary:
+        total.total += r.total
+        total.ready += r.ready
+        total.not_ready += r.not_ready
+        total.silent += r.silent
+    return {"kits": [{**asdict(s), "kabupaten": s.kabupaten} for s in states],
+            "kabupaten": [{**asdict(r), "percent_ready": r.percent_ready} for r in summary],
+            "total": {**asdict(total), "percent_ready": total.percent_ready}}
+
+
+def table(states: list[KitState], summary: list[RegionSummary]) -> str:
+    lines = []
+    current = None
+    for s in states:
+        if s.kabupaten != current:
+            current = s.kabupaten
+            lines.append(f"Kabupaten/kota {current}")
+        where = f"{s.kode_wilayah or '?':13} TPS {s.tps if s.tps is not None else '?':>3}"
+        lines.append(f"  {where}  {s.kit_id:24} {STATE_LABELS[s.state]:10} {'; '.join(s.reasons)}".rstrip())
+    lines.append("")
+    lines.append(f"{'kabupaten':10} {'kit':>5} {'siap':>5} {'belum':>6} {'diam':>5} {'% siap':>7}")
+    tot = [0, 0, 0, 0]
+    for r in summary:
+        lines.append(f"{r.kabupaten:10} {r.total:5} {r.ready:5} {r.not_ready:6} {r.silent:5} "
+                     f"{r.percent_ready:6.1f}%")
+        tot = [tot[0] + r.total, tot[1] + r.ready, tot[2] + r.not_ready, tot[3] + r.silent]
+    pct = 100.0 * tot[1] / tot[0] if tot[0] else 0.0
+    lines.append(f"{'total':10} {tot[0]:5} {tot[1]:5} {tot[2]:6} {tot[3]:5} {pct:6.1f}%")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""tpskit fleet readiness against a real broker and the reference collector, with several simulated kits
+(ready, not ready, and one that never reports)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import pytest
+
+from comms.collector import Collector
+from comms.courier import Courier
+from comms.outbox import Outbox
+from firmware import cli, fleet
+from firmware.selftest import Check, Report
+from tests.selftest_helpers import make_kit
+
+KITS = [  # kode wilayah, TPS, ready?, reports?
+    ("31.71.01.1001", 1, True, True),
+    ("31.71.01.1001", 2, False, True),
+    ("32.73.05.1002", 12, True, True),
+    ("32.73.05.1002", 13, True, False),  # never switched on: silent
+]
+
+
+def _wait_state(db, msg_id, want, timeout=15.0):
+    box = Outbox(db)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if box.state_of(msg_id) == want:
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        box.close()
+
+
+def _report_body(conf, ready: bool) -> dict:
+    checks = [Check("camera", ready, "4608×2592 px" if ready else "tidak bisa memotret: kabel",
+                    "" if ready else "periksa kabel pita kamera"), Check("broker", True, "ok")]
+    return Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest", checks).readiness_body()
+
+
+@pytest.fixture
+def fleet_world(tmp_path, mosquitto):
+    registry = tmp_path / "registry.json"
+    confs = [make_kit(tmp_path / f"kit{i}", kode_wilayah=kw, tps=tps, broker_url=mosquitto.url,
+                      registry=registry) for i, (kw, tps, _, _) in enumerate(KITS)]
+    collector = Collector(broker_url=mosquitto.url, db_path=tmp_path / "collector.db",
+                          registry=registry).start()
+    try:
+        assert collector.connected.wait(10)
+        for conf, (_, _, ready, reports) in zip(confs, KITS, strict=True):
+            if not reports:
+                continue
+            courier = Courier.from_config(conf, password="rahasia")
+            try:
+                courier.start()
+                msg_id = courier.publish_retained("readiness", _report_body(conf, ready))
+                assert _wait_state(conf.db_path, msg_id, "acked"), courier.status()
+            finally:
+                courier.close()
+        # a kit that is not in the registry (e.g. provisioned but its row never sent to the regency)
+        stray = make_kit(tmp_path / "stray", kode_wilayah="32.73.05.1002", tps=99, broker_url=mosquitto.url)
+        courier = Courier.from_config(stray, password="rahasia")
+        try:
+            courier.start()
+            msg_id = courier.publish_retained("readiness", _report_body(stray, True))
+            assert _wait_state(stray.db_path, msg_id, "sent")
+        finally:
+            courier.close()
+    finally:
+        collector.stop()
+    return {"registry": registry, "db": tmp_path / "collector.db", "broker": mosquitto.url, "confs": confs,
+            "tmp": tmp_path}
+
+
+def _by_kit(rows):
+    return {r["kit_id"]: r for r in rows}
+
+
+def test_fleet_from_broker_table_csv_json(fleet_world, capsys):
+    w = fleet_world
+    out_csv = w["tmp"] / "fleet.csv"
+    rc = cli.main(["fleet", "readiness", "--registry", str(w["registry"]), "--broker", w["broker"],
+                   "--wait", "5", "--csv", str(out_csv), "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    kits = _by_kit(data["kits"])
+    ids = [c.kit.kit_id for c in w["confs"]]
+    assert kits[ids[0]]["state"] == "ready"
+    assert kits[ids[1]]["state"] == "not_ready"
+    assert "camera" in kits[ids[1]]["reasons"][0] and "kabel pita" in kits[ids[1]]["reasons"][0]
+    assert kits[ids[2]]["state"] == "ready"
+    assert kits[ids[3]]["state"] == "silent"
+    stray = kits["kit-3273051002-099"]
+    assert stray["state"] == "not_ready" and not stray["registered"]
+    assert "tidak terdaftar" in stray["reasons"][0]
+    per_kab = {r["kabupaten"]: r for r in data["kabupaten"]}
+    assert per_kab["31.71"]["total"] == 2 and per_kab["31.71"]["ready"] == 1
+    assert per_kab["31.71"]["percent_ready"] == 50.0
+    assert per_kab["32.73"] == {"kabupaten": "32.73", "total": 3, "ready": 1, "not_ready": 1, "silent": 1,
+                                "percent_ready": 33.3}
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert {r["kit_id"]: r["state"] for r in rows}[ids[3]] == "silent"
+    assert len(rows) == 5 and rows[0]["kabupaten"] == "31.71"
+    # the human table
+    assert cli.main(["fleet", "readiness", "--registry", str(w["registry"]), "--broker", w["broker"]]) == 0
+    text = capsys.readouterr().out
+    assert "DIAM" in text and "BELUM SIAP" in text and "31.71" in text and "50.0%" in text
+
+
+def test_fleet_from_collector_db(fleet_world, capsys):
+    w = fleet_world
+    assert cli.main(["fleet", "readiness", "--registry", str(w["registry"]), "--collector-db", str(w["db"]),
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    states = {k["kit_id"]: k["state"] for k in data["kits"]}
+    ids = [c.kit.kit_id for c in w["confs"]]
+    assert [states[i] for i in ids] == ["ready", "not_ready", "ready", "silent"]
+    assert "kit-3273051002-099" not in states  # the collector refused the unregistered kit
+    assert data["total"]["percent_ready"] == 50.0
+
+
+def test_forged_readiness_is_not_ready(tmp_path):
+    """A readiness signed by another key does not make a kit ready."""
+    from comms import payloads, signing
+
+    reg_path = tmp_path / "reg.json"
+    real, other = signing.generate_key(), signing.generate_key()
+    signing.registry_add(reg_path, "kit-a", real, kode_wilayah="31.71.01.1001", tps=1)
+    registry = signing.load_registry(reg_path)
+    wire = payloads.build(other, kind="readiness", msg_id="kit-a:readiness:1", kit_id="kit-a",
+                          kode_wilayah="31.71.01.1001", tps=1, seq=1, created_at=time.time(),
+                          body={"ready": True})
+    obs = fleet._observe(wire, registry, payloads)
+    states = fleet.assess(registry, [obs])
+    assert states[0].state == "not_ready" and "tanda tangan" in states[0].reasons[0]
+    old = fleet.Observation("kit-a", "31.71.01.1001", 1,
+                            {"ready": True, "checked_at": time.time() - 5 * 86400})
+    assert fleet.assess(registry, [old], max_age_s=86400)[0].state == "not_ready"
+
+
+def test_unreachable_broker_is_a_clear_error(tmp_path, capsys):
+    from tests.broker import free_port
+
+    assert cli.main(["fleet", "readiness", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--wait", "1"]) == 2
+    assert "tidak terjangkau" in capsys.readouterr().err
+    assert cli.main(["fleet", "readiness"]) == 2
