@@ -8,7 +8,8 @@ Registry (the collector's list of kits, ``--kits FILE``): JSON
 ``{"version": 1, "kits": {"<kit_id>": {"public_key": "<base64>", "kode_wilayah": "31.71.01.1001",
 "tps": 7, "added_at": 1700000000.0}}}``; ``kode_wilayah`` and ``tps`` are optional and, when present,
 the collector refuses messages from that kit for any other TPS. A CSV file with the header
-``kit_id,public_key,kode_wilayah,tps`` is accepted too (read only).
+``kit_id,public_key,kode_wilayah,tps`` is accepted too (read only), and so is a folder of such files
+(e.g. the ``<kit_id>.csv`` files written by ``tpskit provision --export``).
 """
 
 from __future__ import annotations
@@ -198,6 +199,12 @@ class KitEntry:
 def load_registry(path: Path | str) -> dict[str, KitEntry]:
     """Read a JSON (or CSV) registry of kit public keys; raise KeyFileError naming the bad entry."""
     path = Path(path)
+    if path.is_dir():   # a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)
+        merged: dict[str, KitEntry] = {}
+        for f in sorted(path.iterdir()):
+            if f.suffix.lower() in (".csv", ".json") and f.is_file():
+                merged.update(load_registry(f))
+        return merged
     if not path.exists():
         raise KeyFileError(f"kit registry {path} not found: create it with 'tpskit collector --kits {path} "
                         "--add-kit KIT_ID --public-key KEY'")

@@ -1,0 +1,191 @@
+"""USB bundles for blank spots: export every unacked signed message to one file, publish it elsewhere.
+
+Bundle file (``tpskit-<kit_id>-<UTC time>.tpsbundle``), JSON Lines, UTF-8:
+
+- line 1, the manifest, signed by the kit key: ``{"v": 1, "kind": "bundle", "kit_id", "kode_wilayah", "tps",
+  "created_at", "count", "public_key": "<base64>", "messages": [["<id>", "<sha256 of payload>"], ...],
+  "sig"}``
+- then one line per message, in delivery order: ``{"id", "topic", "retain", "payload"}`` where ``payload`` is
+  the exact signed message text (each message also carries its own signature).
+
+Exporting changes nothing in the outbox: rows become ``acked`` only when the collector's acks reach the kit
+(when it next connects it resends them; the collector answers duplicates with acks and stores nothing twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from comms import payloads, topics
+from comms.outbox import Outbox
+from comms.signing import (
+    canonical_json,
+    coerce_signing_key,
+    load_public_key,
+    public_key_b64,
+    sign_document,
+    verify_document,
+)
+
+SUFFIX = ".tpsbundle"
+
+
+class BundleError(ValueError):
+    """The bundle cannot be written or used; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class BundleMessage:
+    id: str
+    topic: str
+    retain: bool
+    payload: bytes
+
+
+def export_bundle(*, db_path: Path | str, out_dir: Path | str, signing_key, kit_id: str, kode_wilayah: str,
+                  tps: int, now: float | None = None) -> tuple[Path, int]:
+    """Write all unacked messages of the outbox to one bundle file in *out_dir*; returns (path, count)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise BundleError(f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
+                          "mount point, e.g. /media/usb")
+    key = coerce_signing_key(signing_key)
+    now = now if now is not None else time.time()
+    with Outbox(db_path) as ob:
+        rows = list(ob.unacked())
+    lines = [canonical_json({"id": r.id, "topic": r.topic, "retain": r.retain,
+                             "payload": r.payload.decode("utf-8")}) for r in rows]
+    manifest = sign_document(key, {
+        "v": 1, "kind": "bundle", "kit_id": kit_id, "kode_wilayah": kode_wilayah, "tps": int(tps),
+        "created_at": now, "count": len(rows), "public_key": public_key_b64(key),
+        "messages": [[r.id, hashlib.sha256(r.payload).hexdigest()] for r in rows]})
+    name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
+    path = out_dir / name
+    data = b"\n".join([canonical_json(manifest), *lines]) + b"\n"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(out_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise BundleError(f"cannot write the bundle to {out_dir} ({exc.strerror}): check the USB stick is "
+                          "writable and has free space") from None
+    return path, len(rows)
+
+
+def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[BundleMessage]]:
+    """Read and check a bundle: manifest signature and every payload's SHA-256.
+
+    With *public_key* (the kit's key from the registry) the manifest must be signed by it; without, it is
+    checked against the key it carries (catches damage, not forgery; the collector still verifies every
+    message against its registry).
+    """
+    path = Path(path)
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {path}: {exc.strerror}") from None
+    try:
+        manifest = json.loads(raw_lines[0])
+        entries = [json.loads(line) for line in raw_lines[1:] if line.strip()]
+    except (IndexError, json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{path} is not a tpskit bundle (bad JSON lines)") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "bundle" or manifest.get("v") != 1:
+        raise BundleError(f"{path} is not a tpskit bundle v1")
+    key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
+    if key is None:
+        key = load_public_key(manifest.get("public_key", ""))
+    if not verify_document(key, manifest):
+        raise BundleError(f"{path}: the manifest signature does not verify: the file was altered or comes "
+                          "from another kit")
+    listed = [tuple(m) for m in manifest.get("messages", [])]
+    if len(listed) != len(entries) or manifest.get("count") != len(entries):
+        raise BundleError(f"{path}: {len(entries)} messages but the manifest lists {len(listed)}: "
+                          "the file is truncated; export it again")
+    out = []
+    for (mid, sha), e in zip(listed, entries, strict=True):
+        payload = str(e.get("payload", "")).encode("utf-8")
+        if e.get("id") != mid or hashlib.sha256(payload).hexdigest() != sha:
+            raise BundleError(f"{path}: message {mid} is damaged (checksum mismatch); export it again")
+        out.append(BundleMessage(mid, str(e["topic"]), bool(e.get("retain")), payload))
+    return manifest, out
+
+
+def import_bundle(path: Path | str, *, broker_url: str, username: str | None = None, password: str | None = None,
+                  ca_file=None, cert_file=None, key_file=None, public_key=None, wait_acks_s: float = 30.0,
+                  protocol: str = "mqtt5", topic_prefix: str = topics.DEFAULT_PREFIX) -> dict:
+    """Publish a bundle (QoS 1, in order) and wait up to *wait_acks_s* for the collector's acks.
+
+    Returns {"messages", "published", "acked"}. The collector stores each message once, however often
+    the bundle is imported.
+    """
+    from comms.courier import make_mqtt_client, parse_broker_url
+
+    manifest, messages = read_bundle(path, public_key=public_key)
+    host, port, tls = parse_broker_url(broker_url)
+    ids = {m.id for m in messages}
+    acked: set[str] = set()
+    lock = threading.Lock()
+    connected = threading.Event()
+    client = make_mqtt_client(client_id=f"tpskit-import-{manifest['kit_id']}-{os.getpid()}", protocol=protocol,
+                              tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                              username=username, password=password)
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            connected.set()
+
+    def on_message(c, userdata, msg):
+        try:
+            got = payloads.parse_ack(msg.payload)
+        except payloads.MalformedMessage:
+            return
+        with lock:
+            acked.update(i for i in got if i in ids)
+
+    client.on_connect, client.on_message = on_connect, on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise BundleError(f"cannot connect to {broker_url}: {exc}") from None
+    client.loop_start()
+    try:
+        if not connected.wait(15):
+            raise BundleError(f"broker {broker_url} did not accept the connection (credentials? TLS?)")
+        ack_topic = topics.topic(topic_prefix, manifest["kode_wilayah"], manifest["tps"], topics.ACK)
+        client.subscribe(ack_topic, qos=1)
+        time.sleep(0.2)
+        infos = [client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+        published = sum(1 for i in infos if i.is_published())
+        deadline = time.monotonic() + wait_acks_s
+        while time.monotonic() < deadline:
+            with lock:
+                if len(acked) >= len(ids):
+                    break
+            time.sleep(0.1)
+        with lock:
+            n_acked = len(acked)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return {"messages": len(messages), "published": published, "acked": n_acked}

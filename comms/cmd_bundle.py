@@ -1,0 +1,94 @@
+"""`tpskit export DIR` (kit: unsent messages to a USB stick) and `tpskit import BUNDLE` (any networked PC)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _name(parser_or_args) -> str:
+    prog = getattr(parser_or_args, "prog", None)
+    if prog:
+        return prog.split()[-1]
+    return getattr(parser_or_args, "command", "export")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    if _name(p) == "import":
+        p.add_argument("bundle", type=Path, help="bundle file written by 'tpskit export'")
+        p.add_argument("--broker", required=True, help="broker URL, mqtt://host:1883 or mqtts://host:8883")
+        p.add_argument("--username", help="MQTT username allowed to publish for this kit")
+        p.add_argument("--password-file", type=Path, help="file holding the MQTT password")
+        p.add_argument("--ca-file", type=Path, help="CA bundle to verify the broker (mqtts)")
+        p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
+        p.add_argument("--key-file", type=Path, help="client certificate key (PEM)")
+        p.add_argument("--kits", type=Path, help="registry: require the manifest to be signed by the kit's key")
+        p.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
+        p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the collector's acks")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+    else:
+        p.add_argument("dir", type=Path, help="folder to write the bundle into (the mounted USB stick)")
+        p.add_argument("--db", type=Path, help="kit database (default <state_dir>/tpskit.db from the config)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _export(args) -> int:
+    from comms.bundle import BundleError, export_bundle
+    from comms.signing import KeyFileError
+    from firmware.config import ConfigError, load
+
+    try:
+        cfg = load(args.config)
+        path, n = export_bundle(db_path=args.db or cfg.db_path, out_dir=args.dir,
+                                signing_key=cfg.signing_key_path, kit_id=cfg.kit.kit_id,
+                                kode_wilayah=cfg.kit.kode_wilayah, tps=cfg.kit.tps)
+    except (BundleError, KeyFileError, ConfigError, OSError) as exc:
+        print(f"tpskit export: GAGAL / FAILED: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"bundle": str(path), "messages": n}))
+    else:
+        print(f"Bundel ditulis / bundle written: {path} ({n} pesan / messages).")
+        print("Bawa ke komputer yang punya jaringan / take it to a networked PC: "
+              f"tpskit import {path.name} --broker URL")
+        print("Data di kit tetap disimpan sampai server mengonfirmasi / the kit keeps it until acked.")
+    return 0
+
+
+def _import(args) -> int:
+    from comms.bundle import BundleError, import_bundle
+    from comms.signing import KeyFileError, load_registry
+
+    try:
+        public_key = None
+        if args.kits:
+            from comms.bundle import read_bundle
+
+            manifest, _ = read_bundle(args.bundle)
+            entry = load_registry(args.kits).get(manifest["kit_id"])
+            if entry is None:
+                raise BundleError(f"kit {manifest['kit_id']} is not in the registry {args.kits}")
+            public_key = entry.public_key
+        password = None
+        if args.password_file:
+            from firmware.config import read_secret
+
+            password = read_secret(args.password_file)
+        result = import_bundle(args.bundle, broker_url=args.broker, username=args.username, password=password,
+                               ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                               public_key=public_key, wait_acks_s=args.wait, topic_prefix=args.prefix)
+    except (BundleError, KeyFileError, ValueError, OSError) as exc:
+        print(f"tpskit import: GAGAL / FAILED: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['published']}/{result['messages']} pesan terkirim / published, "
+              f"{result['acked']} dikonfirmasi collector / acked by the collector")
+    return 0 if result["published"] == result["messages"] else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    return _import(args) if _name(args) == "import" else _export(args)

@@ -1,0 +1,100 @@
+"""`tpskit collector`: the reference collector (verify, store, ack), or register a kit's public key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", help="broker URL, mqtt://host:1883 or mqtts://host:8883")
+    p.add_argument("--db", type=Path, help="collector SQLite database (created if missing)")
+    p.add_argument("--kits", type=Path, required=True,
+                   help="registry of kit public keys: JSON, CSV or a folder of <kit_id>.csv files")
+    p.add_argument("--username", help="collector MQTT username")
+    p.add_argument("--password-file", type=Path, help="file holding the collector's MQTT password")
+    p.add_argument("--ca-file", type=Path, help="CA bundle to verify the broker (mqtts)")
+    p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
+    p.add_argument("--key-file", type=Path, help="client certificate key (PEM)")
+    p.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
+    p.add_argument("--group", default="collectors",
+                   help="shared-subscription group; collectors in one group split the load; '' = no sharing")
+    p.add_argument("--client-id", help="MQTT client id (keep it stable: the broker keeps its session)")
+    p.add_argument("--protocol", choices=("mqtt5", "mqtt311"), default="mqtt5")
+    add = p.add_argument_group("register a kit instead of running (then exit)")
+    add.add_argument("--add-kit", metavar="KIT_ID", help="add or replace this kit in --kits (JSON)")
+    add.add_argument("--public-key", help="the kit's public key: base64, PEM, or @FILE")
+    add.add_argument("--kode-wilayah", help="the kit's kode wilayah (optional, then enforced)")
+    add.add_argument("--tps", type=int, help="the kit's TPS number (optional, then enforced)")
+    p.add_argument("--gaps", action="store_true", help="print missing sequence ranges per kit from --db and exit")
+
+
+def _secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from firmware.config import read_secret
+
+    return read_secret(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from comms.signing import KeyFileError, load_registry, registry_add
+
+    if args.add_kit:
+        if not args.public_key:
+            print("tpskit collector: --add-kit needs --public-key (base64, PEM or @FILE)", file=sys.stderr)
+            return 2
+        key = args.public_key
+        try:
+            if key.startswith("@"):
+                key = Path(key[1:]).read_text(encoding="utf-8")
+            registry_add(args.kits, args.add_kit, key, kode_wilayah=args.kode_wilayah, tps=args.tps)
+        except (KeyFileError, OSError) as exc:
+            print(f"tpskit collector: {exc}", file=sys.stderr)
+            return 2
+        print(f"kit {args.add_kit} registered in {args.kits}")
+        return 0
+    if args.gaps:
+        if not args.db:
+            print("tpskit collector: --gaps needs --db", file=sys.stderr)
+            return 2
+        from comms.collector import CollectorStore
+
+        store = CollectorStore(args.db, prefix=args.prefix)
+        kits = [r[0] for r in store.conn.execute("SELECT DISTINCT kit_id FROM messages ORDER BY kit_id")]
+        print(json.dumps({k: store.gaps(k) for k in kits}))
+        return 0
+    if not args.broker or not args.db:
+        print("tpskit collector: --broker and --db are needed to run the collector", file=sys.stderr)
+        return 2
+    from comms.collector import Collector
+
+    try:
+        registry = load_registry(args.kits)
+        collector = Collector(broker_url=args.broker, db_path=args.db, registry=args.kits,
+                              username=args.username, password=_secret(args.password_file),
+                              ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+                              topic_prefix=args.prefix, group=args.group or None, client_id=args.client_id,
+                              protocol=args.protocol)
+    except (KeyFileError, ValueError, OSError) as exc:
+        print(f"tpskit collector: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tpskit").info("collector: %d registered kits, broker %s, db %s", len(registry),
+                                     args.broker, args.db)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    collector.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        collector.stop()
+        logging.getLogger("tpskit").info("collector stopped: %s", dict(collector.stats))
+    return 0
