@@ -20,13 +20,15 @@ class SoakPresser:
     """Presses *presses* times (0 = until stopped), one press per verdict plus *interval_s*."""
 
     def __init__(self, kit, *, interval_s: float = 2.0, presses: int = 0, press_s: float = 0.08,
-                 verdict_timeout_s: float = 120.0, stop_kit_when_done: bool = True) -> None:
+                 verdict_timeout_s: float = 120.0, stop_kit_when_done: bool = True,
+                 drain_s: float = 30.0) -> None:
         self.kit = kit
         self.interval_s = interval_s
         self.presses = presses
         self.press_s = press_s
         self.verdict_timeout_s = verdict_timeout_s
         self.stop_kit_when_done = stop_kit_when_done
+        self.drain_s = drain_s
         self.done = 0
         self._verdict = threading.Event()
         self._stop = threading.Event()
@@ -63,7 +65,21 @@ class SoakPresser:
             if self._stop.wait(self.interval_s):
                 break
         if self.stop_kit_when_done and not self._stop.is_set():
+            self._drain()
             self.kit.stop(f"soak run done: {self.done} presses")
+
+    def _drain(self) -> None:
+        """Give the courier up to drain_s to get everything acknowledged before the kit stops."""
+        courier = getattr(self.kit, "courier", None)
+        deadline = time.monotonic() + self.drain_s
+        while courier is not None and time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                st = courier.status()
+            except Exception:  # noqa: BLE001
+                return
+            if not st.get("queued") and not st.get("sent"):
+                return
+            self._stop.wait(0.2)
 
     def start(self) -> SoakPresser:
         self._thread.start()
