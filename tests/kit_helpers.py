@@ -82,7 +82,8 @@ class KitHarness:
         self.factory = factory or MockFactory()
         self.cfg = cfg
         self.store = CaptureStore(cfg.paths.state_dir, min_free_mb=cfg.paths.min_free_mb, volatile_ok=True)
-        self.camera = camera or FolderCamera(cfg.camera.folder, timeout_s=cfg.camera.timeout_s)
+        self.camera = camera or FolderCamera(cfg.camera.folder, loop=cfg.camera.loop,
+                                             timeout_s=cfg.camera.timeout_s)
         self.messages: list[str] = []
         self.kit = Kit(cfg, camera=self.camera, reader=reader or StubReader(), store=self.store,
                        courier=courier, battery=battery, pin_factory=self.factory, say=self.messages.append,

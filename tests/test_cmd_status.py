@@ -1,0 +1,54 @@
+"""`tpskit status` through the CLI entry point, on a real database."""
+
+from __future__ import annotations
+
+import json
+
+from firmware import tomlwrite
+from firmware.cli import main
+from firmware.store import CaptureStore
+
+
+def write_config(tmp_path, state):
+    path = tmp_path / "config.toml"
+    path.write_text(tomlwrite.dumps({"paths": {"state_dir": str(state), "volatile_ok": True}}))
+    return path
+
+
+def test_status_without_daemon_is_not_ready(tmp_path, capsys):
+    state = tmp_path / "state"
+    store = CaptureStore(state, volatile_ok=True)
+    store.save(jpeg=b"\xff\xd8x\xff\xd9", status="ok", reading={"page": 2, "reasons": []}, taken_at=1.7e9,
+               time_source="ntp")
+    store.close()
+    cfg = write_config(tmp_path, state)
+    assert main(["--config", str(cfg), "status", "--json"]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert info["captures"]["total"] == 1 and info["captures"]["not_in_outbox"] == 1
+    assert info["last_captures"][0]["halaman"] == 2
+    assert info["ready"] is False and "daemon not running" in info["problems"]
+    assert main(["--config", str(cfg), "status"]) == 1
+    out = capsys.readouterr().out
+    assert "Captures: 1" in out and "NOT READY" in out and "NOT IN OUTBOX" in out
+
+
+def test_status_with_bad_config_names_the_key(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text("[paths]\nstate_dri = '/x'\n")
+    assert main(["--config", str(path), "status"]) == 2
+    assert "paths.state_dri" in capsys.readouterr().err
+
+
+def test_status_before_first_run(tmp_path, capsys):
+    cfg = write_config(tmp_path, tmp_path / "empty")
+    assert main(["--config", str(cfg), "status", "--json"]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert "no database yet (the kit has not run)" in info["problems"]
+
+
+def test_run_with_bad_config_exits_2(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text("[camera]\nbackend = 'usb'\n")
+    assert main(["--config", str(path), "run"]) == 2
+    err = capsys.readouterr().err
+    assert "camera.backend" in err and "'usb'" in err
