@@ -107,6 +107,8 @@ def _compare(reading: dict, written: dict | None) -> str:
     fields = reading.get("fields") or {}
     wrong = [k for k, v in written.items() if k in fields and v is not None and fields[k].get("value") != v]
     read = sum(1 for k, v in written.items() if k in fields and v is not None)
+    if not read:
+        return ""
     return f"{read - len(wrong)}/{read} numbers as written" + (f" (differs: {', '.join(wrong[:4])})"
                                                               if wrong else "")
 
@@ -215,8 +217,9 @@ def run(args: argparse.Namespace) -> int:
 
             cfg0 = _kit_config(root, {"tps": 1, "kode_wilayah": "31.71.01.1001", "folder": root}, "mqtt://x:1")
             reader = load_reader(cfg0)
-        except ImportError as exc:
-            _p(f"  the page reader is not available ({exc}); nothing can be read, so the demo stops here.")
+        except Exception as exc:  # noqa: BLE001 - missing module or model: say so, never fake a reading
+            _p(f"  the page reader cannot be loaded ({type(exc).__name__}: {exc});")
+            _p("  nothing can be read, so the demo stops here.")
             return 1
         _p(f"[2/4] rendering filled C.HASIL pages for {args.tps} TPS (seed {args.seed})")
         plan = render_pages(root, n_tps=args.tps, seed=args.seed, scale=args.scale)
