@@ -1,0 +1,49 @@
+"""`tpskit demo` end to end: real reader, real broker, real collector (skipped until the model is present)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from firmware.cli import main
+
+
+def _reader_available() -> str | None:
+    try:
+        from inference.digits import DEFAULT_MODEL
+        from inference.reader import PageReader  # noqa: F401
+    except ImportError as exc:
+        return f"inference reader not importable: {exc}"
+    if not DEFAULT_MODEL.is_file():
+        return f"digit model {DEFAULT_MODEL} not present"
+    return None
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    from firmware.demo_broker import find_mosquitto
+
+    why = _reader_available()
+    if why:
+        pytest.skip(why)
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed")
+    rc = main(["demo", "--tps", "2", "--dir", str(tmp_path / "demo"), "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    presses = summary["presses"]
+    assert len(presses) == 7  # 2 TPS x 3 pages + 1 spoiled photo
+    spoiled = [p for p in presses if p["spoiled"]]
+    assert [p["status"] for p in spoiled] == ["retake"]  # the hand over the page is refused
+    assert all(p["status"] != "error" for p in presses)
+    sent = [p for p in presses if p["status"] in ("ok", "review")]
+    stored = summary["collector"]["readings"]
+    assert len(stored) == len(sent)  # the collector holds every stored ok/review page exactly once
+    assert summary["collector"]["rejects"] == 0
+    slip = [t for t in summary["tps"] if t["slip"]]
+    assert slip and any(p["status"] == "review" for p in presses if p["tps"] == slip[0]["tps"]) or \
+        (slip[0]["cross_page"] or {}).get("status") == "review"
+    assert "What the collector stored" in out
