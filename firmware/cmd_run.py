@@ -35,19 +35,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"tpskit run: {exc}", file=sys.stderr)
         return 2
 
-    from capture.base import CaptureError
     from firmware.app import build_kit, run_shutdown_command
     from firmware.notify import SystemdNotifier
-    from firmware.store import StoreError
 
     notifier = SystemdNotifier(unset_environment=True)
     power_off = None if notifier.enabled else (lambda: run_shutdown_command(cfg.power.shutdown_command))
     try:
         kit = build_kit(cfg, notifier=notifier, with_courier=not args.no_send, power_off=power_off,
                         say=lambda text: logging.getLogger("tpskit.kpps").info("%s", text))
-    except (CaptureError, StoreError, config_mod.ConfigError, OSError, RuntimeError) as exc:
-        print(f"tpskit run: cannot start: {exc}", file=sys.stderr)
-        notifier.status(f"cannot start: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every start failure gets one clear line, then exit 1
+        text = str(exc) or type(exc).__name__
+        if type(exc).__name__ in ("BadPinFactory", "PinFactoryFallback"):
+            text += " (no GPIO on this machine: pass --mock-gpio or set gpio.pin_factory = 'mock')"
+        print(f"tpskit run: cannot start: {text}", file=sys.stderr)
+        notifier.status(f"cannot start: {text}")
         return 1
 
     def on_signal(signum, _frame):
