@@ -1,0 +1,546 @@
+"""The page reader: photo -> registered page -> box crops -> digits (one batch) + bubbles -> numbers.
+
+Each number is decided jointly from the digit probabilities of its boxes, its bubbles (page 2) and the
+printed rules: the reader enumerates the readings the boxes support (leading boxes may be empty, X, dash or
+0), weighs bubble evidence, and keeps the assignments of the whole page that satisfy every rule. A number is
+accepted only when its posterior under the rules reaches ``confidence`` and the digits themselves make the
+rules plausible (``MIN_RULE_SUPPORT``); otherwise the page is ``review``. A reading the boxes do not support
+is never produced: candidates come only from the boxes. Unusable photos are ``retake``.
+
+Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from inference import rules as rules_mod
+from inference.register import REASONS as RETAKE_MESSAGES
+from inference.register import Registration, RetakeError, rectify, register
+from inference.templates import DEFAULT_FORM, Field, Form, PageTemplate, load_form
+
+__all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMPTY"]
+
+EMPTY = 10
+CROP_MARGIN_MM = 1.0
+MIN_RULE_SUPPORT = 0.2  # P(the page's rules hold | digits) below this: a slip on paper, or a misread
+CANDIDATE_MIN_P = 1e-5
+MAX_CANDIDATES = 6
+BEAM = 256
+BUBBLE_ERROR = 0.01  # chance that a clearly read bubble column disagrees with what the KPPS meant
+
+MESSAGES = {
+    "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
+    "field_empty": "Kotak angka kosong: {fields}. Isi semua kotak (tulis 0 bila tidak ada).",
+    "rule_failed": "Jumlah tidak cocok: {rules}. Periksa kembali penjumlahan pada formulir.",
+    "bubble_mismatch": "Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. Periksa dan perbaiki.",
+    "bubble_unclear": "Bulatan kurang jelas: {fields}. Hitamkan tepat satu bulatan di setiap kolom.",
+    "page_missing": "Halaman belum difoto atau belum terbaca: {pages}.",
+    "page_not_ok": "Halaman perlu diperiksa atau difoto ulang: {pages}.",
+}
+MESSAGES.update({k: v for k, v in RETAKE_MESSAGES.items() if k not in MESSAGES})
+
+
+class Classifier(Protocol):
+    def classify(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class BoxCrop:
+    field: str
+    box: int  # 0 = leftmost (most significant)
+    crop: np.ndarray  # uint8 gray
+
+
+@dataclass
+class PageReading:
+    image: str
+    form: str
+    page: int | None
+    status: str  # ok | review | retake
+    reasons: list[dict]
+    fields: dict[str, dict]
+    checks: list[dict]
+    timing_ms: dict[str, float]
+    registration: Registration | None = None
+    _gray: np.ndarray | None = field(default=None, repr=False)
+    _annotated: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "form": self.form,
+            "page": self.page,
+            "status": self.status,
+            "reasons": self.reasons,
+            "fields": self.fields,
+            "checks": [{"rule": c["rule"], "ok": c["ok"]} for c in self.checks],
+            "timing_ms": self.timing_ms,
+        }
+
+    @property
+    def values(self) -> dict[str, int | None]:
+        return {k: v["value"] for k, v in self.fields.items()}
+
+    @property
+    def annotated(self) -> np.ndarray:
+        """The rectified page (BGR) with every box's value and confidence and each failed rule drawn."""
+        if self._annotated is None:
+            self._annotated = _annotate(self)
+        return self._annotated
+
+
+def _reason(code: str, **kw: Any) -> dict:
+    fmt = {k: ", ".join(map(str, v)) if isinstance(v, list | tuple) else v for k, v in kw.items()}
+    try:
+        msg = MESSAGES[code].format(**fmt)
+    except KeyError:
+        msg = MESSAGES.get(code, code)
+    out = {"code": code, "message": msg}
+    out.update({k: list(v) for k, v in kw.items() if isinstance(v, list | tuple)})
+    return out
+
+
+# --------------------------------------------------------------------------------------------- numbers ---
+_ENUM: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _enum(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """All values with m boxes: digit matrix (N, m) and the leading-box mask (boxes before the first digit)."""
+    if m not in _ENUM:
+        v = np.arange(10**m)
+        d = np.stack([(v // 10 ** (m - 1 - i)) % 10 for i in range(m)], axis=1)
+        k = np.array([len(str(x)) for x in v])
+        lead = np.arange(m)[None, :] < (m - k)[:, None]
+        _ENUM[m] = (d, lead)
+    return _ENUM[m]
+
+
+def value_distribution(probs: np.ndarray) -> tuple[np.ndarray, float]:
+    """P(value) for every value 0..10^m-1 written right-aligned (leading boxes empty or 0), and P(blank).
+    The rest of the mass (a gap between digits, ...) is no valid number."""
+    m = probs.shape[0]
+    d, lead = _enum(m)
+    lead_p = probs[:, 0] + probs[:, EMPTY]
+    g = probs[np.arange(m)[None, :], d]
+    pv = np.where(lead, lead_p[None, :], g).prod(axis=1)
+    return pv, float(np.prod(probs[:, EMPTY]))
+
+
+@dataclass
+class _Candidates:
+    values: list[int | None]
+    probs: list[float]
+    residual: float
+    own_best: int | None
+    own_conf: float
+
+
+def _candidates(f: Field, probs: np.ndarray, bubble: int | None) -> _Candidates:
+    pv, pblank = value_distribution(probs.astype(np.float64))
+    mask = np.zeros_like(pv, bool)
+    mask[f.min : f.max + 1] = True
+    pv = np.where(mask, pv, 0.0)
+    if bubble is not None:  # independent evidence from the bubbles
+        like = np.full_like(pv, BUBBLE_ERROR / len(pv))
+        if 0 <= bubble < len(pv):
+            like[bubble] = 1 - BUBBLE_ERROR
+        pv = pv * like
+        pblank *= BUBBLE_ERROR / len(pv)
+        total = pv.sum() + pblank + 1e-300
+        pv, pblank = pv / total, pblank / total
+    order = np.argsort(pv)[::-1][:MAX_CANDIDATES]
+    vals: list[int | None] = [int(i) for i in order if pv[i] >= CANDIDATE_MIN_P]
+    ps = [float(pv[i]) for i in vals]
+    if pblank >= CANDIDATE_MIN_P:
+        vals.append(None)
+        ps.append(pblank)
+    pairs = sorted(zip(ps, vals, strict=True), key=lambda t: -t[0])[:MAX_CANDIDATES]
+    if not pairs:
+        return _Candidates([], [], 1.0, None, 0.0)
+    ps, vals = [p for p, _ in pairs], [v for _, v in pairs]
+    return _Candidates(vals, ps, max(0.0, 1.0 - sum(ps)), vals[0], ps[0])
+
+
+def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple[dict, float, float]:
+    """Beam search over the page's fields keeping only rule-consistent assignments.
+
+    Returns ({field: {value: mass}}, Z = mass of consistent assignments found, missing = mass not explored)."""
+    names = [f.name for f in fields]
+    pos = {n: i for i, n in enumerate(names)}
+    due: dict[int, list] = {}
+    for r in rules:
+        last = max(pos[f] for f in r.fields)
+        due.setdefault(last, []).append(r)
+    beam: list[tuple[float, tuple]] = [(1.0, ())]
+    dropped = 0.0
+    for i, c in enumerate(cands):
+        nxt = []
+        for p, assign in beam:
+            for v, pv in zip(c.values, c.probs, strict=True):
+                a = assign + (v,)
+                ok = True
+                for r in due.get(i, ()):
+                    vals = {names[j]: a[j] for j in (pos[f] for f in r.fields)}
+                    if rules_mod.holds(r, vals) is not True:
+                        ok = False
+                        break
+                if ok:
+                    nxt.append((p * pv, a))
+        nxt.sort(key=lambda t: -t[0])
+        dropped += sum(p for p, _ in nxt[BEAM:])
+        beam = nxt[:BEAM]
+        if not beam:
+            break
+    z = sum(p for p, _ in beam)
+    post: dict[str, dict] = {n: {} for n in names}
+    for p, a in beam:
+        for n, v in zip(names, a, strict=True):
+            post[n][v] = post[n].get(v, 0.0) + p
+    missing = dropped + sum(c.residual for c in cands)
+    return post, z, missing
+
+
+# --------------------------------------------------------------------------------------------- bubbles ---
+def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[list[float]], int | None, str]:
+    """Darkness of every bubble and the value they spell: (fills per column, value or None, state)
+    state: 'read', 'empty' (none blackened), 'unclear'."""
+    ppm = 4.0
+    allb = [b for col in f.bubbles for b in col]
+    x0 = min(b.cx - b.r for b in allb) - 2
+    y0 = min(b.cy - b.r for b in allb) - 2
+    x1 = max(b.cx + b.r for b in allb) + 2
+    y1 = max(b.cy + b.r for b in allb) + 2
+    patch = rectify(gray, hmm, x0, y0, x1 - x0, y1 - y0, ppm).astype(np.float32)
+    paper = float(np.percentile(patch, 90))
+    thr = paper - 0.45 * max(paper - float(np.percentile(patch, 1)), 40.0)
+    fills: list[list[float]] = []
+    digits: list[int | None] = []
+    unclear = False
+    for col in f.bubbles:
+        fc = []
+        for b in col:
+            cx, cy, r = (b.cx - x0) * ppm, (b.cy - y0) * ppm, b.r * ppm * 0.65
+            ya, yb = int(cy - r), int(cy + r) + 1
+            xa, xb = int(cx - r), int(cx + r) + 1
+            sub = patch[ya:yb, xa:xb]
+            yy, xx = np.mgrid[ya:yb, xa:xb]
+            inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+            fc.append(float(np.mean(sub[inside] < thr)) if inside.any() else 0.0)
+        fills.append(fc)
+        filled = [i for i, v in enumerate(fc) if v >= 0.6]
+        middling = [i for i, v in enumerate(fc) if 0.45 <= v < 0.6]
+        if middling or len(filled) > 1:
+            unclear = True
+            digits.append(None)
+        else:
+            digits.append(filled[0] if filled else None)
+    if unclear:
+        return fills, None, "unclear"
+    if all(d is None for d in digits):
+        return fills, None, "empty"
+    if any(d is None for d in digits):
+        return fills, None, "unclear"
+    return fills, int("".join(str(d) for d in digits)), "read"
+
+
+# ----------------------------------------------------------------------------------------------- crops ---
+def _box_visible(crop: np.ndarray, ppm: float) -> tuple[bool, bool]:
+    """(border visible on at least 3 sides, washed out by glare) for a box crop cut with CROP_MARGIN_MM."""
+    c = crop.astype(np.float32)
+    h, w = c.shape
+    m = CROP_MARGIN_MM * ppm
+    band = max(1, int(round(0.8 * ppm)))
+    paper = float(np.percentile(c, 90))
+    glare = float(np.median(c)) >= 250
+    lo_y, hi_y = int(h * 0.25), int(h * 0.75)
+    lo_x, hi_x = int(w * 0.25), int(w * 0.75)
+    sides = [
+        c[lo_y:hi_y, max(0, int(m) - band) : int(m) + band + 1].min(axis=1),
+        c[lo_y:hi_y, max(0, int(w - m) - band - 1) : int(w - m) + band].min(axis=1),
+        c[max(0, int(m) - band) : int(m) + band + 1, lo_x:hi_x].min(axis=0),
+        c[max(0, int(h - m) - band - 1) : int(h - m) + band, lo_x:hi_x].min(axis=0),
+    ]
+    visible = sum(float(np.median(s)) < paper - 30 for s in sides if s.size)
+    return visible >= 3, glare
+
+
+class PageReader:
+    """Reads photos of form pages. ``classifier``: an object with ``classify(crops) -> (labels, probs)``
+    (``inference.digits.DigitClassifier``); ``form``: a form id or ``Form`` (default: every known form);
+    ``confidence``: the posterior a number needs to be accepted without review."""
+
+    def __init__(
+        self,
+        *,
+        classifier: Classifier,
+        form: Form | str | None = None,
+        confidence: float = 0.99,
+        min_px_per_mm: float = 2.0,
+    ) -> None:
+        if not 0.5 < confidence < 1.0:
+            raise ValueError(f"confidence must be within (0.5, 1), got {confidence}")
+        self.classifier = classifier
+        self.form = load_form(form) if isinstance(form, str) else form
+        self.confidence = float(confidence)
+        self.min_px_per_mm = float(min_px_per_mm)
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def _register(self, image: np.ndarray) -> Registration:
+        return register(image, form=self.form, min_px_per_mm=self.min_px_per_mm)
+
+    @staticmethod
+    def _crop_ppm(reg: Registration) -> float:
+        return float(min(5.0, max(2.5, reg.px_per_mm)))
+
+    def _cut(self, gray: np.ndarray, reg: Registration) -> list[BoxCrop]:
+        ppm = self._crop_ppm(reg)
+        m = CROP_MARGIN_MM
+        out = []
+        for f in reg.page.fields:
+            for i, b in enumerate(f.boxes):
+                out.append(
+                    BoxCrop(
+                        f.name,
+                        i,
+                        rectify(gray, reg.homography, b.x - m, b.y - m, b.w + 2 * m, b.h + 2 * m, ppm),
+                    )
+                )
+        return out
+
+    def box_crops(self, image: np.ndarray) -> list[BoxCrop]:
+        """Registration and cutting only (for the digit benchmark); RetakeError if the photo is unusable."""
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return self._cut(gray, self._register(gray))
+
+    # -- the whole read ------------------------------------------------------------------------------
+    def read(self, image: np.ndarray, *, name: str = "") -> PageReading:
+        t0 = time.perf_counter()
+        timing: dict[str, float] = {}
+        form_id = self.form.form_id if self.form else DEFAULT_FORM
+
+        def lap(key: str, since: float) -> float:
+            now = time.perf_counter()
+            timing[key] = round((now - since) * 1000, 1)
+            return now
+
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
+            return PageReading(
+                name, form_id, None, "retake", [_reason("not_an_image")], {}, [], {"total": 0.0}
+            )
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        t = lap("gray", t0)
+        try:
+            reg = self._register(gray)
+        except RetakeError as exc:
+            lap("register", t)
+            timing["total"] = round((time.perf_counter() - t0) * 1000, 1)
+            page = exc.page
+            return PageReading(
+                name,
+                page.form if page else form_id,
+                page.page if page else None,
+                "retake",
+                [_reason(r) for r in exc.reasons],
+                {},
+                [],
+                timing,
+            )
+        t = lap("register", t)
+        page = reg.page
+        crops = self._cut(gray, reg)
+        ppm = self._crop_ppm(reg)
+        hidden, glared = [], []
+        for bc in crops:
+            vis, gl = _box_visible(bc.crop, ppm)
+            if gl:
+                glared.append(bc.field)
+            elif not vis:
+                hidden.append(bc.field)
+        t = lap("cut", t)
+        if hidden or glared:
+            reasons = []
+            if hidden:
+                reasons.append(_reason("covered", fields=sorted(set(hidden))))
+            if glared:
+                reasons.append(_reason("glare", fields=sorted(set(glared))))
+            timing["total"] = round((time.perf_counter() - t0) * 1000, 1)
+            return PageReading(
+                name, page.form, page.page, "retake", reasons, {}, [], timing, registration=reg, _gray=gray
+            )
+        labels, probs = self.classifier.classify([bc.crop for bc in crops])
+        probs = np.asarray(probs, np.float64)
+        t = lap("classify", t)
+        bubbles: dict[str, tuple[int | None, str]] = {}
+        for f in page.fields:
+            if f.bubbles:
+                _, val, state = _read_bubbles(gray, reg.homography, f)
+                bubbles[f.name] = (val, state)
+        t = lap("bubbles", t)
+        fields_out, reasons, checks, status = self._decide(page, crops, labels, probs, bubbles)
+        lap("decide", t)
+        timing["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        return PageReading(
+            name,
+            page.form,
+            page.page,
+            status,
+            reasons,
+            fields_out,
+            checks,
+            timing,
+            registration=reg,
+            _gray=gray,
+        )
+
+    def _decide(
+        self,
+        page: PageTemplate,
+        crops: list[BoxCrop],
+        labels: np.ndarray,
+        probs: np.ndarray,
+        bubbles: dict[str, tuple[int | None, str]],
+    ) -> tuple[dict, list, list, str]:
+        per_field: dict[str, list[int]] = {}
+        for i, bc in enumerate(crops):
+            per_field.setdefault(bc.field, []).append(i)
+        cands: list[_Candidates] = []
+        reasons: list[dict] = []
+        mismatch, unclear = [], []
+        for f in page.fields:
+            idx = per_field[f.name]
+            b_val, b_state = bubbles.get(f.name, (None, "none"))
+            c = _candidates(f, probs[idx], None)
+            if b_state == "read":
+                if c.own_best != b_val and (b_val not in c.values or c.probs[c.values.index(b_val)] < 0.01):
+                    mismatch.append(f.name)  # boxes clearly say another number: keep the boxes, review
+                else:
+                    c = _candidates(f, probs[idx], b_val)
+            elif b_state == "unclear":
+                unclear.append(f.name)
+            cands.append(c)
+        post, z, missing = _joint(list(page.fields), cands, page.rules)
+        denom = z + missing
+        rule_path = z < MIN_RULE_SUPPORT
+        values: dict[str, int | None] = {}
+        conf: dict[str, float] = {}
+        for f, c in zip(page.fields, cands, strict=True):
+            if rule_path or not post[f.name]:
+                values[f.name], conf[f.name] = c.own_best, c.own_conf
+            else:
+                v, m = max(post[f.name].items(), key=lambda kv: kv[1])
+                values[f.name], conf[f.name] = v, m / denom if denom > 0 else 0.0
+        checks = rules_mod.check(page.rules, values)
+        failed = [ch for ch in checks if ch["ok"] is False]
+        empty = [f.name for f in page.fields if f.required and values[f.name] is None]
+        uncertain = [f.name for f in page.fields if f.name not in empty and conf[f.name] < self.confidence]
+        if empty:
+            reasons.append(_reason("field_empty", fields=empty))
+        if failed:
+            reasons.append(_reason("rule_failed", rules=[ch["label"] for ch in failed]))
+        if mismatch:
+            reasons.append(_reason("bubble_mismatch", fields=mismatch))
+        if unclear:
+            reasons.append(_reason("bubble_unclear", fields=unclear))
+        if uncertain or (rule_path and not failed):
+            reasons.append(_reason("digit_uncertain", fields=uncertain or [f.name for f in page.fields]))
+        fields_out = {}
+        for f in page.fields:
+            idx = per_field[f.name]
+            fields_out[f.name] = {
+                "value": values[f.name],
+                "confidence": round(float(conf[f.name]), 4),
+                "digits": [None if int(labels[i]) == EMPTY else int(labels[i]) for i in idx],
+                "bubbles": bubbles[f.name][0] if f.name in bubbles else None,
+            }
+        status = "ok" if not reasons else "review"
+        return fields_out, reasons, checks, status
+
+
+# ---------------------------------------------------------------------------------------------- TPS ---
+def check_tps(readings: list[PageReading | dict], *, form_id: str = DEFAULT_FORM) -> dict:
+    """Cross-page rules of one TPS: ``{"tps": True, "status", "reasons", "checks"}``."""
+    dicts = [r.to_dict() if isinstance(r, PageReading) else r for r in readings]
+    by_page = {d.get("page"): d for d in dicts if d.get("page") is not None}
+    form = load_form(form_id)
+    reasons = []
+    missing = [p for p in form.pages if p not in by_page or by_page[p].get("status") == "retake"]
+    not_ok = [p for p in form.pages if p in by_page and by_page[p].get("status") == "review"]
+    values = {f"p{p}.{k}": v.get("value") for p, d in by_page.items() for k, v in d.get("fields", {}).items()}
+    checks = rules_mod.check_values(rules_mod.load_tps_rules(form_id), values)
+    failed = [c for c in checks if c["ok"] is False]
+    if missing:
+        reasons.append(_reason("page_missing", pages=missing))
+    if not_ok:
+        reasons.append(_reason("page_not_ok", pages=not_ok))
+    if failed:
+        reasons.append(_reason("rule_failed", rules=[c["label"] for c in failed]))
+    unknown = [c for c in checks if c["ok"] is None]
+    if unknown and not missing and not not_ok:
+        reasons.append(_reason("digit_uncertain", fields=[c["rule"] for c in unknown]))
+    return {
+        "tps": True,
+        "status": "ok" if not reasons else "review",
+        "reasons": reasons,
+        "checks": [{"rule": c["rule"], "ok": c["ok"]} for c in checks],
+    }
+
+
+# ------------------------------------------------------------------------------------------ annotate ---
+def _annotate(r: PageReading, ppm: float = 1.2) -> np.ndarray:
+    colors = {"ok": (40, 150, 40), "review": (0, 140, 255), "retake": (0, 0, 220)}
+    if r.registration is None or r._gray is None:
+        img = np.full((240, 640, 3), 255, np.uint8)
+        cv2.putText(img, f"{r.status.upper()}", (10, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.4, colors[r.status], 3)
+        for k, reason in enumerate(r.reasons[:4]):
+            cv2.putText(img, reason["code"], (10, 100 + 30 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+        return img
+    page = r.registration.page
+    gray = rectify(r._gray, r.registration.homography, 0, 0, page.size_mm[0], page.size_mm[1], ppm)
+    img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    flagged = {n for reason in r.reasons for n in reason.get("fields", [])}
+    failed_rules = [c for c in r.checks if c["ok"] is False]
+    failed_fields = {
+        n for c in failed_rules for rule in page.rules if rule.name == c["rule"] for n in rule.fields
+    }
+    for f in page.fields:
+        info = r.fields.get(f.name)
+        if info is None:
+            continue
+        col = (40, 150, 40)
+        if f.name in failed_fields:
+            col = (0, 0, 220)
+        elif f.name in flagged:
+            col = (0, 140, 255)
+        x0 = int(f.boxes[0].x * ppm)
+        y0 = int(f.boxes[0].y * ppm)
+        x1 = int((f.boxes[-1].x + f.boxes[-1].w) * ppm)
+        y1 = int((f.boxes[-1].y + f.boxes[-1].h) * ppm)
+        cv2.rectangle(img, (x0 - 2, y0 - 2), (x1 + 2, y1 + 2), col, 2)
+        text = f"{'-' if info['value'] is None else info['value']} {info['confidence']:.2f}"
+        cv2.putText(img, text, (x0, max(10, y0 - 4)), font, 0.4, col, 1, cv2.LINE_AA)
+    cv2.putText(
+        img,
+        f"{page.form} hal. {page.page}: {r.status.upper()}",
+        (10, 25),
+        font,
+        0.7,
+        colors[r.status],
+        2,
+        cv2.LINE_AA,
+    )
+    for k, c in enumerate(failed_rules[:6]):
+        cv2.putText(
+            img, f"X {c.get('label', c['rule'])}", (10, 50 + 18 * k), font, 0.45, (0, 0, 220), 1, cv2.LINE_AA
+        )
+    return img
+
+
+del math

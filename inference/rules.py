@@ -1,0 +1,86 @@
+"""Rule evaluation over field values (pure).
+
+Page rules come from the page templates (``Rule``: ``sum`` = sum of terms equals total, ``le`` = left <= right);
+cross-page rules of a TPS come from ``inference/forms/<FORM>/tps.json`` with fields named ``p<page>.<field>``
+(a ``le`` rule's right side may be a list, meaning their sum).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from inference.templates import FORMS_DIR, Rule, TemplateError
+
+__all__ = ["holds", "check", "TpsRule", "load_tps_rules", "check_values"]
+
+Values = Mapping[str, int | None]
+
+
+def holds(rule: Rule, values: Values) -> bool | None:
+    """True/False if the rule holds; None if it cannot be checked (a field is not read). ``all_filled`` rules
+    hold trivially unless every one of their fields is written."""
+    got = [values.get(f) for f in rule.fields]
+    if any(v is None for v in got):
+        return True if rule.when == "all_filled" else None
+    if rule.kind == "sum":
+        return sum(got[:-1]) == got[-1]
+    return got[0] <= got[1]
+
+
+def check(rules: tuple[Rule, ...] | list[Rule], values: Values) -> list[dict]:
+    """``[{"rule", "ok", "label"}]`` for every rule; ``ok`` is None when a needed number is not read."""
+    return [{"rule": r.name, "ok": holds(r, values), "label": r.label} for r in rules]
+
+
+@dataclass(frozen=True)
+class TpsRule:
+    name: str
+    kind: str
+    label: str
+    left: tuple[str, ...]  # summed
+    right: tuple[str, ...]  # summed
+
+    def holds(self, values: Values) -> bool | None:
+        a = [values.get(f) for f in self.left]
+        b = [values.get(f) for f in self.right]
+        if any(v is None for v in a + b):
+            return None
+        return sum(a) == sum(b) if self.kind == "sum" else sum(a) <= sum(b)
+
+
+@lru_cache(maxsize=8)
+def load_tps_rules(form_id: str, forms_dir: Path = FORMS_DIR) -> tuple[TpsRule, ...]:
+    path = Path(forms_dir) / form_id / "tps.json"
+    if not path.is_file():
+        return ()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        out = []
+        for r in data["rules"]:
+            if r["kind"] == "sum":
+                left, right = r["terms"], [r["total"]]
+            elif r["kind"] == "le":
+                left = [r["left"]] if isinstance(r["left"], str) else r["left"]
+                right = [r["right"]] if isinstance(r["right"], str) else r["right"]
+            else:
+                raise TemplateError(f"{path}: rule {r.get('name')!r}: kind must be 'sum' or 'le'")
+            out.append(
+                TpsRule(
+                    name=r["name"],
+                    kind=r["kind"],
+                    label=r.get("label", r["name"]),
+                    left=tuple(left),
+                    right=tuple(right),
+                )
+            )
+        return tuple(out)
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise TemplateError(f"{path}: malformed cross-page rules ({exc})") from None
+
+
+def check_values(rules: tuple[TpsRule, ...], values: Values) -> list[dict]:
+    return [{"rule": r.name, "ok": r.holds(values), "label": r.label} for r in rules]
