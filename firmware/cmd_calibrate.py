@@ -1,0 +1,126 @@
+"""`tpskit calibrate`: check the stand and camera with a page under it, store fixed camera settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", help="measure this photo instead of taking one (no settings are stored)")
+    p.add_argument("--out", help="annotated picture (default <state_dir>/calibration.jpg)")
+    p.add_argument("--dry-run", action="store_true", help="do not write the chosen settings to the config")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def store_camera_settings(config_path: Path, settings: dict) -> bool:
+    """Merge *settings* into [camera] of the config file (validated first); True if the file changed."""
+    import tomllib
+
+    from firmware import config as cfg
+    from firmware.provision import CONFIG_HEADER
+    from firmware.tomlwrite import dumps, write_atomic
+
+    data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    camera = data.setdefault("camera", {})
+    before = dict(camera)
+    camera.update(settings)
+    if camera == before:
+        return False
+    cfg.parse(data)  # never write a config the kit would refuse
+    write_atomic(config_path, dumps(data, header=CONFIG_HEADER), mode=0o644)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+
+    from capture import CaptureError, open_camera
+    from firmware import config as cfg
+    from firmware.calibrate import (
+        annotate,
+        camera_metadata,
+        choose_settings,
+        evaluate,
+        measure,
+        px_per_mm_at,
+        stand_height_mm,
+    )
+
+    config_path = Path(args.config or cfg.DEFAULT_PATH)
+    try:
+        config = cfg.load(config_path)
+    except cfg.ConfigError as exc:
+        print(f"tpskit calibrate: {exc}", file=sys.stderr)
+        return 2
+    min_ppm = config.reader.min_px_per_mm
+    settings: dict = {}
+    stored = False
+    try:
+        if args.image:
+            image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+            if image is None:
+                print(f"tpskit calibrate: {args.image} bukan foto yang bisa dibaca", file=sys.stderr)
+                return 2
+            m = measure(image, min_px_per_mm=min_ppm)
+        else:
+            camera = open_camera(config.camera)
+            try:
+                frame = camera.capture()
+                meta = camera_metadata(camera)
+            finally:
+                camera.close()
+            image = frame.image
+            m = measure(image, min_px_per_mm=min_ppm)
+            settings = choose_settings(meta, m)
+            if settings:
+                # photograph again with the fixed settings and judge that photo
+                fixed = config.camera.model_copy(update=settings)
+                camera = open_camera(fixed)
+                try:
+                    image = camera.capture().image
+                finally:
+                    camera.close()
+                m = measure(image, min_px_per_mm=min_ppm)
+    except CaptureError as exc:
+        print(f"tpskit calibrate: kamera gagal / camera failed: {exc}\n"
+              "  → periksa kabel pita kamera; jika layanan berjalan: sudo systemctl stop tpskit",
+              file=sys.stderr)
+        return 2
+    items = evaluate(m, min_px_per_mm=min_ppm)
+    ok = all(i.ok for i in items)
+    if settings and ok and not args.dry_run:
+        try:
+            stored = store_camera_settings(config_path, settings)
+        except (OSError, cfg.ConfigError) as exc:
+            print(f"tpskit calibrate: pengaturan tidak bisa disimpan ke {config_path}: {exc}",
+                  file=sys.stderr)
+    out = Path(args.out) if args.out else config.paths.state_dir / "calibration.jpg"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), annotate(image, m, items, min_px_per_mm=min_ppm))
+    except (OSError, cv2.error) as exc:
+        print(f"tpskit calibrate: gambar beranotasi tidak tersimpan: {exc}", file=sys.stderr)
+        out = None
+    result = {"ok": ok, "items": [vars(i) for i in items], "settings": settings, "stored": stored,
+              "annotated": str(out) if out else None, "page": m.page, "px_per_mm_min": m.px_per_mm_min,
+              "glare": m.glare, "edge_mm": m.edge_mm, "paper": m.paper, "coverage": m.coverage}
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        h = stand_height_mm()
+        print(f"Kalibrasi kit {config.kit.kit_id} (tinggi lensa ideal ≈ {h / 10:.0f} cm, "
+              f"≈ {px_per_mm_at(h):.1f} px/mm)")
+        for i in items:
+            print(f"  [{'OK   ' if i.ok else 'ATUR '}] {i.name:10} {i.value}")
+            if i.advice:
+                print(f"          → {i.advice}")
+        if settings:
+            what = "disimpan ke " + str(config_path) if stored else "tidak disimpan"
+            print(f"  pengaturan kamera / camera settings: {settings} ({what})")
+        if out:
+            print(f"  gambar beranotasi / annotated picture: {out}")
+        print("KESIMPULAN: SIAP" if ok else "KESIMPULAN: ATUR ULANG lalu jalankan kalibrasi lagi")
+    return 0 if ok else 1
