@@ -159,7 +159,8 @@ def _edge_width_mm(patch: np.ndarray, ppm: float) -> tuple[float, float, float]:
 def _px_per_mm(hmm: np.ndarray, at: tuple[float, float]) -> float:
     pts = np.float32([[at, (at[0] + 1, at[1]), (at[0], at[1] + 1)]])
     q = cv2.perspectiveTransform(pts, hmm)[0]
-    return float(np.sqrt(abs(np.cross(q[1] - q[0], q[2] - q[0]))))
+    a, b = q[1] - q[0], q[2] - q[0]
+    return float(np.sqrt(abs(a[0] * b[1] - a[1] * b[0])))
 
 
 def _detect_tags(gray: np.ndarray, families: set[str]) -> list[tuple[str, int, np.ndarray]]:

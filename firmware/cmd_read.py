@@ -1,0 +1,130 @@
+"""`tpskit read IMAGE... [--json] [--tps] [--annotate DIR]`: read photos of C.HASIL pages, no hardware.
+
+With ``--json`` one JSON object per line per image (the reader's contract); with ``--tps`` the images are the
+pages of one TPS and a last line ``{"tps": true, ...}`` carries the cross-page checks. A file that is missing,
+not an image or truncated gets its own error line; the others are still read. Exit status: 0 when every
+file could be read (whatever the page statuses), 1 when some file could not, 2 on a setup error (model, config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="photos of form pages (JPEG/PNG)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line per image")
+    parser.add_argument("--tps", action="store_true",
+                        help="the images are the pages of one TPS: add a line with the cross-page checks")
+    parser.add_argument("--annotate", metavar="DIR", type=Path,
+                        help="write the annotated picture of every reading into DIR")
+    parser.add_argument("--form", default=None, help="form id (default: recognise any known form by its tag)")
+    parser.add_argument("--model", type=Path, default=None, help="digit model .tflite (default: config/shipped)")
+
+
+def _load_image(path: Path):
+    import cv2
+    import numpy as np
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, ("file_missing", f"berkas tidak ditemukan: {path}")
+    except OSError as exc:
+        return None, ("file_unreadable", f"berkas tidak bisa dibaca: {path} ({exc.strerror})")
+    if not data:
+        return None, ("not_an_image", f"berkas kosong: {path}")
+    if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None, ("truncated", f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        return None, ("not_an_image", f"bukan foto JPEG/PNG yang bisa dibaca: {path}")
+    return img, None
+
+
+def _error_line(path: Path, form: str, code: str, message: str) -> dict:
+    return {"image": str(path), "form": form, "page": None, "status": "retake",
+            "reasons": [{"code": code, "message": message}], "fields": {}, "checks": [], "timing_ms": {},
+            "error": message}
+
+
+def _table(d: dict, out) -> None:
+    print(f"== {d['image']}: halaman {d.get('page') or '?'} -> {d['status'].upper()}", file=out)
+    for name, f in d.get("fields", {}).items():
+        digits = "".join("_" if x is None else str(x) for x in f["digits"])
+        bub = "" if f.get("bubbles") is None else f"  bulatan={f['bubbles']}"
+        val = "-" if f["value"] is None else f["value"]
+        print(f"   {name:28s} {val!s:>5}  {f['confidence']:.4f}  [{digits}]{bub}", file=out)
+    for c in d.get("checks", []):
+        if c["ok"] is not True:
+            print(f"   cek {'GAGAL' if c['ok'] is False else 'tidak dapat dicek'}: {c['rule']}", file=out)
+    for r in d.get("reasons", []):
+        print(f"   ! {r['code']}: {r['message']}", file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import cv2
+
+    from inference.reader import PageReader, check_tps
+    from inference.templates import DEFAULT_FORM, TemplateError
+
+    confidence, min_ppm, model = 0.99, 2.0, args.model
+    if getattr(args, "config", None):
+        from firmware import config as config_mod
+
+        try:
+            cfg = config_mod.load(args.config)
+        except config_mod.ConfigError as exc:
+            print(f"tpskit read: {exc}", file=sys.stderr)
+            return 2
+        confidence, min_ppm = cfg.reader.confidence, cfg.reader.min_px_per_mm
+        model = model or cfg.paths.model
+    try:
+        from inference.digits import DigitClassifier
+
+        classifier = DigitClassifier.load(model)
+    except Exception as exc:  # model missing/corrupt: nothing can be read
+        print(f"tpskit read: cannot load the digit model ({exc}); check paths.model or --model", file=sys.stderr)
+        return 2
+    try:
+        reader = PageReader(classifier=classifier, form=args.form, confidence=confidence, min_px_per_mm=min_ppm)
+    except TemplateError as exc:
+        print(f"tpskit read: {exc}", file=sys.stderr)
+        return 2
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+    form_id = args.form or DEFAULT_FORM
+    failed = False
+    readings = []
+    for name in args.images:
+        path = Path(name)
+        img, err = _load_image(path)
+        if err:
+            failed = True
+            d = _error_line(path, form_id, *err)
+            readings.append(d)
+        else:
+            r = reader.read(img, name=str(path))
+            d = r.to_dict()
+            readings.append(d)
+            if args.annotate:
+                cv2.imwrite(str(args.annotate / f"{path.stem}.annotated.jpg"), r.annotated,
+                            [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if args.json:
+            print(json.dumps(d, ensure_ascii=False), flush=True)
+        else:
+            _table(d, sys.stdout)
+    if args.tps:
+        t = check_tps(readings, form_id=form_id)
+        if args.json:
+            print(json.dumps(t, ensure_ascii=False), flush=True)
+        else:
+            print(f"== TPS: {t['status'].upper()}")
+            for c in t["checks"]:
+                print(f"   {'OK   ' if c['ok'] else 'GAGAL' if c['ok'] is False else '?    '} {c['rule']}")
+            for r in t["reasons"]:
+                print(f"   ! {r['code']}: {r['message']}")
+    return 1 if failed else 0
