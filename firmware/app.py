@@ -38,6 +38,7 @@ EXIT_POWEROFF = 75  # same as firmware.power.EXIT_POWEROFF: tpskit.service power
 TICK_S = 0.5
 STATUS_EVERY_S = 30.0
 BATTERY_POLL_S = 30.0
+IDLE_CHECK_S = 5.0
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Kit:
         self._pattern_until: float | None = None
         self._next_status = 0.0
         self._next_battery = 0.0
+        self._next_idle = 0.0
+        self._shown: str | None = None
         self._gate = None
         self._heartbeat: dict[str, Any] = {}
         if battery is not None:
@@ -162,6 +165,9 @@ class Kit:
         if self._pattern_until is not None and now >= self._pattern_until:
             self._pattern_until = None
             self._show_idle()
+        elif self._pattern_until is None and self.state == "ready" and now >= self._next_idle:
+            self._next_idle = now + IDLE_CHECK_S
+            self._show_idle()  # ready <-> queued as the link comes and goes
         if self.battery is not None and now >= self._next_battery:
             self._next_battery = now + BATTERY_POLL_S
             try:
@@ -376,9 +382,13 @@ class Kit:
 
     def _show_idle(self) -> None:
         cs = self._courier_status()
-        self._show("queued" if _waiting(cs) and not cs.get("connected", True) else "ready")
+        pattern = "queued" if _waiting(cs) and not cs.get("connected", True) else "ready"
+        if pattern != self._shown:
+            self._show(pattern)
 
     def _show(self, pattern: str) -> None:
+        if pattern != "held":
+            self._shown = pattern
         if self.panel is not None:
             try:
                 self.panel.show(pattern)

@@ -305,3 +305,21 @@ def test_status_file_and_cmd_status(tmp_path, photos):
         assert "READY" in render(info)
     info = collect(cfg.paths.state_dir)
     assert not info["ready"] and "daemon not running" in info["problems"]
+
+
+def test_queued_offline_pattern_after_verdict(tmp_path, photos):
+    write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos, gpio={"verdict_s": 1.0})
+    courier = RecordingCourier()  # never connected: what it holds stays queued
+    with KitHarness(cfg, courier=courier) as h:
+        h.press()
+        assert h.verdict().pattern == "ok"
+        deadline = time.monotonic() + 5
+        while h.kit._shown != "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.kit._shown == "queued"
+        yellow = h.factory.pin(cfg.gpio.led_yellow)
+        n = len(yellow.states)
+        time.sleep(2.2)  # the slow pulse: 0.1 s on every 2 s
+        assert len(yellow.states) > n
+        assert h.leds()["green"] is True and h.leds()["red"] is False
