@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, cv2.error) as exc:
         print(f"tpskit calibrate: gambar beranotasi tidak tersimpan: {exc}", file=sys.stderr)
         out = None
+    from firmware.provision import fix_state_ownership
+
+    fix_state_ownership(config.paths.state_dir)  # run as root: the daemon must still own its files
     result = {"ok": ok, "items": [vars(i) for i in items], "settings": settings, "stored": stored,
               "annotated": str(out) if out else None, "page": m.page, "px_per_mm_min": m.px_per_mm_min,
               "glare": m.glare, "edge_mm": m.edge_mm, "paper": m.paper, "coverage": m.coverage}

@@ -60,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_publish:
         msg_id, state = publish_after_selftest(config, report)
         published = {"id": msg_id, "state": state}
+    from firmware.provision import fix_state_ownership
+
+    fix_state_ownership(config.paths.state_dir)  # run as root: the daemon must still own its files
     if args.json:
         print(json.dumps({**report.to_dict(), "readiness_message": published}, indent=2, ensure_ascii=False))
     else:

@@ -218,6 +218,24 @@ def _chown(path: Path, ids: tuple[int, int] | None) -> None:
         os.chown(path, *ids)
 
 
+def fix_state_ownership(state_dir: Path, *, service_user: str = SERVICE_USER) -> int:
+    """Run as root (provision, calibrate, selftest): give everything under *state_dir* to the service user,
+    so the daemon can write the database and photos created by a root command. Returns files changed."""
+    ids = _service_ids(service_user)
+    if ids is None or not state_dir.exists():
+        return 0
+    changed = 0
+    for p in [state_dir, *state_dir.rglob("*")]:
+        try:
+            st = p.lstat()
+            if (st.st_uid, st.st_gid) != ids:
+                os.lchown(p, *ids)
+                changed += 1
+        except OSError:
+            continue
+    return changed
+
+
 def stored_data(state_dir: Path) -> list[str]:
     """What the kit holds that may not have been delivered: non-empty tables in tpskit.db, photos."""
     found: list[str] = []
@@ -394,6 +412,7 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         write_atomic(pem_path, pem_text, mode=0o644)
     for p in (pub_path, pem_path):
         _chown(p, ids)
+    fix_state_ownership(state_dir, service_user=service_user)
     return ProvisionResult(
         kit_id=req.kit_id, kode_wilayah=req.kode_wilayah, tps=req.tps, config_path=config_out,
         key_path=key_path, public_key=public, public_key_path=pub_path,

@@ -1,0 +1,74 @@
+"""scripts/install.sh: dry run and staging into a directory (--destdir), idempotent."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "install.sh"
+
+
+def install(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LC_ALL": "C"})
+
+
+def test_syntax():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck():
+    res = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def test_dry_run_changes_nothing_and_shows_the_plan(tmp_path):
+    res = install("--dry-run", "--destdir", str(tmp_path / "root"))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "apt-get install -y --no-install-recommends" in out and "python3-picamera2" in out
+    assert "useradd --system --user-group" in out and "tpskit" in out
+    for group in ("gpio", "video", "i2c"):
+        assert f"usermod -a -G {group} tpskit" in out
+    assert "venv --system-site-packages" in out
+    assert "systemctl enable tpskit.service" in out
+    assert not (tmp_path / "root").exists()
+
+
+def test_destdir_stages_files_and_is_idempotent(tmp_path):
+    root = tmp_path / "root"
+    first = install("--destdir", str(root), "--no-apt", "--no-venv", "--collector")
+    assert first.returncode == 0, first.stderr
+    unit = root / "etc/systemd/system/tpskit.service"
+    assert filecmp.cmp(unit, ROOT / "systemd/tpskit.service", shallow=False)
+    assert (root / "etc/systemd/system/tpskit-collector.service").exists()
+    assert oct(unit.stat().st_mode & 0o777) == "0o644"
+    src = root / "opt/tpskit/src"
+    assert (src / "firmware/notify.py").exists() and (src / "pyproject.toml").exists()
+    assert not (src / ".git").exists() and not (src / ".venv").exists()
+    assert (root / "etc/tpskit").is_dir() and not (root / "etc/tpskit/config.toml").exists()
+    # the running system is left alone: its commands are only printed
+    assert "+ systemctl daemon-reload" in first.stdout and "+ useradd" in first.stdout
+    second = install("--destdir", str(root), "--no-apt", "--no-venv", "--collector")
+    assert second.returncode == 0, second.stderr
+    assert "unit tpskit.service unchanged" in second.stdout
+    assert "daemon-reload" not in second.stdout
+    # an existing config is never replaced
+    (root / "etc/tpskit/config.toml").write_text("# provisioned\n")
+    third = install("--destdir", str(root), "--no-apt", "--no-venv")
+    assert "config exists, kept" in third.stdout
+    assert (root / "etc/tpskit/config.toml").read_text() == "# provisioned\n"
+
+
+def test_bad_option_and_not_a_checkout(tmp_path):
+    res = install("--frobnicate")
+    assert res.returncode == 2 and "unknown option" in res.stderr
+    res = install("--destdir", str(tmp_path / "r"), "--src", str(tmp_path), "--no-apt")
+    assert res.returncode == 1 and "not a tpskit checkout" in res.stderr
