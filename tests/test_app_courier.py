@@ -91,3 +91,25 @@ def test_stored_while_broker_down_is_delivered_after_restart(tmp_path, mosquitto
         assert sorted(r[0] for r in rows) == sorted([first.record.id, second.record.id])
     finally:
         collector.stop()
+
+
+def test_capture_committed_before_a_crash_is_sent_at_start(tmp_path, mosquitto):
+    from firmware.store import CaptureStore
+
+    cfg, photos, collector, collector_db, courier = _setup(tmp_path, mosquitto.url)
+    jpeg = write_photo(photos / "01.jpg", 220)
+    (photos / "01.jpg").unlink()
+    # the kit died after committing this capture, before handing it to the outbox
+    store = CaptureStore(cfg.paths.state_dir, volatile_ok=True)
+    rec = store.save(jpeg=jpeg, status="review", reading={"page": 3, "status": "review", "reasons": []},
+                     taken_at=time.time(), time_source="unsynced")
+    store.close()
+    collector.start()
+    try:
+        with KitHarness(cfg, courier=courier()) as h:
+            rows = _wait_readings(collector_db, 1)
+            assert h.kit.verdicts == 0  # no press needed
+        assert [(r[0], r[1]) for r in rows] == [(rec.id, 3)]
+        assert h.store.counts()["unsubmitted"] == 0
+    finally:
+        collector.stop()
