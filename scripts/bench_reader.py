@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Benchmark of the page reader on generated TPS photos (not run in CI).
+
+For each generated TPS (all 3 pages; conditions clean / field / hard in turn; ~10 % with a KPPS arithmetic
+slip; ~5 % of photos spoiled) the reader reads every page and the TPS line is checked. Figures: pages read
+fully correct, pages auto-accepted (ok), silent errors (ok with any number wrong), slips flagged, spoiled
+photos refused, ms per page by step (one core), peak memory; and, on a subset of the same pages, the baseline
+"registration + tesseract per box" (``--psm 10``, digit whitelist).
+
+Usage: ``nice python scripts/bench_reader.py --tps 300 [--scale 0.75] [--baseline-pages 60] [--json]``
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.reader import PageReader, check_tps  # noqa: E402
+from inference.register import RetakeError  # noqa: E402
+from inference.synth import CONDITIONS, SPOILS, make_sample, make_tps  # noqa: E402
+
+CROP_INSET_MM = 1.6  # the baseline cuts inside the printed border, tesseract reads borders as digits
+
+
+def tesseract_box(crop: np.ndarray, ppm: float, tmp: Path) -> int | None:
+    inset = int(round((1.0 + CROP_INSET_MM) * ppm))
+    inner = crop[inset:-inset, inset:-inset]
+    if inner.size == 0:
+        return None
+    inner = cv2.resize(inner, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    inner = cv2.copyMakeBorder(inner, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=255)
+    path = tmp / "box.png"
+    cv2.imwrite(str(path), inner)
+    out = subprocess.run(["tesseract", str(path), "stdout", "--psm", "10", "-c",
+                          "tessedit_char_whitelist=0123456789"], capture_output=True, text=True, timeout=30)
+    digits = "".join(ch for ch in out.stdout if ch.isdigit())
+    return int(digits[-1]) if digits else None
+
+
+def tesseract_page(reader: PageReader, image: np.ndarray, tmp: Path) -> dict[str, int | None] | None:
+    try:
+        crops = reader.box_crops(image)
+    except RetakeError:
+        return None
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    from inference.register import register
+
+    ppm = PageReader._crop_ppm(register(gray, form=reader.form, min_px_per_mm=reader.min_px_per_mm))
+    per: dict[str, list[int | None]] = {}
+    for bc in crops:
+        per.setdefault(bc.field, []).append(tesseract_box(bc.crop, ppm, tmp))
+    out: dict[str, int | None] = {}
+    for name, ds in per.items():
+        text = "".join("" if d is None else str(d) for d in ds)
+        out[name] = int(text) if text else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tps", type=int, default=300, help="number of generated TPS (3 pages each)")
+    ap.add_argument("--scale", type=float, default=0.75, help="sensor scale (1.0 = 4608x2592, ~4 px/mm)")
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--baseline-pages", type=int, default=60, help="pages also read by tesseract (0 = none)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--model", type=Path, default=None)
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(1)
+    from inference.digits import DigitClassifier
+
+    reader = PageReader(classifier=DigitClassifier.load(args.model, num_threads=1), confidence=0.99)
+    have_tess = shutil.which("tesseract") is not None and args.baseline_pages > 0
+    rng = np.random.default_rng(args.seed)
+    pages = []  # per page records
+    tps_rows = []
+    steps: dict[str, list[float]] = {}
+    base = {"pages": 0, "correct": 0, "ms": []}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_reader_"))
+    t_start = time.time()
+    spoil_i = 0
+    for i in range(args.tps):
+        cond = CONDITIONS[i % 3]
+        slip = int(rng.integers(10)) == 0 or i % 10 == 5
+        tps = make_tps(np.random.default_rng(args.seed * 1000 + i), slip=slip)
+        readings = []
+        for p in (1, 2, 3):
+            spoiled = None
+            if rng.random() < 0.05:
+                spoiled = SPOILS[spoil_i % len(SPOILS)]
+                spoil_i += 1
+            s = make_sample(args.seed * 10000 + i * 10 + p, p, condition=cond, scale=args.scale, tps=tps,
+                            spoiled=spoiled)
+            r = reader.read(s.image, name=f"tps{i}-p{p}")
+            readings.append(r)
+            for k, v in r.timing_ms.items():
+                steps.setdefault(k, []).append(v)
+            wrong = [] if spoiled else [k for k, v in r.values.items() if v != s.written.get(k)]
+            if not spoiled and r.status != "retake":
+                missing = [k for k in s.written if k not in r.values]
+                wrong += missing
+            pages.append({"tps": i, "page": p, "cond": cond, "slip": tps[2] if slip else None, "spoiled": spoiled,
+                          "status": r.status, "read_page": r.page, "wrong": wrong,
+                          "codes": [x["code"] for x in r.reasons]})
+            if have_tess and not spoiled and base["pages"] < args.baseline_pages:
+                t0 = time.perf_counter()
+                tv = tesseract_page(reader, s.image, tmp)
+                base["ms"].append((time.perf_counter() - t0) * 1000)
+                base["pages"] += 1
+                if tv is not None and all(tv.get(k) == v for k, v in s.written.items()):
+                    base["correct"] += 1
+        t = check_tps(readings)
+        tps_rows.append({"tps": i, "slip": tps[2], "status": t["status"],
+                         "pages": [r.status for r in readings]})
+        if not args.json and (i + 1) % 25 == 0:
+            print(f"  {i + 1}/{args.tps} TPS, {time.time() - t_start:.0f} s", file=sys.stderr, flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def share(a: int, b: int) -> float:
+        return round(100.0 * a / b, 2) if b else float("nan")
+    normal = [p for p in pages if not p["spoiled"]]
+    clean_tps = {r["tps"] for r in tps_rows if not r["slip"]}
+    normal_noslip = [p for p in normal if p["tps"] in clean_tps]
+    spoiled = [p for p in pages if p["spoiled"]]
+    slips = [r for r in tps_rows if r["slip"]]
+    silent = [p for p in normal if p["status"] == "ok" and p["wrong"]]
+    by_cond = {}
+    for c in CONDITIONS:
+        sel = [p for p in normal_noslip if p["cond"] == c]
+        by_cond[c] = {"pages": len(sel), "correct_pct": share(sum(not p["wrong"] for p in sel), len(sel)),
+                      "ok_pct": share(sum(p["status"] == "ok" for p in sel), len(sel)),
+                      "retake_pct": share(sum(p["status"] == "retake" for p in sel), len(sel))}
+    reasons: dict[str, int] = {}
+    for p in normal_noslip:
+        if p["status"] != "ok":
+            for c in p["codes"]:
+                reasons[c] = reasons.get(c, 0) + 1
+    ms = {k: {"mean": round(float(np.mean(v)), 1), "p95": round(float(np.percentile(v, 95)), 1)}
+          for k, v in steps.items()}
+    result = {
+        "tps": args.tps, "pages": len(pages), "scale": args.scale,
+        "px_per_mm": round(min(4608 * args.scale / 900, 2592 * args.scale / 600) * 0.93, 2),
+        "model": getattr(reader.classifier, "version", "?"),
+        "pages_fully_correct_pct": share(sum(not p["wrong"] for p in normal), len(normal)),
+        "pages_ok_pct_no_slip": share(sum(p["status"] == "ok" for p in normal_noslip), len(normal_noslip)),
+        "pages_ok_pct_all": share(sum(p["status"] == "ok" for p in normal), len(normal)),
+        "silent_errors": len(silent),
+        "silent_error_pages": [f"tps{p['tps']}-p{p['page']}:{','.join(p['wrong'])}" for p in silent][:20],
+        "slips": len(slips), "slips_flagged_pct": share(sum(r["status"] != "ok" for r in slips), len(slips)),
+        "spoiled": len(spoiled),
+        "spoiled_refused_pct": share(sum(p["status"] == "retake" for p in spoiled), len(spoiled)),
+        "spoiled_kinds": sorted({p["spoiled"] for p in spoiled}),
+        "tps_ok_pct_no_slip": share(sum(r["status"] == "ok" for r in tps_rows if not r["slip"]),
+                                    len([r for r in tps_rows if not r["slip"]])),
+        "by_condition": by_cond, "not_ok_reasons": reasons, "ms_per_page": ms,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "baseline_tesseract": {"pages": base["pages"], "fully_correct_pct": share(base["correct"], base["pages"]),
+                               "ms_per_page": round(float(np.mean(base["ms"])), 1) if base["ms"] else None}
+        if have_tess else None,
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:28s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
