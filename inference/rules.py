@@ -21,11 +21,19 @@ Values = Mapping[str, int | None]
 
 
 def holds(rule: Rule, values: Values) -> bool | None:
-    """True/False if the rule holds; None if it cannot be checked (a field is not read). ``all_filled`` rules
-    hold trivially unless every one of their fields is written."""
+    """True/False if the rule holds; None if it cannot be checked (a field is not read).
+
+    ``when="any_filled"`` (row sums): checked only if some term is written; empty terms then count as 0."""
     got = [values.get(f) for f in rule.fields]
+    if rule.when == "any_filled" and rule.kind == "sum":
+        terms = got[:-1]
+        if all(v is None for v in terms):
+            return True
+        if got[-1] is None:
+            return None
+        return sum(v or 0 for v in terms) == got[-1]
     if any(v is None for v in got):
-        return True if rule.when == "all_filled" else None
+        return None
     if rule.kind == "sum":
         return sum(got[:-1]) == got[-1]
     return got[0] <= got[1]

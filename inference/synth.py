@@ -73,6 +73,20 @@ def _split(total: int, n: int, rng: np.random.Generator, cap: int | None = None)
     return [int(p) for p in parts]
 
 
+def _tally_rows(votes: int, per_row: int = 60, rows: int = 5) -> list[int | None]:
+    """Row sums of a tally grid filled row by row (12 cells of 5 strokes = 60 per row), unused rows empty."""
+    out: list[int | None] = []
+    left = votes
+    for k in range(rows):
+        if left <= 0 and k > 0:
+            out.append(None)
+            continue
+        take = min(per_row, left) if k < rows - 1 else left
+        out.append(take)
+        left -= take
+    return out
+
+
 def make_tps(
     rng: np.random.Generator, *, slip: bool = False, row_sums: float = 0.5
 ) -> tuple[dict[int, dict[str, int | None]], dict[str, int | None], str | None]:
@@ -105,7 +119,7 @@ def make_tps(
     p2: dict[str, int | None] = {}
     for n, votes in enumerate(pas, start=1):
         p2[f"paslon_{n}"] = votes
-        rows = _split(votes, 5, rng, cap=99) if rng.random() < row_sums else [None] * 5
+        rows = _tally_rows(votes) if rng.random() < row_sums else [None] * 5
         for k, r in enumerate(rows, start=1):
             p2[f"paslon_{n}_baris_{k}"] = r
     p3: dict[str, int | None] = {
@@ -116,7 +130,7 @@ def make_tps(
         "bulan": 2,
         "tahun": 2024,
     }
-    rows = _split(invalid, 5, rng) if rng.random() < row_sums else [None] * 5
+    rows = _tally_rows(invalid) if rng.random() < row_sums else [None] * 5
     for k, r in enumerate(rows, start=1):
         p3[f"suara_tidak_sah_baris_{k}"] = r
     bubbles: dict[str, int | None] = {f"paslon_{n}": p2[f"paslon_{n}"] for n in (1, 2, 3)}

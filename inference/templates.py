@@ -73,7 +73,9 @@ class Field:
 
 @dataclass(frozen=True)
 class Rule:
-    """``sum``: sum(terms) == total; ``le``: left <= right. ``when="all_filled"``: only if every term is written."""
+    """``sum``: sum(terms) == total; ``le``: left <= right.
+
+    ``when="any_filled"``: checked only when some term is written (empty terms count as 0)."""
 
     name: str
     kind: str
@@ -193,8 +195,8 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
     if kind not in RULE_KINDS:
         raise TemplateError(f"{where}: kind must be one of {RULE_KINDS}, got {kind!r}")
     when = d.get("when", "always")
-    if when not in ("always", "all_filled"):
-        raise TemplateError(f"{where}: when must be 'always' or 'all_filled', got {when!r}")
+    if when not in ("always", "any_filled"):
+        raise TemplateError(f"{where}: when must be 'always' or 'any_filled', got {when!r}")
     if kind == "sum":
         rule = Rule(
             name=name,

@@ -277,7 +277,7 @@ def page2(page, rects) -> tuple[list[dict], list[dict]]:
         rules.append(
             {
                 **_sum_rule(rsum, f"paslon_{n}", f"IV.{n}: jumlah tiap baris = jumlah suara sah"),
-                "when": "all_filled",
+                "when": "any_filled",
             }
         )
     return fields, rules
@@ -315,7 +315,7 @@ def page3(rects) -> tuple[list[dict], list[dict]]:
         _sum_rule(["suara_sah", "suara_tidak_sah"], "total_suara", "V.C = V.A + V.B"),
         {
             **_sum_rule(rsum, "suara_tidak_sah", "V.B: jumlah tiap baris = jumlah suara tidak sah"),
-            "when": "all_filled",
+            "when": "any_filled",
         },
     ]
     return fields, rules

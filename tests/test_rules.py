@@ -10,13 +10,15 @@ from inference.templates import load_form
 P3 = load_form().pages[3]
 
 
-def test_rule_holds_and_all_filled():
+def test_rule_holds_and_any_filled():
     r = next(r for r in P3.rules if r.total == "total_suara")
     assert rules.holds(r, {"suara_sah": 100, "suara_tidak_sah": 5, "total_suara": 105}) is True
     assert rules.holds(r, {"suara_sah": 100, "suara_tidak_sah": 5, "total_suara": 106}) is False
     assert rules.holds(r, {"suara_sah": None, "suara_tidak_sah": 5, "total_suara": 106}) is None
-    rows = next(r for r in P3.rules if r.when == "all_filled")
+    rows = next(r for r in P3.rules if r.when == "any_filled")
     assert rules.holds(rows, {"suara_tidak_sah": 5}) is True  # row sums not written: nothing to check
+    assert rules.holds(rows, {"suara_tidak_sah": 5, "suara_tidak_sah_baris_1": 5}) is True
+    assert rules.holds(rows, {"suara_tidak_sah": 5, "suara_tidak_sah_baris_1": 4}) is False
 
 
 def test_value_distribution_leading_boxes_and_zero():

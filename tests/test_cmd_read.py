@@ -1,0 +1,60 @@
+"""`tpskit read` through the CLI entry point: JSON lines, the TPS line, bad files, annotated pictures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from firmware.cli import main
+from inference.synth import make_sample, make_tps
+
+digits = pytest.importorskip("inference.digits")
+try:
+    digits.DigitClassifier.load()
+except Exception as exc:
+    pytest.skip(f"digit model not available ({exc}); commit inference/models/digits.tflite", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    tps = make_tps(np.random.default_rng(21))
+    paths = []
+    for p in (1, 2, 3):
+        s = make_sample(500 + p, p, condition="clean", scale=0.55, tps=tps)
+        path = d / f"page{p}.jpg"
+        path.write_bytes(s.jpeg)
+        paths.append(path)
+    return d, paths
+
+
+def test_json_lines_and_tps_line(photos, capsys, tmp_path):
+    d, paths = photos
+    rc = main(["read", "--json", "--tps", *map(str, paths), "--annotate", str(tmp_path / "ann")])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and len(lines) == 4
+    assert [x["page"] for x in lines[:3]] == [1, 2, 3]
+    assert all(x["status"] in ("ok", "review") for x in lines[:3])
+    assert lines[3]["tps"] is True and lines[3]["status"] in ("ok", "review")
+    assert len(list((tmp_path / "ann").glob("*.annotated.jpg"))) == 3
+
+
+def test_bad_files_get_their_own_error_and_the_rest_is_read(photos, capsys, tmp_path):
+    d, paths = photos
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(paths[0].read_bytes()[:5000])
+    rc = main(["read", "--json", str(tmp_path / "missing.jpg"), str(text), str(cut), str(paths[2])])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 4
+    assert [x["reasons"][0]["code"] for x in lines[:3]] == ["file_missing", "not_an_image", "truncated"]
+    assert all(x["status"] == "retake" and x["error"] for x in lines[:3])
+    assert lines[3]["page"] == 3
+
+
+def test_human_readable_table(photos, capsys):
+    _, paths = photos
+    assert main(["read", str(paths[2])]) == 0
+    out = capsys.readouterr().out
+    assert "halaman 3" in out and "total_suara" in out
