@@ -1,6 +1,7 @@
 """Photo-quality check (pure function): sharpness, exposure and glare of a whole photo.
 
-Used by the page reader (to say *why* a page could not be found), by the appliance and by ``tpskit calibrate``.
+Used by the page reader (to say *why* a page could not be found), by the appliance and by
+``tpskit calibrate``.
 Measured on a reduced copy (longest side ``WORK_SIDE``) so it costs a few milliseconds on a Pi.
 """
 

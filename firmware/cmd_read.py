@@ -3,7 +3,8 @@
 With ``--json`` one JSON object per line per image (the reader's contract); with ``--tps`` the images are the
 pages of one TPS and a last line ``{"tps": true, ...}`` carries the cross-page checks. A file that is missing,
 not an image or truncated gets its own error line; the others are still read. Exit status: 0 when every
-file could be read (whatever the page statuses), 1 when some file could not, 2 on a setup error (model, config).
+file could be read (whatever the page statuses), 1 when some file could not, 2 on a setup error
+(model, config).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotate", metavar="DIR", type=Path,
                         help="write the annotated picture of every reading into DIR")
     parser.add_argument("--form", default=None, help="form id (default: recognise any known form by its tag)")
-    parser.add_argument("--model", type=Path, default=None, help="digit model .tflite (default: config/shipped)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="digit model .tflite (default: config/shipped)")
 
 
 def _load_image(path: Path):
@@ -38,7 +40,8 @@ def _load_image(path: Path):
     if not data:
         return None, ("not_an_image", f"berkas kosong: {path}")
     if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        return None, ("truncated", f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
+        return None, ("truncated",
+                      f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         return None, ("not_an_image", f"bukan foto JPEG/PNG yang bisa dibaca: {path}")
@@ -87,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
 
         classifier = DigitClassifier.load(model)
     except Exception as exc:  # model missing/corrupt: nothing can be read
-        print(f"tpskit read: cannot load the digit model ({exc}); check paths.model or --model", file=sys.stderr)
+        print(f"tpskit read: cannot load the digit model ({exc}); check paths.model or --model",
+              file=sys.stderr)
         return 2
     try:
-        reader = PageReader(classifier=classifier, form=args.form, confidence=confidence, min_px_per_mm=min_ppm)
+        reader = PageReader(classifier=classifier, form=args.form, confidence=confidence,
+                            min_px_per_mm=min_ppm)
     except TemplateError as exc:
         print(f"tpskit read: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,8 @@ MESSAGES = {
     "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
     "field_empty": "Kotak angka kosong: {fields}. Isi semua kotak (tulis 0 bila tidak ada).",
     "rule_failed": "Jumlah tidak cocok: {rules}. Periksa kembali penjumlahan pada formulir.",
-    "bubble_mismatch": "Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. Periksa dan perbaiki.",
+    "bubble_mismatch": ("Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. "
+                        "Periksa dan perbaiki."),
     "bubble_unclear": "Bulatan kurang jelas: {fields}. Hitamkan tepat satu bulatan di setiap kolom.",
     "page_missing": "Halaman belum difoto atau belum terbaca: {pages}.",
     "page_not_ok": "Halaman perlu diperiksa atau difoto ulang: {pages}.",
@@ -112,7 +113,7 @@ _ENUM: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _enum(m: int) -> tuple[np.ndarray, np.ndarray]:
-    """All values with m boxes: digit matrix (N, m) and the leading-box mask (boxes before the first digit)."""
+    """All values with m boxes: digit matrix (N, m) and the mask of leading boxes (before the first digit)."""
     if m not in _ENUM:
         v = np.arange(10**m)
         d = np.stack([(v // 10 ** (m - 1 - i)) % 10 for i in range(m)], axis=1)
@@ -171,7 +172,8 @@ def _candidates(f: Field, probs: np.ndarray, bubble: int | None) -> _Candidates:
 def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple[dict, float, float]:
     """Beam search over the page's fields keeping only rule-consistent assignments.
 
-    Returns ({field: {value: mass}}, Z = mass of consistent assignments found, missing = mass not explored)."""
+    Returns ({field: {value: mass}}, Z = mass of the consistent assignments found, missing = mass not
+    explored)."""
     names = [f.name for f in fields]
     pos = {n: i for i, n in enumerate(names)}
     due: dict[int, list] = {}

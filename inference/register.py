@@ -30,7 +30,8 @@ MAX_EDGE_MM = 1.3  # marker edge 10-90% width above this = blurred
 MIN_PAPER = 55  # gray level of paper around the markers below this = too dark
 
 REASONS = {
-    "not_in_frame": "Formulir tidak masuk seluruhnya ke dalam foto. Letakkan formulir di tengah alas, lalu foto ulang.",
+    "not_in_frame": ("Formulir tidak masuk seluruhnya ke dalam foto. Letakkan formulir di tengah alas, "
+                     "lalu foto ulang."),
     "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
     "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",

@@ -1,6 +1,7 @@
 """Rule evaluation over field values (pure).
 
-Page rules come from the page templates (``Rule``: ``sum`` = sum of terms equals total, ``le`` = left <= right);
+Page rules come from the page templates (``Rule``: ``sum`` = sum of terms equals total,
+``le`` = left <= right);
 cross-page rules of a TPS come from ``inference/forms/<FORM>/tps.json`` with fields named ``p<page>.<field>``
 (a ``le`` rule's right side may be a list, meaning their sum).
 """

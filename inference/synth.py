@@ -1,11 +1,14 @@
 """Generator of realistic test photos of filled C.HASIL pages (deterministic by seed).
 
-1. ``make_tps``: consistent numbers for one TPS (at most 300 voters, every printed rule holds), optionally with
+1. ``make_tps``: consistent numbers for one TPS (at most 300 voters, every printed rule holds), optionally
+  with
    one KPPS arithmetic slip (a written number that breaks a rule, or bubbles that disagree with the boxes).
-2. ``fill_page``: the rendered blank page with the numbers handwritten into the boxes (``inference.handwriting``:
-   writer styles, blank / X / dash / 0 in leading boxes, blue or black ballpoint) and matching blackened bubbles.
+2. ``fill_page``: the rendered blank page with the numbers handwritten into the boxes
+   (``inference.handwriting``: writer styles, blank / X / dash / 0 in leading boxes, blue or black ballpoint)
+   and matching blackened bubbles.
 3. ``photograph``: the page on a stand under the camera (4608x2592 sensor, ``scale`` shrinks it for tests):
-   wobble (perspective, small rotation, sometimes upside down), uneven light, shadow, glare, focus blur, noise,
+   wobble (perspective, small rotation, sometimes upside down), uneven light, shadow, glare, focus blur,
+   noise,
    JPEG. Conditions ``clean``, ``field``, ``hard``.
 4. ``spoil``: unusable photos (``blurred``, ``dark``, ``cut_off``, ``hand``, ``no_form``).
 

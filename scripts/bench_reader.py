@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             if not spoiled and r.status != "retake":
                 missing = [k for k in s.written if k not in r.values]
                 wrong += missing
-            pages.append({"tps": i, "page": p, "cond": cond, "slip": tps[2] if slip else None, "spoiled": spoiled,
+            pages.append({"tps": i, "page": p, "cond": cond, "slip": tps[2] if slip else None,
+                          "spoiled": spoiled,
                           "status": r.status, "read_page": r.page, "wrong": wrong,
                           "codes": [x["code"] for x in r.reasons]})
             if have_tess and not spoiled and base["pages"] < args.baseline_pages:
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                                     len([r for r in tps_rows if not r["slip"]])),
         "by_condition": by_cond, "not_ok_reasons": reasons, "ms_per_page": ms,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "baseline_tesseract": {"pages": base["pages"], "fully_correct_pct": share(base["correct"], base["pages"]),
+        "baseline_tesseract": {"pages": base["pages"],
+                               "fully_correct_pct": share(base["correct"], base["pages"]),
                                "ms_per_page": round(float(np.mean(base["ms"])), 1) if base["ms"] else None}
         if have_tess else None,
         "wall_s": round(time.time() - t_start, 1),

@@ -113,7 +113,8 @@ def _tag(page, tag_id: int) -> list[list[float]]:
     det = cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_APRILTAG_36h10))
     corners, ids, _ = det.detectMarkers(img)
     if ids is None or int(ids.ravel()[0]) != tag_id:
-        sys.exit(f"page code: expected AprilTag 36h10 id {tag_id}, decoded {None if ids is None else ids.ravel()}")
+        got = None if ids is None else ids.ravel()
+        sys.exit(f"page code: expected AprilTag 36h10 id {tag_id}, decoded {got}")
     out = []
     for cx, cy in corners[0][0] * 25.4 / dpi:
         sx, sy = min(square, key=lambda q: (q[0] - cx) ** 2 + (q[1] - cy) ** 2)

@@ -12,7 +12,8 @@ digits = pytest.importorskip("inference.digits")
 try:
     digits.DigitClassifier.load()
 except Exception as exc:
-    pytest.skip(f"digit model not available ({exc}); commit inference/models/digits.tflite", allow_module_level=True)
+    pytest.skip(f"digit model not available ({exc}); commit inference/models/digits.tflite",
+                allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ digits = pytest.importorskip("inference.digits")
 try:
     CLASSIFIER = digits.DigitClassifier.load()
 except Exception as exc:  # the model is built and committed by the digit classifier's own work
-    pytest.skip(f"digit model not available ({exc}); commit inference/models/digits.tflite", allow_module_level=True)
+    pytest.skip(f"digit model not available ({exc}); commit inference/models/digits.tflite",
+                allow_module_level=True)
 
 SCALE = 0.6  # ~2.4 px/mm on the page
 TPS = make_tps(np.random.default_rng(11))
@@ -35,7 +36,7 @@ def test_pages_are_read_right_or_sent_to_review(readings):
         assert set(d) == CONTRACT_KEYS and d["form"] == "C.HASIL-PPWP-2024" and d["page"] == s.page
         json.dumps(d)
         assert d["status"] in ("ok", "review")
-        for name, f in d["fields"].items():
+        for f in d["fields"].values():
             assert set(f) == {"value", "confidence", "digits", "bubbles"} and 0.0 <= f["confidence"] <= 1.0
         wrong = {k: (r.values.get(k), v) for k, v in s.written.items() if r.values.get(k) != v}
         if d["status"] == "ok":

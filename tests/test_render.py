@@ -41,7 +41,7 @@ def _pdf_page(n: int, tmp_path: Path) -> np.ndarray:
 def test_render_page_draws_markers_tag_boxes_and_bubbles():
     form = load_form()
     det = cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_APRILTAG_36h10))
-    for n, page in form.pages.items():
+    for page in form.pages.values():
         img = render_page(page, px_per_mm=S)
         assert img.dtype == np.uint8 and img.shape == (2700, 1800)
         corners, ids, _ = det.detectMarkers(img)
@@ -59,7 +59,9 @@ def test_render_page_draws_markers_tag_boxes_and_bubbles():
 @pytest.mark.skipif(not PDF.is_file(), reason="official PDF ../shared/forms/C.HASIL-PPWP-2024.pdf is absent")
 @pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) not installed")
 def test_rendered_boxes_sit_where_the_official_pdf_has_them(tmp_path):
-    """Align each box of our rendering with the official page: offsets below 0.8 mm (page 2 boxes carry a grey inner frame)."""
+    """Align each box of our rendering with the official page: offsets below 0.8 mm.
+
+    (Page 2 boxes carry a grey inner frame that shifts the correlation a little.)"""
     for n, page in load_form().pages.items():
         ours = render_page(page, px_per_mm=S, guides=False, clutter=False).astype(np.float32)
         theirs = _pdf_page(n, tmp_path).astype(np.float32)

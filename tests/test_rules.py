@@ -110,7 +110,8 @@ def test_empty_required_number_is_null_and_review():
 def test_check_tps_cross_page_rules():
     def page(n, status="ok", **vals):
         return {"page": n, "status": status, "fields": {k: {"value": v} for k, v in vals.items()}}
-    p1 = page(1, pengguna_total_jml=183, surat_digunakan=183, dpt_jml=200, pengguna_dptb_jml=2, pengguna_dpk_jml=1)
+    p1 = page(1, pengguna_total_jml=183, surat_digunakan=183, dpt_jml=200, pengguna_dptb_jml=2,
+              pengguna_dpk_jml=1)
     p2 = page(2, paslon_1=100, paslon_2=50, paslon_3=26)
     p3 = page(3, suara_sah=176, total_suara=183)
     assert check_tps([p1, p2, p3])["status"] == "ok"
