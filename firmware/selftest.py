@@ -182,7 +182,7 @@ def check_button(config: Config, *, pin_factory=None, timeout_s: float = 20.0,
     except (GPIOZeroError, OSError, RuntimeError) as exc:
         return Check("button", False, f"GPIO{config.gpio.button} tidak bisa dibuka: {exc}", SERVICE_HINT)
     try:
-        if button.is_pressed:
+        if button.is_pressed and not button.wait_for_release(timeout=2.0):
             return Check("button", False, f"tombol (GPIO{config.gpio.button}) tertekan terus",
                          "periksa kabel tombol: mungkin terhubung langsung ke GND / tombol macet")
         prompt(f"Tekan tombol kit sekarang (menunggu {timeout_s:.0f} detik) / press the button now")

@@ -1,5 +1,5 @@
 """Helpers for the provision/selftest/fleet tests: provisioned kits in tmp dirs, a page folder camera,
-a patient button presser, and a stand-in acker."""
+and a patient button presser."""
 
 from __future__ import annotations
 
@@ -70,35 +70,3 @@ class Presser:
         self._stop.set()
         self._thread.join(5)
 
-
-class Acker:
-    """Stand-in collector for the selftest: acks every readiness message it sees."""
-
-    def __init__(self, broker_url: str, *, prefix: str = "tpskit/v1"):
-        import paho.mqtt.client as mqtt
-
-        from comms.courier import parse_broker_url
-
-        self.prefix = prefix
-        self.seen: list[dict] = []
-        host, port, _ = parse_broker_url(broker_url)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-acker")
-        self.client.on_message = self._on_message
-        ready = threading.Event()
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.connect(host, port)
-        self.client.subscribe(f"{prefix}/+/+/readiness", qos=1)
-        self.client.loop_start()
-        ready.wait(5)
-
-    def _on_message(self, client, userdata, msg):
-        from comms import payloads, topics
-
-        env, raw = payloads.parse(msg.payload)
-        self.seen.append(raw)
-        ack = payloads.ack_payload([env.id], collector="test", at=time.time())
-        client.publish(topics.topic(self.prefix, env.kode_wilayah, env.tps, "ack"), ack, qos=1)
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()

@@ -9,7 +9,6 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from comms import payloads, signing
 from firmware import cli
 from firmware.power import FakeGauge
 from firmware.selftest import (
@@ -27,7 +26,26 @@ from firmware.selftest import (
 )
 from inference.digits import DEFAULT_MODEL
 from tests.broker import free_port
-from tests.selftest_helpers import Acker, Presser, make_kit, page_photos
+from tests.selftest_helpers import Presser, make_kit, page_photos
+
+
+def _collector(tmp_path, broker):
+    from comms.collector import Collector
+
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"version": 1, "kits": {}}\n')
+    collector = Collector(broker_url=broker.url, db_path=tmp_path / "collector.db", registry=registry)
+    return collector, registry
+
+
+def _latest_readiness(db) -> dict:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return json.loads(con.execute("SELECT body FROM kit_readiness").fetchone()[0])
+    finally:
+        con.close()
 
 
 @pytest.fixture
@@ -105,13 +123,15 @@ def _report(capsys) -> dict:
 def test_failing_camera_is_not_ready(tmp_path, factory, mosquitto, capsys):
     empty = tmp_path / "no-photos"
     empty.mkdir()
-    acker = Acker(mosquitto.url)
+    collector, registry = _collector(tmp_path, mosquitto)
+    conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=empty, registry=registry)
+    collector.start()
     try:
-        conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=empty)
+        assert collector.connected.wait(10)
         with Presser(factory, conf.gpio.button):
             rc = _selftest(tmp_path / "kit" / "config.toml", "--skip", "model")
     finally:
-        acker.close()
+        collector.stop()
     rep = _report(capsys)
     assert rc == 1 and not rep["ready"]
     assert rep["failing"] == ["camera"]
@@ -120,8 +140,9 @@ def test_failing_camera_is_not_ready(tmp_path, factory, mosquitto, capsys):
     # the collector acked the test message; the readiness was published too
     assert next(c for c in rep["checks"] if c["name"] == "collector")["ok"]
     assert rep["readiness_message"]["state"] == "acked"
-    assert acker.seen[-1]["body"]["ready"] is False
-    assert acker.seen[-1]["body"]["failing"][0]["name"] == "camera"
+    body = _latest_readiness(tmp_path / "collector.db")  # stored by the reference collector
+    assert body["ready"] is False and body["trigger"] == "selftest"
+    assert body["failing"][0]["name"] == "camera"
 
 
 def test_missing_model_is_not_ready(tmp_path, factory, photos, capsys):
@@ -161,17 +182,19 @@ def test_text_verdict_names_what_to_fix(tmp_path, factory, photos, capsys):
 
 @pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="digit model not committed yet")
 def test_everything_ready(tmp_path, factory, photos, mosquitto, capsys):
-    acker = Acker(mosquitto.url)
+    collector, registry = _collector(tmp_path, mosquitto)
+    make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=photos, registry=registry)
+    collector.start()
     try:
-        conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=photos)
-        with Presser(factory, conf.gpio.button):
+        assert collector.connected.wait(10)
+        with Presser(factory, 17):
             rc = _selftest(tmp_path / "kit" / "config.toml")
     finally:
-        acker.close()
+        collector.stop()
     rep = _report(capsys)
     assert rep["failing"] == [] and rc == 0, rep
-    key = signing.load_private_key(conf.signing_key_path)
-    assert payloads.verify(key.verify_key, acker.seen[-1]) and acker.seen[-1]["body"]["ready"] is True
+    assert rep["readiness_message"]["state"] == "acked"
+    assert _latest_readiness(tmp_path / "collector.db")["ready"] is True
 
 
 def test_boot_report_uses_last_selftest(tmp_path):
