@@ -527,7 +527,11 @@ def _annotate(r: PageReading, ppm: float = 1.2) -> np.ndarray:
         y1 = int((f.boxes[-1].y + f.boxes[-1].h) * ppm)
         cv2.rectangle(img, (x0 - 2, y0 - 2), (x1 + 2, y1 + 2), col, 2)
         text = f"{'-' if info['value'] is None else info['value']} {info['confidence']:.2f}"
-        cv2.putText(img, text, (x0, max(10, y0 - 4)), font, 0.4, col, 1, cv2.LINE_AA)
+        if x1 - x0 < 40 * ppm:  # narrow (row sums): write to the left, centred on the boxes
+            (tw, th), _ = cv2.getTextSize(text, font, 0.35, 1)
+            cv2.putText(img, text, (x0 - tw - 4, (y0 + y1 + th) // 2), font, 0.35, col, 1, cv2.LINE_AA)
+        else:
+            cv2.putText(img, text, (x0, max(10, y0 - 4)), font, 0.4, col, 1, cv2.LINE_AA)
     cv2.putText(
         img,
         f"{page.form} hal. {page.page}: {r.status.upper()}",

@@ -267,7 +267,7 @@ _COND = {  # wobble, rotation sd (deg), light, shadow p, glare p, blur sigma (mm
     "field": dict(
         persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92)
     ),
-    "hard": dict(persp=0.025, rot=4.0, light=0.3, shadow=0.6, glare=0.35, blur=0.16, noise=5.0, q=(70, 85)),
+    "hard": dict(persp=0.018, rot=2.5, light=0.3, shadow=0.6, glare=0.35, blur=0.16, noise=5.0, q=(70, 85)),
 }
 
 
@@ -279,7 +279,7 @@ def page_homography(
     persp: float,
     rot_deg: float,
     upside_down: bool,
-    fill: float = 0.93,
+    fill: float = 0.92,
     shift: tuple[float, float] = (0, 0),
 ) -> np.ndarray:
     """Page mm -> photo px: page turned to lie along the sensor's long side, wobbled."""
@@ -478,7 +478,7 @@ def make_sample(
     pages, bubbles, rule = tps if tps is not None else make_tps(np.random.default_rng(seed + 7), slip=slip)
     written = dict(pages[page_no])
     bub = {k: v for k, v in bubbles.items() if k in page.by_name}
-    ppm_photo = min(SENSOR[0] * scale / page.size_mm[1], SENSOR[1] * scale / page.size_mm[0]) * 0.93
+    ppm_photo = min(SENSOR[0] * scale / page.size_mm[1], SENSOR[1] * scale / page.size_mm[0]) * 0.92
     src = min(8.0, max(2.0, ppm_photo * 1.3))
     img = fill_page(page, written, px_per_mm=src, rng=rng, bubbles=bub)
     if spoiled:

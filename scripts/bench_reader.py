@@ -7,7 +7,7 @@ fully correct, pages auto-accepted (ok), silent errors (ok with any number wrong
 photos refused, ms per page by step (one core), peak memory; and, on a subset of the same pages, the baseline
 "registration + tesseract per box" (``--psm 10``, digit whitelist).
 
-Usage: ``nice python scripts/bench_reader.py --tps 300 [--scale 0.75] [--baseline-pages 60] [--json]``
+Usage: ``nice python scripts/bench_reader.py --tps 300 [--scale 0.75] [--baseline-pages 30] [--json]``
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tps", type=int, default=300, help="number of generated TPS (3 pages each)")
     ap.add_argument("--scale", type=float, default=0.75, help="sensor scale (1.0 = 4608x2592, ~4 px/mm)")
     ap.add_argument("--seed", type=int, default=2024)
-    ap.add_argument("--baseline-pages", type=int, default=60, help="pages also read by tesseract (0 = none)")
+    ap.add_argument("--baseline-pages", type=int, default=30, help="pages also read by tesseract (0 = none)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--model", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
           for k, v in steps.items()}
     result = {
         "tps": args.tps, "pages": len(pages), "scale": args.scale,
-        "px_per_mm": round(min(4608 * args.scale / 900, 2592 * args.scale / 600) * 0.93, 2),
+        "px_per_mm": round(min(4608 * args.scale / 900, 2592 * args.scale / 600) * 0.92, 2),
         "model": getattr(reader.classifier, "version", "?"),
         "pages_fully_correct_pct": share(sum(not p["wrong"] for p in normal), len(normal)),
         "pages_ok_pct_no_slip": share(sum(p["status"] == "ok" for p in normal_noslip), len(normal_noslip)),
