@@ -457,10 +457,8 @@ def _sample_digits(classifier) -> tuple[int, int]:
     crops, truth = [], []
     for _ in range(2):
         for d in range(10):
-            ink = handwriting.render_digit(d, height_px=40, rng=rng)
-            crop = np.full((ink.shape[0] + 16, ink.shape[1] + 16), 250, np.uint8)
-            crop[8:8 + ink.shape[0], 8:8 + ink.shape[1]] = (250 * (1.0 - np.clip(ink, 0, 1))).astype(np.uint8)
-            crops.append(crop)
+            ink = handwriting.render_digit(d, height_px=48, rng=rng)
+            crops.append(handwriting.render_box(ink, px_per_mm=4.0, rng=rng, cut_mm=(1.0, 1.0, 1.0, 1.0)))
             truth.append(d)
     labels, _ = classifier.classify(crops)
     return int(sum(int(a) == b for a, b in zip(labels, truth, strict=True))), len(truth)
@@ -469,10 +467,9 @@ def _sample_digits(classifier) -> tuple[int, int]:
 def _sample_page(classifier) -> tuple[bool, str]:
     """Read the built-in sample page (inference.synth, fixed seed) and compare with what was written."""
     from inference.reader import PageReader
-
     from inference.synth import make_sample
 
-    sample = make_sample(SAMPLE_SEED, 1, condition="clean", scale=0.5)
+    sample = make_sample(SAMPLE_SEED, 1, condition="clean", scale=0.6)
     reading = PageReader(classifier=classifier).read(sample.image)
     got = reading.to_dict()
     fields = got.get("fields") or got.get("values") or {}
