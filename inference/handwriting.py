@@ -364,12 +364,33 @@ def render_number(value: int, n_boxes: int, *, height_px: int, rng: np.random.Ge
 BOX_MM = 19.0
 _GUIDE_PITCH = (2.07, 1.67)
 _GUIDE_DOTS = tuple((c, r) for c in range(5) for r in range(9) if c % 2 == 0 or r in (0, 4, 8))
+GUIDES = ("official", "outline")
+
+
+def _guide_dots(kind: str) -> list[tuple[float, float, float]]:
+    """(x_mm, y_mm, dot_mm) of a writing guide, relative to the inner box's top-left corner."""
+    if kind == "official":
+        gx0 = (BOX_MM - 4 * _GUIDE_PITCH[0]) / 2
+        gy0 = (BOX_MM - 8 * _GUIDE_PITCH[1]) / 2
+        return [(gx0 + c * _GUIDE_PITCH[0], gy0 + r * _GUIDE_PITCH[1], 0.7) for c, r in _GUIDE_DOTS]
+    if kind == "outline":
+        x0, x1 = 0.28 * BOX_MM, 0.72 * BOX_MM
+        y0, ym, y1 = 0.17 * BOX_MM, 0.5 * BOX_MM, 0.83 * BOX_MM
+        segs = [((x0, y0), (x1, y0)), ((x0, ym), (x1, ym)), ((x0, y1), (x1, y1)), ((x0, y0), (x0, ym)),
+                ((x1, y0), (x1, ym)), ((x0, ym), (x0, y1)), ((x1, ym), (x1, y1))]
+        pts = []
+        step = BOX_MM / 14
+        for (ax, ay), (bx, by) in segs:
+            n = max(2, int(np.hypot(bx - ax, by - ay) / step))
+            pts += [(ax + (bx - ax) * k / n, ay + (by - ay) * k / n, 0.44) for k in range(n + 1)]
+        return pts
+    raise ValueError(f"unknown guide {kind!r}; choose one of {GUIDES}")
 
 
 def render_box(content: np.ndarray | None, *, px_per_mm: float, rng: np.random.Generator,
                height_mm: float = 12.0, center_mm: tuple[float, float] = (0.0, 0.0),
-               ink_darkness: float = 0.75, guide: bool = True, neighbours: bool = True, light: float = 0.2,
-               blur_px: float = 0.5, noise: float = 3.0, jpeg_quality: int = 85,
+               ink_darkness: float = 0.75, guide: bool | str = True, neighbours: bool = True,
+               light: float = 0.2, blur_px: float = 0.5, noise: float = 3.0, jpeg_quality: int = 85,
                cut_mm: tuple[float, float, float, float] | None = None,
                angle_deg: float = 0.0, spill: np.ndarray | None = None) -> np.ndarray:
     """A photographed box crop (uint8 gray, dark ink on light paper) like the page reader cuts.
@@ -405,14 +426,13 @@ def render_box(content: np.ndarray | None, *, px_per_mm: float, rng: np.random.G
                 rect(x0 - off, -off, x0 + BOX_MM + off, BOX_MM + off)
     if guide:
         g_dark = float(rng.uniform(0.1, 0.28))
-        gw = 4 * _GUIDE_PITCH[0]
-        gh = 8 * _GUIDE_PITCH[1]
-        gx0, gy0 = (BOX_MM - gw) / 2, (BOX_MM - gh) / 2
-        d = 0.7 * r / 2
-        for cx, cy in _GUIDE_DOTS:
-            x = c0 + (gx0 + cx * _GUIDE_PITCH[0]) * r
-            y = c0 + (gy0 + cy * _GUIDE_PITCH[1]) * r
-            cv2.rectangle(img, (int(x - d), int(y - d)), (int(x + d), int(y + d)), 1.0 - g_dark, -1)
+        for x, y, d in _guide_dots("official" if guide is True else str(guide)):
+            px, py, dd = c0 + x * r, c0 + y * r, max(0.5, d * r / 2)
+            if d >= 0.6:  # square dots (official form)
+                p0, p1 = (int(px - dd), int(py - dd)), (int(px + dd), int(py + dd))
+                cv2.rectangle(img, p0, p1, 1.0 - g_dark, -1)
+            else:
+                cv2.circle(img, (int(px), int(py)), int(round(dd)), 1.0 - g_dark, -1, cv2.LINE_AA)
 
     def place(cov: np.ndarray, h_mm: float, cx_mm: float, cy_mm: float, darkness: float) -> None:
         h_px = max(2, int(round(h_mm * r)))

