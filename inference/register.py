@@ -37,7 +37,8 @@ REASONS = {
     "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
     "covered": "Sebagian formulir tertutup (tangan atau benda lain). Singkirkan, lalu foto ulang.",
     "unknown_form": "Formulir ini tidak dikenal. Gunakan formulir C.HASIL resmi dengan kode halaman.",
-    "no_form": ("Formulir C.HASIL atau kode halamannya (kotak hitam-putih di kanan atas) tidak terlihat di foto. "
+    "no_form": ("Formulir C.HASIL atau kode halamannya (kotak hitam-putih di kanan atas) tidak terlihat "
+                "di foto. "
                 "Letakkan seluruh formulir di alas kamera, lalu foto ulang."),
     "low_resolution": "Formulir terlalu kecil di foto. Periksa tinggi kamera pada alas, lalu foto ulang.",
     "not_an_image": "Berkas ini bukan foto yang bisa dibaca. Foto ulang.",
