@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow a state dir under /tmp or /run (tests and demos only: lost at reboot)")
     p.add_argument("--service-user", default="tpskit", help="owner of the key when run as root")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    batch = p.add_argument_group("a regency prepares many kits at once (no kit needed)")
+    batch.add_argument("--prepare", metavar="CSV",
+                       help="CSV kode_wilayah,tps[,dpt][,kit_id]: write one --from file per kit, broker "
+                            "passwords and ACL into --out-dir (with --broker, optional --ca-file)")
+    batch.add_argument("--out-dir", help="output directory for --prepare")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         read_request_file,
     )
 
+    if args.prepare:
+        return _prepare(args)
     try:
         values = read_request_file(args.from_file) if args.from_file else {}
         for name in ("kode_wilayah", "tps", "broker", "username", "password_file", "ca_file", "dpt", "kit_id",
@@ -92,4 +99,28 @@ def run(args: argparse.Namespace) -> int:
     if args.registry:
         print(f"  ditambahkan ke registry / added to: {args.registry}")
     print("Langkah berikut / next: tpskit calibrate, lalu tpskit selftest")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from firmware.provision import ProvisionError, prepare_batch
+
+    if not args.broker or not args.out_dir:
+        print("tpskit provision --prepare: perlu --broker dan --out-dir / needs --broker and --out-dir",
+              file=sys.stderr)
+        return 2
+    try:
+        kits = prepare_batch(args.prepare, broker=args.broker, out_dir=args.out_dir, ca_file=args.ca_file)
+    except (ProvisionError, OSError) as exc:
+        print(f"tpskit provision: GAGAL / FAILED: {exc}", file=sys.stderr)
+        return 2
+    new = sum(k.created for k in kits)
+    if args.json:
+        print(json.dumps([{"kit_id": k.kit_id, "kode_wilayah": k.kode_wilayah, "tps": k.tps, "dpt": k.dpt,
+                           "file": str(k.path), "created": k.created} for k in kits], indent=2))
+        return 0
+    print(f"{len(kits)} kit ({new} baru) di {args.out_dir}/kits/ — satu file per kit untuk "
+          "'tpskit provision --from FILE'")
+    print(f"  broker: mosquitto_passwd -U {args.out_dir}/mosquitto-passwords.txt ; "
+          f"acl_file {args.out_dir}/mosquitto-acl.conf")
     return 0

@@ -427,3 +427,103 @@ def export_public(result: ProvisionResult, directory: Path | str) -> Path:
     path = directory / f"{result.kit_id}.csv"
     write_atomic(path, "kit_id,public_key,kode_wilayah,tps\n" + result.registry_csv + "\n", mode=0o644)
     return path
+
+
+# --- a regency prepares hundreds of kits at once ------------------------------------------------------
+
+@dataclass
+class PreparedKit:
+    kit_id: str
+    kode_wilayah: str
+    tps: int
+    dpt: int | None
+    username: str
+    path: Path
+    created: bool
+
+
+def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
+                  ca_file: Path | str | None = None,
+                  topic_prefix: str | None = None) -> list[PreparedKit]:
+    """From a spreadsheet (CSV: ``kode_wilayah,tps[,dpt][,kit_id]``) write one provisioning file per kit.
+
+    Writes ``<out_dir>/kits/<kit_id>.toml`` (0600, with a generated MQTT password; for
+    ``tpskit provision --from``), ``mosquitto-passwords.txt`` (``user:password`` lines for
+    ``mosquitto_passwd -U``), ``mosquitto-acl.conf`` (each kit may publish only under its own TPS) and
+    ``kits.csv`` (no passwords). Every row is checked first; one bad row refuses the whole batch, naming
+    each bad row. Re-running keeps existing kits' passwords and only adds new kits.
+    """
+    import csv
+    import secrets
+
+    from comms.topics import DEFAULT_PREFIX, acl_for_kit
+
+    csv_path, out_dir = Path(csv_path), Path(out_dir)
+    broker = validate_broker(broker)
+    try:
+        rows = list(csv.DictReader(csv_path.read_text(encoding="utf-8-sig").splitlines()))
+    except OSError as exc:
+        raise ProvisionError(f"daftar TPS {csv_path} tidak bisa dibaca ({exc})") from None
+    if not rows or "kode_wilayah" not in rows[0] or "tps" not in rows[0]:
+        raise ProvisionError(f"{csv_path}: baris pertama harus kepala kolom kode_wilayah,tps[,dpt][,kit_id] "
+                             "/ the first line must be the header kode_wilayah,tps[,dpt][,kit_id]")
+    errors: list[str] = []
+    kits: list[tuple[str, str, int, int | None]] = []
+    seen_tps: dict[tuple[str, int], int] = {}
+    seen_ids: dict[str, int] = {}
+    for n, row in enumerate(rows, start=2):
+        try:
+            kode = validate_kode_wilayah(row.get("kode_wilayah") or "")
+            tps = validate_tps(row.get("tps") or "")
+            dpt = validate_dpt(row.get("dpt"))
+            kit_id = validate_kit_id(row["kit_id"]) if row.get("kit_id") else default_kit_id(kode, tps)
+        except ProvisionError as exc:
+            errors.append(f"baris {n}: {exc}")
+            continue
+        if (kode, tps) in seen_tps:
+            errors.append(f"baris {n}: {kode} TPS {tps} sudah ada di baris {seen_tps[(kode, tps)]}")
+            continue
+        if kit_id in seen_ids:
+            errors.append(f"baris {n}: kit_id {kit_id} sudah ada di baris {seen_ids[kit_id]}")
+            continue
+        seen_tps[(kode, tps)] = n
+        seen_ids[kit_id] = n
+        kits.append((kit_id, kode, tps, dpt))
+    if errors:
+        raise ProvisionError(f"{csv_path}: {len(errors)} baris salah, tidak ada yang ditulis:\n  "
+                             + "\n  ".join(errors))
+    kit_dir = out_dir / "kits"
+    kit_dir.mkdir(parents=True, exist_ok=True)
+    prefix = topic_prefix or DEFAULT_PREFIX
+    prepared: list[PreparedKit] = []
+    passwords: list[str] = []
+    acl: list[str] = ["# tpskit: each kit publishes only under its own TPS and reads only its acks"]
+    for kit_id, kode, tps, dpt in kits:
+        path = kit_dir / f"{kit_id}.toml"
+        password = None
+        if path.exists():
+            try:
+                old = tomllib.loads(path.read_text(encoding="utf-8"))
+                password = old.get("password")
+            except (OSError, tomllib.TOMLDecodeError):
+                password = None
+        created = password is None
+        password = password or secrets.token_urlsafe(18)
+        data = {"kode_wilayah": kode, "tps": tps, "dpt": dpt, "kit_id": kit_id, "broker": broker,
+                "username": kit_id, "password": password,
+                "ca_file": str(ca_file) if ca_file else None, "topic_prefix": topic_prefix}
+        text = dumps(data, header=f"tpskit provisioning file for {kit_id} ({kode} TPS {tps}).\n"
+                                  "Secret: keep on the technician's USB stick only; "
+                                  f"on the kit run: sudo tpskit provision --from {path.name}")
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            write_atomic(path, text, mode=0o600)
+        passwords.append(f"{kit_id}:{password}")
+        acl.append(acl_for_kit(prefix, kit_id, kode, tps).rstrip("\n"))
+        prepared.append(PreparedKit(kit_id, kode, tps, dpt, kit_id, path, created))
+    write_atomic(out_dir / "mosquitto-passwords.txt", "\n".join(passwords) + "\n", mode=0o600)
+    write_atomic(out_dir / "mosquitto-acl.conf", "\n\n".join(acl) + "\n", mode=0o644)
+    summary = ["kit_id,kode_wilayah,tps,dpt,username"]
+    summary += [f"{k.kit_id},{k.kode_wilayah},{k.tps},{'' if k.dpt is None else k.dpt},{k.username}"
+                for k in prepared]
+    write_atomic(out_dir / "kits.csv", "\n".join(summary) + "\n", mode=0o644)
+    return prepared

@@ -208,3 +208,52 @@ def test_library_call_validates(env):
         provision(ProvisionRequest(kode_wilayah="31.71.01.1001", tps=1000, broker="mqtt://h:1"),
                   config_out=env["conf"], volatile_ok=True)
     assert not env["conf"].exists()
+
+
+def test_prepare_many_kits_from_a_spreadsheet(tmp_path, capsys):
+    sheet = tmp_path / "tps.csv"
+    sheet.write_text("kode_wilayah,tps,dpt\n31.71.01.1001,1,280\n31.71.01.1001,2,\n32.73.05.1002,12,250\n")
+    out = tmp_path / "usb"
+    assert cli.main(["provision", "--prepare", str(sheet), "--broker", "mqtts://mqtt.kpu.example:8883",
+                     "--out-dir", str(out), "--json"]) == 0
+    kits = json.loads(capsys.readouterr().out)
+    assert [k["kit_id"] for k in kits] == ["kit-3171011001-001", "kit-3171011001-002", "kit-3273051002-012"]
+    files = sorted((out / "kits").iterdir())
+    assert len(files) == 3 and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    passwords = (out / "mosquitto-passwords.txt").read_text().splitlines()
+    assert len(passwords) == 3 and passwords[0].startswith("kit-3171011001-001:")
+    acl = (out / "mosquitto-acl.conf").read_text()
+    assert "topic write tpskit/v1/31.71.01.1001/2/reading" in acl
+    # each file provisions a kit
+    conf_path = tmp_path / "kit" / "config.toml"
+    assert cli.main(["provision", "--from", str(files[0]), "--config-out", str(conf_path), "--state-dir",
+                     str(tmp_path / "kit" / "state"), "--volatile-ok"]) == 0
+    capsys.readouterr()
+    conf = cfg.load(conf_path)
+    assert conf.kit.tps == 1 and conf.kit.dpt == 280 and conf.mqtt.username == "kit-3171011001-001"
+    assert cfg.read_secret(conf.mqtt.password_file) == passwords[0].split(":", 1)[1]
+    # re-running adds new rows and keeps existing passwords
+    sheet.write_text(sheet.read_text() + "32.73.05.1002,13,100\n")
+    assert cli.main(["provision", "--prepare", str(sheet), "--broker", "mqtts://mqtt.kpu.example:8883",
+                     "--out-dir", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [k["created"] for k in again] == [False, False, False, True]
+    assert (out / "mosquitto-passwords.txt").read_text().splitlines()[:3] == passwords
+
+
+def test_prepare_refuses_a_sheet_with_bad_rows(tmp_path, capsys):
+    sheet = tmp_path / "tps.csv"
+    sheet.write_text("kode_wilayah,tps,dpt\n31.71.01.1001,1,280\n31.71.1.1001,2,\n31.71.01.1001,1,100\n"
+                     "32.73.05.1002,1000,\n32.73.05.1002,3,450\n")
+    out = tmp_path / "usb"
+    assert cli.main(["provision", "--prepare", str(sheet), "--broker", "mqtt://h:1883", "--out-dir",
+                     str(out)]) == 2
+    err = capsys.readouterr().err
+    for row in ("baris 3", "baris 4", "baris 5", "baris 6"):
+        assert row in err
+    assert "baris 2:" not in err and "4 baris salah" in err
+    assert not out.exists()
+    sheet.write_text("kode,tps\n31.71.01.1001,1\n")
+    assert cli.main(["provision", "--prepare", str(sheet), "--broker", "mqtt://h:1883", "--out-dir",
+                     str(out)]) == 2
+    assert "kepala kolom" in capsys.readouterr().err

@@ -219,3 +219,27 @@ def test_boot_report_uses_last_selftest(tmp_path):
 
     courier = FakeCourier()
     assert publish_readiness(courier, rep) == "id-1" and courier.sent[0][0] == "readiness"
+
+
+def test_broker_check_uses_the_kits_credentials(tmp_path, mosquitto_factory):
+    import os
+    import shutil
+    import subprocess
+
+    from firmware.selftest import check_broker
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd not installed")
+    pw = tmp_path / "passwd"
+    pw.write_text("user-5:rahasia\n")
+    subprocess.run(["mosquitto_passwd", "-U", str(pw)], check=True)
+    pw.chmod(0o644)
+    # the test broker runs as root here: keep root so it can read the file under pytest's 0700 tmp dir
+    user = "user root\n" if os.geteuid() == 0 else ""
+    broker = mosquitto_factory(extra_conf=f"{user}password_file {pw}\n")
+    conf = make_kit(tmp_path / "kit", broker_url=broker.url)
+    ok = check_broker(conf, timeout_s=5)
+    assert ok.ok, ok.detail
+    conf.mqtt.password_file.write_text("salah\n")  # a wrong password in the kit's credential file
+    bad = check_broker(conf, timeout_s=5)
+    assert not bad.ok and "menolak" in bad.detail and "password" in bad.fix
