@@ -283,6 +283,12 @@ def cmd_make_inputs(args) -> int:
     crops, truth = _digit_crops(np.random.default_rng(DIGIT_SEED))
     arrays = {f"c{i:03d}": c for i, c in enumerate(crops)}
     np.savez_compressed(out / "digits.npz", truth=np.array(truth), **arrays)
+    try:  # the model's input as x86 computes it: arm64 runs the interpreter on exactly this tensor too
+        from inference.digits import preprocess_batch
+
+        np.save(out / "digits_input_x86.npy", preprocess_batch(crops))
+    except ImportError as exc:
+        print(f"probe: no preprocess_batch ({exc}): same-input check skipped", file=sys.stderr)
     pages = _pages(out)
     print(f"  {len(crops)} digit crops, {len(pages)} page(s) in {out}")
     return 0
@@ -300,31 +306,47 @@ def cmd_run(args) -> int:
     names = sorted(k for k in data.files if k.startswith("c"))
     crops = [data[k] for k in names]
     truth = data["truth"].tolist()
-    clf = DigitClassifier.load()
+    clf = DigitClassifier.load(args.model)
     labels, probs = clf.classify(crops)
     result["digits"] = {
         "model": clf.version, "runtime": clf.runtime, "truth": truth, "labels": labels.tolist(),
         "probs": np.round(probs.astype(np.float64), 6).tolist(),
         "accuracy": round(float(np.mean(labels == np.array(truth))), 4),
     }
+    # Diagnostics: this architecture's preprocessing (saved for `summary`, not compared value by value), and
+    # the interpreter alone on x86's model input: any difference there is LiteRT's, not OpenCV's.
+    try:
+        from inference.digits import preprocess_batch
+
+        np.save(Path(args.out).with_suffix(".input.npy"), preprocess_batch(crops))
+    except ImportError:
+        pass
+    same_input = inputs / "digits_input_x86.npy"
+    if same_input.exists() and hasattr(clf, "logits"):
+        logits = clf.logits(np.load(same_input))
+        result["digits"]["same_input"] = {"labels": logits.argmax(axis=1).tolist(),
+                                          "logits": np.round(logits.astype(np.float64), 6).tolist()}
     rc = 0
-    pages = sorted(p.name for p in inputs.iterdir()
-                   if p.name.startswith("page") and p.suffix in (".jpg", ".png"))
-    if pages:
-        cmd = [args.tpskit, "read", "--json", *pages]
+    truth_file = inputs / "pages_truth.json"
+    page_truth = json.loads(truth_file.read_text()) if truth_file.exists() else {}
+    if page_truth:
+        result["pages"]["truth"] = page_truth
+    # The first three pages are one TPS (read with --tps: cross-page checks); the others one by one.
+    names = sorted(page_truth)
+    groups = [["--tps", *names[:3]], names[3:]] if len(names) > 3 else [names]
+    for group in (g for g in groups if g):
+        cmd = [args.tpskit, "read", "--json", *group] + (["--model", args.model] if args.model else [])
         proc = subprocess.run(cmd, cwd=inputs, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
-        result["pages"] = {"cmd": " ".join(cmd[1:]), "exit": proc.returncode}
+        key = " ".join(["read", "--json", *group])
         try:
-            result["pages"]["output"] = json.loads(proc.stdout)
+            lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.strip()]
         except json.JSONDecodeError:
-            result["pages"]["output"] = None
-            result["pages"]["stderr"] = proc.stderr[-2000:]
-            print(f"probe: `tpskit read --json` printed no JSON (exit {proc.returncode}):", file=sys.stderr)
-            print(proc.stderr[-2000:], file=sys.stderr)
+            lines = None
+        result["pages"][key] = {"exit": proc.returncode, "output": lines}
+        if lines is None or proc.returncode != 0:
+            print(f"probe: `tpskit {key}` failed (exit {proc.returncode}):", file=sys.stderr)
+            print(proc.stdout[-1000:], proc.stderr[-2000:], file=sys.stderr)
             rc = 1
-        truth_file = inputs / "pages_truth.json"
-        if truth_file.exists():
-            result["pages"]["truth"] = json.loads(truth_file.read_text())
     Path(args.out).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     return rc
 
@@ -336,12 +358,31 @@ def cmd_summary(args) -> int:
         d = r.get("digits", {})
         line = f"  {name:6} digits: {len(d.get('labels', []))} crops, accuracy {d.get('accuracy')} " \
                f"(model {d.get('model')}, {d.get('runtime')})"
-        out = (r.get("pages") or {}).get("output")
-        if out is not None:
-            items = out if isinstance(out, list) else out.get("pages", [out]) if isinstance(out, dict) else []
-            statuses = [str(p.get("status")) for p in items if isinstance(p, dict)]
-            line += f"; pages: {', '.join(statuses) or '?'}"
+        statuses = [str(item.get("status")) for key, v in (r.get("pages") or {}).items() if key != "truth"
+                    for item in (v.get("output") or []) if isinstance(item, dict) and "status" in item]
+        if statuses:
+            line += f"; pages: {', '.join(statuses)}"
         print(line)
+    ra, rb = (json.loads(Path(p).read_text()).get("digits", {}) for p in (args.x86, args.arm64))
+    for i, (la, lb) in enumerate(zip(ra.get("labels", []), rb.get("labels", []), strict=False)):
+        if la != lb:
+            pa, pb = ra["probs"][i], rb["probs"][i]
+            print(f"  crop {i} (truth {ra['truth'][i]}): x86 {la} (p={pa[la]:.3f}, {lb}: {pa[lb]:.3f}), "
+                  f"arm64 {lb} (p={pb[lb]:.3f}, {la}: {pb[la]:.3f})")
+    sa, sb = ra.get("same_input"), rb.get("same_input")
+    if sa and sb:
+        ok = sa == sb
+        print(f"  LiteRT on the same input tensor: {'identical logits' if ok else 'DIFFERENT logits'}")
+    try:
+        import numpy as np
+
+        xa, xb = (np.load(Path(p).with_suffix(".input.npy")) for p in (args.x86, args.arm64))
+        d = np.abs(xa - xb).reshape(len(xa), -1).max(axis=1)
+        same = int((d == 0).sum())
+        print(f"  model input (preprocessing, OpenCV/NumPy): identical for {same}/{len(d)} crops"
+              + (f", max |diff| {d.max():.4f}" if d.max() > 0 else ""))
+    except (OSError, ValueError, ImportError):
+        pass
     return 0
 
 
@@ -442,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("dir")
     s.add_argument("out")
     s.add_argument("--tpskit", default="tpskit")
+    s.add_argument("--model", help="digit model (default: the one shipped in the package)")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("summary")
     s.add_argument("x86")
