@@ -1,0 +1,66 @@
+"""Low battery through the fuel gauge, end to end with the Kit: the write in progress finishes, STOPPING=1
+goes to a real notify socket, the exit code asks systemd to power off, nothing is lost, the kit starts again."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from firmware import app
+from firmware.notify import SystemdNotifier
+from firmware.power import EXIT_POWEROFF, BatteryMonitor, FakeGauge
+from tests.kit_helpers import KitHarness, StubReader, make_config, write_photo
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_photo(folder / "01.jpg", 220)
+    return folder
+
+
+def test_critical_gauge_level_finishes_write_then_powers_off(tmp_path, photos, monkeypatch):
+    monkeypatch.setattr(app, "BATTERY_POLL_S", 0.05)
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.2)
+    power = {"fuel_gauge": "max17040", "warn_percent": 15, "critical_percent": 5, "shutdown_command": ["true"]}
+    cfg = make_config(tmp_path / "state", photos, power=power)
+    gauge = FakeGauge(60)
+    powered_off = threading.Event()
+    try:
+        battery = BatteryMonitor(cfg.power, gauge=gauge)
+        with KitHarness(cfg, battery=battery, notifier=SystemdNotifier(socket_path=sock_path),
+                        power_off=powered_off.set, reader=StubReader(delay_s=0.5)) as h:
+            h.press()
+            time.sleep(0.15)  # the capture is being read
+            gauge.value = 3.0  # the battery collapses mid-write
+            assert h.verdict().pattern == "ok"  # the write in progress is finished first
+            deadline = time.monotonic() + 10
+            while h.rc is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert h.rc == EXIT_POWEROFF and powered_off.is_set()
+        assert h.store.counts()["total"] == 1 and h.store.integrity_ok()
+        msgs = []
+        while True:
+            try:
+                msgs.append(server.recv(4096).decode())
+            except TimeoutError:
+                break
+        assert any(m.startswith("READY=1") for m in msgs)
+        assert any(m.startswith("STOPPING=1") for m in msgs)
+        assert any("Baterai" in m for m in h.messages)
+
+        # power returns: the kit starts again by itself (systemd) with its data intact
+        gauge.value = 80.0
+        with KitHarness(cfg, battery=BatteryMonitor(cfg.power, gauge=gauge)) as h2:
+            assert h2.kit.state == "ready"
+            assert h2.store.counts()["total"] == 1
+        assert h2.rc == 0
+    finally:
+        server.close()
