@@ -1,5 +1,5 @@
 """Low battery through the fuel gauge, end to end with the Kit: the write in progress finishes, STOPPING=1
-goes to a real notify socket, the exit code asks systemd to power off, nothing is lost, the kit starts again."""
+goes to a real notify socket, the exit code asks systemd to power off, nothing is lost, it starts again."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ def test_critical_gauge_level_finishes_write_then_powers_off(tmp_path, photos, m
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(sock_path)
     server.settimeout(0.2)
-    power = {"fuel_gauge": "max17040", "warn_percent": 15, "critical_percent": 5, "shutdown_command": ["true"]}
+    power = {"fuel_gauge": "max17040", "warn_percent": 15, "critical_percent": 5,
+             "shutdown_command": ["true"]}
     cfg = make_config(tmp_path / "state", photos, power=power)
     gauge = FakeGauge(60)
     powered_off = threading.Event()
