@@ -243,3 +243,31 @@ def test_broker_check_uses_the_kits_credentials(tmp_path, mosquitto_factory):
     conf.mqtt.password_file.write_text("salah\n")  # a wrong password in the kit's credential file
     bad = check_broker(conf, timeout_s=5)
     assert not bad.ok and "menolak" in bad.detail and "password" in bad.fix
+
+
+def test_boot_readiness_reaches_the_collector(tmp_path, mosquitto):
+    """What the Kit does once READY: boot_report() + publish_readiness() through its real Courier."""
+    from comms.courier import Courier
+    from comms.outbox import Outbox
+
+    collector, registry = _collector(tmp_path, mosquitto)
+    conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, registry=registry)
+    save_report(conf, Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
+                             [Check("camera", True, "ok")]))
+    collector.start()
+    courier = Courier.from_config(conf, password="rahasia")
+    try:
+        assert collector.connected.wait(10)
+        courier.start()
+        msg_id = publish_readiness(courier, boot_report(conf))
+        box = Outbox(conf.db_path)
+        deadline = time.monotonic() + 15
+        while box.state_of(msg_id) != "acked" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert box.state_of(msg_id) == "acked"
+        box.close()
+    finally:
+        courier.close()
+        collector.stop()
+    body = _latest_readiness(tmp_path / "collector.db")
+    assert body["trigger"] == "boot" and body["ready"] is True and body["checks"]["selftest"] == "ok"
