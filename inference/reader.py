@@ -33,7 +33,8 @@ MIN_RULE_SUPPORT = 0.2  # P(the page's rules hold | digits) below this: a slip o
 CANDIDATE_MIN_P = 1e-5
 MAX_CANDIDATES = 6
 BEAM = 256
-BUBBLE_ERROR = 0.01  # chance that a clearly read bubble column disagrees with what the KPPS meant
+BUBBLE_ERROR = 0.01
+BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it  # chance that a clearly read bubble column disagrees with what the KPPS meant
 
 MESSAGES = {
     "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
@@ -273,6 +274,24 @@ def _box_visible(crop: np.ndarray, ppm: float) -> tuple[bool, bool]:
     return visible >= 3, glare
 
 
+def ink_extent_mm(crop: np.ndarray, ppm: float) -> float:
+    """Longest side (mm) of the largest dark mark inside a box crop, printed border and faint guide excluded.
+
+    Blank boxes measure 0 (guide dots are light and tiny); any handwriting, X or dash measures millimetres."""
+    c = crop.astype(np.float32)
+    inset = int(round((CROP_MARGIN_MM + 1.0) * ppm))
+    inner = c[inset:-inset, inset:-inset]
+    if inner.size == 0:
+        return 0.0
+    paper = float(np.percentile(inner, 90))
+    contrast = max(paper - float(np.percentile(c, 2)), 30.0)
+    mask = (inner < paper - 0.45 * contrast).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return 0.0
+    return float(np.max(np.maximum(stats[1:, 2], stats[1:, 3]))) / ppm
+
+
 class PageReader:
     """Reads photos of form pages. ``classifier``: an object with ``classify(crops) -> (labels, probs)``
     (``inference.digits.DigitClassifier``); ``form``: a form id or ``Form`` (default: every known form);
@@ -377,7 +396,13 @@ class PageReader:
                 name, page.form, page.page, "retake", reasons, {}, [], timing, registration=reg, _gray=gray
             )
         labels, probs = self.classifier.classify([bc.crop for bc in crops])
-        probs = np.asarray(probs, np.float64)
+        probs = np.array(probs, np.float64)
+        labels = np.array(labels)
+        for i, bc in enumerate(crops):  # no ink at all: the box is blank, whatever the model's doubts
+            if ink_extent_mm(bc.crop, ppm) < BLANK_INK_MM:
+                probs[i] *= 1e-4
+                probs[i, EMPTY] = 1.0 - probs[i].sum() + probs[i, EMPTY]
+                labels[i] = EMPTY
         t = lap("classify", t)
         bubbles: dict[str, tuple[int | None, str]] = {}
         for f in page.fields:
