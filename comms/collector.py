@@ -31,9 +31,9 @@ log = logging.getLogger("tpskit.comms.collector")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, seq INTEGER, kind TEXT NOT NULL, digest TEXT NOT NULL,
+    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, epoch INTEGER, seq INTEGER, kind TEXT NOT NULL, digest TEXT NOT NULL,
     topic TEXT NOT NULL, created_at REAL, received_at REAL NOT NULL, payload BLOB NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_kit_seq ON messages(kit_id, seq) WHERE seq IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_kit_seq ON messages(kit_id, epoch, seq) WHERE seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS readings (
     message_id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL,
     capture_id TEXT NOT NULL, halaman INTEGER, seq INTEGER NOT NULL, taken_at REAL, time_source TEXT,
@@ -88,8 +88,9 @@ class CollectorStore:
         self.prefix = prefix.strip("/")
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
-        self.max_seq: dict[str, int] = dict(
-            self.conn.execute("SELECT kit_id, MAX(seq) FROM messages WHERE seq IS NOT NULL GROUP BY kit_id"))
+        self.max_seq: dict[tuple[str, int], int] = {
+            (k, e): s for k, e, s in self.conn.execute(
+                "SELECT kit_id, epoch, MAX(seq) FROM messages WHERE seq IS NOT NULL GROUP BY kit_id, epoch")}
 
     # --- batches --------------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -170,8 +171,8 @@ class CollectorStore:
                 return base
             return self._reject(now, topic, payload, "replayed_id", "id already stored with other content",
                                 env.kit_id, env.id)
-        other = self.conn.execute("SELECT id FROM messages WHERE kit_id = ? AND seq = ?",
-                                  (env.kit_id, env.seq)).fetchone()
+        other = self.conn.execute("SELECT id FROM messages WHERE kit_id = ? AND epoch = ? AND seq = ?",
+                                  (env.kit_id, env.epoch, env.seq)).fetchone()
         if other is not None:
             return self._reject(now, topic, payload, "replayed_seq", f"seq {env.seq} already used by {other[0]}",
                                 env.kit_id, env.id)
@@ -189,14 +190,14 @@ class CollectorStore:
             if dup is not None:
                 return self._reject(now, topic, payload, "replayed_capture",
                                     f"capture {body['capture_id']} already stored as {dup[0]}", env.kit_id, env.id)
-        prev = self.max_seq.get(env.kit_id, 0)
+        prev = self.max_seq.get((env.kit_id, env.epoch), 0)
         if env.seq > prev + 1:
             log.info("kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
                         env.kit_id, env.seq, prev)
         self.conn.execute(
-            "INSERT INTO messages (id, kit_id, seq, kind, digest, topic, created_at, received_at, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (env.id, env.kit_id, env.seq, env.kind, digest, topic, env.created_at, now, payload))
+            "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, received_at, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload))
         if env.kind == "reading":
             photo = body.get("photo") or {}
             self.conn.execute(
@@ -215,14 +216,15 @@ class CollectorStore:
                 (env.kit_id, body["capture_id"], body["index"], body["count"], body["photo_sha256"], data, env.id))
             self._maybe_assemble(env.kit_id, body["capture_id"], now)
         elif env.kind == "readiness":
-            cur = self.conn.execute("SELECT seq FROM kit_readiness WHERE kit_id = ?", (env.kit_id,)).fetchone()
-            if cur is None or (cur[0] or 0) < env.seq:
+            cur = self.conn.execute("SELECT created_at FROM kit_readiness WHERE kit_id = ?",
+                                    (env.kit_id,)).fetchone()
+            if cur is None or (cur[0] or 0) < env.created_at:
                 self.conn.execute(
                     "INSERT OR REPLACE INTO kit_readiness (kit_id, kode_wilayah, tps, message_id, seq, created_at, "
                     "received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (env.kit_id, env.kode_wilayah, env.tps, env.id, env.seq, env.created_at, now,
                      json.dumps(body, ensure_ascii=False)))
-        self.max_seq[env.kit_id] = max(prev, env.seq)
+        self.max_seq[(env.kit_id, env.epoch)] = max(prev, env.seq)
         return base
 
     def _maybe_assemble(self, kit_id: str, capture_id: str, now: float) -> None:
@@ -250,11 +252,12 @@ class CollectorStore:
 
     # --- queries --------------------------------------------------------------------------------------
     def gaps(self, kit_id: str) -> list[tuple[int, int]]:
-        """Missing sequence ranges (inclusive) below the highest seq seen from this kit."""
-        seqs = [r[0] for r in self.conn.execute(
-            "SELECT seq FROM messages WHERE kit_id = ? AND seq IS NOT NULL ORDER BY seq", (kit_id,))]
-        out, expect = [], 1
-        for s in seqs:
+        """Missing sequence ranges (inclusive) below the highest seq seen from this kit, per epoch."""
+        out, epoch, expect = [], None, 1
+        for e, s in self.conn.execute("SELECT epoch, seq FROM messages WHERE kit_id = ? AND seq IS NOT NULL "
+                                      "ORDER BY epoch, seq", (kit_id,)):
+            if e != epoch:
+                epoch, expect = e, 1
             if s > expect:
                 out.append((expect, s - 1))
             expect = s + 1

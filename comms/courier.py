@@ -115,6 +115,7 @@ class Courier:
         self._backoff = Backoff(base_s=backoff_base_s, max_s=backoff_max_s)
         self._max_bytes, self._retention_s = int(max_bytes), float(retention_s)
         self._outbox = Outbox(self.db_path, max_bytes=max_bytes, retention_s=retention_s)
+        self._epoch = self._outbox.epoch
         self._heartbeat_info = heartbeat_info
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -152,7 +153,8 @@ class Courier:
 
     def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
         return payloads.build(self._key, kind=kind, msg_id=msg_id, kit_id=self.kit_id,
-                              kode_wilayah=self.kode_wilayah, tps=self.tps, seq=seq, created_at=now, body=body)
+                              kode_wilayah=self.kode_wilayah, tps=self.tps, seq=seq, created_at=now, body=body,
+                              epoch=self._epoch if seq is not None else None)
 
     # --- API used by the firmware ----------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class Courier:
         now = time.time()
         with self._outbox.transaction() as b:
             seq = b.next_seq()
-            msg_id = f"{self.kit_id}:{kind}:{seq}"
+            msg_id = f"{self.kit_id}:{kind}:{self._epoch}:{seq}"
             b.add(msg_id=msg_id, seq=seq, kind=kind, topic=self.topic(kind), retain=True,
                   payload=self._build(kind=kind, msg_id=msg_id, seq=seq, body=dict(body), now=now),
                   priority=PRIORITY_NUMBERS, now=now)

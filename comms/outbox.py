@@ -117,12 +117,22 @@ class Outbox:
                 if_not_exists=True)
             db[COUNTERS].create({"name": str, "value": int}, pk="name", if_not_exists=True)
             self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('seq', 0)")
+            # The epoch names this outbox's sequence: a kit whose database is replaced (new SD card,
+            # re-provisioned with the same key) starts a new epoch, so its new seq 1 is not a replay.
+            self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('epoch', ?)",
+                               (time.time_ns() // 1_000_000,))
             self._conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE}(seq)")
             self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(priority, seq) "
                                "WHERE state != 'acked'")
             self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_capture ON {TABLE}(capture_id)")
             self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_acked ON {TABLE}(acked_at) "
                                "WHERE state = 'acked'")
+
+    @property
+    def epoch(self) -> int:
+        """Creation time (ms) of this outbox's sequence counter; sent with every sequenced message."""
+        with self._lock:
+            return self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'epoch'").fetchone()[0]
 
     # --- writing -------------------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ class Envelope(_Model):
     kode_wilayah: str = Field(pattern=KODE_WILAYAH_PATTERN)
     tps: int = Field(ge=1, le=999)
     seq: int | None = Field(None, ge=1, description="Per-kit sequence number of queued messages.")
+    epoch: int | None = Field(None, ge=0, description="Identifies the kit's sequence (outbox creation, ms).")
     created_at: float
     body: dict[str, Any]
     sig: str = Field(min_length=80, max_length=100, description="Base64 Ed25519 signature.")
@@ -125,10 +126,10 @@ def photo_chunk_id(kit_id: str, capture_id: str, index: int) -> str:
 # --- building (kit side) -------------------------------------------------------------------------
 
 def build(key: SigningKey, *, kind: str, msg_id: str, kit_id: str, kode_wilayah: str, tps: int,
-          seq: int | None, created_at: float, body: dict) -> bytes:
+          seq: int | None, created_at: float, body: dict, epoch: int | None = None) -> bytes:
     """Sign an envelope and return its wire bytes."""
     env = {"v": SCHEMA_VERSION, "kind": kind, "id": msg_id, "kit_id": kit_id, "kode_wilayah": kode_wilayah,
-           "tps": int(tps), "seq": seq, "created_at": float(created_at), "body": body}
+           "tps": int(tps), "seq": seq, "epoch": epoch, "created_at": float(created_at), "body": body}
     return canonical_json(sign_document(key, env))
 
 
@@ -179,8 +180,8 @@ def parse(payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[Envelo
     except ValidationError as exc:
         first = exc.errors()[0]
         raise MalformedMessage("schema", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    if env.kind in QUEUED_KINDS and env.seq is None:
-        raise MalformedMessage("schema", f"kind {env.kind} needs a seq")
+    if env.kind in QUEUED_KINDS and (env.seq is None or env.epoch is None):
+        raise MalformedMessage("schema", f"kind {env.kind} needs seq and epoch")
     return env, raw
 
 

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Delivery benchmark: outbox → mosquitto → collector → ack, against bare paho QoS 1, plus fault runs.
+
+Starts its own mosquitto on a free loopback port. Phases:
+  bare    bare paho QoS 1 publishing of --messages reading-sized payloads (same in-flight window)
+  ours    the same number of readings drained from the outbox until every collector ack is back
+  drain   --backlog readings queued while the broker is down; seconds from broker start to all acked
+  kills   a kit process (comms.fakekit) SIGKILLed --kills times at random points, restarted, then run
+          to the end; the collector must hold each reading exactly once, and both DBs pass integrity_check
+
+    scripts/bench_delivery.py --kills 100 --backlog 10000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from comms import payloads, topics  # noqa: E402
+from comms.collector import Collector  # noqa: E402
+from comms.courier import Courier  # noqa: E402
+from comms.signing import generate_key, registry_add, save_private_key  # noqa: E402
+from tests.broker import MosquittoBroker  # noqa: E402
+
+KW, TPS, KIT = "31.71.01.1001", 7, "kit-bench"
+
+
+def page_reading(i: int) -> dict:
+    """A realistic page reading (C.HASIL PPWP page 2: numbers, status, uncertain fields, versions)."""
+    return {"form": "C.HASIL-PPWP-2024", "halaman": 2, "status": "ok", "page_code": "PPWP-2",
+            "fields": {"suara_01": 101 + i % 50, "suara_02": 87, "suara_03": 45, "suara_sah": 233 + i % 50,
+                       "suara_tidak_sah": 4, "jumlah_suara": 237 + i % 50},
+            "confidence_min": 0.9973, "uncertain": [], "rules": {"sum_sah": "ok", "sah_plus_tidak_sah": "ok"},
+            "model": "digits-2026.11", "reader": "0.1.0"}
+
+
+def wait_for(pred, timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def bare_paho(broker: MosquittoBroker, n: int, payload: bytes, topic: str, inflight: int) -> float:
+    """Messages per second for plain paho QoS 1 publishing until every PUBACK is in."""
+    import paho.mqtt.client as mqtt
+
+    done = threading.Event()
+    count = [0]
+
+    def on_publish(client, userdata, mid, rc, props):
+        count[0] += 1
+        if count[0] >= n:
+            done.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare", protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(inflight)
+    c.max_queued_messages_set(0)
+    c.on_publish = on_publish
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        c.publish(topic, payload, qos=1)
+    done.wait(300)
+    dt = time.perf_counter() - t0
+    c.disconnect()
+    c.loop_stop()
+    return n / dt
+
+
+def make_courier(db: Path, key, broker: MosquittoBroker, inflight: int) -> Courier:
+    return Courier(db_path=db, kit_id=KIT, kode_wilayah=KW, tps=TPS, signing_key=key, broker_url=broker.url,
+                   ack_timeout_s=5.0, backoff_base_s=0.2, backoff_max_s=1.0, heartbeat_s=60, max_inflight=inflight)
+
+
+def fill(courier: Courier, n: int, start: int = 0) -> float:
+    t0 = time.perf_counter()
+    for i in range(start, start + n):
+        courier.submit_reading(capture_id=f"b{i:06d}", halaman=2, reading=page_reading(i), photo_jpeg=None,
+                               taken_at=1_700_000_000.0 + i, time_source="rtc")
+    return n / (time.perf_counter() - t0)
+
+
+def all_acked(courier: Courier, n: int):
+    return lambda: courier.status()["acked"] >= n
+
+
+def count_readings(db: Path) -> tuple[int, int]:
+    with sqlite3.connect(db) as conn:
+        total, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT kit_id || capture_id) FROM readings"
+                                       ).fetchone()
+    return total, distinct
+
+
+def integrity(db: Path) -> bool:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kills", type=int, default=10, help="SIGKILLs of the kit process (≥ 100 for the issue)")
+    ap.add_argument("--backlog", type=int, default=10_000, help="readings queued while the broker is down")
+    ap.add_argument("--messages", type=int, default=3000, help="messages for the throughput comparison")
+    ap.add_argument("--kill-readings", type=int, default=300, help="readings the killed kit must deliver")
+    ap.add_argument("--inflight", type=int, default=64, help="QoS 1 in-flight window (both sides)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="tpskit-bench-"))
+    key = generate_key()
+    save_private_key(key, work / "kit.key")
+    registry_add(work / "kits.json", KIT, key.verify_key, kode_wilayah=KW, tps=TPS)
+    out: dict = {}
+    broker = MosquittoBroker(workdir=work / "mosq").start()
+    collector = Collector(broker_url=broker.url, db_path=work / "collector.db", registry=work / "kits.json",
+                          client_id="bench-collector").start()
+    try:
+        collector.connected.wait(10)
+        # bytes on the wire per page
+        sample = payloads.build(key, kind="reading", msg_id=payloads.reading_id(KIT, "b000000"), kit_id=KIT,
+                                kode_wilayah=KW, tps=TPS, seq=1, created_at=time.time(),
+                                body=payloads.reading_body(capture_id="b000000", halaman=2, reading=page_reading(0),
+                                                           taken_at=1.7e9, time_source="rtc", photo=None,
+                                                           chunk_bytes=64_000))
+        topic = topics.topic(topics.DEFAULT_PREFIX, KW, TPS, "reading")
+        body_len = 2 + len(topic) + 2 + 1 + len(sample)          # topic, packet id, v5 properties, payload
+        publish_bytes = 1 + (2 if body_len < 16384 else 3) + body_len
+        out["payload_bytes_per_page"] = len(sample)
+        out["bytes_per_page"] = publish_bytes + 4                   # PUBLISH + PUBACK
+
+        # throughput: bare paho vs ours (outbox → broker → collector → ack)
+        bare = bare_paho(broker, args.messages, sample, topic + "-bare", args.inflight)
+        c = make_courier(work / "tput.db", key, broker, args.inflight)
+        enq = fill(c, args.messages)
+        t0 = time.perf_counter()
+        c.start()
+        ok = wait_for(all_acked(c, args.messages), 600)
+        ours = args.messages / (time.perf_counter() - t0)
+        c.close()
+        out.update(bare_paho_msgs_per_s=round(bare), ours_msgs_per_s=round(ours), enqueue_per_s=round(enq),
+                   throughput_ratio_vs_bare_paho=round(ours / bare, 3), throughput_complete=ok)
+
+        # drain: backlog queued while the broker is down
+        broker.stop()
+        c = make_courier(work / "drain.db", key, broker, args.inflight).start()
+        fill(c, args.backlog, start=10_000_000)
+        t0 = time.perf_counter()
+        broker.start()
+        ok = wait_for(all_acked(c, args.backlog), 600)
+        out["drain_seconds"] = round(time.perf_counter() - t0, 2)
+        out["drain_complete"] = ok
+        out["drain_backlog"] = args.backlog
+        c.close()
+
+        # kills: a kit process SIGKILLed at random points, then run to the end
+        with sqlite3.connect(work / "collector.db") as conn:
+            before = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        kdb = work / "kill.db"
+        cmd = [sys.executable, "-m", "comms.fakekit", "--db", str(kdb), "--key", str(work / "kit.key"),
+               "--kit-id", KIT, "--broker", broker.url, "--count", str(args.kill_readings), "--interval", "0.002",
+               "--photo-every", "10", "--ack-timeout", "2", "--timeout", "300"]
+        for _ in range(args.kills):
+            p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.05, 1.2))
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        wait_for(lambda: count_readings(work / "collector.db")[0] - before >= args.kill_readings, 30, 0.2)
+        total, distinct = count_readings(work / "collector.db")
+        total -= before
+        distinct -= before
+        expected = args.kill_readings
+        with sqlite3.connect(work / "collector.db") as conn:
+            photos = conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+        out.update(kills=args.kills, readings=args.kill_readings, stored_once=distinct,
+                   lost=expected - distinct, duplicates_stored=total - distinct, photos_complete=photos,
+                   kit_exit_code=final.returncode,
+                   integrity_ok=integrity(kdb) and integrity(work / "collector.db"),
+                   collector=dict(collector.stats))
+    finally:
+        collector.stop()
+        broker.close()
+    out["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:32s} {v}")
+    return 0 if out.get("lost") == 0 and out.get("duplicates_stored") == 0 and out.get("integrity_ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
