@@ -489,7 +489,8 @@ def load_reader(config: Config):
     digits = importlib.import_module("inference.digits")
     reader = importlib.import_module("inference.reader")
     classifier = digits.DigitClassifier.load(config.paths.model, num_threads=1)
-    return reader.PageReader(classifier=classifier, confidence=config.reader.confidence)
+    return reader.PageReader(classifier=classifier, confidence=config.reader.confidence,
+                             min_px_per_mm=config.reader.min_px_per_mm)
 
 
 def make_courier(config: Config):

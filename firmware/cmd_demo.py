@@ -29,7 +29,7 @@ CONDITIONS = ("clean", "field", "field", "hard")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tps", type=int, default=3, help="how many TPS to simulate (default 3)")
     parser.add_argument("--seed", type=int, default=2024, help="random seed of the generated pages")
-    parser.add_argument("--scale", type=float, default=0.5, help="photo size relative to the 12 MP sensor")
+    parser.add_argument("--scale", type=float, default=0.75, help="photo size relative to the 12 MP sensor")
     parser.add_argument("--broker", help="reuse this broker (mqtt://host:port) instead of starting mosquitto")
     parser.add_argument("--dir", type=Path, help="work directory (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (databases, photos)")

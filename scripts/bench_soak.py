@@ -82,7 +82,7 @@ def main() -> int:
     ap.add_argument("--presses", type=int, default=500)
     ap.add_argument("--interval", type=float, default=0.0, help="s from a verdict to the next press")
     ap.add_argument("--pages", type=int, default=7, help="distinct photos the folder camera loops over")
-    ap.add_argument("--scale", type=float, default=0.5, help="photo size relative to the 12 MP sensor")
+    ap.add_argument("--scale", type=float, default=0.75, help="photo size relative to the 12 MP sensor")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-send", action="store_true", help="no broker/courier (store only)")
     ap.add_argument("--keep", action="store_true")
