@@ -137,7 +137,7 @@ class CollectorStore:
         if (kit.kode_wilayah and kit.kode_wilayah != env.kode_wilayah) or (kit.tps and kit.tps != env.tps):
             return self._reject(now, topic, payload, "wrong_tps",
                                 f"kit registered for {kit.kode_wilayah}/{kit.tps}", env.kit_id, env.id)
-        if not payloads.verify(kit.public_key, raw):
+        if not payloads.verify(kit.public_key, raw, payload):
             return self._reject(now, topic, payload, "bad_signature", "Ed25519 verification failed",
                                 env.kit_id, env.id)
         if not env.id.startswith(env.kit_id + ":"):
@@ -278,7 +278,7 @@ class Collector:
                  username: str | None = None, password: str | None = None, ca_file=None, cert_file=None,
                  key_file=None, topic_prefix: str = topics.DEFAULT_PREFIX, group: str | None = topics.SHARE_GROUP,
                  client_id: str | None = None, protocol: str = "mqtt5", session_expiry_s: int = 86400,
-                 batch_max: int = 500, batch_wait_s: float = 0.02):
+                 batch_max: int = 500, batch_wait_s: float = 0.02, reconnect_max_s: int = 5):
         from comms.courier import parse_broker_url
 
         self.broker_url = broker_url
@@ -291,6 +291,7 @@ class Collector:
         self.protocol = protocol
         self.session_expiry_s = session_expiry_s
         self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
+        self.reconnect_max_s = reconnect_max_s
         self.db_path = Path(db_path)
         self._registry_path = None if isinstance(registry, dict) else Path(registry)
         self._registry: dict[str, KitEntry] = registry if isinstance(registry, dict) else load_registry(registry)
@@ -334,7 +335,7 @@ class Collector:
                                    manual_ack=True, reconnect=True, clean_session=False, **self._creds)
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_message = self._on_message
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.reconnect_delay_set(min_delay=1, max_delay=max(1, self.reconnect_max_s))
         props = None
         if self.protocol == "mqtt5":
             props = Properties(PacketTypes.CONNECT)

@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from comms import payloads, topics  # noqa: E402
-from comms.collector import Collector  # noqa: E402
 from comms.courier import Courier  # noqa: E402
 from comms.signing import generate_key, registry_add, save_private_key  # noqa: E402
 from tests.broker import MosquittoBroker  # noqa: E402
@@ -132,10 +131,12 @@ def main() -> int:
     registry_add(work / "kits.json", KIT, key.verify_key, kode_wilayah=KW, tps=TPS)
     out: dict = {}
     broker = MosquittoBroker(workdir=work / "mosq").start()
-    collector = Collector(broker_url=broker.url, db_path=work / "collector.db", registry=work / "kits.json",
-                          client_id="bench-collector").start()
+    # The collector runs in its own process (as on a server), through the real CLI.
+    collector = subprocess.Popen([sys.executable, "-m", "firmware.cli", "collector", "--broker", broker.url,
+                                  "--db", str(work / "collector.db"), "--kits", str(work / "kits.json"),
+                                  "--client-id", "bench-collector"], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=open(work / "collector.log", "wb"))
     try:
-        collector.connected.wait(10)
         # bytes on the wire per page
         sample = payloads.build(key, kind="reading", msg_id=payloads.reading_id(KIT, "b000000"), kit_id=KIT,
                                 kode_wilayah=KW, tps=TPS, seq=1, created_at=time.time(),
@@ -195,10 +196,15 @@ def main() -> int:
         out.update(kills=args.kills, readings=args.kill_readings, stored_once=distinct,
                    lost=expected - distinct, duplicates_stored=total - distinct, photos_complete=photos,
                    kit_exit_code=final.returncode,
-                   integrity_ok=integrity(kdb) and integrity(work / "collector.db"),
-                   collector=dict(collector.stats))
+                   integrity_ok=integrity(kdb) and integrity(work / "collector.db"))
+        with sqlite3.connect(work / "collector.db") as conn:
+            out["collector_rejects"] = conn.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
     finally:
-        collector.stop()
+        collector.send_signal(signal.SIGTERM)
+        try:
+            collector.wait(10)
+        except subprocess.TimeoutExpired:
+            collector.kill()
         broker.close()
     out["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if args.json:
