@@ -30,10 +30,11 @@ __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMP
 EMPTY = 10
 CROP_MARGIN_MM = 1.0
 MIN_RULE_SUPPORT = 0.2  # P(the page's rules hold | digits) below this: a slip on paper, or a misread
-CANDIDATE_MIN_P = 1e-5
-MAX_CANDIDATES = 6
+CANDIDATE_MIN_P = 1e-6
+MAX_CANDIDATES = 8
 BEAM = 256
 BUBBLE_ERROR = 0.01
+MIN_VALID = 0.5  # below this the boxes more likely hold no valid number (a gap, a value out of range)
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it  # chance that a clearly read bubble column disagrees with what the KPPS meant
 
 MESSAGES = {
@@ -142,6 +143,7 @@ class _Candidates:
     residual: float
     own_best: int | None
     own_conf: float
+    valid: float = 1.0  # mass of readings that are numbers at all (no gap between digits, within min..max)
 
 
 def _candidates(f: Field, probs: np.ndarray, bubble: int | None) -> _Candidates:
@@ -157,6 +159,10 @@ def _candidates(f: Field, probs: np.ndarray, bubble: int | None) -> _Candidates:
         pblank *= BUBBLE_ERROR / len(pv)
         total = pv.sum() + pblank + 1e-300
         pv, pblank = pv / total, pblank / total
+    valid = float(pv.sum() + pblank)
+    if valid <= 0:
+        return _Candidates([], [], 1.0, None, 0.0, 0.0)
+    pv, pblank = pv / valid, pblank / valid  # impossible readings (gaps, out of range) are ruled out
     order = np.argsort(pv)[::-1][:MAX_CANDIDATES]
     vals: list[int | None] = [int(i) for i in order if pv[i] >= CANDIDATE_MIN_P]
     ps = [float(pv[i]) for i in vals]
@@ -165,9 +171,9 @@ def _candidates(f: Field, probs: np.ndarray, bubble: int | None) -> _Candidates:
         ps.append(pblank)
     pairs = sorted(zip(ps, vals, strict=True), key=lambda t: -t[0])[:MAX_CANDIDATES]
     if not pairs:
-        return _Candidates([], [], 1.0, None, 0.0)
+        return _Candidates([], [], 1.0, None, 0.0, valid)
     ps, vals = [p for p, _ in pairs], [v for _, v in pairs]
-    return _Candidates(vals, ps, max(0.0, 1.0 - sum(ps)), vals[0], ps[0])
+    return _Candidates(vals, ps, max(0.0, 1.0 - sum(ps)), vals[0], ps[0], valid)
 
 
 def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple[dict, float, float]:
@@ -206,7 +212,17 @@ def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple
     for p, a in beam:
         for n, v in zip(names, a, strict=True):
             post[n][v] = post[n].get(v, 0.0) + p
-    missing = dropped + sum(c.residual for c in cands)
+    # Mass never explored: a field's values beyond its candidates. Where the field sits in a sum rule, such a
+    # value can only be part of a consistent reading if another field of the rule leaves its top value too.
+    mates: dict[str, set[str]] = {n: set() for n in names}
+    for r in rules:
+        if r.kind == "sum":
+            for a in r.fields:
+                mates[a].update(b for b in r.fields if b != a)
+    dev = {n: 1.0 - (c.probs[0] if c.probs else 0.0) for n, c in zip(names, cands, strict=True)}
+    missing = dropped
+    for n, c in zip(names, cands, strict=True):
+        missing += c.residual * (min(1.0, sum(dev[m] for m in mates[n])) if mates[n] else 1.0)
     return post, z, missing
 
 
@@ -221,21 +237,26 @@ def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[lis
     x1 = max(b.cx + b.r for b in allb) + 2
     y1 = max(b.cy + b.r for b in allb) + 2
     patch = rectify(gray, hmm, x0, y0, x1 - x0, y1 - y0, ppm).astype(np.float32)
-    paper = float(np.percentile(patch, 90))
-    thr = paper - 0.45 * max(paper - float(np.percentile(patch, 1)), 40.0)
     fills: list[list[float]] = []
     digits: list[int | None] = []
     unclear = False
     for col in f.bubbles:
         fc = []
         for b in col:
-            cx, cy, r = (b.cx - x0) * ppm, (b.cy - y0) * ppm, b.r * ppm * 0.65
-            ya, yb = int(cy - r), int(cy + r) + 1
-            xa, xb = int(cx - r), int(cx + r) + 1
+            cx, cy, rb = (b.cx - x0) * ppm, (b.cy - y0) * ppm, b.r * ppm
+            ro = rb * 1.3
+            ya, yb = max(0, int(cy - ro)), int(cy + ro) + 1
+            xa, xb = max(0, int(cx - ro)), int(cx + ro) + 1
             sub = patch[ya:yb, xa:xb]
             yy, xx = np.mgrid[ya:yb, xa:xb]
-            inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
-            fc.append(float(np.mean(sub[inside] < thr)) if inside.any() else 0.0)
+            d2 = (xx - cx) ** 2 + (yy - cy) ** 2
+            inside = d2 <= (0.65 * rb) ** 2
+            ring = (d2 >= (1.12 * rb) ** 2) & (d2 <= ro**2)
+            if not inside.any() or not ring.any():
+                fc.append(0.0)
+                continue
+            paper = float(np.percentile(sub[ring], 75))  # local paper: shadows and light gradients cancel
+            fc.append(float(np.mean(sub[inside] < 0.6 * paper)))
         fills.append(fc)
         filled = [i for i, v in enumerate(fc) if v >= 0.6]
         middling = [i for i, v in enumerate(fc) if 0.45 <= v < 0.6]
@@ -466,7 +487,8 @@ class PageReader:
         checks = rules_mod.check(page.rules, values)
         failed = [ch for ch in checks if ch["ok"] is False]
         empty = [f.name for f in page.fields if f.required and values[f.name] is None]
-        uncertain = [f.name for f in page.fields if f.name not in empty and conf[f.name] < self.confidence]
+        uncertain = [f.name for f, c in zip(page.fields, cands, strict=True)
+                     if f.name not in empty and (conf[f.name] < self.confidence or c.valid < MIN_VALID)]
         if empty:
             reasons.append(_reason("field_empty", fields=empty))
         if failed:

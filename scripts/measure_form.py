@@ -307,7 +307,7 @@ def page3(rects) -> tuple[list[dict], list[dict]]:
     fields += [
         _number("tanggal", d[0:2], label="tanggal", max_value=31),
         _number("bulan", d[2:4], label="bulan", max_value=12),
-        _number("tahun", d[4:8], label="tahun", max_value=2099),
+        _number("tahun", d[4:8], label="tahun", max_value=2024),
     ]
     fields[-3]["min"] = 1
     fields[-2]["min"] = 1
