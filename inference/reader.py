@@ -33,9 +33,9 @@ MIN_RULE_SUPPORT = 0.2  # P(the page's rules hold | digits) below this: a slip o
 CANDIDATE_MIN_P = 1e-6
 MAX_CANDIDATES = 8
 BEAM = 256
-BUBBLE_ERROR = 0.01
+BUBBLE_ERROR = 0.01  # chance that a clearly read bubble column disagrees with what the KPPS meant
 MIN_VALID = 0.5  # below this the boxes more likely hold no valid number (a gap, a value out of range)
-BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it  # chance that a clearly read bubble column disagrees with what the KPPS meant
+BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
 
 MESSAGES = {
     "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
