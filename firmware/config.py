@@ -126,6 +126,12 @@ class MqttConfig(Section):
     keepalive_s: int = Field(60, ge=10, le=1200, description="MQTT keepalive.")
     heartbeat_s: int = Field(300, ge=10, le=3600, description="Seconds between heartbeats.")
     backoff_max_s: float = Field(120.0, ge=1.0, le=3600, description="Longest wait between reconnects.")
+    ack_timeout_s: float = Field(60.0, ge=1.0, le=3600,
+                                 description="Resend a message the broker took but the collector has not "
+                                             "acked after this long (doubling while no ack arrives).")
+    max_inflight: int = Field(64, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
+    protocol: Literal["mqtt5", "mqtt311"] = Field("mqtt5",
+                                                  description="MQTT 5 (default) or 3.1.1 for old brokers.")
 
 
 class OutboxConfig(Section):
