@@ -49,23 +49,47 @@ class BundleMessage:
     payload: bytes
 
 
-def export_bundle(*, db_path: Path | str, out_dir: Path | str, signing_key, kit_id: str, kode_wilayah: str,
-                  tps: int, now: float | None = None) -> tuple[Path, int]:
+def export_bundle(
+    *,
+    db_path: Path | str,
+    out_dir: Path | str,
+    signing_key,
+    kit_id: str,
+    kode_wilayah: str,
+    tps: int,
+    now: float | None = None,
+) -> tuple[Path, int]:
     """Write all unacked messages of the outbox to one bundle file in *out_dir*; returns (path, count)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise BundleError(f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
-                          "mount point, e.g. /media/usb")
+        raise BundleError(
+            f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
+            "mount point, e.g. /media/usb"
+        )
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
     with Outbox(db_path) as ob:
         rows = list(ob.unacked())
-    lines = [canonical_json({"id": r.id, "topic": r.topic, "retain": r.retain,
-                             "payload": r.payload.decode("utf-8")}) for r in rows]
-    manifest = sign_document(key, {
-        "v": 1, "kind": "bundle", "kit_id": kit_id, "kode_wilayah": kode_wilayah, "tps": int(tps),
-        "created_at": now, "count": len(rows), "public_key": public_key_b64(key),
-        "messages": [[r.id, hashlib.sha256(r.payload).hexdigest()] for r in rows]})
+    lines = [
+        canonical_json(
+            {"id": r.id, "topic": r.topic, "retain": r.retain, "payload": r.payload.decode("utf-8")}
+        )
+        for r in rows
+    ]
+    manifest = sign_document(
+        key,
+        {
+            "v": 1,
+            "kind": "bundle",
+            "kit_id": kit_id,
+            "kode_wilayah": kode_wilayah,
+            "tps": int(tps),
+            "created_at": now,
+            "count": len(rows),
+            "public_key": public_key_b64(key),
+            "messages": [[r.id, hashlib.sha256(r.payload).hexdigest()] for r in rows],
+        },
+    )
     name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
     path = out_dir / name
     data = b"\n".join([canonical_json(manifest), *lines]) + b"\n"
@@ -86,8 +110,10 @@ def export_bundle(*, db_path: Path | str, out_dir: Path | str, signing_key, kit_
         finally:
             os.close(dfd)
     except OSError as exc:
-        raise BundleError(f"cannot write the bundle to {out_dir} ({exc.strerror}): check the USB stick is "
-                          "writable and has free space") from None
+        raise BundleError(
+            f"cannot write the bundle to {out_dir} ({exc.strerror}): check the USB stick is "
+            "writable and has free space"
+        ) from None
     return path, len(rows)
 
 
@@ -114,12 +140,15 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
     if key is None:
         key = load_public_key(manifest.get("public_key", ""))
     if not verify_document(key, manifest):
-        raise BundleError(f"{path}: the manifest signature does not verify: the file was altered or comes "
-                          "from another kit")
+        raise BundleError(
+            f"{path}: the manifest signature does not verify: the file was altered or comes from another kit"
+        )
     listed = [tuple(m) for m in manifest.get("messages", [])]
     if len(listed) != len(entries) or manifest.get("count") != len(entries):
-        raise BundleError(f"{path}: {len(entries)} messages but the manifest lists {len(listed)}: "
-                          "the file is truncated; export it again")
+        raise BundleError(
+            f"{path}: {len(entries)} messages but the manifest lists {len(listed)}: "
+            "the file is truncated; export it again"
+        )
     out = []
     for (mid, sha), e in zip(listed, entries, strict=True):
         payload = str(e.get("payload", "")).encode("utf-8")
@@ -129,9 +158,20 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
     return manifest, out
 
 
-def import_bundle(path: Path | str, *, broker_url: str, username: str | None = None, password: str | None = None,
-                  ca_file=None, cert_file=None, key_file=None, public_key=None, wait_acks_s: float = 30.0,
-                  protocol: str = "mqtt5", topic_prefix: str = topics.DEFAULT_PREFIX) -> dict:
+def import_bundle(
+    path: Path | str,
+    *,
+    broker_url: str,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file=None,
+    cert_file=None,
+    key_file=None,
+    public_key=None,
+    wait_acks_s: float = 30.0,
+    protocol: str = "mqtt5",
+    topic_prefix: str = topics.DEFAULT_PREFIX,
+) -> dict:
     """Publish a bundle (QoS 1, in order) and wait up to *wait_acks_s* for the collector's acks.
 
     Returns {"messages", "published", "acked"}. The collector stores each message once, however often
@@ -145,9 +185,16 @@ def import_bundle(path: Path | str, *, broker_url: str, username: str | None = N
     acked: set[str] = set()
     lock = threading.Lock()
     connected = threading.Event()
-    client = make_mqtt_client(client_id=f"tpskit-import-{manifest['kit_id']}-{os.getpid()}", protocol=protocol,
-                              tls=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
-                              username=username, password=password)
+    client = make_mqtt_client(
+        client_id=f"tpskit-import-{manifest['kit_id']}-{os.getpid()}",
+        protocol=protocol,
+        tls=tls,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+        username=username,
+        password=password,
+    )
 
     def on_connect(c, userdata, flags, reason_code, properties):
         if not reason_code.is_failure:

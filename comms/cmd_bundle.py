@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ca-file", type=Path, help="CA bundle to verify the broker (mqtts)")
         p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
         p.add_argument("--key-file", type=Path, help="client certificate key (PEM)")
-        p.add_argument("--kits", type=Path, help="registry: require the manifest to be signed by the kit's key")
+        p.add_argument(
+            "--kits", type=Path, help="registry: require the manifest to be signed by the kit's key"
+        )
         p.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
         p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the collector's acks")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -41,9 +43,14 @@ def _export(args) -> int:
 
     try:
         cfg = load(args.config)
-        path, n = export_bundle(db_path=args.db or cfg.db_path, out_dir=args.dir,
-                                signing_key=cfg.signing_key_path, kit_id=cfg.kit.kit_id,
-                                kode_wilayah=cfg.kit.kode_wilayah, tps=cfg.kit.tps)
+        path, n = export_bundle(
+            db_path=args.db or cfg.db_path,
+            out_dir=args.dir,
+            signing_key=cfg.signing_key_path,
+            kit_id=cfg.kit.kit_id,
+            kode_wilayah=cfg.kit.kode_wilayah,
+            tps=cfg.kit.tps,
+        )
     except (BundleError, KeyFileError, ConfigError, OSError) as exc:
         print(f"tpskit export: GAGAL / FAILED: {exc}", file=sys.stderr)
         return 2
@@ -51,8 +58,10 @@ def _export(args) -> int:
         print(json.dumps({"bundle": str(path), "messages": n}))
     else:
         print(f"Bundel ditulis / bundle written: {path} ({n} pesan / messages).")
-        print("Bawa ke komputer yang punya jaringan / take it to a networked PC: "
-              f"tpskit import {path.name} --broker URL")
+        print(
+            "Bawa ke komputer yang punya jaringan / take it to a networked PC: "
+            f"tpskit import {path.name} --broker URL"
+        )
         print("Data di kit tetap disimpan sampai server mengonfirmasi / the kit keeps it until acked.")
     return 0
 
@@ -76,17 +85,28 @@ def _import(args) -> int:
             from firmware.config import read_secret
 
             password = read_secret(args.password_file)
-        result = import_bundle(args.bundle, broker_url=args.broker, username=args.username, password=password,
-                               ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
-                               public_key=public_key, wait_acks_s=args.wait, topic_prefix=args.prefix)
+        result = import_bundle(
+            args.bundle,
+            broker_url=args.broker,
+            username=args.username,
+            password=password,
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            public_key=public_key,
+            wait_acks_s=args.wait,
+            topic_prefix=args.prefix,
+        )
     except (BundleError, KeyFileError, ValueError, OSError) as exc:
         print(f"tpskit import: GAGAL / FAILED: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['published']}/{result['messages']} pesan terkirim / published, "
-              f"{result['acked']} dikonfirmasi collector / acked by the collector")
+        print(
+            f"{result['published']}/{result['messages']} pesan terkirim / published, "
+            f"{result['acked']} dikonfirmasi collector / acked by the collector"
+        )
     return 0 if result["published"] == result["messages"] else 1
 
 

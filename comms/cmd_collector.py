@@ -14,16 +14,23 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help="broker URL, mqtt://host:1883 or mqtts://host:8883")
     p.add_argument("--db", type=Path, help="collector SQLite database (created if missing)")
-    p.add_argument("--kits", type=Path, required=True,
-                   help="registry of kit public keys: JSON, CSV or a folder of <kit_id>.csv files")
+    p.add_argument(
+        "--kits",
+        type=Path,
+        required=True,
+        help="registry of kit public keys: JSON, CSV or a folder of <kit_id>.csv files",
+    )
     p.add_argument("--username", help="collector MQTT username")
     p.add_argument("--password-file", type=Path, help="file holding the collector's MQTT password")
     p.add_argument("--ca-file", type=Path, help="CA bundle to verify the broker (mqtts)")
     p.add_argument("--cert-file", type=Path, help="client certificate (PEM)")
     p.add_argument("--key-file", type=Path, help="client certificate key (PEM)")
     p.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
-    p.add_argument("--group", default="collectors",
-                   help="shared-subscription group; collectors in one group split the load; '' = no sharing")
+    p.add_argument(
+        "--group",
+        default="collectors",
+        help="shared-subscription group; collectors in one group split the load; '' = no sharing",
+    )
     p.add_argument("--client-id", help="MQTT client id (keep it stable: the broker keeps its session)")
     p.add_argument("--protocol", choices=("mqtt5", "mqtt311"), default="mqtt5")
     add = p.add_argument_group("register a kit instead of running (then exit)")
@@ -31,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add.add_argument("--public-key", help="the kit's public key: base64, PEM, or @FILE")
     add.add_argument("--kode-wilayah", help="the kit's kode wilayah (optional, then enforced)")
     add.add_argument("--tps", type=int, help="the kit's TPS number (optional, then enforced)")
-    p.add_argument("--gaps", action="store_true", help="print missing sequence ranges per kit from --db and exit")
+    p.add_argument(
+        "--gaps", action="store_true", help="print missing sequence ranges per kit from --db and exit"
+    )
 
 
 def _secret(path: Path | None) -> str | None:
@@ -76,17 +85,27 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         registry = load_registry(args.kits)
-        collector = Collector(broker_url=args.broker, db_path=args.db, registry=args.kits,
-                              username=args.username, password=_secret(args.password_file),
-                              ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
-                              topic_prefix=args.prefix, group=args.group or None, client_id=args.client_id,
-                              protocol=args.protocol)
+        collector = Collector(
+            broker_url=args.broker,
+            db_path=args.db,
+            registry=args.kits,
+            username=args.username,
+            password=_secret(args.password_file),
+            ca_file=args.ca_file,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
+            topic_prefix=args.prefix,
+            group=args.group or None,
+            client_id=args.client_id,
+            protocol=args.protocol,
+        )
     except (KeyFileError, ValueError, OSError) as exc:
         print(f"tpskit collector: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tpskit").info("collector: %d registered kits, broker %s, db %s", len(registry),
-                                     args.broker, args.db)
+    logging.getLogger("tpskit").info(
+        "collector: %d registered kits, broker %s, db %s", len(registry), args.broker, args.db
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

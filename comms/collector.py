@@ -31,7 +31,8 @@ log = logging.getLogger("tpskit.comms.collector")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, epoch INTEGER, seq INTEGER, kind TEXT NOT NULL, digest TEXT NOT NULL,
+    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, epoch INTEGER, seq INTEGER, kind TEXT NOT NULL,
+    digest TEXT NOT NULL,
     topic TEXT NOT NULL, created_at REAL, received_at REAL NOT NULL, payload BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_kit_seq ON messages(kit_id, epoch, seq) WHERE seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS readings (
@@ -89,8 +90,11 @@ class CollectorStore:
         self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
         self.max_seq: dict[tuple[str, int], int] = {
-            (k, e): s for k, e, s in self.conn.execute(
-                "SELECT kit_id, epoch, MAX(seq) FROM messages WHERE seq IS NOT NULL GROUP BY kit_id, epoch")}
+            (k, e): s
+            for k, e, s in self.conn.execute(
+                "SELECT kit_id, epoch, MAX(seq) FROM messages WHERE seq IS NOT NULL GROUP BY kit_id, epoch"
+            )
+        }
 
     # --- batches --------------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -106,16 +110,27 @@ class CollectorStore:
         self.conn.close()
 
     # --- processing -----------------------------------------------------------------------------------
-    def _reject(self, now: float, topic: str, payload: bytes, reason: str, detail: str = "",
-                kit_id: str | None = None, msg_id: str | None = None) -> Outcome:
+    def _reject(
+        self,
+        now: float,
+        topic: str,
+        payload: bytes,
+        reason: str,
+        detail: str = "",
+        kit_id: str | None = None,
+        msg_id: str | None = None,
+    ) -> Outcome:
         log.warning("rejected message on %s: %s %s (kit %s, id %s)", topic, reason, detail, kit_id, msg_id)
         self.conn.execute(
             "INSERT INTO rejects (received_at, topic, reason, detail, kit_id, message_id, payload_head) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)", (now, topic, reason, detail[:500], kit_id, msg_id, payload[:512]))
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (now, topic, reason, detail[:500], kit_id, msg_id, payload[:512]),
+        )
         return Outcome("rejected", reason, msg_id, kit_id)
 
-    def process(self, topic: str, payload: bytes, registry: dict[str, KitEntry], *,
-                now: float | None = None) -> Outcome:
+    def process(
+        self, topic: str, payload: bytes, registry: dict[str, KitEntry], *, now: float | None = None
+    ) -> Outcome:
         now = now if now is not None else time.time()
         try:
             parts = topics.parse_topic(self.prefix, topic)
@@ -129,25 +144,44 @@ class CollectorStore:
             return self._reject(now, topic, payload, exc.reason, exc.detail)
         kit = registry.get(env.kit_id)
         if kit is None:
-            return self._reject(now, topic, payload, "unknown_kit", "kit not in the registry", env.kit_id, env.id)
+            return self._reject(
+                now, topic, payload, "unknown_kit", "kit not in the registry", env.kit_id, env.id
+            )
         if env.kind != parts.kind or env.kode_wilayah != parts.kode_wilayah or env.tps != parts.tps:
-            return self._reject(now, topic, payload, "topic_mismatch",
-                                f"message {env.kind} {env.kode_wilayah}/{env.tps} on topic {topic}",
-                                env.kit_id, env.id)
+            return self._reject(
+                now,
+                topic,
+                payload,
+                "topic_mismatch",
+                f"message {env.kind} {env.kode_wilayah}/{env.tps} on topic {topic}",
+                env.kit_id,
+                env.id,
+            )
         if (kit.kode_wilayah and kit.kode_wilayah != env.kode_wilayah) or (kit.tps and kit.tps != env.tps):
-            return self._reject(now, topic, payload, "wrong_tps",
-                                f"kit registered for {kit.kode_wilayah}/{kit.tps}", env.kit_id, env.id)
+            return self._reject(
+                now,
+                topic,
+                payload,
+                "wrong_tps",
+                f"kit registered for {kit.kode_wilayah}/{kit.tps}",
+                env.kit_id,
+                env.id,
+            )
         if not payloads.verify(kit.public_key, raw, payload):
-            return self._reject(now, topic, payload, "bad_signature", "Ed25519 verification failed",
-                                env.kit_id, env.id)
+            return self._reject(
+                now, topic, payload, "bad_signature", "Ed25519 verification failed", env.kit_id, env.id
+            )
         if not env.id.startswith(env.kit_id + ":"):
-            return self._reject(now, topic, payload, "schema", "id must start with '<kit_id>:'", env.kit_id, env.id)
+            return self._reject(
+                now, topic, payload, "schema", "id must start with '<kit_id>:'", env.kit_id, env.id
+            )
         base = Outcome("stored", "", env.id, env.kit_id, env.kode_wilayah, env.tps, env.kind)
         if env.kind == "heartbeat":
             return self._latest(base, "kit_heartbeat", env, now, {"body": json.dumps(env.body)})
         if env.kind == "status":
-            return self._latest(base, "kit_status", env, now,
-                                {"state": env.body["state"], "reason": env.body.get("reason")})
+            return self._latest(
+                base, "kit_status", env, now, {"state": env.body["state"], "reason": env.body.get("reason")}
+            )
         return self._store_queued(base, env, topic, payload, now)
 
     def _latest(self, base: Outcome, table: str, env, now: float, cols: dict) -> Outcome:
@@ -157,8 +191,10 @@ class CollectorStore:
             return base
         names = ["kit_id", "kode_wilayah", "tps", "created_at", "received_at", *cols]
         values = [env.kit_id, env.kode_wilayah, env.tps, env.created_at, now, *cols.values()]
-        self.conn.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES "
-                          f"({', '.join('?' * len(names))})", values)
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            values,
+        )
         base.status = "latest"
         return base
 
@@ -169,13 +205,23 @@ class CollectorStore:
             if row[0] == digest:
                 base.status = "duplicate"
                 return base
-            return self._reject(now, topic, payload, "replayed_id", "id already stored with other content",
-                                env.kit_id, env.id)
-        other = self.conn.execute("SELECT id FROM messages WHERE kit_id = ? AND epoch = ? AND seq = ?",
-                                  (env.kit_id, env.epoch, env.seq)).fetchone()
+            return self._reject(
+                now, topic, payload, "replayed_id", "id already stored with other content", env.kit_id, env.id
+            )
+        other = self.conn.execute(
+            "SELECT id FROM messages WHERE kit_id = ? AND epoch = ? AND seq = ?",
+            (env.kit_id, env.epoch, env.seq),
+        ).fetchone()
         if other is not None:
-            return self._reject(now, topic, payload, "replayed_seq", f"seq {env.seq} already used by {other[0]}",
-                                env.kit_id, env.id)
+            return self._reject(
+                now,
+                topic,
+                payload,
+                "replayed_seq",
+                f"seq {env.seq} already used by {other[0]}",
+                env.kit_id,
+                env.id,
+            )
         body = env.body
         if env.kind == "photo":
             try:
@@ -185,77 +231,147 @@ class CollectorStore:
             if body["index"] >= body["count"]:
                 return self._reject(now, topic, payload, "bad_chunk", "index >= count", env.kit_id, env.id)
         elif env.kind == "reading":
-            dup = self.conn.execute("SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
-                                    (env.kit_id, body["capture_id"])).fetchone()
+            dup = self.conn.execute(
+                "SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
+                (env.kit_id, body["capture_id"]),
+            ).fetchone()
             if dup is not None:
-                return self._reject(now, topic, payload, "replayed_capture",
-                                    f"capture {body['capture_id']} already stored as {dup[0]}", env.kit_id, env.id)
+                return self._reject(
+                    now,
+                    topic,
+                    payload,
+                    "replayed_capture",
+                    f"capture {body['capture_id']} already stored as {dup[0]}",
+                    env.kit_id,
+                    env.id,
+                )
         prev = self.max_seq.get((env.kit_id, env.epoch), 0)
         if env.seq > prev + 1:
-            log.info("kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
-                        env.kit_id, env.seq, prev)
+            log.info(
+                "kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
+                env.kit_id,
+                env.seq,
+                prev,
+            )
         self.conn.execute(
-            "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, received_at, payload) "
+            "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, received_at, "
+            "payload) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload))
+            (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload),
+        )
         if env.kind == "reading":
             photo = body.get("photo") or {}
             self.conn.execute(
-                "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, seq, taken_at, "
+                "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, seq, "
+                "taken_at, "
                 "time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, received_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (env.id, env.kit_id, env.kode_wilayah, env.tps, body["capture_id"], body.get("halaman"), env.seq,
-                 body["taken_at"], body["time_source"], json.dumps(body["reading"], ensure_ascii=False),
-                 photo.get("sha256"), photo.get("bytes"), photo.get("chunks"), env.created_at, now))
+                (
+                    env.id,
+                    env.kit_id,
+                    env.kode_wilayah,
+                    env.tps,
+                    body["capture_id"],
+                    body.get("halaman"),
+                    env.seq,
+                    body["taken_at"],
+                    body["time_source"],
+                    json.dumps(body["reading"], ensure_ascii=False),
+                    photo.get("sha256"),
+                    photo.get("bytes"),
+                    photo.get("chunks"),
+                    env.created_at,
+                    now,
+                ),
+            )
             if photo:
                 self._maybe_assemble(env.kit_id, body["capture_id"], now)
         elif env.kind == "photo":
             self.conn.execute(
-                "INSERT OR IGNORE INTO photo_chunks (kit_id, capture_id, idx, count, photo_sha256, data, message_id) "
+                "INSERT OR IGNORE INTO photo_chunks (kit_id, capture_id, idx, count, photo_sha256, data, "
+                "message_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (env.kit_id, body["capture_id"], body["index"], body["count"], body["photo_sha256"], data, env.id))
+                (
+                    env.kit_id,
+                    body["capture_id"],
+                    body["index"],
+                    body["count"],
+                    body["photo_sha256"],
+                    data,
+                    env.id,
+                ),
+            )
             self._maybe_assemble(env.kit_id, body["capture_id"], now)
         elif env.kind == "readiness":
-            cur = self.conn.execute("SELECT created_at FROM kit_readiness WHERE kit_id = ?",
-                                    (env.kit_id,)).fetchone()
+            cur = self.conn.execute(
+                "SELECT created_at FROM kit_readiness WHERE kit_id = ?", (env.kit_id,)
+            ).fetchone()
             if cur is None or (cur[0] or 0) < env.created_at:
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO kit_readiness (kit_id, kode_wilayah, tps, message_id, seq, created_at, "
+                    "INSERT OR REPLACE INTO kit_readiness (kit_id, kode_wilayah, tps, message_id, seq, "
+                    "created_at, "
                     "received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (env.kit_id, env.kode_wilayah, env.tps, env.id, env.seq, env.created_at, now,
-                     json.dumps(body, ensure_ascii=False)))
+                    (
+                        env.kit_id,
+                        env.kode_wilayah,
+                        env.tps,
+                        env.id,
+                        env.seq,
+                        env.created_at,
+                        now,
+                        json.dumps(body, ensure_ascii=False),
+                    ),
+                )
         self.max_seq[(env.kit_id, env.epoch)] = max(prev, env.seq)
         return base
 
     def _maybe_assemble(self, kit_id: str, capture_id: str, now: float) -> None:
-        if self.conn.execute("SELECT 1 FROM photos WHERE kit_id = ? AND capture_id = ?",
-                             (kit_id, capture_id)).fetchone():
+        if self.conn.execute(
+            "SELECT 1 FROM photos WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id)
+        ).fetchone():
             return
-        meta = self.conn.execute("SELECT photo_sha256, photo_bytes, photo_chunks FROM readings "
-                                 "WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id)).fetchone()
+        meta = self.conn.execute(
+            "SELECT photo_sha256, photo_bytes, photo_chunks FROM readings "
+            "WHERE kit_id = ? AND capture_id = ?",
+            (kit_id, capture_id),
+        ).fetchone()
         if meta is None or meta[0] is None:
             return
         sha, size, count = meta
-        n = self.conn.execute("SELECT COUNT(*) FROM photo_chunks WHERE kit_id = ? AND capture_id = ? "
-                              "AND photo_sha256 = ?", (kit_id, capture_id, sha)).fetchone()[0]
+        n = self.conn.execute(
+            "SELECT COUNT(*) FROM photo_chunks WHERE kit_id = ? AND capture_id = ? AND photo_sha256 = ?",
+            (kit_id, capture_id, sha),
+        ).fetchone()[0]
         if n < count:
             return
-        jpeg = b"".join(r[0] for r in self.conn.execute(
-            "SELECT data FROM photo_chunks WHERE kit_id = ? AND capture_id = ? AND photo_sha256 = ? ORDER BY idx",
-            (kit_id, capture_id, sha)))
+        jpeg = b"".join(
+            r[0]
+            for r in self.conn.execute(
+                "SELECT data FROM photo_chunks WHERE kit_id = ? AND capture_id = ? AND photo_sha256 = ? "
+                "ORDER BY idx",
+                (kit_id, capture_id, sha),
+            )
+        )
         if len(jpeg) != size or hashlib.sha256(jpeg).hexdigest() != sha:
             log.error("kit %s capture %s: assembled photo does not match its SHA-256", kit_id, capture_id)
             return
-        self.conn.execute("INSERT INTO photos (kit_id, capture_id, sha256, bytes, jpeg, completed_at) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", (kit_id, capture_id, sha, size, jpeg, now))
-        self.conn.execute("DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id))
+        self.conn.execute(
+            "INSERT INTO photos (kit_id, capture_id, sha256, bytes, jpeg, completed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (kit_id, capture_id, sha, size, jpeg, now),
+        )
+        self.conn.execute(
+            "DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id)
+        )
 
     # --- queries --------------------------------------------------------------------------------------
     def gaps(self, kit_id: str) -> list[tuple[int, int]]:
         """Missing sequence ranges (inclusive) below the highest seq seen from this kit, per epoch."""
         out, epoch, expect = [], None, 1
-        for e, s in self.conn.execute("SELECT epoch, seq FROM messages WHERE kit_id = ? AND seq IS NOT NULL "
-                                      "ORDER BY epoch, seq", (kit_id,)):
+        for e, s in self.conn.execute(
+            "SELECT epoch, seq FROM messages WHERE kit_id = ? AND seq IS NOT NULL ORDER BY epoch, seq",
+            (kit_id,),
+        ):
             if e != epoch:
                 epoch, expect = e, 1
             if s > expect:
@@ -265,26 +381,44 @@ class CollectorStore:
 
     def counts(self) -> dict:
         q = self.conn.execute
-        return {"messages": q("SELECT COUNT(*) FROM messages").fetchone()[0],
-                "readings": q("SELECT COUNT(*) FROM readings").fetchone()[0],
-                "photos": q("SELECT COUNT(*) FROM photos").fetchone()[0],
-                "rejects": q("SELECT COUNT(*) FROM rejects").fetchone()[0]}
+        return {
+            "messages": q("SELECT COUNT(*) FROM messages").fetchone()[0],
+            "readings": q("SELECT COUNT(*) FROM readings").fetchone()[0],
+            "photos": q("SELECT COUNT(*) FROM photos").fetchone()[0],
+            "rejects": q("SELECT COUNT(*) FROM rejects").fetchone()[0],
+        }
 
 
 class Collector:
     """Subscribes, verifies, stores in batches, PUBACKs after commit and sends end-to-end acks."""
 
-    def __init__(self, *, broker_url: str, db_path: Path | str, registry: Path | str | dict[str, KitEntry],
-                 username: str | None = None, password: str | None = None, ca_file=None, cert_file=None,
-                 key_file=None, topic_prefix: str = topics.DEFAULT_PREFIX, group: str | None = topics.SHARE_GROUP,
-                 client_id: str | None = None, protocol: str = "mqtt5", session_expiry_s: int = 86400,
-                 batch_max: int = 500, batch_wait_s: float = 0.02, reconnect_max_s: int = 5):
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        db_path: Path | str,
+        registry: Path | str | dict[str, KitEntry],
+        username: str | None = None,
+        password: str | None = None,
+        ca_file=None,
+        cert_file=None,
+        key_file=None,
+        topic_prefix: str = topics.DEFAULT_PREFIX,
+        group: str | None = topics.SHARE_GROUP,
+        client_id: str | None = None,
+        protocol: str = "mqtt5",
+        session_expiry_s: int = 86400,
+        batch_max: int = 500,
+        batch_wait_s: float = 0.02,
+        reconnect_max_s: int = 5,
+    ):
         from comms.courier import parse_broker_url
 
         self.broker_url = broker_url
         self._host, self._port, self._tls = parse_broker_url(broker_url)
-        self._creds = dict(username=username, password=password, ca_file=ca_file, cert_file=cert_file,
-                           key_file=key_file)
+        self._creds = dict(
+            username=username, password=password, ca_file=ca_file, cert_file=cert_file, key_file=key_file
+        )
         self.prefix = topic_prefix.strip("/")
         self.group = group
         self.client_id = client_id or f"tpskit-collector-{int(time.time() * 1000) % 10**9}"
@@ -294,7 +428,9 @@ class Collector:
         self.reconnect_max_s = reconnect_max_s
         self.db_path = Path(db_path)
         self._registry_path = None if isinstance(registry, dict) else Path(registry)
-        self._registry: dict[str, KitEntry] = registry if isinstance(registry, dict) else load_registry(registry)
+        self._registry: dict[str, KitEntry] = (
+            registry if isinstance(registry, dict) else load_registry(registry)
+        )
         self._registry_mtime = self._registry_path.stat().st_mtime if self._registry_path else 0.0
         self._q: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -314,8 +450,11 @@ class Collector:
         subs = [(f, 1) for f, _shared in topics.collector_filters(self.prefix, group=self.group)]
         client.subscribe(subs)
         self.connected.set()
-        log.info("collector connected to %s (session present: %s)", self.broker_url,
-                 getattr(flags, "session_present", None))
+        log.info(
+            "collector connected to %s (session present: %s)",
+            self.broker_url,
+            getattr(flags, "session_present", None),
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
@@ -331,8 +470,15 @@ class Collector:
 
         from comms.courier import make_mqtt_client
 
-        client = make_mqtt_client(client_id=self.client_id, protocol=self.protocol, tls=self._tls,
-                                   manual_ack=True, reconnect=True, clean_session=False, **self._creds)
+        client = make_mqtt_client(
+            client_id=self.client_id,
+            protocol=self.protocol,
+            tls=self._tls,
+            manual_ack=True,
+            reconnect=True,
+            clean_session=False,
+            **self._creds,
+        )
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_message = self._on_message
         client.reconnect_delay_set(min_delay=1, max_delay=max(1, self.reconnect_max_s))
@@ -423,13 +569,16 @@ class Collector:
                 self.stats[out.status] += 1
                 if out.ack:
                     acks[(out.kode_wilayah, out.tps)].append(out.msg_id)
-        for (_t, _p, mid, qos, gen) in batch:
+        for _t, _p, mid, qos, gen in batch:
             if qos > 0 and gen == self._conn_gen:
                 client.ack(mid, qos)
         for (kw, tps), ids in acks.items():
             for i in range(0, len(ids), 200):
-                client.publish(topics.topic(self.prefix, kw, tps, topics.ACK),
-                               payloads.ack_payload(ids[i:i + 200], collector=self.client_id, at=now), qos=1)
+                client.publish(
+                    topics.topic(self.prefix, kw, tps, topics.ACK),
+                    payloads.ack_payload(ids[i : i + 200], collector=self.client_id, at=now),
+                    qos=1,
+                )
         with self._stats_lock:
             self.stats["acks"] += sum(len(v) for v in acks.values())
 

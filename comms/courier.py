@@ -59,22 +59,42 @@ class Backoff:
         self.attempt = 0
 
 
-def make_mqtt_client(*, client_id: str, protocol: str, tls: bool, ca_file=None, cert_file=None, key_file=None,
-                     username: str | None = None, password: str | None = None, manual_ack: bool = False,
-                     reconnect: bool = False, clean_session: bool = True):
+def make_mqtt_client(
+    *,
+    client_id: str,
+    protocol: str,
+    tls: bool,
+    ca_file=None,
+    cert_file=None,
+    key_file=None,
+    username: str | None = None,
+    password: str | None = None,
+    manual_ack: bool = False,
+    reconnect: bool = False,
+    clean_session: bool = True,
+):
     """A paho 2.x client (VERSION2 callbacks) with TLS verification and credentials set."""
     import paho.mqtt.client as mqtt
 
     proto = mqtt.MQTTv5 if protocol == "mqtt5" else mqtt.MQTTv311
-    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2, "client_id": client_id,
-              "protocol": proto, "reconnect_on_failure": reconnect, "manual_ack": manual_ack}
+    kwargs = {
+        "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
+        "client_id": client_id,
+        "protocol": proto,
+        "reconnect_on_failure": reconnect,
+        "manual_ack": manual_ack,
+    }
     if proto == mqtt.MQTTv311:
         kwargs["clean_session"] = clean_session
     client = mqtt.Client(**kwargs)
     if tls:
-        client.tls_set(ca_certs=str(ca_file) if ca_file else None, certfile=str(cert_file) if cert_file else None,
-                       keyfile=str(key_file) if key_file else None, cert_reqs=ssl.CERT_REQUIRED,
-                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.tls_set(
+            ca_certs=str(ca_file) if ca_file else None,
+            certfile=str(cert_file) if cert_file else None,
+            keyfile=str(key_file) if key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
         client.tls_insecure_set(False)
     elif cert_file:
         raise ValueError("a client certificate needs an mqtts:// broker url")
@@ -86,15 +106,34 @@ def make_mqtt_client(*, client_id: str, protocol: str, tls: bool, ca_file=None, 
 class Courier:
     """Signs, queues and delivers the kit's messages. All options are keyword-only plain values."""
 
-    def __init__(self, *, db_path: Path | str, kit_id: str, kode_wilayah: str, tps: int, signing_key,
-                 broker_url: str = "mqtt://127.0.0.1:1883", username: str | None = None,
-                 password: str | None = None, ca_file: Path | str | None = None,
-                 cert_file: Path | str | None = None, key_file: Path | str | None = None,
-                 topic_prefix: str = topics.DEFAULT_PREFIX, keepalive_s: int = 60, heartbeat_s: float = 300,
-                 chunk_bytes: int = 64_000, max_bytes: int = 2_000_000_000, retention_s: float = 30 * 86400,
-                 ack_timeout_s: float = 60.0, backoff_base_s: float = 1.0, backoff_max_s: float = 120.0,
-                 max_inflight: int = 64, protocol: str = "mqtt5", client_id: str | None = None,
-                 heartbeat_info: Callable[[], dict] | None = None):
+    def __init__(
+        self,
+        *,
+        db_path: Path | str,
+        kit_id: str,
+        kode_wilayah: str,
+        tps: int,
+        signing_key,
+        broker_url: str = "mqtt://127.0.0.1:1883",
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | str | None = None,
+        cert_file: Path | str | None = None,
+        key_file: Path | str | None = None,
+        topic_prefix: str = topics.DEFAULT_PREFIX,
+        keepalive_s: int = 60,
+        heartbeat_s: float = 300,
+        chunk_bytes: int = 64_000,
+        max_bytes: int = 2_000_000_000,
+        retention_s: float = 30 * 86400,
+        ack_timeout_s: float = 60.0,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 120.0,
+        max_inflight: int = 64,
+        protocol: str = "mqtt5",
+        client_id: str | None = None,
+        heartbeat_info: Callable[[], dict] | None = None,
+    ):
         if protocol not in ("mqtt5", "mqtt311"):
             raise ValueError(f"protocol {protocol!r}: use 'mqtt5' or 'mqtt311'")
         self.db_path = Path(db_path)
@@ -131,15 +170,26 @@ class Courier:
     @classmethod
     def from_config(cls, cfg, *, signing_key=None, password: str | None = None, **overrides) -> Courier:
         """Build from a firmware Config-like object (duck-typed: kit, paths, mqtt, outbox, signing)."""
-        kw = dict(db_path=cfg.paths.state_dir / "tpskit.db", kit_id=cfg.kit.kit_id,
-                  kode_wilayah=cfg.kit.kode_wilayah, tps=cfg.kit.tps,
-                  signing_key=signing_key or cfg.signing.key_file or cfg.paths.state_dir / "keys" / "kit.key",
-                  broker_url=cfg.mqtt.url, username=cfg.mqtt.username, password=password,
-                  ca_file=cfg.mqtt.ca_file, cert_file=cfg.mqtt.cert_file, key_file=cfg.mqtt.key_file,
-                  topic_prefix=cfg.mqtt.topic_prefix, keepalive_s=cfg.mqtt.keepalive_s,
-                  heartbeat_s=cfg.mqtt.heartbeat_s, backoff_max_s=cfg.mqtt.backoff_max_s,
-                  chunk_bytes=cfg.outbox.chunk_bytes, max_bytes=cfg.outbox.max_bytes,
-                  retention_s=cfg.outbox.retention_days * 86400.0)
+        kw = dict(
+            db_path=cfg.paths.state_dir / "tpskit.db",
+            kit_id=cfg.kit.kit_id,
+            kode_wilayah=cfg.kit.kode_wilayah,
+            tps=cfg.kit.tps,
+            signing_key=signing_key or cfg.signing.key_file or cfg.paths.state_dir / "keys" / "kit.key",
+            broker_url=cfg.mqtt.url,
+            username=cfg.mqtt.username,
+            password=password,
+            ca_file=cfg.mqtt.ca_file,
+            cert_file=cfg.mqtt.cert_file,
+            key_file=cfg.mqtt.key_file,
+            topic_prefix=cfg.mqtt.topic_prefix,
+            keepalive_s=cfg.mqtt.keepalive_s,
+            heartbeat_s=cfg.mqtt.heartbeat_s,
+            backoff_max_s=cfg.mqtt.backoff_max_s,
+            chunk_bytes=cfg.outbox.chunk_bytes,
+            max_bytes=cfg.outbox.max_bytes,
+            retention_s=cfg.outbox.retention_days * 86400.0,
+        )
         for name in ("ack_timeout_s", "max_inflight", "protocol"):
             if hasattr(cfg.mqtt, name):
                 kw[name] = getattr(cfg.mqtt, name)
@@ -152,14 +202,31 @@ class Courier:
         return topics.topic(self.prefix, self.kode_wilayah, self.tps, kind)
 
     def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
-        return payloads.build(self._key, kind=kind, msg_id=msg_id, kit_id=self.kit_id,
-                              kode_wilayah=self.kode_wilayah, tps=self.tps, seq=seq, created_at=now, body=body,
-                              epoch=self._epoch if seq is not None else None)
+        return payloads.build(
+            self._key,
+            kind=kind,
+            msg_id=msg_id,
+            kit_id=self.kit_id,
+            kode_wilayah=self.kode_wilayah,
+            tps=self.tps,
+            seq=seq,
+            created_at=now,
+            body=body,
+            epoch=self._epoch if seq is not None else None,
+        )
 
     # --- API used by the firmware ----------------------------------------------------------------------
 
-    def submit_reading(self, *, capture_id: str, halaman: int | None, reading: dict, photo_jpeg: bytes | None,
-                       taken_at: float, time_source: str) -> str:
+    def submit_reading(
+        self,
+        *,
+        capture_id: str,
+        halaman: int | None,
+        reading: dict,
+        photo_jpeg: bytes | None,
+        taken_at: float,
+        time_source: str,
+    ) -> str:
         """Sign and queue the numbers of one page, then its photo chunks, in one transaction.
 
         Returns the reading's message id. Idempotent per capture_id: a second call changes nothing.
@@ -167,13 +234,24 @@ class Courier:
         """
         rid = payloads.reading_id(self.kit_id, capture_id)
         try:
-            body = payloads.reading_body(capture_id=capture_id, halaman=halaman, reading=reading,
-                                         taken_at=taken_at, time_source=time_source, photo=photo_jpeg,
-                                         chunk_bytes=self.chunk_bytes)
+            body = payloads.reading_body(
+                capture_id=capture_id,
+                halaman=halaman,
+                reading=reading,
+                taken_at=taken_at,
+                time_source=time_source,
+                photo=photo_jpeg,
+                chunk_bytes=self.chunk_bytes,
+            )
         except Exception as exc:
             raise ValueError(f"reading {capture_id!r} cannot be queued: {exc}") from None
-        chunks = payloads.photo_chunk_bodies(capture_id=capture_id, halaman=halaman, photo=photo_jpeg,
-                                             chunk_bytes=self.chunk_bytes) if photo_jpeg else []
+        chunks = (
+            payloads.photo_chunk_bodies(
+                capture_id=capture_id, halaman=halaman, photo=photo_jpeg, chunk_bytes=self.chunk_bytes
+            )
+            if photo_jpeg
+            else []
+        )
         now = time.time()
         with self._outbox.transaction() as b:
             if b.exists(rid):
@@ -181,16 +259,35 @@ class Courier:
             seq = b.next_seq()
             payload = self._build(kind="reading", msg_id=rid, seq=seq, body=body, now=now)
             if len(payload) > payloads.READING_MAX_BYTES:
-                log.warning("reading %s is %d bytes on the wire (target %d): keep the reading dict compact",
-                            capture_id, len(payload), payloads.READING_MAX_BYTES)
-            b.add(msg_id=rid, seq=seq, kind="reading", topic=self.topic("reading"), payload=payload,
-                  priority=PRIORITY_NUMBERS, capture_id=capture_id, now=now)
+                log.warning(
+                    "reading %s is %d bytes on the wire (target %d): keep the reading dict compact",
+                    capture_id,
+                    len(payload),
+                    payloads.READING_MAX_BYTES,
+                )
+            b.add(
+                msg_id=rid,
+                seq=seq,
+                kind="reading",
+                topic=self.topic("reading"),
+                payload=payload,
+                priority=PRIORITY_NUMBERS,
+                capture_id=capture_id,
+                now=now,
+            )
             for cb in chunks:
                 cid = payloads.photo_chunk_id(self.kit_id, capture_id, cb["index"])
                 cseq = b.next_seq()
-                b.add(msg_id=cid, seq=cseq, kind="photo", topic=self.topic("photo"),
-                      payload=self._build(kind="photo", msg_id=cid, seq=cseq, body=cb, now=now),
-                      priority=PRIORITY_PHOTO, capture_id=capture_id, now=now)
+                b.add(
+                    msg_id=cid,
+                    seq=cseq,
+                    kind="photo",
+                    topic=self.topic("photo"),
+                    payload=self._build(kind="photo", msg_id=cid, seq=cseq, body=cb, now=now),
+                    priority=PRIORITY_PHOTO,
+                    capture_id=capture_id,
+                    now=now,
+                )
         self._poke()
         return rid
 
@@ -206,9 +303,16 @@ class Courier:
         with self._outbox.transaction() as b:
             seq = b.next_seq()
             msg_id = f"{self.kit_id}:{kind}:{self._epoch}:{seq}"
-            b.add(msg_id=msg_id, seq=seq, kind=kind, topic=self.topic(kind), retain=True,
-                  payload=self._build(kind=kind, msg_id=msg_id, seq=seq, body=dict(body), now=now),
-                  priority=PRIORITY_NUMBERS, now=now)
+            b.add(
+                msg_id=msg_id,
+                seq=seq,
+                kind=kind,
+                topic=self.topic(kind),
+                retain=True,
+                payload=self._build(kind=kind, msg_id=msg_id, seq=seq, body=dict(body), now=now),
+                priority=PRIORITY_NUMBERS,
+                now=now,
+            )
         self._poke()
         return msg_id
 
@@ -226,10 +330,19 @@ class Courier:
     def status(self) -> dict:
         st = self._outbox.stats()
         with self._lock:
-            return {"connected": self._connected, "queued": st["queued"], "sent": st["sent"],
-                    "acked": st["acked"], "oldest_unsent_age_s": st["oldest_unsent_age_s"],
-                    "bytes": st["unacked_bytes"], "max_bytes": st["max_bytes"], "last_seq": st["last_seq"],
-                    "last_error": self._last_error, "last_ack_at": self._last_ack_at, "broker": self.broker_url}
+            return {
+                "connected": self._connected,
+                "queued": st["queued"],
+                "sent": st["sent"],
+                "acked": st["acked"],
+                "oldest_unsent_age_s": st["oldest_unsent_age_s"],
+                "bytes": st["unacked_bytes"],
+                "max_bytes": st["max_bytes"],
+                "last_seq": st["last_seq"],
+                "last_error": self._last_error,
+                "last_ack_at": self._last_ack_at,
+                "broker": self.broker_url,
+            }
 
     def start(self) -> Courier:
         if self._thread and self._thread.is_alive():
@@ -309,8 +422,8 @@ class _Session:
     def __init__(self, courier: Courier, outbox: Outbox):
         self.c = courier
         self.outbox = outbox
-        self.inflight: dict[int, str] = {}      # mid -> message id (rows only)
-        self.early: dict[int, object] = {}      # PUBACKs seen before publish() returned: mid -> reason code
+        self.inflight: dict[int, str] = {}  # mid -> message id (rows only)
+        self.early: dict[int, object] = {}  # PUBACKs seen before publish() returned: mid -> reason code
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
         self.last_published: dict[str, float] = {}
@@ -378,8 +491,13 @@ class _Session:
 
     def _status_payload(self, state: str, reason: str | None = None) -> bytes:
         body = {"state": state} if reason is None else {"state": state, "reason": reason}
-        return self.c._build(kind="status", msg_id=f"{self.c.kit_id}:status:{time.time_ns()}", seq=None,
-                             body=body, now=time.time())
+        return self.c._build(
+            kind="status",
+            msg_id=f"{self.c.kit_id}:status:{time.time_ns()}",
+            seq=None,
+            body=body,
+            now=time.time(),
+        )
 
     def run(self) -> bool:
         """Connect and pump until disconnected or stopped; True if the broker accepted us."""
@@ -387,9 +505,16 @@ class _Session:
 
         c = self.c
         try:
-            client = make_mqtt_client(client_id=c.client_id, protocol=c.protocol, tls=c._tls, ca_file=c._ca_file,
-                                      cert_file=c._cert_file, key_file=c._key_file, username=c._username,
-                                      password=c._password)
+            client = make_mqtt_client(
+                client_id=c.client_id,
+                protocol=c.protocol,
+                tls=c._tls,
+                ca_file=c._ca_file,
+                cert_file=c._cert_file,
+                key_file=c._key_file,
+                username=c._username,
+                password=c._password,
+            )
         except (ValueError, OSError, ssl.SSLError) as exc:
             c._set_error(f"cannot set up MQTT client: {exc}")
             return False
@@ -490,7 +615,7 @@ class _Session:
                     published = True
                     self.probe_out = True
             if not self.exhausted[prio]:
-                return published        # numbers first: no photo chunk while numbers wait
+                return published  # numbers first: no photo chunk while numbers wait
         return published
 
     def _new_pass(self, *, only_overdue: bool) -> None:
@@ -504,7 +629,11 @@ class _Session:
         if self.first_pending_at is None:
             return
         n = len(self.pending_sent) + len(self.pending_acked)
-        if not force and n < self.FLUSH_BATCH and time.monotonic() - self.first_pending_at < self.FLUSH_INTERVAL_S:
+        if (
+            not force
+            and n < self.FLUSH_BATCH
+            and time.monotonic() - self.first_pending_at < self.FLUSH_INTERVAL_S
+        ):
             return
         sent, acked = self.pending_sent, self.pending_acked
         self.pending_sent, self.pending_acked, self.first_pending_at = [], [], None
@@ -535,22 +664,30 @@ class _Session:
     def _heartbeat_payload(self) -> bytes:
         c = self.c
         st = self.outbox.stats()
-        body: dict = {"queue": {"queued": st["queued"], "sent": st["sent"], "bytes": st["unacked_bytes"]},
-                      "oldest_unsent_age_s": st["oldest_unsent_age_s"],
-                      "uptime_s": round(time.time() - c._started_at, 1)}
+        body: dict = {
+            "queue": {"queued": st["queued"], "sent": st["sent"], "bytes": st["unacked_bytes"]},
+            "oldest_unsent_age_s": st["oldest_unsent_age_s"],
+            "uptime_s": round(time.time() - c._started_at, 1),
+        }
         if c._heartbeat_info is not None:
             try:
                 body.update(c._heartbeat_info() or {})
             except Exception as exc:  # noqa: BLE001 - a broken sensor must not stop delivery
                 body["info_error"] = str(exc)[:200]
-        return c._build(kind="heartbeat", msg_id=f"{c.kit_id}:heartbeat:{time.time_ns()}", seq=None, body=body,
-                        now=time.time())
+        return c._build(
+            kind="heartbeat",
+            msg_id=f"{c.kit_id}:heartbeat:{time.time_ns()}",
+            seq=None,
+            body=body,
+            now=time.time(),
+        )
 
     def _goodbye(self, client) -> None:
         """Clean stop: retained offline status, wait briefly for outstanding PUBACKs, disconnect."""
         try:
-            self._publish_control(client, self.c.topic("status"), self._status_payload("offline", "stopped"),
-                                  retain=True)
+            self._publish_control(
+                client, self.c.topic("status"), self._status_payload("offline", "stopped"), retain=True
+            )
             deadline = time.monotonic() + 1.0
             while self.inflight and time.monotonic() < deadline:
                 client.loop(timeout=0.05)

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kode-wilayah", default="31.71.01.1001")
     p.add_argument("--tps", type=int, default=7)
     p.add_argument("--count", type=int, default=50)
-    p.add_argument("--photo-every", type=int, default=0, help="attach a photo to every Nth reading (0 = none)")
+    p.add_argument(
+        "--photo-every", type=int, default=0, help="attach a photo to every Nth reading (0 = none)"
+    )
     p.add_argument("--photo-bytes", type=int, default=20_000)
     p.add_argument("--interval", type=float, default=0.0, help="seconds between submissions")
     p.add_argument("--ack-timeout", type=float, default=2.0)
@@ -35,19 +37,38 @@ def main(argv: list[str] | None = None) -> int:
     from comms.signing import load_or_create_private_key
 
     key = load_or_create_private_key(args.key)
-    courier = Courier(db_path=args.db, kit_id=args.kit_id, kode_wilayah=args.kode_wilayah, tps=args.tps,
-                      signing_key=key, broker_url=args.broker, ack_timeout_s=args.ack_timeout,
-                      backoff_base_s=0.2, backoff_max_s=2.0, heartbeat_s=30, chunk_bytes=8_000)
+    courier = Courier(
+        db_path=args.db,
+        kit_id=args.kit_id,
+        kode_wilayah=args.kode_wilayah,
+        tps=args.tps,
+        signing_key=key,
+        broker_url=args.broker,
+        ack_timeout_s=args.ack_timeout,
+        backoff_base_s=0.2,
+        backoff_max_s=2.0,
+        heartbeat_s=30,
+        chunk_bytes=8_000,
+    )
     if not args.no_send:
         courier.start()
     for i in range(args.count):
         photo = None
         if args.photo_every and i % args.photo_every == 0:
-            photo = (f"JPEG{i:06d}".encode() * (args.photo_bytes // 10 + 1))[:args.photo_bytes]
-        courier.submit_reading(capture_id=f"c{i:06d}", halaman=1 + i % 4,
-                               reading={"paslon": {"01": i % 300, "02": (7 * i) % 300}, "sah": 250,
-                                        "tidak_sah": i % 5, "status": "ok"},
-                               photo_jpeg=photo, taken_at=1_700_000_000.0 + i, time_source="rtc")
+            photo = (f"JPEG{i:06d}".encode() * (args.photo_bytes // 10 + 1))[: args.photo_bytes]
+        courier.submit_reading(
+            capture_id=f"c{i:06d}",
+            halaman=1 + i % 4,
+            reading={
+                "paslon": {"01": i % 300, "02": (7 * i) % 300},
+                "sah": 250,
+                "tidak_sah": i % 5,
+                "status": "ok",
+            },
+            photo_jpeg=photo,
+            taken_at=1_700_000_000.0 + i,
+            time_source="rtc",
+        )
         if args.interval:
             time.sleep(args.interval)
     if args.no_send:

@@ -35,7 +35,9 @@ class OutboxFull(Exception):
     def __init__(self, needed: int, used: int, max_bytes: int):
         super().__init__(
             f"outbox penuh / outbox full: {needed} bytes needed, {used} of {max_bytes} bytes hold unsent "
-            "messages; connect the kit to a network or export a bundle (tpskit export DIR) so they can be sent")
+            "messages; connect the kit to a network or export a bundle (tpskit export DIR) so they can "
+            "be sent"
+        )
         self.needed, self.used, self.max_bytes = needed, used, max_bytes
 
 
@@ -78,14 +80,36 @@ class _Batch:
         self._conn.execute(f"UPDATE {COUNTERS} SET value = value + 1 WHERE name = 'seq'")
         return self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'seq'").fetchone()[0]
 
-    def add(self, *, msg_id: str, seq: int, kind: str, topic: str, payload: bytes, priority: int = 0,
-            retain: bool = False, capture_id: str | None = None, now: float | None = None) -> bool:
+    def add(
+        self,
+        *,
+        msg_id: str,
+        seq: int,
+        kind: str,
+        topic: str,
+        payload: bytes,
+        priority: int = 0,
+        retain: bool = False,
+        capture_id: str | None = None,
+        now: float | None = None,
+    ) -> bool:
         """Queue one message; False if the id already exists (nothing changes)."""
         cur = self._conn.execute(
             f"INSERT OR IGNORE INTO {TABLE} (id, seq, kind, topic, payload, retain, priority, capture_id, "
             "state, bytes, created_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0)",
-            (msg_id, seq, kind, topic, payload, int(retain), priority, capture_id, len(payload),
-             now if now is not None else time.time()))
+            (
+                msg_id,
+                seq,
+                kind,
+                topic,
+                payload,
+                int(retain),
+                priority,
+                capture_id,
+                len(payload),
+                now if now is not None else time.time(),
+            ),
+        )
         if cur.rowcount:
             self.added_bytes += len(payload)
             self.added.append(msg_id)
@@ -96,8 +120,14 @@ class _Batch:
 class Outbox:
     """The kit's outbox. Thread-safe (one connection, one lock); open one per thread for concurrency."""
 
-    def __init__(self, path: Path | str, *, max_bytes: int = 2_000_000_000, retention_s: float = 30 * 86400,
-                 timeout_s: float = 30.0):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_bytes: int = 2_000_000_000,
+        retention_s: float = 30 * 86400,
+        timeout_s: float = 30.0,
+    ):
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.retention_s = float(retention_s)
@@ -109,24 +139,43 @@ class Outbox:
         db = sqlite_utils.Database(self._conn)
         # CREATE ... IF NOT EXISTS is idempotent, so two processes opening the file at once are fine.
         with self._lock:
-            db[TABLE].create({
-                "id": str, "seq": int, "kind": str, "topic": str, "payload": bytes, "retain": int,
-                "priority": int, "capture_id": str, "state": str, "bytes": int, "created_at": float,
-                "sent_at": float, "acked_at": float, "attempts": int,
-            }, pk="id", not_null={"seq", "kind", "topic", "payload", "state", "bytes", "created_at"},
-                if_not_exists=True)
+            db[TABLE].create(
+                {
+                    "id": str,
+                    "seq": int,
+                    "kind": str,
+                    "topic": str,
+                    "payload": bytes,
+                    "retain": int,
+                    "priority": int,
+                    "capture_id": str,
+                    "state": str,
+                    "bytes": int,
+                    "created_at": float,
+                    "sent_at": float,
+                    "acked_at": float,
+                    "attempts": int,
+                },
+                pk="id",
+                not_null={"seq", "kind", "topic", "payload", "state", "bytes", "created_at"},
+                if_not_exists=True,
+            )
             db[COUNTERS].create({"name": str, "value": int}, pk="name", if_not_exists=True)
             self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('seq', 0)")
             # The epoch names this outbox's sequence: a kit whose database is replaced (new SD card,
             # re-provisioned with the same key) starts a new epoch, so its new seq 1 is not a replay.
-            self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('epoch', ?)",
-                               (time.time_ns() // 1_000_000,))
+            self._conn.execute(
+                f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('epoch', ?)",
+                (time.time_ns() // 1_000_000,),
+            )
             self._conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE}(seq)")
-            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(priority, seq) "
-                               "WHERE state != 'acked'")
+            self._conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(priority, seq) WHERE state != 'acked'"
+            )
             self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_capture ON {TABLE}(capture_id)")
-            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_acked ON {TABLE}(acked_at) "
-                               "WHERE state = 'acked'")
+            self._conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {TABLE}_acked ON {TABLE}(acked_at) WHERE state = 'acked'"
+            )
 
     @property
     def epoch(self) -> int:
@@ -154,7 +203,8 @@ class Outbox:
     def _make_room(self, added: int) -> None:
         total, unacked = self._conn.execute(
             f"SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(CASE WHEN state != 'acked' THEN bytes END), 0) "
-            f"FROM {TABLE}").fetchone()
+            f"FROM {TABLE}"
+        ).fetchone()
         if total <= self.max_bytes:
             return
         if unacked > self.max_bytes:
@@ -162,7 +212,9 @@ class Outbox:
         # Purge acked rows, oldest first, until the total fits again (they have been delivered).
         excess = total - self.max_bytes
         freed = 0
-        rows = self._conn.execute(f"SELECT id, bytes FROM {TABLE} WHERE state = 'acked' ORDER BY acked_at, seq")
+        rows = self._conn.execute(
+            f"SELECT id, bytes FROM {TABLE} WHERE state = 'acked' ORDER BY acked_at, seq"
+        )
         doomed = []
         for msg_id, size in rows:
             doomed.append((msg_id,))
@@ -171,15 +223,32 @@ class Outbox:
                 break
         self._conn.executemany(f"DELETE FROM {TABLE} WHERE id = ?", doomed)
 
-    def enqueue(self, *, msg_id: str, kind: str, topic: str, payload: bytes, priority: int = 0,
-                retain: bool = False, capture_id: str | None = None) -> int | None:
+    def enqueue(
+        self,
+        *,
+        msg_id: str,
+        kind: str,
+        topic: str,
+        payload: bytes,
+        priority: int = 0,
+        retain: bool = False,
+        capture_id: str | None = None,
+    ) -> int | None:
         """Queue one pre-built message (its seq is assigned here); None if the id exists."""
         with self.transaction() as b:
             if b.exists(msg_id):
                 return None
             seq = b.next_seq()
-            b.add(msg_id=msg_id, seq=seq, kind=kind, topic=topic, payload=payload, priority=priority,
-                  retain=retain, capture_id=capture_id)
+            b.add(
+                msg_id=msg_id,
+                seq=seq,
+                kind=kind,
+                topic=topic,
+                payload=payload,
+                priority=priority,
+                retain=retain,
+                capture_id=capture_id,
+            )
             return seq
 
     def _update_many(self, sql: str, params: Iterable[tuple]) -> int:
@@ -203,21 +272,26 @@ class Outbox:
         at = at if at is not None else time.time()
         return self._update_many(
             f"UPDATE {TABLE} SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
-            "WHERE id = ? AND state = 'queued'", ((at, i) for i in ids))
+            "WHERE id = ? AND state = 'queued'",
+            ((at, i) for i in ids),
+        )
 
     def mark_acked(self, ids: Iterable[str], *, at: float | None = None) -> int:
         """The collector stored these (end-to-end ack)."""
         at = at if at is not None else time.time()
         return self._update_many(
             f"UPDATE {TABLE} SET state = 'acked', acked_at = ?, sent_at = COALESCE(sent_at, ?) "
-            "WHERE id = ? AND state != 'acked'", ((at, at, i) for i in ids))
+            "WHERE id = ? AND state != 'acked'",
+            ((at, at, i) for i in ids),
+        )
 
     def purge(self, *, now: float | None = None) -> int:
         """Delete acked rows older than the retention period."""
         now = now if now is not None else time.time()
         with self._lock:
-            cur = self._conn.execute(f"DELETE FROM {TABLE} WHERE state = 'acked' AND acked_at < ?",
-                                     (now - self.retention_s,))
+            cur = self._conn.execute(
+                f"DELETE FROM {TABLE} WHERE state = 'acked' AND acked_at < ?", (now - self.retention_s,)
+            )
             return cur.rowcount
 
     # --- reading -------------------------------------------------------------------------------------
@@ -228,7 +302,8 @@ class Outbox:
             rows = self._conn.execute(
                 f"SELECT id, seq, kind, topic, payload, retain, priority, state FROM {TABLE} "
                 "WHERE state != 'acked' AND priority = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (priority, after_seq, limit)).fetchall()
+                (priority, after_seq, limit),
+            ).fetchall()
         return [Row(r[0], r[1], r[2], r[3], bytes(r[4]), bool(r[5]), r[6], r[7]) for r in rows]
 
     def unacked(self) -> Iterator[Row]:
@@ -244,14 +319,21 @@ class Outbox:
 
     def has_stale_sent(self, *, older_than: float) -> bool:
         with self._lock:
-            return self._conn.execute(
-                f"SELECT 1 FROM {TABLE} WHERE state = 'sent' AND sent_at < ? LIMIT 1", (older_than,)
-            ).fetchone() is not None
+            return (
+                self._conn.execute(
+                    f"SELECT 1 FROM {TABLE} WHERE state = 'sent' AND sent_at < ? LIMIT 1", (older_than,)
+                ).fetchone()
+                is not None
+            )
 
     def has_capture(self, capture_id: str) -> bool:
         with self._lock:
-            return self._conn.execute(f"SELECT 1 FROM {TABLE} WHERE capture_id = ? LIMIT 1",
-                                      (capture_id,)).fetchone() is not None
+            return (
+                self._conn.execute(
+                    f"SELECT 1 FROM {TABLE} WHERE capture_id = ? LIMIT 1", (capture_id,)
+                ).fetchone()
+                is not None
+            )
 
     def state_of(self, msg_id: str) -> str | None:
         with self._lock:
@@ -262,16 +344,28 @@ class Outbox:
         """Counts per state, unacked bytes, total bytes, age of the oldest unsent message, last seq."""
         now = now if now is not None else time.time()
         with self._lock:
-            counts = dict(self._conn.execute(f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state").fetchall())
+            counts = dict(
+                self._conn.execute(f"SELECT state, COUNT(*) FROM {TABLE} GROUP BY state").fetchall()
+            )
             unacked_bytes, total_bytes = self._conn.execute(
-                f"SELECT COALESCE(SUM(CASE WHEN state != 'acked' THEN bytes END), 0), COALESCE(SUM(bytes), 0) "
-                f"FROM {TABLE}").fetchone()
+                "SELECT COALESCE(SUM(CASE WHEN state != 'acked' THEN bytes END), 0), "
+                "COALESCE(SUM(bytes), 0) "
+                f"FROM {TABLE}"
+            ).fetchone()
             oldest = self._conn.execute(
-                f"SELECT MIN(created_at) FROM {TABLE} WHERE state = 'queued'").fetchone()[0]
+                f"SELECT MIN(created_at) FROM {TABLE} WHERE state = 'queued'"
+            ).fetchone()[0]
             seq = self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'seq'").fetchone()[0]
-        return {"queued": counts.get("queued", 0), "sent": counts.get("sent", 0), "acked": counts.get("acked", 0),
-                "unacked_bytes": unacked_bytes, "bytes": total_bytes, "max_bytes": self.max_bytes,
-                "oldest_unsent_age_s": (now - oldest) if oldest is not None else None, "last_seq": seq}
+        return {
+            "queued": counts.get("queued", 0),
+            "sent": counts.get("sent", 0),
+            "acked": counts.get("acked", 0),
+            "unacked_bytes": unacked_bytes,
+            "bytes": total_bytes,
+            "max_bytes": self.max_bytes,
+            "oldest_unsent_age_s": (now - oldest) if oldest is not None else None,
+            "last_seq": seq,
+        }
 
     def integrity_check(self) -> str:
         with self._lock:

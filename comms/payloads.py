@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from comms.signing import canonical_json, sign_document, verify_bytes, verify_document
 
 SCHEMA_VERSION = 1
-READING_MAX_BYTES = 2048          # numbers of one page on the wire (target)
-MAX_MESSAGE_BYTES = 512 * 1024    # anything larger is refused by the collector
+READING_MAX_BYTES = 2048  # numbers of one page on the wire (target)
+MAX_MESSAGE_BYTES = 512 * 1024  # anything larger is refused by the collector
 KIT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
 QUEUED_KINDS = ("reading", "photo", "readiness")
@@ -62,7 +62,9 @@ class ReadingBody(_Model):
     capture_id: str = Field(min_length=1, max_length=128)
     halaman: int | None = Field(None, ge=1, le=99, description="Page number of the C.HASIL form.")
     taken_at: float = Field(description="Unix time the photo was taken (kit clock).")
-    time_source: str = Field(max_length=32, description="How the kit knew the time: ntp, rtc, gps, manual, none.")
+    time_source: str = Field(
+        max_length=32, description="How the kit knew the time: ntp, rtc, gps, manual, none."
+    )
     reading: dict[str, Any] = Field(description="The page reading (inference.reader PageReading.to_dict()).")
     photo: PhotoMeta | None = None
 
@@ -109,11 +111,16 @@ class Ack(_Model):
 
 
 BODY_MODELS: dict[str, type[_Model] | None] = {
-    "reading": ReadingBody, "photo": PhotoChunkBody, "status": StatusBody, "readiness": None, "heartbeat": None,
+    "reading": ReadingBody,
+    "photo": PhotoChunkBody,
+    "status": StatusBody,
+    "readiness": None,
+    "heartbeat": None,
 }
 
 
 # --- ids ----------------------------------------------------------------------------------------
+
 
 def reading_id(kit_id: str, capture_id: str) -> str:
     return f"{kit_id}:{capture_id}:reading"
@@ -125,24 +132,64 @@ def photo_chunk_id(kit_id: str, capture_id: str, index: int) -> str:
 
 # --- building (kit side) -------------------------------------------------------------------------
 
-def build(key: SigningKey, *, kind: str, msg_id: str, kit_id: str, kode_wilayah: str, tps: int,
-          seq: int | None, created_at: float, body: dict, epoch: int | None = None) -> bytes:
+
+def build(
+    key: SigningKey,
+    *,
+    kind: str,
+    msg_id: str,
+    kit_id: str,
+    kode_wilayah: str,
+    tps: int,
+    seq: int | None,
+    created_at: float,
+    body: dict,
+    epoch: int | None = None,
+) -> bytes:
     """Sign an envelope and return its wire bytes."""
-    env = {"v": SCHEMA_VERSION, "kind": kind, "id": msg_id, "kit_id": kit_id, "kode_wilayah": kode_wilayah,
-           "tps": int(tps), "seq": seq, "epoch": epoch, "created_at": float(created_at), "body": body}
+    env = {
+        "v": SCHEMA_VERSION,
+        "kind": kind,
+        "id": msg_id,
+        "kit_id": kit_id,
+        "kode_wilayah": kode_wilayah,
+        "tps": int(tps),
+        "seq": seq,
+        "epoch": epoch,
+        "created_at": float(created_at),
+        "body": body,
+    }
     return canonical_json(sign_document(key, env))
 
 
-def reading_body(*, capture_id: str, halaman: int | None, reading: dict, taken_at: float, time_source: str,
-                 photo: bytes | None, chunk_bytes: int) -> dict:
+def reading_body(
+    *,
+    capture_id: str,
+    halaman: int | None,
+    reading: dict,
+    taken_at: float,
+    time_source: str,
+    photo: bytes | None,
+    chunk_bytes: int,
+) -> dict:
     meta = None
     if photo:
-        meta = {"sha256": hashlib.sha256(photo).hexdigest(), "bytes": len(photo),
-                "chunks": math.ceil(len(photo) / chunk_bytes), "chunk_bytes": chunk_bytes,
-                "content_type": "image/jpeg"}
-    body = {"capture_id": capture_id, "halaman": halaman, "taken_at": float(taken_at),
-            "time_source": time_source, "reading": reading, "photo": meta}
-    ReadingBody.model_validate(body)   # refuse bad input at the kit already
+        meta = {
+            "sha256": hashlib.sha256(photo).hexdigest(),
+            "bytes": len(photo),
+            "chunks": math.ceil(len(photo) / chunk_bytes),
+            "chunk_bytes": chunk_bytes,
+            "content_type": "image/jpeg",
+        }
+    body = {
+        "capture_id": capture_id,
+        "halaman": halaman,
+        "taken_at": float(taken_at),
+        "time_source": time_source,
+        "reading": reading,
+        "photo": meta,
+    }
+    ReadingBody.model_validate(body)  # refuse bad input at the kit already
     return body
 
 
@@ -151,14 +198,23 @@ def photo_chunk_bodies(*, capture_id: str, halaman: int | None, photo: bytes, ch
     count = math.ceil(len(photo) / chunk_bytes)
     out = []
     for i in range(count):
-        chunk = photo[i * chunk_bytes:(i + 1) * chunk_bytes]
-        out.append({"capture_id": capture_id, "halaman": halaman, "index": i, "count": count,
-                    "photo_sha256": photo_sha, "chunk_sha256": hashlib.sha256(chunk).hexdigest(),
-                    "data": base64.b64encode(chunk).decode("ascii")})
+        chunk = photo[i * chunk_bytes : (i + 1) * chunk_bytes]
+        out.append(
+            {
+                "capture_id": capture_id,
+                "halaman": halaman,
+                "index": i,
+                "count": count,
+                "photo_sha256": photo_sha,
+                "chunk_sha256": hashlib.sha256(chunk).hexdigest(),
+                "data": base64.b64encode(chunk).decode("ascii"),
+            }
+        )
     return out
 
 
 # --- parsing (collector side) --------------------------------------------------------------------
+
 
 def parse(payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[Envelope, dict]:
     """Decode and validate the schema (not the signature). Returns (envelope, raw dict)."""
@@ -224,6 +280,13 @@ def parse_ack(payload: bytes) -> list[str]:
 
 def json_schema() -> dict:
     """JSON Schema of the envelope and bodies (for docs/payloads.md)."""
-    return {name: m.model_json_schema() for name, m in
-            (("envelope", Envelope), ("reading", ReadingBody), ("photo", PhotoChunkBody),
-             ("status", StatusBody), ("ack", Ack))}
+    return {
+        name: m.model_json_schema()
+        for name, m in (
+            ("envelope", Envelope),
+            ("reading", ReadingBody),
+            ("photo", PhotoChunkBody),
+            ("status", StatusBody),
+            ("ack", Ack),
+        )
+    }

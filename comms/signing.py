@@ -36,12 +36,11 @@ class KeyFileError(ValueError):
     """A key or registry file cannot be used; the message says what and how to fix it."""
 
 
-
-
 def canonical_json(obj) -> bytes:
     """The bytes that are signed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -49,6 +48,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 # --- keys -------------------------------------------------------------------------------------------
+
 
 def generate_key() -> SigningKey:
     return SigningKey.generate()
@@ -91,7 +91,9 @@ def load_private_key(path: Path | str) -> SigningKey:
     except FileNotFoundError:
         raise KeyFileError(f"kit key {path} not found: run 'tpskit provision' to create it") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"kit key {path} cannot be read ({exc}): restore it or re-provision the kit") from None
+        raise KeyFileError(
+            f"kit key {path} cannot be read ({exc}): restore it or re-provision the kit"
+        ) from None
     try:
         seed = base64.b64decode(text, validate=True)
     except binascii.Error:
@@ -146,18 +148,20 @@ def load_public_key(text: str | bytes) -> VerifyKey:
             der = base64.b64decode(body, validate=True)
             if len(der) != 44 or not der.startswith(_SPKI_PREFIX):
                 raise ValueError("not an Ed25519 SubjectPublicKeyInfo")
-            raw = der[len(_SPKI_PREFIX):]
+            raw = der[len(_SPKI_PREFIX) :]
         else:
             raw = base64.b64decode(text, validate=True)
         if len(raw) != 32:
             raise ValueError(f"{len(raw)} bytes instead of 32")
         return VerifyKey(raw)
     except (ValueError, binascii.Error) as exc:
-        raise KeyFileError(f"public key is not base64 or PEM Ed25519 ({exc}): export it with 'tpskit provision'") \
-            from None
+        raise KeyFileError(
+            f"public key is not base64 or PEM Ed25519 ({exc}): export it with 'tpskit provision'"
+        ) from None
 
 
 # --- signatures -------------------------------------------------------------------------------------
+
 
 def sign_bytes(key: SigningKey, data: bytes) -> str:
     return base64.b64encode(key.sign(data).signature).decode("ascii")
@@ -188,6 +192,7 @@ def verify_document(key: VerifyKey, doc: dict, *, field: str = "sig") -> bool:
 
 # --- registry of kit keys (collector side) ----------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class KitEntry:
     kit_id: str
@@ -199,15 +204,17 @@ class KitEntry:
 def load_registry(path: Path | str) -> dict[str, KitEntry]:
     """Read a JSON (or CSV) registry of kit public keys; raise KeyFileError naming the bad entry."""
     path = Path(path)
-    if path.is_dir():   # a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)
+    if path.is_dir():  # a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)
         merged: dict[str, KitEntry] = {}
         for f in sorted(path.iterdir()):
             if f.suffix.lower() in (".csv", ".json") and f.is_file():
                 merged.update(load_registry(f))
         return merged
     if not path.exists():
-        raise KeyFileError(f"kit registry {path} not found: create it with 'tpskit collector --kits {path} "
-                        "--add-kit KIT_ID --public-key KEY'")
+        raise KeyFileError(
+            f"kit registry {path} not found: create it with 'tpskit collector --kits {path} "
+            "--add-kit KIT_ID --public-key KEY'"
+        )
     text = path.read_text(encoding="utf-8")
     rows: list[dict]
     if path.suffix.lower() == ".csv" or (text.lstrip()[:1] not in ("{", "") and "," in text.splitlines()[0]):
@@ -219,7 +226,7 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
             raise KeyFileError(f"kit registry {path} is not valid JSON ({exc})") from None
         kits = data.get("kits", {}) if isinstance(data, dict) else None
         if not isinstance(kits, dict):
-            raise KeyFileError(f"kit registry {path}: expected {{\"version\": 1, \"kits\": {{...}}}}")
+            raise KeyFileError(f'kit registry {path}: expected {{"version": 1, "kits": {{...}}}}')
         rows = [{"kit_id": k, **(v if isinstance(v, dict) else {"public_key": v})} for k, v in kits.items()]
     out: dict[str, KitEntry] = {}
     for row in rows:
@@ -231,13 +238,20 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
         except KeyFileError as exc:
             raise KeyFileError(f"kit registry {path}, kit {kit_id}: {exc}") from None
         tps = row.get("tps")
-        out[kit_id] = KitEntry(kit_id, key, (row.get("kode_wilayah") or None),
-                               int(tps) if tps not in (None, "") else None)
+        out[kit_id] = KitEntry(
+            kit_id, key, (row.get("kode_wilayah") or None), int(tps) if tps not in (None, "") else None
+        )
     return out
 
 
-def registry_add(path: Path | str, kit_id: str, public_key: str | VerifyKey | SigningKey, *,
-                 kode_wilayah: str | None = None, tps: int | None = None) -> None:
+def registry_add(
+    path: Path | str,
+    kit_id: str,
+    public_key: str | VerifyKey | SigningKey,
+    *,
+    kode_wilayah: str | None = None,
+    tps: int | None = None,
+) -> None:
     """Add or replace one kit in a JSON registry (created if missing), atomically."""
     path = Path(path)
     if isinstance(public_key, SigningKey | VerifyKey):
@@ -249,7 +263,9 @@ def registry_add(path: Path | str, kit_id: str, public_key: str | VerifyKey | Si
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise KeyFileError(f"kit registry {path} is not valid JSON ({exc}); fix or move it first") from None
+            raise KeyFileError(
+                f"kit registry {path} is not valid JSON ({exc}); fix or move it first"
+            ) from None
         data.setdefault("kits", {})
     entry: dict = {"public_key": key_b64, "added_at": time.time()}
     if kode_wilayah:

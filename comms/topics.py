@@ -1,6 +1,7 @@
 """MQTT topic layout: ``<prefix>/<kode_wilayah>/<tps>/<kind>`` (documented in docs/payloads.md).
 
-Kit → collector: ``reading``, ``photo``, ``readiness`` (retained), ``heartbeat``, ``status`` (retained, last will).
+Kit → collector: ``reading``, ``photo``, ``readiness`` (retained), ``heartbeat``,
+``status`` (retained, last will).
 Collector → kit: ``ack``.
 """
 
@@ -37,7 +38,7 @@ def parse_topic(prefix: str, name: str) -> TopicParts:
     prefix = prefix.strip("/")
     if not name.startswith(prefix + "/"):
         raise ValueError(f"topic {name!r} is not under {prefix!r}")
-    parts = name[len(prefix) + 1:].split("/")
+    parts = name[len(prefix) + 1 :].split("/")
     if len(parts) != 3:
         raise ValueError(f"topic {name!r} is not <prefix>/<kode_wilayah>/<tps>/<kind>")
     kw, tps, kind = parts

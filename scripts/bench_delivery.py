@@ -40,11 +40,25 @@ KW, TPS, KIT = "31.71.01.1001", 7, "kit-bench"
 
 def page_reading(i: int) -> dict:
     """A realistic page reading (C.HASIL PPWP page 2: numbers, status, uncertain fields, versions)."""
-    return {"form": "C.HASIL-PPWP-2024", "halaman": 2, "status": "ok", "page_code": "PPWP-2",
-            "fields": {"suara_01": 101 + i % 50, "suara_02": 87, "suara_03": 45, "suara_sah": 233 + i % 50,
-                       "suara_tidak_sah": 4, "jumlah_suara": 237 + i % 50},
-            "confidence_min": 0.9973, "uncertain": [], "rules": {"sum_sah": "ok", "sah_plus_tidak_sah": "ok"},
-            "model": "digits-2026.11", "reader": "0.1.0"}
+    return {
+        "form": "C.HASIL-PPWP-2024",
+        "halaman": 2,
+        "status": "ok",
+        "page_code": "PPWP-2",
+        "fields": {
+            "suara_01": 101 + i % 50,
+            "suara_02": 87,
+            "suara_03": 45,
+            "suara_sah": 233 + i % 50,
+            "suara_tidak_sah": 4,
+            "jumlah_suara": 237 + i % 50,
+        },
+        "confidence_min": 0.9973,
+        "uncertain": [],
+        "rules": {"sum_sah": "ok", "sah_plus_tidak_sah": "ok"},
+        "model": "digits-2026.11",
+        "reader": "0.1.0",
+    }
 
 
 def wait_for(pred, timeout: float, step: float = 0.02) -> bool:
@@ -85,15 +99,32 @@ def bare_paho(broker: MosquittoBroker, n: int, payload: bytes, topic: str, infli
 
 
 def make_courier(db: Path, key, broker: MosquittoBroker, inflight: int) -> Courier:
-    return Courier(db_path=db, kit_id=KIT, kode_wilayah=KW, tps=TPS, signing_key=key, broker_url=broker.url,
-                   ack_timeout_s=5.0, backoff_base_s=0.2, backoff_max_s=1.0, heartbeat_s=60, max_inflight=inflight)
+    return Courier(
+        db_path=db,
+        kit_id=KIT,
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=key,
+        broker_url=broker.url,
+        ack_timeout_s=5.0,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        heartbeat_s=60,
+        max_inflight=inflight,
+    )
 
 
 def fill(courier: Courier, n: int, start: int = 0) -> float:
     t0 = time.perf_counter()
     for i in range(start, start + n):
-        courier.submit_reading(capture_id=f"b{i:06d}", halaman=2, reading=page_reading(i), photo_jpeg=None,
-                               taken_at=1_700_000_000.0 + i, time_source="rtc")
+        courier.submit_reading(
+            capture_id=f"b{i:06d}",
+            halaman=2,
+            reading=page_reading(i),
+            photo_jpeg=None,
+            taken_at=1_700_000_000.0 + i,
+            time_source="rtc",
+        )
     return n / (time.perf_counter() - t0)
 
 
@@ -103,8 +134,9 @@ def all_acked(courier: Courier, n: int):
 
 def count_readings(db: Path) -> tuple[int, int]:
     with sqlite3.connect(db) as conn:
-        total, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT kit_id || capture_id) FROM readings"
-                                       ).fetchone()
+        total, distinct = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT kit_id || capture_id) FROM readings"
+        ).fetchone()
     return total, distinct
 
 
@@ -132,22 +164,51 @@ def main() -> int:
     out: dict = {}
     broker = MosquittoBroker(workdir=work / "mosq").start()
     # The collector runs in its own process (as on a server), through the real CLI.
-    collector = subprocess.Popen([sys.executable, "-m", "firmware.cli", "collector", "--broker", broker.url,
-                                  "--db", str(work / "collector.db"), "--kits", str(work / "kits.json"),
-                                  "--client-id", "bench-collector"], cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=open(work / "collector.log", "wb"))
+    collector = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "firmware.cli",
+            "collector",
+            "--broker",
+            broker.url,
+            "--db",
+            str(work / "collector.db"),
+            "--kits",
+            str(work / "kits.json"),
+            "--client-id",
+            "bench-collector",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "collector.log", "wb"),
+    )
     try:
         # bytes on the wire per page
-        sample = payloads.build(key, kind="reading", msg_id=payloads.reading_id(KIT, "b000000"), kit_id=KIT,
-                                kode_wilayah=KW, tps=TPS, seq=1, created_at=time.time(),
-                                body=payloads.reading_body(capture_id="b000000", halaman=2, reading=page_reading(0),
-                                                           taken_at=1.7e9, time_source="rtc", photo=None,
-                                                           chunk_bytes=64_000))
+        sample = payloads.build(
+            key,
+            kind="reading",
+            msg_id=payloads.reading_id(KIT, "b000000"),
+            kit_id=KIT,
+            kode_wilayah=KW,
+            tps=TPS,
+            seq=1,
+            created_at=time.time(),
+            body=payloads.reading_body(
+                capture_id="b000000",
+                halaman=2,
+                reading=page_reading(0),
+                taken_at=1.7e9,
+                time_source="rtc",
+                photo=None,
+                chunk_bytes=64_000,
+            ),
+        )
         topic = topics.topic(topics.DEFAULT_PREFIX, KW, TPS, "reading")
-        body_len = 2 + len(topic) + 2 + 1 + len(sample)          # topic, packet id, v5 properties, payload
+        body_len = 2 + len(topic) + 2 + 1 + len(sample)  # topic, packet id, v5 properties, payload
         publish_bytes = 1 + (2 if body_len < 16384 else 3) + body_len
         out["payload_bytes_per_page"] = len(sample)
-        out["bytes_per_page"] = publish_bytes + 4                   # PUBLISH + PUBACK
+        out["bytes_per_page"] = publish_bytes + 4  # PUBLISH + PUBACK
 
         # throughput: bare paho vs ours (outbox → broker → collector → ack)
         bare = bare_paho(broker, args.messages, sample, topic + "-bare", args.inflight)
@@ -158,8 +219,13 @@ def main() -> int:
         ok = wait_for(all_acked(c, args.messages), 600)
         ours = args.messages / (time.perf_counter() - t0)
         c.close()
-        out.update(bare_paho_msgs_per_s=round(bare), ours_msgs_per_s=round(ours), enqueue_per_s=round(enq),
-                   throughput_ratio_vs_bare_paho=round(ours / bare, 3), throughput_complete=ok)
+        out.update(
+            bare_paho_msgs_per_s=round(bare),
+            ours_msgs_per_s=round(ours),
+            enqueue_per_s=round(enq),
+            throughput_ratio_vs_bare_paho=round(ours / bare, 3),
+            throughput_complete=ok,
+        )
 
         # drain: backlog queued while the broker is down
         broker.stop()
@@ -177,9 +243,29 @@ def main() -> int:
         with sqlite3.connect(work / "collector.db") as conn:
             before = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         kdb = work / "kill.db"
-        cmd = [sys.executable, "-m", "comms.fakekit", "--db", str(kdb), "--key", str(work / "kit.key"),
-               "--kit-id", KIT, "--broker", broker.url, "--count", str(args.kill_readings), "--interval", "0.002",
-               "--photo-every", "10", "--ack-timeout", "2", "--timeout", "300"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "comms.fakekit",
+            "--db",
+            str(kdb),
+            "--key",
+            str(work / "kit.key"),
+            "--kit-id",
+            KIT,
+            "--broker",
+            broker.url,
+            "--count",
+            str(args.kill_readings),
+            "--interval",
+            "0.002",
+            "--photo-every",
+            "10",
+            "--ack-timeout",
+            "2",
+            "--timeout",
+            "300",
+        ]
         for _ in range(args.kills):
             p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(0.05, 1.2))
@@ -193,10 +279,16 @@ def main() -> int:
         expected = args.kill_readings
         with sqlite3.connect(work / "collector.db") as conn:
             photos = conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
-        out.update(kills=args.kills, readings=args.kill_readings, stored_once=distinct,
-                   lost=expected - distinct, duplicates_stored=total - distinct, photos_complete=photos,
-                   kit_exit_code=final.returncode,
-                   integrity_ok=integrity(kdb) and integrity(work / "collector.db"))
+        out.update(
+            kills=args.kills,
+            readings=args.kill_readings,
+            stored_once=distinct,
+            lost=expected - distinct,
+            duplicates_stored=total - distinct,
+            photos_complete=photos,
+            kit_exit_code=final.returncode,
+            integrity_ok=integrity(kdb) and integrity(work / "collector.db"),
+        )
         with sqlite3.connect(work / "collector.db") as conn:
             out["collector_rejects"] = conn.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
     finally:

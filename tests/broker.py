@@ -49,8 +49,16 @@ class MosquittoBroker:
     ``extra_conf`` lines are appended to the generated config (e.g. an ACL file).
     """
 
-    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1", binary: str | None = None,
-                 workdir: Path | str | None = None, extra_conf: str = "", start_timeout: float = 10.0):
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        workdir: Path | str | None = None,
+        extra_conf: str = "",
+        start_timeout: float = 10.0,
+    ):
         self.binary = binary or find_mosquitto()
         if not self.binary:
             raise BrokerUnavailable("mosquitto is not installed (apt-get install mosquitto)")
@@ -91,8 +99,13 @@ class MosquittoBroker:
         self._log = open(self.log_path, "ab")
         deadline = time.monotonic() + self.start_timeout
         while True:
-            self._proc = subprocess.Popen([self.binary, "-c", str(self.conf_path)], stdin=subprocess.DEVNULL,
-                                          stdout=self._log, stderr=self._log, start_new_session=True)
+            self._proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=self._log,
+                start_new_session=True,
+            )
             if self._wait_listening(deadline):
                 return self
             # The port may still be in TIME_WAIT/held right after a stop: retry until the deadline.

@@ -22,8 +22,9 @@ if str(ROOT) not in sys.path:
 
 from tests.broker import MosquittoBroker, find_mosquitto  # noqa: E402
 
-NO_MOSQUITTO = ("mosquitto not installed (apt-get install mosquitto, "
-                "or set TPSKIT_MOSQUITTO=/path/to/mosquitto)")
+NO_MOSQUITTO = (
+    "mosquitto not installed (apt-get install mosquitto, or set TPSKIT_MOSQUITTO=/path/to/mosquitto)"
+)
 
 
 def _require_mosquitto() -> None:

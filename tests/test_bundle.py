@@ -19,14 +19,30 @@ KW, TPS = "31.71.01.1001", 7
 
 
 def _courier(key, db, url="mqtt://127.0.0.1:1"):
-    return Courier(db_path=db, kit_id="kit-1", kode_wilayah=KW, tps=TPS, signing_key=key, broker_url=url,
-                   ack_timeout_s=1.5, backoff_base_s=0.2, backoff_max_s=1.0, chunk_bytes=4000)
+    return Courier(
+        db_path=db,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=key,
+        broker_url=url,
+        ack_timeout_s=1.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        chunk_bytes=4000,
+    )
 
 
 def _fill(courier, n=5):
     for i in range(n):
-        courier.submit_reading(capture_id=f"c{i}", halaman=1, reading={"paslon": {"01": i}},
-                               photo_jpeg=os.urandom(9000) if i == 0 else None, taken_at=1.0, time_source="rtc")
+        courier.submit_reading(
+            capture_id=f"c{i}",
+            halaman=1,
+            reading={"paslon": {"01": i}},
+            photo_jpeg=os.urandom(9000) if i == 0 else None,
+            taken_at=1.0,
+            time_source="rtc",
+        )
 
 
 def test_export_read_and_damage(tmp_path):
@@ -35,11 +51,19 @@ def test_export_read_and_damage(tmp_path):
     _fill(c)
     c.close()
     (tmp_path / "usb").mkdir()
-    path, n = export_bundle(db_path=tmp_path / "tpskit.db", out_dir=tmp_path / "usb", signing_key=key,
-                            kit_id="kit-1", kode_wilayah=KW, tps=TPS)
-    assert n == 5 + 3                                   # 5 readings + 3 photo chunks
+    path, n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    assert n == 5 + 3  # 5 readings + 3 photo chunks
     manifest, msgs = read_bundle(path, public_key=key.verify_key)
-    assert manifest["kit_id"] == "kit-1" and [m.id for m in msgs][:5] == [f"kit-1:c{i}:reading" for i in range(5)]
+    assert manifest["kit_id"] == "kit-1" and [m.id for m in msgs][:5] == [
+        f"kit-1:c{i}:reading" for i in range(5)
+    ]
     with pytest.raises(BundleError, match="signature"):
         read_bundle(path, public_key=generate_key().verify_key)
     lines = path.read_bytes().splitlines()
@@ -52,8 +76,14 @@ def test_export_read_and_damage(tmp_path):
     with pytest.raises(BundleError, match="truncated"):
         read_bundle(path)
     with pytest.raises(BundleError, match="USB"):
-        export_bundle(db_path=tmp_path / "tpskit.db", out_dir=tmp_path / "nope", signing_key=key,
-                      kit_id="kit-1", kode_wilayah=KW, tps=TPS)
+        export_bundle(
+            db_path=tmp_path / "tpskit.db",
+            out_dir=tmp_path / "nope",
+            signing_key=key,
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+        )
 
 
 def test_cli_export_import_then_kit_acked_by_collector(tmp_path, mosquitto):
@@ -61,20 +91,39 @@ def test_cli_export_import_then_kit_acked_by_collector(tmp_path, mosquitto):
     key = generate_key()
     save_private_key(key, state / "keys" / "kit.key")
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[kit]\nkit_id = "kit-1"\nkode_wilayah = "{KW}"\ntps = {TPS}\n'
-                   f'[paths]\nstate_dir = "{state}"\nvolatile_ok = true\n[mqtt]\nurl = "{mosquitto.url}"\n')
+    cfg.write_text(
+        f'[kit]\nkit_id = "kit-1"\nkode_wilayah = "{KW}"\ntps = {TPS}\n'
+        f'[paths]\nstate_dir = "{state}"\nvolatile_ok = true\n[mqtt]\nurl = "{mosquitto.url}"\n'
+    )
     c = _courier(key, state / "tpskit.db")
     _fill(c)
     registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(broker_url=mosquitto.url, db_path=tmp_path / "collector.db",
-                          registry=tmp_path / "kits.json", client_id="collector-bundle").start()
+    collector = Collector(
+        broker_url=mosquitto.url,
+        db_path=tmp_path / "collector.db",
+        registry=tmp_path / "kits.json",
+        client_id="collector-bundle",
+    ).start()
     try:
         assert collector.connected.wait(10)
         (tmp_path / "usb").mkdir()
         assert cli.main(["--config", str(cfg), "export", str(tmp_path / "usb")]) == 0
         bundle = next((tmp_path / "usb").glob("*.tpsbundle"))
-        assert cli.main(["import", str(bundle), "--broker", mosquitto.url, "--kits", str(tmp_path / "kits.json"),
-                         "--wait", "20"]) == 0
+        assert (
+            cli.main(
+                [
+                    "import",
+                    str(bundle),
+                    "--broker",
+                    mosquitto.url,
+                    "--kits",
+                    str(tmp_path / "kits.json"),
+                    "--wait",
+                    "20",
+                ]
+            )
+            == 0
+        )
         again = import_bundle(bundle, broker_url=mosquitto.url, wait_acks_s=20)
         assert again == {"messages": 8, "published": 8, "acked": 8}
         with sqlite3.connect(tmp_path / "collector.db") as db:

@@ -32,10 +32,27 @@ def _registry(key, **kw):
 
 
 def _reading(key, seq=1, capture="c1", value=120, photo=None, kit_id="kit-1"):
-    body = payloads.reading_body(capture_id=capture, halaman=1, reading={"suara": {"01": value}},
-                                 taken_at=1.0, time_source="rtc", photo=photo, chunk_bytes=1000)
-    return payloads.build(key, kind="reading", msg_id=payloads.reading_id(kit_id, capture), kit_id=kit_id,
-                          kode_wilayah=KW, tps=TPS, seq=seq, created_at=2.0, body=body, epoch=EPOCH)
+    body = payloads.reading_body(
+        capture_id=capture,
+        halaman=1,
+        reading={"suara": {"01": value}},
+        taken_at=1.0,
+        time_source="rtc",
+        photo=photo,
+        chunk_bytes=1000,
+    )
+    return payloads.build(
+        key,
+        kind="reading",
+        msg_id=payloads.reading_id(kit_id, capture),
+        kit_id=kit_id,
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=seq,
+        created_at=2.0,
+        body=body,
+        epoch=EPOCH,
+    )
 
 
 EPOCH = 1_700_000_000_000
@@ -60,7 +77,7 @@ def test_valid_then_duplicate(store, kit):
     out = _process(store, kit, msg)
     assert out.status == "stored" and out.ack
     again = _process(store, kit, msg)
-    assert again.status == "duplicate" and again.ack       # re-acked, not re-stored
+    assert again.status == "duplicate" and again.ack  # re-acked, not re-stored
     assert _stored(store) == (1, 1)
     row = store.conn.execute("SELECT reading FROM readings").fetchone()
     assert json.loads(row[0]) == {"suara": {"01": 120}}
@@ -78,18 +95,21 @@ def _unsigned(kit):
     return canonical_json(raw)
 
 
-@pytest.mark.parametrize("make, reason", [
-    (_tampered, "bad_signature"),
-    (_unsigned, "unsigned"),
-    (lambda k: _reading(generate_key()), "bad_signature"),                 # signed by another key
-    (lambda k: _reading(k, kit_id="kit-9"), "unknown_kit"),
-    (lambda k: b"\x00not json", "not_json"),
-    (lambda k: b"[1, 2]", "not_object"),
-    (lambda k: canonical_json({**json.loads(_reading(k)), "v": 2}), "schema"),
-    (lambda k: canonical_json({**json.loads(_reading(k)), "tps": 8}), "topic_mismatch"),
-    (lambda k: b"{" * 100_000, "not_json"),
-    (lambda k: b"x" * (payloads.MAX_MESSAGE_BYTES + 1), "too_large"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (_tampered, "bad_signature"),
+        (_unsigned, "unsigned"),
+        (lambda k: _reading(generate_key()), "bad_signature"),  # signed by another key
+        (lambda k: _reading(k, kit_id="kit-9"), "unknown_kit"),
+        (lambda k: b"\x00not json", "not_json"),
+        (lambda k: b"[1, 2]", "not_object"),
+        (lambda k: canonical_json({**json.loads(_reading(k)), "v": 2}), "schema"),
+        (lambda k: canonical_json({**json.loads(_reading(k)), "tps": 8}), "topic_mismatch"),
+        (lambda k: b"{" * 100_000, "not_json"),
+        (lambda k: b"x" * (payloads.MAX_MESSAGE_BYTES + 1), "too_large"),
+    ],
+)
 def test_rejects_store_nothing(store, kit, make, reason):
     out = _process(store, kit, make(kit))
     assert out.status == "rejected" and out.reason == reason and not out.ack
@@ -118,10 +138,21 @@ def test_photo_chunks_assemble_in_any_order(store, kit):
     photo = os.urandom(3500)
     reading = _reading(kit, seq=1, photo=photo)
     chunks = payloads.photo_chunk_bodies(capture_id="c1", halaman=1, photo=photo, chunk_bytes=1000)
-    msgs = [payloads.build(kit, kind="photo", msg_id=payloads.photo_chunk_id("kit-1", "c1", b["index"]),
-                           kit_id="kit-1", kode_wilayah=KW, tps=TPS, seq=2 + b["index"], created_at=2.0, body=b,
-                           epoch=EPOCH)
-            for b in chunks]
+    msgs = [
+        payloads.build(
+            kit,
+            kind="photo",
+            msg_id=payloads.photo_chunk_id("kit-1", "c1", b["index"]),
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+            seq=2 + b["index"],
+            created_at=2.0,
+            body=b,
+            epoch=EPOCH,
+        )
+        for b in chunks
+    ]
     t_photo = topics.topic(PREFIX, KW, TPS, "photo")
     for m in reversed(msgs[1:]):
         assert _process(store, kit, m, topic=t_photo).status == "stored"
@@ -133,18 +164,39 @@ def test_photo_chunks_assemble_in_any_order(store, kit):
     assert store.gaps("kit-1") == []
     # a chunk whose data does not match its checksum (signed, so only a kit bug could do this)
     bad = dict(chunks[0], data=payloads.base64.b64encode(b"zz").decode())
-    m = payloads.build(kit, kind="photo", msg_id="kit-1:c9:photo:0", kit_id="kit-1", kode_wilayah=KW, tps=TPS,
-                       seq=50, created_at=2.0, body=bad, epoch=EPOCH)
+    m = payloads.build(
+        kit,
+        kind="photo",
+        msg_id="kit-1:c9:photo:0",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=50,
+        created_at=2.0,
+        body=bad,
+        epoch=EPOCH,
+    )
     assert _process(store, kit, m, topic=t_photo).reason == "bad_chunk"
 
 
 def test_new_epoch_is_not_a_replay(store, kit):
     """A kit whose database was replaced (same key) restarts at seq 1 in a new epoch: accepted."""
     assert _process(store, kit, _reading(kit, seq=1, capture="c1")).status == "stored"
-    body = payloads.reading_body(capture_id="c2", halaman=1, reading={}, taken_at=1.0, time_source="rtc",
-                                 photo=None, chunk_bytes=1000)
-    m = payloads.build(kit, kind="reading", msg_id=payloads.reading_id("kit-1", "c2"), kit_id="kit-1",
-                       kode_wilayah=KW, tps=TPS, seq=1, created_at=3.0, body=body, epoch=EPOCH + 1)
+    body = payloads.reading_body(
+        capture_id="c2", halaman=1, reading={}, taken_at=1.0, time_source="rtc", photo=None, chunk_bytes=1000
+    )
+    m = payloads.build(
+        kit,
+        kind="reading",
+        msg_id=payloads.reading_id("kit-1", "c2"),
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=1,
+        created_at=3.0,
+        body=body,
+        epoch=EPOCH + 1,
+    )
     assert _process(store, kit, m).status == "stored"
     no_epoch = canonical_json({k: v for k, v in json.loads(m).items() if k != "epoch"})
     assert _process(store, kit, no_epoch).status == "rejected"

@@ -35,23 +35,43 @@ def _wait(pred, timeout=60.0, step=0.1):
 def setup(tmp_path, mosquitto):
     key = generate_key()
     registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(broker_url=mosquitto.url, db_path=tmp_path / "collector.db",
-                          registry=tmp_path / "kits.json", client_id="collector-test").start()
+    collector = Collector(
+        broker_url=mosquitto.url,
+        db_path=tmp_path / "collector.db",
+        registry=tmp_path / "kits.json",
+        client_id="collector-test",
+    ).start()
     assert collector.connected.wait(10)
     yield key, collector, mosquitto, tmp_path
     collector.stop()
 
 
 def _courier(key, broker, tmp_path, **kw):
-    opts = dict(db_path=tmp_path / "tpskit.db", kit_id="kit-1", kode_wilayah=KW, tps=TPS, signing_key=key,
-                broker_url=broker.url, ack_timeout_s=1.5, backoff_base_s=0.2, backoff_max_s=1.0, heartbeat_s=0.5)
+    opts = dict(
+        db_path=tmp_path / "tpskit.db",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=key,
+        broker_url=broker.url,
+        ack_timeout_s=1.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        heartbeat_s=0.5,
+    )
     opts.update(kw)
     return Courier(**opts)
 
 
 def _submit(courier, i, photo=None):
-    return courier.submit_reading(capture_id=f"c{i:04d}", halaman=1, reading={"paslon": {"01": i}},
-                                  photo_jpeg=photo, taken_at=time.time(), time_source="rtc")
+    return courier.submit_reading(
+        capture_id=f"c{i:04d}",
+        halaman=1,
+        reading={"paslon": {"01": i}},
+        photo_jpeg=photo,
+        taken_at=time.time(),
+        time_source="rtc",
+    )
 
 
 def _readings(tmp_path):
@@ -73,14 +93,15 @@ def test_outage_then_everything_in_order_exactly_once(setup):
         assert courier.status()["queued"] >= 30
         time.sleep(1.0)
         broker.start()
-        assert _wait(lambda: courier.status()["queued"] == 0 and courier.status()["sent"] == 0, 60), \
+        assert _wait(lambda: courier.status()["queued"] == 0 and courier.status()["sent"] == 0, 60), (
             courier.status()
+        )
         st = courier.status()
         assert st["connected"] and st["oldest_unsent_age_s"] is None
     finally:
         courier.close()
     got = _readings(tmp_path)
-    assert got == [f"c{i:04d}" for i in range(40)]            # in order, exactly once
+    assert got == [f"c{i:04d}" for i in range(40)]  # in order, exactly once
     store = CollectorStore(tmp_path / "collector.db")
     assert store.counts()["photos"] == 3
     assert store.gaps("kit-1") == []
@@ -101,7 +122,7 @@ def test_readiness_retained_and_recorded(setup):
 
 def test_submit_is_idempotent_and_full_refuses(setup):
     key, collector, broker, tmp_path = setup
-    courier = _courier(key, broker, tmp_path, max_bytes=1_000_000)      # not started: nothing is sent
+    courier = _courier(key, broker, tmp_path, max_bytes=1_000_000)  # not started: nothing is sent
     try:
         assert _submit(courier, 1) == _submit(courier, 1)
         assert courier.status()["queued"] == 1
@@ -131,11 +152,29 @@ def test_kit_sigkilled_at_random_points(setup):
     # the fake kit uses its own key file: register it
     kit_key = load_or_create_private_key(key_path)
     registry_add(tmp_path / "kits.json", "kit-1", kit_key.verify_key, kode_wilayah=KW, tps=TPS)
-    time.sleep(1.2)                          # the collector reloads the registry when it changes
+    time.sleep(1.2)  # the collector reloads the registry when it changes
     n = 120
-    cmd = [sys.executable, "-m", "comms.fakekit", "--db", str(tmp_path / "tpskit.db"), "--key", str(key_path),
-           "--broker", broker.url, "--count", str(n), "--interval", "0.01", "--photo-every", "10",
-           "--ack-timeout", "1.5", "--timeout", "60"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "comms.fakekit",
+        "--db",
+        str(tmp_path / "tpskit.db"),
+        "--key",
+        str(key_path),
+        "--broker",
+        broker.url,
+        "--count",
+        str(n),
+        "--interval",
+        "0.01",
+        "--photo-every",
+        "10",
+        "--ack-timeout",
+        "1.5",
+        "--timeout",
+        "60",
+    ]
     rng = random.Random(5)
     for _ in range(3):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

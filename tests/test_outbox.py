@@ -15,7 +15,7 @@ def test_enqueue_is_idempotent_and_ordered(tmp_path):
     ob = Outbox(tmp_path / "tpskit.db")
     assert _add(ob, "k:a") == 1
     assert _add(ob, "k:b") == 2
-    assert _add(ob, "k:a") is None          # same id: no-op
+    assert _add(ob, "k:a") is None  # same id: no-op
     assert [r.id for r in ob.unacked()] == ["k:a", "k:b"]
     assert ob.stats()["queued"] == 2
 
@@ -35,13 +35,13 @@ def test_states_and_purge(tmp_path):
         _add(ob, f"k:{i}")
     assert ob.mark_sent(["k:0", "k:1"], at=100.0) == 2
     assert ob.mark_acked(["k:0"], at=100.0) == 1
-    assert ob.mark_sent(["k:0"]) == 0           # acked never goes back
+    assert ob.mark_sent(["k:0"]) == 0  # acked never goes back
     assert [ob.state_of(f"k:{i}") for i in range(3)] == ["acked", "sent", "queued"]
     assert ob.has_stale_sent(older_than=200.0)
-    assert ob.purge(now=105.0) == 0            # within retention
+    assert ob.purge(now=105.0) == 0  # within retention
     assert ob.purge(now=111.0) == 1
     assert ob.state_of("k:0") is None
-    assert _add(ob, "k:3") == 4                 # the sequence never goes back after a purge
+    assert _add(ob, "k:3") == 4  # the sequence never goes back after a purge
 
 
 def test_full_refuses_without_losing_anything(tmp_path):
@@ -52,7 +52,7 @@ def test_full_refuses_without_losing_anything(tmp_path):
         _add(ob, "k:big", size=200)
     assert "outbox full" in str(exc.value)
     assert ob.state_of("k:big") is None
-    assert ob.stats()["queued"] == 9 and ob.stats()["last_seq"] == 9     # rolled back, seq too
+    assert ob.stats()["queued"] == 9 and ob.stats()["last_seq"] == 9  # rolled back, seq too
     # acked rows make room (they are delivered), unacked never do
     ob.mark_acked(["k:0", "k:1"])
     _add(ob, "k:big", size=200)
