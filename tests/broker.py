@@ -58,6 +58,7 @@ class MosquittoBroker:
         workdir: Path | str | None = None,
         extra_conf: str = "",
         start_timeout: float = 10.0,
+        anonymous: bool = True,
     ):
         self.binary = binary or find_mosquitto()
         if not self.binary:
@@ -74,7 +75,7 @@ class MosquittoBroker:
         self._log = None
         self.conf_path.write_text(
             f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if anonymous else 'false'}\n"
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"

@@ -38,9 +38,9 @@ def mosquitto_factory(tmp_path_factory):
     _require_mosquitto()
     brokers: list[MosquittoBroker] = []
 
-    def make(*, extra_conf: str = "", port: int | None = None) -> MosquittoBroker:
+    def make(*, extra_conf: str = "", port: int | None = None, anonymous: bool = True) -> MosquittoBroker:
         workdir = tmp_path_factory.mktemp("mosquitto")
-        broker = MosquittoBroker(workdir=workdir, extra_conf=extra_conf, port=port)
+        broker = MosquittoBroker(workdir=workdir, extra_conf=extra_conf, port=port, anonymous=anonymous)
         brokers.append(broker)
         return broker.start()
 
