@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     base["correct"] += 1
         t = check_tps(readings)
         tps_rows.append({"tps": i, "slip": tps[2], "status": t["status"],
+                         "spoiled": any(pg["spoiled"] for pg in pages[-3:]),
                          "pages": [r.status for r in readings]})
         if not args.json and (i + 1) % 25 == 0:
             print(f"  {i + 1}/{args.tps} TPS, {time.time() - t_start:.0f} s", file=sys.stderr, flush=True)
@@ -166,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "spoiled": len(spoiled),
         "spoiled_refused_pct": share(sum(p["status"] == "retake" for p in spoiled), len(spoiled)),
         "spoiled_kinds": sorted({p["spoiled"] for p in spoiled}),
-        "tps_ok_pct_no_slip": share(sum(r["status"] == "ok" for r in tps_rows if not r["slip"]),
-                                    len([r for r in tps_rows if not r["slip"]])),
+        "tps_ok_pct_no_slip_no_spoil": share(
+            sum(r["status"] == "ok" for r in tps_rows if not r["slip"] and not r["spoiled"]),
+            len([r for r in tps_rows if not r["slip"] and not r["spoiled"]])),
         "by_condition": by_cond, "not_ok_reasons": reasons, "ms_per_page": ms,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "baseline_tesseract": {"pages": base["pages"],
