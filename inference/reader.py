@@ -33,6 +33,7 @@ MIN_RULE_SUPPORT = 0.2  # P(the page's rules hold | digits) below this: a slip o
 CANDIDATE_MIN_P = 1e-6
 MAX_CANDIDATES = 8
 BEAM = 256
+PRUNE = 1e-9  # partial readings this much less likely than the best are dropped (their mass is counted)
 BUBBLE_ERROR = 0.01  # chance that a clearly read bubble column disagrees with what the KPPS meant
 MIN_VALID = 0.5  # below this the boxes more likely hold no valid number (a gap, a value out of range)
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
@@ -185,26 +186,33 @@ def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple
     pos = {n: i for i, n in enumerate(names)}
     due: dict[int, list] = {}
     for r in rules:
-        last = max(pos[f] for f in r.fields)
-        due.setdefault(last, []).append(r)
+        idx = tuple(pos[f] for f in r.fields)
+        due.setdefault(max(idx), []).append((r, idx))
+    holds = rules_mod.holds_values
     beam: list[tuple[float, tuple]] = [(1.0, ())]
     dropped = 0.0
     for i, c in enumerate(cands):
         nxt = []
+        checks = due.get(i, ())
+        options = list(zip(c.values, c.probs, strict=True))
         for p, assign in beam:
-            for v, pv in zip(c.values, c.probs, strict=True):
+            for v, pv in options:
                 a = assign + (v,)
                 ok = True
-                for r in due.get(i, ()):
-                    vals = {names[j]: a[j] for j in (pos[f] for f in r.fields)}
-                    if rules_mod.holds(r, vals) is not True:
+                for r, idx in checks:
+                    if holds(r, [a[j] for j in idx]) is not True:
                         ok = False
                         break
                 if ok:
                     nxt.append((p * pv, a))
         nxt.sort(key=lambda t: -t[0])
-        dropped += sum(p for p, _ in nxt[BEAM:])
-        beam = nxt[:BEAM]
+        keep = BEAM
+        if nxt:
+            floor = nxt[0][0] * PRUNE
+            while keep > 1 and keep <= len(nxt) and nxt[keep - 1][0] < floor:
+                keep -= 1
+        dropped += sum(p for p, _ in nxt[keep:])
+        beam = nxt[:keep]
         if not beam:
             break
     z = sum(p for p, _ in beam)
