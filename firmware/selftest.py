@@ -37,7 +37,8 @@ LABELS = {
     "broker": "Broker MQTT",
     "collector": "Collector (ack)",
 }
-SAMPLE_SEED = 20240214  # Pemilu 2024 voting day: the built-in sample page is always the same
+SAMPLE_SEED = 20240214  # Pemilu 2024 voting day: the built-in sample digits are always the same
+SAMPLE_PAGE_SEED = 20240215  # the built-in sample page (inference.synth, clean, 2.4 px/mm)
 MIN_YEAR = 2024
 MAX_YEAR = 2040
 SERVICE_HINT = "jika layanan berjalan, hentikan dulu: sudo systemctl stop tpskit"
@@ -469,7 +470,7 @@ def _sample_page(classifier) -> tuple[bool, str]:
     from inference.reader import PageReader
     from inference.synth import make_sample
 
-    sample = make_sample(SAMPLE_SEED, 1, condition="clean", scale=0.6)
+    sample = make_sample(SAMPLE_PAGE_SEED, 1, condition="clean", scale=0.6)
     reading = PageReader(classifier=classifier).read(sample.image)
     got = reading.to_dict()
     fields = got.get("fields") or got.get("values") or {}

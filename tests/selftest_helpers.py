@@ -57,9 +57,12 @@ class Presser:
 
     def _run(self):
         while not self._stop.is_set():
-            self.pin.drive_low()
-            time.sleep(self.every_s)
-            self.pin.drive_high()
+            try:
+                self.pin.drive_low()
+                time.sleep(self.every_s)
+                self.pin.drive_high()
+            except Exception:  # noqa: BLE001 - a device closing mid-press raises in gpiozero's callback
+                pass
             time.sleep(self.every_s)
 
     def __enter__(self):

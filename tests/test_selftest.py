@@ -29,13 +29,17 @@ from tests.broker import free_port
 from tests.selftest_helpers import Presser, make_kit, page_photos
 
 
-def _collector(tmp_path, broker):
-    from comms.collector import Collector
-
+def _registry(tmp_path):
     registry = tmp_path / "registry.json"
     registry.write_text('{"version": 1, "kits": {}}\n')
-    collector = Collector(broker_url=broker.url, db_path=tmp_path / "collector.db", registry=registry)
-    return collector, registry
+    return registry
+
+
+def _collector(tmp_path, broker, registry):
+    """The reference collector, built after the kits are in the registry."""
+    from comms.collector import Collector
+
+    return Collector(broker_url=broker.url, db_path=tmp_path / "collector.db", registry=registry)
 
 
 def _latest_readiness(db) -> dict:
@@ -123,9 +127,9 @@ def _report(capsys) -> dict:
 def test_failing_camera_is_not_ready(tmp_path, factory, mosquitto, capsys):
     empty = tmp_path / "no-photos"
     empty.mkdir()
-    collector, registry = _collector(tmp_path, mosquitto)
+    registry = _registry(tmp_path)
     conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=empty, registry=registry)
-    collector.start()
+    collector = _collector(tmp_path, mosquitto, registry).start()
     try:
         assert collector.connected.wait(10)
         with Presser(factory, conf.gpio.button):
@@ -134,7 +138,7 @@ def test_failing_camera_is_not_ready(tmp_path, factory, mosquitto, capsys):
         collector.stop()
     rep = _report(capsys)
     assert rc == 1 and not rep["ready"]
-    assert rep["failing"] == ["camera"]
+    assert rep["failing"] == ["camera"], rep["checks"]
     cam = next(c for c in rep["checks"] if c["name"] == "camera")
     assert "tidak bisa memotret" in cam["detail"] and "kabel pita" in cam["fix"]
     # the collector acked the test message; the readiness was published too
@@ -182,9 +186,9 @@ def test_text_verdict_names_what_to_fix(tmp_path, factory, photos, capsys):
 
 @pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="digit model not committed yet")
 def test_everything_ready(tmp_path, factory, photos, mosquitto, capsys):
-    collector, registry = _collector(tmp_path, mosquitto)
+    registry = _registry(tmp_path)
     make_kit(tmp_path / "kit", broker_url=mosquitto.url, photos=photos, registry=registry)
-    collector.start()
+    collector = _collector(tmp_path, mosquitto, registry).start()
     try:
         assert collector.connected.wait(10)
         with Presser(factory, 17):
@@ -250,8 +254,9 @@ def test_boot_readiness_reaches_the_collector(tmp_path, mosquitto):
     from comms.courier import Courier
     from comms.outbox import Outbox
 
-    collector, registry = _collector(tmp_path, mosquitto)
+    registry = _registry(tmp_path)
     conf = make_kit(tmp_path / "kit", broker_url=mosquitto.url, registry=registry)
+    collector = _collector(tmp_path, mosquitto, registry)
     save_report(conf, Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
                              [Check("camera", True, "ok")]))
     collector.start()
