@@ -166,6 +166,7 @@ class Courier:
         self._last_ack_at: float | None = None
         self._started_at = time.time()
         self._kicked = False
+        self._heartbeat_now = False
 
     @classmethod
     def from_config(cls, cfg, *, signing_key=None, password: str | None = None, **overrides) -> Courier:
@@ -320,6 +321,11 @@ class Courier:
         """Set the callable that supplies battery, last capture, firmware/model versions for heartbeats."""
         self._heartbeat_info = func
 
+    def heartbeat(self) -> None:
+        """Send a heartbeat as soon as the link is up (besides the periodic ones)."""
+        self._heartbeat_now = True
+        self._wake.set()
+
     def kick(self) -> None:
         """Retry now: skip the current backoff wait and resend anything overdue."""
         self._backoff.reset()
@@ -417,6 +423,7 @@ class _Session:
     """One MQTT connection: a fresh paho client, a pass over the outbox, flushes of sent/acked states."""
 
     FLUSH_INTERVAL_S = 0.1
+    PROBE_FIRST_S = 1.0
     FLUSH_BATCH = 500
 
     def __init__(self, courier: Courier, outbox: Outbox):
@@ -442,6 +449,8 @@ class _Session:
         # dropped and then arrive out of order.
         self.e2e_ok = False
         self.probe_out = False
+        self.probe_at = 0.0
+        self.probe_interval = min(self.PROBE_FIRST_S, courier.ack_timeout_s)
 
     # paho callbacks (run inside client.loop(), in this thread)
     def on_connect(self, client, userdata, flags, reason_code, properties):
@@ -600,7 +609,7 @@ class _Session:
                 for row in rows:
                     self.cursor[prio] = row.seq
                     last = self.last_published.get(row.id)
-                    if last is not None and now - last < c.ack_timeout_s:
+                    if self.e2e_ok and last is not None and now - last < c.ack_timeout_s:
                         continue
                     info = client.publish(row.topic, row.payload, qos=1, retain=row.retain)
                     if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
@@ -614,6 +623,7 @@ class _Session:
                     free -= 1
                     published = True
                     self.probe_out = True
+                    self.probe_at = now
             if not self.exhausted[prio]:
                 return published  # numbers first: no photo chunk while numbers wait
         return published
@@ -650,8 +660,15 @@ class _Session:
         if c.heartbeat_s > 0 and now >= self.next_heartbeat:
             self.next_heartbeat = now + c.heartbeat_s
             self._publish_control(client, c.topic("heartbeat"), self._heartbeat_payload())
-        idle = all(self.exhausted.values()) or (not self.e2e_ok and self.probe_out)
-        if now >= self.next_stale_check and idle and not self.inflight:
+        if c._heartbeat_now:
+            c._heartbeat_now = False
+            self.next_heartbeat = now
+        if not self.e2e_ok and self.probe_out and now - self.probe_at >= self.probe_interval:
+            # No collector answered the probe (e.g. it had not re-subscribed yet): send it again, soon.
+            self.probe_interval = min(self.probe_interval * 2, c.ack_timeout_s)
+            self._new_pass(only_overdue=True)
+            return
+        if now >= self.next_stale_check and all(self.exhausted.values()) and not self.inflight:
             self.next_stale_check = now + max(1.0, self.stale_interval / 4)
             if self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
                 log.info("messages without collector ack for %.0f s: resending", c.ack_timeout_s)
