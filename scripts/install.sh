@@ -144,7 +144,13 @@ if ((DO_VENV)); then
     fi
   fi
   say "installing tpskit into the venv"
-  run "$VENV/bin/python" -m pip install --quiet --upgrade --constraint "$constraints" "$DESTDIR$PREFIX/src[pi]"
+  # no [pi] extra: lgpio comes from apt (python3-lgpio), visible through the system site packages
+  run "$VENV/bin/python" -m pip install --quiet --upgrade --constraint "$constraints" "$DESTDIR$PREFIX/src"
+fi
+# the technician types 'tpskit ...'
+run mkdir -p "$DESTDIR/usr/local/bin"
+if [ "$(readlink "$DESTDIR/usr/local/bin/tpskit" 2>/dev/null)" != "$PREFIX/venv/bin/tpskit" ]; then
+  run ln -sfn "$PREFIX/venv/bin/tpskit" "$DESTDIR/usr/local/bin/tpskit"
 fi
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -179,6 +185,6 @@ if ((ENABLE_I2C)); then
 fi
 
 say "done. Next (see docs/technician-guide.md):"
-say "  sudo $PREFIX/venv/bin/tpskit provision --kode-wilayah NN.NN.NN.NNNN --tps N --broker mqtts://HOST:8883 ..."
-say "  sudo $PREFIX/venv/bin/tpskit calibrate && sudo $PREFIX/venv/bin/tpskit selftest"
+say "  sudo tpskit provision --kode-wilayah NN.NN.NN.NNNN --tps N --broker mqtts://HOST:8883 ..."
+say "  sudo tpskit calibrate && sudo tpskit selftest"
 say "  sudo systemctl start tpskit"

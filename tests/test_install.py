@@ -54,6 +54,7 @@ def test_destdir_stages_files_and_is_idempotent(tmp_path):
     assert (src / "firmware/notify.py").exists() and (src / "pyproject.toml").exists()
     assert not (src / ".git").exists() and not (src / ".venv").exists()
     assert (root / "etc/tpskit").is_dir() and not (root / "etc/tpskit/config.toml").exists()
+    assert os.readlink(root / "usr/local/bin/tpskit") == "/opt/tpskit/venv/bin/tpskit"
     # the running system is left alone: its commands are only printed
     assert "+ systemctl daemon-reload" in first.stdout and "+ useradd" in first.stdout
     second = install("--destdir", str(root), "--no-apt", "--no-venv", "--collector")
