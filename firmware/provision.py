@@ -497,7 +497,13 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
     prefix = topic_prefix or DEFAULT_PREFIX
     prepared: list[PreparedKit] = []
     passwords: list[str] = []
-    acl: list[str] = ["# tpskit: each kit publishes only under its own TPS and reads only its acks"]
+    base = prefix.strip("/")
+    acl: list[str] = [
+        "# tpskit: each kit publishes only under its own TPS and reads only its acks",
+        f"# collector account:\n# user collector\n# topic read {base}/#\n# topic write {base}/+/+/ack",
+        f"# operator account for 'tpskit fleet readiness':\n# user operator\n"
+        f"# topic read {base}/+/+/readiness",
+    ]
     for kit_id, kode, tps, dpt in kits:
         path = kit_dir / f"{kit_id}.toml"
         password = None
