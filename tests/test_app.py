@@ -323,3 +323,30 @@ def test_queued_offline_pattern_after_verdict(tmp_path, photos):
         time.sleep(2.2)  # the slow pulse: 0.1 s on every 2 s
         assert len(yellow.states) > n
         assert h.leds()["green"] is True and h.leds()["red"] is False
+
+
+def test_real_reader_through_the_button(tmp_path, photos):
+    """The real page reader and digit model on generated pages: ok page, spoiled photo -> retake."""
+    from inference.digits import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("digit model not present")
+    from firmware.app import load_reader
+    from inference import synth
+
+    sample = synth.make_sample(11, 2, condition="clean", scale=0.75)
+    (photos / "1-page2.jpg").write_bytes(sample.jpeg)
+    (photos / "2-hand.jpg").write_bytes(synth.make_sample(12, 2, spoiled="hand", scale=0.75).jpeg)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, reader=load_reader(cfg)) as h:
+        h.press()
+        v = h.verdict(timeout=60)
+        assert v.pattern in ("ok", "review") and v.record.halaman == 2
+        values = {k: f["value"] for k, f in v.reading["fields"].items()}
+        if v.pattern == "ok":  # an ok page must be right
+            assert all(values[k] == w for k, w in sample.written.items() if k in values and w is not None)
+        h.press()
+        bad = h.verdict(timeout=60)
+        assert bad.pattern == "retake" and "Foto tidak bisa dibaca" in bad.message
+        assert bad.record.annotated_path.exists()
+    assert h.store.counts()["total"] == 2
