@@ -85,6 +85,8 @@ def test_kit_unit_has_what_issue_7_requires():
     assert d["SuccessExitStatus"] == ["75"] and d["RestartPreventExitStatus"] == ["75"]
     assert d["ExecStopPost"][0].startswith("+") and "poweroff" in d["ExecStopPost"][0]
     assert "LG_WD=/run/tpskit" in d["Environment"][0]
+    # firmware.clock asks adjtimex() (read-only) whether NTP synced the clock: it must stay allowed
+    assert "adjtimex" in d["SystemCallFilter"][0].split() and "ProtectClock" not in d
 
 
 def test_low_battery_exit_code_matches_power_module():
