@@ -193,6 +193,8 @@ def annotate(image: np.ndarray, m: Measurement, items: list[Item], *,
     lines = [("SIAP / OK" if ok else "ATUR ULANG / ADJUST", (0, 160, 0) if ok else (0, 0, 230))]
     lines += [(f"{'OK ' if i.ok else 'X  '}{i.name}: {i.value}", (0, 120, 0) if i.ok else (0, 0, 200))
               for i in items]
+    ascii_only = str.maketrans({"≥": ">=", "≤": "<=", "×": "x", "→": "->", "≈": "~"})
+    lines = [(t.translate(ascii_only).encode("ascii", "replace").decode(), c) for t, c in lines]
     fs = 0.6 * scale
     y = int(30 * scale)
     for text, color in lines:
