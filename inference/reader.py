@@ -409,10 +409,8 @@ class PageReader:
         hidden, glared = [], []
         for bc in crops:
             vis, gl = _box_visible(bc.crop, ppm)
-            if gl:
-                glared.append(bc.field)
-            elif not vis:
-                hidden.append(bc.field)
+            if not vis:  # a box whose printed border cannot be seen: washed out by glare, or covered
+                (glared if gl else hidden).append(bc.field)
         t = lap("cut", t)
         if hidden or glared:
             reasons = []
