@@ -1,0 +1,138 @@
+"""Courier internals without a broker: mid→row mapping, PUBACK failures, backoff, URLs, config."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from comms.courier import Backoff, Courier, _Session, parse_broker_url
+from comms.signing import generate_key
+
+KW, TPS = "31.71.01.1001", 7
+
+
+class FakeClient:
+    """publish() that reports the PUBACK before it returns (as paho may with its network thread)."""
+
+    def __init__(self, session, *, early: bool, reason: int = 0):
+        self.session, self.early, self.reason = session, early, reason
+        self.mid = 0
+        self.published: list[tuple[int, str]] = []
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.mid += 1
+        self.published.append((self.mid, topic))
+        if self.early:
+            self.puback(self.mid)
+        return SimpleNamespace(mid=self.mid, rc=0)
+
+    def puback(self, mid):
+        rc = ReasonCode(PacketTypes.PUBACK, identifier=self.reason)
+        self.session.on_publish(self, None, mid, rc, None)
+
+
+@pytest.fixture
+def courier(tmp_path):
+    c = Courier(
+        db_path=tmp_path / "tpskit.db",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=generate_key(),
+        broker_url="mqtt://127.0.0.1:1",
+        max_inflight=8,
+    )
+    for i in range(5):
+        c.submit_reading(
+            capture_id=f"c{i}", halaman=1, reading={"n": i}, photo_jpeg=None, taken_at=1.0, time_source="rtc"
+        )
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_every_puback_maps_to_its_row(courier, early):
+    s = _Session(courier, courier._outbox)
+    s.e2e_ok = True
+    client = FakeClient(s, early=early)
+    assert s._pump(client)
+    if not early:
+        assert len(s.inflight) == 5
+        for mid, _topic in client.published:
+            client.puback(mid)
+    assert not s.inflight and not s.early
+    s._flush(force=True)
+    assert courier.status()["sent"] == 5 and courier.status()["queued"] == 0
+
+
+def test_probe_first_then_window(courier):
+    s = _Session(courier, courier._outbox)
+    client = FakeClient(s, early=True)
+    s._pump(client)
+    s._pump(client)
+    assert len(client.published) == 1  # only the probe until the collector answers
+    s.on_message(
+        None, None, SimpleNamespace(topic="ack", payload=b'{"v":1,"kind":"ack","ids":["kit-1:c0:reading"]}')
+    )
+    s._pump(client)
+    assert len(client.published) == 5
+    s._flush(force=True)
+    assert courier.status()["acked"] == 1
+
+
+def test_refused_puback_keeps_the_row_queued(courier):
+    s = _Session(courier, courier._outbox)
+    s.e2e_ok = True
+    s._pump(FakeClient(s, early=True, reason=0x87))  # not authorized (ACL)
+    s._flush(force=True)
+    st = courier.status()
+    assert st["queued"] == 5 and "ACL" in st["last_error"]
+
+
+def test_backoff_grows_with_jitter_and_resets():
+    b = Backoff(base_s=1, max_s=10, rng=random.Random(1))
+    delays = [b.next() for _ in range(8)]
+    for n, d in enumerate(delays):
+        cap = min(10, 2**n)
+        assert cap * 0.5 <= d <= cap
+    b.reset()
+    assert b.next() <= 1
+
+
+def test_urls_and_bad_input(tmp_path):
+    assert parse_broker_url("mqtts://broker.example:8883") == ("broker.example", 8883, True)
+    assert parse_broker_url("mqtt://127.0.0.1") == ("127.0.0.1", 1883, False)
+    with pytest.raises(ValueError, match="mqtt://"):
+        parse_broker_url("http://x")
+    c = Courier(
+        db_path=tmp_path / "tpskit.db", kit_id="kit-1", kode_wilayah=KW, tps=TPS, signing_key=generate_key()
+    )
+    with pytest.raises(ValueError, match="cannot be queued"):
+        c.submit_reading(
+            capture_id="", halaman=1, reading={}, photo_jpeg=None, taken_at=1.0, time_source="rtc"
+        )
+    with pytest.raises(ValueError):
+        c.publish_retained("reading", {})
+    assert c.status()["queued"] == 0
+    c.close()
+
+
+def test_from_config(tmp_path):
+    from firmware.config import parse
+
+    cfg = parse(
+        {
+            "kit": {"kit_id": "kit-9", "kode_wilayah": KW, "tps": 3},
+            "paths": {"state_dir": str(tmp_path), "volatile_ok": True},
+            "mqtt": {"url": "mqtt://127.0.0.1:1883", "ack_timeout_s": 5, "max_inflight": 16},
+            "outbox": {"chunk_bytes": 8000},
+        }
+    )
+    c = Courier.from_config(cfg, signing_key=generate_key())
+    assert (c.kit_id, c.tps, c.ack_timeout_s, c.max_inflight, c.chunk_bytes) == ("kit-9", 3, 5.0, 16, 8000)
+    assert c.db_path == tmp_path / "tpskit.db"
+    c.close()
