@@ -7,7 +7,16 @@ accepted only when its posterior under the rules reaches ``confidence`` and the 
 rules plausible (``MIN_RULE_SUPPORT``); otherwise the page is ``review``. A reading the boxes do not support
 is never produced: candidates come only from the boxes. Unusable photos are ``retake``.
 
-Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract.
+Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract::
+
+    {"image", "form", "page": 1|2|3|null, "status": "ok"|"review"|"retake",
+     "reasons": [{"code", "message" (Bahasa Indonesia), "fields"|"rules"|"pages": [...] (when relevant)}],
+     "fields": {name: {"value": int|null, "confidence": float, "digits": [0-9|null per box], "bubbles": int|null}},
+     "checks": [{"rule", "ok": true|false|null (null: a number is not read)}], "timing_ms": {step: ms}}
+
+Reason codes: retake ``not_in_frame blurred too_dark glare covered unknown_form no_form low_resolution
+not_an_image``; review ``digit_uncertain field_empty rule_failed bubble_mismatch bubble_unclear``; TPS line
+also ``page_missing page_not_ok``. ``fields`` is empty for ``retake``.
 """
 
 from __future__ import annotations

@@ -49,3 +49,14 @@ def test_generator_is_deterministic():
     a = make_sample(5, 1, scale=0.3, tps=TPS)
     b = make_sample(5, 1, scale=0.3, tps=TPS)
     assert a.jpeg == b.jpeg and a.written == b.written
+
+
+def test_any_rotation_of_the_page_is_registered():
+    s = make_sample(9, 3, condition="clean", scale=SCALE, tps=TPS)
+    im = cv2.copyMakeBorder(s.image, 500, 500, 0, 0, cv2.BORDER_CONSTANT, value=(90, 90, 90))
+    h, w = im.shape[:2]
+    for angle in (45, 200):
+        rot = cv2.warpAffine(im, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 0.8), (w, h),
+                             borderValue=(90, 90, 90))
+        reg = register(rot, min_px_per_mm=1.0)
+        assert reg.page.page == 3 and reg.residual_mm < 1.0
