@@ -11,7 +11,8 @@ Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract::
 
     {"image", "form", "page": 1|2|3|null, "status": "ok"|"review"|"retake",
      "reasons": [{"code", "message" (Bahasa Indonesia), "fields"|"rules"|"pages": [...] (when relevant)}],
-     "fields": {name: {"value": int|null, "confidence": float, "digits": [0-9|null per box], "bubbles": int|null}},
+     "fields": {name: {"value": int|null, "confidence": float, "digits": [0-9|null per box],
+                       "bubbles": int|null}},
      "checks": [{"rule", "ok": true|false|null (null: a number is not read)}], "timing_ms": {step: ms}}
 
 Reason codes: retake ``not_in_frame blurred too_dark glare covered unknown_form no_form low_resolution
