@@ -134,7 +134,7 @@ def test_forged_readiness_is_not_ready(tmp_path):
     signing.registry_add(reg_path, "kit-a", real, kode_wilayah="31.71.01.1001", tps=1)
     registry = signing.load_registry(reg_path)
     wire = payloads.build(other, kind="readiness", msg_id="kit-a:readiness:1", kit_id="kit-a",
-                          kode_wilayah="31.71.01.1001", tps=1, seq=1, created_at=time.time(),
+                          kode_wilayah="31.71.01.1001", tps=1, seq=1, epoch=1, created_at=time.time(),
                           body={"ready": True})
     obs = fleet._observe(wire, registry, payloads)
     states = fleet.assess(registry, [obs])
