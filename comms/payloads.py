@@ -236,8 +236,10 @@ def parse(payload: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> tuple[Envelo
     except ValidationError as exc:
         first = exc.errors()[0]
         raise MalformedMessage("schema", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    if env.kind in QUEUED_KINDS and (env.seq is None or env.epoch is None):
-        raise MalformedMessage("schema", f"kind {env.kind} needs seq and epoch")
+    if env.kind in QUEUED_KINDS and env.seq is None:
+        raise MalformedMessage("schema", f"kind {env.kind} needs a seq")
+    if env.epoch is None:
+        env.epoch = 0  # messages without an epoch share epoch 0
     return env, raw
 
 
