@@ -237,8 +237,8 @@ def check_outputs(config: Config, *, pin_factory=None, confirm: Callable[[str], 
             d.close()
 
 
-def check_storage(config: Config) -> Check:
-    """State dir writable (write + fsync + delete) and enough free space."""
+def check_storage(config: Config, *, db_check: bool = True) -> Check:
+    """State dir writable (write + fsync + delete), enough free space, database intact (``db_check``)."""
     state = config.paths.state_dir
     try:
         state.mkdir(parents=True, exist_ok=True)
@@ -260,7 +260,7 @@ def check_storage(config: Config) -> Check:
         return Check("storage", False, f"{detail} (< {need} MB)",
                      "kosongkan kartu SD (ekspor data lama: tpskit export) atau pakai kartu yang lebih besar")
     db = config.db_path
-    if db.exists():
+    if db_check and db.exists():
         import sqlite3
 
         try:
@@ -601,7 +601,8 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0) -> 
                     time_source=time_source())
     report.checks.append(Check("camera", True, "terbuka saat start"))
     report.checks.append(Check("model", True, "dimuat saat start"))
-    report.checks.append(_timed("storage", lambda: check_storage(config)))
+    # the database was just opened by the kit; a full quick_check of a big DB would stall the main loop
+    report.checks.append(_timed("storage", lambda: check_storage(config, db_check=False)))
     report.checks.append(_timed("clock", check_clock))
     if battery is not None:
         level = battery.level() if battery.has_source else None
