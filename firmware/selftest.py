@@ -90,7 +90,12 @@ class Report:
                 "checks": [asdict(c) for c in self.checks]}
 
     def readiness_body(self) -> dict[str, Any]:
-        """The body of the retained ``readiness`` message (short: the collector stores the latest)."""
+        """The body of the retained ``readiness`` message (short: the collector stores the latest).
+
+        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot", "checked_at": unix s (kit
+        clock), "time_source": "ntp" | "unsynced" | "unknown", "battery_percent": float | null,
+        "failing": [{"name", "detail", "fix"}], "checks": {name: "ok" | "fail" | "skip"}, "software": str}``
+        """
         return {"v": READINESS_VERSION, "ready": self.ready, "trigger": self.trigger,
                 "checked_at": round(self.checked_at, 3), "time_source": self.time_source,
                 "battery_percent": self.battery_percent,
