@@ -66,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             m = measure(image, min_px_per_mm=min_ppm)
         else:
-            camera = open_camera(config.camera)
+            # first photo fully automatic (exposure, gain, white balance, autofocus), even when the config
+            # already holds fixed settings from an earlier calibration
+            auto = config.camera.model_copy(update={"exposure_us": None, "analogue_gain": None,
+                                                    "lens_position": None, "awb_gains": None})
+            camera = open_camera(auto)
             try:
                 frame = camera.capture()
                 meta = camera_metadata(camera)
