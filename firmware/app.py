@@ -29,6 +29,7 @@ from firmware import messages as msg
 from firmware.clock import time_source as read_time_source
 from firmware.config import Config
 from firmware.events import Event, HoldReached, LowBattery, Press, Stop
+from firmware.memory import trim as trim_memory
 from firmware.store import CaptureRecord, CaptureStore, DiskFull, StoreError
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ class Kit:
             except Exception as exc:  # a bug in one step must not stop the kit
                 log.exception("unexpected error handling %r", event)
                 self._error(msg.ERR_STORE.format(detail=f"kesalahan internal ({type(exc).__name__})"))
+            if isinstance(event, Press):
+                trim_memory()  # the photo and the reader's temporaries are freed: give the memory back
         self._tick()
         return event
 
