@@ -392,7 +392,10 @@ class Courier:
             log.warning("%s", msg)
 
     def _run(self) -> None:
-        outbox = Outbox(self.db_path, max_bytes=self._max_bytes, retention_s=self._retention_s)
+        # Delivery-state updates only: NORMAL sync (a lost update means a harmless resend).
+        outbox = Outbox(
+            self.db_path, max_bytes=self._max_bytes, retention_s=self._retention_s, synchronous="NORMAL"
+        )
         try:
             try:
                 outbox.purge()

@@ -53,14 +53,16 @@ class Row:
     state: str = "queued"
 
 
-def connect(path: Path | str, *, timeout_s: float = 30.0) -> sqlite3.Connection:
-    """A connection in autocommit mode with WAL, synchronous=FULL and a busy timeout."""
+def connect(path: Path | str, *, timeout_s: float = 30.0, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection in autocommit mode with WAL, synchronous=FULL (default) and a busy timeout."""
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError("synchronous must be FULL or NORMAL")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 
 
@@ -127,12 +129,16 @@ class Outbox:
         max_bytes: int = 2_000_000_000,
         retention_s: float = 30 * 86400,
         timeout_s: float = 30.0,
+        synchronous: str = "FULL",
     ):
+        """``synchronous="NORMAL"`` is for the link thread only: its sent/acked updates may be lost on power
+        loss (the rows are then resent and the collector answers duplicates with acks); new messages are
+        always queued through a FULL connection, whose commit fsyncs the whole WAL."""
         self.path = Path(path)
         self.max_bytes = int(max_bytes)
         self.retention_s = float(retention_s)
         self._lock = threading.RLock()
-        self._conn = connect(self.path, timeout_s=timeout_s)
+        self._conn = connect(self.path, timeout_s=timeout_s, synchronous=synchronous)
         self._create()
 
     def _create(self) -> None:
