@@ -199,7 +199,14 @@ class CollectorStore:
 
     def _latest(self, base: Outcome, table: str, env, now: float, cols: dict) -> Outcome:
         row = self.conn.execute(f"SELECT created_at FROM {table} WHERE kit_id = ?", (env.kit_id,)).fetchone()
-        if row is not None and row[0] is not None and row[0] >= env.created_at:
+        # The last will (offline/lost) is built when the kit connects, with the same created_at as that
+        # session's online status: on a tie, offline wins.
+        tie_ok = table == "kit_status" and cols.get("state") == "offline"
+        if (
+            row is not None
+            and row[0] is not None
+            and (row[0] > env.created_at or (row[0] == env.created_at and not tie_ok))
+        ):
             base.status, base.reason = "stale", "older than the stored one"
             return base
         names = ["kit_id", "kode_wilayah", "tps", "created_at", "received_at", *cols]

@@ -447,6 +447,7 @@ class _Session:
         self.next_stale_check = time.monotonic() + courier.ack_timeout_s
         self.stale_interval = courier.ack_timeout_s
         self.next_purge = time.monotonic() + 3600
+        self.started = time.time()
         # Until the collector has acked something in this session, only one message (the probe) is out:
         # after a broker restart the collector may not have re-subscribed yet, and a full window would be
         # dropped and then arrive out of order.
@@ -501,14 +502,12 @@ class _Session:
 
     # --- the session --------------------------------------------------------------------------------
 
-    def _status_payload(self, state: str, reason: str | None = None) -> bytes:
+    def _status_payload(self, state: str, reason: str | None = None, *, now: float | None = None) -> bytes:
+        """online and the last will (offline/lost) carry the session start as created_at."""
         body = {"state": state} if reason is None else {"state": state, "reason": reason}
+        now = self.started if now is None else now
         return self.c._build(
-            kind="status",
-            msg_id=f"{self.c.kit_id}:status:{time.time_ns()}",
-            seq=None,
-            body=body,
-            now=time.time(),
+            kind="status", msg_id=f"{self.c.kit_id}:status:{time.time_ns()}", seq=None, body=body, now=now
         )
 
     def run(self) -> bool:
@@ -706,7 +705,10 @@ class _Session:
         """Clean stop: retained offline status, wait briefly for outstanding PUBACKs, disconnect."""
         try:
             self._publish_control(
-                client, self.c.topic("status"), self._status_payload("offline", "stopped"), retain=True
+                client,
+                self.c.topic("status"),
+                self._status_payload("offline", "stopped", now=time.time()),
+                retain=True,
             )
             deadline = time.monotonic() + 1.0
             while self.inflight and time.monotonic() < deadline:

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ack-timeout", type=float, default=2.0)
     p.add_argument("--timeout", type=float, default=120.0, help="give up waiting for acks after this")
     p.add_argument("--no-send", action="store_true", help="only queue, do not start the link")
+    p.add_argument("--linger", type=float, default=0.0, help="stay connected this long after all is acked")
     args = p.parse_args(argv)
 
     from comms.courier import Courier
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     while time.monotonic() < deadline:
         st = courier.status()
         if st["queued"] == 0 and st["sent"] == 0:
+            print(json.dumps(st), flush=True)
+            time.sleep(args.linger)
             courier.stop(timeout=3)
             print(json.dumps(courier.status()))
             return 0

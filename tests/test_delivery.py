@@ -192,3 +192,43 @@ def test_kit_sigkilled_at_random_points(setup):
     store = CollectorStore(tmp_path / "collector.db")
     assert store.counts()["photos"] == n // 10
     assert store.counts()["rejects"] == 0
+
+
+def test_last_will_marks_a_killed_kit_offline(setup):
+    key, collector, broker, tmp_path = setup
+    key_path = tmp_path / "kit.key"
+    kit_key = load_or_create_private_key(key_path)
+    registry_add(tmp_path / "kits.json", "kit-1", kit_key.verify_key, kode_wilayah=KW, tps=TPS)
+    time.sleep(1.2)  # registry reload
+    cmd = [
+        sys.executable,
+        "-m",
+        "comms.fakekit",
+        "--db",
+        str(tmp_path / "tpskit.db"),
+        "--key",
+        str(key_path),
+        "--broker",
+        broker.url,
+        "--count",
+        "1",
+        "--linger",
+        "60",
+        "--timeout",
+        "30",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline()  # all acked, still connected
+        store = CollectorStore(tmp_path / "collector.db")
+
+        def state():
+            row = store.conn.execute("SELECT state, reason FROM kit_status WHERE kit_id='kit-1'").fetchone()
+            return tuple(row) if row else None
+
+        assert _wait(lambda: state() == ("online", None), 10)
+        proc.send_signal(signal.SIGKILL)
+        assert _wait(lambda: state() == ("offline", "lost"), 10), state()
+    finally:
+        proc.kill()
+        proc.wait()
