@@ -41,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gaps", action="store_true", help="print missing sequence ranges per kit from --db and exit"
     )
+    p.add_argument(
+        "--print-acl",
+        action="store_true",
+        help="print mosquitto acl_file blocks for every registered kit (username = kit id) and exit",
+    )
 
 
 def _secret(path: Path | None) -> str | None:
@@ -67,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"tpskit collector: {exc}", file=sys.stderr)
             return 2
         print(f"kit {args.add_kit} registered in {args.kits}")
+        return 0
+    if args.print_acl:
+        from comms.topics import acl_for_kit
+
+        try:
+            kits = load_registry(args.kits)
+        except KeyFileError as exc:
+            print(f"tpskit collector: {exc}", file=sys.stderr)
+            return 2
+        for kit in kits.values():
+            if kit.kode_wilayah and kit.tps:
+                print(acl_for_kit(args.prefix, kit.kit_id, kit.kode_wilayah, kit.tps))
+            else:
+                print(f"# {kit.kit_id}: no kode_wilayah/tps in the registry, no ACL written", file=sys.stderr)
         return 0
     if args.gaps:
         if not args.db:

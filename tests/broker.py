@@ -59,6 +59,7 @@ class MosquittoBroker:
         extra_conf: str = "",
         start_timeout: float = 10.0,
         anonymous: bool = True,
+        config: str | None = None,
     ):
         self.binary = binary or find_mosquitto()
         if not self.binary:
@@ -73,6 +74,9 @@ class MosquittoBroker:
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen | None = None
         self._log = None
+        if config is not None:  # a complete config of the caller; {port} is this broker's port
+            self.conf_path.write_text(config.replace("{port}", str(self.port)), encoding="utf-8")
+            return
         self.conf_path.write_text(
             f"listener {self.port} {self.host}\n"
             f"allow_anonymous {'true' if anonymous else 'false'}\n"

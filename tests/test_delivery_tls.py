@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +196,83 @@ def test_tls_credentials_and_acl(tls_broker, tmp_path):
         collector.stop()
     with sqlite3.connect(tmp_path / "collector.db") as db:
         assert [r[0] for r in db.execute("SELECT capture_id FROM readings")] == ["c0"]
+
+
+def test_shipped_mosquitto_conf_and_generated_acl(tmp_path, capsys):
+    """comms/mosquitto/mosquitto.conf starts (paths swapped for test ones) with an ACL from --print-acl."""
+    from firmware import cli
+    from tests.broker import MosquittoBroker, find_mosquitto, free_port
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto not installed")
+    root = Path(__file__).resolve().parent.parent
+    d = tmp_path / "pki"
+    d.mkdir()
+    _pki(d)
+    key = generate_key()
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
+    assert cli.main(["collector", "--kits", str(reg), "--print-acl"]) == 0
+    acl = d / "acl"
+    acl.write_text(
+        capsys.readouterr().out + "user collector-1\ntopic read tpskit/v1/#\ntopic write tpskit/v1/+/+/ack\n"
+    )
+    pw = d / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(pw), "kit-1", "kit-secret"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "collector-1", "col-secret"], check=True)
+    (tmp_path / "persist").mkdir()
+    conf = (root / "comms" / "mosquitto" / "mosquitto.conf").read_text()
+    for old, new in (
+        ("listener 8883\n", "listener {port} 127.0.0.1\n"),
+        ("listener 1883 127.0.0.1", f"listener {free_port()} 127.0.0.1"),
+        ("/etc/mosquitto/certs/", f"{d}/"),
+        ("/etc/mosquitto/tpskit.passwd", str(pw)),
+        ("/etc/mosquitto/tpskit.acl", str(acl)),
+        ("/var/lib/mosquitto/", f"{tmp_path / 'persist'}/"),
+    ):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    conf += "user root\nlog_dest stderr\n"
+    broker = MosquittoBroker(workdir=tmp_path / "mosq", config=conf).start()
+    url = f"mqtts://localhost:{broker.port}"
+    collector = Collector(
+        broker_url=url,
+        db_path=tmp_path / "collector.db",
+        registry=reg,
+        username="collector-1",
+        password="col-secret",
+        ca_file=d / "ca.crt",
+        client_id="collector-conf",
+    ).start()
+    kit = Courier(
+        db_path=tmp_path / "tpskit.db",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=key,
+        broker_url=url,
+        username="kit-1",
+        password="kit-secret",
+        ca_file=d / "ca.crt",
+        ack_timeout_s=1.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+    )
+    try:
+        kit.submit_reading(
+            capture_id="c1",
+            halaman=1,
+            reading={"n": 1},
+            photo_jpeg=b"\xff" * 70_000,
+            taken_at=1.0,
+            time_source="rtc",
+        )
+        kit.start()
+        assert _wait(lambda: kit.status()["queued"] == 0 and kit.status()["sent"] == 0), (
+            kit.status(),
+            broker.log_tail(),
+        )
+    finally:
+        kit.close()
+        collector.stop()
+        broker.close()
