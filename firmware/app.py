@@ -269,11 +269,12 @@ class Kit:
             text = msg.RETAKE.format(reasons=msg.reasons_text(data))
         verdict = Verdict(press, status, text, record, data, latency_ms=_ms_since(press.released_at),
                           steps_ms=steps, page_reading=reading)
-        self._verdict(verdict)
+        self._verdict(verdict)  # the KPPS sees the verdict now; sending is bookkeeping after it
         if status != "retake":
             t = time.monotonic()
             self.submit(record, frame.jpeg)
             steps["submit"] = _ms_since(t)
+        self._notify(verdict)
         return verdict
 
     def report_status(self, press: Press | None = None) -> str:
@@ -366,6 +367,9 @@ class Kit:
         self._pattern_until = time.monotonic() + self.config.gpio.verdict_s
         self._tell(verdict.message)
         self._write_status()
+
+    def _notify(self, verdict: Verdict) -> None:
+        """Hand the finished press (stored and, unless retake, in the outbox) to the listeners."""
         for listener in list(self.on_verdict):
             try:
                 listener(verdict)
@@ -375,6 +379,7 @@ class Kit:
     def _fail(self, press: Press, text: str, steps: dict[str, float]) -> Verdict:
         verdict = Verdict(press, "error", text, latency_ms=_ms_since(press.released_at), steps_ms=steps)
         self._verdict(verdict)
+        self._notify(verdict)
         return verdict
 
     def _error(self, text: str) -> None:

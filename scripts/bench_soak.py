@@ -160,6 +160,7 @@ def main() -> int:
         th.join()
         elapsed = time.monotonic() - t0
         lat = sorted(latencies)
+        idle = [r for n, r in samples if n == 0]
         warm = [s for s in samples if s[0] >= max(10, args.presses // 10)]
         first = [r for n, r in warm if n < args.presses * 0.3]
         last = [r for n, r in warm if n >= args.presses * 0.8]
@@ -185,6 +186,7 @@ def main() -> int:
                            "p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1) if lat else None,
                            "max": round(lat[-1], 1) if lat else None},
             "rss_mb": {"peak": round(peak, 1), "target": 150,
+                       "before_first_press": round(idle[-1], 1) if idle else None,
                        "growth_first30_to_last20": round(growth, 1) if growth is not None else None,
                        "slope_per_100_presses": round(slope_mb_per_100(warm), 2)},
             "captures_stored": stored, "db_integrity": integrity, "collector_readings": delivered,
@@ -197,7 +199,8 @@ def main() -> int:
                   f"verdicts {patterns}")
             print(f"press→verdict latency: median {result['latency_ms']['median']} ms, "
                   f"p99 {result['latency_ms']['p99']} ms, max {result['latency_ms']['max']} ms")
-            print(f"daemon RSS: peak {result['rss_mb']['peak']} MB (target ≤ 150 MB); growth after warm-up "
+            print(f"daemon RSS: {result['rss_mb']['before_first_press']} MB when ready, "
+                  f"peak {result['rss_mb']['peak']} MB (target ≤ 150 MB); growth after warm-up "
                   f"{result['rss_mb']['growth_first30_to_last20']} MB, slope "
                   f"{result['rss_mb']['slope_per_100_presses']} MB/100 presses")
             print(f"stored {stored} captures (integrity {integrity}); collector holds {delivered} readings")
