@@ -33,6 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--client-id", help="MQTT client id (keep it stable: the broker keeps its session)")
     p.add_argument("--protocol", choices=("mqtt5", "mqtt311"), default="mqtt5")
+    p.add_argument(
+        "--ack-key",
+        type=Path,
+        help="collector key file (created if missing) that signs acks; its public key goes to the kits "
+        "(mqtt.collector_key_file); prints the public key when created",
+    )
     add = p.add_argument_group("register a kit instead of running (then exit)")
     add.add_argument("--add-kit", metavar="KIT_ID", help="add or replace this kit in --kits (JSON)")
     add.add_argument("--public-key", help="the kit's public key: base64, PEM, or @FILE")
@@ -104,6 +110,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         registry = load_registry(args.kits)
+        ack_key = None
+        if args.ack_key:
+            from comms.signing import load_or_create_private_key, public_key_b64
+
+            existed = args.ack_key.exists()
+            ack_key = load_or_create_private_key(args.ack_key)
+            if not existed:
+                print(f"collector ack key created; public key for the kits: {public_key_b64(ack_key)}")
         collector = Collector(
             broker_url=args.broker,
             db_path=args.db,
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             group=args.group or None,
             client_id=args.client_id,
             protocol=args.protocol,
+            ack_key=ack_key,
         )
     except (KeyFileError, ValueError, OSError) as exc:
         print(f"tpskit collector: {exc}", file=sys.stderr)

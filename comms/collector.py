@@ -26,7 +26,7 @@ from pathlib import Path
 
 from comms import payloads, topics
 from comms.outbox import connect
-from comms.signing import KitEntry, load_registry
+from comms.signing import KitEntry, coerce_signing_key, load_registry
 
 log = logging.getLogger("tpskit.comms.collector")
 
@@ -432,6 +432,7 @@ class Collector:
         batch_wait_s: float = 0.02,
         reconnect_max_s: int = 2,
         verify_threads: int = 2,
+        ack_key=None,
     ):
         from comms.courier import parse_broker_url
 
@@ -447,6 +448,9 @@ class Collector:
         self.session_expiry_s = session_expiry_s
         self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
         self.reconnect_max_s = reconnect_max_s
+        # Optional Ed25519 key (SigningKey, seed or key file) that signs the acks; kits configured with its
+        # public key (mqtt.collector_key_file) ignore acks without a valid signature.
+        self._ack_key = coerce_signing_key(ack_key) if ack_key is not None else None
         self.db_path = Path(db_path)
         self._registry_path = None if isinstance(registry, dict) else Path(registry)
         self._registry: dict[str, KitEntry] = (
@@ -609,7 +613,9 @@ class Collector:
             for i in range(0, len(ids), 200):
                 client.publish(
                     topics.topic(self.prefix, kw, tps, topics.ACK),
-                    payloads.ack_payload(ids[i : i + 200], collector=self.client_id, at=now),
+                    payloads.ack_payload(
+                        ids[i : i + 200], collector=self.client_id, at=now, key=self._ack_key
+                    ),
                     qos=1,
                 )
         with self._stats_lock:

@@ -26,9 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from nacl.signing import VerifyKey
+
 from comms import payloads, topics
 from comms.outbox import PRIORITY_NUMBERS, PRIORITY_PHOTO, Outbox
-from comms.signing import coerce_signing_key
+from comms.signing import coerce_signing_key, load_public_key
 
 log = logging.getLogger("tpskit.comms.courier")
 
@@ -133,6 +135,7 @@ class Courier:
         protocol: str = "mqtt5",
         client_id: str | None = None,
         heartbeat_info: Callable[[], dict] | None = None,
+        collector_keys: list | None = None,
     ):
         if protocol not in ("mqtt5", "mqtt311"):
             raise ValueError(f"protocol {protocol!r}: use 'mqtt5' or 'mqtt311'")
@@ -156,6 +159,10 @@ class Courier:
         self._outbox = Outbox(self.db_path, max_bytes=max_bytes, retention_s=retention_s)
         self._epoch = self._outbox.epoch
         self._heartbeat_info = heartbeat_info
+        # Public keys of the collectors (base64/PEM/VerifyKey): when given, only acks they signed count.
+        self._collector_keys = [
+            k if isinstance(k, VerifyKey) else load_public_key(k) for k in collector_keys or []
+        ]
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -194,6 +201,9 @@ class Courier:
         for name in ("ack_timeout_s", "max_inflight", "protocol"):
             if hasattr(cfg.mqtt, name):
                 kw[name] = getattr(cfg.mqtt, name)
+        key_file = getattr(cfg.mqtt, "collector_key_file", None)
+        if key_file:
+            kw["collector_keys"] = [Path(key_file).read_text(encoding="ascii")]
         kw.update(overrides)
         return cls(**kw)
 
@@ -473,9 +483,9 @@ class _Session:
 
     def on_message(self, client, userdata, msg):
         try:
-            ids = payloads.parse_ack(msg.payload)
+            ids = payloads.parse_ack(msg.payload, keys=self.c._collector_keys)
         except payloads.MalformedMessage as exc:
-            log.warning("ignoring bad ack on %s: %s", msg.topic, exc)
+            self.c._set_error(f"ignored ack on {msg.topic}: {exc}")
             return
         self.pending_acked.extend(ids)
         if not self.e2e_ok:

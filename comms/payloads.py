@@ -108,6 +108,7 @@ class Ack(_Model):
     ids: list[str] = Field(min_length=1)
     collector: str = ""
     at: float = 0.0
+    sig: str | None = Field(None, description="Ed25519 signature of the collector (when it has a key).")
 
 
 BODY_MODELS: dict[str, type[_Model] | None] = {
@@ -269,15 +270,22 @@ def decode_chunk(body: dict) -> bytes:
     return data
 
 
-def ack_payload(ids: list[str], *, collector: str, at: float) -> bytes:
-    return canonical_json({"v": 1, "kind": "ack", "ids": list(ids), "collector": collector, "at": at})
+def ack_payload(ids: list[str], *, collector: str, at: float, key: SigningKey | None = None) -> bytes:
+    doc = {"v": 1, "kind": "ack", "ids": list(ids), "collector": collector, "at": at}
+    return canonical_json(sign_document(key, doc) if key is not None else doc)
 
 
-def parse_ack(payload: bytes) -> list[str]:
+def parse_ack(payload: bytes, *, keys: list[VerifyKey] | None = None) -> list[str]:
+    """The acked ids. With *keys* (the collectors' public keys) the ack must be signed by one of them."""
     try:
-        return Ack.model_validate_json(payload).ids
+        ack = Ack.model_validate_json(payload)
     except ValidationError as exc:
         raise MalformedMessage("bad_ack", str(exc.errors()[0]["msg"])) from None
+    if keys:
+        doc = json.loads(payload)
+        if not any(verify_document(k, doc) for k in keys):
+            raise MalformedMessage("bad_ack_signature", "ack not signed by a known collector key")
+    return ack.ids
 
 
 def json_schema() -> dict:

@@ -132,6 +132,8 @@ class MqttConfig(Section):
     max_inflight: int = Field(64, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
     protocol: Literal["mqtt5", "mqtt311"] = Field("mqtt5",
                                                   description="MQTT 5 (default) or 3.1.1 for old brokers.")
+    collector_key_file: Path | None = Field(None, description="Public key (base64 or PEM) of the collectors; "
+                                                       "when set, only acks they signed mark messages acked.")
 
 
 class OutboxConfig(Section):

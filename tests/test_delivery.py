@@ -16,7 +16,13 @@ import pytest
 from comms.collector import Collector, CollectorStore
 from comms.courier import Courier
 from comms.outbox import OutboxFull
-from comms.signing import generate_key, load_or_create_private_key, registry_add
+from comms.signing import (
+    generate_key,
+    load_or_create_private_key,
+    public_key_b64,
+    public_key_pem,
+    registry_add,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KW, TPS = "31.71.01.1001", 7
@@ -232,3 +238,39 @@ def test_last_will_marks_a_killed_kit_offline(setup):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_signed_acks_only_count_from_the_collector_key(tmp_path, mosquitto):
+    key, col_key = generate_key(), generate_key()
+    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
+    collector = Collector(
+        broker_url=mosquitto.url,
+        db_path=tmp_path / "collector.db",
+        registry=tmp_path / "kits.json",
+        client_id="collector-signed",
+        ack_key=col_key,
+    ).start()
+    trusting = _courier(key, mosquitto, tmp_path, collector_keys=[public_key_pem(col_key)])
+    wary = _courier(
+        key,
+        mosquitto,
+        tmp_path,
+        db_path=tmp_path / "other.db",
+        client_id="kit-1-other",
+        collector_keys=[public_key_b64(generate_key())],
+    )
+    try:
+        assert collector.connected.wait(10)
+        _submit(trusting, 1)
+        wary.submit_reading(
+            capture_id="w1", halaman=1, reading={}, photo_jpeg=None, taken_at=1.0, time_source="rtc"
+        )
+        trusting.start()
+        wary.start()
+        assert _wait(lambda: trusting.status()["acked"] == 1, 30)
+        assert _wait(lambda: "ack" in (wary.status()["last_error"] or ""), 30)
+        assert wary.status()["acked"] == 0  # stored at the collector, but the ack is not trusted
+    finally:
+        trusting.close()
+        wary.close()
+        collector.stop()
