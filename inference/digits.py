@@ -64,7 +64,8 @@ def _ink_map(crop: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     s = _WORK / max(h, w)
     size = (max(_MIN_CROP, round(w * s)), max(_MIN_CROP, round(h * s)))
-    g = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR).astype(np.float32)
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    g = cv2.resize(np.ascontiguousarray(crop), size, interpolation=interp).astype(np.float32)
     k = np.ones((21, 21), np.uint8)  # rectangular: separable, fast
     bg = cv2.morphologyEx(g, cv2.MORPH_CLOSE, k, borderType=cv2.BORDER_REPLICATE)
     bg = cv2.blur(bg, (9, 9))
@@ -80,12 +81,16 @@ def _longest_runs(m: np.ndarray) -> np.ndarray:
     return run.max(axis=1)
 
 
-def _clear_borders(ink: np.ndarray, *, thresh: float = 0.3, frac: float = 0.8, band: float = 0.3) -> None:
+def _clear_borders(ink: np.ndarray, *, thresh: float = 0.3, frac: float = 0.8,
+                   band: float = 0.3) -> tuple[int, int, int, int]:
     """Blank printed box lines near the crop edges and everything between them and the edge (in place).
 
     A printed border is one unbroken line across >= 85% of the crop; no digit stroke is that long.
+    Returns the inner window left free (top, bottom, left, right; bottom/right exclusive).
     """
     m = (ink > thresh).astype(np.uint8)
+    h, w = ink.shape
+    lim = [0, h, 0, w]
     for axis in (0, 1):  # 0: horizontal lines (rows), 1: vertical lines (columns)
         mm = m if axis == 0 else m.T
         grown = cv2.dilate(mm, np.ones((3, 3), np.uint8)) > 0  # tolerate rotation, blur and JPEG gaps
@@ -94,20 +99,21 @@ def _clear_borders(ink: np.ndarray, *, thresh: float = 0.3, frac: float = 0.8, b
         b = max(2, int(n * band))
         lines = np.flatnonzero(runs > frac * width)
         # a border leaving a slightly rotated crop shows only partly, right at the edge
-        edge = np.flatnonzero(runs > 0.25 * width)
-        lines = np.union1d(lines, edge[(edge < 4) | (edge >= n - 4)])
+        edge = np.flatnonzero(runs > 0.45 * width)
+        lines = np.union1d(lines, edge[(edge < 3) | (edge >= n - 3)])
         top = lines[lines < b]
         bot = lines[lines >= n - b]
+        lo = int(top.max()) + 2 if top.size else 0  # +1 px: the edge of a slightly tilted line
+        hi = int(bot.min()) - 1 if bot.size else n
         if axis == 0:
-            if top.size:
-                ink[: top.max() + 1, :] = 0.0
-            if bot.size:
-                ink[bot.min():, :] = 0.0
+            ink[:lo, :] = 0.0
+            ink[hi:, :] = 0.0
+            lim[0], lim[1] = lo, hi
         else:
-            if top.size:
-                ink[:, : top.max() + 1] = 0.0
-            if bot.size:
-                ink[:, bot.min():] = 0.0
+            ink[:, :lo] = 0.0
+            ink[:, hi:] = 0.0
+            lim[2], lim[3] = lo, hi
+    return lim[0], lim[1], lim[2], lim[3]
 
 
 def preprocess(crop: np.ndarray) -> np.ndarray:
@@ -118,32 +124,46 @@ def preprocess(crop: np.ndarray) -> np.ndarray:
     """
     crop = _check_crop(crop, 0)
     ink = _ink_map(crop)
-    _clear_borders(ink)
-    # Contrast relative to the strongest ink: the faint guide dots (~0.2 darkness) and light noise vanish
-    # under ballpoint strokes (0.4-0.9); for a very faint pen they may survive as small blobs, removed below.
-    flat = ink.ravel()
-    level = max(float(np.partition(flat, int(0.997 * (flat.size - 1)))[int(0.997 * (flat.size - 1))]), 0.45)
-    lo = max(0.18, 0.4 * level)
-    hi = max(lo + 0.15, 0.85 * level)
-    v = np.clip((ink - lo) * (1.0 / (hi - lo)), 0.0, 1.0)
+    top, bottom, left, right = _clear_borders(ink)
     out = np.zeros((INPUT_SIZE, INPUT_SIZE), np.float32)
-    mask = (v > 0.05).astype(np.uint8)
+    # Everything darker than the faint guide (~0.2): drop guide dots, specks and border remnants at the edge
+    mask = (cv2.GaussianBlur(ink, (3, 3), 0) > 0.17).astype(np.uint8)  # joins a faint stroke's fragments
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return out
-    mass = np.bincount(labels.ravel(), weights=v.ravel(), minlength=n)[1:]
-    dot = max(3, round(max(ink.shape) * 1.3 / 19.0))  # a guide dot is 0.7 mm; a box is ~19 mm
-    small = (stats[1:, cv2.CC_STAT_WIDTH] <= dot) & (stats[1:, cv2.CC_STAT_HEIGHT] <= dot)
-    keep = (mass >= max(3.0, 0.04 * mass.max())) & ~(small & (mass < 0.25 * mass.max()))
-    if mass[keep].sum() < 6.0:  # a few specks: nothing written
+    mass = np.bincount(labels.ravel(), weights=np.clip(ink.ravel() - 0.2, 0.0, None) * 3.0, minlength=n)[1:]
+    h, w = ink.shape
+    x0, y0 = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    cw, ch = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
+    dot = max(4, round(max(h, w) * 1.6 / 19.0))  # a guide dot is <= 0.7 mm (+ blur); a box is ~19 mm
+    small = (cw <= dot) & (ch <= dot)
+    # touching the crop edge or the cleared border zone
+    at_l, at_r = x0 <= left + 1, x0 + cw >= right - 1
+    at_t, at_b = y0 <= top + 1, y0 + ch >= bottom - 1
+    edge = at_l | at_r | at_t | at_b
+    # slivers of a tilted border along an edge: thin across the edge, long along it
+    t = max(4, round(max(h, w) * 1.5 / 19.0))
+    sliver = (((at_l | at_r) & (cw <= t) & (ch >= 0.3 * (bottom - top)))
+              | ((at_t | at_b) & (ch <= t) & (cw >= 0.3 * (right - left))))
+    big = mass.max()
+    keep = ((mass >= max(2.0, 0.04 * big)) & ~(small & (mass < 0.25 * big))
+            & ~(edge & (mass < 0.3 * big)) & ~sliver)
+    if mass[keep].sum() < 5.0:  # a few specks: nothing written
         return out
-    v = v * np.isin(labels, np.flatnonzero(keep) + 1)
+    kept = np.isin(labels, np.flatnonzero(keep) + 1)
+    # contrast relative to the written ink: guide dots touching a stroke fade under a dark pen
+    vals = ink[kept]
+    level = max(float(np.partition(vals, int(0.9 * (vals.size - 1)))[int(0.9 * (vals.size - 1))]), 0.4)
+    lo = max(0.2, 0.4 * level)
+    hi = max(lo + 0.12, 0.9 * level)
+    v = np.clip((ink - lo) * (1.0 / (hi - lo)), 0.0, 1.0) * kept
+    if not (v > 0.05).any():
+        return out
     ys, xs = np.nonzero(v > 0.05)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    v = v[y0:y1, x0:x1]
-    h, w = v.shape
-    scale = min(_DIGIT_BOX / max(h, w), _DIGIT_BOX / (0.3 * max(ink.shape)))
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    v = v[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    bh, bw = v.shape
+    scale = min(_DIGIT_BOX / max(bh, bw), _DIGIT_BOX / (0.3 * max(h, w)))
+    nh, nw = max(1, round(bh * scale)), max(1, round(bw * scale))
     small = cv2.resize(v, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     small = np.clip(small, 0.0, 1.0)
     tot = small.sum()

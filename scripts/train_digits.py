@@ -91,11 +91,30 @@ def _mnist_cov(img: np.ndarray) -> np.ndarray:
     return img[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) / 255.0
 
 
+def _mnist_augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A training MNIST digit with a random rotation, shear, aspect and pen width (uint8 28x28 in, out)."""
+    import cv2
+
+    a = np.radians(rng.normal(0, 7))
+    sh = rng.normal(0, 0.15)
+    sx = rng.uniform(0.8, 1.15)
+    m = np.array([[np.cos(a) * sx, -np.sin(a) + sh, 0], [np.sin(a) * sx, np.cos(a), 0]], np.float64)
+    m[:, 2] = np.array([20, 20]) - m[:, :2] @ np.array([20, 20])  # about the padded centre
+    big = cv2.warpAffine(cv2.copyMakeBorder(img, 6, 6, 6, 6, cv2.BORDER_CONSTANT, value=0),
+                         m, (40, 40))
+    r = rng.random()
+    if r < 0.2:
+        big = cv2.erode(big, np.ones((2, 2), np.uint8))
+    elif r < 0.35:
+        big = cv2.dilate(big, np.ones((2, 2), np.uint8))
+    return big
+
+
 def box_conditions(rng: np.random.Generator, hard: bool = False) -> dict:
     """Random photo/box conditions for ``hw.render_box`` (field-like; ``hard`` widens them)."""
     ppm = float(rng.uniform(2.0, 5.0))
     blue = rng.random() < 0.5
-    dark = rng.uniform(0.4, 0.8) if blue else rng.uniform(0.6, 0.92)
+    dark = rng.uniform(0.42 if hard else 0.5, 0.85) if blue else rng.uniform(0.6, 0.92)
     return dict(
         px_per_mm=ppm,
         ink_darkness=float(dark),
@@ -115,7 +134,7 @@ def synth_crop(label: int, rng: np.random.Generator, *, mnist_pool: dict[int, np
     """One photographed box crop (uint8) whose true class is ``label``."""
     cond = box_conditions(rng, hard)
     height_mm = float(rng.uniform(8.0, 16.5))
-    pen_mm = float(rng.uniform(0.3, 0.9) if rng.random() < 0.9 else rng.uniform(0.9, 1.4))
+    pen_mm = float(rng.uniform(0.35, 0.9) if rng.random() < 0.9 else rng.uniform(0.9, 1.4))
     content = None
     if label == EMPTY:
         kind = rng.choice(["blank", "x", "dash", "scribble"], p=[0.35, 0.3, 0.2, 0.15])
@@ -123,17 +142,17 @@ def synth_crop(label: int, rng: np.random.Generator, *, mnist_pool: dict[int, np
             content = hw.render_mark(str(kind), height_px=48, rng=rng, thickness_px=pen_mm / height_mm * 48)
     elif mnist_pool is not None and rng.random() < p_mnist:
         pool = mnist_pool[label]
-        content = _mnist_cov(pool[rng.integers(len(pool))])
+        content = _mnist_cov(_mnist_augment(pool[rng.integers(len(pool))], rng))
     else:
         content = hw.render_digit(label, height_px=48, rng=rng,
                                   thickness_px=max(0.8, pen_mm / height_mm * 48))
     # placement: mostly near the centre, sometimes off-centre up to touching the border
     w_mm = height_mm * (content.shape[1] / content.shape[0] if content is not None else 0.6)
-    lim_x = max(0.0, (hw.BOX_MM - w_mm) / 2)
-    lim_y = max(0.0, (hw.BOX_MM - height_mm) / 2)
+    lim_x = max(0.0, (hw.BOX_MM - w_mm) / 2 - 0.3)  # at most touching the border
+    lim_y = max(0.0, (hw.BOX_MM - height_mm) / 2 - 0.3)
     if rng.random() < 0.15:
-        cx = float(rng.choice([-1, 1]) * rng.uniform(0.7, 1.1) * lim_x)
-        cy = float(rng.choice([-1, 1]) * rng.uniform(0.0, 1.1) * lim_y)
+        cx = float(rng.choice([-1, 1]) * rng.uniform(0.6, 1.0) * lim_x)
+        cy = float(rng.choice([-1, 1]) * rng.uniform(0.0, 1.0) * lim_y)
     else:
         cx = float(np.clip(rng.normal(0, 1.2), -lim_x, lim_x))
         cy = float(np.clip(rng.normal(0, 1.0), -lim_y, lim_y))
@@ -273,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     print("generating data", flush=True)
     # train: synthetic boxes (handwriting + MNIST-train digits), plus raw MNIST-train digits
     lab_train = np.repeat(np.arange(11), n)
-    x_syn, y_syn = build_set("train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=0.4,
-                             raw_mnist=(pool["train"], 0.15))
+    x_syn, y_syn = build_set("train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=0.5,
+                             raw_mnist=(pool["train"], 0.2))
     # calibration: held-out synthetic + MNIST calib (boxes and raw)
     lab_cal = np.repeat(np.arange(11), min(300, n))
     x_cal, y_cal = build_set("calib boxes", lab_cal, args.seed + 2, mnist_pool=pool["calib"], p_mnist=0.4,
@@ -387,9 +406,8 @@ Version `{meta['version']}`, trained {meta['date']} by `scripts/train_digits.py`
 Classifies one box crop of Formulir C.HASIL into 11 classes: digits 0–9 and `empty` (blank, X, dash,
 scribble). The crop is preprocessed by `inference.digits.preprocess` (paper/light normalisation, printed
 border removal, guide-dot fading, ink cropped, scaled into 20×20 and centred by mass on a {size}
-canvas). The model
-outputs logits; `DigitClassifier.classify` applies `softmax(logits / T)` with T = {meta['temperature']} fitted
-on the calibration split (minimum NLL), so the confidence is calibrated.
+canvas). The model outputs logits; `DigitClassifier.classify` applies `softmax(logits / T)` with
+T = {meta['temperature']} fitted on the calibration split (minimum NLL), so the confidence is calibrated.
 
 ## Model
 Small CNN (3×3 convs 16-16-32-32-48 with batch norm, max-pooling, dense 64, dense 11), {meta['params']}
@@ -405,13 +423,15 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
   flag and foot / flag / bar, crossed, plain and hooked 7, open and closed 4, straight and curved 9, round and
   pointed 0, looped 2, flat-topped 3, one- or two-stroke 5 and 8; writer slant, pen width, elastic jitter).
 - Both drawn into simulated photographed boxes (`render_box`, geometry measured on the official 2024 PDF:
-  19 mm box, 1 mm border, 0.7 mm guide dots in the 5×9 pattern): 2–5 px/mm, border at random offsets
+  19 mm box, 1 mm border, 0.7 mm guide dots in the 5×9 pattern; also the round-dot "8" outline guide of
+  `inference.render`, or no guide): 2–5 px/mm, border at random offsets
   (−1.2…+2.2 mm), neighbouring boxes, blue or black ink as gray, blur, JPEG 30–95, uneven light, noise,
   thin and thick pens, off-centre and touching the border, a neighbour's digit spilling in; 15% of the
   MNIST train digits also as raw borderless crops.
 - `empty`: blank boxes, X, dash, scribble, under the same conditions.
 - {meta['train_crops']} training crops, {meta['epochs']} epochs ({meta['train_seconds']} s on 2 shared CPU
-  cores; data generation {meta['data_seconds']} s).
+  cores; data generation {meta['data_seconds']} s). The int8 figures below were computed with
+  `tensorflow.lite`'s interpreter in the training venv; `scripts/bench_digits.py` measures with LiteRT.
 
 ## Results (int8 model, calibrated probabilities)
 | set | n | accuracy | ECE | share ≥ 0.99 | accuracy ≥ 0.99 | errors ≥ 0.99 |

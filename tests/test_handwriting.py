@@ -49,3 +49,17 @@ def test_bad_input_is_rejected():
         hw.render_mark("tick", height_px=30, rng=rng)
     with pytest.raises(ValueError):
         hw.render_number(1234, 3, height_px=30, rng=rng)
+
+
+def test_render_box_is_a_photographed_box_crop():
+    rng = np.random.default_rng(4)
+    ink = hw.render_digit(7, height_px=48, rng=rng, style="crossed")
+    for guide in (True, "outline", False):
+        crop = hw.render_box(ink, px_per_mm=3.0, rng=rng, guide=guide, cut_mm=(1.0, 1.0, 1.0, 1.0))
+        assert crop.dtype == np.uint8 and crop.shape == (63, 63)  # (19 + 2) mm at 3 px/mm
+        assert crop.min() < 100  # border and ink are dark
+        assert np.median(crop) > 150  # mostly paper
+    blank = hw.render_box(None, px_per_mm=4.0, rng=rng, cut_mm=(-1.0, -1.0, -1.0, -1.0), noise=0.0, light=0.0)
+    assert blank.shape == (68, 68) and blank.min() > 120  # border cut off: only paper and faint guide dots
+    with pytest.raises(ValueError):
+        hw.render_box(None, px_per_mm=3.0, rng=rng, guide="stars")
