@@ -437,6 +437,7 @@ class _Session:
 
     FLUSH_INTERVAL_S = 0.1
     PROBE_FIRST_S = 1.0
+    PROBE_TRIES = 4
     FLUSH_BATCH = 500
 
     def __init__(self, courier: Courier, outbox: Outbox):
@@ -465,6 +466,7 @@ class _Session:
         self.probe_out = False
         self.probe_at = 0.0
         self.probe_interval = min(self.PROBE_FIRST_S, courier.ack_timeout_s)
+        self.probe_tries = 0
 
     # paho callbacks (run inside client.loop(), in this thread)
     def on_connect(self, client, userdata, flags, reason_code, properties):
@@ -677,6 +679,12 @@ class _Session:
             self.next_heartbeat = now
         if not self.e2e_ok and self.probe_out and now - self.probe_at >= self.probe_interval:
             # No collector answered the probe (e.g. it had not re-subscribed yet): send it again, soon.
+            # After a few silent probes open the window anyway, so that one message the collector
+            # refuses (see its rejects table) can never hold back the rest.
+            self.probe_tries += 1
+            if self.probe_tries >= self.PROBE_TRIES:
+                log.warning("no collector ack after %d probes: sending the whole queue", self.probe_tries)
+                self.e2e_ok = True
             self.probe_interval = min(self.probe_interval * 2, c.ack_timeout_s)
             self._new_pass(only_overdue=True)
             return

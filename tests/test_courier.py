@@ -136,3 +136,16 @@ def test_from_config(tmp_path):
     assert (c.kit_id, c.tps, c.ack_timeout_s, c.max_inflight, c.chunk_bytes) == ("kit-9", 3, 5.0, 16, 8000)
     assert c.db_path == tmp_path / "tpskit.db"
     c.close()
+
+
+def test_silent_probe_does_not_block_the_queue(courier):
+    """A first message the collector never acks (refused) must not hold back the others for ever."""
+    s = _Session(courier, courier._outbox)
+    client = FakeClient(s, early=True)
+    for _ in range(_Session.PROBE_TRIES):
+        s._pump(client)
+        s.probe_at -= 3600  # pretend the probe has waited long enough
+        s._housekeeping(client)
+    s._pump(client)
+    ids = [t for _m, t in client.published if t.endswith("/reading")]
+    assert len(ids) >= _Session.PROBE_TRIES + 4  # probes, then the whole window
