@@ -220,51 +220,44 @@ class CollectorStore:
 
     def _store_queued(self, base: Outcome, env, topic: str, payload: bytes, now: float) -> Outcome:
         digest = hashlib.sha256(payload).hexdigest()
-        row = self.conn.execute("SELECT digest FROM messages WHERE id = ?", (env.id,)).fetchone()
-        if row is not None:
-            if row[0] == digest:
-                base.status = "duplicate"
-                return base
-            return self._reject(
-                now, topic, payload, "replayed_id", "id already stored with other content", env.kit_id, env.id
-            )
-        other = self.conn.execute(
-            "SELECT id FROM messages WHERE kit_id = ? AND epoch = ? AND seq = ?",
-            (env.kit_id, env.epoch, env.seq),
-        ).fetchone()
-        if other is not None:
-            return self._reject(
-                now,
-                topic,
-                payload,
-                "replayed_seq",
-                f"seq {env.seq} already used by {other[0]}",
-                env.kit_id,
-                env.id,
-            )
+        ids = (env.kit_id, env.id)
         body = env.body
         if env.kind == "photo":
             try:
                 data = payloads.decode_chunk(body)
             except payloads.MalformedMessage as exc:
-                return self._reject(now, topic, payload, exc.reason, exc.detail, env.kit_id, env.id)
+                return self._reject(now, topic, payload, exc.reason, exc.detail, *ids)
             if body["index"] >= body["count"]:
-                return self._reject(now, topic, payload, "bad_chunk", "index >= count", env.kit_id, env.id)
+                return self._reject(now, topic, payload, "bad_chunk", "index >= count", *ids)
         elif env.kind == "reading":
             dup = self.conn.execute(
                 "SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
                 (env.kit_id, body["capture_id"]),
             ).fetchone()
-            if dup is not None:
+            if dup is not None and dup[0] != env.id:
+                detail = f"capture {body['capture_id']} already stored as {dup[0]}"
+                return self._reject(now, topic, payload, "replayed_capture", detail, *ids)
+        # Insert first (the common case); a conflict on the id or on (kit, epoch, seq) is classified after.
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, "
+            "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload),
+        )
+        if cur.rowcount == 0:
+            row = self.conn.execute("SELECT digest FROM messages WHERE id = ?", (env.id,)).fetchone()
+            if row is not None and row[0] == digest:
+                base.status = "duplicate"
+                return base
+            if row is not None:
                 return self._reject(
-                    now,
-                    topic,
-                    payload,
-                    "replayed_capture",
-                    f"capture {body['capture_id']} already stored as {dup[0]}",
-                    env.kit_id,
-                    env.id,
+                    now, topic, payload, "replayed_id", "id already stored with other content", *ids
                 )
+            other = self.conn.execute(
+                "SELECT id FROM messages WHERE kit_id = ? AND epoch = ? AND seq = ?",
+                (env.kit_id, env.epoch, env.seq),
+            ).fetchone()
+            detail = f"seq {env.seq} already used by {other[0] if other else '?'}"
+            return self._reject(now, topic, payload, "replayed_seq", detail, *ids)
         prev = self.max_seq.get((env.kit_id, env.epoch), 0)
         if env.seq > prev + 1:
             log.info(
@@ -273,12 +266,6 @@ class CollectorStore:
                 env.seq,
                 prev,
             )
-        self.conn.execute(
-            "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, received_at, "
-            "payload) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload),
-        )
         if env.kind == "reading":
             photo = body.get("photo") or {}
             self.conn.execute(
