@@ -217,24 +217,30 @@ def main() -> int:
         rounds = []
         ok = True
         for r in range(args.rounds):
+            cpu0 = time.process_time()
             bare = bare_paho(broker, args.messages, sample, topic + "-bare", args.inflight)
+            bare_cpu = time.process_time() - cpu0
             c = make_courier(work / f"tput{r}.db", key, broker, args.inflight)
             enq = fill(c, args.messages, start=1_000_000 * (r + 1))
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             c.start()
             wait_for(lambda c=c: c.status()["queued"] == 0, 600, 0.05)
             to_broker = args.messages / (time.perf_counter() - t0)
             ok = wait_for(all_acked(c, args.messages), 600, 0.05) and ok
             ours = args.messages / (time.perf_counter() - t0)
+            ours_cpu = time.process_time() - cpu0
             c.close()
-            rounds.append((bare, ours, enq, to_broker))
-        ratios = sorted(o / b for b, o, _, _ in rounds)
+            rounds.append((bare, ours, enq, to_broker, bare_cpu, ours_cpu))
+        ratios = sorted(r[1] / r[0] for r in rounds)
         out.update(
             bare_paho_msgs_per_s=[round(r[0]) for r in rounds],
             ours_msgs_per_s=[round(r[1]) for r in rounds],
             ours_kit_to_broker_msgs_per_s=[round(r[3]) for r in rounds],
             kit_to_broker_ratio_vs_bare_paho=round(statistics.median(r[3] / r[0] for r in rounds), 3),
             enqueue_per_s=round(statistics.median(r[2] for r in rounds)),
+            # CPU of this process (the kit side only: broker and collector run in other processes)
+            bare_paho_cpu_us_per_msg=round(statistics.median(r[4] for r in rounds) / args.messages * 1e6),
+            kit_cpu_us_per_msg=round(statistics.median(r[5] for r in rounds) / args.messages * 1e6),
             throughput_ratio_vs_bare_paho=round(statistics.median(ratios), 3),
             throughput_complete=ok,
             load_average=os.getloadavg()[0],
