@@ -24,6 +24,7 @@ from pathlib import Path
 import sqlite_utils
 
 TABLE = "outbox"
+PAYLOADS = "outbox_payloads"  # the bytes live apart: state updates then never rewrite an 85 KB photo chunk
 COUNTERS = "outbox_counters"
 PRIORITY_NUMBERS = 0
 PRIORITY_PHOTO = 1
@@ -97,14 +98,13 @@ class _Batch:
     ) -> bool:
         """Queue one message; False if the id already exists (nothing changes)."""
         cur = self._conn.execute(
-            f"INSERT OR IGNORE INTO {TABLE} (id, seq, kind, topic, payload, retain, priority, capture_id, "
-            "state, bytes, created_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0)",
+            f"INSERT OR IGNORE INTO {TABLE} (id, seq, kind, topic, retain, priority, capture_id, "
+            "state, bytes, created_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, 0)",
             (
                 msg_id,
                 seq,
                 kind,
                 topic,
-                payload,
                 int(retain),
                 priority,
                 capture_id,
@@ -113,6 +113,7 @@ class _Batch:
             ),
         )
         if cur.rowcount:
+            self._conn.execute(f"INSERT INTO {PAYLOADS} (id, payload) VALUES (?, ?)", (msg_id, payload))
             self.added_bytes += len(payload)
             self.added.append(msg_id)
             return True
@@ -151,7 +152,6 @@ class Outbox:
                     "seq": int,
                     "kind": str,
                     "topic": str,
-                    "payload": bytes,
                     "retain": int,
                     "priority": int,
                     "capture_id": str,
@@ -163,8 +163,15 @@ class Outbox:
                     "attempts": int,
                 },
                 pk="id",
-                not_null={"seq", "kind", "topic", "payload", "state", "bytes", "created_at"},
+                not_null={"seq", "kind", "topic", "state", "bytes", "created_at"},
                 if_not_exists=True,
+            )
+            db[PAYLOADS].create(
+                {"id": str, "payload": bytes}, pk="id", not_null={"payload"}, if_not_exists=True
+            )
+            self._conn.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {PAYLOADS}_gc AFTER DELETE ON {TABLE} "
+                f"BEGIN DELETE FROM {PAYLOADS} WHERE id = OLD.id; END"
             )
             db[COUNTERS].create({"name": str, "value": int}, pk="name", if_not_exists=True)
             self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('seq', 0)")
@@ -306,8 +313,9 @@ class Outbox:
         """Unacked rows of one priority with seq > after_seq, in seq order."""
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT id, seq, kind, topic, payload, retain, priority, state FROM {TABLE} "
-                "WHERE state != 'acked' AND priority = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT o.id, o.seq, o.kind, o.topic, p.payload, o.retain, o.priority, o.state "
+                f"FROM {TABLE} o JOIN {PAYLOADS} p ON p.id = o.id "
+                "WHERE o.state != 'acked' AND o.priority = ? AND o.seq > ? ORDER BY o.seq LIMIT ?",
                 (priority, after_seq, limit),
             ).fetchall()
         return [Row(r[0], r[1], r[2], r[3], bytes(r[4]), bool(r[5]), r[6], r[7]) for r in rows]
