@@ -663,6 +663,9 @@ class _Session:
         self.pending_sent, self.pending_acked, self.first_pending_at = [], [], None
         try:
             now = time.time()
+            if acked:  # acked in the same flush: one update instead of two
+                done = set(acked)
+                sent = [i for i in sent if i not in done]
             self.outbox.mark_sent(sent, at=now)
             self.outbox.mark_acked(acked, at=now)
         except Exception as exc:  # noqa: BLE001 - states are re-derived from resends and acks
