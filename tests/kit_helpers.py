@@ -19,7 +19,7 @@ from firmware.app import Kit
 def make_config(state_dir, photos=None, **sections) -> config_mod.Config:
     data = {"paths": {"state_dir": str(state_dir), "volatile_ok": True, "min_free_mb": 1},
             "camera": {"backend": "folder", "folder": str(photos) if photos else None, "timeout_s": 5},
-            "gpio": {"pin_factory": "mock", "hold_s": 1.0, "bounce_s": 0.02, "verdict_s": 5},
+            "gpio": {"pin_factory": "mock", "hold_s": 1.0, "bounce_s": 0.05, "verdict_s": 5},
             "kit": {"kit_id": "kit-test", "kode_wilayah": "31.71.01.1001", "tps": 7}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -119,7 +119,7 @@ class KitHarness:
             self._thread.join(timeout)
         return self.rc
 
-    def press(self, seconds: float = 0.08, *, bounce: bool = False):
+    def press(self, seconds: float = 0.12, *, bounce: bool = False):
         if bounce:
             for _ in range(3):
                 self.pin.drive_low()

@@ -56,7 +56,7 @@ def test_presses_during_a_slow_step_are_not_lost(tmp_path, photos):
     cfg = make_config(tmp_path / "state", photos)
     with KitHarness(cfg, reader=StubReader(delay_s=0.4)) as h:
         for _ in range(4):
-            h.press(0.05, bounce=True)
+            h.press(0.1, bounce=True)
             time.sleep(0.05)
         got = [h.verdict() for _ in range(4)]
     assert [v.pattern for v in got] == ["ok"] * 4

@@ -19,7 +19,7 @@ def factory():
     f.reset()
 
 
-def make_button(factory, *, hold_s=0.4, bounce_s=0.05):
+def make_button(factory, *, hold_s=0.4, bounce_s=0.08):
     events: queue.Queue = queue.Queue()
     button = PressButton(17, on_event=events.put, hold_s=hold_s, bounce_s=bounce_s, pin_factory=factory)
     return button, events, factory.pin(17)
@@ -65,7 +65,7 @@ def test_bouncing_contact_is_one_press(factory):
     # a later clean press is again a short press (the release chatter left nothing behind)
     time.sleep(0.5)
     pin.drive_low()
-    time.sleep(0.1)
+    time.sleep(0.15)
     pin.drive_high()
     got = drain(events)
     assert [e.kind for e in got] == ["short"]
@@ -97,9 +97,9 @@ def test_presses_in_a_row_are_all_counted(factory):
     button, events, pin = make_button(factory)
     for _ in range(5):
         pin.drive_low()
-        time.sleep(0.08)
+        time.sleep(0.12)
         pin.drive_high()
-        time.sleep(0.08)
+        time.sleep(0.1)
     assert [e.kind for e in drain(events)] == ["short"] * 5
     button.close()
 

@@ -16,7 +16,7 @@ def test_soak_presses_all_reach_a_verdict(tmp_path):
     cfg = make_config(tmp_path / "state", photos, camera={"loop": True})
     with KitHarness(cfg) as h:
         threads_before = threading.active_count()
-        presser = SoakPresser(h.kit, interval_s=0.0, presses=40, press_s=0.03)
+        presser = SoakPresser(h.kit, interval_s=0.0, presses=40, press_s=0.08)
         presser.start()
         h._thread.join(60)  # the presser stops the kit when done
         assert h.rc == 0
