@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 class SoakPresser:
     """Presses *presses* times (0 = until stopped), one press per verdict plus *interval_s*."""
 
-    def __init__(self, kit, *, interval_s: float = 2.0, presses: int = 0, press_s: float = 0.08,
+    def __init__(self, kit, *, interval_s: float = 2.0, presses: int = 0, press_s: float | None = None,
                  verdict_timeout_s: float = 120.0, stop_kit_when_done: bool = True,
                  drain_s: float = 30.0) -> None:
         self.kit = kit
         self.interval_s = interval_s
         self.presses = presses
-        self.press_s = press_s
+        # long enough to pass the bounce filter, far from a long press
+        self.press_s = press_s if press_s is not None else 2 * kit.config.gpio.bounce_s + 0.03
         self.verdict_timeout_s = verdict_timeout_s
         self.stop_kit_when_done = stop_kit_when_done
         self.drain_s = drain_s
