@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 pass
         if not args.keep and not args.dir:
             shutil.rmtree(root, ignore_errors=True)
+            _p("work directory removed (run with --keep to look at the photos and annotated pages)")
         elif args.keep:
             _p(f"kept: {root}")
 
