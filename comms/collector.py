@@ -449,6 +449,7 @@ class Collector:
         self._conn_gen = 0
         self._client = None
         self._worker: threading.Thread | None = None
+        self._threads = max(1, verify_threads)
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, verify_threads), thread_name_prefix="tpskit-verify"
         )
@@ -573,10 +574,17 @@ class Collector:
         try:
             registry = self._registry
             items = [(t, p) for t, p, _mid, _qos, _gen in batch]
-            if len(items) > 16:
-                checked = list(
-                    self._pool.map(lambda it: precheck(self.prefix, it[0], it[1], registry), items)
-                )
+            if len(items) > 16 and self._threads > 1:
+                # one task per thread (a future per message would cost more than it saves)
+                step = -(-len(items) // self._threads)
+                parts = [items[i : i + step] for i in range(0, len(items), step)]
+                checked = [
+                    c
+                    for part in self._pool.map(
+                        lambda part: [precheck(self.prefix, t, p, registry) for t, p in part], parts
+                    )
+                    for c in part
+                ]
             else:
                 checked = [precheck(self.prefix, t, p, registry) for t, p in items]
             for c in checked:

@@ -141,6 +141,15 @@ def count_readings(db: Path) -> tuple[int, int]:
     return total, distinct
 
 
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def integrity(db: Path) -> bool:
     with sqlite3.connect(db) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -222,15 +231,16 @@ def main() -> int:
             bare_cpu = time.process_time() - cpu0
             c = make_courier(work / f"tput{r}.db", key, broker, args.inflight)
             enq = fill(c, args.messages, start=1_000_000 * (r + 1))
-            t0, cpu0 = time.perf_counter(), time.process_time()
+            t0, cpu0, col0 = time.perf_counter(), time.process_time(), proc_cpu_s(collector.pid)
             c.start()
             wait_for(lambda c=c: c.status()["queued"] == 0, 600, 0.05)
             to_broker = args.messages / (time.perf_counter() - t0)
             ok = wait_for(all_acked(c, args.messages), 600, 0.05) and ok
             ours = args.messages / (time.perf_counter() - t0)
             ours_cpu = time.process_time() - cpu0
+            col_cpu = proc_cpu_s(collector.pid) - col0
             c.close()
-            rounds.append((bare, ours, enq, to_broker, bare_cpu, ours_cpu))
+            rounds.append((bare, ours, enq, to_broker, bare_cpu, ours_cpu, col_cpu))
         ratios = sorted(r[1] / r[0] for r in rounds)
         out.update(
             bare_paho_msgs_per_s=[round(r[0]) for r in rounds],
@@ -241,6 +251,7 @@ def main() -> int:
             # CPU of this process (the kit side only: broker and collector run in other processes)
             bare_paho_cpu_us_per_msg=round(statistics.median(r[4] for r in rounds) / args.messages * 1e6),
             kit_cpu_us_per_msg=round(statistics.median(r[5] for r in rounds) / args.messages * 1e6),
+            collector_cpu_us_per_msg=round(statistics.median(r[6] for r in rounds) / args.messages * 1e6),
             throughput_ratio_vs_bare_paho=round(statistics.median(ratios), 3),
             throughput_complete=ok,
             load_average=os.getloadavg()[0],
