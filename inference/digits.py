@@ -302,8 +302,25 @@ class DigitClassifier:
             y = (y.astype(np.float32) - zero) * scale
         return y.reshape(n, -1).astype(np.float32)
 
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, 11) for preprocessed input: one invoke.
+
+        ``softmax(logits / T)``; a box in which preprocessing found no ink at all gets P(empty) =
+        ``blank_empty_prob`` from the metadata (the share of such inputs that were really empty in the
+        training data), the rest spread over the digits as the model has it.
+        """
+        probs = _softmax(self.logits(x) / self.temperature)
+        pe = self.meta.get("blank_empty_prob")
+        if pe is not None:
+            blank = ~(x.reshape(len(x), -1) > 0).any(axis=1)
+            if blank.any():
+                rest = probs[blank, :EMPTY]
+                rest = rest / np.maximum(rest.sum(axis=1, keepdims=True), 1e-12) * (1.0 - float(pe))
+                probs[blank, :EMPTY] = rest
+                probs[blank, EMPTY] = float(pe)
+        return probs.astype(np.float32)
+
     def classify(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Crops (uint8 gray, any size) -> (labels int (N,), calibrated probabilities float32 (N, 11))."""
-        x = preprocess_batch(crops)
-        probs = _softmax(self.logits(x) / self.temperature).astype(np.float32)
+        probs = self.probabilities(preprocess_batch(crops))
         return probs.argmax(axis=1).astype(np.int64), probs

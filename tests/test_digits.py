@@ -86,6 +86,9 @@ def test_blank_boxes_are_empty(clf):
     labels, probs = clf.classify(blank + paper)
     assert np.all(labels == EMPTY)
     assert np.all(preprocess(paper[0]) == 0)
+    if "blank_empty_prob" in clf.meta:  # no ink at all: the calibrated share of truly empty boxes
+        np.testing.assert_allclose(probs[-2:, EMPTY], clf.meta["blank_empty_prob"], atol=1e-5)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 
 
 def test_batch_of_one_and_many_agree(clf, fixed_set):
