@@ -23,7 +23,12 @@ class CaptureTimeout(CaptureError):
 
 @dataclass(frozen=True)
 class Frame:
-    """One still: the JPEG as stored and sent, its decoded BGR image, when and where it came from."""
+    """One still: the JPEG as stored and sent, its decoded image, when and where it came from.
+
+    ``image`` is 8-bit grayscale: the reader works on luminance only, and a 12 MP grayscale frame is a third
+    of the memory of a colour one (this keeps the daemon inside a Pi Zero 2 W's budget). The colour photo
+    is kept, as taken, in ``jpeg``.
+    """
 
     jpeg: bytes
     image: np.ndarray
@@ -49,20 +54,31 @@ def encode_jpeg(image: np.ndarray, *, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
+def frame_from_bgr(image: np.ndarray, *, quality: int, taken_at: float, source: str) -> Frame:
+    """A camera's colour array -> Frame: the colour JPEG is kept, the reader gets luminance (see Frame)."""
+    import cv2
+
+    jpeg = encode_jpeg(image, quality=quality)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    return Frame(jpeg=jpeg, image=gray, taken_at=taken_at, source=source)
+
+
 def jpeg_is_complete(data: bytes) -> bool:
     """A JPEG ends with the EOI marker FFD9 (trailing padding allowed); a cut-off file does not."""
     return data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
-def decode_image(data: bytes, *, name: str) -> np.ndarray:
-    """Decode JPEG/PNG/... bytes to BGR, refusing empty, non-image and truncated data."""
+def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
+    """Decode JPEG/PNG/... bytes to 8-bit grayscale (BGR with color=True), refusing empty, non-image and
+    truncated data."""
     import cv2
 
     if not data:
         raise CaptureError(f"{name}: file is empty (not a photo); replace it or press again for the next one")
     if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         raise CaptureError(f"{name}: JPEG is truncated (cut off before its end); take the photo again")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None or image.size == 0:
         raise CaptureError(f"{name}: not an image OpenCV can read; use a JPEG or PNG photo of the page")
     return image

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from capture.base import CaptureError, Frame, TimeoutRunner, decode_image, encode_jpeg
+from capture.base import CaptureError, Frame, TimeoutRunner, decode_image, frame_from_bgr
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -50,9 +50,11 @@ class FolderCamera:
             data = path.read_bytes()
         except OSError as exc:
             raise CaptureError(f"{path.name}: cannot be read ({exc.strerror})") from None
-        image = decode_image(data, name=path.name)
-        jpeg = data if data[:2] == b"\xff\xd8" else encode_jpeg(image, quality=self.jpeg_quality)
-        return Frame(jpeg=jpeg, image=image, taken_at=taken_at, source=f"folder:{path.name}")
+        source = f"folder:{path.name}"
+        if data[:2] != b"\xff\xd8":  # PNG, BMP, ...: stored and sent as a colour JPEG like the camera's
+            image = decode_image(data, name=path.name, color=True)
+            return frame_from_bgr(image, quality=self.jpeg_quality, taken_at=taken_at, source=source)
+        return Frame(jpeg=data, image=decode_image(data, name=path.name), taken_at=taken_at, source=source)
 
     def close(self) -> None:
         pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from capture.base import CaptureError, Frame, TimeoutRunner, encode_jpeg
+from capture.base import CaptureError, Frame, TimeoutRunner, frame_from_bgr
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class Picamera2Camera:
         if image is None or image.size == 0:
             raise CaptureError("Camera Module returned an empty picture")
         image = image[:, :, :3]
-        return Frame(jpeg=encode_jpeg(image, quality=self.config.jpeg_quality), image=image,
-                     taken_at=taken_at, source="picamera2")
+        return frame_from_bgr(image, quality=self.config.jpeg_quality, taken_at=taken_at, source="picamera2")
 
     def capture(self) -> Frame:
         return self._runner.call(self._grab)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from capture.base import CaptureError, Frame, TimeoutRunner, encode_jpeg
+from capture.base import CaptureError, Frame, TimeoutRunner, frame_from_bgr
 
 
 class V4l2Camera:
@@ -39,8 +39,8 @@ class V4l2Camera:
         ok, image = self._cap.read()
         if not ok or image is None:
             raise CaptureError(f"USB camera /dev/video{self.device} returned no picture")
-        return Frame(jpeg=encode_jpeg(image, quality=self.jpeg_quality), image=image, taken_at=time.time(),
-                     source=f"v4l2:{self.device}")
+        return frame_from_bgr(image, quality=self.jpeg_quality, taken_at=time.time(),
+                              source=f"v4l2:{self.device}")
 
     def capture(self) -> Frame:
         return self._runner.call(self._grab)

@@ -33,8 +33,9 @@ def test_folder_replays_in_name_order_and_keeps_jpeg_bytes(tmp_path):
     cv2.imwrite(str(tmp_path / "b.png"), page(100))
     cam = FolderCamera(tmp_path)
     f1, f2 = cam.capture(), cam.capture()
-    assert f1.jpeg == a and f1.source == "folder:a.jpg" and f1.image.shape == (120, 160, 3)
+    assert f1.jpeg == a and f1.source == "folder:a.jpg" and f1.image.shape == (120, 160)  # luminance
     assert f2.jpeg[:2] == b"\xff\xd8" and f2.source == "folder:b.png"  # PNG re-encoded as JPEG
+    assert cv2.imdecode(np.frombuffer(f2.jpeg, np.uint8), cv2.IMREAD_UNCHANGED).ndim == 3  # in colour
     with pytest.raises(CaptureError, match="no more photos"):
         cam.capture()
 
