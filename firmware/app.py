@@ -132,7 +132,21 @@ class Kit:
         self._tell(msg.READY)
         if self.notifier is not None:
             self.notifier.ready(msg.READY)
+        self._publish_boot_readiness()
         self._write_status()
+
+    def _publish_boot_readiness(self) -> None:
+        """Queue the retained readiness once per boot, so operators see every kit after H-1 power-up."""
+        if self.courier is None or not hasattr(self.courier, "publish_retained"):
+            return
+        from firmware.selftest import boot_report, publish_readiness
+
+        try:
+            report = boot_report(self.config, battery=self.battery)
+        except Exception:  # noqa: BLE001 - readiness must never stop the kit
+            log.warning("boot readiness report failed", exc_info=True)
+            return
+        publish_readiness(self.courier, report)
 
     def run(self) -> int:
         """The main loop; returns the exit code (EXIT_POWEROFF after a critical battery)."""

@@ -3,6 +3,7 @@ collector's database, and a capture stored while the broker is down is delivered
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -111,5 +112,32 @@ def test_capture_committed_before_a_crash_is_sent_at_start(tmp_path, mosquitto):
             assert h.kit.verdicts == 0  # no press needed
         assert [(r[0], r[1]) for r in rows] == [(rec.id, 3)]
         assert h.store.counts()["unsubmitted"] == 0
+    finally:
+        collector.stop()
+
+
+def test_boot_publishes_readiness_to_the_collector(tmp_path, mosquitto):
+    """At every start the kit queues its retained readiness; without a passing self-test it is not ready."""
+    cfg, photos, collector, collector_db, courier = _setup(tmp_path, mosquitto.url)
+    collector.start()
+    try:
+        with KitHarness(cfg, courier=courier()):
+            deadline = time.monotonic() + 20
+            row = None
+            while row is None and time.monotonic() < deadline:
+                if collector_db.exists():
+                    conn = sqlite3.connect(collector_db)
+                    try:
+                        row = conn.execute("SELECT kit_id, body FROM kit_readiness").fetchone()
+                    except sqlite3.OperationalError:
+                        row = None
+                    conn.close()
+                time.sleep(0.1)
+        assert row is not None, "the boot readiness never reached the collector"
+        assert row[0] == cfg.kit.kit_id
+        body = json.loads(row[1])
+        assert body["trigger"] == "boot"
+        assert body["ready"] is False  # no self-test has passed on this kit yet
+        assert "selftest" in {f["name"] for f in body["failing"]}
     finally:
         collector.stop()
