@@ -30,7 +30,7 @@ from nacl.signing import VerifyKey
 
 from comms import payloads, topics
 from comms.outbox import PRIORITY_NUMBERS, PRIORITY_PHOTO, Outbox
-from comms.signing import coerce_signing_key, load_public_key
+from comms.signing import canonical_json, coerce_signing_key, load_public_key
 
 log = logging.getLogger("tpskit.comms.courier")
 
@@ -254,8 +254,11 @@ class Courier:
                 photo=photo_jpeg,
                 chunk_bytes=self.chunk_bytes,
             )
+            canonical_json(body)  # numpy numbers, NaN, … are refused here, not inside the transaction
         except Exception as exc:
-            raise ValueError(f"reading {capture_id!r} cannot be queued: {exc}") from None
+            raise ValueError(
+                f"reading {capture_id!r} cannot be queued: {exc} (use plain JSON values: int, float, str)"
+            ) from None
         chunks = (
             payloads.photo_chunk_bodies(
                 capture_id=capture_id, halaman=halaman, photo=photo_jpeg, chunk_bytes=self.chunk_bytes
@@ -714,13 +717,13 @@ class _Session:
                 body.update(c._heartbeat_info() or {})
             except Exception as exc:  # noqa: BLE001 - a broken sensor must not stop delivery
                 body["info_error"] = str(exc)[:200]
-        return c._build(
-            kind="heartbeat",
-            msg_id=f"{c.kit_id}:heartbeat:{time.time_ns()}",
-            seq=None,
-            body=body,
-            now=time.time(),
-        )
+        msg_id = f"{c.kit_id}:heartbeat:{time.time_ns()}"
+        try:
+            return c._build(kind="heartbeat", msg_id=msg_id, seq=None, body=body, now=time.time())
+        except (TypeError, ValueError) as exc:  # e.g. a numpy value from heartbeat_info
+            base = {k: body[k] for k in ("queue", "oldest_unsent_age_s", "uptime_s")}
+            base["info_error"] = f"heartbeat info is not plain JSON: {exc}"[:200]
+            return c._build(kind="heartbeat", msg_id=msg_id, seq=None, body=base, now=time.time())
 
     def _goodbye(self, client) -> None:
         """Clean stop: retained offline status, wait briefly for outstanding PUBACKs, disconnect."""

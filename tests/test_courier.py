@@ -149,3 +149,31 @@ def test_silent_probe_does_not_block_the_queue(courier):
     s._pump(client)
     ids = [t for _m, t in client.published if t.endswith("/reading")]
     assert len(ids) >= _Session.PROBE_TRIES + 4  # probes, then the whole window
+
+
+def test_non_json_values_are_refused_clearly(courier):
+    with pytest.raises(ValueError, match="plain JSON"):
+        courier.submit_reading(
+            capture_id="nan",
+            halaman=1,
+            reading={"x": float("nan")},
+            photo_jpeg=None,
+            taken_at=1.0,
+            time_source="rtc",
+        )
+    with pytest.raises(ValueError, match="plain JSON"):
+        courier.submit_reading(
+            capture_id="obj",
+            halaman=1,
+            reading={"x": object()},
+            photo_jpeg=None,
+            taken_at=1.0,
+            time_source="rtc",
+        )
+    assert courier.status()["queued"] == 5
+    courier.heartbeat_info(lambda: {"battery": object()})
+    s = _Session(courier, courier._outbox)
+    import json
+
+    body = json.loads(s._heartbeat_payload())["body"]
+    assert "not plain JSON" in body["info_error"] and body["queue"]["queued"] == 5
