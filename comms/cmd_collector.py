@@ -13,7 +13,7 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help="broker URL, mqtt://host:1883 or mqtts://host:8883")
-    p.add_argument("--db", type=Path, help="collector SQLite database (created if missing)")
+    p.add_argument("--db", help="collector SQLite database file (created if missing)")
     p.add_argument(
         "--kits",
         type=Path,
@@ -105,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.broker or not args.db:
         print("tpskit collector: --broker and --db are needed to run the collector", file=sys.stderr)
+        return 2
+    if str(args.db).startswith(("postgres:", "postgresql:")):
+        print(
+            "tpskit collector: PostgreSQL storage is not implemented yet; give a SQLite file for --db "
+            "(see docs/payloads.md)",
+            file=sys.stderr,
+        )
         return 2
     from comms.collector import Collector
 
