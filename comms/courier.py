@@ -363,6 +363,11 @@ class Courier:
                 "broker": self.broker_url,
             }
 
+    def is_alive(self) -> bool:
+        """True while the link thread runs (the kit's watchdog gate asks this before each ping)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def start(self) -> Courier:
         if self._thread and self._thread.is_alive():
             return self

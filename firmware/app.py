@@ -357,10 +357,7 @@ class Kit:
         c = self.courier
         if c is None:
             return True
-        if hasattr(c, "is_alive"):
-            return bool(c.is_alive())
-        thread = getattr(c, "_thread", None)  # comms.courier.Courier's link thread
-        return thread is not None and thread.is_alive()
+        return bool(c.is_alive())
 
     def _courier_status(self) -> dict:
         if self.courier is None:
