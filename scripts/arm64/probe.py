@@ -254,25 +254,32 @@ def _pages(out_dir: Path) -> list[str]:
     return _make_pages(synth, out_dir)
 
 
-# (page, condition, spoiled, upside down): the three pages of one TPS, a hard upside-down photo, a retake.
-PAGE_SET = ((1, "field", None, False), (2, "field", None, False), (3, "clean", None, False),
-            (2, "hard", None, True), (1, "field", "blurred", False))
+# (group, page, condition, spoiled, upside down). Group "tps": the three pages of one TPS, read together with
+# --tps; "slip": the three pages of a TPS where the KPPS made an arithmetic slip (must not be accepted);
+# "single": a hard upside-down photo and a blurred one (retake), read one by one.
+PAGE_SET = (
+    ("tps", 1, "field", None, False), ("tps", 2, "field", None, False), ("tps", 3, "clean", None, False),
+    ("slip", 1, "field", None, False), ("slip", 2, "field", None, False), ("slip", 3, "field", None, False),
+    ("single", 2, "hard", None, True), ("single", 1, "field", "blurred", False),
+)
 
 
 def _make_pages(synth, out_dir: Path) -> list[str]:
     import numpy as np
 
-    tps = synth.make_tps(np.random.default_rng(PAGE_SEED))
+    tps = {"tps": synth.make_tps(np.random.default_rng(PAGE_SEED)),
+           "slip": synth.make_tps(np.random.default_rng(PAGE_SEED + 1), slip=True)}
     names, truth = [], {}
-    for i, (page_no, condition, spoiled, upside_down) in enumerate(PAGE_SET):
-        sample = synth.make_sample(PAGE_SEED * 100 + i, page_no, condition=condition, tps=tps,
-                                   spoiled=spoiled, upside_down=upside_down)
-        name = f"page{i + 1}-p{page_no}-{spoiled or condition}.jpg"
+    for i, (group, page_no, condition, spoiled, upside_down) in enumerate(PAGE_SET):
+        sample = synth.make_sample(PAGE_SEED * 100 + i, page_no, condition=condition,
+                                   tps=tps.get(group, tps["tps"]), spoiled=spoiled, upside_down=upside_down)
+        name = f"page{i + 1}-{group}-p{page_no}-{spoiled or condition}.jpg"
         (out_dir / name).write_bytes(sample.jpeg)  # the kit reads the camera's JPEG too
         names.append(name)
-        truth[name] = json.loads(json.dumps({"page": sample.page, "condition": condition, "spoiled": spoiled,
-                                             "written": sample.written, "bubbles": sample.bubbles},
-                                            default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+        record = {"group": group, "page": sample.page, "condition": condition, "spoiled": spoiled,
+                  "slip": sample.slip, "written": sample.written, "bubbles": sample.bubbles}
+        plain = json.dumps(record, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+        truth[name] = json.loads(plain)
     (out_dir / "pages_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     return names
 
@@ -334,10 +341,11 @@ def cmd_run(args) -> int:
     page_truth = json.loads(truth_file.read_text()) if truth_file.exists() else {}
     if page_truth:
         result["pages"]["truth"] = page_truth
-    # The first three pages are one TPS (read with --tps: cross-page checks); the others one by one.
-    names = sorted(page_truth)
-    groups = [["--tps", *names[:3]], names[3:]] if len(names) > 3 else [names]
-    for group in (g for g in groups if g):
+    groups: dict[str, list[str]] = {}
+    for name in sorted(page_truth):
+        groups.setdefault(page_truth[name].get("group", "single"), []).append(name)
+    groups = {g: (["--tps"] if g != "single" else []) + names for g, names in groups.items()}
+    for group in groups.values():
         cmd = [args.tpskit, "read", "--json", *group] + (["--model", args.model] if args.model else [])
         proc = subprocess.run(cmd, cwd=inputs, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
         key = " ".join(["read", "--json", *group])
