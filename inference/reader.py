@@ -435,8 +435,10 @@ class PageReader:
         labels, probs = self.classifier.classify([bc.crop for bc in crops])
         probs = np.array(probs, np.float64)
         labels = np.array(labels)
-        for i, bc in enumerate(crops):  # no ink at all: the box is blank, whatever the model's doubts
-            if ink_extent_mm(bc.crop, ppm) < BLANK_INK_MM:
+        for i, bc in enumerate(crops):
+            # The model's first choice is "empty" and no ink is measured: the box is blank, remove the doubt.
+            # (Never the other way round: a thin light stroke can escape the ink measure, not the model.)
+            if int(np.argmax(probs[i])) == EMPTY and ink_extent_mm(bc.crop, ppm) < BLANK_INK_MM:
                 probs[i] *= 1e-4
                 probs[i, EMPTY] = 1.0 - probs[i].sum() + probs[i, EMPTY]
                 labels[i] = EMPTY
