@@ -64,7 +64,9 @@ def _ink_map(crop: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     s = _WORK / max(h, w)
     size = (max(_MIN_CROP, round(w * s)), max(_MIN_CROP, round(h * s)))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    # INTER_LINEAR_EXACT: OpenCV's bit-exact bilinear for uint8. Plain INTER_LINEAR uses fixed-point SIMD that
+    # rounds differently on x86 and arm64 and moved a page status on the Pi (docs/arm64.md).
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR_EXACT
     g = cv2.resize(np.ascontiguousarray(crop), size, interpolation=interp).astype(np.float32)
     k = np.ones((21, 21), np.uint8)  # rectangular: separable, fast
     bg = cv2.morphologyEx(g, cv2.MORPH_CLOSE, k, borderType=cv2.BORDER_REPLICATE)
