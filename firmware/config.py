@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PATH = Path("/etc/tpskit/config.toml")
 
@@ -27,6 +27,15 @@ def is_volatile(path: Path) -> bool:
     """True if *path* lies under a directory that does not survive a reboot."""
     path = Path(os.path.abspath(path))
     return any(path == d or d in path.parents for d in VOLATILE_DIRS)
+
+
+def _none_word(value: object) -> object:
+    """TOML has no null: the word "none" switches an optional part off."""
+    return None if isinstance(value, str) and value.strip().lower() == "none" else value
+
+
+OptionalPin = Annotated[int | None, BeforeValidator(_none_word)]
+"""A BCM pin number, or "none" in the TOML file when the part is not fitted."""
 
 
 class ConfigError(ValueError):
@@ -101,10 +110,10 @@ class GpioConfig(Section):
     hold_s: float = Field(3.0, ge=1.0, le=10.0,
                           description="A press this long is a long press (status, resend).")
     bounce_s: float = Field(0.05, ge=0.0, le=0.5, description="Debounce time of the button.")
-    led_green: int | None = Field(22, ge=0, le=27, description="Green LED (ready / ok).")
-    led_yellow: int | None = Field(23, ge=0, le=27, description="Yellow LED (busy / review / queued).")
-    led_red: int | None = Field(24, ge=0, le=27, description="Red LED (retake / error / low battery).")
-    buzzer: int | None = Field(25, ge=0, le=27, description="Active buzzer; None = no buzzer.")
+    led_green: OptionalPin = Field(22, ge=0, le=27, description="Green LED (ready / ok).")
+    led_yellow: OptionalPin = Field(23, ge=0, le=27, description="Yellow LED (busy / review / queued).")
+    led_red: OptionalPin = Field(24, ge=0, le=27, description="Red LED (retake / error / low battery).")
+    buzzer: OptionalPin = Field(25, ge=0, le=27, description="Active buzzer; \"none\" = no buzzer.")
     pin_factory: Literal["default", "mock", "lgpio", "rpigpio", "native"] = Field(
         "default", description="gpiozero pin factory: default = gpiozero's choice (lgpio on bookworm); "
                                "mock = no hardware (laptop demo, tests, soak).")
@@ -162,9 +171,9 @@ class ReaderConfig(Section):
 class PowerConfig(Section):
     """Battery and low-battery shutdown."""
 
-    low_battery_pin: int | None = Field(None, ge=0, le=27,
+    low_battery_pin: OptionalPin = Field(None, ge=0, le=27,
                                         description="GPIO line from the UPS HAT, active low; "
-                                                    "None = not wired.")
+                                                    "\"none\" = not wired.")
     fuel_gauge: Literal["none", "max17040"] = Field("none", description="I2C fuel gauge, if fitted.")
     critical_percent: float = Field(5.0, ge=0, le=50, description="Shut down cleanly at or below this level.")
     warn_percent: float = Field(15.0, ge=0, le=80, description="Warn the KPPS at or below this level.")

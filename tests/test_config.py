@@ -95,3 +95,14 @@ def test_secret_prefers_credentials_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(ConfigError, match="not found"):
         config.read_secret(tmp_path / "missing")
+
+
+def test_none_switches_an_optional_part_off():
+    """TOML has no null: 'none' means the LED, buzzer or battery line is not fitted."""
+    from firmware.config import parse
+
+    cfg = parse({"gpio": {"buzzer": "none", "led_yellow": "None"}, "power": {"low_battery_pin": "none"}})
+    assert cfg.gpio.buzzer is None and cfg.gpio.led_yellow is None and cfg.power.low_battery_pin is None
+    assert cfg.gpio.led_green == 22
+    with pytest.raises(ConfigError, match="gpio.buzzer"):
+        parse({"gpio": {"buzzer": "off"}})
