@@ -106,7 +106,7 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
     if parts.kind == topics.ACK:
         return Checked(topic, payload, ignored=True)
     try:
-        env, raw = payloads.parse(payload)
+        env = payloads.parse_wire(payload)
     except payloads.MalformedMessage as exc:
         return Checked(topic, payload, reject=(exc.reason, exc.detail, None, None))
     ids = (env.kit_id, env.id)
@@ -119,7 +119,7 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
     if (kit.kode_wilayah and kit.kode_wilayah != env.kode_wilayah) or (kit.tps and kit.tps != env.tps):
         detail = f"kit registered for {kit.kode_wilayah}/{kit.tps}"
         return Checked(topic, payload, env, ("wrong_tps", detail, *ids))
-    if not payloads.verify(kit.public_key, raw, payload):
+    if not payloads.verify_wire(kit.public_key, env, payload):
         return Checked(topic, payload, env, ("bad_signature", "Ed25519 verification failed", *ids))
     if not env.id.startswith(env.kit_id + ":"):
         return Checked(topic, payload, env, ("schema", "id must start with '<kit_id>:'", *ids))
@@ -229,14 +229,22 @@ class CollectorStore:
                 return self._reject(now, topic, payload, exc.reason, exc.detail, *ids)
             if body["index"] >= body["count"]:
                 return self._reject(now, topic, payload, "bad_chunk", "index >= count", *ids)
-        elif env.kind == "reading":
-            dup = self.conn.execute(
-                "SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
-                (env.kit_id, body["capture_id"]),
-            ).fetchone()
-            if dup is not None and dup[0] != env.id:
-                detail = f"capture {body['capture_id']} already stored as {dup[0]}"
-                return self._reject(now, topic, payload, "replayed_capture", detail, *ids)
+        reading_new = False
+        if env.kind == "reading":
+            # Insert the readings row first (the common case: one statement, no look-up); it is taken
+            # back below if the message turns out to be a replay.
+            photo = body.get("photo") or {}
+            reading_new = self._insert_reading(env, body, photo, now)
+            if not reading_new:
+                dup = self.conn.execute(
+                    "SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
+                    (env.kit_id, body["capture_id"]),
+                ).fetchone()
+                if dup is None:  # not a uniqueness conflict: fail the batch as a plain INSERT would
+                    raise sqlite3.IntegrityError(f"readings row for {env.id} refused")
+                if dup[0] != env.id:
+                    detail = f"capture {body['capture_id']} already stored as {dup[0]}"
+                    return self._reject(now, topic, payload, "replayed_capture", detail, *ids)
         # Insert first (the common case); a conflict on the id or on (kit, epoch, seq) is classified after.
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, "
@@ -244,6 +252,8 @@ class CollectorStore:
             (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload),
         )
         if cur.rowcount == 0:
+            if reading_new:
+                self.conn.execute("DELETE FROM readings WHERE message_id = ?", (env.id,))
             row = self.conn.execute("SELECT digest FROM messages WHERE id = ?", (env.id,)).fetchone()
             if row is not None and row[0] == digest:
                 base.status = "duplicate"
@@ -267,30 +277,6 @@ class CollectorStore:
                 prev,
             )
         if env.kind == "reading":
-            photo = body.get("photo") or {}
-            self.conn.execute(
-                "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, seq, "
-                "taken_at, "
-                "time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    env.id,
-                    env.kit_id,
-                    env.kode_wilayah,
-                    env.tps,
-                    body["capture_id"],
-                    body.get("halaman"),
-                    env.seq,
-                    body["taken_at"],
-                    body["time_source"],
-                    json.dumps(body["reading"], ensure_ascii=False),
-                    photo.get("sha256"),
-                    photo.get("bytes"),
-                    photo.get("chunks"),
-                    env.created_at,
-                    now,
-                ),
-            )
             if photo:
                 self._maybe_assemble(env.kit_id, body["capture_id"], now)
         elif env.kind == "photo":
@@ -331,6 +317,32 @@ class CollectorStore:
                 )
         self.max_seq[(env.kit_id, env.epoch)] = max(prev, env.seq)
         return base
+
+    def _insert_reading(self, env, body: dict, photo: dict, now: float) -> bool:
+        """Insert the readings row; False if (message id) or (kit, capture) is already there."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, "
+            "seq, taken_at, time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, "
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                env.id,
+                env.kit_id,
+                env.kode_wilayah,
+                env.tps,
+                body["capture_id"],
+                body.get("halaman"),
+                env.seq,
+                body["taken_at"],
+                body["time_source"],
+                json.dumps(body["reading"], ensure_ascii=False),
+                photo.get("sha256"),
+                photo.get("bytes"),
+                photo.get("chunks"),
+                env.created_at,
+                now,
+            ),
+        )
+        return cur.rowcount == 1
 
     def _maybe_assemble(self, kit_id: str, capture_id: str, now: float) -> None:
         if self.conn.execute(
