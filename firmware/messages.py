@@ -37,7 +37,8 @@ def reasons_text(reading: dict) -> str:
             parts.append(str(r.get("message") or r.get("text") or r.get("pesan") or r.get("code") or r))
         else:
             parts.append(str(r))
-    return "; ".join(parts) if parts else REASONS_FALLBACK
+    # the templates add the full stop: strip the reader's own so the KPPS never sees ".."
+    return "; ".join(p.rstrip(" .") for p in parts) if parts else REASONS_FALLBACK
 
 
 def battery_text(level: float | None) -> str:
