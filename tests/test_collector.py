@@ -200,3 +200,34 @@ def test_new_epoch_is_not_a_replay(store, kit):
     assert _process(store, kit, m).status == "stored"
     no_epoch = canonical_json({k: v for k, v in json.loads(m).items() if k != "epoch"})
     assert _process(store, kit, no_epoch).status == "rejected"
+
+
+def test_replayed_capture_under_another_id_rejected_and_nothing_kept(store, kit):
+    assert _process(store, kit, _reading(kit, seq=1, capture="c1")).status == "stored"
+    body = payloads.reading_body(
+        capture_id="c1",
+        halaman=1,
+        reading={"suara": {"01": 999}},
+        taken_at=1.0,
+        time_source="rtc",
+        photo=None,
+        chunk_bytes=1000,
+    )
+    replay = payloads.build(
+        kit,
+        kind="reading",
+        msg_id="kit-1:other-id:reading",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=2,
+        created_at=2.0,
+        body=body,
+        epoch=EPOCH,
+    )
+    out = _process(store, kit, replay)
+    assert out.status == "rejected" and out.reason == "replayed_capture"
+    assert _stored(store) == (1, 1)
+    row = store.conn.execute("SELECT message_id, reading FROM readings").fetchone()
+    assert row[0] == "kit-1:c1:reading" and json.loads(row[1]) == {"suara": {"01": 120}}
+    assert store.counts()["rejects"] == 1
