@@ -460,6 +460,16 @@ def spoil(
     return cv2.imdecode(buf, cv2.IMREAD_COLOR), buf.tobytes()
 
 
+def box_label(written: int | None, n_boxes: int, box: int) -> int | None:
+    """The true class of one box of a generated number: its digit, 10 (empty) for a number left blank, or
+    None for an unused leading box (the generator may have written blank, X, dash or 0 there)."""
+    if written is None:
+        return 10  # inference.digits.EMPTY
+    text = str(int(written))
+    lead = n_boxes - len(text)
+    return None if box < lead else int(text[box - lead])
+
+
 def make_sample(
     seed: int,
     page_no: int,

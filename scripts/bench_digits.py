@@ -70,15 +70,9 @@ def reader_set(n_pages: int, seed: int) -> tuple[list[np.ndarray], np.ndarray] |
             sample = synth.make_sample(seed + i, page_no, condition="field")
             fields = form.pages[page_no].by_name
             for bc in pr.box_crops(sample.image):
-                value = sample.written.get(bc.field)
-                if value is None:
-                    label = EMPTY
-                else:
-                    text = str(int(value))
-                    lead = len(fields[bc.field].boxes) - len(text)
-                    if bc.box < lead:
-                        continue
-                    label = int(text[bc.box - lead])
+                label = synth.box_label(sample.written.get(bc.field), len(fields[bc.field].boxes), bc.box)
+                if label is None:
+                    continue
                 crops.append(bc.crop)
                 labels.append(label)
         return (crops, np.asarray(labels)) if crops else "page reader returned no crops"

@@ -229,15 +229,9 @@ def reader_crops(n_pages: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
         except RetakeError:
             continue
         for bc in crops:
-            value = sample.written.get(bc.field)
-            if value is None:
-                label = EMPTY
-            else:
-                text = str(int(value))
-                lead = len(fields[bc.field].boxes) - len(text)
-                if bc.box < lead:
-                    continue
-                label = int(text[bc.box - lead])
+            label = synth.box_label(sample.written.get(bc.field), len(fields[bc.field].boxes), bc.box)
+            if label is None:
+                continue
             xs.append(np.rint(preprocess(bc.crop) * 255).astype(np.uint8))
             ys.append(label)
             pg.append(i)
