@@ -1,18 +1,31 @@
 """The collector's storage: stateless message checks (``precheck``) and the database (``CollectorStore``).
 
-Storage is SQLite (WAL, synchronous=FULL). PostgreSQL is not implemented yet (``CollectorStore`` is the one
-class to port).
+Two backends, one copy of the storage logic:
+
+- SQLite (default; ``--db`` is a file path): WAL, synchronous=FULL, one writer.
+- PostgreSQL (``--db postgresql://user@host:port/dbname``, libpq URL; psycopg 3): several collectors may
+  write to one database at once. The password comes from libpq's usual places (``~/.pgpass``,
+  ``PGPASSFILE``, ``passfile=`` in the URL, ``PGPASSWORD``), never from the command line.
+
+What differs between them is a small ``Dialect`` (placeholders, ``BEGIN IMMEDIATE`` vs ``BEGIN``, column
+types, whether several writers run at once). Both speak ``INSERT … ON CONFLICT DO NOTHING`` and
+``ON CONFLICT (…) DO UPDATE … WHERE`` upserts, so every statement is written once. A batch is one
+transaction; ``commit`` returns only when it is durable (PostgreSQL: ``synchronous_commit=on`` is forced per
+session). A lost PostgreSQL connection fails the batch (nothing acked, the kits resend) and the next
+``begin`` reconnects.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
-import sqlite3
+import os
+import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from comms import payloads, topics
 from comms.outbox import connect
@@ -22,35 +35,164 @@ log = logging.getLogger("tpskit.comms.collector")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, epoch INTEGER, seq INTEGER, kind TEXT NOT NULL,
+    id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, epoch {bigint}, seq INTEGER, kind TEXT NOT NULL,
     digest TEXT NOT NULL,
-    topic TEXT NOT NULL, created_at REAL, received_at REAL NOT NULL, payload BLOB NOT NULL);
+    topic TEXT NOT NULL, created_at {real}, received_at {real} NOT NULL, payload {blob} NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_kit_seq ON messages(kit_id, epoch, seq) WHERE seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS readings (
     message_id TEXT PRIMARY KEY, kit_id TEXT NOT NULL, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL,
-    capture_id TEXT NOT NULL, halaman INTEGER, seq INTEGER NOT NULL, taken_at REAL, time_source TEXT,
+    capture_id TEXT NOT NULL, halaman INTEGER, seq INTEGER NOT NULL, taken_at {real}, time_source TEXT,
     reading TEXT NOT NULL, photo_sha256 TEXT, photo_bytes INTEGER, photo_chunks INTEGER,
-    created_at REAL, received_at REAL NOT NULL, UNIQUE(kit_id, capture_id));
+    created_at {real}, received_at {real} NOT NULL, UNIQUE(kit_id, capture_id));
 CREATE TABLE IF NOT EXISTS photo_chunks (
     kit_id TEXT NOT NULL, capture_id TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL,
-    photo_sha256 TEXT NOT NULL, data BLOB NOT NULL, message_id TEXT NOT NULL,
+    photo_sha256 TEXT NOT NULL, data {blob} NOT NULL, message_id TEXT NOT NULL,
     PRIMARY KEY (kit_id, capture_id, idx));
 CREATE TABLE IF NOT EXISTS photos (
     kit_id TEXT NOT NULL, capture_id TEXT NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
-    jpeg BLOB NOT NULL, completed_at REAL NOT NULL, PRIMARY KEY (kit_id, capture_id));
+    jpeg {blob} NOT NULL, completed_at {real} NOT NULL, PRIMARY KEY (kit_id, capture_id));
 CREATE TABLE IF NOT EXISTS kit_readiness (
     kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, message_id TEXT NOT NULL,
-    seq INTEGER, created_at REAL, received_at REAL NOT NULL, body TEXT NOT NULL);
+    seq INTEGER, created_at {real}, received_at {real} NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kit_heartbeat (
-    kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, created_at REAL,
-    received_at REAL NOT NULL, body TEXT NOT NULL);
+    kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, created_at {real},
+    received_at {real} NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kit_status (
     kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, state TEXT NOT NULL,
-    reason TEXT, created_at REAL, received_at REAL NOT NULL);
+    reason TEXT, created_at {real}, received_at {real} NOT NULL);
 CREATE TABLE IF NOT EXISTS rejects (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, topic TEXT, reason TEXT NOT NULL,
-    detail TEXT, kit_id TEXT, message_id TEXT, payload_head BLOB);
+    id {serial}, received_at {real} NOT NULL, topic TEXT, reason TEXT NOT NULL,
+    detail TEXT, kit_id TEXT, message_id TEXT, payload_head {blob});
 """
+
+POSTGRES_SCHEMES = ("postgresql:", "postgres:")
+
+
+class StoreError(RuntimeError):
+    """The database refused a batch in a way the store cannot classify (the batch is rolled back)."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The collector database cannot be reached (PostgreSQL down, wrong URL or password)."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between SQLite and PostgreSQL; the storage logic is written once on top of it."""
+
+    name: str
+    begin: str
+    types: dict
+    placeholder: str
+    concurrent_writers: bool  # several collectors write at once (READ COMMITTED): finish photos after commit
+    schema_lock: str | None = None  # serialises CREATE … IF NOT EXISTS between collectors starting together
+
+    def prepare(self, sql: str, params: tuple) -> tuple[str, tuple | None]:
+        if self.placeholder == "?":
+            return sql, params
+        # PostgreSQL text cannot hold NUL; only a malformed (rejected) message can carry one into a column.
+        return _pg_sql(sql), tuple(
+            p.replace("\x00", "\ufffd") if isinstance(p, str) and "\x00" in p else p for p in params
+        ) or None
+
+
+SQLITE = Dialect(
+    "sqlite",
+    "BEGIN IMMEDIATE",
+    dict(real="REAL", bigint="INTEGER", blob="BLOB", serial="INTEGER PRIMARY KEY AUTOINCREMENT"),
+    "?",
+    concurrent_writers=False,
+)
+POSTGRES = Dialect(
+    "postgresql",
+    "BEGIN",
+    dict(
+        real="DOUBLE PRECISION",
+        bigint="BIGINT",
+        blob="BYTEA",
+        serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    ),
+    "%s",
+    concurrent_writers=True,
+    schema_lock="SELECT pg_advisory_xact_lock(7100202411)",
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _pg_sql(sql: str) -> str:
+    return sql.replace("?", "%s")  # no statement here has '?' or '%' inside a literal
+
+
+def is_postgres(target: Path | str) -> bool:
+    """True if ``target`` (``--db``) names a PostgreSQL database (``postgresql://…`` URL)."""
+    return os.fspath(target).startswith(POSTGRES_SCHEMES)
+
+
+def postgres_url(target: Path | str) -> str:
+    """The libpq URL in ``target``; repairs ``postgresql:/host/db`` (a URL that went through ``Path()``)."""
+    text = os.fspath(target)
+    m = re.match(r"(postgres(?:ql)?):/(?!/)(.*)", text, re.S)
+    if m and isinstance(target, PurePath):
+        return f"{m.group(1)}://{m.group(2)}"
+    return text
+
+
+def survives_path(url: str) -> bool:
+    """Whether ``Path(url)`` (what ``Collector`` keeps) still gives the same URL after ``postgres_url``."""
+    return postgres_url(Path(url)) == url
+
+
+def describe(target: Path | str) -> str:
+    """The database for log lines and errors, without any password."""
+    if not is_postgres(target):
+        return os.fspath(target)
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(postgres_url(target))
+    except Exception:  # noqa: BLE001 - unparsable URL: say so without echoing it
+        return "postgresql://(URL tidak terbaca / unreadable URL)"
+    user = f"{info['user']}@" if info.get("user") else ""
+    host, port = info.get("host", "localhost"), info.get("port", "5432")
+    return f"postgresql://{user}{host}:{port}/{info.get('dbname', '')}"
+
+
+def _connect_postgres(url: str, *, read_only: bool = False, connect_timeout_s: int = 10):
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as exc:
+        raise StoreUnavailable(
+            "PostgreSQL storage needs psycopg 3: pip install 'tpskit[postgres]' (or psycopg[binary])"
+        ) from exc
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"--db is not a valid PostgreSQL URL: {exc}") from None
+    params.setdefault("connect_timeout", connect_timeout_s)
+    params.setdefault("application_name", "tpskit-collector")
+    try:
+        conn = psycopg.connect(autocommit=True, **params)
+        # durability does not depend on the server's default: COMMIT returns once the WAL is flushed
+        conn.execute("SET synchronous_commit TO on")
+        if read_only:
+            conn.execute("SET default_transaction_read_only TO on")
+    except psycopg.Error as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailable(
+            f"PostgreSQL {describe(url)} unreachable: {detail} (check the server, the URL and the password "
+            "in ~/.pgpass / PGPASSFILE / passfile=)"
+        ) from None
+    return conn
+
+
+def _connection_errors(dialect: Dialect) -> tuple[type[BaseException], ...]:
+    if dialect is SQLITE:
+        return ()
+    import psycopg
+
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
 
 ACKED_KINDS = ("reading", "photo", "readiness")
 
@@ -118,32 +260,128 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
 
 
 class CollectorStore:
-    """The collector's SQLite database; ``process`` validates and stores one message (call within a batch)."""
+    """The collector's database; ``process`` validates and stores one message (call within a batch).
 
-    def __init__(self, path: Path | str, *, prefix: str = topics.DEFAULT_PREFIX):
-        self.path = Path(path)
+    ``path`` is a SQLite file or a PostgreSQL URL (``postgresql://user@host:port/dbname``; a ``Path`` made
+    from such a URL is understood too). ``reconnect_timeout_s``: how long ``begin`` keeps retrying a lost
+    PostgreSQL connection before it raises ``StoreUnavailable`` (None = until it is back; nothing is acked
+    meanwhile).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        prefix: str = topics.DEFAULT_PREFIX,
+        reconnect_timeout_s: float | None = None,
+        reconnect_max_s: float = 5.0,
+    ):
+        self.dialect = POSTGRES if is_postgres(path) else SQLITE
+        self.url = postgres_url(path) if self.dialect is POSTGRES else None
+        self.path = None if self.url else Path(path)
         self.prefix = prefix.strip("/")
-        self.conn = connect(self.path)
-        self.conn.executescript(SCHEMA)
+        self.reconnect_timeout_s, self.reconnect_max_s = reconnect_timeout_s, reconnect_max_s
+        self._lost = _connection_errors(self.dialect)
+        self._unfinished: set[tuple[str, str]] = set()  # photos another collector may be completing
+        self.conn = None
+        self._connect()
         self.max_seq: dict[tuple[str, int], int] = {
             (k, e): s
-            for k, e, s in self.conn.execute(
+            for k, e, s in self._x(
                 "SELECT kit_id, epoch, MAX(seq) FROM messages WHERE seq IS NOT NULL GROUP BY kit_id, epoch"
             )
         }
+        if self.dialect.concurrent_writers:  # photos left unfinished by a crash or a lost connection
+            self._finish_photos(set(self._x("SELECT DISTINCT kit_id, capture_id FROM photo_chunks")))
+
+    def __repr__(self) -> str:
+        return f"CollectorStore({describe(self.url or self.path)!r})"
+
+    # --- connection -----------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self.conn = _connect_postgres(self.url) if self.url else connect(self.path)
+        schema = SCHEMA.format(**self.dialect.types)
+        self._x(self.dialect.begin)
+        if self.dialect.schema_lock:
+            self._x(self.dialect.schema_lock)
+        for stmt in filter(None, (s.strip() for s in schema.split(";"))):
+            self._x(stmt)
+        self._x("COMMIT")
+        if self.url:
+            log.info("collector database: %s", describe(self.url))
+
+    def _drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+
+    def _x(self, sql: str, params: tuple = ()):
+        if self.conn is None:
+            self._connect()
+        return self.conn.execute(*self.dialect.prepare(sql, params))
 
     # --- batches --------------------------------------------------------------------------------------
     def begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """Start a batch; on PostgreSQL reconnect first if the connection was lost (retrying with backoff)."""
+        self._unfinished.clear()
+        started, delay = time.monotonic(), 0.5
+        while True:
+            try:
+                self._x(self.dialect.begin)
+                return
+            except (StoreUnavailable, *self._lost) as exc:
+                self._drop()
+                waited = time.monotonic() - started
+                if self.reconnect_timeout_s is not None and waited >= self.reconnect_timeout_s:
+                    raise StoreUnavailable(
+                        f"collector database {describe(self.url)} unreachable for {waited:.0f} s: {exc}"
+                    ) from None
+                log.error(
+                    "collector database unreachable (%s); retrying in %.1f s; nothing is acked meanwhile",
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max_s)
 
     def commit(self) -> None:
-        self.conn.execute("COMMIT")
+        """Make the batch durable; raises if it was not (then nothing may be acked)."""
+        cur = self._x("COMMIT")
+        status = getattr(cur, "statusmessage", "COMMIT")  # PostgreSQL answers ROLLBACK to an aborted batch
+        if status != "COMMIT":
+            raise StoreError(f"the database answered {status!r} to COMMIT: the batch was not stored")
+        if self._unfinished:
+            self._finish_photos(self._unfinished)
 
     def rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
+        """Undo the batch; after a lost connection only forget it (the next ``begin`` reconnects)."""
+        self._unfinished.clear()
+        try:
+            self._x("ROLLBACK")
+        except (StoreUnavailable, *self._lost) as exc:
+            log.error("collector database connection lost (%s); reconnecting at the next batch", exc)
+            self._drop()
 
     def close(self) -> None:
-        self.conn.close()
+        self._drop()
+
+    def _finish_photos(self, keys: set[tuple[str, str]]) -> None:
+        """Several writers: a photo whose last chunks were committed by two collectors at once is seen
+        complete by neither transaction, so the captures touched by a batch are checked again after it."""
+        keys, self._unfinished = sorted(keys), set()
+        if not keys:
+            return
+        try:
+            self._x(self.dialect.begin)
+            for kit_id, capture_id in keys:
+                self._maybe_assemble(kit_id, capture_id, time.time())
+            self._x("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the batch itself is committed; retried at the next start
+            log.warning("photo assembly after commit not done (%s); retried when the collector restarts", exc)
+            self.rollback()
 
     # --- processing -----------------------------------------------------------------------------------
     def _reject(
@@ -157,7 +395,7 @@ class CollectorStore:
         msg_id: str | None = None,
     ) -> Outcome:
         log.warning("rejected message on %s: %s %s (kit %s, id %s)", topic, reason, detail, kit_id, msg_id)
-        self.conn.execute(
+        self._x(
             "INSERT INTO rejects (received_at, topic, reason, detail, kit_id, message_id, payload_head) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (now, topic, reason, detail[:500], kit_id, msg_id, payload[:512]),
@@ -188,24 +426,35 @@ class CollectorStore:
             )
         return self._store_queued(base, env, topic, payload, now)
 
+    def _upsert_newer(self, table: str, cols: dict, newer: str) -> bool:
+        """Insert or replace the row of one kit, only if ``newer`` (SQL over the stored row and
+        ``excluded``) holds; one statement, so two collectors cannot interleave a read and a write."""
+        names = list(cols)
+        sets = ", ".join(f"{n} = excluded.{n}" for n in names if n != "kit_id")
+        cur = self._x(
+            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+            f"ON CONFLICT (kit_id) DO UPDATE SET {sets} WHERE {newer}",
+            tuple(cols.values()),
+        )
+        return cur.rowcount == 1
+
     def _latest(self, base: Outcome, table: str, env, now: float, cols: dict) -> Outcome:
-        row = self.conn.execute(f"SELECT created_at FROM {table} WHERE kit_id = ?", (env.kit_id,)).fetchone()
         # The last will (offline/lost) is built when the kit connects, with the same created_at as that
         # session's online status: on a tie, offline wins.
-        tie_ok = table == "kit_status" and cols.get("state") == "offline"
-        if (
-            row is not None
-            and row[0] is not None
-            and (row[0] > env.created_at or (row[0] == env.created_at and not tie_ok))
-        ):
+        newer = f"{table}.created_at IS NULL OR {table}.created_at < excluded.created_at"
+        if table == "kit_status" and cols.get("state") == "offline":
+            newer += f" OR {table}.created_at = excluded.created_at"
+        row = dict(
+            kit_id=env.kit_id,
+            kode_wilayah=env.kode_wilayah,
+            tps=env.tps,
+            created_at=env.created_at,
+            received_at=now,
+            **cols,
+        )
+        if not self._upsert_newer(table, row, newer):
             base.status, base.reason = "stale", "older than the stored one"
             return base
-        names = ["kit_id", "kode_wilayah", "tps", "created_at", "received_at", *cols]
-        values = [env.kit_id, env.kode_wilayah, env.tps, env.created_at, now, *cols.values()]
-        self.conn.execute(
-            f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-            values,
-        )
         base.status = "latest"
         return base
 
@@ -227,25 +476,29 @@ class CollectorStore:
             photo = body.get("photo") or {}
             reading_new = self._insert_reading(env, body, photo, now)
             if not reading_new:
-                dup = self.conn.execute(
+                dup = self._x(
                     "SELECT message_id FROM readings WHERE kit_id = ? AND capture_id = ?",
                     (env.kit_id, body["capture_id"]),
                 ).fetchone()
-                if dup is None:  # not a uniqueness conflict: fail the batch as a plain INSERT would
-                    raise sqlite3.IntegrityError(f"readings row for {env.id} refused")
-                if dup[0] != env.id:
+                if dup is None:  # the id is stored for another capture: classified with the messages row
+                    dup = self._x(
+                        "SELECT message_id FROM readings WHERE message_id = ?", (env.id,)
+                    ).fetchone()
+                    if dup is None:
+                        raise StoreError(f"readings row for {env.id} refused")
+                elif dup[0] != env.id:
                     detail = f"capture {body['capture_id']} already stored as {dup[0]}"
                     return self._reject(now, topic, payload, "replayed_capture", detail, *ids)
         # Insert first (the common case); a conflict on the id or on (kit, epoch, seq) is classified after.
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, "
-            "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        cur = self._x(
+            "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, "
+            "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload),
         )
         if cur.rowcount == 0:
             if reading_new:
-                self.conn.execute("DELETE FROM readings WHERE message_id = ?", (env.id,))
-            row = self.conn.execute("SELECT digest FROM messages WHERE id = ?", (env.id,)).fetchone()
+                self._x("DELETE FROM readings WHERE message_id = ?", (env.id,))
+            row = self._x("SELECT digest FROM messages WHERE id = ?", (env.id,)).fetchone()
             if row is not None and row[0] == digest:
                 base.status = "duplicate"
                 return base
@@ -253,12 +506,14 @@ class CollectorStore:
                 return self._reject(
                     now, topic, payload, "replayed_id", "id already stored with other content", *ids
                 )
-            other = self.conn.execute(
+            other = self._x(
                 "SELECT id FROM messages WHERE kit_id = ? AND epoch = ? AND seq = ?",
                 (env.kit_id, env.epoch, env.seq),
             ).fetchone()
             detail = f"seq {env.seq} already used by {other[0] if other else '?'}"
             return self._reject(now, topic, payload, "replayed_seq", detail, *ids)
+        if env.kind == "reading" and not reading_new:  # id stored for another capture, seq not
+            raise StoreError(f"message {env.id} stored without its readings row")
         prev = self.max_seq.get((env.kit_id, env.epoch), 0)
         if env.seq > prev + 1:
             log.info(
@@ -271,10 +526,9 @@ class CollectorStore:
             if photo:
                 self._maybe_assemble(env.kit_id, body["capture_id"], now)
         elif env.kind == "photo":
-            self.conn.execute(
-                "INSERT OR IGNORE INTO photo_chunks (kit_id, capture_id, idx, count, photo_sha256, data, "
-                "message_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            self._x(
+                "INSERT INTO photo_chunks (kit_id, capture_id, idx, count, photo_sha256, data, "
+                "message_id) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     env.kit_id,
                     body["capture_id"],
@@ -287,34 +541,28 @@ class CollectorStore:
             )
             self._maybe_assemble(env.kit_id, body["capture_id"], now)
         elif env.kind == "readiness":
-            cur = self.conn.execute(
-                "SELECT created_at FROM kit_readiness WHERE kit_id = ?", (env.kit_id,)
-            ).fetchone()
-            if cur is None or (cur[0] or 0) < env.created_at:
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO kit_readiness (kit_id, kode_wilayah, tps, message_id, seq, "
-                    "created_at, "
-                    "received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        env.kit_id,
-                        env.kode_wilayah,
-                        env.tps,
-                        env.id,
-                        env.seq,
-                        env.created_at,
-                        now,
-                        json.dumps(body, ensure_ascii=False),
-                    ),
-                )
+            row = dict(
+                kit_id=env.kit_id,
+                kode_wilayah=env.kode_wilayah,
+                tps=env.tps,
+                message_id=env.id,
+                seq=env.seq,
+                created_at=env.created_at,
+                received_at=now,
+                body=json.dumps(body, ensure_ascii=False),
+            )
+            self._upsert_newer(
+                "kit_readiness", row, "COALESCE(kit_readiness.created_at, 0) < excluded.created_at"
+            )
         self.max_seq[(env.kit_id, env.epoch)] = max(prev, env.seq)
         return base
 
     def _insert_reading(self, env, body: dict, photo: dict, now: float) -> bool:
         """Insert the readings row; False if (message id) or (kit, capture) is already there."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, "
+        cur = self._x(
+            "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, "
             "seq, taken_at, time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (
                 env.id,
                 env.kit_id,
@@ -336,27 +584,31 @@ class CollectorStore:
         return cur.rowcount == 1
 
     def _maybe_assemble(self, kit_id: str, capture_id: str, now: float) -> None:
-        if self.conn.execute(
+        if self._x(
             "SELECT 1 FROM photos WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id)
         ).fetchone():
             return
-        meta = self.conn.execute(
+        meta = self._x(
             "SELECT photo_sha256, photo_bytes, photo_chunks FROM readings "
             "WHERE kit_id = ? AND capture_id = ?",
             (kit_id, capture_id),
         ).fetchone()
         if meta is None or meta[0] is None:
+            if self.dialect.concurrent_writers:
+                self._unfinished.add((kit_id, capture_id))
             return
         sha, size, count = meta
-        n = self.conn.execute(
+        n = self._x(
             "SELECT COUNT(*) FROM photo_chunks WHERE kit_id = ? AND capture_id = ? AND photo_sha256 = ?",
             (kit_id, capture_id, sha),
         ).fetchone()[0]
         if n < count:
+            if self.dialect.concurrent_writers:
+                self._unfinished.add((kit_id, capture_id))
             return
         jpeg = b"".join(
-            r[0]
-            for r in self.conn.execute(
+            bytes(r[0])
+            for r in self._x(
                 "SELECT data FROM photo_chunks WHERE kit_id = ? AND capture_id = ? AND photo_sha256 = ? "
                 "ORDER BY idx",
                 (kit_id, capture_id, sha),
@@ -365,20 +617,22 @@ class CollectorStore:
         if len(jpeg) != size or hashlib.sha256(jpeg).hexdigest() != sha:
             log.error("kit %s capture %s: assembled photo does not match its SHA-256", kit_id, capture_id)
             return
-        self.conn.execute(
+        self._x(
             "INSERT INTO photos (kit_id, capture_id, sha256, bytes, jpeg, completed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (kit_id, capture_id, sha, size, jpeg, now),
         )
-        self.conn.execute(
-            "DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id)
-        )
+        self._x("DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id))
 
     # --- queries --------------------------------------------------------------------------------------
+    def kit_ids(self) -> list[str]:
+        """Kits with at least one stored queued message."""
+        return [r[0] for r in self._x("SELECT DISTINCT kit_id FROM messages ORDER BY kit_id")]
+
     def gaps(self, kit_id: str) -> list[tuple[int, int]]:
         """Missing sequence ranges (inclusive) below the highest seq seen from this kit, per epoch."""
         out, epoch, expect = [], None, 1
-        for e, s in self.conn.execute(
+        for e, s in self._x(
             "SELECT epoch, seq FROM messages WHERE kit_id = ? AND seq IS NOT NULL ORDER BY epoch, seq",
             (kit_id,),
         ):
@@ -390,15 +644,47 @@ class CollectorStore:
         return out
 
     def counts(self) -> dict:
-        q = self.conn.execute
+        def one(sql: str) -> int:
+            return self._x(sql).fetchone()[0]
+
         return {
-            "messages": q("SELECT COUNT(*) FROM messages").fetchone()[0],
-            "readings": q("SELECT COUNT(*) FROM readings").fetchone()[0],
-            "photos": q("SELECT COUNT(*) FROM photos").fetchone()[0],
-            "rejects": q("SELECT COUNT(*) FROM rejects").fetchone()[0],
+            "messages": one("SELECT COUNT(*) FROM messages"),
+            "readings": one("SELECT COUNT(*) FROM readings"),
+            "photos": one("SELECT COUNT(*) FROM photos"),
+            "rejects": one("SELECT COUNT(*) FROM rejects"),
         }
 
 
-def open_store(path: Path | str) -> sqlite3.Connection:
-    """A read connection to a collector DB (for reports, fleet readiness)."""
+def open_store(path: Path | str):
+    """A read connection to a collector DB (for reports, fleet readiness): ``sqlite3.Connection`` for a
+    file, a read-only psycopg connection (autocommit) for a ``postgresql://`` URL. Both have
+    ``.execute(sql)``; placeholders differ (``?`` / ``%s``)."""
+    if is_postgres(path):
+        return _connect_postgres(postgres_url(path), read_only=True)
     return connect(path)
+
+
+def read_rows(path: Path | str, sql: str) -> list[tuple]:
+    """All rows of one parameterless query on a collector DB, read-only (SQLite file or PostgreSQL URL).
+
+    Raises ``FileNotFoundError`` (no such SQLite file), ``StoreUnavailable`` (PostgreSQL unreachable) or
+    ``ValueError`` (not a tpskit collector database)."""
+    if not is_postgres(path):
+        import sqlite3
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"collector database {path} does not exist")
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        errors: tuple = (sqlite3.DatabaseError,)
+    else:
+        import psycopg
+
+        con = open_store(path)
+        errors = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
+    try:
+        return [tuple(r) for r in con.execute(sql).fetchall()]
+    except errors as exc:
+        raise ValueError(f"{describe(path)} is not a tpskit collector database ({exc})") from None
+    finally:
+        con.close()
