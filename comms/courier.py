@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from nacl.signing import VerifyKey
 
 from comms import payloads, topics
-from comms.outbox import PRIORITY_NUMBERS, PRIORITY_PHOTO, Outbox
+from comms.outbox import PRIORITY_NUMBERS, PRIORITY_PHOTO, Outbox, Row
 from comms.signing import canonical_json, coerce_signing_key, load_public_key
 
 log = logging.getLogger("tpskit.comms.courier")
@@ -132,6 +132,8 @@ class Courier:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 120.0,
         max_inflight: int = 64,
+        pack_max_bytes: int = 16_384,
+        pack_max_count: int = 100,
         protocol: str = "mqtt5",
         client_id: str | None = None,
         heartbeat_info: Callable[[], dict] | None = None,
@@ -152,6 +154,10 @@ class Courier:
         self.chunk_bytes = int(chunk_bytes)
         self.ack_timeout_s = float(ack_timeout_s)
         self.max_inflight = int(max_inflight)
+        # While a backlog drains, up to pack_max_count signed envelopes of one topic (≤ pack_max_bytes
+        # together) travel in one MQTT message (a pack, docs/payloads.md); 0 sends every message alone.
+        self.pack_max_bytes = max(0, int(pack_max_bytes))
+        self.pack_max_count = max(1, min(int(pack_max_count), payloads.PACK_MAX_COUNT))
         self.protocol = protocol
         self.client_id = client_id or kit_id
         self._backoff = Backoff(base_s=backoff_base_s, max_s=backoff_max_s)
@@ -198,7 +204,7 @@ class Courier:
             max_bytes=cfg.outbox.max_bytes,
             retention_s=cfg.outbox.retention_days * 86400.0,
         )
-        for name in ("ack_timeout_s", "max_inflight", "protocol"):
+        for name in ("ack_timeout_s", "max_inflight", "protocol", "pack_max_bytes", "pack_max_count"):
             if hasattr(cfg.mqtt, name):
                 kw[name] = getattr(cfg.mqtt, name)
         key_file = getattr(cfg.mqtt, "collector_key_file", None)
@@ -451,7 +457,7 @@ class _Session:
     def __init__(self, courier: Courier, outbox: Outbox):
         self.c = courier
         self.outbox = outbox
-        self.inflight: dict[int, str] = {}  # mid -> message id (rows only)
+        self.inflight: dict[int, tuple[str, ...]] = {}  # mid -> ids of the rows in that MQTT message
         self.early: dict[int, object] = {}  # PUBACKs seen before publish() returned: mid -> reason code
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
@@ -485,11 +491,11 @@ class _Session:
         self.connected = False
 
     def on_publish(self, client, userdata, mid, reason_code, properties):
-        msg_id = self.inflight.pop(mid, None)
-        if msg_id is None:
+        ids = self.inflight.pop(mid, None)
+        if ids is None:
             self.early[mid] = reason_code
             return
-        self._puback(msg_id, reason_code)
+        self._puback(ids, reason_code)
 
     def on_message(self, client, userdata, msg):
         try:
@@ -509,11 +515,12 @@ class _Session:
         self.stale_interval = self.c.ack_timeout_s
         self._note_pending()
 
-    def _puback(self, msg_id: str, reason_code) -> None:
+    def _puback(self, ids: tuple[str, ...], reason_code) -> None:
         if getattr(reason_code, "is_failure", False):
-            self.c._set_error(f"broker refused message {msg_id}: {reason_code} (check the kit's ACL)")
+            what = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} packed with it)"
+            self.c._set_error(f"broker refused message {what}: {reason_code} (check the kit's ACL)")
             return
-        self.pending_sent.append(msg_id)
+        self.pending_sent.extend(ids)
         self._note_pending()
 
     def _note_pending(self) -> None:
@@ -606,9 +613,11 @@ class _Session:
             c._wake.clear()
 
     def _pump(self, client) -> bool:
-        """Publish more rows while the in-flight window has room; True if something was published."""
-        import paho.mqtt.client as mqtt
+        """Publish more rows while the in-flight window has room; True if something was published.
 
+        Rows pending together (a backlog) go out packed, several per MQTT message (``_fits``); a row
+        pending alone (a live reading) goes alone at once, as do the probe and retained messages.
+        """
         c = self.c
         with c._lock:
             gen = c._work_gen
@@ -619,36 +628,70 @@ class _Session:
         if kicked:
             self._new_pass(only_overdue=True)
         free = c.max_inflight - len(self.inflight)
+        per_message = c.pack_max_count if c.pack_max_bytes else 1
         if not self.e2e_ok:
             free = 0 if self.probe_out else min(free, 1)
+            per_message = 1
         published = False
         now = time.monotonic()
         for prio in (PRIORITY_NUMBERS, PRIORITY_PHOTO):
             while free > 0 and not self.exhausted[prio]:
-                rows = self.outbox.pending(priority=prio, after_seq=self.cursor[prio], limit=free)
-                if len(rows) < free:
-                    self.exhausted[prio] = True
+                limit = min(free * per_message, 2000)
+                rows = self.outbox.pending(priority=prio, after_seq=self.cursor[prio], limit=limit)
+                self.exhausted[prio] = len(rows) < limit
+                group: list[Row] = []
+                size = 0
                 for row in rows:
-                    self.cursor[prio] = row.seq
                     last = self.last_published.get(row.id)
                     if self.e2e_ok and last is not None and now - last < c.ack_timeout_s:
+                        self.cursor[prio] = row.seq  # published recently, still within its ack time
                         continue
-                    info = client.publish(row.topic, row.payload, qos=1, retain=row.retain)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-                        c._set_error(f"publish of {row.id} failed: {mqtt.error_string(info.rc)}")
-                    self.last_published[row.id] = now
-                    early = self.early.pop(info.mid, None)
-                    if early is not None:
-                        self._puback(row.id, early)
-                    else:
-                        self.inflight[info.mid] = row.id
-                    free -= 1
-                    published = True
-                    self.probe_out = True
-                    self.probe_at = now
+                    if group and not self._fits(group, size, row, per_message):
+                        self._send(client, group, now)
+                        published, free, group, size = True, free - 1, [], 0
+                        if free == 0:
+                            self.exhausted[prio] = False  # this row and the rest wait for room
+                            break
+                    group.append(row)
+                    size += len(row.payload)
+                    self.cursor[prio] = row.seq
+                if group:
+                    self._send(client, group, now)
+                    published, free = True, free - 1
             if not self.exhausted[prio]:
                 return published  # numbers first: no photo chunk while numbers wait
         return published
+
+    def _fits(self, group: list[Row], size: int, row: Row, per_message: int) -> bool:
+        """May *row* join the pack being built? Same topic, not retained, within the count and bytes."""
+        first = group[0]
+        return (
+            len(group) < per_message
+            and row.topic == first.topic
+            and not row.retain
+            and not first.retain
+            and size + len(row.payload) + payloads.pack_overhead(len(group) + 1) <= self.c.pack_max_bytes
+        )
+
+    def _send(self, client, group: list[Row], now: float) -> None:
+        """Publish one row alone, or several as a pack; track the MQTT message until its PUBACK."""
+        import paho.mqtt.client as mqtt
+
+        first = group[0]
+        payload = first.payload if len(group) == 1 else payloads.pack([r.payload for r in group])
+        info = client.publish(first.topic, payload, qos=1, retain=first.retain)
+        ids = tuple(r.id for r in group)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            self.c._set_error(f"publish of {ids[0]} failed: {mqtt.error_string(info.rc)}")
+        for i in ids:
+            self.last_published[i] = now
+        early = self.early.pop(info.mid, None)
+        if early is not None:
+            self._puback(ids, early)
+        else:
+            self.inflight[info.mid] = ids
+        self.probe_out = True
+        self.probe_at = now
 
     def _new_pass(self, *, only_overdue: bool) -> None:
         self.probe_out = False

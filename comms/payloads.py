@@ -9,6 +9,11 @@ Every kit message is one signed *envelope*::
 The wire bytes are the canonical JSON (sorted keys, no spaces, UTF-8) of the signed envelope.
 ``seq`` is the kit's monotonic sequence number for outbox messages (reading, photo, readiness);
 heartbeat and status are not queued and carry ``seq: null``.
+
+A *pack* (schema v1, pack format 1) carries several already-signed envelopes of one topic in one MQTT
+message while a backlog drains: a header line ``{"count":N,"kind":"pack","v":1}`` then the exact wire
+bytes of each envelope, one per line (canonical JSON never contains a raw newline). Every envelope keeps
+its own id, seq and signature, so idempotency, order and tamper evidence are those of single messages.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ MAX_MESSAGE_BYTES = 512 * 1024  # anything larger is refused by the collector
 KIT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
 QUEUED_KINDS = ("reading", "photo", "readiness")
+PACK_VERSION = 1  # version of the pack framing (the envelopes inside stay schema v1)
+PACK_MAX_BYTES = 1024 * 1024  # a larger pack is refused whole by the collector
+PACK_MAX_COUNT = 1000  # envelopes per pack, at most
+_PACK_HEAD = b'{"count":'
 
 
 class MalformedMessage(ValueError):
@@ -302,6 +311,56 @@ def decode_chunk(body: dict) -> bytes:
     if hashlib.sha256(data).hexdigest() != body.get("chunk_sha256"):
         raise MalformedMessage("bad_chunk", "chunk_sha256 does not match the data")
     return data
+
+
+# --- packs (several signed envelopes in one MQTT message) -----------------------------------------
+
+
+def pack(envelopes: list[bytes]) -> bytes:
+    """One MQTT payload carrying these envelopes' exact wire bytes (see the module docstring)."""
+    if not 1 <= len(envelopes) <= PACK_MAX_COUNT:
+        raise ValueError(f"a pack holds 1..{PACK_MAX_COUNT} envelopes, not {len(envelopes)}")
+    if any(b"\n" in e for e in envelopes):
+        raise ValueError("an envelope in a pack must not contain a newline (use canonical JSON)")
+    head = _PACK_HEAD + b"%d" % len(envelopes) + b',"kind":"pack","v":%d}' % PACK_VERSION
+    return b"\n".join([head, *envelopes])
+
+
+def pack_overhead(count: int) -> int:
+    """Bytes a pack of *count* envelopes adds to their own sizes (header and newlines)."""
+    return len(_PACK_HEAD) + len(str(count)) + len(',"kind":"pack","v":1}') + count
+
+
+def is_pack(payload: bytes) -> bool:
+    """True if *payload* is framed as a pack (a single envelope starts with ``{"body":``)."""
+    return payload.startswith(_PACK_HEAD)
+
+
+def unpack(payload: bytes) -> list[bytes]:
+    """The envelopes of a pack, in order (their wire bytes; each still needs every check).
+
+    Raises MalformedMessage("bad_pack", …) if the framing is wrong: unknown version, count that does not
+    match, too large. Nothing of a bad pack is taken.
+    """
+    if len(payload) > PACK_MAX_BYTES:
+        raise MalformedMessage("bad_pack", f"{len(payload)} bytes > {PACK_MAX_BYTES}")
+    head, _, rest = payload.partition(b"\n")
+    try:
+        meta = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise MalformedMessage("bad_pack", "header is not JSON") from None
+    if (
+        not isinstance(meta, dict)
+        or meta.get("kind") != "pack"
+        or meta.get("v") != PACK_VERSION
+        or not isinstance(meta.get("count"), int)
+        or set(meta) != {"count", "kind", "v"}
+    ):
+        raise MalformedMessage("bad_pack", f"header must be {{count, kind: pack, v: {PACK_VERSION}}}")
+    parts = rest.split(b"\n") if rest else []
+    if len(parts) != meta["count"] or not 1 <= len(parts) <= PACK_MAX_COUNT:
+        raise MalformedMessage("bad_pack", f"header says {meta['count']} envelopes, found {len(parts)}")
+    return parts
 
 
 def ack_payload(ids: list[str], *, collector: str, at: float, key: SigningKey | None = None) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from comms import payloads
 from comms.courier import Backoff, Courier, _Session, parse_broker_url
 from comms.signing import generate_key
 
@@ -22,10 +24,13 @@ class FakeClient:
         self.session, self.early, self.reason = session, early, reason
         self.mid = 0
         self.published: list[tuple[int, str]] = []
+        self.envelopes: list[list[str]] = []  # message ids in each MQTT message (a pack holds several)
 
     def publish(self, topic, payload, qos=0, retain=False):
         self.mid += 1
         self.published.append((self.mid, topic))
+        parts = payloads.unpack(payload) if payloads.is_pack(payload) else [payload]
+        self.envelopes.append([json.loads(p)["id"] for p in parts])
         if self.early:
             self.puback(self.mid)
         return SimpleNamespace(mid=self.mid, rc=0)
@@ -35,9 +40,10 @@ class FakeClient:
         self.session.on_publish(self, None, mid, rc, None)
 
 
-@pytest.fixture
-def courier(tmp_path):
+@pytest.fixture(params=[16_384, 0], ids=["packed", "single"])
+def courier(tmp_path, request):
     c = Courier(
+        pack_max_bytes=request.param,
         db_path=tmp_path / "tpskit.db",
         kit_id="kit-1",
         kode_wilayah=KW,
@@ -61,7 +67,10 @@ def test_every_puback_maps_to_its_row(courier, early):
     client = FakeClient(s, early=early)
     assert s._pump(client)
     if not early:
-        assert len(s.inflight) == 5
+        assert sorted(i for ids in s.inflight.values() for i in ids) == [
+            f"kit-1:c{i}:reading" for i in range(5)
+        ]
+        assert len(s.inflight) == (1 if courier.pack_max_bytes else 5)  # one pack, or one message per row
         for mid, _topic in client.published:
             client.puback(mid)
     assert not s.inflight and not s.early
@@ -74,12 +83,13 @@ def test_probe_first_then_window(courier):
     client = FakeClient(s, early=True)
     s._pump(client)
     s._pump(client)
-    assert len(client.published) == 1  # only the probe until the collector answers
+    assert client.envelopes == [["kit-1:c0:reading"]]  # only the probe (alone) until the collector answers
     s.on_message(
         None, None, SimpleNamespace(topic="ack", payload=b'{"v":1,"kind":"ack","ids":["kit-1:c0:reading"]}')
     )
     s._pump(client)
-    assert len(client.published) == 5
+    assert [i for ids in client.envelopes for i in ids] == [f"kit-1:c{i}:reading" for i in (0, 1, 2, 3, 4)]
+    assert len(client.published) == (2 if courier.pack_max_bytes else 5)
     s._flush(force=True)
     assert courier.status()["acked"] == 1
 
@@ -147,7 +157,7 @@ def test_silent_probe_does_not_block_the_queue(courier):
         s.probe_at -= 3600  # pretend the probe has waited long enough
         s._housekeeping(client)
     s._pump(client)
-    ids = [t for _m, t in client.published if t.endswith("/reading")]
+    ids = [i for ids in client.envelopes for i in ids if i.endswith(":reading")]
     assert len(ids) >= _Session.PROBE_TRIES + 4  # probes, then the whole window
 
 
