@@ -1,4 +1,5 @@
-"""Collector store: valid messages stored once; tampered, unsigned, replayed, malformed rejected."""
+"""Collector store (SQLite and PostgreSQL): valid messages stored once; tampered, unsigned, replayed,
+malformed rejected."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from comms import payloads, topics
 from comms.collector import CollectorStore
 from comms.signing import KitEntry, canonical_json, generate_key
+from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
 
 KW, TPS = "31.71.01.1001", 7
 PREFIX = topics.DEFAULT_PREFIX
@@ -20,9 +22,13 @@ def kit():
     return generate_key()
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = CollectorStore(tmp_path / "collector.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The same behaviours on both backends (PostgreSQL: a throw-away cluster, see tests/pg.py)."""
+    if request.param == "postgresql":
+        s = CollectorStore(request.getfixturevalue("pg_url"))
+    else:
+        s = CollectorStore(tmp_path / "collector.db")
     yield s
     s.close()
 
@@ -231,3 +237,57 @@ def test_replayed_capture_under_another_id_rejected_and_nothing_kept(store, kit)
     row = store.conn.execute("SELECT message_id, reading FROM readings").fetchone()
     assert row[0] == "kit-1:c1:reading" and json.loads(row[1]) == {"suara": {"01": 120}}
     assert store.counts()["rejects"] == 1
+
+
+def _signed(kit, kind, body, created_at, *, msg_id, seq=None):
+    return payloads.build(
+        kit,
+        kind=kind,
+        msg_id=msg_id,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=seq,
+        created_at=created_at,
+        body=body,
+        epoch=EPOCH if seq else None,
+    )
+
+
+def test_latest_heartbeat_status_and_readiness_keep_the_newest(store, kit):
+    t_hb, t_st, t_rd = (topics.topic(PREFIX, KW, TPS, k) for k in ("heartbeat", "status", "readiness"))
+
+    def hb(at):
+        return _signed(kit, "heartbeat", {"battery": at}, at, msg_id=f"kit-1:hb:{at}")
+
+    assert _process(store, kit, hb(5.0), t_hb).status == "latest"
+    assert _process(store, kit, hb(4.0), t_hb).status == "stale"
+    assert _process(store, kit, hb(5.0), t_hb).status == "stale"  # a tie keeps the stored one
+    assert _process(store, kit, hb(6.0), t_hb).status == "latest"
+    assert json.loads(store.conn.execute("SELECT body FROM kit_heartbeat").fetchone()[0]) == {"battery": 6.0}
+
+    def status(state, at):
+        return _signed(kit, "status", {"state": state}, at, msg_id=f"kit-1:status:{state}:{at}")
+
+    assert _process(store, kit, status("online", 10.0), t_st).status == "latest"
+    assert _process(store, kit, status("online", 10.0), t_st).status == "stale"
+    assert _process(store, kit, status("offline", 10.0), t_st).status == "latest"  # the will wins a tie
+    assert _process(store, kit, status("online", 9.0), t_st).status == "stale"
+    assert store.conn.execute("SELECT state FROM kit_status").fetchall() == [("offline",)]
+
+    for seq, at in ((1, 20.0), (2, 30.0), (3, 25.0)):  # the older readiness is stored, not shown
+        m = _signed(kit, "readiness", {"ready": at}, at, msg_id=f"kit-1:ready:{seq}", seq=seq)
+        assert _process(store, kit, m, t_rd).status == "stored"
+    assert store.conn.execute("SELECT message_id FROM kit_readiness").fetchall() == [("kit-1:ready:2",)]
+
+
+def test_reading_id_reused_for_another_capture_is_rejected(store, kit):
+    """A signed reading reusing a stored id for another capture: a clear rejection, the batch goes on."""
+    assert _process(store, kit, _reading(kit, seq=1, capture="c1")).status == "stored"
+    body = payloads.reading_body(
+        capture_id="c2", halaman=1, reading={}, taken_at=1.0, time_source="rtc", photo=None, chunk_bytes=1000
+    )
+    m = _signed(kit, "reading", body, 2.0, msg_id=payloads.reading_id("kit-1", "c1"), seq=2)
+    out = _process(store, kit, m)
+    assert out.status == "rejected" and out.reason == "replayed_id"
+    assert _stored(store) == (1, 1)
