@@ -13,7 +13,11 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help="broker URL, mqtt://host:1883 or mqtts://host:8883")
-    p.add_argument("--db", help="collector SQLite database file (created if missing)")
+    p.add_argument(
+        "--db",
+        help="collector database: a SQLite file (created if missing) or a PostgreSQL URL "
+        "postgresql://USER@HOST:PORT/DBNAME (password from ~/.pgpass, PGPASSFILE or ?passfile=FILE)",
+    )
     p.add_argument(
         "--kits",
         type=Path,
@@ -62,6 +66,36 @@ def _secret(path: Path | None) -> str | None:
     return read_secret(path)
 
 
+def _open_store(args: argparse.Namespace):
+    """The collector store named by --db, or None after printing why it cannot be used."""
+    from comms.collector_store import CollectorStore, StoreUnavailable, is_postgres, survives_path
+
+    if is_postgres(args.db):
+        try:
+            from psycopg.conninfo import conninfo_to_dict
+
+            if conninfo_to_dict(args.db).get("password"):
+                print(
+                    "tpskit collector: warning: --db holds a password (visible in ps and shell history); "
+                    "put it in ~/.pgpass or a file given as ?passfile=FILE instead",
+                    file=sys.stderr,
+                )
+        except Exception:  # noqa: BLE001 - CollectorStore reports a missing psycopg or a bad URL
+            pass
+        if not survives_path(args.db):
+            print(
+                "tpskit collector: write --db as postgresql://USER@HOST:PORT/DBNAME (with a host name and "
+                "no '//' after it); for a Unix socket use ?host=/var/run/postgresql after the database name",
+                file=sys.stderr,
+            )
+            return None
+    try:
+        return CollectorStore(args.db, prefix=args.prefix, reconnect_timeout_s=0)
+    except (StoreUnavailable, OSError) as exc:
+        print(f"tpskit collector: {exc}", file=sys.stderr)
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from comms.signing import KeyFileError, load_registry, registry_add
 
@@ -97,22 +131,22 @@ def run(args: argparse.Namespace) -> int:
         if not args.db:
             print("tpskit collector: --gaps needs --db", file=sys.stderr)
             return 2
-        from comms.collector import CollectorStore
-
-        store = CollectorStore(args.db, prefix=args.prefix)
-        kits = [r[0] for r in store.conn.execute("SELECT DISTINCT kit_id FROM messages ORDER BY kit_id")]
-        print(json.dumps({k: store.gaps(k) for k in kits}))
+        store = _open_store(args)
+        if store is None:
+            return 2
+        try:
+            print(json.dumps({k: store.gaps(k) for k in store.kit_ids()}))
+        finally:
+            store.close()
         return 0
     if not args.broker or not args.db:
         print("tpskit collector: --broker and --db are needed to run the collector", file=sys.stderr)
         return 2
-    if str(args.db).startswith(("postgres:", "postgresql:")):
-        print(
-            "tpskit collector: PostgreSQL storage is not implemented yet; give a SQLite file for --db "
-            "(see docs/payloads.md)",
-            file=sys.stderr,
-        )
+    # Check the database before subscribing: a wrong URL or password is reported here, not in a thread.
+    store = _open_store(args)
+    if store is None:
         return 2
+    store.close()
     from comms.collector import Collector
 
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -151,18 +150,18 @@ def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | N
 
 
 def from_collector_db(path: Path | str) -> list[Observation]:
-    """The latest readiness per kit as stored (and verified) by the collector."""
-    path = Path(path)
-    if not path.exists():
+    """The latest readiness per kit as stored (and verified) by the collector (SQLite file or
+    ``postgresql://`` URL of a PostgreSQL collector database)."""
+    from comms.collector_store import StoreUnavailable, is_postgres, read_rows
+
+    if not is_postgres(path) and not Path(path).exists():
         raise FileNotFoundError(f"database collector {path} tidak ada")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        rows = con.execute(
-            "SELECT kit_id, kode_wilayah, tps, body, created_at, seq FROM kit_readiness").fetchall()
-    except sqlite3.OperationalError as exc:
-        raise ValueError(f"{path} bukan database collector tpskit ({exc})") from None
-    finally:
-        con.close()
+        rows = read_rows(path, "SELECT kit_id, kode_wilayah, tps, body, created_at, seq FROM kit_readiness")
+    except StoreUnavailable as exc:
+        raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"bukan database collector tpskit: {exc}") from None
     out = []
     for kit_id, kw, tps, body, created_at, seq in rows:
         try:
