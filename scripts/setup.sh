@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto poppler-utils tesseract-ocr systemd)
+APT_PACKAGES=(mosquitto poppler-utils tesseract-ocr systemd postgresql)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +16,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The apt mosquitto package starts a system broker on :1883; tpskit's tests and demo start their own on free ports.
+# postgresql: its server binaries back the collector's PostgreSQL tests (throw-away clusters, tests/pg.py).
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
