@@ -186,6 +186,22 @@ def _connect_postgres(url: str, *, read_only: bool = False, connect_timeout_s: i
     return conn
 
 
+def _denied(dialect: Dialect) -> tuple[type[BaseException], ...]:
+    if dialect is SQLITE:
+        return ()
+    import psycopg
+
+    return (psycopg.errors.InsufficientPrivilege,)
+
+
+def _undefined(dialect: Dialect) -> tuple[type[BaseException], ...]:
+    if dialect is SQLITE:
+        return ()
+    import psycopg
+
+    return (psycopg.errors.UndefinedTable,)
+
+
 def _connection_errors(dialect: Dialect) -> tuple[type[BaseException], ...]:
     if dialect is SQLITE:
         return ()
@@ -302,13 +318,33 @@ class CollectorStore:
         self.conn = _connect_postgres(self.url) if self.url else connect(self.path)
         schema = SCHEMA.format(**self.dialect.types)
         self._x(self.dialect.begin)
-        if self.dialect.schema_lock:
-            self._x(self.dialect.schema_lock)
-        for stmt in filter(None, (s.strip() for s in schema.split(";"))):
-            self._x(stmt)
+        try:
+            if self.dialect.schema_lock:
+                self._x(self.dialect.schema_lock)
+            for stmt in filter(None, (s.strip() for s in schema.split(";"))):
+                self._x(stmt)
+        except _denied(self.dialect) as exc:  # a role with DML rights only: fine once the tables exist
+            self._x("ROLLBACK")
+            self._check_tables(exc)
+            return
         self._x("COMMIT")
         if self.url:
             log.info("collector database: %s", describe(self.url))
+
+    def _check_tables(self, exc: Exception) -> None:
+        missing = []
+        for table in re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA):
+            try:
+                self._x(f"SELECT 1 FROM {table} LIMIT 0")
+            except _denied(self.dialect) + _undefined(self.dialect):
+                missing.append(table)
+        if missing:
+            self._drop()
+            raise StoreUnavailable(
+                f"collector database {describe(self.url)}: this role may not create the tables "
+                f"({', '.join(missing)}) and they do not exist ({str(exc).splitlines()[0]}); start the "
+                "collector once with the database owner's role, or grant it CREATE"
+            )
 
     def _drop(self) -> None:
         conn, self.conn = self.conn, None

@@ -78,7 +78,9 @@ class PostgresCluster:
 
     user = "tpskit"
 
-    def __init__(self, *, bindir: Path | None = None, start_timeout: float = 30.0):
+    def __init__(
+        self, *, bindir: Path | None = None, start_timeout: float = 30.0, settings: dict | None = None
+    ):
         self.bindir = bindir or find_bindir()
         if self.bindir is None:
             raise PostgresUnavailable(NO_SERVER)
@@ -93,6 +95,7 @@ class PostgresCluster:
         self.passfile.write_text(f"127.0.0.1:{self.port}:*:{self.user}:{self.password}\n", encoding="utf-8")
         self.passfile.chmod(0o600)
         self.start_timeout = start_timeout
+        self.extra_settings = dict(settings or {})  # e.g. {"fsync": "on"} for a benchmark
         self._proc: subprocess.Popen | None = None
         self._n = 0
 
@@ -137,6 +140,7 @@ class PostgresCluster:
             "dynamic_shared_memory_type": "mmap",  # containers often have a small /dev/shm
             "max_parallel_workers_per_gather": "0",
         }
+        settings.update(self.extra_settings)
         args = [str(self.bindir / "postgres"), "-D", str(self.data)]
         for k, v in settings.items():
             args += ["-c", f"{k}={v}"]

@@ -288,3 +288,27 @@ def test_cli_refuses_an_unreachable_database_before_subscribing(tmp_path, capsys
     )
     assert cmd_collector.run(args) == 2
     assert "postgresql://USER@HOST:PORT/DBNAME" in capsys.readouterr().err
+
+
+def test_role_with_data_rights_only(pg_cluster, pg_url, kit):
+    """Production may give the collectors INSERT/SELECT/UPDATE/DELETE only: fine once the tables exist,
+    a clear error when they do not."""
+    with pg_cluster.admin(_dbname(pg_url)) as admin:
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        admin.execute("DO $$ BEGIN CREATE ROLE limited LOGIN PASSWORD 'pw'; "
+                      "EXCEPTION WHEN duplicate_object THEN NULL; END $$")  # fmt: skip
+    with open(pg_cluster.passfile, "a", encoding="utf-8") as f:
+        f.write(f"127.0.0.1:{pg_cluster.port}:*:limited:pw\n")
+    limited = pg_url.replace(f"{pg_cluster.user}@", "limited@")
+    with pytest.raises(StoreUnavailable, match="may not create the tables"):
+        CollectorStore(limited)
+    CollectorStore(pg_url).close()  # the owner creates them once
+    with pg_cluster.admin(_dbname(pg_url)) as admin:
+        admin.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO limited")
+    store = CollectorStore(limited)
+    try:
+        assert _process(store, kit, _reading(kit)).status == "stored"
+        assert _process(store, kit, b"[1]").status == "rejected"
+        assert store.counts() == {"messages": 1, "readings": 1, "photos": 0, "rejects": 1}
+    finally:
+        store.close()
