@@ -4,8 +4,9 @@
   with
    one KPPS arithmetic slip (a written number that breaks a rule, or bubbles that disagree with the boxes).
 2. ``fill_page``: the rendered blank page with the numbers handwritten into the boxes
-   (``inference.handwriting``: writer styles, blank / X / dash / 0 in leading boxes, blue or black ballpoint)
-   and matching blackened bubbles.
+   (``inference.handwriting``: writer styles, blank / X / dash / 0 in leading boxes, blue or black ballpoint),
+   matching blackened bubbles, and the tally marks of the count in the tally grids (``draw_tallies``: groups
+   of five as turus — four strokes crossed by a fifth — or as a square with its diagonal), in the same pen.
 3. ``photograph``: the page on a stand under the camera (4608x2592 sensor, ``scale`` shrinks it for tests):
    wobble (perspective, small rotation, sometimes upside down), uneven light, shadow, glare, focus blur,
    noise,
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 
 from inference import handwriting
-from inference.render import render_page
+from inference.render import Tally, page_style, render_page
 from inference.templates import PageTemplate, load_form
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "Sample",
     "make_tps",
     "fill_page",
+    "draw_tallies",
+    "tally_counts",
     "photograph",
     "spoil",
     "make_sample",
@@ -189,6 +192,104 @@ def _blend_ink(img: np.ndarray, x: int, y: int, cov: np.ndarray, ink: tuple[int,
     img[y0:y1, x0:x1] = np.clip(region, 0, 255).astype(np.uint8)
 
 
+TALLY_STYLES = ("turus", "kotak")
+
+
+def tally_counts(tally: Tally, written: dict[str, int | None]) -> list[int]:
+    """Strokes per grid row: the written row sums, or the written total filled row by row where the KPPS left
+    the row sums blank (the count itself is always tallied)."""
+    rows = [written.get(n) for n in tally.row_fields]
+    per_row = tally.cols * tally.per_cell
+    if any(r is not None for r in rows) and len(rows) == tally.rows:
+        counts = [int(r or 0) for r in rows]
+    else:
+        total = written.get(tally.total)
+        counts = [int(r or 0) for r in _tally_rows(int(total or 0), per_row=per_row, rows=tally.rows)]
+    return [min(max(c, 0), per_row) for c in counts]
+
+
+def _stroke(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, bend: float) -> np.ndarray:
+    """A slightly bowed pen stroke from a to b (mm), 7 points."""
+    t = np.linspace(0, 1, 7)[:, None]
+    d = b - a
+    normal = np.array([-d[1], d[0]]) / max(float(np.hypot(*d)), 1e-6)
+    bow = rng.normal(0, bend) * np.sin(np.pi * t)
+    return a + d * t + bow * normal
+
+
+def _cell_strokes(
+    n: int, cx: float, cy: float, w: float, h: float, rng: np.random.Generator, style: str, slant: float
+) -> list[np.ndarray]:
+    """Strokes (mm) of one tally group of ``n`` <= 5 centred at (cx, cy) in a cell of w x h mm."""
+    hh = h * rng.uniform(0.5, 0.72) / 2
+    j = 0.06 * h  # endpoint jitter
+    out = []
+    if style == "kotak":  # square: left, top, right, bottom, then the diagonal
+        hw = min(w * 0.3, hh * rng.uniform(0.9, 1.15))
+        c = np.array([[cx - hw, cy + hh], [cx - hw, cy - hh], [cx + hw, cy - hh], [cx + hw, cy + hh]])
+        sides = [(0, 1), (1, 2), (2, 3), (3, 0), (0, 2)]
+        for k in range(n):
+            i0, i1 = sides[k]
+            a, b = c[i0] + rng.normal(0, j, 2), c[i1] + rng.normal(0, j, 2)
+            out.append(_stroke(a, b, rng, 0.03 * h))
+        return out
+    gap = min(w * 0.17, hh * rng.uniform(0.45, 0.6))  # turus: four strokes, the fifth across them
+    x0 = cx - 1.5 * gap
+    for k in range(min(n, 4)):
+        x = x0 + k * gap + rng.normal(0, 0.08 * gap)
+        top = np.array([x + slant * hh, cy - hh]) + rng.normal(0, j, 2)
+        bot = np.array([x - slant * hh, cy + hh]) + rng.normal(0, j, 2)
+        out.append(_stroke(top, bot, rng, 0.03 * h))
+    if n == 5:
+        a = np.array([x0 - gap * rng.uniform(0.3, 0.8), cy + hh * rng.uniform(0.2, 0.7)])
+        b = np.array([x0 + 3 * gap + gap * rng.uniform(0.3, 0.8), cy - hh * rng.uniform(0.2, 0.7)])
+        out.append(_stroke(a + rng.normal(0, j, 2), b + rng.normal(0, j, 2), rng, 0.04 * h))
+    return out
+
+
+def draw_tallies(
+    img: np.ndarray,
+    page: PageTemplate,
+    written: dict[str, int | None],
+    *,
+    px_per_mm: float,
+    rng: np.random.Generator,
+    color: tuple[int, int, int],
+    pen_mm: float = 0.5,
+    style: str | None = None,
+) -> None:
+    """Handwrite the tally marks of every tally grid of ``page`` (``tally_counts``) into ``img`` (BGR)."""
+    s = px_per_mm
+    f = max(2, int(np.ceil(8.0 / s)))  # supersampling factor: strokes drawn at >= 8 px/mm
+    style = style or str(rng.choice(TALLY_STYLES, p=[0.75, 0.25]))
+    slant = float(rng.normal(0.05, 0.08))
+    for tally in page_style(page).tallies:
+        counts = tally_counts(tally, written)
+        if not any(counts):
+            continue
+        g = tally.grid
+        x0, y0 = int(np.floor((g.x - 2) * s)), int(np.floor((g.y - 2) * s))
+        x1, y1 = int(np.ceil((g.x + g.w + 2) * s)), int(np.ceil((g.y + g.h + 2) * s))
+        cov = np.zeros(((y1 - y0) * f, (x1 - x0) * f), np.float32)
+        r = s * f  # px per mm on the canvas
+        paths = []
+        for row, n in enumerate(counts):
+            for col in range(int(np.ceil(n / tally.per_cell))):
+                c = tally.cell(row, col)
+                k = min(tally.per_cell, n - col * tally.per_cell)
+                cx = c.x + c.w / 2 + rng.normal(0, 0.05 * c.w)
+                cy = c.y + c.h / 2 + rng.normal(0, 0.05 * c.h)
+                paths += _cell_strokes(k, cx, cy, c.w, c.h, rng, style, slant)
+        shift = 4
+        pts = [
+            np.round(((p - (x0 / s, y0 / s)) * r) * (1 << shift)).astype(np.int32).reshape(-1, 1, 2)
+            for p in paths
+        ]
+        cv2.polylines(cov, pts, False, 1.0, max(1, int(round(pen_mm * r))), cv2.LINE_AA, shift)
+        cov = cv2.resize(cov, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        _blend_ink(img, x0, y0, np.clip(cov, 0, 1) * rng.uniform(0.8, 1.0), color)
+
+
 def fill_page(
     page: PageTemplate,
     written: dict[str, int | None],
@@ -199,8 +300,10 @@ def fill_page(
     ink: str | None = None,
     style: str | None = None,
     leading: str | None = None,
+    tallies: bool = True,
 ) -> np.ndarray:
-    """The blank page (BGR) with ``written`` numbers handwritten in their boxes and ``bubbles`` blackened."""
+    """The blank page (BGR) with ``written`` numbers handwritten in their boxes, ``bubbles`` blackened and
+    (``tallies``) the count tallied in the tally grids."""
     s = px_per_mm
     gray = render_page(page, px_per_mm=s)
     img = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
@@ -251,6 +354,9 @@ def fill_page(
             cov *= rng.uniform(0.75, 0.95)
             ox, oy = rng.normal(0, 0.08 * r, 2)
             _blend_ink(img, int(bb.cx * s - size / 2 + ox), int(bb.cy * s - size / 2 + oy), cov, color)
+    if tallies:  # own child generator: the rest of the photo is drawn from the same stream as without tallies
+        pen = float(np.clip(writer.thickness_frac * 12.0, 0.35, 1.0))
+        draw_tallies(img, page, written, px_per_mm=s, rng=rng.spawn(1)[0], color=color, pen_mm=pen)
     return img
 
 

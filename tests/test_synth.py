@@ -1,7 +1,12 @@
-"""The generator's ground truth for box crops (used by the digit bench and training)."""
+"""The generator: ground truth for box crops (used by the digit bench and training) and tally marks."""
+
+import cv2
+import numpy as np
 
 from inference.digits import EMPTY
-from inference.synth import box_label
+from inference.render import page_style
+from inference.synth import box_label, fill_page, tally_counts
+from inference.templates import load_form
 
 
 def test_box_label_digits_blank_and_unused_leading_boxes():
@@ -9,3 +14,49 @@ def test_box_label_digits_blank_and_unused_leading_boxes():
     assert [box_label(105, 3, b) for b in range(3)] == [1, 0, 5]
     assert [box_label(None, 3, b) for b in range(3)] == [EMPTY] * 3
     assert [box_label(0, 2, b) for b in range(2)] == [None, 0]
+
+
+def _tally_ink_cells(img: np.ndarray, tally, s: float) -> list[int]:
+    """Cells with pen ink in each row of a tally grid (dark pixels inside the cell, grid lines excluded)."""
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    out = []
+    for r in range(tally.rows):
+        n = 0
+        for c in range(tally.cols):
+            b = tally.cell(r, c)
+            y0, y1 = int((b.y + 0.8) * s), int((b.y + b.h - 0.8) * s)
+            inner = gray[y0:y1, int((b.x + 0.8) * s) : int((b.x + b.w - 0.8) * s)]
+            n += int((inner < 150).sum() > 3)
+        out.append(n)
+    return out
+
+
+def test_tally_marks_match_the_row_sums_and_leave_the_rest_of_the_page_alone():
+    page = load_form().pages[2]
+    written = {"paslon_1": 134, "paslon_1_baris_1": 60, "paslon_1_baris_2": 60, "paslon_1_baris_3": 14,
+               "paslon_2": 7, "paslon_3": 0}  # paslon 2: row sums left blank, the count is tallied anyway
+    tallies = {t.total: t for t in page_style(page).tallies}
+    assert tally_counts(tallies["paslon_1"], written) == [60, 60, 14, 0, 0]
+    assert tally_counts(tallies["paslon_2"], written) == [7, 0, 0, 0, 0]
+    s = 3.0
+    for seed in (1, 2):
+        a = fill_page(page, written, px_per_mm=s, rng=np.random.default_rng(seed))
+        assert _tally_ink_cells(a, tallies["paslon_1"], s) == [12, 12, 3, 0, 0]
+        assert _tally_ink_cells(a, tallies["paslon_2"], s) == [2, 0, 0, 0, 0]
+        assert _tally_ink_cells(a, tallies["paslon_3"], s) == [0] * 5
+        b = fill_page(page, written, px_per_mm=s, rng=np.random.default_rng(seed), tallies=False)
+        assert _tally_ink_cells(b, tallies["paslon_1"], s) == [0] * 5
+        diff = np.argwhere((a != b).any(axis=2))  # same stream: only the grids differ
+        for y, x in diff[:: max(1, len(diff) // 500)]:
+            assert any(t.grid.x - 3 <= x / s <= t.grid.x + t.grid.w + 3
+                       and t.grid.y - 3 <= y / s <= t.grid.y + t.grid.h + 3 for t in tallies.values())
+        c = fill_page(page, written, px_per_mm=s, rng=np.random.default_rng(seed))
+        assert np.array_equal(a, c)
+
+
+def test_page3_tallies_the_invalid_votes():
+    page = load_form().pages[3]
+    (tally,) = page_style(page).tallies
+    assert tally.total == "suara_tidak_sah" and tally.rows == 5 and tally.cols == 12
+    img = fill_page(page, {"suara_tidak_sah": 9}, px_per_mm=3.0, rng=np.random.default_rng(4))
+    assert _tally_ink_cells(img, tally, 3.0) == [2, 0, 0, 0, 0]
