@@ -1,10 +1,17 @@
 """The page reader: photo -> registered page -> box crops -> digits (one batch) + bubbles -> numbers.
 
-Each number is decided jointly from the digit probabilities of its boxes, its bubbles (page 2) and the
-printed rules: the reader enumerates the readings the boxes support (leading boxes may be empty, X, dash or
-0), weighs bubble evidence, and keeps the assignments of the whole page that satisfy every rule. A number is
-accepted only when its posterior under the rules reaches ``confidence`` and the digits themselves make the
-rules plausible (``MIN_RULE_SUPPORT``); otherwise the page is ``review``. A reading the boxes do not support
+The page is decided jointly from the digit probabilities of its boxes, its bubbles (page 2) and the printed
+rules. The reader enumerates the readings the boxes support (leading boxes may be empty, X, dash or 0) and
+searches the most probable assignment of the whole page that satisfies every rule and agrees with the
+bubbles. Its posterior is its probability mass over: every consistent assignment (other readings the rules
+allow), the readings never enumerated (counted as if consistent), and the inconsistent readings, i.e. what the
+KPPS may really have written (a slip), each weighted by the prior odds of such a slip (``SLIP_ODDS``: 1e-3
+for a number off by up to 10, ``SLIP_ODDS_FAR`` beyond). The page is ``ok`` only if that posterior reaches
+``1 - max_error`` (default 1e-3: the expected share of accepted pages with a wrong number, given calibrated
+digit probabilities) and every number's own posterior reaches ``confidence``; otherwise ``review``. So a
+digit the boxes leave in doubt (1 or 7) is decided when the rules leave one reading with material mass, and
+a rule that holds only through an improbable digit stays ``review``. If the boxes say clearly that the page
+as written breaks a rule, what the boxes say is shown (``rule_failed``). A reading the boxes do not support
 is never produced: candidates come only from the boxes. Unusable photos are ``retake``.
 
 Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract::
@@ -39,12 +46,17 @@ __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMP
 
 EMPTY = 10
 CROP_MARGIN_MM = 1.0
-MIN_RULE_SUPPORT = 0.2  # P(the page's rules hold | digits) below this: a slip on paper, or a misread
-CANDIDATE_MIN_P = 1e-6
-MAX_CANDIDATES = 8
+# Prior odds of one specific reading that breaks a printed rule (a KPPS slip: a sum that does not add up, a
+# value out of range, bubbles that disagree with the boxes) against one specific consistent reading: about
+# one page in ten carries a slip, spread over ~100 ways (which number, how far off) -> 1e-3.
+SLIP_ODDS = 1e-3
+SLIP_ODDS_FAR = 1e-4  # a wrong value more than 10 away from the consistent one
+MAX_ERROR = 1e-3  # a page is accepted only if P(any of its numbers is wrong) is at most this
+CANDIDATE_MIN_P = 1e-7
+MAX_CANDIDATES = 16
 BEAM = 256
 PRUNE = 1e-9  # partial readings this much less likely than the best are dropped (their mass is counted)
-BUBBLE_ERROR = 0.01  # chance that a clearly read bubble column disagrees with what the KPPS meant
+BUBBLE_ERROR = 1e-3  # chance that bubbles read clearly spell one specific other value than the KPPS meant
 MIN_VALID = 0.5  # below this the boxes more likely hold no valid number (a gap, a value out of range)
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
 
@@ -83,6 +95,7 @@ class PageReading:
     checks: list[dict]
     timing_ms: dict[str, float]
     registration: Registration | None = None
+    evidence: dict | None = field(default=None, repr=False)  # boxes, probabilities, bubbles (benchmarks)
     _gray: np.ndarray | None = field(default=None, repr=False)
     _annotated: np.ndarray | None = field(default=None, repr=False)
 
@@ -149,49 +162,82 @@ def value_distribution(probs: np.ndarray) -> tuple[np.ndarray, float]:
 
 @dataclass
 class _Candidates:
+    """The readings of one number that can take part in a consistent page, with their probability mass
+    (box probabilities, times the bubbles' evidence; all readings of the number sum to 1).
+
+    ``rest``: mass of the valid readings left out (beyond the top candidates); ``invalid``: mass of a
+    required number left blank (what a KPPS may have done, but no valid reading). Readings where the boxes
+    disagree with the bubbles keep their place, weighted by the odds of a slip or a misread column.
+    ``own_best``/``own_conf``: what the boxes alone say most likely, out-of-range values included (what is
+    shown when the page as written most likely breaks a rule)."""
+
     values: list[int | None]
     probs: list[float]
-    residual: float
+    rest: float
+    invalid: float
     own_best: int | None
     own_conf: float
-    valid: float = 1.0  # mass of readings that are numbers at all (no gap between digits, within min..max)
+    valid: float = 1.0  # share of the boxes' mass that is a number within min..max (or blank)
 
 
 def _candidates(f: Field, probs: np.ndarray, bubble: int | None) -> _Candidates:
     pv, pblank = value_distribution(probs.astype(np.float64))
-    mask = np.zeros_like(pv, bool)
-    mask[f.min : f.max + 1] = True
-    pv = np.where(mask, pv, 0.0)
-    if bubble is not None:  # independent evidence from the bubbles
-        like = np.full_like(pv, BUBBLE_ERROR / len(pv))
-        if 0 <= bubble < len(pv):
-            like[bubble] = 1 - BUBBLE_ERROR
-        pv = pv * like
-        pblank *= BUBBLE_ERROR / len(pv)
-        total = pv.sum() + pblank + 1e-300
-        pv, pblank = pv / total, pblank / total
-    valid = float(pv.sum() + pblank)
+    own = int(np.argmax(pv))
+    own_best, own_conf = (None, pblank) if pblank >= pv[own] else (own, float(pv[own]))
+    # Readings that are no number (a gap between digits) or out of min..max cannot have been written:
+    # the rest is renormalised (MIN_VALID guards against a number the boxes hardly support).
+    w = np.zeros_like(pv)
+    w[f.min : f.max + 1] = pv[f.min : f.max + 1]
+    valid = float(w.sum() + pblank)
     if valid <= 0:
-        return _Candidates([], [], 1.0, None, 0.0, 0.0)
-    pv, pblank = pv / valid, pblank / valid  # impossible readings (gaps, out of range) are ruled out
-    order = np.argsort(pv)[::-1][:MAX_CANDIDATES]
-    vals: list[int | None] = [int(i) for i in order if pv[i] >= CANDIDATE_MIN_P]
-    ps = [float(pv[i]) for i in vals]
-    if pblank >= CANDIDATE_MIN_P:
-        vals.append(None)
-        ps.append(pblank)
-    pairs = sorted(zip(ps, vals, strict=True), key=lambda t: -t[0])[:MAX_CANDIDATES]
-    if not pairs:
-        return _Candidates([], [], 1.0, None, 0.0, valid)
-    ps, vals = [p for p, _ in pairs], [v for _, v in pairs]
-    return _Candidates(vals, ps, max(0.0, 1.0 - sum(ps)), vals[0], ps[0], valid)
+        return _Candidates([], [], 0.0, 1.0, own_best, own_conf, 0.0)
+    w, pblank = w / valid, pblank / valid
+    if bubble is not None:
+        # Boxes reading v while the bubbles clearly spell b != v: a misread column, or a KPPS slip.
+        agree = np.full_like(w, SLIP_ODDS + BUBBLE_ERROR)
+        if 0 <= bubble < len(w):
+            agree[bubble] = 1.0
+        w = w * agree
+        pblank *= SLIP_ODDS + BUBBLE_ERROR
+        norm = float(w.sum() + pblank)
+        w, pblank = w / norm, pblank / norm
+    blank = pblank if not f.required else 0.0
+    invalid = max(0.0, 1.0 - float(w.sum()) - blank)  # a required number left blank
+    order = np.argsort(w)[::-1][:MAX_CANDIDATES]
+    pairs = [(float(w[i]), int(i)) for i in order if w[i] >= CANDIDATE_MIN_P]
+    if blank >= CANDIDATE_MIN_P:
+        pairs.append((blank, None))
+    pairs = sorted(pairs, key=lambda t: -t[0])[:MAX_CANDIDATES]
+    ps = [p for p, _ in pairs]
+    rest = max(0.0, 1.0 - invalid - sum(ps))
+    return _Candidates([v for _, v in pairs], ps, rest, invalid, own_best, own_conf, valid)
 
 
-def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple[dict, float, float]:
-    """Beam search over the page's fields keeping only rule-consistent assignments.
+@dataclass
+class _Joint:
+    """Result of the joint decision over one page."""
 
-    Returns ({field: {value: mass}}, Z = mass of the consistent assignments found, missing = mass not
-    explored)."""
+    best: tuple  # the most probable rule-consistent reading (one value per field), () if none
+    best_mass: float
+    marginals: dict[str, dict]  # field -> {value: mass of the consistent readings found with that value}
+    consistent: float  # Z: mass of the consistent readings found
+    unexplored: float  # M: mass never enumerated that might be consistent (counted as such)
+    unexplored_by_field: dict[str, float]
+    slips: float = 0.0  # S: inconsistent readings (what the KPPS may have written) weighted by their odds
+    slips_by_field: dict[str, float] = field(default_factory=dict)
+
+    def denominator(self) -> float:
+        """Z + M + S: every consistent reading, every reading not enumerated, and the inconsistent ones
+        (a slip on paper) weighted by their prior odds against a consistent reading."""
+        return self.consistent + self.unexplored + self.slips
+
+    def posterior(self) -> float:
+        d = self.denominator()
+        return self.best_mass / d if d > 0 else 0.0
+
+
+def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> _Joint:
+    """Beam search over the page's fields keeping only rule-consistent assignments."""
     names = [f.name for f in fields]
     pos = {n: i for i, n in enumerate(names)}
     due: dict[int, list] = {}
@@ -208,18 +254,13 @@ def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple
         for p, assign in beam:
             for v, pv in options:
                 a = assign + (v,)
-                ok = True
-                for r, idx in checks:
-                    if holds(r, [a[j] for j in idx]) is not True:
-                        ok = False
-                        break
-                if ok:
+                if all(holds(r, [a[j] for j in idx]) is True for r, idx in checks):
                     nxt.append((p * pv, a))
         nxt.sort(key=lambda t: -t[0])
-        keep = BEAM
+        keep = min(BEAM, len(nxt))
         if nxt:
             floor = nxt[0][0] * PRUNE
-            while keep > 1 and keep <= len(nxt) and nxt[keep - 1][0] < floor:
+            while keep > 1 and nxt[keep - 1][0] < floor:
                 keep -= 1
         dropped += sum(p for p, _ in nxt[keep:])
         beam = nxt[:keep]
@@ -230,18 +271,67 @@ def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> tuple
     for p, a in beam:
         for n, v in zip(names, a, strict=True):
             post[n][v] = post[n].get(v, 0.0) + p
-    # Mass never explored: a field's values beyond its candidates. Where the field sits in a sum rule, such a
-    # value can only be part of a consistent reading if another field of the rule leaves its top value too.
+    # Mass never enumerated: a field's valid readings beyond its candidates. Where the field sits in a sum
+    # rule, such a reading u belongs to a consistent page only if another number of the rule takes the one
+    # value that makes up for u: at most the largest mass that number gives any value but its top one.
+    # Elsewhere (no rule, or only <= rules) it counts in full.
     mates: dict[str, set[str]] = {n: set() for n in names}
     for r in rules:
         if r.kind == "sum":
             for a in r.fields:
                 mates[a].update(b for b in r.fields if b != a)
-    dev = {n: 1.0 - (c.probs[0] if c.probs else 0.0) for n, c in zip(names, cands, strict=True)}
-    missing = dropped
+    alt = {n: max(c.probs[1:], default=0.0) + c.rest for n, c in zip(names, cands, strict=True)}
+    by_field = {}
     for n, c in zip(names, cands, strict=True):
-        missing += c.residual * (min(1.0, sum(dev[m] for m in mates[n])) if mates[n] else 1.0)
-    return post, z, missing
+        share = min(1.0, sum(alt[m] for m in mates[n])) if mates[n] else 1.0
+        by_field[n] = c.rest * share
+    best = beam[0] if beam else (0.0, ())
+    slips, slips_by = _slip_mass(fields, cands, rules, best[1], best[0], z)
+    return _Joint(best[1], best[0], post, z, dropped + sum(by_field.values()), by_field, slips, slips_by)
+
+
+def _slip_odds(u: int | None, v: int | None) -> float:
+    """Prior odds that the KPPS wrote u where a consistent page has v: small slips (off by one, a carry,
+    up to 10) are the common ones; other wrong values are ten times rarer."""
+    if u is None or v is None or abs(u - v) <= 10:
+        return SLIP_ODDS
+    return SLIP_ODDS_FAR
+
+
+def _slip_mass(fields: list[Field], cands: list[_Candidates], rules: tuple, best: tuple, best_mass: float,
+               z: float) -> tuple[float, dict[str, float]]:
+    """Weight of the inconsistent readings: those that differ from the best consistent reading in one number
+    (each weighted by its slip odds), the rest (several numbers off) at SLIP_ODDS_FAR."""
+    if not best or best_mass <= 0:
+        return SLIP_ODDS * max(0.0, 1.0 - z), {}
+    names = [f.name for f in fields]
+    pos = {n: i for i, n in enumerate(names)}
+    involved: dict[int, list] = {}
+    for r in rules:
+        idx = tuple(pos[f] for f in r.fields)
+        for i in idx:
+            involved.setdefault(i, []).append((r, idx))
+    holds = rules_mod.holds_values
+    total, single, by_field = 0.0, 0.0, {}
+    for k, c in enumerate(cands):
+        v = best[k]
+        pv = c.probs[c.values.index(v)]
+        scale = best_mass / pv
+        s = 0.0
+        for u, pu in zip(c.values, c.probs, strict=True):
+            if u == v:
+                continue
+            a = best[:k] + (u,) + best[k + 1 :]
+            if all(holds(r, [a[j] for j in idx]) is True for r, idx in involved.get(k, ())):
+                continue  # consistent: already counted in Z
+            single += scale * pu
+            s += _slip_odds(u, v) * scale * pu
+        # readings beyond the candidates (counted as far slips) and the field's own breaks (blank, bubbles)
+        single += scale * (c.rest + c.invalid)
+        s += SLIP_ODDS_FAR * scale * c.rest + SLIP_ODDS * scale * c.invalid
+        by_field[names[k]] = s
+        total += s
+    return total + SLIP_ODDS_FAR * max(0.0, 1.0 - z - single), by_field
 
 
 # --------------------------------------------------------------------------------------------- bubbles ---
@@ -342,13 +432,17 @@ class PageReader:
         classifier: Classifier,
         form: Form | str | None = None,
         confidence: float = 0.99,
+        max_error: float = MAX_ERROR,
         min_px_per_mm: float = 2.0,
     ) -> None:
         if not 0.5 < confidence < 1.0:
             raise ValueError(f"confidence must be within (0.5, 1), got {confidence}")
+        if not 0.0 < max_error < 0.5:
+            raise ValueError(f"max_error must be within (0, 0.5), got {max_error}")
         self.classifier = classifier
         self.form = load_form(form) if isinstance(form, str) else form
         self.confidence = float(confidence)
+        self.max_error = float(max_error)
         self.min_px_per_mm = float(min_px_per_mm)
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -449,9 +543,11 @@ class PageReader:
                 _, val, state = _read_bubbles(gray, reg.homography, f)
                 bubbles[f.name] = (val, state)
         t = lap("bubbles", t)
-        fields_out, reasons, checks, status = self._decide(page, crops, labels, probs, bubbles)
+        fields_out, reasons, checks, status, page_conf = self._decide(page, crops, labels, probs, bubbles)
         lap("decide", t)
         timing["total"] = round((time.perf_counter() - t0) * 1000, 1)
+        evidence = {"boxes": [(bc.field, bc.box) for bc in crops], "probs": probs, "labels": labels,
+                    "bubbles": bubbles, "page_confidence": page_conf}
         return PageReading(
             name,
             page.form,
@@ -462,6 +558,7 @@ class PageReader:
             checks,
             timing,
             registration=reg,
+            evidence=evidence,
             _gray=gray,
         )
 
@@ -472,41 +569,58 @@ class PageReader:
         labels: np.ndarray,
         probs: np.ndarray,
         bubbles: dict[str, tuple[int | None, str]],
-    ) -> tuple[dict, list, list, str]:
+    ) -> tuple[dict, list, list, str, float]:
+        """The page's numbers and status from the box probabilities, the bubbles and the rules.
+
+        The reading shown is the most probable assignment of values that satisfies every printed rule and
+        agrees with the bubbles, unless the boxes say clearly that the page as written breaks a rule (a slip:
+        then what the boxes say, and ``review``). ``ok`` needs the posterior of the whole page reading, with
+        slips and unexplored readings in the denominator, to reach ``1 - max_error`` and every number's
+        posterior to reach ``confidence``. Returns (fields, reasons, checks, status, page posterior)."""
         per_field: dict[str, list[int]] = {}
         for i, bc in enumerate(crops):
             per_field.setdefault(bc.field, []).append(i)
         cands: list[_Candidates] = []
         reasons: list[dict] = []
-        mismatch, unclear = [], []
+        unclear = []
         for f in page.fields:
-            idx = per_field[f.name]
             b_val, b_state = bubbles.get(f.name, (None, "none"))
-            c = _candidates(f, probs[idx], None)
-            if b_state == "read":
-                if c.own_best != b_val and (b_val not in c.values or c.probs[c.values.index(b_val)] < 0.01):
-                    mismatch.append(f.name)  # boxes clearly say another number: keep the boxes, review
-                else:
-                    c = _candidates(f, probs[idx], b_val)
-            elif b_state == "unclear":
+            cands.append(_candidates(f, probs[per_field[f.name]], b_val if b_state == "read" else None))
+            if b_state == "unclear":
                 unclear.append(f.name)
-            cands.append(c)
-        post, z, missing = _joint(list(page.fields), cands, page.rules)
-        denom = z + missing
-        rule_path = z < MIN_RULE_SUPPORT
+        joint = _joint(list(page.fields), cands, page.rules)
+        denom = joint.denominator()
+        own_mass = math.prod(c.own_conf for c in cands)
+        slip = not joint.best or joint.best_mass < SLIP_ODDS * own_mass
         values: dict[str, int | None] = {}
         conf: dict[str, float] = {}
-        for f, c in zip(page.fields, cands, strict=True):
-            if rule_path or not post[f.name]:
+        for k, (f, c) in enumerate(zip(page.fields, cands, strict=True)):
+            if slip:
                 values[f.name], conf[f.name] = c.own_best, c.own_conf
-            else:
-                v, m = max(post[f.name].items(), key=lambda kv: kv[1])
-                values[f.name], conf[f.name] = v, m / denom if denom > 0 else 0.0
+            else:  # against this number: other consistent readings, its unexplored readings, its slips
+                v = joint.best[k]
+                values[f.name] = v
+                against = (joint.consistent - joint.marginals[f.name].get(v, 0.0)
+                           + joint.unexplored_by_field.get(f.name, 0.0)
+                           + joint.slips_by_field.get(f.name, 0.0))
+                conf[f.name] = max(0.0, 1.0 - against / denom) if denom > 0 else 0.0
+        page_conf = 0.0 if slip else joint.posterior()
         checks = rules_mod.check(page.rules, values)
         failed = [ch for ch in checks if ch["ok"] is False]
         empty = [f.name for f in page.fields if f.required and values[f.name] is None]
+        mismatch = [f.name for f in page.fields
+                    if bubbles.get(f.name, (None, ""))[1] == "read" and values[f.name] != bubbles[f.name][0]]
+        floor = 1.0 - self.confidence
+        if page_conf < 1.0 - self.max_error:  # name the numbers that carry the doubt
+            floor = min(floor, max(self.max_error / 4, 1.0 - page_conf) / 4)
         uncertain = [f.name for f, c in zip(page.fields, cands, strict=True)
-                     if f.name not in empty and (conf[f.name] < self.confidence or c.valid < MIN_VALID)]
+                     if f.name not in empty and (1.0 - conf[f.name] > floor or c.valid < MIN_VALID)]
+        if not slip and page_conf < 1.0 - self.max_error and not uncertain:
+            uncertain = [min(conf, key=conf.get)]
+        if slip and not (failed or empty or mismatch or uncertain):
+            uncertain = [f.name for f, c in zip(page.fields, cands, strict=True)
+                         if c.own_best is None or not f.min <= c.own_best <= f.max]
+            uncertain = uncertain or [min(conf, key=conf.get)]
         if empty:
             reasons.append(_reason("field_empty", fields=empty))
         if failed:
@@ -515,19 +629,19 @@ class PageReader:
             reasons.append(_reason("bubble_mismatch", fields=mismatch))
         if unclear:
             reasons.append(_reason("bubble_unclear", fields=unclear))
-        if uncertain or (rule_path and not failed):
-            reasons.append(_reason("digit_uncertain", fields=uncertain or [f.name for f in page.fields]))
+        if uncertain:
+            reasons.append(_reason("digit_uncertain", fields=uncertain))
         fields_out = {}
         for f in page.fields:
             idx = per_field[f.name]
             fields_out[f.name] = {
                 "value": values[f.name],
-                "confidence": round(float(conf[f.name]), 4),
+                "confidence": round(float(conf[f.name]), 6),
                 "digits": [None if int(labels[i]) == EMPTY else int(labels[i]) for i in idx],
                 "bubbles": bubbles[f.name][0] if f.name in bubbles else None,
             }
         status = "ok" if not reasons else "review"
-        return fields_out, reasons, checks, status
+        return fields_out, reasons, checks, status, page_conf
 
 
 # ---------------------------------------------------------------------------------------------- TPS ---
@@ -613,5 +727,3 @@ def _annotate(r: PageReading, ppm: float = 1.2) -> np.ndarray:
         )
     return img
 
-
-del math

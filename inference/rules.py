@@ -1,13 +1,14 @@
 """Rule evaluation over field values (pure).
 
 Page rules come from the page templates (``Rule``: ``sum`` = sum of terms equals total,
-``le`` = left <= right);
+``le`` = left <= right, ``date`` = a calendar date within a span);
 cross-page rules of a TPS come from ``inference/forms/<FORM>/tps.json`` with fields named ``p<page>.<field>``
 (a ``le`` rule's right side may be a list, meaning their sum).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +42,18 @@ def holds_values(rule: Rule, got: list[int | None]) -> bool | None:
         return None
     if rule.kind == "sum":
         return sum(got[:-1]) == got[-1]
+    if rule.kind == "date":
+        return _date_within(got[0], got[1], got[2], rule.start, rule.end)
     return got[0] <= got[1]
+
+
+@lru_cache(maxsize=4096)
+def _date_within(day: int, month: int, year: int, start: str, end: str) -> bool:
+    try:
+        d = datetime.date(year, month, day)
+    except ValueError:  # no such date (31 February, month 13, ...)
+        return False
+    return datetime.date.fromisoformat(start) <= d <= datetime.date.fromisoformat(end)
 
 
 def check(rules: tuple[Rule, ...] | list[Rule], values: Values) -> list[dict]:

@@ -7,6 +7,7 @@ corner positions), every field's writing boxes (and OMR bubbles) in mm, and the 
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,7 +32,7 @@ __all__ = [
 FORMS_DIR = Path(__file__).resolve().parent / "forms"
 DEFAULT_FORM = "C.HASIL-PPWP-2024"
 TAG_FAMILIES = ("apriltag_36h10", "apriltag_36h11", "aruco_4x4_50")
-RULE_KINDS = ("sum", "le")
+RULE_KINDS = ("sum", "le", "date")
 
 
 class TemplateError(ValueError):
@@ -73,7 +74,8 @@ class Field:
 
 @dataclass(frozen=True)
 class Rule:
-    """``sum``: sum(terms) == total; ``le``: left <= right.
+    """``sum``: sum(terms) == total; ``le``: left <= right; ``date``: the numbers ``day``, ``month``,
+    ``year`` form a calendar date within ``start``..``end`` (ISO dates, e.g. the count of one election).
 
     ``when="any_filled"``: checked only when some term is written (empty terms count as 0)."""
 
@@ -85,10 +87,19 @@ class Rule:
     left: str = ""
     right: str = ""
     when: str = "always"
+    day: str = ""
+    month: str = ""
+    year: str = ""
+    start: str = ""
+    end: str = ""
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return (*self.terms, self.total) if self.kind == "sum" else (self.left, self.right)
+        if self.kind == "sum":
+            return (*self.terms, self.total)
+        if self.kind == "date":
+            return (self.day, self.month, self.year)
+        return (self.left, self.right)
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,27 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
             terms=tuple(_need(d, "terms", list, where)),
             total=_need(d, "total", str, where),
             when=when,
+        )
+    elif kind == "date":
+        span = []
+        for key in ("start", "end"):
+            text = _need(d, key, str, where)
+            try:
+                span.append(datetime.date.fromisoformat(text))
+            except ValueError:
+                raise TemplateError(f"{where}: '{key}' must be an ISO date (YYYY-MM-DD), got {text!r}") \
+                    from None
+        if span[0] > span[1]:
+            raise TemplateError(f"{where}: 'start' {span[0]} is after 'end' {span[1]}")
+        rule = Rule(
+            name=name,
+            kind=kind,
+            label=str(d.get("label", name)),
+            day=_need(d, "day", str, where),
+            month=_need(d, "month", str, where),
+            year=_need(d, "year", str, where),
+            start=span[0].isoformat(),
+            end=span[1].isoformat(),
         )
     else:
         rule = Rule(

@@ -72,6 +72,70 @@ def tesseract_page(reader: PageReader, image: np.ndarray, tmp: Path) -> dict[str
     return out
 
 
+def _top(p: np.ndarray, k: int = 2) -> str:
+    order = np.argsort(p)[::-1][:k]
+    return "/".join(f"{_sym(int(j))}:{p[j]:.2f}" for j in order)
+
+
+def why(pages: list[dict]) -> dict:
+    """Why slip-free, unspoiled pages were not accepted: counts by reason code, by (code, field or rule),
+    by condition, the confusions (written -> model's top class) of the boxes in question, and one line per
+    page with every flagged, wrong or doubtful field: value (confidence), truth, top-2 per box (E = empty)."""
+    by_code: dict[str, int] = {}
+    by_field: dict[str, int] = {}
+    by_cond: dict[str, dict[str, int]] = {}
+    confusions: dict[str, int] = {}
+    lines = []
+    for pg in pages:
+        if pg["status"] == "ok":
+            continue
+        cnt = by_cond.setdefault(pg["cond"], {})
+        ev = pg["evidence"]
+        flagged: list[str] = []
+        for reason in pg["reasons"]:
+            code = reason["code"]
+            by_code[code] = by_code.get(code, 0) + 1
+            cnt[code] = cnt.get(code, 0) + 1
+            for name in reason.get("fields") or reason.get("rules") or []:
+                by_field[f"{code}:{name}"] = by_field.get(f"{code}:{name}", 0) + 1
+            flagged += reason.get("fields") or []
+        detail = []
+        for name, got in pg["fields"].items():
+            truth = pg["written"].get(name)
+            if name not in flagged and got["value"] == truth and got["confidence"] >= 0.99:
+                continue
+            idx = [] if ev is None else [j for j, (f, _) in enumerate(ev["boxes"]) if f == name]
+            boxes = []
+            for j, t in zip(idx, _truth_digits(truth, len(idx)), strict=True):
+                pr = ev["probs"][j]
+                top = int(np.argmax(pr))
+                right = top in (0, 10) if t is None else top == t
+                if pr.max() < 0.99 or not right:
+                    key = f"{_sym(t)}->{_sym(top)}"
+                    confusions[key] = confusions.get(key, 0) + 1
+                boxes.append(_top(pr))
+            detail.append(f"{name}={got['value']}({got['confidence']}) truth={truth} "
+                          f"bubbles={got.get('bubbles')} [{' | '.join(boxes)}]")
+        head = f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])}: "
+        lines.append(head + "; ".join(detail))
+    return {"pages": sum(p["status"] != "ok" for p in pages), "by_code": by_code,
+            "by_condition": by_cond,
+            "by_field": dict(sorted(by_field.items(), key=lambda kv: -kv[1])),
+            "confusions_truth_to_top": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
+            "pages_detail": lines}
+
+
+def _truth_digits(value: int | None, n: int) -> list[int | None]:
+    """True class per box: digit, 10 = empty, None = unused leading box (blank, X, dash or 0)."""
+    from inference.synth import box_label
+
+    return [box_label(value, n, b) for b in range(n)]
+
+
+def _sym(label: int | None) -> str:
+    return "lead" if label is None else "E" if label == 10 else str(label)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tps", type=int, default=300, help="number of generated TPS (3 pages each)")
@@ -80,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-pages", type=int, default=30, help="pages also read by tesseract (0 = none)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--why", action="store_true",
+                    help="why slip-free pages are not ok: reasons, fields, conditions, box probabilities")
+    ap.add_argument("--dump", type=Path, default=None,
+                    help="pickle every page's box probabilities, bubbles and truth (to replay decisions)")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     from inference.digits import DigitClassifier
@@ -117,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             pages.append({"tps": i, "page": p, "cond": cond, "slip": tps[2] if slip else None,
                           "spoiled": spoiled,
                           "status": r.status, "read_page": r.page, "wrong": wrong,
-                          "codes": [x["code"] for x in r.reasons]})
+                          "codes": [x["code"] for x in r.reasons], "reasons": r.reasons,
+                          "fields": r.fields, "written": s.written, "bubbles": s.bubbles,
+                          "evidence": r.evidence})
             if have_tess and not spoiled and base["pages"] < args.baseline_pages:
                 t0 = time.perf_counter()
                 tv = tesseract_page(reader, s.image, tmp)
@@ -132,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json and (i + 1) % 25 == 0:
             print(f"  {i + 1}/{args.tps} TPS, {time.time() - t_start:.0f} s", file=sys.stderr, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
+    if args.dump:
+        import pickle
+
+        args.dump.write_bytes(pickle.dumps({"args": vars(args), "pages": pages, "tps": tps_rows}))
 
     def share(a: int, b: int) -> float:
         return round(100.0 * a / b, 2) if b else float("nan")
@@ -178,11 +252,22 @@ def main(argv: list[str] | None = None) -> int:
         if have_tess else None,
         "wall_s": round(time.time() - t_start, 1),
     }
+    if args.why:
+        result["why"] = why(normal_noslip)
     if args.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
+            if k == "why":
+                continue
             print(f"{k:28s} {v}")
+        if "why" in result:
+            w = result["why"]
+            print(f"\nwhy not ok (slip-free, unspoiled pages): {w['pages']}")
+            for k in ("by_code", "by_condition", "by_field", "confusions_truth_to_top"):
+                print(f"  {k:24s} {w[k]}")
+            for line in w["pages_detail"]:
+                print("  " + line)
     return 0
 
 

@@ -318,6 +318,18 @@ def page3(rects) -> tuple[list[dict], list[dict]]:
             **_sum_rule(rsum, "suara_tidak_sah", "V.B: jumlah tiap baris = jumlah suara tidak sah"),
             "when": "any_filled",
         },
+        {
+            "name": "tanggal penghitungan",
+            "kind": "date",
+            "day": "tanggal",
+            "month": "bulan",
+            "year": "tahun",
+            "start": "2024-02-14",
+            "end": "2024-03-31",
+            "label": "Tanggal dalam masa penghitungan suara Pemilu 2024 (14 Februari - 31 Maret 2024)",
+            "note": "Hari pemungutan suara 14 Februari 2024; penghitungan dapat berlanjut ke 15 Februari; "
+            "PSU/PSL/PSS sesudahnya.",
+        },
     ]
     return fields, rules
 

@@ -41,9 +41,9 @@ def test_value_distribution_leading_boxes_and_zero():
 class _Probs:
     """Box probabilities for page 3 built from the numbers written (one-hot, with optional doubts)."""
 
-    def __init__(self, values):
+    def __init__(self, values, page=P3):
         self.crops, rows = [], []
-        for f in P3.fields:
+        for f in page.fields:
             v = values.get(f.name)
             labels = [EMPTY] * len(f.boxes) if v is None else \
                 [EMPTY] * (len(f.boxes) - len(str(v))) + [int(c) for c in str(v)]
@@ -64,9 +64,9 @@ class _Probs:
 GOOD = {"suara_sah": 176, "suara_tidak_sah": 7, "total_suara": 183, "tanggal": 14, "bulan": 2, "tahun": 2024}
 
 
-def _decide(p):
+def _decide(p, page=P3, bubbles=None):
     reader = PageReader(classifier=None, confidence=0.99)
-    return reader._decide(P3, p.crops, p.probs.argmax(1), p.probs, {})
+    return reader._decide(page, p.crops, p.probs.argmax(1), p.probs, bubbles or {})[:4]
 
 
 def test_confident_consistent_page_is_ok():
@@ -85,13 +85,72 @@ def test_arithmetic_slip_is_review_with_the_failed_rule():
     assert any(c["ok"] is False for c in checks)
 
 
-def test_a_doubtful_digit_is_resolved_by_the_rule_only_when_the_box_supports_it():
-    p = _Probs(GOOD).doubt("total_suara", 2, 8, 0.45)  # units box: 3 (55 %) or 8 (45 %)
-    fields, _, _, status = _decide(p)
-    assert fields["total_suara"]["value"] == 183 and status == "ok"
-    p = _Probs(GOOD).doubt("total_suara", 2, 8, 0.9)  # the box says 8: rule support too weak
+GOOD1 = {**GOOD, "suara_sah": 171, "total_suara": 178}  # units of V.A: a 1 that may be a 7
+
+
+def test_a_digit_in_doubt_is_decided_by_the_rule():
+    p = _Probs(GOOD1).doubt("suara_sah", 2, 7, 0.2)  # p(1) = 0.8, p(7) = 0.2: 177 would break V.C = V.A + V.B
+    fields, reasons, _, status = _decide(p)
+    assert status == "ok" and reasons == []
+    assert fields["suara_sah"]["value"] == 171 and fields["suara_sah"]["confidence"] > 0.999
+
+
+def test_a_rule_that_holds_only_through_an_improbable_digit_stays_review():
+    p = _Probs(GOOD1).doubt("suara_sah", 2, 7, 0.8)  # the box says 7 (0.8): the page adds up only with a 1
+    fields, reasons, _, status = _decide(p)
+    assert status == "review" and "digit_uncertain" in [r["code"] for r in reasons]
+    assert "suara_sah" in reasons[-1]["fields"]
+    p = _Probs(GOOD1).doubt("suara_sah", 2, 7, 0.9999)  # the box clearly says 7: a slip, shown as written
+    fields, reasons, _, status = _decide(p)
+    assert status == "review" and fields["suara_sah"]["value"] == 177
+    assert "rule_failed" in [r["code"] for r in reasons]
+
+
+def test_a_slip_with_a_doubtful_digit_is_not_explained_away():
+    # written 184 (a slip: V.C should be 183); the units box leans to 4 but a 3 is not ruled out
+    p = _Probs({**GOOD, "total_suara": 184}).doubt("total_suara", 2, 3, 0.3)
     fields, reasons, _, status = _decide(p)
     assert status == "review"
+
+
+def test_a_doubtful_digit_that_the_rules_cannot_decide_is_review():
+    # 171 + 7 and 177 + 1 both make 178: the rules cannot tell, the boxes must
+    p = _Probs(GOOD1).doubt("suara_sah", 2, 7, 0.2).doubt("suara_tidak_sah", 2, 1, 0.2)
+    fields, reasons, _, status = _decide(p)
+    assert status == "review" and "digit_uncertain" in [r["code"] for r in reasons]
+
+
+def test_leading_mark_that_may_be_a_seven_is_decided_by_the_range():
+    # a dash in the hundreds box of tanggal's neighbour bulan reads 7 at 30 %: 72 is no month
+    p = _Probs(GOOD).doubt("bulan", 0, 7, 0.3)
+    fields, reasons, _, status = _decide(p)
+    assert fields["bulan"]["value"] == 2 and status == "ok"
+
+
+P2 = load_form().pages[2]
+VOTES = {"paslon_1": 71, "paslon_2": 60, "paslon_3": 45}
+
+
+def test_bubbles_decide_a_digit_in_doubt_and_disagreement_is_review():
+    read = {n: (v, "read") for n, v in VOTES.items()}
+    p = _Probs(VOTES, P2).doubt("paslon_1", 2, 7, 0.3)  # 71 or 77: no row sums, the bubbles say 71
+    fields, reasons, _, status = _decide(p, P2, read)
+    assert status == "ok" and fields["paslon_1"]["value"] == 71
+    p = _Probs(VOTES, P2).doubt("paslon_1", 2, 7, 0.3)
+    fields, reasons, _, status = _decide(p, P2, {**read, "paslon_1": (None, "empty")})  # no bubbles
+    assert status == "review" and "paslon_1" in reasons[-1]["fields"]
+    fields, reasons, _, status = _decide(_Probs(VOTES, P2), P2, {**read, "paslon_2": (61, "read")})
+    assert status == "review" and fields["paslon_2"]["value"] == 60  # the boxes, flagged
+    assert "bubble_mismatch" in [r["code"] for r in reasons]
+
+
+def test_date_rule():
+    fields, reasons, checks, status = _decide(_Probs({**GOOD, "tanggal": 10}))  # before polling day
+    assert status == "review" and "rule_failed" in [r["code"] for r in reasons]
+    date = next(r for r in P3.rules if r.kind == "date")
+    assert rules.holds(date, {"tanggal": 15, "bulan": 2, "tahun": 2024}) is True
+    assert rules.holds(date, {"tanggal": 30, "bulan": 2, "tahun": 2024}) is False  # no such day
+    assert rules.holds(date, {"tanggal": 15, "bulan": None, "tahun": 2024}) is None
 
 
 def test_uncertain_digit_without_rule_is_review():
