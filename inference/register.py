@@ -6,6 +6,8 @@
    patch rectified with the current homography (coarse, then fine), and refit the homography after each.
 3. Check what makes a photo unusable: markers outside the frame, markers not visible (covered), blur and
    exposure measured on the markers themselves, resolution below ``min_px_per_mm``.
+   Without a page code, corner markers found on their own (``find_markers``) still tell a form from no form:
+   a page cut by the frame edge is ``not_in_frame`` (its code was cut off), not ``no_form``.
 
 Failures raise ``RetakeError`` with machine reason codes (``REASONS``).
 """
@@ -20,7 +22,7 @@ import numpy as np
 from inference.render import aruco_dictionary
 from inference.templates import Form, PageTemplate, available_forms, load_form
 
-__all__ = ["Registration", "RetakeError", "register", "rectify", "REASONS", "WORK_SIDE"]
+__all__ = ["Registration", "RetakeError", "register", "rectify", "find_markers", "REASONS", "WORK_SIDE"]
 
 WORK_SIDE = 1600  # longest side of the reduced copy used to find the tag
 COARSE_PPM = 2.0  # px/mm of the coarse marker search patch
@@ -190,6 +192,57 @@ def _detect_tags(gray: np.ndarray, families: set[str]) -> list[tuple[str, int, n
     return found
 
 
+def _inside_frame(m: tuple[float, float, float], shape: tuple[int, ...]) -> bool:
+    """A marker (x, y, square side) at least two of its squares away from every image edge."""
+    x, y, side = m
+    return 2 * side <= x < shape[1] - 2 * side and 2 * side <= y < shape[0] - 2 * side
+
+
+def find_markers(gray: np.ndarray) -> list[tuple[float, float, float]]:
+    """Double-square corner markers found without the page code: ``(x, y, square side)`` in image px (gray or
+    BGR image).
+
+    Dark solid squares (against the local paper) are paired when two of a similar size touch at a corner
+    (centres one diagonal apart), at any rotation; the pinch where they touch is opened by eroding."""
+    gray = _gray(gray)
+    f = min(1.0, WORK_SIDE / max(gray.shape[:2]))
+    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    long_side = max(small.shape[:2])
+    block = max(31, long_side // 15) | 1
+    ink = cv2.adaptiveThreshold(small, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, block, 30)
+    found: list[tuple[float, float, float]] = []
+    kernel = np.ones((3, 3), np.uint8)
+    for erosions in range(3):
+        mask = cv2.erode(ink, kernel, iterations=erosions) if erosions else ink
+        n, labels, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=4)
+        x, y, w, h, area = (stats[1:, k] for k in range(5))
+        keep = (
+            (area >= 12)
+            & (np.maximum(w, h) <= long_side * 0.05)
+            & (area >= 0.45 * w * h)
+            & (np.maximum(w, h) <= 1.6 * np.minimum(w, h))
+        )
+        squares = []
+        for i in np.flatnonzero(keep) + 1:
+            bx, by, bw, bh, a = stats[i]
+            pts = np.argwhere(labels[by : by + bh, bx : bx + bw] == i)[:, ::-1].astype(np.float32)
+            (_, (rw, rh), _) = cv2.minAreaRect(pts)
+            rw, rh = rw + 1, rh + 1  # pixel extents, not centre to centre
+            if a >= 0.8 * rw * rh and max(rw, rh) <= 1.35 * min(rw, rh):
+                squares.append((*cents[i], float(np.sqrt(a))))
+        if len(squares) > 400:  # a texture, not a page
+            continue
+        for i, a in enumerate(squares):
+            for b in squares[i + 1 :]:
+                side = (a[2] + b[2]) / 2
+                d = float(np.hypot(a[0] - b[0], a[1] - b[1]))
+                if abs(a[2] - b[2]) <= 0.3 * side and 1.2 * side <= d <= 1.9 * side:
+                    m = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, side + erosions)
+                    if all(np.hypot(m[0] - o[0], m[1] - o[1]) > 2 * o[2] for o in found):
+                        found.append(m)
+    return [(x / f, y / f, side / f) for x, y, side in found]
+
+
 def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: float = 2.0) -> Registration:
     """Register a photo (BGR or gray) to its page template, or raise ``RetakeError``."""
     if (
@@ -217,6 +270,14 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
 
         q = assess(image)
         bad = [r for r in q.reasons if r in ("blurred", "too_dark")]
+        if not bad and not tags:  # no page code: is a form there all the same (its corner markers)?
+            markers = find_markers(gray)
+            if markers:
+                inside = [m for m in markers if _inside_frame(m, gray.shape)]
+                # markers cut by the edge, or too few of them: the page is not in the frame; all four well
+                # inside: the page is there but its code cannot be seen (covered)
+                bad = ["covered"] if len(inside) >= 4 and len(markers) == len(inside) else ["not_in_frame"]
+                q.metrics["markers_without_tag"] = len(markers)
         raise RetakeError(bad or (["unknown_form"] if tags else ["no_form"]), metrics=q.metrics)
     src = np.array(page.tag_corners, np.float64)
     hmm, _ = cv2.findHomography(src, corners)
@@ -248,6 +309,9 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         inks.append(ink)
         # the marker found at `fine` under hmm is really at `pt`: refit with everything known
         found[i] = tuple(cv2.perspectiveTransform(np.float64([[fine]]), hmm)[0, 0])
+        fx, fy = found[i]
+        if not (margin <= fx < w_img - margin and margin <= fy < h_img - margin):  # the marker is cut
+            raise RetakeError(["not_in_frame"], page=page)
         mm_pts = np.array([page.tag_corners[k] for k in range(4)] + [page.marker_points[k] for k in found])
         px_pts = np.vstack([corners, np.array([found[k] for k in found])])
         if len(found) >= 4:  # markers only: far apart, most precise

@@ -503,6 +503,13 @@ def _hand(img: np.ndarray, rng: np.random.Generator, hmm: np.ndarray, page: Page
         cv2.line(img, (int(cx), int(cy)), (int(x2), int(y2)), skin, int(18 * ppm), cv2.LINE_AA)
 
 
+def _cuts_a_marker(hmm: np.ndarray, page: PageTemplate, size: tuple[int, int]) -> bool:
+    """Some corner marker lies within one marker square of the photo's edge, or beyond it."""
+    pts = cv2.perspectiveTransform(np.float64([page.marker_points]), hmm)[0]
+    m = page.marker_square_mm * float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
+    return bool(((pts < m) | (pts >= np.array(size) - m)).any())
+
+
 def spoil(
     kind: str,
     page_img: np.ndarray,
@@ -535,15 +542,16 @@ def spoil(
                 if rng.random() < 0.5
                 else (0.0, float(side * rng.uniform(0.1, 0.2)))
             )
-        hmm = page_homography(
-            page,
-            sensor=(w, h),
-            rng=rng,
-            persp=0.01,
-            rot_deg=1.5,
-            upside_down=bool(rng.random() < 0.3),
-            shift=shift,
-        )
+        upside_down = bool(rng.random() < 0.3)
+        state = rng.bit_generator.state
+        for _ in range(10):
+            rng.bit_generator.state = state  # the same wobble, a larger shift
+            hmm = page_homography(
+                page, sensor=(w, h), rng=rng, persp=0.01, rot_deg=1.5, upside_down=upside_down, shift=shift
+            )
+            if kind != "cut_off" or _cuts_a_marker(hmm, page, (w, h)):
+                break  # a cut-off photo always loses a corner marker (a cut margin alone is still readable)
+            shift = (shift[0] * 1.2, shift[1] * 1.2)
         img, _, hmm = photograph(
             page_img,
             page,

@@ -4,8 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from inference.register import RetakeError, register
+from inference.register import REASONS, RetakeError, find_markers, register
 from inference.synth import make_sample, make_tps
+from inference.templates import load_form
 
 SCALE = 0.5  # ~2 px/mm on the page: small and fast
 TPS = make_tps(np.random.default_rng(3))
@@ -60,3 +61,45 @@ def test_any_rotation_of_the_page_is_registered():
                              borderValue=(90, 90, 90))
         reg = register(rot, min_px_per_mm=1.0)
         assert reg.page.page == 3 and reg.residual_mm < 1.0
+
+
+
+def _px(sample, points_mm) -> np.ndarray:
+    return cv2.perspectiveTransform(np.float64([points_mm]), sample.homography)[0]
+
+
+def test_a_cut_off_photo_that_lost_its_page_code_is_not_in_frame():
+    """The tag went out of the frame with part of the page: the markers still show a form, so the KPPS is told
+    to centre the page (not_in_frame), not that there is no form."""
+    s = make_sample(10, 2, scale=SCALE, tps=TPS, spoiled="cut_off")
+    with pytest.raises(RetakeError) as exc:
+        register(s.image, min_px_per_mm=1.5)
+    assert exc.value.reasons == ("not_in_frame",)
+    assert exc.value.metrics["markers_without_tag"] >= 1  # markers found without the tag
+    assert "tidak masuk seluruhnya" in REASONS["not_in_frame"]
+    # a field photo cut just past the page code: the half with the tag is gone
+    full = make_sample(11, 3, condition="field", scale=SCALE, tps=TPS)
+    tag_x = _px(full, load_form().pages[3].tag_corners)[:, 0]
+    keep_left = tag_x.mean() > full.image.shape[1] / 2
+    cut = full.image[:, : int(tag_x.min()) - 5] if keep_left else full.image[:, int(tag_x.max()) + 5 :]
+    with pytest.raises(RetakeError) as exc:
+        register(np.ascontiguousarray(cut), min_px_per_mm=1.5)
+    assert exc.value.reasons == ("not_in_frame",)
+
+
+def test_a_page_whose_code_is_hidden_is_covered_and_markers_are_found_without_it():
+    page = load_form().pages[1]
+    s = make_sample(12, 1, condition="clean", scale=SCALE, tps=TPS)
+    true = _px(s, page.marker_points)
+    got = np.array([m[:2] for m in find_markers(s.image)])
+    assert len(got) == 4
+    assert max(np.hypot(*(got - t).T).min() for t in true) < 4 * s.px_per_mm  # each within 4 mm
+    img = s.image.copy()
+    tag = _px(s, page.tag_corners)
+    centre, side = tag.mean(axis=0), np.ptp(tag, axis=0).max()
+    paper = tuple(int(v) for v in np.median(img[int(centre[1] + side): int(centre[1] + 2 * side),
+                                                  int(centre[0] - side): int(centre[0] + side)], axis=(0, 1)))
+    cv2.circle(img, tuple(int(v) for v in centre), int(side * 0.9), paper, -1)  # a sticker over the code
+    with pytest.raises(RetakeError) as exc:
+        register(img, min_px_per_mm=1.5)
+    assert exc.value.reasons == ("covered",)
