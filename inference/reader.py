@@ -244,31 +244,36 @@ def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> _Join
     for r in rules:
         idx = tuple(pos[f] for f in r.fields)
         due.setdefault(max(idx), []).append((r, idx))
-    holds = rules_mod.holds_values
-    beam: list[tuple[float, tuple]] = [(1.0, ())]
+    holds, prior = rules_mod.holds_values, rules_mod.prior_values
+    beam: list[tuple[float, tuple, float]] = [(1.0, (), 1.0)]  # (mass with priors, reading, mass without)
     dropped = 0.0
     for i, c in enumerate(cands):
         nxt = []
         checks = due.get(i, ())
+        weighs = [(r, idx) for r, idx in checks if r.kind == "date" and r.usual]
         options = list(zip(c.values, c.probs, strict=True))
-        for p, assign in beam:
+        for p, assign, raw in beam:
             for v, pv in options:
                 a = assign + (v,)
                 if all(holds(r, [a[j] for j in idx]) is True for r, idx in checks):
-                    nxt.append((p * pv, a))
+                    w = pv
+                    for r, idx in weighs:
+                        w *= prior(r, [a[j] for j in idx])
+                    nxt.append((p * w, a, raw * pv))
         nxt.sort(key=lambda t: -t[0])
         keep = min(BEAM, len(nxt))
         if nxt:
             floor = nxt[0][0] * PRUNE
             while keep > 1 and nxt[keep - 1][0] < floor:
                 keep -= 1
-        dropped += sum(p for p, _ in nxt[keep:])
+        dropped += sum(t[0] for t in nxt[keep:])
         beam = nxt[:keep]
         if not beam:
             break
-    z = sum(p for p, _ in beam)
+    z = sum(t[0] for t in beam)
+    z_raw = sum(t[2] for t in beam)  # the same readings without the priors: their share of the boxes' mass
     post: dict[str, dict] = {n: {} for n in names}
-    for p, a in beam:
+    for p, a, _ in beam:
         for n, v in zip(names, a, strict=True):
             post[n][v] = post[n].get(v, 0.0) + p
     # Mass never enumerated: a field's valid readings beyond its candidates. Where the field sits in a sum
@@ -285,8 +290,8 @@ def _joint(fields: list[Field], cands: list[_Candidates], rules: tuple) -> _Join
     for n, c in zip(names, cands, strict=True):
         share = min(1.0, sum(alt[m] for m in mates[n])) if mates[n] else 1.0
         by_field[n] = c.rest * share
-    best = beam[0] if beam else (0.0, ())
-    slips, slips_by = _slip_mass(fields, cands, rules, best[1], best[0], z)
+    best = beam[0] if beam else (0.0, (), 0.0)
+    slips, slips_by = _slip_mass(fields, cands, rules, best[1], best[0], z_raw, best[2])
     return _Joint(best[1], best[0], post, z, dropped + sum(by_field.values()), by_field, slips, slips_by)
 
 
@@ -299,7 +304,7 @@ def _slip_odds(u: int | None, v: int | None) -> float:
 
 
 def _slip_mass(fields: list[Field], cands: list[_Candidates], rules: tuple, best: tuple, best_mass: float,
-               z: float) -> tuple[float, dict[str, float]]:
+               z: float, best_raw: float) -> tuple[float, dict[str, float]]:
     """Weight of the inconsistent readings: those that differ from the best consistent reading in one number
     (each weighted by its slip odds), the rest (several numbers off) at SLIP_ODDS_FAR."""
     if not best or best_mass <= 0:
@@ -316,7 +321,7 @@ def _slip_mass(fields: list[Field], cands: list[_Candidates], rules: tuple, best
     for k, c in enumerate(cands):
         v = best[k]
         pv = c.probs[c.values.index(v)]
-        scale = best_mass / pv
+        scale, raw = best_mass / pv, best_raw / pv  # with and without the priors (date) of the best
         s = 0.0
         for u, pu in zip(c.values, c.probs, strict=True):
             if u == v:
@@ -324,10 +329,10 @@ def _slip_mass(fields: list[Field], cands: list[_Candidates], rules: tuple, best
             a = best[:k] + (u,) + best[k + 1 :]
             if all(holds(r, [a[j] for j in idx]) is True for r, idx in involved.get(k, ())):
                 continue  # consistent: already counted in Z
-            single += scale * pu
+            single += raw * pu
             s += _slip_odds(u, v) * scale * pu
         # readings beyond the candidates (counted as far slips) and the field's own breaks (blank, bubbles)
-        single += scale * (c.rest + c.invalid)
+        single += raw * (c.rest + c.invalid)
         s += SLIP_ODDS_FAR * scale * c.rest + SLIP_ODDS * scale * c.invalid
         by_field[names[k]] = s
         total += s

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from inference.templates import FORMS_DIR, Rule, TemplateError
 
-__all__ = ["holds", "holds_values", "check", "TpsRule", "load_tps_rules", "check_values"]
+__all__ = ["holds", "holds_values", "prior_values", "check", "TpsRule", "load_tps_rules", "check_values"]
 
 Values = Mapping[str, int | None]
 
@@ -45,6 +45,18 @@ def holds_values(rule: Rule, got: list[int | None]) -> bool | None:
     if rule.kind == "date":
         return _date_within(got[0], got[1], got[2], rule.start, rule.end)
     return got[0] <= got[1]
+
+
+def prior_values(rule: Rule, got: list[int | None]) -> float:
+    """Prior weight of a reading that satisfies ``rule``: ``unusual_odds`` for a date rule's reading that is
+    not one of its ``usual`` dates, else 1."""
+    if rule.kind != "date" or not rule.usual or any(v is None for v in got):
+        return 1.0
+    return 1.0 if _iso(got[0], got[1], got[2]) in rule.usual else rule.unusual_odds
+
+
+def _iso(day: int, month: int, year: int) -> str:
+    return f"{year:04d}-{month:02d}-{day:02d}"
 
 
 @lru_cache(maxsize=4096)

@@ -75,7 +75,9 @@ class Field:
 @dataclass(frozen=True)
 class Rule:
     """``sum``: sum(terms) == total; ``le``: left <= right; ``date``: the numbers ``day``, ``month``,
-    ``year`` form a calendar date within ``start``..``end`` (ISO dates, e.g. the count of one election).
+    ``year`` form a calendar date within ``start``..``end`` (ISO dates, e.g. the count of one election);
+    ``usual`` dates (e.g. polling day and the day after) are the expected ones: a reading of another date in
+    the span weighs ``unusual_odds`` against them (a prior, never a reason to override clear boxes).
 
     ``when="any_filled"``: checked only when some term is written (empty terms count as 0)."""
 
@@ -92,6 +94,8 @@ class Rule:
     year: str = ""
     start: str = ""
     end: str = ""
+    usual: tuple[str, ...] = ()
+    unusual_odds: float = 1.0
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -228,6 +232,18 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
                     from None
         if span[0] > span[1]:
             raise TemplateError(f"{where}: 'start' {span[0]} is after 'end' {span[1]}")
+        usual = []
+        for text in d.get("usual", []):
+            try:
+                day = datetime.date.fromisoformat(str(text))
+            except ValueError:
+                raise TemplateError(f"{where}: 'usual' dates must be ISO dates, got {text!r}") from None
+            if not span[0] <= day <= span[1]:
+                raise TemplateError(f"{where}: usual date {day} is outside {span[0]}..{span[1]}")
+            usual.append(day.isoformat())
+        odds = d.get("unusual_odds", 1.0)
+        if not isinstance(odds, int | float) or not 0 < odds <= 1:
+            raise TemplateError(f"{where}: 'unusual_odds' must be a number in (0, 1], got {odds!r}")
         rule = Rule(
             name=name,
             kind=kind,
@@ -237,6 +253,8 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
             year=_need(d, "year", str, where),
             start=span[0].isoformat(),
             end=span[1].isoformat(),
+            usual=tuple(usual),
+            unusual_odds=float(odds),
         )
     else:
         rule = Rule(

@@ -116,13 +116,21 @@ def why(pages: list[dict]) -> dict:
                 boxes.append(_top(pr))
             detail.append(f"{name}={got['value']}({got['confidence']}) truth={truth} "
                           f"bubbles={got.get('bubbles')} [{' | '.join(boxes)}]")
-        head = f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])}: "
+        pc = (ev or {}).get("page_confidence")
+        head = f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])} (page {pc:.5f}): " if pc \
+            is not None else f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])}: "
         lines.append(head + "; ".join(detail))
     return {"pages": sum(p["status"] != "ok" for p in pages), "by_code": by_code,
             "by_condition": by_cond,
             "by_field": dict(sorted(by_field.items(), key=lambda kv: -kv[1])),
             "confusions_truth_to_top": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
             "pages_detail": lines}
+
+
+def expected_silent(pages: list[dict]) -> float:
+    """Silent errors per page that the reader's posteriors expect: sum of 1 - page posterior over ok pages."""
+    ok = [1.0 - (p["evidence"] or {}).get("page_confidence", 1.0) for p in pages if p["status"] == "ok"]
+    return sum(ok) / max(1, len(pages))
 
 
 def _truth_digits(value: int | None, n: int) -> list[int | None]:
@@ -236,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "pages_ok_pct_no_slip": share(sum(p["status"] == "ok" for p in normal_noslip), len(normal_noslip)),
         "pages_ok_pct_all": share(sum(p["status"] == "ok" for p in normal), len(normal)),
         "silent_errors": len(silent),
+        # what the reader's own page posteriors expect: sum of P(a number is wrong) over the accepted pages
+        "expected_silent_per_page": float(f"{expected_silent(normal):.2e}"),
         "silent_error_pages": [f"tps{p['tps']}-p{p['page']}:{','.join(p['wrong'])}" for p in silent][:20],
         "slips": len(slips), "slips_flagged_pct": share(sum(r["status"] != "ok" for r in slips), len(slips)),
         "spoiled": len(spoiled),

@@ -326,9 +326,11 @@ def page3(rects) -> tuple[list[dict], list[dict]]:
             "year": "tahun",
             "start": "2024-02-14",
             "end": "2024-03-31",
+            "usual": ["2024-02-14", "2024-02-15"],
+            "unusual_odds": 0.05,
             "label": "Tanggal dalam masa penghitungan suara Pemilu 2024 (14 Februari - 31 Maret 2024)",
             "note": "Hari pemungutan suara 14 Februari 2024; penghitungan dapat berlanjut ke 15 Februari; "
-            "PSU/PSL/PSS sesudahnya.",
+            "PSU/PSL/PSS (sedikit TPS) sesudahnya: tanggal lain berbobot 0,05.",
         },
     ]
     return fields, rules

@@ -151,6 +151,12 @@ def test_date_rule():
     assert rules.holds(date, {"tanggal": 15, "bulan": 2, "tahun": 2024}) is True
     assert rules.holds(date, {"tanggal": 30, "bulan": 2, "tahun": 2024}) is False  # no such day
     assert rules.holds(date, {"tanggal": 15, "bulan": None, "tahun": 2024}) is None
+    # polling day and the day after are the usual dates: a doubt towards another date is settled ...
+    fields, _, _, status = _decide(_Probs({**GOOD, "tanggal": 15}).doubt("tanggal", 1, 6, 0.01))
+    assert status == "ok" and fields["tanggal"]["value"] == 15
+    # ... but a clearly written other date in the period (a re-vote, PSU) is read as written
+    fields, _, _, status = _decide(_Probs({**GOOD, "tanggal": 24}))
+    assert status == "ok" and fields["tanggal"]["value"] == 24
 
 
 def test_uncertain_digit_without_rule_is_review():
