@@ -448,6 +448,7 @@ class PageReader:
         self.form = load_form(form) if isinstance(form, str) else form
         self.confidence = float(confidence)
         self.max_error = float(max_error)
+        self._terms: dict = {}
         self.min_px_per_mm = float(min_px_per_mm)
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -552,7 +553,7 @@ class PageReader:
         lap("decide", t)
         timing["total"] = round((time.perf_counter() - t0) * 1000, 1)
         evidence = {"boxes": [(bc.field, bc.box) for bc in crops], "probs": probs, "labels": labels,
-                    "bubbles": bubbles, "page_confidence": page_conf}
+                    "bubbles": bubbles, "page_confidence": page_conf, "posterior_terms": self._terms}
         return PageReading(
             name,
             page.form,
@@ -610,6 +611,12 @@ class PageReader:
                            + joint.slips_by_field.get(f.name, 0.0))
                 conf[f.name] = max(0.0, 1.0 - against / denom) if denom > 0 else 0.0
         page_conf = 0.0 if slip else joint.posterior()
+        self._terms = {  # what the page posterior is made of (for the benchmark's explanations)
+            "other_readings": (joint.consistent - joint.best_mass) / denom if denom > 0 else 0.0,
+            "unexplored": joint.unexplored / denom if denom > 0 else 0.0,
+            "slips": joint.slips / denom if denom > 0 else 0.0,
+            "slip_shown": slip,
+        }
         checks = rules_mod.check(page.rules, values)
         failed = [ch for ch in checks if ch["ok"] is False]
         empty = [f.name for f in page.fields if f.required and values[f.name] is None]

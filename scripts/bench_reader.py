@@ -78,13 +78,16 @@ def _top(p: np.ndarray, k: int = 2) -> str:
 
 
 def why(pages: list[dict]) -> dict:
-    """Why slip-free, unspoiled pages were not accepted: counts by reason code, by (code, field or rule),
-    by condition, the confusions (written -> model's top class) of the boxes in question, and one line per
-    page with every flagged, wrong or doubtful field: value (confidence), truth, top-2 per box (E = empty)."""
+    """Why slip-free, unspoiled pages were not accepted: counts by reason code, by kind (the written page
+    breaks a rule as read; or the doubt in the page posterior is mostly other rule-consistent readings,
+    readings never enumerated, or slips the boxes cannot exclude), by (code, field or rule), by condition,
+    the confusions (written -> model's top class) of the boxes in question, and one line per page with every
+    flagged, wrong or doubtful field: value (confidence), truth, top-2 per box (E = empty)."""
     by_code: dict[str, int] = {}
     by_field: dict[str, int] = {}
     by_cond: dict[str, dict[str, int]] = {}
     confusions: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
     lines = []
     for pg in pages:
         if pg["status"] == "ok":
@@ -116,11 +119,19 @@ def why(pages: list[dict]) -> dict:
                 boxes.append(_top(pr))
             detail.append(f"{name}={got['value']}({got['confidence']}) truth={truth} "
                           f"bubbles={got.get('bubbles')} [{' | '.join(boxes)}]")
+        terms = (ev or {}).get("posterior_terms") or {}
+        if terms.get("slip_shown"):
+            kind = "written page breaks a rule (confident misread or slip)"
+        elif terms:
+            kind = "doubt: " + max(("other_readings", "unexplored", "slips"), key=lambda k: terms[k])
+        else:
+            kind = "?"
+        by_kind[kind] = by_kind.get(kind, 0) + 1
         pc = (ev or {}).get("page_confidence")
         head = f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])} (page {pc:.5f}): " if pc \
             is not None else f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])}: "
         lines.append(head + "; ".join(detail))
-    return {"pages": sum(p["status"] != "ok" for p in pages), "by_code": by_code,
+    return {"pages": sum(p["status"] != "ok" for p in pages), "by_code": by_code, "by_kind": by_kind,
             "by_condition": by_cond,
             "by_field": dict(sorted(by_field.items(), key=lambda kv: -kv[1])),
             "confusions_truth_to_top": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
@@ -274,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if "why" in result:
             w = result["why"]
             print(f"\nwhy not ok (slip-free, unspoiled pages): {w['pages']}")
-            for k in ("by_code", "by_condition", "by_field", "confusions_truth_to_top"):
+            for k in ("by_code", "by_kind", "by_condition", "by_field", "confusions_truth_to_top"):
                 print(f"  {k:24s} {w[k]}")
             for line in w["pages_detail"]:
                 print("  " + line)
