@@ -155,6 +155,41 @@ def _sym(label: int | None) -> str:
     return "lead" if label is None else "E" if label == 10 else str(label)
 
 
+def generator_cache(root: Path, scale: float) -> Path:
+    """Folder for photos of this generator version: a hash of its sources and of the form templates."""
+    import hashlib
+
+    base = Path(__file__).resolve().parents[1] / "inference"
+    h = hashlib.sha1(f"scale={scale}".encode())
+    for f in sorted([*base.glob("synth.py"), *base.glob("handwriting.py"), *base.glob("render.py"),
+                     *base.glob("forms/**/*.json")]):
+        h.update(f.name.encode() + f.read_bytes())
+    path = root / h.hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached_sample(cache: Path | None, seed: int, page: int, **kw):
+    """``make_sample`` through the cache: the photo is stored as the generator's JPEG, whose decoding is
+    exactly the image the generator returns."""
+    if cache is None:
+        return make_sample(seed, page, **kw)
+    import hashlib
+    import pickle
+    from types import SimpleNamespace
+
+    key = hashlib.sha1(repr((seed, page, sorted(kw.items()))).encode()).hexdigest()[:20]
+    path = cache / f"{seed}-{page}-{key}.pkl"
+    if path.is_file():
+        d = pickle.loads(path.read_bytes())
+        img = cv2.imdecode(np.frombuffer(d["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+        return SimpleNamespace(image=img, **d)
+    s = make_sample(seed, page, **kw)
+    d = {"jpeg": s.jpeg, "written": s.written, "bubbles": s.bubbles, "page": s.page}
+    path.write_bytes(pickle.dumps(d))
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tps", type=int, default=300, help="number of generated TPS (3 pages each)")
@@ -165,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--why", action="store_true",
                     help="why slip-free pages are not ok: reasons, fields, conditions, box probabilities")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep generated photos here (JPEG + truth), keyed by the generator's source and "
+                    "templates: a rerun reads the very same photos without generating them again")
+    ap.add_argument("--generate-only", action="store_true", help="only fill --cache, read nothing")
     ap.add_argument("--dump", type=Path, default=None,
                     help="pickle every page's box probabilities, bubbles and truth (to replay decisions)")
     args = ap.parse_args(argv)
@@ -179,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict[str, list[float]] = {}
     base = {"pages": 0, "correct": 0, "ms": []}
     tmp = Path(tempfile.mkdtemp(prefix="bench_reader_"))
+    cache = generator_cache(args.cache, args.scale) if args.cache else None
     t_start = time.time()
     spoil_i = 0
     for i in range(args.tps):
@@ -191,8 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             if rng.random() < 0.05:
                 spoiled = SPOILS[spoil_i % len(SPOILS)]
                 spoil_i += 1
-            s = make_sample(args.seed * 10000 + i * 10 + p, p, condition=cond, scale=args.scale, tps=tps,
-                            spoiled=spoiled)
+            s = cached_sample(cache, args.seed * 10000 + i * 10 + p, p, condition=cond, scale=args.scale,
+                              tps=tps, spoiled=spoiled)
+            if args.generate_only:
+                continue
             r = reader.read(s.image, name=f"tps{i}-p{p}")
             readings.append(r)
             for k, v in r.timing_ms.items():
@@ -221,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json and (i + 1) % 25 == 0:
             print(f"  {i + 1}/{args.tps} TPS, {time.time() - t_start:.0f} s", file=sys.stderr, flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
+    if args.generate_only:
+        print(f"generated {args.tps} TPS into {cache} in {time.time() - t_start:.0f} s", file=sys.stderr)
+        return 0
     if args.dump:
         import pickle
 
