@@ -388,8 +388,11 @@ def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[lis
 
 
 # ----------------------------------------------------------------------------------------------- crops ---
-def _box_visible(crop: np.ndarray, ppm: float) -> tuple[bool, bool]:
-    """(border visible on at least 3 sides, washed out by glare) for a box crop cut with CROP_MARGIN_MM."""
+def _box_visible(crop: np.ndarray, ppm: float, *, grey_border: bool = False) -> tuple[bool, bool]:
+    """(border visible on at least 3 sides, washed out by glare) for a box crop cut with CROP_MARGIN_MM.
+
+    ``grey_border``: the box is printed in the form's light grey (row-sum cells, 0.53 mm), which keeps only
+    ~20-35 grey levels of contrast at 2.4 px/mm against ~90-150 for the black borders."""
     c = crop.astype(np.float32)
     h, w = c.shape
     m = CROP_MARGIN_MM * ppm
@@ -404,8 +407,27 @@ def _box_visible(crop: np.ndarray, ppm: float) -> tuple[bool, bool]:
         c[max(0, int(m) - band) : int(m) + band + 1, lo_x:hi_x].min(axis=0),
         c[max(0, int(h - m) - band - 1) : int(h - m) + band, lo_x:hi_x].min(axis=0),
     ]
-    visible = sum(float(np.median(s)) < paper - 30 for s in sides if s.size)
+    min_contrast = 12.0 if grey_border else 30.0
+    visible = sum(float(np.median(s)) < paper - min_contrast for s in sides if s.size)
     return visible >= 3, glare
+
+
+_GREY_BORDERED: dict[tuple[str, int], frozenset[str]] = {}
+
+
+def _grey_bordered_fields(page: PageTemplate) -> frozenset[str]:
+    """Fields whose boxes are printed in light grey (the form's look data, ``look.json``)."""
+    key = (page.form, page.page)
+    if key not in _GREY_BORDERED:
+        from inference.render import INK, page_style
+
+        try:
+            style = page_style(page)
+        except (OSError, ValueError):  # no look data: every border black, as before
+            _GREY_BORDERED[key] = frozenset()
+        else:
+            _GREY_BORDERED[key] = frozenset(n for n, b in style.boxes.items() if b.border > INK + 80)
+    return _GREY_BORDERED[key]
 
 
 def ink_extent_mm(crop: np.ndarray, ppm: float) -> float:
@@ -517,8 +539,9 @@ class PageReader:
         crops = self._cut(gray, reg)
         ppm = self._crop_ppm(reg)
         hidden, glared = [], []
+        grey = _grey_bordered_fields(page)
         for bc in crops:
-            vis, gl = _box_visible(bc.crop, ppm)
+            vis, gl = _box_visible(bc.crop, ppm, grey_border=bc.field in grey)
             if not vis:  # a box whose printed border cannot be seen: washed out by glare, or covered
                 (glared if gl else hidden).append(bc.field)
         t = lap("cut", t)
