@@ -180,6 +180,7 @@ class Courier:
         self._started_at = time.time()
         self._kicked = False
         self._heartbeat_now = False
+        self._counters = {"mqtt_messages": 0, "envelopes": 0}  # outbox rows published, and in how many
 
     @classmethod
     def from_config(cls, cfg, *, signing_key=None, password: str | None = None, **overrides) -> Courier:
@@ -369,6 +370,16 @@ class Courier:
                 "broker": self.broker_url,
             }
 
+    def delivery_counters(self) -> dict:
+        """Outbox messages published since start (``envelopes``) and the MQTT messages that carried them
+        (``mqtt_messages``; fewer when packs were used). Resends count again."""
+        with self._lock:
+            return dict(self._counters)
+
+    def unacked_count(self) -> int:
+        """Messages still waiting for the collector's ack (cheap enough to poll)."""
+        return self._outbox.unacked_count()
+
     def is_alive(self) -> bool:
         """True while the link thread runs (the kit's watchdog gate asks this before each ping)."""
         thread = self._thread
@@ -449,7 +460,8 @@ class Courier:
 class _Session:
     """One MQTT connection: a fresh paho client, a pass over the outbox, flushes of sent/acked states."""
 
-    FLUSH_INTERVAL_S = 0.1
+    FLUSH_INTERVAL_S = 0.1  # acks are recorded at least this often, and at once when nothing is in flight
+    SENT_AFTER_S = 0.5  # a PUBACKed row is recorded 'sent' only if its collector ack has not come by then
     PROBE_FIRST_S = 1.0
     PROBE_TRIES = 4
     FLUSH_BATCH = 500
@@ -462,9 +474,9 @@ class _Session:
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
         self.last_published: dict[str, float] = {}
-        self.pending_sent: list[str] = []
+        self.pending_sent: list[tuple[float, tuple[str, ...]]] = []  # (PUBACK time, ids), oldest first
         self.pending_acked: list[str] = []
-        self.first_pending_at: float | None = None
+        self.first_pending_at: float | None = None  # when the oldest unrecorded ack came
         self.connack: object | None = None
         self.connected = False
         self.work_gen = -1
@@ -520,8 +532,7 @@ class _Session:
             what = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} packed with it)"
             self.c._set_error(f"broker refused message {what}: {reason_code} (check the kit's ACL)")
             return
-        self.pending_sent.extend(ids)
-        self._note_pending()
+        self.pending_sent.append((time.monotonic(), ids))
 
     def _note_pending(self) -> None:
         if self.first_pending_at is None:
@@ -608,7 +619,7 @@ class _Session:
                 log.warning("lost connection to %s", c.broker_url)
                 self._close(client)
                 return
-            self._flush()
+            self._flush(idle=not self.inflight)
             self._housekeeping(client)
             c._wake.clear()
 
@@ -681,6 +692,9 @@ class _Session:
         payload = first.payload if len(group) == 1 else payloads.pack([r.payload for r in group])
         info = client.publish(first.topic, payload, qos=1, retain=first.retain)
         ids = tuple(r.id for r in group)
+        with self.c._lock:
+            self.c._counters["mqtt_messages"] += 1
+            self.c._counters["envelopes"] += len(ids)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             self.c._set_error(f"publish of {ids[0]} failed: {mqtt.error_string(info.rc)}")
         for i in ids:
@@ -700,25 +714,40 @@ class _Session:
         if not only_overdue:
             self.last_published.clear()
 
-    def _flush(self, *, force: bool = False) -> None:
-        if self.first_pending_at is None:
+    def _flush(self, *, force: bool = False, idle: bool = False) -> None:
+        """Record delivery states in one outbox transaction.
+
+        Acks are written when FLUSH_BATCH are waiting, FLUSH_INTERVAL_S after the oldest, at once when
+        nothing is in flight, and at the end of the session. A PUBACKed row is written ``sent`` only if
+        its ack has not come SENT_AFTER_S after the PUBACK (while a backlog drains most rows go from
+        ``queued`` straight to ``acked``: one write per row instead of two).
+        """
+        now = time.monotonic()
+        acked = self.pending_acked
+        due_acks = bool(acked) and (
+            force
+            or idle
+            or len(acked) >= self.FLUSH_BATCH
+            or now - self.first_pending_at >= self.FLUSH_INTERVAL_S
+        )
+        due_sent = bool(self.pending_sent) and (force or self.pending_sent[0][0] <= now - self.SENT_AFTER_S)
+        if not (due_acks or due_sent):
             return
-        n = len(self.pending_sent) + len(self.pending_acked)
-        if (
-            not force
-            and n < self.FLUSH_BATCH
-            and time.monotonic() - self.first_pending_at < self.FLUSH_INTERVAL_S
-        ):
-            return
-        sent, acked = self.pending_sent, self.pending_acked
-        self.pending_sent, self.pending_acked, self.first_pending_at = [], [], None
+        self.pending_acked, self.first_pending_at = [], None
+        done = set(acked)
+        cutoff = now - self.SENT_AFTER_S
+        sent: list[str] = []
+        keep: list[tuple[float, tuple[str, ...]]] = []
+        for t, ids in self.pending_sent:
+            if force or t <= cutoff:
+                sent.extend(i for i in ids if i not in done)
+            else:
+                rest = tuple(i for i in ids if i not in done) if done else ids
+                if rest:
+                    keep.append((t, rest))
+        self.pending_sent = keep
         try:
-            now = time.time()
-            if acked:  # acked in the same flush: one update instead of two
-                done = set(acked)
-                sent = [i for i in sent if i not in done]
-            self.outbox.mark_sent(sent, at=now)
-            self.outbox.mark_acked(acked, at=now)
+            self.outbox.record(sent=sent, acked=acked, at=time.time())
         except Exception as exc:  # noqa: BLE001 - states are re-derived from resends and acks
             self.c._set_error(f"cannot record delivery states: {exc}")
 

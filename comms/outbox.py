@@ -18,8 +18,8 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlite_utils
 
@@ -42,8 +42,9 @@ class OutboxFull(Exception):
         self.needed, self.used, self.max_bytes = needed, used, max_bytes
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
+    """One unacked message as the link reads it (immutable; a tuple, cheap to build)."""
+
     id: str
     seq: int
     kind: str
@@ -264,16 +265,37 @@ class Outbox:
             )
             return seq
 
-    def _update_many(self, sql: str, params: Iterable[tuple]) -> int:
-        params = list(params)
-        if not params:
+    _SENT_SQL = (
+        f"UPDATE {TABLE} SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
+        "WHERE state = 'queued' AND id IN ({})"
+    )
+    _ACKED_SQL = (
+        f"UPDATE {TABLE} SET state = 'acked', acked_at = ?, sent_at = COALESCE(sent_at, ?) "
+        "WHERE state != 'acked' AND id IN ({})"
+    )
+    _IN_CHUNK = 500  # ids per statement (below every SQLite build's variable limit)
+
+    def _update(self, sql: str, at: float, ids: list[str], *, twice: bool = False) -> int:
+        changed = 0
+        for i in range(0, len(ids), self._IN_CHUNK):
+            part = ids[i : i + self._IN_CHUNK]
+            args = [at, at, *part] if twice else [at, *part]
+            changed += self._conn.execute(sql.format(",".join("?" * len(part))), args).rowcount
+        return changed
+
+    def record(self, *, sent: Iterable[str] = (), acked: Iterable[str] = (), at: float | None = None) -> int:
+        """Record delivery states in one transaction: *sent* (broker PUBACK; only queued rows change)
+        and *acked* (the collector stored them). Returns the number of rows changed."""
+        sent, acked = list(sent), list(acked)
+        if not sent and not acked:
             return 0
+        at = at if at is not None else time.time()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                before = self._conn.total_changes
-                self._conn.executemany(sql, params)
-                changed = self._conn.total_changes - before
+                changed = self._update(self._SENT_SQL, at, sent) if sent else 0
+                if acked:
+                    changed += self._update(self._ACKED_SQL, at, acked, twice=True)
                 self._conn.execute("COMMIT")
                 return changed
             except BaseException:
@@ -282,21 +304,11 @@ class Outbox:
 
     def mark_sent(self, ids: Iterable[str], *, at: float | None = None) -> int:
         """The broker has these (PUBACK). Only queued rows change."""
-        at = at if at is not None else time.time()
-        return self._update_many(
-            f"UPDATE {TABLE} SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
-            "WHERE id = ? AND state = 'queued'",
-            ((at, i) for i in ids),
-        )
+        return self.record(sent=ids, at=at)
 
     def mark_acked(self, ids: Iterable[str], *, at: float | None = None) -> int:
         """The collector stored these (end-to-end ack)."""
-        at = at if at is not None else time.time()
-        return self._update_many(
-            f"UPDATE {TABLE} SET state = 'acked', acked_at = ?, sent_at = COALESCE(sent_at, ?) "
-            "WHERE id = ? AND state != 'acked'",
-            ((at, at, i) for i in ids),
-        )
+        return self.record(acked=ids, at=at)
 
     def purge(self, *, now: float | None = None) -> int:
         """Delete acked rows older than the retention period."""
@@ -318,7 +330,7 @@ class Outbox:
                 "WHERE o.state != 'acked' AND o.priority = ? AND o.seq > ? ORDER BY o.seq LIMIT ?",
                 (priority, after_seq, limit),
             ).fetchall()
-        return [Row(r[0], r[1], r[2], r[3], bytes(r[4]), bool(r[5]), r[6], r[7]) for r in rows]
+        return [Row(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
     def unacked(self) -> Iterator[Row]:
         """Every unacked row in delivery order (priority, seq)."""
@@ -330,6 +342,11 @@ class Outbox:
                     break
                 yield from rows
                 after = rows[-1].seq
+
+    def unacked_count(self) -> int:
+        """Messages not yet acked by the collector (cheap: counts the pending index only)."""
+        with self._lock:
+            return self._conn.execute(f"SELECT COUNT(*) FROM {TABLE} WHERE state != 'acked'").fetchone()[0]
 
     def has_stale_sent(self, *, older_than: float) -> bool:
         with self._lock:
