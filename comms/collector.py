@@ -58,10 +58,10 @@ class Collector:
         client_id: str | None = None,
         protocol: str = "mqtt5",
         session_expiry_s: int = 86400,
-        batch_max: int = 500,
+        batch_max: int = 2000,
         batch_wait_s: float = 0.005,
         reconnect_max_s: int = 2,
-        verify_threads: int = 2,
+        verify_threads: int = 0,
         ack_key=None,
     ):
         from comms.courier import parse_broker_url
