@@ -2,8 +2,9 @@
 """Benchmark the int8 digit classifier (and tesseract side by side) on held-out data; not run in CI.
 
 Sets: held-out MNIST test split (borderless crops, never trained on), held-out synthetic boxes (a seed the
-training never used; field conditions), and box crops cut by the page reader from generated photos
-(``inference.reader.PageReader(...).box_crops(image)`` over ``inference.synth`` pages, when available).
+training never used; field conditions, and again under harder conditions), and box crops cut by the page
+reader from generated photos (``inference.reader.PageReader(...).box_crops(image)`` over ``inference.synth``
+pages, when available).
 Figures: accuracy per class and confusion matrix, expected calibration error, share of crops at or above
 the confidence threshold and their accuracy; tesseract (``--psm 10``, digit whitelist) accuracy and ms/digit
 on the same crops; speed on one thread (ms per page of --page-boxes crops in one batch, load and first
@@ -41,10 +42,11 @@ def mnist_set(cache: Path, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     return [255 - im for im in x[idx]], y[idx]
 
 
-def synthetic_set(n_per_class: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+def synthetic_set(n_per_class: int, seed: int, hard: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
+    """Held-out synthetic handwriting boxes (``hard``: wider blur, light, noise and JPEG ranges)."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(11), n_per_class)
-    return [synth_crop(int(lab), rng, mnist_pool=None, p_mnist=0.0) for lab in labels], labels
+    return [synth_crop(int(lab), rng, mnist_pool=None, p_mnist=0.0, hard=hard) for lab in labels], labels
 
 
 def reader_set(n_pages: int, seed: int) -> tuple[list[np.ndarray], np.ndarray] | str:
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     sets: dict[str, tuple[list[np.ndarray], np.ndarray]] = {
         "mnist_heldout": mnist_set(args.cache_dir, args.seed),
         "synthetic_heldout": synthetic_set(args.synthetic_per_class, args.seed + 1000),
+        "synthetic_hard_heldout": synthetic_set(args.synthetic_per_class, args.seed + 1001, hard=True),
     }
     rs = reader_set(args.reader_pages, args.seed + 2000)
     if isinstance(rs, str):
