@@ -61,7 +61,7 @@ class Collector:
         batch_max: int = 2000,
         batch_wait_s: float = 0.005,
         reconnect_max_s: int = 2,
-        verify_threads: int = 0,
+        verify_threads: int = 1,
         ack_key=None,
     ):
         from comms.courier import parse_broker_url
@@ -92,8 +92,8 @@ class Collector:
         self._conn_gen = 0
         self._client = None
         self._worker: threading.Thread | None = None
-        # 0: every check runs in the worker thread (least CPU: no GIL hand-offs); N: a pool of N threads
-        # checks packs as they arrive while the worker stores (more throughput when cores are free)
+        # The checks of a batch (Ed25519 above all) are split between the worker and N pool threads; the
+        # batch is stored after all are done (checks never overlap storing: few GIL hand-offs)
         self._threads = max(0, verify_threads)
         self._pool = (
             ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tpskit-verify")
@@ -125,13 +125,7 @@ class Collector:
             log.warning("collector disconnected from %s: %s", self.broker_url, reason_code)
 
     def _on_message(self, client, userdata, msg):
-        payload = msg.payload
-        # A pack's envelopes are checked (schema, Ed25519) by the pool as soon as it arrives, while the
-        # worker stores earlier batches; single messages are checked in batches by the worker.
-        check = None
-        if self._pool is not None and payloads.is_pack(payload):
-            check = self._pool.submit(self._check_pack, msg.topic, payload)
-        self._q.put((msg.topic, payload, msg.mid, msg.qos, self._conn_gen, check))
+        self._q.put((msg.topic, msg.payload, msg.mid, msg.qos, self._conn_gen))
 
     def start(self) -> Collector:
         from paho.mqtt.packettypes import PacketTypes
@@ -241,36 +235,42 @@ class Collector:
         registry, prefix = self._registry, self.prefix
         return [precheck(prefix, topic, env, registry) for env in envelopes]
 
-    def _check_all(self, batch: list) -> list[Checked]:
-        """Checked envelopes of the batch, in arrival order (packs unpacked in place)."""
+    def _check_msgs(self, msgs: list) -> list[Checked]:
+        """Checked envelopes of these MQTT messages, in order (packs unpacked in place). Thread-safe."""
         registry, prefix = self._registry, self.prefix
-        singles = [
-            (t, p) for t, p, _mid, _qos, _gen, check in batch if check is None and not payloads.is_pack(p)
-        ]
-        if len(singles) > 16 and self._threads > 1:
-            # one task per thread (a future per message would cost more than it saves); libsodium
-            # releases the GIL, so the signature checks of the parts run in parallel
-            step = -(-len(singles) // self._threads)
-            parts = [singles[i : i + step] for i in range(0, len(singles), step)]
-            done = iter(
-                [
-                    c
-                    for part in self._pool.map(
-                        lambda part: [precheck(prefix, t, p, registry) for t, p in part], parts
-                    )
-                    for c in part
-                ]
-            )
-        else:
-            done = iter([precheck(prefix, t, p, registry) for t, p in singles])
         out: list[Checked] = []
-        for topic, payload, _mid, _qos, _gen, check in batch:
-            if check is not None:
-                out.extend(check.result())
-            elif payloads.is_pack(payload):
+        for topic, payload, *_rest in msgs:
+            if payloads.is_pack(payload):
                 out.extend(self._check_pack(topic, payload))
             else:
-                out.append(next(done))
+                out.append(precheck(prefix, topic, payload, registry))
+        return out
+
+    def _check_all(self, batch: list) -> list[Checked]:
+        """Checked envelopes of the batch, in arrival order.
+
+        With a pool the batch is cut into contiguous parts of about equal envelope counts: the worker
+        checks the first while the pool threads check the others (libsodium releases the GIL, parsing is
+        short, so the parts run in parallel); a future per part, not per message.
+        """
+        if self._pool is None or len(batch) < 2:
+            return self._check_msgs(batch)
+        counts = [self._count(m) for m in batch]
+        total = sum(counts)
+        if total <= 16:
+            return self._check_msgs(batch)
+        share = total / (self._threads + 1)
+        parts: list[list] = [[]]
+        acc = 0
+        for msg, n in zip(batch, counts, strict=True):
+            if acc >= share * len(parts) and len(parts) <= self._threads:
+                parts.append([])
+            parts[-1].append(msg)
+            acc += n
+        futures = [self._pool.submit(self._check_msgs, part) for part in parts[1:]]
+        out = self._check_msgs(parts[0])
+        for f in futures:
+            out.extend(f.result())
         return out
 
     def _process_batch(self, store: CollectorStore, batch: list) -> None:
@@ -292,7 +292,7 @@ class Collector:
                 self.stats[out.status] += 1
                 if out.ack:
                     acks[(out.kode_wilayah, out.tps)].append(out.msg_id)
-        for _t, _p, mid, qos, gen, _check in batch:
+        for _t, _p, mid, qos, gen in batch:
             if qos > 0 and gen == self._conn_gen:
                 client.ack(mid, qos)
         for (kw, tps), ids in acks.items():

@@ -377,8 +377,12 @@ class Courier:
             return dict(self._counters)
 
     def unacked_count(self) -> int:
-        """Messages still waiting for the collector's ack (cheap enough to poll)."""
+        """Messages still waiting for the collector's ack (counts the pending index only)."""
         return self._outbox.unacked_count()
+
+    def all_acked(self) -> bool:
+        """True when the collector has acked every queued message (one index probe: cheap to poll)."""
+        return not self._outbox.has_unacked()
 
     def is_alive(self) -> bool:
         """True while the link thread runs (the kit's watchdog gate asks this before each ping)."""

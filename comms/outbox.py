@@ -348,6 +348,12 @@ class Outbox:
         with self._lock:
             return self._conn.execute(f"SELECT COUNT(*) FROM {TABLE} WHERE state != 'acked'").fetchone()[0]
 
+    def has_unacked(self) -> bool:
+        """True while any message waits for the collector's ack (one index probe: cheap to poll)."""
+        with self._lock:
+            row = self._conn.execute(f"SELECT 1 FROM {TABLE} WHERE state != 'acked' LIMIT 1").fetchone()
+        return row is not None
+
     def has_stale_sent(self, *, older_than: float) -> bool:
         with self._lock:
             return (

@@ -76,10 +76,12 @@ def test_record_many_states_in_one_transaction(tmp_path):
     ids = [f"k:{i}" for i in range(1200)]  # more than one IN-list chunk
     for i in ids:
         _add(ob, i, size=10)
-    assert ob.unacked_count() == 1200
+    assert ob.unacked_count() == 1200 and ob.has_unacked()
     assert ob.record(sent=ids[:700], acked=ids[600:1100], at=5.0) == 700 + 500
     assert ob.unacked_count() == 1200 - 500
     assert [ob.state_of(i) for i in ("k:0", "k:650", "k:1150")] == ["sent", "acked", "queued"]
     assert ob.record(acked=ids[600:1100]) == 0  # already acked: nothing changes
     assert ob.record() == 0
+    ob.record(acked=ids)
+    assert ob.unacked_count() == 0 and not ob.has_unacked()
     ob.close()
