@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -102,7 +103,17 @@ def make_mqtt_client(
         raise ValueError("a client certificate needs an mqtts:// broker url")
     if username:
         client.username_pw_set(username, password)
+    client.on_socket_open = _no_delay
     return client
+
+
+def _no_delay(client, userdata, sock) -> None:
+    """TCP_NODELAY on every (re)opened MQTT socket: a lone small message (the probe, an ack, a live
+    reading) goes out at once instead of waiting up to ~40 ms on Nagle's algorithm and delayed ACKs."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a plain TCP/TLS socket (e.g. a websocket wrapper)
+        pass
 
 
 class Courier:
@@ -175,6 +186,7 @@ class Courier:
         self._work_gen = 0
         self._lock = threading.Lock()
         self._connected = False
+        self._connected_at: float | None = None  # Unix time the current (or last) connection was accepted
         self._last_error: str | None = None
         self._last_ack_at: float | None = None
         self._started_at = time.time()
@@ -358,6 +370,7 @@ class Courier:
         with self._lock:
             return {
                 "connected": self._connected,
+                "connected_at": self._connected_at,
                 "queued": st["queued"],
                 "sent": st["sent"],
                 "acked": st["acked"],
@@ -594,6 +607,7 @@ class _Session:
         c._set_error(None)
         with c._lock:
             c._connected = True
+            c._connected_at = time.time()
         log.info("connected to %s", c.broker_url)
         try:
             client.subscribe(c.topic("ack"), qos=1)
@@ -651,7 +665,7 @@ class _Session:
         now = time.monotonic()
         for prio in (PRIORITY_NUMBERS, PRIORITY_PHOTO):
             while free > 0 and not self.exhausted[prio]:
-                limit = min(free * per_message, 2000)
+                limit = min(free * per_message, 500)  # the first pack goes out after a short read
                 rows = self.outbox.pending(priority=prio, after_seq=self.cursor[prio], limit=limit)
                 self.exhausted[prio] = len(rows) < limit
                 group: list[Row] = []
