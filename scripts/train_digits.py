@@ -608,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
         model.fit(xe, ye, batch_size=args.batch, epochs=ep + 1, initial_epoch=ep, shuffle=True, verbose=2,
                   validation_data=val if (ep + 1) % 5 == 0 or ep + 1 == args.epochs else None)
     t_train = time.time() - t0
+    if cache is not None:  # the float Keras model, for fine-tuning or ensembling later (not shipped)
+        keras_path = cache / "models" / f"digits-{args.arch}-seed{args.seed}-{int(time.time())}.keras"
+        keras_path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(keras_path)
+        print(f"  float model saved to {keras_path}", flush=True)
     float_acc = float((model.predict(f32(x_mr), batch_size=512, verbose=0).argmax(1) == my).mean())
     print(f"float model: mnist_test_raw accuracy {float_acc:.4f}", flush=True)
 
@@ -725,10 +730,10 @@ faint digits the preprocessing lost), Laplace-smoothed. In the field, where blan
 than in this mix, the true share is higher.
 
 ## Model
-Small CNN (`{meta['arch']}`: 3×3 convs {convs} with batch norm and ReLU, 2×2 max-pooling after each block,
-{head_text}), {meta['params']} parameters, full-integer int8 TFLite (int8 input with the tensor's
-scale/zero point, int8 logits), post-training quantisation with a 600-crop representative set.
-File size {meta['size_bytes']} bytes.
+Small CNN (`{meta['arch']}`): 3×3 convs {convs} with batch norm and ReLU, 2×2 max-pooling after
+each block, {head_text}; {meta['params']} parameters.
+Full-integer int8 TFLite (int8 input with the tensor's scale/zero point, int8 logits), post-training
+quantisation with a 600-crop representative set. File size {meta['size_bytes']} bytes.
 Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
 
 ## Data
@@ -750,12 +755,13 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
   ({meta['mnist_variants']} variants drawn up front, cycled): rotation ±12°, scale 0.85–1.15 with independent
   aspect, shear, translation, elastic distortion, pen width (erode/dilate), crop size 28–80 px.
 - `empty`: blank boxes, X, dash, scribble, under the same conditions.
-{reader}- {meta['train_crops']} fixed training crops plus the MNIST variants, {meta['epochs']} epochs, AdamW
-  (peak LR {meta['lr']}, 1-epoch warm-up, cosine decay, weight decay {meta['weight_decay']}), label smoothing
-  {meta['label_smoothing']}, batch 128 ({meta['train_seconds']} s on 2 shared CPU cores; data generation
-  {meta['data_seconds']} s, generated arrays cached). Float model on mnist_test_raw: \
-{100 * meta['float_mnist_test_raw_accuracy']:.2f}%. The int8 figures below were computed with
-  `tensorflow.lite`'s interpreter in the training venv; `scripts/bench_digits.py` measures with LiteRT.
+{reader}- Training: {meta['train_crops']} fixed crops plus one set of MNIST variants per epoch,
+  {meta['epochs']} epochs, batch 128, AdamW (peak LR {meta['lr']}, 1-epoch warm-up, cosine decay, weight decay
+  {meta['weight_decay']}), label smoothing {meta['label_smoothing']}; {meta['train_seconds']} s on 2 shared
+  CPU cores, data generation {meta['data_seconds']} s (generated arrays are cached by arguments and sources).
+  The float model reads {100 * meta['float_mnist_test_raw_accuracy']:.2f}% of mnist_test_raw. The int8 figures
+  below were computed with `tensorflow.lite`'s interpreter in the training venv; `scripts/bench_digits.py`
+  measures with LiteRT.
 
 ## Results (int8 model, calibrated probabilities)
 | set | n | accuracy | ECE | share ≥ 0.99 | accuracy ≥ 0.99 | errors ≥ 0.99 |
