@@ -42,6 +42,8 @@ ACK_MAX_IDS = 500  # ids per ack message (≈ 20 KB)
 class Collector:
     """Subscribes, verifies, stores in batches, PUBACKs after commit and sends end-to-end acks."""
 
+    WORKER_SHARE = 0.3  # of a batch's checks done by the worker itself when a pool thread helps
+
     def __init__(
         self,
         *,
@@ -87,6 +89,7 @@ class Collector:
             registry if isinstance(registry, dict) else load_registry(registry)
         )
         self._registry_mtime = self._registry_path.stat().st_mtime if self._registry_path else 0.0
+        self._last_reload = time.monotonic()
         self._q: queue.SimpleQueue = queue.SimpleQueue()  # C implementation: cheaper put/get per message
         self._stop = threading.Event()
         self._conn_gen = 0
@@ -192,31 +195,70 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - keep the last good registry
             log.error("kit registry not reloaded: %s", exc)
 
+    def _collect(self, *, wait: bool) -> list:
+        """The next batch from the queue: up to batch_max envelopes; with *wait*, block for the first
+        message and then wait up to batch_wait_s for more; without, take only what is already queued."""
+        try:
+            first = self._q.get(timeout=0.2) if wait else self._q.get_nowait()
+        except queue.Empty:
+            return []
+        batch = [first]
+        n = self._count(first)
+        deadline = time.monotonic() + (self.batch_wait_s if wait else 0.0)
+        while n < self.batch_max:
+            try:
+                msg = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            batch.append(msg)
+            n += self._count(msg)
+        return batch
+
     def _work(self) -> None:
+        """Batches in order. The pool checks most of the next batch while the worker stores the current
+        one; the worker then checks the rest (a pipeline of two stages on two threads)."""
         store = CollectorStore(self.db_path, prefix=self.prefix)
-        last_reload = time.monotonic()
+        current = None
         try:
             while not self._stop.is_set():
+                if current is None:
+                    batch = self._collect(wait=True)
+                    if not batch:
+                        continue
+                    current = self._start_checks(batch)
+                batch, mine, pooled = current
                 try:
-                    first = self._q.get(timeout=0.2)
-                except queue.Empty:
+                    checked = self._check_msgs(mine)
+                    if pooled is not None:
+                        checked.extend(pooled.result())
+                except Exception:  # noqa: BLE001 - a bug in a check must not stop the collector
+                    log.exception("batch of %d messages not checked; the kits will resend", len(batch))
+                    current = None
                     continue
-                batch = [first]
-                n = self._count(first)
-                deadline = time.monotonic() + self.batch_wait_s
-                while n < self.batch_max:
-                    try:
-                        msg = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    batch.append(msg)
-                    n += self._count(msg)
-                if time.monotonic() - last_reload > 1.0:
-                    self._reload_registry()
-                    last_reload = time.monotonic()
-                self._process_batch(store, batch)
+                nxt = self._collect(wait=False)
+                current = self._start_checks(nxt) if nxt else None
+                self._process_batch(store, batch, checked)
         finally:
             store.close()
+
+    def _start_checks(self, batch: list) -> tuple[list, list, object | None]:
+        """(batch, the messages the worker checks, the pool's future for the others, in order after)."""
+        if time.monotonic() - self._last_reload > 1.0:  # checks use the registry as of now
+            self._reload_registry()
+            self._last_reload = time.monotonic()
+        if self._pool is None or len(batch) < 2:
+            return batch, batch, None
+        counts = [self._count(m) for m in batch]
+        # the worker also stores: it takes about a third of the checks, the pool thread the rest
+        cut, acc, target = len(batch), 0, sum(counts) * self.WORKER_SHARE
+        for i, n in enumerate(counts):
+            if acc >= target:
+                cut = i
+                break
+            acc += n
+        if cut >= len(batch):
+            return batch, batch, None
+        return batch, batch[:cut], self._pool.submit(self._check_msgs, batch[cut:])
 
     @staticmethod
     def _count(msg: tuple) -> int:
@@ -246,39 +288,13 @@ class Collector:
                 out.append(precheck(prefix, topic, payload, registry))
         return out
 
-    def _check_all(self, batch: list) -> list[Checked]:
-        """Checked envelopes of the batch, in arrival order.
-
-        With a pool the batch is cut into contiguous parts of about equal envelope counts: the worker
-        checks the first while the pool threads check the others (libsodium releases the GIL, parsing is
-        short, so the parts run in parallel); a future per part, not per message.
-        """
-        if self._pool is None or len(batch) < 2:
-            return self._check_msgs(batch)
-        counts = [self._count(m) for m in batch]
-        total = sum(counts)
-        if total <= 16:
-            return self._check_msgs(batch)
-        share = total / (self._threads + 1)
-        parts: list[list] = [[]]
-        acc = 0
-        for msg, n in zip(batch, counts, strict=True):
-            if acc >= share * len(parts) and len(parts) <= self._threads:
-                parts.append([])
-            parts[-1].append(msg)
-            acc += n
-        futures = [self._pool.submit(self._check_msgs, part) for part in parts[1:]]
-        out = self._check_msgs(parts[0])
-        for f in futures:
-            out.extend(f.result())
-        return out
-
-    def _process_batch(self, store: CollectorStore, batch: list) -> None:
+    def _process_batch(self, store: CollectorStore, batch: list, checked: list[Checked]) -> None:
+        """Store the checked envelopes of a batch in one transaction, PUBACK after commit, then ack."""
         now = time.time()
         outcomes = []
         store.begin()
         try:
-            for c in self._check_all(batch):
+            for c in checked:
                 outcomes.append(store.store(c, now=now))
             store.commit()
         except Exception:

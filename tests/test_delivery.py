@@ -197,7 +197,8 @@ def test_kit_sigkilled_at_random_points(setup):
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     store = CollectorStore(tmp_path / "collector.db")
     assert store.counts()["photos"] == n // 10
-    assert store.counts()["rejects"] == 0
+    rejects = store.conn.execute("SELECT reason, detail, message_id FROM rejects").fetchall()
+    assert rejects == []
 
 
 def test_last_will_marks_a_killed_kit_offline(setup):
