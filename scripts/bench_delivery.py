@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -187,6 +188,9 @@ def main() -> int:
         help="mosquitto set_tcp_nodelay (both phases; as a deployed broker should run)",
     )
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--keep-dir", action="store_true", help="keep the work directory (DBs, broker and collector logs)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -389,6 +393,10 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             collector.kill()
         broker.close()
+        if args.keep_dir:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     out["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if args.json:
         print(json.dumps(out))
