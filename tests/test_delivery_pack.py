@@ -255,3 +255,37 @@ def test_single_messages_still_work(setup):
     assert not any(payloads.is_pack(p) for _t, p in spy.messages)
     got = [r[0] for r in _rows(tmp_path / "collector.db", "SELECT capture_id FROM readings ORDER BY rowid")]
     assert got == [f"c{i:04d}" for i in range(40)]
+
+
+@pytest.mark.parametrize("verify_threads", [0, 2])
+def test_packs_checked_inline_or_by_a_pool(tmp_path, mosquitto, verify_threads):
+    """Same outcome whoever checks: the worker alone, or a pool splitting the batch (order kept)."""
+    key = generate_key()
+    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
+    collector = Collector(
+        broker_url=mosquitto.url,
+        db_path=tmp_path / "collector.db",
+        registry=tmp_path / "kits.json",
+        client_id=f"collector-vt{verify_threads}",
+        verify_threads=verify_threads,
+        batch_wait_s=0.2,  # one batch of several packs
+    ).start()
+    assert collector.connected.wait(10)
+    spy = Spy(mosquitto)
+    try:
+        envs = [_reading(key, i, f"c{i:03d}", value=i) for i in range(1, 61)]
+        envs[37] = envs[37].replace(b'"01":38', b'"01":83')
+        for i in range(0, 60, 12):
+            spy.client.publish(
+                topics.topic(PREFIX, KW, TPS, "reading"), payloads.pack(envs[i : i + 12]), qos=1
+            )
+        db = tmp_path / "collector.db"
+        assert _wait(lambda: len(_rows(db, "SELECT 1 FROM readings")) == 59, 20)
+    finally:
+        spy.close()
+        collector.stop()
+    got = [r[0] for r in _rows(db, "SELECT capture_id FROM readings ORDER BY rowid")]
+    assert got == [f"c{i:03d}" for i in range(1, 61) if i != 38]
+    assert _rows(db, "SELECT reason, message_id FROM rejects") == [
+        ("bad_signature", payloads.reading_id("kit-1", "c038"))
+    ]
