@@ -187,6 +187,12 @@ def main() -> int:
         default=True,
         help="mosquitto set_tcp_nodelay (both phases; as a deployed broker should run)",
     )
+    ap.add_argument(
+        "--collectors",
+        type=int,
+        default=1,
+        help="collector processes in one MQTT 5 share group on one database (several split the load)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--keep-dir", action="store_true", help="keep the work directory (DBs, broker and collector logs)"
@@ -199,35 +205,45 @@ def main() -> int:
     key = generate_key()
     save_private_key(key, work / "kit.key")
     registry_add(work / "kits.json", KIT, key.verify_key, kode_wilayah=KW, tps=TPS)
-    out: dict = {}
+    out: dict = {"collectors": args.collectors}
     # One broker for every phase (bare and ours alike). set_tcp_nodelay: small messages (an ack, the
     # probe after a connect) leave at once instead of waiting up to ~40 ms for a delayed TCP ACK.
     broker_conf = "set_tcp_nodelay true\n" if args.broker_nodelay else ""
     broker = MosquittoBroker(workdir=work / "mosq", extra_conf=broker_conf).start()
-    # The collector runs in its own process (as on a server), through the real CLI.
-    collector = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "firmware.cli",
-            "collector",
-            "--broker",
-            broker.url,
-            "--db",
-            str(work / "collector.db"),
-            "--kits",
-            str(work / "kits.json"),
-            "--client-id",
-            "bench-collector",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "collector.log", "wb"),
-    )
+    # The collectors run in their own processes (as on servers), through the real CLI, in one MQTT 5 share
+    # group on one database: the deployment the collector is built for (several split the load).
+    collectors = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "firmware.cli",
+                "collector",
+                "--broker",
+                broker.url,
+                "--db",
+                str(work / "collector.db"),
+                "--kits",
+                str(work / "kits.json"),
+                "--client-id",
+                f"bench-collector-{i}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(work / f"collector{i}.log", "wb"),
+        )
+        for i in range(args.collectors)
+    ]
+
+    def collectors_cpu_s() -> float:
+        return sum(proc_cpu_s(c.pid) for c in collectors)
+
     try:
         # the collector must be up before anything is timed (its start-up would slow the first round)
-        if not wait_for(lambda: b"collector connected" in (work / "collector.log").read_bytes(), 60, 0.05):
-            raise SystemExit(f"collector did not start: {(work / 'collector.log').read_text()[-2000:]}")
+        for i in range(args.collectors):
+            log_path = work / f"collector{i}.log"
+            if not wait_for(lambda p=log_path: b"collector connected" in p.read_bytes(), 60, 0.05):
+                raise SystemExit(f"collector did not start: {log_path.read_text()[-2000:]}")
         # bytes on the wire per page
         sample = payloads.build(
             key,
@@ -265,7 +281,7 @@ def main() -> int:
             bare_broker_cpu = proc_cpu_s(broker._proc.pid) - broker0
             c = make_courier(work / f"tput{r}.db", key, broker, args.inflight, args.pack_bytes)
             enq = fill(c, args.messages, start=1_000_000 * (r + 1))
-            t0, cpu0, col0 = time.time(), time.process_time(), proc_cpu_s(collector.pid)
+            t0, cpu0, col0 = time.time(), time.process_time(), collectors_cpu_s()
             broker0 = proc_cpu_s(broker._proc.pid)
             c.start()
             ok = wait_for(all_acked(c), 600, 0.05) and ok
@@ -277,7 +293,7 @@ def main() -> int:
             ours = args.messages / (t_end - connected_at)
             ours_from_start = args.messages / (t_end - t0)
             ours_cpu = time.process_time() - cpu0
-            col_cpu = proc_cpu_s(collector.pid) - col0
+            col_cpu = collectors_cpu_s() - col0
             broker_cpu = proc_cpu_s(broker._proc.pid) - broker0
             counters = c.delivery_counters()
             c.close()
@@ -387,11 +403,13 @@ def main() -> int:
         with sqlite3.connect(work / "collector.db") as conn:
             out["collector_rejects"] = conn.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
     finally:
-        collector.send_signal(signal.SIGTERM)
-        try:
-            collector.wait(10)
-        except subprocess.TimeoutExpired:
-            collector.kill()
+        for c in collectors:
+            c.send_signal(signal.SIGTERM)
+        for c in collectors:
+            try:
+                c.wait(10)
+            except subprocess.TimeoutExpired:
+                c.kill()
         broker.close()
         if args.keep_dir:
             print(f"work directory kept: {work}", file=sys.stderr)
