@@ -141,6 +141,11 @@ class MqttConfig(Section):
     max_inflight: int = Field(64, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
     protocol: Literal["mqtt5", "mqtt311"] = Field("mqtt5",
                                                   description="MQTT 5 (default) or 3.1.1 for old brokers.")
+    pack_max_bytes: int = Field(16_384, ge=0, le=262_144,
+                                description="While a backlog drains, pack signed readings of one topic into "
+                                            "MQTT messages up to this size; 0 = one reading per message "
+                                            "(for collectors older than packs).")
+    pack_max_count: int = Field(100, ge=1, le=1000, description="Most readings in one pack.")
     collector_key_file: Path | None = Field(None, description="Public key (base64 or PEM) of the collectors; "
                                                        "when set, only acks they signed mark messages acked.")
 

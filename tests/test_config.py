@@ -106,3 +106,18 @@ def test_none_switches_an_optional_part_off():
     assert cfg.gpio.led_green == 22
     with pytest.raises(ConfigError, match="gpio.buzzer"):
         parse({"gpio": {"buzzer": "off"}})
+
+
+def test_packing_is_configurable_and_reaches_the_courier(tmp_path):
+    """[mqtt] pack_max_bytes = 0 sends one reading per message (collectors older than packs)."""
+    from comms.courier import Courier
+    from comms.signing import generate_key
+
+    cfg = config.parse({"mqtt": {"pack_max_bytes": 0}})
+    courier = Courier.from_config(cfg, signing_key=generate_key(), db_path=tmp_path / "tpskit.db")
+    try:
+        assert courier.pack_max_bytes == 0 and courier.pack_max_count == 100
+    finally:
+        courier.close()
+    with pytest.raises(ConfigError, match="mqtt.pack_max_count"):
+        config.parse({"mqtt": {"pack_max_count": 0}})
