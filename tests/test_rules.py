@@ -100,6 +100,9 @@ def test_a_rule_that_holds_only_through_an_improbable_digit_stays_review():
     fields, reasons, _, status = _decide(p)
     assert status == "review" and "digit_uncertain" in [r["code"] for r in reasons]
     assert "suara_sah" in reasons[-1]["fields"]
+    p = _Probs(GOOD1).doubt("suara_sah", 2, 7, 0.7)  # 7 (0.7) or 1 (0.3): the rule may not overrule the box
+    fields, reasons, _, status = _decide(p)
+    assert status == "review" and "suara_sah" in reasons[-1]["fields"]
     p = _Probs(GOOD1).doubt("suara_sah", 2, 7, 0.9999)  # the box clearly says 7: a slip, shown as written
     fields, reasons, _, status = _decide(p)
     assert status == "review" and fields["suara_sah"]["value"] == 177
