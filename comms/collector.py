@@ -29,6 +29,9 @@ from comms.collector_store import (  # noqa: F401 (re-exported)
     Checked,
     CollectorStore,
     Outcome,
+    StoreError,
+    StoreUnavailable,
+    is_postgres,
     open_store,
     precheck,
 )
@@ -83,7 +86,8 @@ class Collector:
         # Optional Ed25519 key (SigningKey, seed or key file) that signs the acks; kits configured with its
         # public key (mqtt.collector_key_file) ignore acks without a valid signature.
         self._ack_key = coerce_signing_key(ack_key) if ack_key is not None else None
-        self.db_path = Path(db_path)
+        # a PostgreSQL URL stays a string (Path() would fold its '//'); a file path becomes a Path
+        self.db_path = db_path if is_postgres(db_path) else Path(db_path)
         self._registry_path = None if isinstance(registry, dict) else Path(registry)
         self._registry: dict[str, KitEntry] = (
             registry if isinstance(registry, dict) else load_registry(registry)
@@ -217,7 +221,9 @@ class Collector:
     def _work(self) -> None:
         """Batches in order. The pool checks most of the next batch while the worker stores the current
         one; the worker then checks the rest (a pipeline of two stages on two threads)."""
-        store = CollectorStore(self.db_path, prefix=self.prefix)
+        store = self._open_store()
+        if store is None:
+            return
         current = None
         try:
             while not self._stop.is_set():
@@ -240,6 +246,18 @@ class Collector:
                 self._process_batch(store, batch, checked)
         finally:
             store.close()
+
+    def _open_store(self) -> CollectorStore | None:
+        """The store, retried with backoff while the database cannot be reached (None once stopped)."""
+        wait = 0.5
+        while not self._stop.is_set():
+            try:
+                return CollectorStore(self.db_path, prefix=self.prefix)
+            except (StoreUnavailable, StoreError, OSError) as exc:
+                log.error("collector database not available (%s); retrying in %.0f s", exc, wait)
+                self._stop.wait(wait)
+                wait = min(wait * 2, 5.0)
+        return None
 
     def _start_checks(self, batch: list) -> tuple[list, list, object | None]:
         """(batch, the messages the worker checks, the pool's future for the others, in order after)."""
@@ -292,14 +310,17 @@ class Collector:
         """Store the checked envelopes of a batch in one transaction, PUBACK after commit, then ack."""
         now = time.time()
         outcomes = []
-        store.begin()
         try:
+            store.begin()
             for c in checked:
                 outcomes.append(store.store(c, now=now))
             store.commit()
         except Exception:
-            store.rollback()
             log.exception("batch of %d messages not stored; the kits will resend", len(batch))
+            try:
+                store.rollback()
+            except Exception as exc:  # noqa: BLE001 - e.g. BEGIN itself failed: nothing to undo
+                log.debug("rollback after a failed batch: %s", exc)
             return
         client = self._client
         acks: dict[tuple[str, int], list[str]] = defaultdict(list)

@@ -312,3 +312,20 @@ def test_role_with_data_rights_only(pg_cluster, pg_url, kit):
         assert store.counts() == {"messages": 1, "readings": 1, "photos": 0, "rejects": 1}
     finally:
         store.close()
+
+
+def test_collector_waits_for_its_database_and_keeps_the_url(pg_url, tmp_path):
+    """A PostgreSQL URL is kept as given (no Path folding of '//'); while the database cannot be reached
+    the worker retries instead of dying, and stop() ends it."""
+    dead = f"postgresql://tpskit@127.0.0.1:{free_port()}/nothing"
+    registry = tmp_path / "kits.json"
+    registry.write_text("{}")
+    col = Collector(broker_url=f"mqtt://127.0.0.1:{free_port()}", db_path=dead, registry=registry)
+    assert col.db_path == dead
+    worker = threading.Thread(target=col._work, daemon=True)
+    worker.start()
+    time.sleep(1.0)
+    assert worker.is_alive()  # retrying, not crashed
+    col._stop.set()
+    worker.join(10)
+    assert not worker.is_alive()
