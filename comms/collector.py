@@ -309,11 +309,9 @@ class Collector:
     def _process_batch(self, store: CollectorStore, batch: list, checked: list[Checked]) -> None:
         """Store the checked envelopes of a batch in one transaction, PUBACK after commit, then ack."""
         now = time.time()
-        outcomes = []
         try:
             store.begin()
-            for c in checked:
-                outcomes.append(store.store(c, now=now))
+            outcomes = store.store_many(checked, now=now)
             store.commit()
         except Exception:
             log.exception("batch of %d messages not stored; the kits will resend", len(batch))

@@ -241,6 +241,10 @@ class Checked:
     ignored: bool = False
 
 
+# every envelope of a pack has the pack's topic: parsed once (a bad topic raises, and is not cached)
+_topic_parts = functools.lru_cache(maxsize=4096)(topics.parse_topic)
+
+
 def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEntry]) -> Checked:
     """Topic, schema, registered kit, TPS and Ed25519 signature; no database. Thread-safe.
 
@@ -249,7 +253,7 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
     are stored in order. The envelope is parsed once (pydantic from the bytes, no raw dict).
     """
     try:
-        parts = topics.parse_topic(prefix, topic)
+        parts = _topic_parts(prefix, topic)
     except ValueError as exc:
         return Checked(topic, payload, reject=("bad_topic", str(exc), None, None))
     if parts.kind == topics.ACK:
@@ -273,6 +277,47 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
     if not env.id.startswith(env.kit_id + ":"):
         return Checked(topic, payload, env, ("schema", "id must start with '<kit_id>:'", *ids))
     return Checked(topic, payload, env)
+
+
+INSERT_READING = (
+    "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, "
+    "seq, taken_at, time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, "
+    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, "
+    "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+def _reading_row(env, body: dict, photo: dict, now: float) -> tuple:
+    return (
+        env.id,
+        env.kit_id,
+        env.kode_wilayah,
+        env.tps,
+        body["capture_id"],
+        body.get("halaman"),
+        env.seq,
+        body["taken_at"],
+        body["time_source"],
+        json.dumps(body["reading"], ensure_ascii=False),
+        photo.get("sha256"),
+        photo.get("bytes"),
+        photo.get("chunks"),
+        env.created_at,
+        now,
+    )
+
+
+def _message_row(env, topic: str, payload: bytes, now: float, digest: str | None = None) -> tuple:
+    digest = digest or hashlib.sha256(payload).hexdigest()
+    return (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload)
+
+
+def _plain_reading(c: Checked) -> bool:
+    """A checked reading that ``CollectorStore.store_many`` may insert together with its neighbours."""
+    return c.reject is None and not c.ignored and c.env.kind == "reading"
 
 
 class CollectorStore:
@@ -526,11 +571,7 @@ class CollectorStore:
                     detail = f"capture {body['capture_id']} already stored as {dup[0]}"
                     return self._reject(now, topic, payload, "replayed_capture", detail, *ids)
         # Insert first (the common case); a conflict on the id or on (kit, epoch, seq) is classified after.
-        cur = self._x(
-            "INSERT INTO messages (id, kit_id, epoch, seq, kind, digest, topic, created_at, "
-            "received_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (env.id, env.kit_id, env.epoch, env.seq, env.kind, digest, topic, env.created_at, now, payload),
-        )
+        cur = self._x(INSERT_MESSAGE, _message_row(env, topic, payload, now, digest))
         if cur.rowcount == 0:
             if reading_new:
                 self._x("DELETE FROM readings WHERE message_id = ?", (env.id,))
@@ -595,29 +636,75 @@ class CollectorStore:
 
     def _insert_reading(self, env, body: dict, photo: dict, now: float) -> bool:
         """Insert the readings row; False if (message id) or (kit, capture) is already there."""
-        cur = self._x(
-            "INSERT INTO readings (message_id, kit_id, kode_wilayah, tps, capture_id, halaman, "
-            "seq, taken_at, time_source, reading, photo_sha256, photo_bytes, photo_chunks, created_at, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (
-                env.id,
-                env.kit_id,
-                env.kode_wilayah,
-                env.tps,
-                body["capture_id"],
-                body.get("halaman"),
-                env.seq,
-                body["taken_at"],
-                body["time_source"],
-                json.dumps(body["reading"], ensure_ascii=False),
-                photo.get("sha256"),
-                photo.get("bytes"),
-                photo.get("chunks"),
-                env.created_at,
-                now,
-            ),
-        )
-        return cur.rowcount == 1
+        return self._x(INSERT_READING, _reading_row(env, body, photo, now)).rowcount == 1
+
+    def _many(self, sql: str, rows: list[tuple]) -> int:
+        """``executemany`` on the current transaction; the number of rows changed (-1 if unknown)."""
+        sql = self.dialect.prepare(sql, ())[0]
+        if self.dialect.placeholder != "?":
+            rows = [self.dialect.prepare(sql, r)[1] for r in rows]
+        cur = self.conn.cursor()
+        try:
+            cur.executemany(sql, rows)
+            return cur.rowcount
+        finally:
+            cur.close()
+
+    def store_many(self, checked: list[Checked], *, now: float | None = None) -> list[Outcome]:
+        """``store`` for each message of a batch, in order (call within begin() … commit()).
+
+        A run of two or more consecutive checked readings (the common case: a pack) is inserted with one
+        ``executemany`` per table inside a savepoint; if any row of the run conflicts (duplicate, replay,
+        two readings of one capture) the savepoint is rolled back and the run goes through ``store`` one by
+        one, so every outcome and reject is exactly that of ``store``.
+        """
+        now = now if now is not None else time.time()
+        out: list[Outcome] = []
+        i, n = 0, len(checked)
+        while i < n:
+            j = i
+            while j < n and _plain_reading(checked[j]):
+                j += 1
+            if j - i >= 2 and self._store_readings(checked[i:j], now, out):
+                i = j
+                continue
+            j = max(j, i + 1)
+            out.extend(self.store(c, now=now) for c in checked[i:j])
+            i = j
+        return out
+
+    def _store_readings(self, run: list[Checked], now: float, out: list[Outcome]) -> bool:
+        """Insert a run of new readings at once; False (nothing kept) if any row was not new."""
+        readings, messages = [], []
+        for c in run:
+            env, body = c.env, c.env.body
+            readings.append(_reading_row(env, body, body.get("photo") or {}, now))
+            messages.append(_message_row(env, c.topic, c.payload, now))
+        self._x("SAVEPOINT tpskit_run")
+        if self._many(INSERT_READING, readings) != len(run) or self._many(INSERT_MESSAGE, messages) != len(
+            run
+        ):
+            self._x("ROLLBACK TO SAVEPOINT tpskit_run")
+            self._x("RELEASE SAVEPOINT tpskit_run")
+            return False
+        self._x("RELEASE SAVEPOINT tpskit_run")
+        max_seq = self.max_seq
+        for c in run:
+            env = c.env
+            key = (env.kit_id, env.epoch)
+            prev = max_seq.get(key, 0)
+            if env.seq > prev + 1:
+                log.info(
+                    "kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
+                    env.kit_id,
+                    env.seq,
+                    prev,
+                )
+            if env.body.get("photo"):
+                self._maybe_assemble(env.kit_id, env.body["capture_id"], now)
+            max_seq[key] = max(prev, env.seq)
+            out.append(Outcome("stored", "", env.id, env.kit_id, env.kode_wilayah, env.tps, "reading"))
+        return True
 
     def _maybe_assemble(self, kit_id: str, capture_id: str, now: float) -> None:
         if self._x(
