@@ -291,3 +291,35 @@ def test_reading_id_reused_for_another_capture_is_rejected(store, kit):
     out = _process(store, kit, m)
     assert out.status == "rejected" and out.reason == "replayed_id"
     assert _stored(store) == (1, 1)
+
+
+def test_store_many_same_outcomes_as_store(store, kit, tmp_path):
+    """A pack's readings go in with one executemany; any conflict in the run (duplicate, replayed seq or
+    capture, tampered neighbour) gives exactly the outcomes of store() one by one, nothing else kept."""
+    from comms.collector_store import precheck
+
+    reg = _registry(kit)
+    a, b, c = (_reading(kit, seq=i, capture=f"c{i}") for i in (1, 2, 3))
+    tampered = _reading(kit, seq=4, capture="c4").replace(b'"01":120', b'"01":121')
+    replay_seq = _reading(kit, seq=2, capture="c9")
+    replay_capture = _reading(kit, seq=5, capture="c1").replace(b"c1:reading", b"c1:other")
+
+    def batch(*msgs):
+        store.begin()
+        out = store.store_many([precheck(PREFIX, T_READING, m, reg) for m in msgs])
+        store.commit()
+        return [(o.status, o.reason) for o in out]
+
+    assert batch(a, b) == [("stored", ""), ("stored", "")]
+    assert batch(b, c, c, tampered, replay_seq) == [
+        ("duplicate", ""),
+        ("stored", ""),
+        ("duplicate", ""),
+        ("rejected", "bad_signature"),
+        ("rejected", "replayed_seq"),
+    ]
+    assert _stored(store) == (3, 3)
+    assert [s for s, _ in batch(_reading(kit, seq=6, capture="c6"), replay_capture)] == ["stored", "rejected"]
+    assert _stored(store) == (4, 4)
+    assert store.max_seq[("kit-1", EPOCH)] == 6
+    assert store.gaps("kit-1") == [(4, 5)]
