@@ -673,6 +673,7 @@ class PageReader:
         uncertain = [f.name for f, c in zip(page.fields, cands, strict=True)
                      if f.name not in empty and (1.0 - conf[f.name] > floor or c.valid < MIN_VALID
                                                  or f.name in unsupported)]
+        self._terms["unsupported"] = sorted(unsupported)
         if not slip and page_conf < 1.0 - self.max_error and not uncertain:
             uncertain = [min(conf, key=conf.get)]
         if slip and not (failed or empty or mismatch or uncertain):

@@ -122,6 +122,8 @@ def why(pages: list[dict]) -> dict:
         terms = (ev or {}).get("posterior_terms") or {}
         if terms.get("slip_shown"):
             kind = "written page breaks a rule (confident misread or slip)"
+        elif terms.get("unsupported"):
+            kind = "rule settles it only with a digit the box does not favour"
         elif terms:
             kind = "doubt: " + max(("other_readings", "unexplored", "slips"), key=lambda k: terms[k])
         else:
