@@ -290,6 +290,9 @@ INSERT_MESSAGE = (
 )
 
 
+_READING_JSON = json.JSONEncoder(ensure_ascii=False).encode  # = json.dumps(…, ensure_ascii=False)
+
+
 def _reading_row(env, body: dict, photo: dict, now: float) -> tuple:
     return (
         env.id,
@@ -301,7 +304,7 @@ def _reading_row(env, body: dict, photo: dict, now: float) -> tuple:
         env.seq,
         body["taken_at"],
         body["time_source"],
-        json.dumps(body["reading"], ensure_ascii=False),
+        _READING_JSON(body["reading"]),
         photo.get("sha256"),
         photo.get("bytes"),
         photo.get("chunks"),
