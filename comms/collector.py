@@ -66,7 +66,7 @@ class Collector:
         batch_max: int = 2000,
         batch_wait_s: float = 0.005,
         reconnect_max_s: int = 2,
-        verify_threads: int = 1,
+        verify_threads: int = 0,
         ack_key=None,
     ):
         from comms.courier import parse_broker_url
@@ -99,8 +99,10 @@ class Collector:
         self._conn_gen = 0
         self._client = None
         self._worker: threading.Thread | None = None
-        # The checks of a batch (Ed25519 above all) are split between the worker and N pool threads; the
-        # batch is stored after all are done (checks never overlap storing: few GIL hand-offs)
+        # verify_threads > 0: a pool thread checks most of the next batch while the worker stores the
+        # current one. Off by default: libsodium releases the GIL, but the hand-offs (one per envelope) cost
+        # ~40 µs of CPU per reading and gave no throughput in scripts/bench_delivery.py (docs/payloads.md);
+        # for more cores run several collectors (processes) in one share group.
         self._threads = max(0, verify_threads)
         self._pool = (
             ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tpskit-verify")
