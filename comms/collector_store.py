@@ -249,8 +249,8 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
     """Topic, schema, registered kit, TPS and Ed25519 signature; no database. Thread-safe.
 
     Signature checks dominate the collector's CPU (libsodium, ~60-90 µs per message on the 2-core
-    bench box); libsodium releases the GIL, so batches are checked by a small thread pool before they
-    are stored in order. The envelope is parsed once (pydantic from the bytes, no raw dict).
+    bench box). The envelope is parsed once (pydantic from the bytes, no raw dict); the topic of a pack
+    is parsed once for all its envelopes.
     """
     try:
         parts = _topic_parts(prefix, topic)
