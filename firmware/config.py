@@ -170,6 +170,9 @@ class ReaderConfig(Section):
     confidence: float = Field(0.99, gt=0.5, lt=1.0,
                               description="A digit below this probability makes its number "
                                           "uncertain (review).")
+    max_error: float = Field(3e-3, gt=0.0, le=0.05,
+                             description="A page is accepted (ok) only if the chance that any of its numbers "
+                                         "is wrong, given the digits, bubbles and rules, is at most this.")
     min_px_per_mm: float = Field(2.0, gt=0.5, le=20, description="Below this the photo is refused (retake).")
 
 

@@ -121,3 +121,12 @@ def test_packing_is_configurable_and_reaches_the_courier(tmp_path):
         courier.close()
     with pytest.raises(ConfigError, match="mqtt.pack_max_count"):
         config.parse({"mqtt": {"pack_max_count": 0}})
+
+
+def test_reader_max_error_default_is_the_readers():
+    """[reader] max_error: the page reader's own default (kept in step; config stays free of cv2)."""
+    from inference.reader import MAX_ERROR
+
+    assert config.parse({}).reader.max_error == MAX_ERROR
+    with pytest.raises(ConfigError, match="reader.max_error"):
+        config.parse({"reader": {"max_error": 0.5}})
