@@ -19,22 +19,14 @@ import pytest
 from comms import payloads, topics
 from comms.collector import Collector
 from comms.collector_store import CollectorStore, StoreError, StoreUnavailable
-from comms.courier import Courier
-from comms.signing import generate_key, registry_add
+from comms.signing import generate_key
 from tests.broker import free_port
+from tests.delivery_helpers import make_courier, start_collector
+from tests.delivery_helpers import wait_for as _wait
 from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
 from tests.test_collector import EPOCH, KW, PREFIX, T_READING, TPS, _process, _reading, _registry
 
 T_PHOTO = topics.topic(PREFIX, KW, TPS, "photo")
-
-
-def _wait(pred, timeout=30.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def _dbname(url: str) -> str:
@@ -193,25 +185,8 @@ def test_collector_on_postgresql_end_to_end(pg_cluster, pg_url, mosquitto, tmp_p
     from firmware import fleet
 
     key = generate_key()
-    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(
-        broker_url=mosquitto.url,
-        db_path=pg_url,
-        registry=tmp_path / "kits.json",
-        client_id="collector-pg",
-    ).start()
-    courier = Courier(
-        db_path=tmp_path / "tpskit.db",
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        signing_key=key,
-        broker_url=mosquitto.url,
-        ack_timeout_s=1.5,
-        backoff_base_s=0.2,
-        backoff_max_s=1.0,
-        heartbeat_s=0.5,
-    )
+    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-pg", db_path=pg_url)
+    courier = make_courier(key, mosquitto, tmp_path)
 
     def submit(i, photo=None):
         courier.submit_reading(

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from comms.collector import Collector, CollectorStore
-from comms.courier import Courier
 from comms.outbox import OutboxFull
 from comms.signing import (
     generate_key,
@@ -23,50 +22,19 @@ from comms.signing import (
     public_key_pem,
     registry_add,
 )
+from tests.delivery_helpers import KW, TPS, start_collector
+from tests.delivery_helpers import make_courier as _courier
+from tests.delivery_helpers import wait_for as _wait
 
 ROOT = Path(__file__).resolve().parent.parent
-KW, TPS = "31.71.01.1001", 7
-
-
-def _wait(pred, timeout=60.0, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 @pytest.fixture
 def setup(tmp_path, mosquitto):
     key = generate_key()
-    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(
-        broker_url=mosquitto.url,
-        db_path=tmp_path / "collector.db",
-        registry=tmp_path / "kits.json",
-        client_id="collector-test",
-    ).start()
-    assert collector.connected.wait(10)
+    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-test")
     yield key, collector, mosquitto, tmp_path
     collector.stop()
-
-
-def _courier(key, broker, tmp_path, **kw):
-    opts = dict(
-        db_path=tmp_path / "tpskit.db",
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        signing_key=key,
-        broker_url=broker.url,
-        ack_timeout_s=1.5,
-        backoff_base_s=0.2,
-        backoff_max_s=1.0,
-        heartbeat_s=0.5,
-    )
-    opts.update(kw)
-    return Courier(**opts)
 
 
 def _submit(courier, i, photo=None):
@@ -150,6 +118,13 @@ def test_submit_is_idempotent_and_full_refuses(setup):
     assert CollectorStore(tmp_path / "collector.db").counts()["photos"] == 2
 
 
+def _fakekit(tmp_path, key_path, broker, *args: str) -> list[str]:
+    """The command line of ``comms.fakekit`` (a kit process that can be SIGKILLed) for this test's kit."""
+    db = str(tmp_path / "tpskit.db")
+    kit = ["--db", db, "--key", str(key_path), "--broker", broker.url]
+    return [sys.executable, "-m", "comms.fakekit", *kit, *args]
+
+
 def test_kit_sigkilled_at_random_points(setup):
     key, collector, broker, tmp_path = setup
     key_path = tmp_path / "kit.key"
@@ -160,16 +135,10 @@ def test_kit_sigkilled_at_random_points(setup):
     registry_add(tmp_path / "kits.json", "kit-1", kit_key.verify_key, kode_wilayah=KW, tps=TPS)
     time.sleep(1.2)  # the collector reloads the registry when it changes
     n = 120
-    cmd = [
-        sys.executable,
-        "-m",
-        "comms.fakekit",
-        "--db",
-        str(tmp_path / "tpskit.db"),
-        "--key",
-        str(key_path),
-        "--broker",
-        broker.url,
+    cmd = _fakekit(
+        tmp_path,
+        key_path,
+        broker,
         "--count",
         str(n),
         "--interval",
@@ -180,7 +149,7 @@ def test_kit_sigkilled_at_random_points(setup):
         "1.5",
         "--timeout",
         "60",
-    ]
+    )
     rng = random.Random(5)
     for _ in range(3):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -207,23 +176,17 @@ def test_last_will_marks_a_killed_kit_offline(setup):
     kit_key = load_or_create_private_key(key_path)
     registry_add(tmp_path / "kits.json", "kit-1", kit_key.verify_key, kode_wilayah=KW, tps=TPS)
     time.sleep(1.2)  # registry reload
-    cmd = [
-        sys.executable,
-        "-m",
-        "comms.fakekit",
-        "--db",
-        str(tmp_path / "tpskit.db"),
-        "--key",
-        str(key_path),
-        "--broker",
-        broker.url,
+    cmd = _fakekit(
+        tmp_path,
+        key_path,
+        broker,
         "--count",
         "1",
         "--linger",
         "60",
         "--timeout",
         "30",
-    ]
+    )
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout.readline()  # all acked, still connected

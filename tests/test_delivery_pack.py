@@ -17,33 +17,17 @@ import pytest
 
 from comms import payloads, topics
 from comms.collector import Collector, CollectorStore
-from comms.courier import Courier
 from comms.signing import generate_key, registry_add
+from tests.delivery_helpers import KW, TPS, make_courier, start_collector
+from tests.delivery_helpers import wait_for as _wait
 
-KW, TPS = "31.71.01.1001", 7
 PREFIX = topics.DEFAULT_PREFIX
-
-
-def _wait(pred, timeout=60.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 @pytest.fixture
 def setup(tmp_path, mosquitto):
     key = generate_key()
-    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(
-        broker_url=mosquitto.url,
-        db_path=tmp_path / "collector.db",
-        registry=tmp_path / "kits.json",
-        client_id="collector-pack",
-    ).start()
-    assert collector.connected.wait(10)
+    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-pack")
     yield key, collector, mosquitto, tmp_path
     collector.stop()
 
@@ -103,20 +87,7 @@ def _reading(key, seq: int, capture: str, value: int = 1) -> bytes:
 
 
 def _courier(key, broker, tmp_path, **kw):
-    opts = dict(
-        db_path=tmp_path / "tpskit.db",
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        signing_key=key,
-        broker_url=broker.url,
-        ack_timeout_s=1.5,
-        backoff_base_s=0.2,
-        backoff_max_s=1.0,
-        heartbeat_s=30,
-    )
-    opts.update(kw)
-    return Courier(**opts)
+    return make_courier(key, broker, tmp_path, **{"heartbeat_s": 30, **kw})
 
 
 def _submit(courier, i, photo=None):

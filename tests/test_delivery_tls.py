@@ -14,6 +14,7 @@ from comms import topics
 from comms.collector import Collector
 from comms.courier import Courier
 from comms.signing import generate_key, registry_add
+from tests.delivery_helpers import wait_for as _wait
 
 KW, TPS = "31.71.01.1001", 7
 pytestmark = pytest.mark.skipif(
@@ -119,15 +120,6 @@ def tls_broker(tmp_path, mosquitto_factory):
     )
     broker = mosquitto_factory(extra_conf=conf, anonymous=False)
     return broker, d
-
-
-def _wait(pred, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_tls_credentials_and_acl(tls_broker, tmp_path):

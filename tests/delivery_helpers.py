@@ -1,0 +1,54 @@
+"""Shared pieces of the delivery tests: polling, a test courier and a collector for one registered kit."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from comms.collector import Collector
+from comms.courier import Courier
+from comms.signing import registry_add
+
+KW, TPS = "31.71.01.1001", 7
+KIT = "kit-1"
+
+
+def wait_for(pred, timeout: float = 60.0, step: float = 0.05) -> bool:
+    """Poll ``pred`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def make_courier(key, broker, tmp_path: Path, **kw) -> Courier:
+    """A courier for ``KIT`` with short test timings (ack timeout 1.5 s, backoff 0.2-1 s); ``kw`` override."""
+    opts = dict(
+        db_path=tmp_path / "tpskit.db",
+        kit_id=KIT,
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=key,
+        broker_url=broker.url,
+        ack_timeout_s=1.5,
+        backoff_base_s=0.2,
+        backoff_max_s=1.0,
+        heartbeat_s=0.5,
+    )
+    opts.update(kw)
+    return Courier(**opts)
+
+
+def start_collector(key, broker, tmp_path: Path, *, client_id: str, db_path=None) -> Collector:
+    """Register ``KIT`` with ``key`` in ``tmp_path/kits.json`` and start a connected collector for it."""
+    registry_add(tmp_path / "kits.json", KIT, key.verify_key, kode_wilayah=KW, tps=TPS)
+    collector = Collector(
+        broker_url=broker.url,
+        db_path=db_path if db_path is not None else tmp_path / "collector.db",
+        registry=tmp_path / "kits.json",
+        client_id=client_id,
+    ).start()
+    assert collector.connected.wait(10), "collector did not connect"
+    return collector
