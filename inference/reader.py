@@ -42,6 +42,7 @@ import numpy as np
 from inference import rules as rules_mod
 from inference.register import REASONS as RETAKE_MESSAGES
 from inference.register import Registration, RetakeError, rectify, register
+from inference.render import INK, page_style
 from inference.templates import DEFAULT_FORM, Field, Form, PageTemplate, load_form
 
 __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMPTY"]
@@ -431,17 +432,14 @@ _GREY_BORDERED: dict[tuple[str, int], frozenset[str]] = {}
 
 
 def _grey_bordered_fields(page: PageTemplate) -> frozenset[str]:
-    """Fields whose boxes are printed in light grey (the form's look data, ``look.json``)."""
+    """Fields whose boxes are printed in light grey (``render.page_style``, from the form's ``look.json``).
+
+    Worked out once per page template. A form without look data has black borders only; malformed look data
+    raises ``TemplateError`` (it would silently change which boxes count as covered)."""
     key = (page.form, page.page)
     if key not in _GREY_BORDERED:
-        from inference.render import INK, page_style
-
-        try:
-            style = page_style(page)
-        except (OSError, ValueError):  # no look data: every border black, as before
-            _GREY_BORDERED[key] = frozenset()
-        else:
-            _GREY_BORDERED[key] = frozenset(n for n, b in style.boxes.items() if b.border > INK + 80)
+        style = page_style(page)
+        _GREY_BORDERED[key] = frozenset(n for n, b in style.boxes.items() if b.border != INK)
     return _GREY_BORDERED[key]
 
 
@@ -483,6 +481,8 @@ class PageReader:
             raise ValueError(f"max_error must be within (0, 0.5), got {max_error}")
         self.classifier = classifier
         self.form = load_form(form) if isinstance(form, str) else form
+        for page in self.form.pages.values() if self.form else ():
+            _grey_bordered_fields(page)  # bad look data fails here, not on the first photo
         self.confidence = float(confidence)
         self.max_error = float(max_error)
         self.box_misread = BOX_MISREAD

@@ -79,3 +79,14 @@ def test_spoiled_photos_and_box_crops():
     crops = reader.box_crops(s.image)
     assert len(crops) == 66 and crops[0].field == "dpt_l" and crops[0].box == 0
     assert all(c.crop.dtype == np.uint8 and c.crop.ndim == 2 for c in crops)
+
+
+def test_bad_look_data_is_a_clear_error_when_the_reader_starts(monkeypatch):
+    from inference import reader as reader_mod
+    from inference import render
+    from inference.templates import TemplateError
+
+    monkeypatch.setattr(reader_mod, "_GREY_BORDERED", {})
+    monkeypatch.setattr(render, "load_look", lambda *a, **k: {"pages": {"2": {"border": "purple"}}})
+    with pytest.raises(TemplateError, match="border must be one of"):
+        PageReader(classifier=CLASSIFIER, form="C.HASIL-PPWP-2024")
