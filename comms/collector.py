@@ -245,7 +245,11 @@ class Collector:
                     continue
                 nxt = self._collect(wait=False)
                 current = self._start_checks(nxt) if nxt else None
-                self._process_batch(store, batch, checked)
+                try:
+                    self._process_batch(store, batch, checked)
+                except Exception:  # noqa: BLE001 - e.g. a failed ack publish must not end the worker
+                    # The batch is committed or rolled back; what was not PUBACKed/acked is resent.
+                    log.exception("batch of %d messages not all acked; the kits will resend", len(batch))
         finally:
             store.close()
 

@@ -11,9 +11,10 @@ import pytest
 from comms import payloads, topics
 from comms.collector import CollectorStore
 from comms.signing import KitEntry, canonical_json, generate_key
+from tests.delivery_helpers import EPOCH, KW, TPS
+from tests.delivery_helpers import signed_reading as _reading
 from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
 
-KW, TPS = "31.71.01.1001", 7
 PREFIX = topics.DEFAULT_PREFIX
 
 
@@ -37,31 +38,6 @@ def _registry(key, **kw):
     return {"kit-1": KitEntry("kit-1", key.verify_key, kw.get("kode_wilayah", KW), kw.get("tps", TPS))}
 
 
-def _reading(key, seq=1, capture="c1", value=120, photo=None, kit_id="kit-1"):
-    body = payloads.reading_body(
-        capture_id=capture,
-        halaman=1,
-        reading={"suara": {"01": value}},
-        taken_at=1.0,
-        time_source="rtc",
-        photo=photo,
-        chunk_bytes=1000,
-    )
-    return payloads.build(
-        key,
-        kind="reading",
-        msg_id=payloads.reading_id(kit_id, capture),
-        kit_id=kit_id,
-        kode_wilayah=KW,
-        tps=TPS,
-        seq=seq,
-        created_at=2.0,
-        body=body,
-        epoch=EPOCH,
-    )
-
-
-EPOCH = 1_700_000_000_000
 T_READING = topics.topic(PREFIX, KW, TPS, "reading")
 
 
@@ -323,3 +299,45 @@ def test_store_many_same_outcomes_as_store(store, kit, tmp_path):
     assert _stored(store) == (4, 4)
     assert store.max_seq[("kit-1", EPOCH)] == 6
     assert store.gaps("kit-1") == [(4, 5)]
+
+
+def test_worker_survives_a_failed_ack(tmp_path, kit):
+    """An error after the commit (here: the ack publish) is logged; the worker goes on with the next batch
+    and the stored reading stays stored (the kit resends it and gets a duplicate's ack)."""
+    import threading
+    import time
+
+    from comms.collector import Collector
+
+    class Client:
+        def __init__(self):
+            self.pubacks, self.acks, self.fail = [], [], True
+
+        def ack(self, mid, qos):
+            self.pubacks.append(mid)
+
+        def publish(self, topic, payload, qos=0):
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("broker gone")
+            self.acks.append(payloads.parse_ack(payload))
+
+    col = Collector(broker_url="mqtt://127.0.0.1:1", db_path=tmp_path / "c.db", registry=_registry(kit))
+    col._client = client = Client()
+    worker = threading.Thread(target=col._work, daemon=True)
+    worker.start()
+    try:
+        col._q.put((T_READING, _reading(kit, seq=1, capture="c1"), 1, 1, col._conn_gen))
+        deadline = time.monotonic() + 20
+        while client.fail and time.monotonic() < deadline:
+            time.sleep(0.01)
+        col._q.put((T_READING, _reading(kit, seq=1, capture="c1"), 2, 1, col._conn_gen))
+        while not client.acks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.is_alive()
+        assert client.acks == [["kit-1:c1:reading"]]
+        assert client.pubacks == [1, 2]
+        assert col.stats["stored"] == 1 and col.stats["duplicate"] == 1
+    finally:
+        col._stop.set()
+        worker.join(5)
