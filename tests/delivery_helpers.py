@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from comms import payloads
 from comms.collector import Collector
 from comms.courier import Courier
 from comms.signing import registry_add
 
 KW, TPS = "31.71.01.1001", 7
 KIT = "kit-1"
+EPOCH = 1_700_000_000_000
 
 
 def wait_for(pred, timeout: float = 60.0, step: float = 0.05) -> bool:
@@ -52,3 +54,30 @@ def start_collector(key, broker, tmp_path: Path, *, client_id: str, db_path=None
     ).start()
     assert collector.connected.wait(10), "collector did not connect"
     return collector
+
+
+def signed_reading(
+    key, seq: int = 1, capture: str = "c1", value: int = 120, photo=None, kit_id: str = KIT
+) -> bytes:
+    """A signed reading envelope of ``kit_id`` (one number, ``value``) as a kit would publish it."""
+    body = payloads.reading_body(
+        capture_id=capture,
+        halaman=1,
+        reading={"suara": {"01": value}},
+        taken_at=1.0,
+        time_source="rtc",
+        photo=photo,
+        chunk_bytes=1000,
+    )
+    return payloads.build(
+        key,
+        kind="reading",
+        msg_id=payloads.reading_id(kit_id, capture),
+        kit_id=kit_id,
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=seq,
+        created_at=2.0,
+        body=body,
+        epoch=EPOCH,
+    )

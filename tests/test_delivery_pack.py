@@ -19,6 +19,7 @@ from comms import payloads, topics
 from comms.collector import Collector, CollectorStore
 from comms.signing import generate_key, registry_add
 from tests.delivery_helpers import KW, TPS, make_courier, start_collector
+from tests.delivery_helpers import signed_reading as _reading
 from tests.delivery_helpers import wait_for as _wait
 
 PREFIX = topics.DEFAULT_PREFIX
@@ -60,30 +61,6 @@ class Spy:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def _reading(key, seq: int, capture: str, value: int = 1) -> bytes:
-    body = payloads.reading_body(
-        capture_id=capture,
-        halaman=1,
-        reading={"paslon": {"01": value}},
-        taken_at=1.0,
-        time_source="rtc",
-        photo=None,
-        chunk_bytes=1000,
-    )
-    return payloads.build(
-        key,
-        kind="reading",
-        msg_id=payloads.reading_id("kit-1", capture),
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        seq=seq,
-        created_at=2.0,
-        body=body,
-        epoch=1,
-    )
 
 
 def _courier(key, broker, tmp_path, **kw):
