@@ -212,6 +212,8 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
     when = d.get("when", "always")
     if when not in ("always", "any_filled"):
         raise TemplateError(f"{where}: when must be 'always' or 'any_filled', got {when!r}")
+    if when != "always" and kind != "sum":  # rules.holds applies it to row sums only
+        raise TemplateError(f"{where}: when='any_filled' is for 'sum' rules only, not {kind!r}")
     if kind == "sum":
         rule = Rule(
             name=name,
@@ -233,6 +235,8 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
         if span[0] > span[1]:
             raise TemplateError(f"{where}: 'start' {span[0]} is after 'end' {span[1]}")
         usual = []
+        if not isinstance(d.get("usual", []), list):
+            raise TemplateError(f"{where}: 'usual' must be a list of ISO dates, got {d['usual']!r}")
         for text in d.get("usual", []):
             try:
                 day = datetime.date.fromisoformat(str(text))

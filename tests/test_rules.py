@@ -193,3 +193,20 @@ def test_check_tps_cross_page_rules():
 def test_reader_rejects_bad_confidence():
     with pytest.raises(ValueError):
         PageReader(classifier=None, confidence=1.5)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"when": "any_filled"}, "for 'sum' rules only"),
+        ({"usual": "2024-02-14"}, "must be a list of ISO dates"),
+    ],
+)
+def test_date_rule_template_errors_are_refused(extra, message):
+    from inference.templates import TemplateError, _rule
+
+    base = {"name": "tgl", "kind": "date", "day": "d", "month": "m", "year": "y",
+            "start": "2024-02-14", "end": "2024-03-31"}
+    assert _rule(base, "page3.rules[0]", {"d", "m", "y"}).fields == ("d", "m", "y")
+    with pytest.raises(TemplateError, match=message):
+        _rule({**base, **extra}, "page3.rules[0]", {"d", "m", "y"})
