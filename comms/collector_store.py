@@ -594,14 +594,6 @@ class CollectorStore:
             return self._reject(now, topic, payload, "replayed_seq", detail, *ids)
         if env.kind == "reading" and not reading_new:  # id stored for another capture, seq not
             raise StoreError(f"message {env.id} stored without its readings row")
-        prev = self.max_seq.get((env.kit_id, env.epoch), 0)
-        if env.seq > prev + 1:
-            log.info(
-                "kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
-                env.kit_id,
-                env.seq,
-                prev,
-            )
         if env.kind == "reading":
             if photo:
                 self._maybe_assemble(env.kit_id, body["capture_id"], now)
@@ -634,8 +626,21 @@ class CollectorStore:
             self._upsert_newer(
                 "kit_readiness", row, "COALESCE(kit_readiness.created_at, 0) < excluded.created_at"
             )
-        self.max_seq[(env.kit_id, env.epoch)] = max(prev, env.seq)
+        self._note_seq(env)
         return base
+
+    def _note_seq(self, env) -> None:
+        """Track the highest seq per (kit, epoch) of a stored queued message; log a gap below it."""
+        key = (env.kit_id, env.epoch)
+        prev = self.max_seq.get(key, 0)
+        if env.seq > prev + 1:
+            log.info(
+                "kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
+                env.kit_id,
+                env.seq,
+                prev,
+            )
+        self.max_seq[key] = max(prev, env.seq)
 
     def _insert_reading(self, env, body: dict, photo: dict, now: float) -> bool:
         """Insert the readings row; False if (message id) or (kit, capture) is already there."""
@@ -691,21 +696,11 @@ class CollectorStore:
             self._x("RELEASE SAVEPOINT tpskit_run")
             return False
         self._x("RELEASE SAVEPOINT tpskit_run")
-        max_seq = self.max_seq
         for c in run:
             env = c.env
-            key = (env.kit_id, env.epoch)
-            prev = max_seq.get(key, 0)
-            if env.seq > prev + 1:
-                log.info(
-                    "kit %s: sequence gap, got %d after %d (photo chunks follow numbers; may still come)",
-                    env.kit_id,
-                    env.seq,
-                    prev,
-                )
             if env.body.get("photo"):
                 self._maybe_assemble(env.kit_id, env.body["capture_id"], now)
-            max_seq[key] = max(prev, env.seq)
+            self._note_seq(env)
             out.append(Outcome("stored", "", env.id, env.kit_id, env.kode_wilayah, env.tps, "reading"))
         return True
 
