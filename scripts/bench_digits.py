@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_digits import ece, load_mnist, split_mnist, synth_crop  # noqa: E402
+from train_digits import ece, labelled_reader_crops, load_mnist, split_mnist, synth_crop  # noqa: E402
 
 from inference.digits import CLASSES, EMPTY, DigitClassifier, preprocess_batch  # noqa: E402
 
@@ -56,29 +56,15 @@ def reader_set(n_pages: int, seed: int) -> tuple[list[np.ndarray], np.ndarray] |
     boxes are left out (the generator writes blank, X, dash or 0 there and does not record which).
     """
     try:
-        from inference import reader, synth
-        from inference.templates import load_form
-    except ImportError as e:
-        return f"inference.reader / inference.synth not available ({e})"
-    if not hasattr(reader.PageReader, "box_crops") or not hasattr(synth, "make_sample"):
-        return "inference.reader.PageReader.box_crops() or inference.synth.make_sample() missing"
-    try:
-        pr = reader.PageReader(classifier=DigitClassifier.load())
-        form = load_form()
-        crops: list[np.ndarray] = []
-        labels: list[int] = []
-        for i in range(n_pages):
-            page_no = 1 + i % 3
-            sample = synth.make_sample(seed + i, page_no, condition="field")
-            fields = form.pages[page_no].by_name
-            for bc in pr.box_crops(sample.image):
-                label = synth.box_label(sample.written.get(bc.field), len(fields[bc.field].boxes), bc.box)
-                if label is None:
-                    continue
-                crops.append(bc.crop)
-                labels.append(label)
+        from inference import synth
+
+        samples = ((i, synth.make_sample(seed + i, 1 + i % 3, condition="field")) for i in range(n_pages))
+        crops, labels = [], []
+        for _, crop, label in labelled_reader_crops(samples):
+            crops.append(crop)
+            labels.append(label)
         return (crops, np.asarray(labels)) if crops else "page reader returned no crops"
-    except Exception as e:  # the reader is another helper's work: report, do not crash the benchmark
+    except Exception as e:  # report in the figures, do not crash the benchmark
         return f"page-reader crops failed: {type(e).__name__}: {e}"
 
 

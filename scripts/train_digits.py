@@ -333,8 +333,11 @@ def build_set(name: str, labels: np.ndarray, seed: int, *, mnist_pool, p_mnist: 
     return x, labels.astype(np.int64)
 
 
-def reader_crops(n_pages: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Preprocessed inputs, labels and page index of the box crops the reader cuts from generated pages."""
+def labelled_reader_crops(samples):
+    """``(sample index, crop, label)`` for every box the page reader cuts from ``(index, synth sample)`` pairs
+    whose truth is known (``synth.box_label``); photos the reader refuses (RetakeError) are skipped.
+
+    Shared by this script's reader-domain training set and ``bench_digits``' reader set."""
     from inference import synth
     from inference.digits import DigitClassifier
     from inference.reader import PageReader
@@ -343,27 +346,36 @@ def reader_crops(n_pages: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
     pr = PageReader(classifier=DigitClassifier.load())  # box_crops() only cuts; the model is not used
     form = load_form()
-    xs: list[np.ndarray] = []
-    ys: list[int] = []
-    pg: list[int] = []
-    t0 = time.time()
-    for i in range(n_pages):
-        page_no = 1 + i % 3
-        cond = synth.CONDITIONS[(i // 3) % len(synth.CONDITIONS)]
-        sample = synth.make_sample(READER_SEED_BASE + seed + i, page_no, condition=cond,
-                                   scale=READER_SCALES[(i // 9) % len(READER_SCALES)])
-        fields = form.pages[page_no].by_name
+    for i, sample in samples:
+        fields = form.pages[sample.page].by_name
         try:
             crops = pr.box_crops(sample.image)
         except RetakeError:
             continue
         for bc in crops:
             label = synth.box_label(sample.written.get(bc.field), len(fields[bc.field].boxes), bc.box)
-            if label is None:
-                continue
-            xs.append(np.rint(preprocess(bc.crop) * 255).astype(np.uint8))
-            ys.append(label)
-            pg.append(i)
+            if label is not None:
+                yield i, bc.crop, label
+
+
+def reader_crops(n_pages: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preprocessed inputs, labels and page index of the box crops the reader cuts from generated pages."""
+    from inference import synth
+
+    def samples():
+        for i in range(n_pages):
+            cond = synth.CONDITIONS[(i // 3) % len(synth.CONDITIONS)]
+            yield i, synth.make_sample(READER_SEED_BASE + seed + i, 1 + i % 3, condition=cond,
+                                       scale=READER_SCALES[(i // 9) % len(READER_SCALES)])
+
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    pg: list[int] = []
+    t0 = time.time()
+    for i, crop, label in labelled_reader_crops(samples()):
+        xs.append(np.rint(preprocess(crop) * 255).astype(np.uint8))
+        ys.append(label)
+        pg.append(i)
     print(f"  reader crops: {len(ys)} from {n_pages} pages in {time.time() - t0:.0f} s", flush=True)
     if not ys:
         return (np.empty((0, INPUT_SIZE, INPUT_SIZE), np.uint8), np.empty(0, np.int64), np.empty(0, np.int64))
