@@ -71,6 +71,11 @@ class Collector:
     ):
         from comms.courier import parse_broker_url
 
+        if verify_threads < 0 or batch_max < 1 or batch_wait_s < 0:
+            raise ValueError(
+                f"verify_threads {verify_threads} (>= 0), batch_max {batch_max} (>= 1), "
+                f"batch_wait_s {batch_wait_s} (>= 0): a value is out of range"
+            )
         self.broker_url = broker_url
         self._host, self._port, self._tls = parse_broker_url(broker_url)
         self._creds = dict(
@@ -103,7 +108,7 @@ class Collector:
         # current one. Off by default: libsodium releases the GIL, but the hand-offs (one per envelope) cost
         # ~40 µs of CPU per reading and gave no throughput in scripts/bench_delivery.py (docs/payloads.md);
         # for more cores run several collectors (processes) in one share group.
-        self._threads = max(0, verify_threads)
+        self._threads = verify_threads
         self._pool = (
             ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="tpskit-verify")
             if self._threads

@@ -167,8 +167,12 @@ class Courier:
         self.max_inflight = int(max_inflight)
         # While a backlog drains, up to pack_max_count signed envelopes of one topic (≤ pack_max_bytes
         # together) travel in one MQTT message (a pack, docs/payloads.md); 0 sends every message alone.
-        self.pack_max_bytes = max(0, int(pack_max_bytes))
-        self.pack_max_count = max(1, min(int(pack_max_count), payloads.PACK_MAX_COUNT))
+        # A larger pack would be refused whole by every collector (and resent for ever): refuse it here.
+        if not 0 <= int(pack_max_bytes) <= payloads.PACK_MAX_BYTES:
+            raise ValueError(f"pack_max_bytes {pack_max_bytes}: use 0 (no packs) ..{payloads.PACK_MAX_BYTES}")
+        if not 1 <= int(pack_max_count) <= payloads.PACK_MAX_COUNT:
+            raise ValueError(f"pack_max_count {pack_max_count}: use 1 .. {payloads.PACK_MAX_COUNT}")
+        self.pack_max_bytes, self.pack_max_count = int(pack_max_bytes), int(pack_max_count)
         self.protocol = protocol
         self.client_id = client_id or kit_id
         self._backoff = Backoff(base_s=backoff_base_s, max_s=backoff_max_s)

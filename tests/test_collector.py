@@ -341,3 +341,11 @@ def test_worker_survives_a_failed_ack(tmp_path, kit):
     finally:
         col._stop.set()
         worker.join(5)
+
+
+@pytest.mark.parametrize("bad", [dict(verify_threads=-1), dict(batch_max=0), dict(batch_wait_s=-1.0)])
+def test_collector_options_out_of_range_refused(tmp_path, kit, bad):
+    from comms.collector import Collector
+
+    with pytest.raises(ValueError, match="out of range"):
+        Collector(broker_url="mqtt://127.0.0.1:1", db_path=tmp_path / "c.db", registry=_registry(kit), **bad)

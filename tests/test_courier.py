@@ -129,6 +129,16 @@ def test_urls_and_bad_input(tmp_path):
         c.publish_retained("reading", {})
     assert c.status()["queued"] == 0
     c.close()
+    for bad in (dict(pack_max_bytes=-1), dict(pack_max_bytes=2_000_000), dict(pack_max_count=0)):
+        with pytest.raises(ValueError, match="pack_max"):
+            Courier(
+                db_path=tmp_path / "tpskit.db",
+                kit_id="kit-1",
+                kode_wilayah=KW,
+                tps=TPS,
+                signing_key=generate_key(),
+                **bad,
+            )
 
 
 def test_from_config(tmp_path):
