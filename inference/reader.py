@@ -464,7 +464,9 @@ def ink_extent_mm(crop: np.ndarray, ppm: float) -> float:
 class PageReader:
     """Reads photos of form pages. ``classifier``: an object with ``classify(crops) -> (labels, probs)``
     (``inference.digits.DigitClassifier``); ``form``: a form id or ``Form`` (default: every known form);
-    ``confidence``: the posterior a number needs to be accepted without review."""
+    ``max_error``: the largest P(some number on the page is wrong) at which a page is ``ok`` (the main bound);
+    ``confidence``: the posterior each number needs on its own as well (a per-number floor, on top of
+    ``max_error``; it also decides which numbers a ``digit_uncertain`` reason names)."""
 
     def __init__(
         self,
