@@ -42,6 +42,7 @@ PACK_VERSION = 1  # version of the pack framing (the envelopes inside stay schem
 PACK_MAX_BYTES = 1024 * 1024  # a larger pack is refused whole by the collector
 PACK_MAX_COUNT = 1000  # envelopes per pack, at most
 _PACK_HEAD = b'{"count":'
+_PACK_TAIL = b',"kind":"pack","v":%d}' % PACK_VERSION  # the header is _PACK_HEAD, the count, _PACK_TAIL
 
 
 class MalformedMessage(ValueError):
@@ -332,13 +333,13 @@ def pack(envelopes: list[bytes]) -> bytes:
         raise ValueError(f"a pack holds 1..{PACK_MAX_COUNT} envelopes, not {len(envelopes)}")
     if any(b"\n" in e for e in envelopes):
         raise ValueError("an envelope in a pack must not contain a newline (use canonical JSON)")
-    head = _PACK_HEAD + b"%d" % len(envelopes) + b',"kind":"pack","v":%d}' % PACK_VERSION
+    head = _PACK_HEAD + b"%d" % len(envelopes) + _PACK_TAIL
     return b"\n".join([head, *envelopes])
 
 
 def pack_overhead(count: int) -> int:
     """Bytes a pack of *count* envelopes adds to their own sizes (header and newlines)."""
-    return len(_PACK_HEAD) + len(str(count)) + len(',"kind":"pack","v":1}') + count
+    return len(_PACK_HEAD) + len(str(count)) + len(_PACK_TAIL) + count
 
 
 def is_pack(payload: bytes) -> bool:

@@ -266,3 +266,10 @@ def test_sent_is_recorded_only_when_the_ack_is_late(courier):
     s._flush()
     st = courier.status()
     assert (st["queued"], st["sent"], st["acked"]) == (0, 3, 2)
+
+
+def test_pack_overhead_is_what_pack_adds():
+    """The courier bounds packs with pack_overhead: it must be exactly the header and newlines of pack()."""
+    for n in (1, 9, 10, 100, payloads.PACK_MAX_COUNT):
+        envelopes = [b'{"x":1}'] * n
+        assert len(payloads.pack(envelopes)) - sum(map(len, envelopes)) == payloads.pack_overhead(n)
