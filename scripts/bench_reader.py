@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.reader import PageReader, check_tps  # noqa: E402
+from inference.reader import EMPTY, PageReader, check_tps  # noqa: E402
 from inference.register import RetakeError  # noqa: E402
 from inference.synth import CONDITIONS, SPOILS, make_sample, make_tps  # noqa: E402
 
@@ -77,6 +77,41 @@ def _top(p: np.ndarray, k: int = 2) -> str:
     return "/".join(f"{_sym(int(j))}:{p[j]:.2f}" for j in order)
 
 
+def _field_details(pg: dict, flagged: set[str], confusions: dict[str, int]) -> list[str]:
+    """One entry per flagged, wrong or doubtful field of a page (value, truth, top-2 per box); counts the
+    confusions (truth -> model's top class) of its doubtful or wrong boxes into ``confusions``."""
+    ev = pg["evidence"]
+    detail = []
+    for name, got in pg["fields"].items():
+        truth = pg["written"].get(name)
+        if name not in flagged and got["value"] == truth and got["confidence"] >= 0.99:
+            continue
+        idx = [] if ev is None else [j for j, (f, _) in enumerate(ev["boxes"]) if f == name]
+        boxes = []
+        for j, t in zip(idx, _truth_digits(truth, len(idx)), strict=True):
+            pr = ev["probs"][j]
+            top = int(np.argmax(pr))
+            right = top in (0, EMPTY) if t is None else top == t
+            if pr.max() < 0.99 or not right:
+                key = f"{_sym(t)}->{_sym(top)}"
+                confusions[key] = confusions.get(key, 0) + 1
+            boxes.append(_top(pr))
+        detail.append(f"{name}={got['value']}({got['confidence']}) truth={truth} "
+                      f"bubbles={got.get('bubbles')} [{' | '.join(boxes)}]")
+    return detail
+
+
+def _doubt_kind(terms: dict) -> str:
+    """What kept a page from ``ok``, from the reader's ``posterior_terms``."""
+    if terms.get("slip_shown"):
+        return "written page breaks a rule (confident misread or slip)"
+    if terms.get("unsupported"):
+        return "rule settles it only with a digit the box does not favour"
+    if terms:
+        return "doubt: " + max(("other_readings", "unexplored", "slips"), key=lambda k: terms[k])
+    return "?"
+
+
 def why(pages: list[dict]) -> dict:
     """Why slip-free, unspoiled pages were not accepted: counts by reason code, by kind (the written page
     breaks a rule as read; or the doubt in the page posterior is mostly other rule-consistent readings,
@@ -102,37 +137,13 @@ def why(pages: list[dict]) -> dict:
             for name in reason.get("fields") or reason.get("rules") or []:
                 by_field[f"{code}:{name}"] = by_field.get(f"{code}:{name}", 0) + 1
             flagged += reason.get("fields") or []
-        detail = []
-        for name, got in pg["fields"].items():
-            truth = pg["written"].get(name)
-            if name not in flagged and got["value"] == truth and got["confidence"] >= 0.99:
-                continue
-            idx = [] if ev is None else [j for j, (f, _) in enumerate(ev["boxes"]) if f == name]
-            boxes = []
-            for j, t in zip(idx, _truth_digits(truth, len(idx)), strict=True):
-                pr = ev["probs"][j]
-                top = int(np.argmax(pr))
-                right = top in (0, 10) if t is None else top == t
-                if pr.max() < 0.99 or not right:
-                    key = f"{_sym(t)}->{_sym(top)}"
-                    confusions[key] = confusions.get(key, 0) + 1
-                boxes.append(_top(pr))
-            detail.append(f"{name}={got['value']}({got['confidence']}) truth={truth} "
-                          f"bubbles={got.get('bubbles')} [{' | '.join(boxes)}]")
-        terms = (ev or {}).get("posterior_terms") or {}
-        if terms.get("slip_shown"):
-            kind = "written page breaks a rule (confident misread or slip)"
-        elif terms.get("unsupported"):
-            kind = "rule settles it only with a digit the box does not favour"
-        elif terms:
-            kind = "doubt: " + max(("other_readings", "unexplored", "slips"), key=lambda k: terms[k])
-        else:
-            kind = "?"
+        detail = _field_details(pg, set(flagged), confusions)
+        kind = _doubt_kind((ev or {}).get("posterior_terms") or {})
         by_kind[kind] = by_kind.get(kind, 0) + 1
         pc = (ev or {}).get("page_confidence")
-        head = f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])} (page {pc:.5f}): " if pc \
-            is not None else f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])}: "
-        lines.append(head + "; ".join(detail))
+        post = "" if pc is None else f" (page {pc:.5f})"
+        lines.append(f"tps{pg['tps']}-p{pg['page']} {pg['cond']} {','.join(pg['codes'])}{post}: "
+                     + "; ".join(detail))
     return {"pages": sum(p["status"] != "ok" for p in pages), "by_code": by_code, "by_kind": by_kind,
             "by_condition": by_cond,
             "by_field": dict(sorted(by_field.items(), key=lambda kv: -kv[1])),
@@ -154,7 +165,7 @@ def _truth_digits(value: int | None, n: int) -> list[int | None]:
 
 
 def _sym(label: int | None) -> str:
-    return "lead" if label is None else "E" if label == 10 else str(label)
+    return "lead" if label is None else "E" if label == EMPTY else str(label)
 
 
 def generator_cache(root: Path, scale: float) -> Path:
