@@ -170,6 +170,8 @@ class Outbox:
             db[PAYLOADS].create(
                 {"id": str, "payload": bytes}, pk="id", not_null={"payload"}, if_not_exists=True
             )
+            if "payload" in self._columns():
+                self._move_payloads()
             self._conn.execute(
                 f"CREATE TRIGGER IF NOT EXISTS {PAYLOADS}_gc AFTER DELETE ON {TABLE} "
                 f"BEGIN DELETE FROM {PAYLOADS} WHERE id = OLD.id; END"
@@ -190,6 +192,24 @@ class Outbox:
             self._conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {TABLE}_acked ON {TABLE}(acked_at) WHERE state = 'acked'"
             )
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._conn.execute(f"PRAGMA table_info({TABLE})")}
+
+    def _move_payloads(self) -> None:
+        """An outbox from before PAYLOADS kept the bytes in TABLE.payload (NOT NULL): move them, once, so
+        that its unacked rows are still delivered and new rows can be queued."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if "payload" in self._columns():  # another process may have moved them meanwhile
+                self._conn.execute(
+                    f"INSERT OR IGNORE INTO {PAYLOADS} (id, payload) SELECT id, payload FROM {TABLE}"
+                )
+                self._conn.execute(f"ALTER TABLE {TABLE} DROP COLUMN payload")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     @property
     def epoch(self) -> int:

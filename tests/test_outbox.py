@@ -85,3 +85,33 @@ def test_record_many_states_in_one_transaction(tmp_path):
     ob.record(acked=ids)
     assert ob.unacked_count() == 0 and not ob.has_unacked()
     ob.close()
+
+
+def test_outbox_of_the_previous_release_keeps_its_rows(tmp_path):
+    """An outbox written before the payloads moved to their own table: its unacked rows are still
+    delivered (with their bytes) and new messages can be queued."""
+    import sqlite3
+
+    path = tmp_path / "tpskit.db"
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE TABLE outbox (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, kind TEXT NOT NULL, "
+        "topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER, priority INTEGER, capture_id TEXT, "
+        "state TEXT NOT NULL, bytes INTEGER NOT NULL, created_at FLOAT NOT NULL, sent_at FLOAT, "
+        "acked_at FLOAT, attempts INTEGER)"
+    )
+    con.execute(
+        "INSERT INTO outbox VALUES ('k:old', 1, 'reading', 't/x', X'7B7D', 0, 0, NULL, 'sent', 2, 1.0, 2.0, "
+        "NULL, 1)"
+    )
+    con.execute("CREATE TABLE outbox_counters (name TEXT PRIMARY KEY, value INTEGER)")
+    con.execute("INSERT INTO outbox_counters VALUES ('seq', 1), ('epoch', 5)")
+    con.commit()
+    con.close()
+    with Outbox(path) as ob:
+        assert [(r.id, r.payload) for r in ob.unacked()] == [("k:old", b"{}")]
+        assert _add(ob, "k:new") == 2
+        assert [r.id for r in ob.unacked()] == ["k:old", "k:new"]
+        assert ob.epoch == 5
+    with Outbox(path) as ob:  # reopening does nothing more
+        assert [r.id for r in ob.unacked()] == ["k:old", "k:new"]
