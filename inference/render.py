@@ -46,6 +46,8 @@ GUIDE = 185  # the light round-dot guide ("dots")
 GREY = 201  # the official light grey (0.79) of the "grey8" guide, the tally grid and the row-sum cells
 GUIDES = ("none", "grey8", "dots")
 BORDERS = {"ink": INK, "grey": GREY}
+_BOX_KEYS = ("guide", "border", "border_mm")  # look data of a page or field
+_TALLY_KEYS = ("total", "grid_mm", "cols", "rows", "per_cell", "row_fields")
 # "grey8", measured on the official PDF (page 2, 20 mm boxes): 0.67 x 0.69 mm grey squares in 5 columns x
 # 9 rows at 2.067 x 1.66 mm pitch, centred in the box; columns 0, 2, 4 full, columns 1, 3 in rows 0, 4, 8
 _GREY8_PITCH = (2.067, 1.66)
@@ -220,13 +222,20 @@ def page_style(
     if look is None:
         look = load_look(page.form, forms_dir)
     pl = (look.get("pages") or {}).get(str(page.page)) or {}
+    bad = set(pl) - {*_BOX_KEYS, "fields", "tallies"}
+    if bad:
+        known = [*_BOX_KEYS, "fields", "tallies"]
+        raise TemplateError(f"{where}: unknown keys {sorted(bad)} (known: {known})")
     overrides = pl.get("fields") or {}
+    unmatched = [p for p in overrides if not any(fnmatch.fnmatchcase(f.name, p) for f in page.fields)]
+    if unmatched:
+        raise TemplateError(f"{where}, fields: {unmatched} match no field of the page")
     boxes = {}
     for f in page.fields:
-        d = {k: pl[k] for k in ("guide", "border", "border_mm") if k in pl}
+        d = {k: pl[k] for k in _BOX_KEYS if k in pl}
         for pattern, o in overrides.items():
             if fnmatch.fnmatchcase(f.name, pattern):
-                bad = set(o) - {"guide", "border", "border_mm"}
+                bad = set(o) - set(_BOX_KEYS)
                 if bad:
                     raise TemplateError(f"{where}, fields['{pattern}']: unknown keys {sorted(bad)}")
                 d.update(o)
@@ -246,6 +255,9 @@ def page_style(
         boxes[f.name] = BoxStyle(guide=guide, border=BORDERS[border], border_mm=float(line))
     tallies = []
     for i, t in enumerate(pl.get("tallies", [])):
+        bad = set(t) - set(_TALLY_KEYS) if isinstance(t, dict) else set()
+        if bad:
+            raise TemplateError(f"{where}, tallies[{i}]: unknown keys {sorted(bad)} (known: {_TALLY_KEYS})")
         try:
             x, y, w, h = (float(v) for v in t["grid_mm"])
             tally = Tally(

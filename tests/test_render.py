@@ -113,6 +113,16 @@ def test_pages_without_look_data_keep_the_dotted_guide():
     look["pages"]["3"]["tallies"][0]["row_fields"][0] = "nope"
     with pytest.raises(TemplateError, match="unknown fields"):
         page_style(load_form().pages[3], look)
+    typos = (({"guid": "none"}, "unknown keys"), ({"fields": {"pasln_*": {}}}, "match no field"))
+    for typo, message in typos:
+        look = _look()
+        look["pages"]["1"].update(typo)  # a misspelt key or pattern is an error, not silently ignored
+        with pytest.raises(TemplateError, match=message):
+            page_style(page, look)
+    look = _look()
+    look["pages"]["3"]["tallies"][0]["percell"] = 5
+    with pytest.raises(TemplateError, match="unknown keys"):
+        page_style(load_form().pages[3], look)
 
 
 def _match(theirs: np.ndarray, ours: np.ndarray, b: Box, *, margin_mm: float = 1.5, search_mm: float = 3.0):
