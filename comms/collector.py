@@ -226,8 +226,8 @@ class Collector:
         return batch
 
     def _work(self) -> None:
-        """Batches in order. The pool checks most of the next batch while the worker stores the current
-        one; the worker then checks the rest (a pipeline of two stages on two threads)."""
+        """Batches in order; by default (verify_threads=0) the worker checks, then stores each batch. With a
+        pool, a pool thread checks most of the next batch while the worker stores the current one."""
         store = self._open_store()
         if store is None:
             return
