@@ -488,7 +488,6 @@ class PageReader:
         self.confidence = float(confidence)
         self.max_error = float(max_error)
         self.box_misread = BOX_MISREAD
-        self._terms: dict = {}
         self.min_px_per_mm = float(min_px_per_mm)
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -591,11 +590,13 @@ class PageReader:
                 _, val, state = _read_bubbles(gray, reg.homography, f)
                 bubbles[f.name] = (val, state)
         t = lap("bubbles", t)
-        fields_out, reasons, checks, status, page_conf = self._decide(page, crops, labels, probs, bubbles)
+        fields_out, reasons, checks, status, page_conf, terms = self._decide(
+            page, crops, labels, probs, bubbles
+        )
         lap("decide", t)
         timing["total"] = round((time.perf_counter() - t0) * 1000, 1)
         evidence = {"boxes": [(bc.field, bc.box) for bc in crops], "probs": probs, "labels": labels,
-                    "bubbles": bubbles, "page_confidence": page_conf, "posterior_terms": self._terms}
+                    "bubbles": bubbles, "page_confidence": page_conf, "posterior_terms": terms}
         return PageReading(
             name,
             page.form,
@@ -617,14 +618,15 @@ class PageReader:
         labels: np.ndarray,
         probs: np.ndarray,
         bubbles: dict[str, tuple[int | None, str]],
-    ) -> tuple[dict, list, list, str, float]:
+    ) -> tuple[dict, list, list, str, float, dict]:
         """The page's numbers and status from the box probabilities, the bubbles and the rules.
 
         The reading shown is the most probable assignment of values that satisfies every printed rule and
         agrees with the bubbles, unless the boxes say clearly that the page as written breaks a rule (a slip:
         then what the boxes say, and ``review``). ``ok`` needs the posterior of the whole page reading, with
         slips and unexplored readings in the denominator, to reach ``1 - max_error`` and every number's
-        posterior to reach ``confidence``. Returns (fields, reasons, checks, status, page posterior)."""
+        posterior to reach ``confidence``. Returns (fields, reasons, checks, status, page posterior, what the
+        posterior is made of)."""
         per_field: dict[str, list[int]] = {}
         for i, bc in enumerate(crops):
             per_field.setdefault(bc.field, []).append(i)
@@ -653,7 +655,7 @@ class PageReader:
                            + joint.slips_by_field.get(f.name, 0.0))
                 conf[f.name] = max(0.0, 1.0 - against / denom) if denom > 0 else 0.0
         page_conf = 0.0 if slip else joint.posterior()
-        self._terms = {  # what the page posterior is made of (for the benchmark's explanations)
+        terms = {  # what the page posterior is made of (for the benchmark's explanations)
             "other_readings": (joint.consistent - joint.best_mass) / denom if denom > 0 else 0.0,
             "unexplored": joint.unexplored / denom if denom > 0 else 0.0,
             "slips": joint.slips / denom if denom > 0 else 0.0,
@@ -675,7 +677,7 @@ class PageReader:
         uncertain = [f.name for f, c in zip(page.fields, cands, strict=True)
                      if f.name not in empty and (1.0 - conf[f.name] > floor or c.valid < MIN_VALID
                                                  or f.name in unsupported)]
-        self._terms["unsupported"] = sorted(unsupported)
+        terms["unsupported"] = sorted(unsupported)
         if not slip and page_conf < 1.0 - self.max_error and not uncertain:
             uncertain = [min(conf, key=conf.get)]
         if slip and not (failed or empty or mismatch or uncertain):
@@ -702,7 +704,7 @@ class PageReader:
                 "bubbles": bubbles[f.name][0] if f.name in bubbles else None,
             }
         status = "ok" if not reasons else "review"
-        return fields_out, reasons, checks, status, page_conf
+        return fields_out, reasons, checks, status, page_conf, terms
 
 
 # ---------------------------------------------------------------------------------------------- TPS ---
