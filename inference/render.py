@@ -15,6 +15,7 @@ plain box, as pages 1 and 3 of the 2024 PPWP form; ``"grey8"``: the official gre
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 from dataclasses import dataclass
@@ -206,8 +207,10 @@ def _read_json(path: Path) -> dict | None:
 
 
 def load_look(form_id: str, forms_dir: Path | str = FORMS_DIR) -> dict:
-    """The form's ``look.json`` (how boxes and tally grids are printed), ``{}`` if the form has none."""
-    return _read_json(Path(forms_dir) / form_id / "look.json") or {}
+    """The form's ``look.json`` (how boxes and tally grids are printed), ``{}`` if the form has none.
+
+    A copy: the parsed file is cached, and a caller editing what it gets must not change it for others."""
+    return copy.deepcopy(_read_json(Path(forms_dir) / form_id / "look.json") or {})
 
 
 def page_style(

@@ -164,3 +164,11 @@ def test_rendered_boxes_and_guides_match_the_official_pdf(tmp_path):
         assert max(offsets) < 0.5, f"page {n}: box offsets up to {max(offsets):.2f} mm"
         assert min(scores) > 0.7, f"page {n}: a box matches the PDF with score {min(scores):.2f}"
         assert max(inside) < 4.0, f"page {n}: box insides differ from the PDF by {max(inside):.1f} levels"
+
+
+def test_look_data_handed_out_is_a_copy():
+    from inference.render import load_look
+
+    look = load_look("C.HASIL-PPWP-2024")
+    look["pages"]["1"]["guide"] = "stars"
+    assert load_look("C.HASIL-PPWP-2024")["pages"]["1"]["guide"] != "stars"
