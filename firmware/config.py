@@ -168,8 +168,9 @@ class ReaderConfig(Section):
     """How strict the page reader is."""
 
     confidence: float = Field(0.99, gt=0.5, lt=1.0,
-                              description="A digit below this probability makes its number "
-                                          "uncertain (review).")
+                              description="Posterior each number needs on its own (digits, bubbles and "
+                                          "rules together) for an ok page, on top of max_error; numbers "
+                                          "below it are named in the review reason.")
     max_error: float = Field(3e-3, gt=0.0, le=0.05,
                              description="A page is accepted (ok) only if the chance that any of its numbers "
                                          "is wrong, given the digits, bubbles and rules, is at most this.")
