@@ -146,9 +146,12 @@ def preprocess(crop: np.ndarray) -> np.ndarray:
     t = max(4, round(max(h, w) * 1.5 / 19.0))
     sliver = (((at_l | at_r) & (cw <= t) & (ch >= 0.3 * (bottom - top)))
               | ((at_t | at_b) & (ch <= t) & (cw >= 0.3 * (right - left))))
+    # a speck at the edge (a neighbour's tally mark or digit reaching in, dirt on the line): <= 2.5 mm
+    tiny = max(5, round(max(h, w) * 2.5 / 19.0))
+    speck = edge & (cw <= tiny) & (ch <= tiny)
     big = mass.max()
     keep = ((mass >= max(2.0, 0.04 * big)) & ~(small & (mass < 0.25 * big))
-            & ~(edge & (mass < 0.3 * big)) & ~sliver)
+            & ~(edge & (mass < 0.3 * big)) & ~sliver & ~speck)
     if mass[keep].sum() < 5.0:  # a few specks: nothing written
         return out
     kept = np.isin(labels, np.flatnonzero(keep) + 1)

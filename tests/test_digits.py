@@ -91,6 +91,27 @@ def test_blank_boxes_are_empty(clf):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_specks_at_the_box_edge_are_not_a_digit(clf):
+    """A neighbour's tally mark or a dot reaching in at the edge of an empty box (~2 mm) is no digit; a digit
+    written against the same edge still is."""
+    rng = np.random.default_rng(5)
+    ppm = 2.4
+    crop = hw.render_box(None, px_per_mm=ppm, rng=rng, guide=False, neighbours=False, noise=1.0,
+                         cut_mm=(1.0, 1.0, 1.0, 1.0))
+    side = crop.shape[0]
+    marked = crop.copy()
+    # marks on the inner side of the printed line (it runs ~0.5-1.5 mm from the crop edge)
+    marked[round(1.2 * ppm):round(2.8 * ppm), side // 2:side // 2 + round(1.6 * ppm)] = 40  # top border
+    right = slice(side - round(2.8 * ppm), side - round(1.2 * ppm))
+    marked[side // 2:side // 2 + round(1.2 * ppm), right] = 40  # right border
+    assert not preprocess(marked).any()
+    labels, _ = clf.classify([marked])
+    assert labels[0] == EMPTY
+    one = hw.render_box(hw.render_digit(4, height_px=60, rng=rng), px_per_mm=ppm, rng=rng, height_mm=13.0,
+                        center_mm=(-3.0, 0.0), guide=False, noise=1.0)
+    assert preprocess(one).any() and clf.classify([one])[0][0] == 4
+
+
 def test_batch_of_one_and_many_agree(clf, fixed_set):
     crops, _ = fixed_set
     many_labels, many_probs = clf.classify(crops)
