@@ -510,6 +510,7 @@ def load_reader(config: Config):
     classifier = digits.DigitClassifier.load(config.paths.model, num_threads=1)
     return reader.PageReader(classifier=classifier, confidence=config.reader.confidence,
                              max_error=config.reader.max_error,
+                             min_support=config.reader.min_support,
                              min_px_per_mm=config.reader.min_px_per_mm)
 
 

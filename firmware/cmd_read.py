@@ -71,10 +71,10 @@ def _table(d: dict, out) -> None:
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from inference.reader import MAX_ERROR, PageReader, check_tps
+    from inference.reader import MAX_ERROR, MIN_SUPPORT, PageReader, check_tps
     from inference.templates import DEFAULT_FORM, TemplateError
 
-    confidence, max_error, min_ppm, model = 0.99, MAX_ERROR, 2.0, args.model
+    confidence, max_error, min_support, min_ppm, model = 0.99, MAX_ERROR, MIN_SUPPORT, 2.0, args.model
     if getattr(args, "config", None):
         from firmware import config as config_mod
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tpskit read: {exc}", file=sys.stderr)
             return 2
         confidence, min_ppm = cfg.reader.confidence, cfg.reader.min_px_per_mm
-        max_error = cfg.reader.max_error
+        max_error, min_support = cfg.reader.max_error, cfg.reader.min_support
         model = model or cfg.paths.model
     try:
         from inference.digits import DigitClassifier
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         reader = PageReader(classifier=classifier, form=args.form, confidence=confidence,
-                            max_error=max_error, min_px_per_mm=min_ppm)
+                            max_error=max_error, min_support=min_support, min_px_per_mm=min_ppm)
     except TemplateError as exc:
         print(f"tpskit read: {exc}", file=sys.stderr)
         return 2

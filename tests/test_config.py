@@ -130,3 +130,12 @@ def test_reader_max_error_default_is_the_readers():
     assert config.parse({}).reader.max_error == MAX_ERROR
     with pytest.raises(ConfigError, match="reader.max_error"):
         config.parse({"reader": {"max_error": 0.5}})
+
+
+def test_reader_min_support_default_is_the_readers():
+    from inference.reader import MIN_SUPPORT
+
+    assert config.parse({}).reader.min_support == MIN_SUPPORT
+    assert config.parse({"reader": {"min_support": 0.5}}).reader.min_support == 0.5
+    with pytest.raises(ConfigError, match="reader.min_support"):
+        config.parse({"reader": {"min_support": 1.5}})

@@ -64,8 +64,8 @@ class _Probs:
 GOOD = {"suara_sah": 176, "suara_tidak_sah": 7, "total_suara": 183, "tanggal": 14, "bulan": 2, "tahun": 2024}
 
 
-def _decide(p, page=P3, bubbles=None):
-    reader = PageReader(classifier=None, confidence=0.99)
+def _decide(p, page=P3, bubbles=None, **kw):
+    reader = PageReader(classifier=None, confidence=0.99, **kw)
     return reader._decide(page, p.crops, p.probs.argmax(1), p.probs, bubbles or {})[:4]
 
 
@@ -107,6 +107,22 @@ def test_a_rule_that_holds_only_through_an_improbable_digit_stays_review():
     fields, reasons, _, status = _decide(p)
     assert status == "review" and fields["suara_sah"]["value"] == 177
     assert "rule_failed" in [r["code"] for r in reasons]
+
+
+def test_a_lower_min_support_lets_the_rule_settle_a_doubt_the_box_raises_not_a_digit_it_rules_out():
+    # 7 (0.7) or 1 (0.3): with min_support 0.1 the 1 is supported enough and a slip that happens to be a 7 is
+    # improbable enough (posterior P(wrong) ~ 2e-3 <= max_error): the page adds up, 171 is accepted
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 2, 7, 0.7), min_support=0.1)
+    assert status == "ok" and fields["suara_sah"]["value"] == 171
+    assert 0.997 < fields["suara_sah"]["confidence"] < 0.999
+    # tens box 1 (0.95) or 7 (0.05): a slip 60 off is so improbable that the posterior alone would accept 171,
+    # but the box rates the 7 below a tenth of its favourite: never picked by the rule
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.95), min_support=0.1)
+    assert status == "review" and "suara_sah" in reasons[-1]["fields"]
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.95), min_support=0.0)
+    assert status == "ok" and fields["suara_sah"]["value"] == 171
+    with pytest.raises(ValueError, match="min_support"):
+        PageReader(classifier=None, min_support=1.5)
 
 
 def test_a_slip_with_a_doubtful_digit_is_not_explained_away():
