@@ -290,6 +290,15 @@ def draw_tallies(
         _blend_ink(img, x0, y0, np.clip(cov, 0, 1) * rng.uniform(0.8, 1.0), color)
 
 
+
+def _child(rng: np.random.Generator) -> np.random.Generator:
+    """``rng.spawn(1)[0]`` (numpy >= 1.25), also on numpy 1.24 (Raspberry Pi OS bookworm's apt numpy): the
+    same child stream, from the generator's seed sequence."""
+    if hasattr(rng, "spawn"):
+        return rng.spawn(1)[0]
+    bits = rng.bit_generator
+    return np.random.Generator(type(bits)(bits._seed_seq.spawn(1)[0]))
+
 def fill_page(
     page: PageTemplate,
     written: dict[str, int | None],
@@ -356,7 +365,7 @@ def fill_page(
             _blend_ink(img, int(bb.cx * s - size / 2 + ox), int(bb.cy * s - size / 2 + oy), cov, color)
     if tallies:  # own child generator: the rest of the photo is drawn from the same stream as without tallies
         pen = float(np.clip(writer.thickness_frac * 12.0, 0.35, 1.0))
-        draw_tallies(img, page, written, px_per_mm=s, rng=rng.spawn(1)[0], color=color, pen_mm=pen)
+        draw_tallies(img, page, written, px_per_mm=s, rng=_child(rng), color=color, pen_mm=pen)
     return img
 
 

