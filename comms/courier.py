@@ -447,11 +447,29 @@ class Courier:
         if msg:
             log.warning("%s", msg)
 
+    def _open_outbox(self) -> Outbox | None:
+        """The link thread's own outbox connection, retried with backoff while the database cannot be opened
+        (locked beyond the busy timeout, disk trouble): the thread and the kit's watchdog pings live on.
+        None once the courier is stopped."""
+        while not self._stop.is_set():
+            try:
+                # Delivery-state updates only: NORMAL sync (a lost update means a harmless resend).
+                return Outbox(self.db_path, max_bytes=self._max_bytes, retention_s=self._retention_s,
+                              synchronous="NORMAL")
+            except Exception as exc:  # noqa: BLE001 - sqlite3/OSError: retry, never end the link thread
+                log.exception("courier cannot open the outbox")
+                self._set_error(f"courier cannot open the outbox {self.db_path}: {exc}")
+                self._wake.wait(self._backoff.next())
+                self._wake.clear()
+        return None
+
     def _run(self) -> None:
-        # Delivery-state updates only: NORMAL sync (a lost update means a harmless resend).
-        outbox = Outbox(
-            self.db_path, max_bytes=self._max_bytes, retention_s=self._retention_s, synchronous="NORMAL"
-        )
+        outbox = self._open_outbox()
+        if outbox is None:
+            return
+        with self._lock:
+            if self._last_error and self._last_error.startswith("courier cannot open the outbox"):
+                self._last_error = None
         try:
             try:
                 outbox.purge()

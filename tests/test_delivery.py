@@ -238,3 +238,36 @@ def test_signed_acks_only_count_from_the_collector_key(tmp_path, mosquitto):
         trusting.close()
         wary.close()
         collector.stop()
+
+
+def test_link_thread_outlives_an_outbox_it_cannot_open(setup, monkeypatch):
+    """The link thread opens its own outbox connection; a database it cannot open yet (locked beyond the busy
+    timeout, disk trouble) is retried with backoff: the thread (and with it the watchdog pings) lives on,
+    the error is reported, and delivery goes on once the outbox opens."""
+    import comms.courier as courier_mod
+
+    key, collector, broker, tmp_path = setup
+    real = courier_mod.Outbox
+    failures = {"left": 2}
+
+    def flaky(*args, **kw):
+        if kw.get("synchronous") == "NORMAL" and failures["left"] > 0:  # the link thread's connection only
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(courier_mod, "Outbox", flaky)
+    courier = _courier(key, broker, tmp_path)
+    try:
+        _submit(courier, 0)
+        courier.start()
+        assert _wait(lambda: failures["left"] < 2, 10)
+        assert courier.is_alive()
+        assert _wait(lambda: "cannot open the outbox" in (courier.status()["last_error"] or "")
+                     or failures["left"] == 0, 10)
+        assert _wait(lambda: courier.status()["acked"] == 1, 30), courier.status()
+        assert courier.is_alive() and failures["left"] == 0
+        assert courier.status()["last_error"] is None
+    finally:
+        courier.close()
+    assert _readings(tmp_path) == ["c0000"]
