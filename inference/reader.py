@@ -79,6 +79,9 @@ MIN_VALID = 0.5  # below this the boxes more likely hold no valid number (a gap,
 # errors per page 5.0e-5 -> 6.0e-5 (``[reader] min_support``).
 MIN_SUPPORT = 0.5
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
+# A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
+# too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
+GREY_INSET_MM = 0.8  # beyond the box edge inwards: the border's inner half (0.27 mm) + registration slack
 
 MESSAGES = {
     "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
@@ -451,6 +454,15 @@ def _grey_bordered_fields(page: PageTemplate) -> frozenset[str]:
     return _GREY_BORDERED[key]
 
 
+def _classifier_crop(crop: np.ndarray, ppm: float, grey_border: bool) -> np.ndarray:
+    """What the digit classifier sees of a box crop cut with CROP_MARGIN_MM: all of it, or for a grey-bordered
+    box its inside only (``GREY_INSET_MM`` within the box edge)."""
+    if not grey_border:
+        return crop
+    k = int(round((CROP_MARGIN_MM + GREY_INSET_MM) * ppm))
+    return crop[k:-k, k:-k] if min(crop.shape) - 2 * k >= 12 else crop
+
+
 def ink_extent_mm(crop: np.ndarray, ppm: float) -> float:
     """Longest side (mm) of the largest dark mark inside a box crop, printed border and faint guide excluded.
 
@@ -527,9 +539,13 @@ class PageReader:
         return out
 
     def box_crops(self, image: np.ndarray) -> list[BoxCrop]:
-        """Registration and cutting only (for the digit benchmark); RetakeError if the photo is unusable."""
+        """Registration and cutting only: the crops the classifier sees (for the digit benchmark and
+        training); RetakeError if the photo is unusable."""
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        return self._cut(gray, self._register(gray))
+        reg = self._register(gray)
+        ppm, grey = self._crop_ppm(reg), _grey_bordered_fields(reg.page)
+        return [BoxCrop(bc.field, bc.box, _classifier_crop(bc.crop, ppm, bc.field in grey))
+                for bc in self._cut(gray, reg)]
 
     # -- the whole read ------------------------------------------------------------------------------
     def read(self, image: np.ndarray, *, name: str = "") -> PageReading:
@@ -585,7 +601,8 @@ class PageReader:
             return PageReading(
                 name, page.form, page.page, "retake", reasons, {}, [], timing, registration=reg, _gray=gray
             )
-        labels, probs = self.classifier.classify([bc.crop for bc in crops])
+        labels, probs = self.classifier.classify([_classifier_crop(bc.crop, ppm, bc.field in grey)
+                                                  for bc in crops])
         probs = np.array(probs, np.float64)
         probs = (1.0 - self.box_misread) * probs + self.box_misread / probs.shape[1]  # confident misreads
         labels = np.array(labels)
