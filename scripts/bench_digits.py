@@ -50,7 +50,8 @@ def synthetic_set(n_per_class: int, seed: int, hard: bool = False) -> tuple[list
 
 
 def reader_set(n_pages: int, seed: int) -> tuple[list[np.ndarray], np.ndarray] | str:
-    """Box crops cut by the page reader from generated photos (field condition), or why the set is skipped.
+    """Box crops cut by the page reader from generated photos (conditions clean, field, hard, pages 1-3 and
+    sensor scales 0.6 and 1.0 in turn), or why the set is skipped.
 
     Truth: a box of a written number holds its digit; every box of a field left blank is EMPTY. Unused leading
     boxes are left out (the generator writes blank, X, dash or 0 there and does not record which).
@@ -58,7 +59,8 @@ def reader_set(n_pages: int, seed: int) -> tuple[list[np.ndarray], np.ndarray] |
     try:
         from inference import synth
 
-        samples = ((i, synth.make_sample(seed + i, 1 + i % 3, condition="field")) for i in range(n_pages))
+        samples = ((i, synth.make_sample(seed + i, 1 + i % 3, condition=synth.CONDITIONS[(i // 3) % 3],
+                                         scale=(0.6, 1.0)[(i // 9) % 2])) for i in range(n_pages))
         crops, labels = [], []
         for _, crop, label in labelled_reader_crops(samples):
             crops.append(crop)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tpskit")
     ap.add_argument("--seed", type=int, default=2024, help="training seed (picks the held-out MNIST split)")
     ap.add_argument("--synthetic-per-class", type=int, default=300)
-    ap.add_argument("--reader-pages", type=int, default=6)
+    ap.add_argument("--reader-pages", type=int, default=72, help="generated pages cut by the page reader")
     ap.add_argument("--tesseract-n", type=int, default=200, help="crops per set for tesseract (slow)")
     ap.add_argument("--threshold", type=float, default=0.99)
     ap.add_argument("--page-boxes", type=int, default=60)
