@@ -90,3 +90,19 @@ def test_bad_look_data_is_a_clear_error_when_the_reader_starts(monkeypatch):
     monkeypatch.setattr(render, "load_look", lambda *a, **k: {"pages": {"2": {"border": "purple"}}})
     with pytest.raises(TemplateError, match="border must be one of"):
         PageReader(classifier=CLASSIFIER, form="C.HASIL-PPWP-2024")
+
+
+def test_empty_grey_row_sums_read_empty_in_a_dim_photo():
+    """Row-sum boxes are printed in light grey; in a dim photo their border survived the classifier's border
+    removal and blank row sums read 1/4/6 (half of them on this page): the reader classifies them from inside
+    their border."""
+    s = make_sample(523, 3, condition="hard", scale=1.0, tps=TPS)
+    reader = PageReader(classifier=CLASSIFIER)
+    blank = [c for c in reader.box_crops(s.image) if "_baris_" in c.field and s.written.get(c.field) is None]
+    assert len(blank) == 10
+    labels, probs = CLASSIFIER.classify([c.crop for c in blank])
+    assert (labels == digits.EMPTY).all() and (probs.max(axis=1) >= 0.9).all()
+    r = reader.read(s.image)
+    assert all(r.fields[c.field]["value"] is None for c in blank)
+    named = {f for reason in r.reasons for f in reason.get("fields", [])}
+    assert not named & {c.field for c in blank}
