@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the images are the pages of one TPS: add a line with the cross-page checks")
     parser.add_argument("--annotate", metavar="DIR", type=Path,
                         help="write the annotated picture of every reading into DIR")
+    parser.add_argument("--evidence", action="store_true",
+                        help="add what each reading rests on to its JSON line: the page posterior, every "
+                             "box's three likeliest classes with probabilities, the bubbles")
     parser.add_argument("--form", default=None, help="form id (default: recognise any known form by its tag)")
     parser.add_argument("--model", type=Path, default=None,
                         help="digit model .tflite (default: config/shipped)")
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             r = reader.read(img, name=str(path))
             d = r.to_dict()
+            if args.evidence:
+                d["evidence"] = r.evidence_dict()
             readings.append(d)
             if args.annotate:
                 cv2.imwrite(str(args.annotate / f"{path.stem}.annotated.jpg"), r.annotated,

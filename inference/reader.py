@@ -25,6 +25,9 @@ Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract::
                        "bubbles": int|null}},
      "checks": [{"rule", "ok": true|false|null (null: a number is not read)}], "timing_ms": {step: ms}}
 
+``tpskit read --evidence`` adds ``"evidence"`` (``PageReading.evidence_dict()``): the page posterior, every
+box's three likeliest classes with probabilities and the bubbles read (null for a page not read).
+
 Reason codes: retake ``not_in_frame blurred too_dark glare covered unknown_form no_form low_resolution
 not_an_image``; review ``digit_uncertain field_empty rule_failed bubble_mismatch bubble_unclear``; TPS line
 also ``page_missing page_not_ok``. ``fields`` is empty for ``retake``.
@@ -133,6 +136,22 @@ class PageReading:
             "checks": [{"rule": c["rule"], "ok": c["ok"]} for c in self.checks],
             "timing_ms": self.timing_ms,
         }
+
+    def evidence_dict(self, top: int = 3) -> dict[str, Any] | None:
+        """What the decision rests on, JSON-ready (``tpskit read --evidence``; for auditors): the page
+        posterior, each box's ``top`` classes with their probabilities (``"E"`` = empty) and the bubbles.
+        None for a page that was not read (``retake``)."""
+        ev = self.evidence
+        if not ev:
+            return None
+        probs = np.asarray(ev["probs"])
+        boxes = []
+        for (name, box), p in zip(ev["boxes"], probs, strict=True):
+            best = np.argsort(-p)[:top]
+            boxes.append({"field": name, "box": int(box),
+                          "top": [["E" if int(k) == EMPTY else int(k), round(float(p[k]), 6)] for k in best]})
+        return {"page_confidence": round(float(ev["page_confidence"]), 6), "boxes": boxes,
+                "bubbles": {n: {"value": v, "state": st} for n, (v, st) in ev["bubbles"].items()}}
 
     @property
     def values(self) -> dict[str, int | None]:

@@ -59,3 +59,24 @@ def test_human_readable_table(photos, capsys):
     assert main(["read", str(paths[2])]) == 0
     out = capsys.readouterr().out
     assert "halaman 3" in out and "total_suara" in out
+
+
+def test_evidence_is_added_only_when_asked(photos, capsys):
+    d, paths = photos
+    assert main(["read", "--json", str(paths[1])]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "evidence" not in plain  # the output contract is unchanged by default
+    assert main(["read", "--json", "--evidence", str(paths[1])]) == 0
+    line = json.loads(capsys.readouterr().out)
+    ev = line["evidence"]
+    assert {k: v for k, v in line.items() if k not in ("evidence", "timing_ms")} == {
+        k: v for k, v in plain.items() if k != "timing_ms"}
+    assert 0.0 <= ev["page_confidence"] <= 1.0
+    n_boxes = sum(len(f["digits"]) for f in line["fields"].values())
+    assert len(ev["boxes"]) == n_boxes
+    for b in ev["boxes"]:
+        (first, p1), (_, p2), (_, p3) = b["top"]
+        assert 1.0 >= p1 >= p2 >= p3 >= 0.0 and (first == "E" or 0 <= first <= 9)
+        assert line["fields"][b["field"]]["digits"][b["box"]] == (None if first == "E" else first)
+    assert set(ev["bubbles"]) == {"paslon_1", "paslon_2", "paslon_3"}
+    assert all(v["state"] in ("read", "unclear", "none", "empty") for v in ev["bubbles"].values())
