@@ -177,10 +177,9 @@ class ReaderConfig(Section):
     min_support: float = Field(0.5, ge=0.0, le=1.0,
                                description="A value the rules or bubbles pick must be at least this "
                                            "probable, by its own boxes, relative to what the boxes favour "
-                                           "(0.5: a rule "
-                                           "only breaks a near tie and a slip with a doubtful digit stays "
-                                           "review; 0.1: the arithmetic also settles a 1 the model rates "
-                                           "7: 0.7 / 1: 0.3, and may explain such a slip away).")
+                                           "(0.5: a rule only breaks a near tie and a slip with a doubtful "
+                                           "digit stays review; 0.1: the arithmetic also settles a 1 the "
+                                           "model rates 7: 0.7 / 1: 0.3, and may explain such a slip away).")
     min_px_per_mm: float = Field(2.0, gt=0.5, le=20, description="Below this the photo is refused (retake).")
 
 

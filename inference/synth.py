@@ -290,7 +290,6 @@ def draw_tallies(
         _blend_ink(img, x0, y0, np.clip(cov, 0, 1) * rng.uniform(0.8, 1.0), color)
 
 
-
 def _child(rng: np.random.Generator) -> np.random.Generator:
     """``rng.spawn(1)[0]`` (numpy >= 1.25), also on numpy 1.24 (Raspberry Pi OS bookworm's apt numpy): the
     same child stream, from the generator's seed sequence."""
@@ -298,6 +297,7 @@ def _child(rng: np.random.Generator) -> np.random.Generator:
         return rng.spawn(1)[0]
     bits = rng.bit_generator
     return np.random.Generator(type(bits)(bits._seed_seq.spawn(1)[0]))
+
 
 def fill_page(
     page: PageTemplate,
