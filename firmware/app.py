@@ -508,10 +508,7 @@ def load_reader(config: Config):
     digits = importlib.import_module("inference.digits")
     reader = importlib.import_module("inference.reader")
     classifier = digits.DigitClassifier.load(config.paths.model, num_threads=1)
-    return reader.PageReader(classifier=classifier, confidence=config.reader.confidence,
-                             max_error=config.reader.max_error,
-                             min_support=config.reader.min_support,
-                             min_px_per_mm=config.reader.min_px_per_mm)
+    return reader.PageReader(classifier=classifier, **config.reader.options())
 
 
 def make_courier(config: Config):

@@ -74,21 +74,18 @@ def _table(d: dict, out) -> None:
 def run(args: argparse.Namespace) -> int:
     import cv2
 
-    from inference.reader import MAX_ERROR, MIN_SUPPORT, PageReader, check_tps
+    from firmware import config as config_mod
+    from inference.reader import PageReader, check_tps
     from inference.templates import DEFAULT_FORM, TemplateError
 
-    confidence, max_error, min_support, min_ppm, model = 0.99, MAX_ERROR, MIN_SUPPORT, 2.0, args.model
+    options, model = config_mod.ReaderConfig().options(), args.model
     if getattr(args, "config", None):
-        from firmware import config as config_mod
-
         try:
             cfg = config_mod.load(args.config)
         except config_mod.ConfigError as exc:
             print(f"tpskit read: {exc}", file=sys.stderr)
             return 2
-        confidence, min_ppm = cfg.reader.confidence, cfg.reader.min_px_per_mm
-        max_error, min_support = cfg.reader.max_error, cfg.reader.min_support
-        model = model or cfg.paths.model
+        options, model = cfg.reader.options(), model or cfg.paths.model
     try:
         from inference.digits import DigitClassifier
 
@@ -98,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        reader = PageReader(classifier=classifier, form=args.form, confidence=confidence,
-                            max_error=max_error, min_support=min_support, min_px_per_mm=min_ppm)
+        reader = PageReader(classifier=classifier, form=args.form, **options)
     except TemplateError as exc:
         print(f"tpskit read: {exc}", file=sys.stderr)
         return 2

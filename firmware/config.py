@@ -180,7 +180,17 @@ class ReaderConfig(Section):
                                            "(0.5: a rule only breaks a near tie and a slip with a doubtful "
                                            "digit stays review; 0.1: the arithmetic also settles a 1 the "
                                            "model rates 7: 0.7 / 1: 0.3, and may explain such a slip away).")
+    min_support_far: float = Field(0.02, ge=0.0, le=1.0,
+                                   description="The same where what the boxes favour is more than 10 away "
+                                               "from the value picked (a 1 read as 7 in the hundreds): no "
+                                               "plausible slip, so the page posterior decides, as long as "
+                                               "the box gives the digit at least this share of its "
+                                               "favourite's probability. Never stricter than min_support.")
     min_px_per_mm: float = Field(2.0, gt=0.5, le=20, description="Below this the photo is refused (retake).")
+
+    def options(self) -> dict:
+        """Keyword options for ``inference.reader.PageReader``."""
+        return self.model_dump()
 
 
 class PowerConfig(Section):

@@ -81,6 +81,11 @@ MIN_VALID = 0.5  # below this the boxes more likely hold no valid number (a gap,
 # model v7, 0.5 -> 0.1: auto-accepted 97.5 -> 97.7% (seed 2024), 96.2 -> 96.9% (seed 2025) of slip-free
 # pages, 0 silent errors either way, expected silent errors +2% / +23% (``[reader] min_support``).
 MIN_SUPPORT = 0.5
+# The guard is against explaining a slip away, and slips are small (``_slip_odds``): where what the boxes
+# favour is more than 10 away from the value the rules pick (a 1 read as 7 in the hundreds: 776 for 176), a
+# slip would be one of the rare far ones, the page posterior already weighs it (SLIP_ODDS_FAR), and the
+# value needs only this much support (a digit the box gives at least 2% of its favourite's probability).
+MIN_SUPPORT_FAR = 0.02
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
 # A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
 # too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
@@ -506,7 +511,9 @@ class PageReader:
     ``max_error``: the largest P(some number on the page is wrong) at which a page is ``ok`` (the main bound);
     ``confidence``: the posterior each number needs on its own as well (a per-number floor, on top of
     ``max_error``; it also decides which numbers a ``digit_uncertain`` reason names); ``min_support``: how
-    probable, by its boxes alone and relative to their favourite, a value the rules pick must be."""
+    probable, by its boxes alone and relative to their favourite, a value the rules pick must be;
+    ``min_support_far``: the same where their favourite is more than 10 away, no plausible slip (at most
+    ``min_support``)."""
 
     def __init__(
         self,
@@ -516,6 +523,7 @@ class PageReader:
         confidence: float = 0.99,
         max_error: float = MAX_ERROR,
         min_support: float = MIN_SUPPORT,
+        min_support_far: float = MIN_SUPPORT_FAR,
         min_px_per_mm: float = 2.0,
     ) -> None:
         if not 0.5 < confidence < 1.0:
@@ -524,6 +532,8 @@ class PageReader:
             raise ValueError(f"max_error must be within (0, 0.5), got {max_error}")
         if not 0.0 <= min_support <= 1.0:
             raise ValueError(f"min_support must be within [0, 1], got {min_support}")
+        if not 0.0 <= min_support_far <= 1.0:
+            raise ValueError(f"min_support_far must be within [0, 1], got {min_support_far}")
         self.classifier = classifier
         self.form = load_form(form) if isinstance(form, str) else form
         for page in self.form.pages.values() if self.form else ():
@@ -531,6 +541,7 @@ class PageReader:
         self.confidence = float(confidence)
         self.max_error = float(max_error)
         self.min_support = float(min_support)
+        self.min_support_far = min(float(min_support_far), self.min_support)  # never stricter than near
         self.box_misread = BOX_MISREAD
         self.min_px_per_mm = float(min_px_per_mm)
 
@@ -719,10 +730,13 @@ class PageReader:
         if page_conf < 1.0 - self.max_error:  # name the numbers that carry the doubt
             floor = min(floor, max(self.max_error / 4, 1.0 - page_conf) / 4)
         # A rule (or the bubbles) may settle a doubt, never overrule the boxes: the value read must be at
-        # least min_support times as probable, by its boxes alone, as what they favour.
+        # least min_support times as probable, by its boxes alone, as what they favour (min_support_far
+        # where what they favour is no plausible slip from it).
         unsupported = set() if slip else {
             f.name for f, c in zip(page.fields, cands, strict=True)
-            if c.box_p.get(values[f.name], 0.0) < self.min_support * c.own_conf}
+            if c.box_p.get(values[f.name], 0.0) < c.own_conf * (
+                self.min_support if _slip_odds(c.own_best, values[f.name]) == SLIP_ODDS
+                else self.min_support_far)}
         uncertain = [f.name for f, c in zip(page.fields, cands, strict=True)
                      if f.name not in empty and (1.0 - conf[f.name] > floor or c.valid < MIN_VALID
                                                  or f.name in unsupported)]

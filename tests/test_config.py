@@ -139,3 +139,20 @@ def test_reader_min_support_default_is_the_readers():
     assert config.parse({"reader": {"min_support": 0.5}}).reader.min_support == 0.5
     with pytest.raises(ConfigError, match="reader.min_support"):
         config.parse({"reader": {"min_support": 1.5}})
+
+
+def test_reader_options_are_the_page_readers_defaults():
+    import inspect
+
+    from inference.reader import MIN_SUPPORT_FAR, PageReader
+
+    opts = config.parse({}).reader.options()
+    defaults = {k: p.default for k, p in inspect.signature(PageReader).parameters.items()
+                if p.default is not inspect.Parameter.empty and k != "form"}
+    assert opts == defaults  # every [reader] key is a PageReader option, with the same default
+    assert opts["min_support_far"] == MIN_SUPPORT_FAR
+    cfg = config.parse({"reader": {"min_support_far": 0.05}})
+    reader = PageReader(classifier=None, **cfg.reader.options())
+    assert reader.min_support_far == 0.05
+    with pytest.raises(ConfigError, match="reader.min_support_far"):
+        config.parse({"reader": {"min_support_far": -1}})

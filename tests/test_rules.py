@@ -115,14 +115,33 @@ def test_a_lower_min_support_lets_the_rule_settle_a_doubt_the_box_raises_not_a_d
     fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 2, 7, 0.7), min_support=0.1)
     assert status == "ok" and fields["suara_sah"]["value"] == 171
     assert 0.997 < fields["suara_sah"]["confidence"] < 0.999
-    # tens box 1 (0.95) or 7 (0.05): a slip 60 off is so improbable that the posterior alone would accept 171,
-    # but the box rates the 7 below a tenth of its favourite: never picked by the rule
-    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.95), min_support=0.1)
+    # tens box 1 (0.95) or 7 (0.05): a slip 60 off is so improbable that the posterior alone would accept 171;
+    # with min_support_far 0.1 the box rates the 7 below a tenth of its favourite: never picked by the rule
+    p = _Probs(GOOD1).doubt("suara_sah", 1, 1, 0.95)
+    fields, reasons, _, status = _decide(p, min_support=0.1, min_support_far=0.1)
     assert status == "review" and "suara_sah" in reasons[-1]["fields"]
-    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.95), min_support=0.0)
+    fields, reasons, _, status = _decide(p, min_support=0.0)
     assert status == "ok" and fields["suara_sah"]["value"] == 171
     with pytest.raises(ValueError, match="min_support"):
         PageReader(classifier=None, min_support=1.5)
+    with pytest.raises(ValueError, match="min_support_far"):
+        PageReader(classifier=None, min_support_far=-0.1)
+
+
+def test_a_rule_may_pick_a_far_digit_the_box_rates_low_but_never_one_it_rules_out():
+    # written 171 (consistent); the tens box reads 1 (0.95) or 7 (0.05): the 7 has a twentieth of the 1's
+    # support, below min_support, but what the box favours (111, 60 off) is no plausible slip, so
+    # min_support_far (0.02) applies and the posterior, which weighs a far slip at SLIP_ODDS_FAR, decides
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.95))
+    assert status == "ok" and fields["suara_sah"]["value"] == 171
+    # the box says 1 with 0.995 (7 at 0.005, a two-hundredth): a digit it rules out is never picked
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.995))
+    assert status == "review" and "suara_sah" in reasons[-1]["fields"]
+    # the units box 7 (0.95) or 1 (0.05): 177 is 6 away, a plausible slip: min_support (0.5) still guards it
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 2, 7, 0.95))
+    assert status == "review" and "suara_sah" in reasons[-1]["fields"]
+    # a far guard stricter than the near one is clamped to it
+    assert PageReader(classifier=None, min_support=0.1, min_support_far=0.3).min_support_far == 0.1
 
 
 def test_a_slip_with_a_doubtful_digit_is_not_explained_away():
