@@ -288,21 +288,39 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
     tag_c = np.mean(src, axis=0)
     order = sorted(range(4), key=lambda i: np.hypot(*(np.array(page.marker_points[i]) - tag_c)))
     found: dict[int, tuple[float, float]] = {}
+    found_px: list[tuple[float, float]] = []  # the same in image px
+    seen: list[tuple[float, float, float]] | None = None  # markers found without the page code, if needed
     scores, edges, papers, inks = [], [], [], []
     fine_ppm = min(FINE_PPM, max(ppm_tag, 3.0))
     for i in order:
         pt = page.marker_points[i]
         img_pt = cv2.perspectiveTransform(np.float64([[pt]]), hmm)[0, 0]
         margin = page.marker_square_mm * ppm_tag
-        if not (margin <= img_pt[0] < w_img - margin and margin <= img_pt[1] < h_img - margin):
-            raise RetakeError(["not_in_frame"], page=page)
         dist = float(np.hypot(pt[0] - tag_c[0], pt[1] - tag_c[1]))
         search = min(60.0, 12.0 + 0.05 * dist) if found else min(60.0, 15.0 + 0.06 * dist)
+        # where the marker should be is only as good as the small page code's extrapolation: refuse at once
+        # only when even the search window around it is off the frame; a marker found is checked below
+        slack = search * ppm_tag - margin
+        if not (-slack <= img_pt[0] < w_img + slack and -slack <= img_pt[1] < h_img + slack):
+            raise RetakeError(["not_in_frame"], page=page)
+        near_edge = not (margin <= img_pt[0] < w_img - margin and margin <= img_pt[1] < h_img - margin)
         coarse, s1, _ = _find_marker(gray, hmm, pt, page.marker_square_mm, search, COARSE_PPM)
         fine, s2, patch = _find_marker(gray, hmm, coarse, page.marker_square_mm, 2.0, fine_ppm)
+        if s2 < MIN_MARKER_SCORE:  # far from the page code and the page in perspective: use a marker seen
+            if seen is None:  # anywhere in the photo near where this one should be
+                seen = [m for m in find_markers(gray) if _inside_frame(m, gray.shape)]
+            near = [m for m in seen if np.hypot(m[0] - img_pt[0], m[1] - img_pt[1]) < 0.2 * dist * ppm_tag
+                    and all(np.hypot(m[0] - f[0], m[1] - f[1]) > 4 * m[2] for f in found_px)]
+            if near:
+                m = min(near, key=lambda m: np.hypot(m[0] - img_pt[0], m[1] - img_pt[1]))
+                at = cv2.perspectiveTransform(np.float64([[m[:2]]]), np.linalg.inv(hmm))[0, 0]
+                fine2, s3, patch2 = _find_marker(gray, hmm, tuple(at), page.marker_square_mm, 4.0, fine_ppm)
+                if s3 > s2:
+                    fine, s2, patch = fine2, s3, patch2
         scores.append(s2)
-        if s2 < MIN_MARKER_SCORE:
-            raise RetakeError(["covered"], page=page, metrics={"marker_score": s2})
+        if s2 < MIN_MARKER_SCORE:  # not there: off the frame if expected at its edge, else covered
+            raise RetakeError(["not_in_frame" if near_edge else "covered"], page=page,
+                              metrics={"marker_score": s2})
         edge, paper, ink = _edge_width_mm(patch, fine_ppm)
         edges.append(edge)
         papers.append(paper)
@@ -310,6 +328,7 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         # the marker found at `fine` under hmm is really at `pt`: refit with everything known
         found[i] = tuple(cv2.perspectiveTransform(np.float64([[fine]]), hmm)[0, 0])
         fx, fy = found[i]
+        found_px.append((fx, fy))
         if not (margin <= fx < w_img - margin and margin <= fy < h_img - margin):  # the marker is cut
             raise RetakeError(["not_in_frame"], page=page)
         mm_pts = np.array([page.tag_corners[k] for k in range(4)] + [page.marker_points[k] for k in found])

@@ -103,3 +103,25 @@ def test_a_page_whose_code_is_hidden_is_covered_and_markers_are_found_without_it
     with pytest.raises(RetakeError) as exc:
         register(img, min_px_per_mm=1.5)
     assert exc.value.reasons == ("covered",)
+
+
+@pytest.mark.parametrize("tps_i,page", [(20, 2), (296, 1)])
+def test_far_markers_the_page_code_mispredicts_are_found_where_the_photo_shows_them(tps_i, page):
+    # hard photos (bench_reader --seed 2025 --scale 0.6): the page in perspective, the code in one corner; the
+    # markers across the page lie 50-75 mm from where the tag's small square extrapolates them (was covered /
+    # not_in_frame although all four markers are well inside the photo)
+    tps = make_tps(np.random.default_rng(2025 * 1000 + tps_i))
+    s = make_sample(2025 * 10000 + tps_i * 10 + page, page, condition="hard", scale=0.6, tps=tps)
+    reg = register(s.image)
+    pts = np.float64([[b.center for f in reg.page.fields for b in f.boxes]])
+    err = np.hypot(*(cv2.perspectiveTransform(pts, reg.homography)[0]
+                     - cv2.perspectiveTransform(pts, s.homography)[0]).T).max() / reg.px_per_mm
+    assert reg.page.page == page and err < 0.5
+
+
+def test_a_marker_at_the_very_edge_of_the_photo_is_still_not_in_frame():
+    tps = make_tps(np.random.default_rng(2025 * 1000 + 44))
+    s = make_sample(2025 * 10000 + 443, 3, condition="hard", scale=0.6, tps=tps)
+    with pytest.raises(RetakeError) as e:
+        register(s.image)
+    assert list(e.value.reasons) == ["not_in_frame"]
