@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark the int8 digit classifier (and tesseract side by side) on held-out data; not run in CI.
 
-Sets: held-out MNIST test split (borderless crops, never trained on), held-out synthetic boxes (a seed the
+Sets: held-out MNIST test split (borderless crops, never trained on), MNIST's official test set (other
+writers; never trained on), held-out synthetic boxes (a seed the
 training never used; field conditions, and again under harder conditions), and box crops cut by the page
 reader from generated photos (``inference.reader.PageReader(...).box_crops(image)`` over ``inference.synth``
 pages, when available).
@@ -31,7 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_digits import ece, labelled_reader_crops, load_mnist, split_mnist, synth_crop  # noqa: E402
+from train_digits import (  # noqa: E402
+    ece,
+    labelled_reader_crops,
+    load_mnist,
+    load_mnist_full,
+    split_mnist,
+    synth_crop,
+)
 
 from inference.digits import CLASSES, EMPTY, DigitClassifier, preprocess_batch  # noqa: E402
 
@@ -40,6 +48,12 @@ def mnist_set(cache: Path, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     x, y = load_mnist(cache)
     idx = split_mnist(y, seed)["test"]
     return [255 - im for im in x[idx]], y[idx]
+
+
+def mnist_official_set(cache: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """MNIST's official test set: 10,000 digits by writers absent from MNIST's training set."""
+    x, y = load_mnist_full(cache)["test"]
+    return [255 - im for im in x], y
 
 
 def synthetic_set(n_per_class: int, seed: int, hard: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
@@ -165,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                               "runtime": clf.runtime}, "sets": {}, "tesseract": {}, "notes": []}
     sets: dict[str, tuple[list[np.ndarray], np.ndarray]] = {
         "mnist_heldout": mnist_set(args.cache_dir, args.seed),
+        "mnist_official_test": mnist_official_set(args.cache_dir),
         "synthetic_heldout": synthetic_set(args.synthetic_per_class, args.seed + 1000),
         "synthetic_hard_heldout": synthetic_set(args.synthetic_per_class, args.seed + 1001, hard=True),
     }

