@@ -287,8 +287,7 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         raise RetakeError(["low_resolution"], page=page, metrics={"px_per_mm": ppm_tag})
     tag_c = np.mean(src, axis=0)
     order = sorted(range(4), key=lambda i: np.hypot(*(np.array(page.marker_points[i]) - tag_c)))
-    found: dict[int, tuple[float, float]] = {}
-    found_px: list[tuple[float, float]] = []  # the same in image px
+    found: dict[int, tuple[float, float]] = {}  # marker index -> where it is in the photo (px)
     seen: list[tuple[float, float, float]] | None = None  # markers found without the page code, if needed
     scores, edges, papers, inks = [], [], [], []
     fine_ppm = min(FINE_PPM, max(ppm_tag, 3.0))
@@ -310,7 +309,7 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
             if seen is None:  # anywhere in the photo near where this one should be
                 seen = [m for m in find_markers(gray) if _inside_frame(m, gray.shape)]
             near = [m for m in seen if np.hypot(m[0] - img_pt[0], m[1] - img_pt[1]) < 0.2 * dist * ppm_tag
-                    and all(np.hypot(m[0] - f[0], m[1] - f[1]) > 4 * m[2] for f in found_px)]
+                    and all(np.hypot(m[0] - f[0], m[1] - f[1]) > 4 * m[2] for f in found.values())]
             if near:
                 m = min(near, key=lambda m: np.hypot(m[0] - img_pt[0], m[1] - img_pt[1]))
                 at = cv2.perspectiveTransform(np.float64([[m[:2]]]), np.linalg.inv(hmm))[0, 0]
@@ -328,7 +327,6 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         # the marker found at `fine` under hmm is really at `pt`: refit with everything known
         found[i] = tuple(cv2.perspectiveTransform(np.float64([[fine]]), hmm)[0, 0])
         fx, fy = found[i]
-        found_px.append((fx, fy))
         if not (margin <= fx < w_img - margin and margin <= fy < h_img - margin):  # the marker is cut
             raise RetakeError(["not_in_frame"], page=page)
         mm_pts = np.array([page.tag_corners[k] for k in range(4)] + [page.marker_points[k] for k in found])
