@@ -137,9 +137,14 @@ def test_a_rule_may_pick_a_far_digit_the_box_rates_low_but_never_one_it_rules_ou
     # the box says 1 with 0.995 (7 at 0.005, a two-hundredth): a digit it rules out is never picked
     fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.995))
     assert status == "review" and "suara_sah" in reasons[-1]["fields"]
-    # the units box 7 (0.95) or 1 (0.05): 177 is 6 away, a plausible slip: min_support (0.5) still guards it
-    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 2, 7, 0.95))
+    # one doubt, the right digit at 0.3 against 0.7, in two places: in the tens box what the box favours
+    # (111) is 60 off and the rule settles it; in the units box it is 177, 6 off, a plausible slip:
+    # min_support (0.5) keeps it review although the posterior alone would accept it (min_support 0.1 does)
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 1, 1, 0.7))
+    assert status == "ok" and fields["suara_sah"]["value"] == 171
+    fields, reasons, _, status = _decide(_Probs(GOOD1).doubt("suara_sah", 2, 7, 0.7))
     assert status == "review" and "suara_sah" in reasons[-1]["fields"]
+    assert _decide(_Probs(GOOD1).doubt("suara_sah", 2, 7, 0.7), min_support=0.1)[3] == "ok"
     # a far guard stricter than the near one is clamped to it
     assert PageReader(classifier=None, min_support=0.1, min_support_far=0.3).min_support_far == 0.1
 
