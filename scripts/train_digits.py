@@ -560,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
                          "synthetic boxes per class")
     ap.add_argument("--version", default=None, help="model version string (default: digits-<date>)")
     args = ap.parse_args(argv)
+    if args.mnist_per_epoch is not None and args.mnist_per_epoch < 1:
+        ap.error(f"--mnist-per-epoch must be at least 1, got {args.mnist_per_epoch}")
+    if args.mnist_variants is not None and args.mnist_variants < 0:
+        ap.error(f"--mnist-variants must be 0 (off) or more, got {args.mnist_variants}")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     xm, ym = load_mnist(args.cache_dir)
