@@ -554,6 +554,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reader-pages", type=int, default=0,
                     help="also train on the box crops the page reader cuts from N generated pages "
                          "(every 8th page calibrates instead; about 1.5 s per page)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from this float Keras model (saved by an earlier run in CACHE/models/) "
+                         "instead of random weights")
+    ap.add_argument("--first-epoch", type=int, default=0,
+                    help="epochs already done (with --init-from): the MNIST variant walk continues there")
+    ap.add_argument("--swa-epochs", type=int, default=0,
+                    help="after the cosine epochs, train this many more at the constant --swa-lr and "
+                         "average the weights (and batch-norm statistics) at the end of each: stochastic "
+                         "weight averaging")
+    ap.add_argument("--swa-lr", type=float, default=5e-4, help="learning rate of the SWA epochs")
     ap.add_argument("--preview", type=Path, help="write a PNG grid of crops and their model inputs, exit")
     ap.add_argument("--update-blank-prob", action="store_true",
                     help="only re-estimate blank_empty_prob in OUT_DIR/digits.json on --per-class held-out "
@@ -564,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--mnist-per-epoch must be at least 1, got {args.mnist_per_epoch}")
     if args.mnist_variants is not None and args.mnist_variants < 0:
         ap.error(f"--mnist-variants must be 0 (off) or more, got {args.mnist_variants}")
+    if args.epochs < 0 or args.swa_epochs < 0 or args.first_epoch < 0:
+        ap.error("--epochs, --swa-epochs and --first-epoch must be 0 or more")
+    if args.epochs + args.swa_epochs == 0:
+        ap.error("nothing to train: give --epochs or --swa-epochs")
+    if args.init_from is not None and not args.init_from.is_file():
+        ap.error(f"--init-from: no such model file {args.init_from}")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     xm, ym = load_mnist(args.cache_dir)
@@ -661,34 +677,53 @@ def main(argv: list[str] | None = None) -> int:
         return (x.astype(np.float32) / 255.0)[..., None]
 
     model = build_model(tf, args.arch)
+    if args.init_from is not None:
+        model.set_weights(tf.keras.models.load_model(args.init_from, compile=False).get_weights())
+        print(f"  weights from {args.init_from}", flush=True)
     params = int(model.count_params())
     n_epoch = len(y_syn) + (per_epoch if x_var is not None else 0)
     steps_per_epoch = int(np.ceil(n_epoch / args.batch))
-    steps = args.epochs * steps_per_epoch
-    warm = min(steps_per_epoch, steps // 10)
-    sched = tf.keras.optimizers.schedules.CosineDecay(args.lr / 10, steps - warm, alpha=0.01,
-                                                      warmup_target=args.lr, warmup_steps=warm)
-    opt = (tf.keras.optimizers.AdamW(sched, weight_decay=args.weight_decay) if args.weight_decay > 0
-           else tf.keras.optimizers.Adam(sched))
-    model.compile(optimizer=opt,
-                  loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                               label_smoothing=args.label_smoothing),
-                  metrics=["accuracy"])
-    print(f"model {args.arch}: {params} parameters; training {args.epochs} epochs on {n_epoch} crops/epoch",
+    loss = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing)
+
+    def optimizer(lr):
+        return (tf.keras.optimizers.AdamW(lr, weight_decay=args.weight_decay) if args.weight_decay > 0
+                else tf.keras.optimizers.Adam(lr))
+
+    if args.epochs:
+        steps = args.epochs * steps_per_epoch
+        warm = min(steps_per_epoch, steps // 10)
+        model.compile(optimizer=optimizer(tf.keras.optimizers.schedules.CosineDecay(
+            args.lr / 10, steps - warm, alpha=0.01, warmup_target=args.lr, warmup_steps=warm)),
+            loss=loss, metrics=["accuracy"])
+    print(f"model {args.arch}: {params} parameters; training {args.epochs} epochs"
+          + (f" + {args.swa_epochs} SWA epochs" if args.swa_epochs else "") + f" on {n_epoch} crops/epoch",
           flush=True)
     eye = np.eye(len(CLASSES), dtype=np.float32)
     xs_f, ys_1h = f32(x_syn), eye[y_syn]
     val = (f32(x_cal), eye[y_cal])
+    total = args.epochs + args.swa_epochs
+    swa_sum, swa_n = None, 0
     t0 = time.time()
-    for ep in range(args.epochs):
+    for ep in range(total):
+        if ep == args.epochs:  # SWA: constant learning rate from here on
+            model.compile(optimizer=optimizer(args.swa_lr), loss=loss, metrics=["accuracy"])
+        walk = args.first_epoch + ep
         if x_var is not None:
-            take = var_order[(ep * per_epoch + np.arange(per_epoch)) % len(var_order)]
+            take = var_order[(walk * per_epoch + np.arange(per_epoch)) % len(var_order)]
             xe = np.concatenate([xs_f, f32(x_var[take])])
             ye = np.concatenate([ys_1h, eye[y_var[take]]])
         else:
             xe, ye = xs_f, ys_1h
         model.fit(xe, ye, batch_size=args.batch, epochs=ep + 1, initial_epoch=ep, shuffle=True, verbose=2,
-                  validation_data=val if (ep + 1) % 5 == 0 or ep + 1 == args.epochs else None)
+                  validation_data=val if (ep + 1) % 5 == 0 or ep + 1 == total else None)
+        if ep >= args.epochs:
+            w = model.get_weights()
+            swa_sum = w if swa_sum is None else [a + b for a, b in zip(swa_sum, w, strict=True)]
+            swa_n += 1
+    if swa_n:
+        model.set_weights([a / swa_n for a in swa_sum])
+        _, acc = model.evaluate(*val, batch_size=512, verbose=0)
+        print(f"  SWA: averaged {swa_n} epochs; calibration accuracy {acc:.4f}", flush=True)
     t_train = time.time() - t0
     if cache is not None:  # the float Keras model, for fine-tuning or ensembling later (not shipped)
         keras_path = cache / "models" / f"digits-{args.arch}-seed{args.seed}-{int(time.time())}.keras"
@@ -756,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     meta.update({"command": command, "temperature": round(temp, 4), "blank_empty_prob": blank_p,
                  "params": params, "size_bytes": len(blob),
                  "seed": args.seed, "train_crops": int(len(y_syn)), "epochs": args.epochs,
+                 "init_from": args.init_from.name if args.init_from else None,
+                 "first_epoch": args.first_epoch,
+                 "swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr if args.swa_epochs else None,
                  "arch": args.arch, "mnist_train_frac": args.mnist_train_frac,
                  "mnist_full": args.mnist_full, "mnist_variants": args.mnist_variants,
                  "mnist_per_epoch": per_epoch if x_var is not None else 0,
@@ -818,6 +856,16 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
                  "`mnist_official_test_raw` is MNIST's official 10,000-digit test set, by writers none of "
                  "whose digits are in the training set; it is never trained on and never calibrates.")
     mnist = textwrap.fill(mnist, width=110, subsequent_indent="  ")
+    stages = ""
+    if meta.get("init_from"):
+        stages += (f" Started from the float model `{meta['init_from']}` of an earlier run (not shipped; "
+                   f"its command is in that run's card), continuing the variant walk at epoch "
+                   f"{meta['first_epoch']}.")
+    if meta.get("swa_epochs"):
+        stages += (f" Then {meta['swa_epochs']} epochs at the constant LR {meta['swa_lr']}, with the weights "
+                   "and batch-norm statistics averaged over their ends (stochastic weight averaging).")
+    if stages:
+        stages = "\n" + textwrap.fill(stages.strip(), width=110, initial_indent="  ", subsequent_indent="  ")
     text = f"""# Model card: C.HASIL box digit classifier (`inference/models/digits.tflite`)
 
 Version `{meta['version']}`, trained {meta['date']} by `{meta['command']}` (seed {meta['seed']}).
@@ -858,7 +906,8 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
 - `empty`: blank boxes, X, dash, scribble, under the same conditions.
 {reader}- Training: {meta['train_crops']} fixed crops plus the MNIST variants of the epoch,
   {meta['epochs']} epochs, batch 128, AdamW (peak LR {meta['lr']}, 1-epoch warm-up, cosine decay, weight decay
-  {meta['weight_decay']}), label smoothing {meta['label_smoothing']}; {meta['train_seconds']} s on 2 shared
+  {meta['weight_decay']}), label smoothing {meta['label_smoothing']}.{stages}
+  {meta['train_seconds']} s on 2 shared
   CPU cores, data generation {meta['data_seconds']} s (generated arrays are cached by arguments and sources).
   The float model reads {100 * meta['float_mnist_test_raw_accuracy']:.2f}% of mnist_test_raw. The int8 figures
   below were computed with `tensorflow.lite`'s interpreter in the training venv; `scripts/bench_digits.py`
@@ -883,6 +932,7 @@ Most frequent confusions:
 - The synthetic generator and MNIST are the only sources; letters, stray text or stamps in a box are not
   modelled.
 - Re-run `scripts/bench_digits.py` for the per-class figures, tesseract comparison and speed.
+- Training recipes tried and their figures, shipped or not: `docs/digit-model-experiments.md`.
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
