@@ -856,16 +856,22 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
                  "`mnist_official_test_raw` is MNIST's official 10,000-digit test set, by writers none of "
                  "whose digits are in the training set; it is never trained on and never calibrates.")
     mnist = textwrap.fill(mnist, width=110, subsequent_indent="  ")
-    stages = ""
-    if meta.get("init_from"):
-        stages += (f" Started from the float model `{meta['init_from']}` of an earlier run (not shipped; "
-                   f"its command is in that run's card), continuing the variant walk at epoch "
-                   f"{meta['first_epoch']}.")
-    if meta.get("swa_epochs"):
-        stages += (f" Then {meta['swa_epochs']} epochs at the constant LR {meta['swa_lr']}, with the weights "
-                   "and batch-norm statistics averaged over their ends (stochastic weight averaging).")
-    if stages:
-        stages = "\n" + textwrap.fill(stages.strip(), width=110, initial_indent="  ", subsequent_indent="  ")
+    m = meta
+    stages = []
+    if m.get("init_from"):
+        stages.append(f"Started from the float model `{m['init_from']}` of an earlier run (not shipped; its "
+                      f"command is in that run's card), continuing the variant walk at epoch "
+                      f"{m['first_epoch']}.")
+    if m["epochs"]:
+        stages.append(f"{m['epochs']} epochs, batch 128, AdamW (peak LR {m['lr']}, 1-epoch warm-up, cosine "
+                      f"decay, weight decay {m['weight_decay']}), label smoothing {m['label_smoothing']}.")
+    if m.get("swa_epochs"):
+        stages.append(f"Then {m['swa_epochs']} epochs at the constant LR {m['swa_lr']} (AdamW, weight decay "
+                      f"{m['weight_decay']}), with the weights and batch-norm statistics averaged over their "
+                      "ends (stochastic weight averaging).")
+    stages.append(f"{m['train_seconds']} s on 2 shared CPU cores, data generation {m['data_seconds']} s "
+                  "(generated arrays are cached by arguments and sources).")
+    training = textwrap.fill(" ".join(stages), width=110, initial_indent="  ", subsequent_indent="  ")
     text = f"""# Model card: C.HASIL box digit classifier (`inference/models/digits.tflite`)
 
 Version `{meta['version']}`, trained {meta['date']} by `{meta['command']}` (seed {meta['seed']}).
@@ -904,11 +910,8 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
   order): rotation ±12°, scale 0.85–1.15 with independent
   aspect, shear, translation, elastic distortion, pen width (erode/dilate), crop size 28–80 px.
 - `empty`: blank boxes, X, dash, scribble, under the same conditions.
-{reader}- Training: {meta['train_crops']} fixed crops plus the MNIST variants of the epoch,
-  {meta['epochs']} epochs, batch 128, AdamW (peak LR {meta['lr']}, 1-epoch warm-up, cosine decay, weight decay
-  {meta['weight_decay']}), label smoothing {meta['label_smoothing']}.{stages}
-  {meta['train_seconds']} s on 2 shared
-  CPU cores, data generation {meta['data_seconds']} s (generated arrays are cached by arguments and sources).
+{reader}- Training: {meta['train_crops']} fixed crops plus the MNIST variants of the epoch.
+{training}
   The float model reads {100 * meta['float_mnist_test_raw_accuracy']:.2f}% of mnist_test_raw. The int8 figures
   below were computed with `tensorflow.lite`'s interpreter in the training venv; `scripts/bench_digits.py`
   measures with LiteRT.

@@ -53,11 +53,13 @@ def _card(train_digits, tmp_path: Path, **changes) -> str:
 def test_card_names_the_starting_model_and_weight_averaging(train_digits, tmp_path):
     plain = _card(train_digits, tmp_path)
     assert "weight averaging" not in plain and "Started from" not in plain
-    swa = _card(train_digits, tmp_path, init_from="digits-wide-seed2024-1.keras", first_epoch=40,
+    assert "40 epochs, batch 128" in _card(train_digits, tmp_path, epochs=40)
+    swa = _card(train_digits, tmp_path, init_from="digits-wide-seed2024-1.keras", first_epoch=40, epochs=0,
                 swa_epochs=8, swa_lr=5e-4)
+    assert "0 epochs, batch" not in swa, "no cosine stage is described when it did not run"
     assert "Started from the float model `digits-wide-seed2024-1.keras`" in swa
     assert "epoch 40" in swa
     assert "8 epochs at the constant LR 0.0005" in swa
     assert "stochastic weight averaging" in swa
-    stage = swa[swa.index("  Started from"):swa.index("weight averaging).") + 18]
+    stage = swa[swa.index("  Started from"):swa.index("weight averaging).")]
     assert all(len(line) <= 110 for line in stage.splitlines()), "the stage text is wrapped like the card"
