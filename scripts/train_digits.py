@@ -578,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--epochs, --swa-epochs and --first-epoch must be 0 or more")
     if args.epochs + args.swa_epochs == 0:
         ap.error("nothing to train: give --epochs or --swa-epochs")
+    if args.first_epoch and args.init_from is None:
+        ap.error("--first-epoch continues an earlier run: give that run's model with --init-from")
+    if args.swa_lr <= 0:
+        ap.error(f"--swa-lr must be above 0, got {args.swa_lr}")
     if args.init_from is not None and not args.init_from.is_file():
         ap.error(f"--init-from: no such model file {args.init_from}")
 

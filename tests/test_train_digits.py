@@ -29,6 +29,8 @@ def train_digits():
         (["--swa-epochs", "-1"], "must be 0 or more"),
         (["--first-epoch", "-3"], "must be 0 or more"),
         (["--init-from", "/nonexistent/model.keras"], "no such model file"),
+        (["--first-epoch", "40"], "give that run's model with --init-from"),
+        (["--swa-epochs", "8", "--swa-lr", "0"], "--swa-lr must be above 0"),
         (["--mnist-per-epoch", "0"], "--mnist-per-epoch must be at least 1"),
         (["--mnist-variants", "-1"], "--mnist-variants must be 0"),
     ],
