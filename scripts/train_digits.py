@@ -422,16 +422,28 @@ def reader_crops(n_pages: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
 # ----------------------------------------------------------------------------------------------------- model
 
 ARCHS = {
-    # name: (conv blocks of (filters per 3x3 conv), each followed by 2x2 max-pooling; head)
-    "v5": (((16, 16), (32, 32), (48,)), "dense64"),
-    "wide": (((16, 16), (32, 48), (48, 64)), "flat"),
+    # name: (conv blocks of (filters per 3x3 conv), each followed by 2x2 max-pooling; head; pooling padding)
+    # "valid" pooling turns the last 7x7 map into 3x3 (its 7th row and column are dropped); "same" keeps
+    # them (4x4).
+    "v5": (((16, 16), (32, 32), (48,)), "dense64", "valid"),
+    "wide": (((16, 16), (32, 48), (48, 64)), "flat", "valid"),
+    "wide-4x4": (((16, 16), (32, 48), (48, 64)), "flat", "same"),
 }
+
+
+def head_grid(arch: str) -> int:
+    """Side of the last pooled feature map of ``arch`` (28 halved per block, rounded by the padding)."""
+    blocks, _, padding = ARCHS[arch]
+    side = INPUT_SIZE
+    for _ in blocks:
+        side = -(-side // 2) if padding == "same" else side // 2
+    return side
 
 
 def build_model(tf, arch: str = "wide"):
     """Small CNN on the preprocessed 28x28 ink: 3x3 conv + batch norm + ReLU blocks, logits out."""
     L = tf.keras.layers
-    blocks, head = ARCHS[arch]
+    blocks, head, padding = ARCHS[arch]
     inp = tf.keras.Input((INPUT_SIZE, INPUT_SIZE, 1))
     x = inp
     for filters in blocks:
@@ -439,14 +451,14 @@ def build_model(tf, arch: str = "wide"):
             x = L.Conv2D(f, 3, padding="same", use_bias=False)(x)
             x = L.BatchNormalization()(x)
             x = L.ReLU()(x)
-        x = L.MaxPooling2D()(x)
+        x = L.MaxPooling2D(padding=padding)(x)
     x = L.Flatten()(x)
     if head == "dense64":
         x = L.Dropout(0.3)(x)
         x = L.Dense(64)(x)
         x = L.ReLU()(x)
         x = L.Dropout(0.2)(x)
-    else:  # 3x3xC features straight to the classes (keeps where strokes are, few parameters)
+    else:  # the pooled features straight to the classes (keeps where strokes are, few parameters)
         x = L.Dropout(0.3)(x)
     out = L.Dense(len(CLASSES))(x)  # logits
     return tf.keras.Model(inp, out)
@@ -829,10 +841,11 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
         tops = ", ".join(f"{CLASSES[i]}→{CLASSES[j]} ×{c}" for c, i, j in off[:6]) or "none"
         worst.append(f"- {name}: {tops}")
     size = f"{meta['input_size']}×{meta['input_size']}"
-    blocks, head = ARCHS[meta["arch"]]
+    blocks, head, _ = ARCHS[meta["arch"]]
+    g = head_grid(meta["arch"])
     convs = "-".join("-".join(str(f) for f in b) for b in blocks)
     head_text = ("dense 64, dense 11" if head == "dense64"
-                 else f"the {3 * 3 * blocks[-1][-1]} pooled 3×3 features straight into dense 11")
+                 else f"the {g * g * blocks[-1][-1]} pooled {g}×{g} features straight into dense 11")
     frac = meta["mnist_train_frac"]
     reader = ""
     if meta.get("reader_pages"):
