@@ -1,4 +1,4 @@
-"""scripts/train_digits.py without TensorFlow: its usage errors and the model card it writes.
+"""scripts/train_digits.py without TensorFlow (usage errors, model card) and scripts/digit_errors.py.
 
 Training itself stays out of CI (it needs TensorFlow and ~50 min); the shipped model is tested in test_digits.
 """
@@ -65,3 +65,36 @@ def test_card_names_the_starting_model_and_weight_averaging(train_digits, tmp_pa
     assert "stochastic weight averaging" in swa
     stage = swa[swa.index("  Started from"):swa.index("weight averaging).")]
     assert all(len(line) <= 110 for line in stage.splitlines()), "the stage text is wrapped like the card"
+
+
+def test_pooled_grid_follows_the_network(train_digits, tmp_path):
+    assert train_digits.head_grid("wide") == 3, "valid pooling: 28 -> 14 -> 7 -> 3"
+    assert train_digits.head_grid("wide-4x4") == 4, "same pooling keeps the 7th row and column: 7 -> 4"
+    assert "the 576 pooled 3×3 features straight into dense 11" in _card(train_digits, tmp_path)
+    assert "the 1024 pooled 4×4 features straight into dense 11" in _card(train_digits, tmp_path,
+                                                                          arch="wide-4x4")
+
+
+@pytest.fixture(scope="module")
+def digit_errors():
+    spec = importlib.util.spec_from_file_location("digit_errors", ROOT / "scripts" / "digit_errors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_digit_errors_refuses_a_missing_model(digit_errors, capsys):
+    with pytest.raises(SystemExit) as exc:
+        digit_errors.main(["--model", "/nonexistent/digits.tflite"])
+    assert exc.value.code == 2
+    assert "no such file /nonexistent/digits.tflite" in capsys.readouterr().err
+
+
+def test_contact_sheet_fills_whole_rows(digit_errors):
+    import numpy as np
+
+    crops = [np.full((28, 28), 255, np.uint8)] * 13
+    sheet = digit_errors.contact_sheet(crops, [f"#{i}: 3>5" for i in range(13)], per_row=10)
+    tile_h, tile_w = digit_errors.TILE + 28, digit_errors.TILE + 12
+    assert sheet.shape == (2 * tile_h, 10 * tile_w)
+    assert sheet.dtype == np.uint8 and (sheet < 255).any(), "captions are drawn"
