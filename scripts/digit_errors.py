@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Which MNIST test digits do the int8 digit models misread, and which does every one of them misread?
 
-Runs each ``--model`` (default: the shipped one) through ``DigitClassifier`` on the held-out MNIST split and
-MNIST's official test set (the sets of ``scripts/bench_digits.py``), and prints per set: each model's
-errors, the digits that all models misread (label, what each read, its confidence) and the accuracy a
-model would have if it made only those errors. A digit every model gets wrong, whatever its network or
-recipe, is usually ambiguous or mislabelled; ``--sheet`` writes them as a PNG contact sheet to look at.
+Runs each ``--model`` (default: the shipped one) through ``DigitClassifier`` on the held-out MNIST split
+and MNIST's official test set (the sets of ``scripts/bench_digits.py``), and prints per set: each model's
+errors (those not shared by all of them listed), the digits that all models misread (label, what each
+read, its confidence) and the accuracy a model would have if it made only those errors. A digit every
+model gets wrong, whatever its network or recipe, is usually ambiguous or mislabelled; ``--sheet`` writes
+them as a PNG contact sheet to look at.
 Not run in CI.
 
   .venv/bin/python scripts/digit_errors.py --model /tmp/v10/digits.tflite --model /tmp/v14/digits.tflite \\
@@ -81,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, (crops, y) in sets.items():
         labels, confs, versions = read_all(models, crops)
         wrong = labels != y[None, :]
-        print(f"== {name}: {len(y)} digits")
-        for v, w in zip(versions, wrong, strict=True):
-            print(f"  {v}: {int(w.sum())} errors, accuracy {100 * (1 - w.mean()):.2f}%")
         common = np.nonzero(wrong.all(axis=0))[0]
+        print(f"== {name}: {len(y)} digits")
+        for v, w, lab in zip(versions, wrong, labels, strict=True):
+            own = [i for i in np.nonzero(w)[0] if i not in set(common)]
+            print(f"  {v}: {int(w.sum())} errors, accuracy {100 * (1 - w.mean()):.2f}%; not shared by all: "
+                  + (", ".join(f"#{i} {int(y[i])}>{int(lab[i])}" for i in own) or "none"))
         print(f"  misread by all {len(models)} model(s): {len(common)} digits; a model making only these "
               f"errors would read {100 * (1 - len(common) / len(y)):.2f}%")
         for i in common:
