@@ -953,6 +953,8 @@ Most frequent confusions:
   modelled.
 - Re-run `scripts/bench_digits.py` for the per-class figures, tesseract comparison and speed.
 - Training recipes tried and their figures, shipped or not: `docs/digit-model-experiments.md`.
+- Some MNIST test digits are ambiguous or mislabelled: `scripts/digit_errors.py` lists those that several
+  models all misread (see the experiments log).
 """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
