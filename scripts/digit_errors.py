@@ -6,8 +6,8 @@ and MNIST's official test set (the sets of ``scripts/bench_digits.py``), and pri
 errors (those not shared by all of them listed), the digits that all models misread (label, what each
 read, its confidence) and the accuracy a model would have if it made only those errors. A digit every
 model gets wrong, whatever its network or recipe, is usually ambiguous or mislabelled; ``--sheet`` writes
-them as a PNG contact sheet to look at.
-Not run in CI.
+them as a PNG contact sheet to look at. Digits are numbered by their place in the set: MNIST's test-set
+index for the official test, the place in the seed's held-out split for held-out MNIST. Not run in CI.
 
   .venv/bin/python scripts/digit_errors.py --model /tmp/v10/digits.tflite --model /tmp/v14/digits.tflite \\
       [--sheet /tmp/common-errors.png]
@@ -28,16 +28,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_digits import mnist_official_set, mnist_set  # noqa: E402
 
-from inference.digits import DigitClassifier  # noqa: E402
+from inference.digits import DigitClassifier, DigitModelError  # noqa: E402
 
 TILE = 84  # px per digit on the contact sheet (28 px MNIST x 3)
+SHORT = {"mnist_heldout": "held-out", "mnist_official_test": "official"}
 
 
-def read_all(models: list[Path | None], crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labels (M, N) and top confidences (M, N) of every model on ``crops``, and the models' versions."""
-    labels, confs, versions = [], [], []
-    for path in models:
-        clf = DigitClassifier.load(path)
+def read_all(models: list[DigitClassifier], crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (M, N) and top confidences (M, N) of every model on ``crops``."""
+    labels, confs = [], []
+    for clf in models:
         lab, prob = [], []
         for i in range(0, len(crops), 512):
             a, p = clf.classify(crops[i:i + 512])
@@ -45,8 +45,7 @@ def read_all(models: list[Path | None], crops: list[np.ndarray]) -> tuple[np.nda
             prob.append(p.max(axis=1))
         labels.append(np.concatenate(lab))
         confs.append(np.concatenate(prob))
-        versions.append(f"{clf.version} ({path or 'shipped'})")
-    return np.stack(labels), np.stack(confs), versions
+    return np.stack(labels), np.stack(confs)
 
 
 def contact_sheet(crops: list[np.ndarray], captions: list[str], per_row: int = 10) -> np.ndarray:
@@ -71,21 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sheet", type=Path, default=None,
                     help="write the digits every model misreads as a PNG (caption: set, index, label>read)")
     args = ap.parse_args(argv)
-    models: list[Path | None] = args.model or [None]
-    for path in models:
-        if path is not None and not path.is_file():
-            ap.error(f"--model: no such file {path}")
+    if args.sheet is not None and (args.sheet.suffix.lower() != ".png" or not args.sheet.parent.is_dir()):
+        ap.error(f"--sheet: give a .png file in an existing folder, got {args.sheet}")
+    models, versions = [], []
+    for path in args.model or [None]:
+        try:
+            models.append(DigitClassifier.load(path))
+        except DigitModelError as e:
+            ap.error(f"--model: {e}")
+        versions.append(f"{models[-1].version} ({path or 'shipped'})")
 
     sets = {"mnist_heldout": mnist_set(args.cache_dir, args.seed),
             "mnist_official_test": mnist_official_set(args.cache_dir)}
     sheet_crops, sheet_captions = [], []
     for name, (crops, y) in sets.items():
-        labels, confs, versions = read_all(models, crops)
+        labels, confs = read_all(models, crops)
         wrong = labels != y[None, :]
         common = np.nonzero(wrong.all(axis=0))[0]
+        shared = set(common.tolist())
         print(f"== {name}: {len(y)} digits")
         for v, w, lab in zip(versions, wrong, labels, strict=True):
-            own = [i for i in np.nonzero(w)[0] if i not in set(common)]
+            own = [i for i in np.nonzero(w)[0] if i not in shared]
             print(f"  {v}: {int(w.sum())} errors, accuracy {100 * (1 - w.mean()):.2f}%; not shared by all: "
                   + (", ".join(f"#{i} {int(y[i])}>{int(lab[i])}" for i in own) or "none"))
         print(f"  misread by all {len(models)} model(s): {len(common)} digits; a model making only these "
@@ -95,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             reads = ", ".join(f"{int(lab)} ({c:.2f})" for lab, c in pairs)
             print(f"    #{i}: label {int(y[i])}, read {reads}")
             sheet_crops.append(crops[i])
-            sheet_captions.append(f"{name.split('_')[1][:4]} #{i}: {int(y[i])}>{int(labels[0, i])}")
+            sheet_captions.append(f"{SHORT[name]} #{i}: {int(y[i])}>{int(labels[0, i])}")
     if args.sheet and sheet_crops:
-        cv2.imwrite(str(args.sheet), contact_sheet(sheet_crops, sheet_captions))
+        if not cv2.imwrite(str(args.sheet), contact_sheet(sheet_crops, sheet_captions)):
+            print(f"cannot write {args.sheet} (is the folder writable?)", file=sys.stderr)
+            return 1
         print(f"wrote {args.sheet} ({len(sheet_crops)} digits)")
     return 0
 

@@ -87,7 +87,15 @@ def test_digit_errors_refuses_a_missing_model(digit_errors, capsys):
     with pytest.raises(SystemExit) as exc:
         digit_errors.main(["--model", "/nonexistent/digits.tflite"])
     assert exc.value.code == 2
-    assert "no such file /nonexistent/digits.tflite" in capsys.readouterr().err
+    assert "digit model not found: /nonexistent/digits.tflite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sheet", ["/nonexistent/errors.png", "errors.jpg.txt"])
+def test_digit_errors_refuses_a_sheet_it_cannot_write(digit_errors, capsys, sheet):
+    with pytest.raises(SystemExit) as exc:
+        digit_errors.main(["--sheet", sheet])
+    assert exc.value.code == 2
+    assert "--sheet: give a .png file in an existing folder" in capsys.readouterr().err
 
 
 def test_contact_sheet_fills_whole_rows(digit_errors):
