@@ -14,12 +14,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def train_digits():
-    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "scripts" / "train_digits.py")
+def _script(name: str):
+    """scripts/<name>.py imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def train_digits():
+    return _script("train_digits")
 
 
 @pytest.mark.parametrize(
@@ -77,10 +82,7 @@ def test_pooled_grid_follows_the_network(train_digits, tmp_path):
 
 @pytest.fixture(scope="module")
 def digit_errors():
-    spec = importlib.util.spec_from_file_location("digit_errors", ROOT / "scripts" / "digit_errors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _script("digit_errors")
 
 
 def test_digit_errors_refuses_a_missing_model(digit_errors, capsys):
