@@ -593,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("nothing to train: give --epochs or --swa-epochs")
     if args.first_epoch and args.init_from is None:
         ap.error("--first-epoch continues an earlier run: give that run's model with --init-from")
+    if args.batch < 1:
+        ap.error(f"--batch must be at least 1, got {args.batch}")
     if args.swa_lr <= 0:
         ap.error(f"--swa-lr must be above 0, got {args.swa_lr}")
     if args.init_from is not None and not args.init_from.is_file():
@@ -626,6 +628,20 @@ def main(argv: list[str] | None = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.experimental.enable_op_determinism()
+    init_weights = None
+    if args.init_from is not None:  # checked before any data work: a wrong file fails in seconds
+        try:
+            init_weights = tf.keras.models.load_model(args.init_from, compile=False).get_weights()
+        except Exception as e:  # Keras raises ValueError/OSError/zip errors with its own text
+            print(f"train_digits.py: error: --init-from {args.init_from} is not a saved Keras model: {e}",
+                  file=sys.stderr)
+            return 2
+        want = [w.shape for w in build_model(tf, args.arch).get_weights()]
+        if [w.shape for w in init_weights] != want:
+            print(f"train_digits.py: error: --init-from {args.init_from} is not a '{args.arch}' network; "
+                  "give the --arch of the run that saved it", file=sys.stderr)
+            return 2
+        tf.keras.utils.set_random_seed(args.seed)  # loading and the trial build drew from the generators
 
     t_start = time.time()
     n = args.per_class
@@ -694,8 +710,8 @@ def main(argv: list[str] | None = None) -> int:
         return (x.astype(np.float32) / 255.0)[..., None]
 
     model = build_model(tf, args.arch)
-    if args.init_from is not None:
-        model.set_weights(tf.keras.models.load_model(args.init_from, compile=False).get_weights())
+    if init_weights is not None:
+        model.set_weights(init_weights)
         print(f"  weights from {args.init_from}", flush=True)
     params = int(model.count_params())
     n_epoch = len(y_syn) + (per_epoch if x_var is not None else 0)
@@ -808,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     meta.update({"command": command, "temperature": round(temp, 4), "blank_empty_prob": blank_p,
                  "params": params, "size_bytes": len(blob),
                  "seed": args.seed, "train_crops": int(len(y_syn)), "epochs": args.epochs,
+                 "batch": args.batch,
                  "init_from": args.init_from.name if args.init_from else None,
                  "first_epoch": args.first_epoch,
                  "swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr if args.swa_epochs else None,
@@ -881,8 +898,9 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
                       f"command is in that run's card), continuing the variant walk at epoch "
                       f"{m['first_epoch']}.")
     if m["epochs"]:
-        stages.append(f"{m['epochs']} epochs, batch 128, AdamW (peak LR {m['lr']}, 1-epoch warm-up, cosine "
-                      f"decay, weight decay {m['weight_decay']}), label smoothing {m['label_smoothing']}.")
+        stages.append(f"{m['epochs']} epochs, batch {m.get('batch', 128)}, AdamW (peak LR {m['lr']}, "
+                      f"1-epoch warm-up, cosine decay, weight decay {m['weight_decay']}), "
+                      f"label smoothing {m['label_smoothing']}.")
     if m.get("swa_epochs"):
         stages.append(f"Then {m['swa_epochs']} epochs at the constant LR {m['swa_lr']} (AdamW, weight decay "
                       f"{m['weight_decay']}), with the weights and batch-norm statistics averaged over their "

@@ -38,6 +38,7 @@ def train_digits():
         (["--swa-epochs", "8", "--swa-lr", "0"], "--swa-lr must be above 0"),
         (["--mnist-per-epoch", "0"], "--mnist-per-epoch must be at least 1"),
         (["--mnist-variants", "-1"], "--mnist-variants must be 0"),
+        (["--batch", "0"], "--batch must be at least 1"),
     ],
 )
 def test_bad_arguments_are_usage_errors(train_digits, capsys, argv, message):
@@ -61,6 +62,7 @@ def test_card_names_the_starting_model_and_weight_averaging(train_digits, tmp_pa
     plain = _card(train_digits, tmp_path)
     assert "weight averaging" not in plain and "Started from" not in plain
     assert "40 epochs, batch 128" in _card(train_digits, tmp_path, epochs=40)
+    assert "40 epochs, batch 256" in _card(train_digits, tmp_path, epochs=40, batch=256), "the batch that ran"
     swa = _card(train_digits, tmp_path, init_from="digits-wide-seed2024-1.keras", first_epoch=40, epochs=0,
                 swa_epochs=8, swa_lr=5e-4)
     assert "0 epochs, batch" not in swa, "no cosine stage is described when it did not run"
