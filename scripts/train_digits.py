@@ -561,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mnist-per-epoch", type=int, default=None,
                     help="augmented MNIST digits per epoch, walking through all variants in a seeded order "
                          "(default 16000 with --mnist-full, else every training digit once)")
+    ap.add_argument("--p-mnist", type=float, default=0.5,
+                    help="share of the synthetic training boxes whose digit is an MNIST-train digit "
+                         "rather than generated Indonesian-style handwriting (1.0 with --reader-pages 0: "
+                         "no generated handwriting at all, to measure what the field styles cost on MNIST)")
     ap.add_argument("--raw-mnist-frac", type=float, default=0.0,
                     help="share of the fixed training set drawn as raw (borderless) augmented MNIST digits")
     ap.add_argument("--no-cache", action="store_true", help="regenerate all data (no CACHE/generated/)")
@@ -593,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("nothing to train: give --epochs or --swa-epochs")
     if args.first_epoch and args.init_from is None:
         ap.error("--first-epoch continues an earlier run: give that run's model with --init-from")
+    if not 0.0 <= args.p_mnist <= 1.0:
+        ap.error(f"--p-mnist is a share from 0 to 1, got {args.p_mnist}")
     if args.batch < 1:
         ap.error(f"--batch must be at least 1, got {args.batch}")
     if args.swa_lr <= 0:
@@ -652,8 +658,10 @@ def main(argv: list[str] | None = None) -> int:
     lab_train = np.repeat(np.arange(11), n)
     key = {"seed": args.seed, "per_class": n, "train_frac": args.mnist_train_frac, "raw": args.raw_mnist_frac,
            "full": args.mnist_full}
+    if args.p_mnist != 0.5:  # the default stays out of the key: earlier runs' caches still match
+        key["p_mnist"] = args.p_mnist
     x_syn, y_syn = cached(cache, "train-boxes", key, src, lambda: build_set(
-        "train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=0.5,
+        "train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=args.p_mnist,
         raw_mnist=(pool["train"], args.raw_mnist_frac) if args.raw_mnist_frac > 0 else None))
     # on-line augmentation: a fresh variant of every MNIST-train digit each epoch (drawn up front, cached)
     x_var = None
@@ -833,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
                  "mnist_per_epoch": per_epoch if x_var is not None else 0,
                  "mnist_train_digits": int(len(y_mtrain)),
                  "lr": args.lr, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+                 "p_mnist": args.p_mnist,
                  "float_mnist_test_raw_accuracy": float_acc,
                  "reader_pages": args.reader_pages, "reader_crops_train": n_reader[0],
                  "reader_crops_calib": n_reader[1],
@@ -940,7 +949,8 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
   `inference.render`, or no guide): 2–5 px/mm, border at random offsets
   (−1.2…+2.2 mm), neighbouring boxes, blue or black ink as gray, blur, JPEG 30–95, uneven light, noise,
   thin and thick pens, off-centre and touching the border, a neighbour's digit spilling in; MNIST digits
-  with random rotation, shear, aspect and pen width.
+  with random rotation, shear, aspect and pen width. {round(meta.get('p_mnist', 0.5) * 100)}% of the training
+  boxes' digits are MNIST digits, the rest generated handwriting.
 - On-line augmentation: every epoch sees {meta.get('mnist_per_epoch') or 'all'} fresh borderless variants of
   MNIST-train digits ({meta['mnist_variants']} variants of each drawn up front, walked through in a seeded
   order): rotation ±12°, scale 0.85–1.15 with independent

@@ -39,6 +39,7 @@ def train_digits():
         (["--mnist-per-epoch", "0"], "--mnist-per-epoch must be at least 1"),
         (["--mnist-variants", "-1"], "--mnist-variants must be 0"),
         (["--batch", "0"], "--batch must be at least 1"),
+        (["--p-mnist", "1.5"], "--p-mnist is a share from 0 to 1"),
     ],
 )
 def test_bad_arguments_are_usage_errors(train_digits, capsys, argv, message):
@@ -72,6 +73,12 @@ def test_card_names_the_starting_model_and_weight_averaging(train_digits, tmp_pa
     assert "stochastic weight averaging" in swa
     stage = swa[swa.index("  Started from"):swa.index("weight averaging).")]
     assert all(len(line) <= 110 for line in stage.splitlines()), "the stage text is wrapped like the card"
+
+
+def test_card_states_the_mnist_share_of_the_training_boxes(train_digits, tmp_path):
+    share = "% of the training\n  boxes' digits are MNIST digits"
+    assert "50" + share in _card(train_digits, tmp_path, p_mnist=0.5)
+    assert "100" + share in _card(train_digits, tmp_path, p_mnist=1.0)
 
 
 def test_pooled_grid_follows_the_network(train_digits, tmp_path):
