@@ -117,3 +117,44 @@ def test_contact_sheet_fills_whole_rows(digit_errors):
     tile_h, tile_w = digit_errors.TILE + 28, digit_errors.TILE + 12
     assert sheet.shape == (2 * tile_h, 10 * tile_w)
     assert sheet.dtype == np.uint8 and (sheet < 255).any(), "captions are drawn"
+
+
+def test_digit_errors_refuses_a_missing_keras_model(digit_errors, capsys):
+    with pytest.raises(SystemExit) as exc:
+        digit_errors.main(["--keras", "/nonexistent/digits.keras"])
+    assert exc.value.code == 2
+    assert "--keras: no such model file /nonexistent/digits.keras" in capsys.readouterr().err
+
+
+def test_digit_errors_keras_without_tensorflow_is_a_usage_error(digit_errors, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorflow(name, *args, **kwargs):
+        if name == "tensorflow":
+            raise ImportError("No module named 'tensorflow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+    with pytest.raises(SystemExit) as exc:
+        digit_errors.main(["--keras", str(ROOT / "README.md")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--keras needs TensorFlow: run this script with the training venv's Python" in err
+
+
+def test_read_all_marks_top_two_ties(digit_errors):
+    import numpy as np
+
+    class Fixed:
+        """Probabilities as an int8 model gives them: equal where the quantised logits tie."""
+
+        def classify(self, crops):
+            p = np.array([[0.5, 0.5] + [0.0] * 9, [0.1, 0.9] + [0.0] * 9])[:len(crops)]
+            return p.argmax(axis=1), p
+
+    labels, confs, ties = digit_errors.read_all([Fixed()], [np.zeros((28, 28), np.uint8)] * 2)
+    assert labels.tolist() == [[0, 1]], "a tie reads as the lower class"
+    assert confs.tolist() == [[0.5, 0.9]]
+    assert ties.tolist() == [[True, False]]
