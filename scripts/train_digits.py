@@ -480,6 +480,74 @@ def to_tflite(tf, model, rep: np.ndarray) -> bytes:
     return conv.convert()
 
 
+def fold_batch_norm(tf, model, arch: str):
+    """``model`` with every batch norm folded into its conv's kernel and bias and the ReLU fused: the network
+    the TFLite converter makes of it, as a Keras model whose weights can still be fine-tuned."""
+    L = tf.keras.layers
+    blocks, head, padding = ARCHS[arch]
+    convs = [la for la in model.layers if isinstance(la, L.Conv2D)]
+    norms = [la for la in model.layers if isinstance(la, L.BatchNormalization)]
+    inp = tf.keras.Input((INPUT_SIZE, INPUT_SIZE, 1))
+    x, weights = inp, []
+    for filters in blocks:
+        for f in filters:
+            (kernel,), bn = convs.pop(0).get_weights(), norms.pop(0)
+            gamma, beta, mean, var = bn.get_weights()
+            s = gamma / np.sqrt(var + bn.epsilon)
+            weights += [kernel * s, beta - mean * s]
+            x = L.Conv2D(f, 3, padding="same", activation="relu")(x)
+        x = L.MaxPooling2D(padding=padding)(x)
+    x = L.Dropout(0.3)(L.Flatten()(x))
+    if head == "dense64":
+        x = L.Dropout(0.2)(L.Dense(64, activation="relu")(x))
+    out = L.Dense(len(CLASSES))(x)
+    for la in model.layers:
+        if isinstance(la, L.Dense):
+            weights += la.get_weights()
+    folded = tf.keras.Model(inp, out)
+    folded.set_weights(weights)
+    return folded
+
+
+class FakeQuant:
+    """Forward pass of a folded model as TFLite's full-integer kernels compute it: int8 weights per output
+    channel (symmetric), int8 activations per tensor over the ranges the representative set gives, as
+    post-training quantisation calibrates them (``calibrate`` re-measures them). Gradients pass straight
+    through the rounding (``tf.quantization.fake_quant_*``): quantisation-aware fine-tuning."""
+
+    def __init__(self, tf, model, rep: np.ndarray) -> None:
+        self.tf, self.model, self.rep = tf, model, rep
+        kinds = (tf.keras.layers.Conv2D, tf.keras.layers.Dense)
+        quantised = [la for la in model.layers if isinstance(la, kinds)]
+        self.lo = [tf.Variable(0.0, trainable=False) for _ in quantised]
+        self.hi = [tf.Variable(1.0, trainable=False) for _ in quantised]
+        self.probe = tf.keras.Model(model.input, [la.output for la in quantised])
+        self.calibrate()
+
+    def calibrate(self) -> None:
+        for lo, hi, out in zip(self.lo, self.hi, self.probe.predict(self.rep, batch_size=600, verbose=0),
+                               strict=True):
+            lo.assign(min(0.0, float(out.min())))
+            hi.assign(max(0.0, float(out.max())))
+
+    def __call__(self, x, training: bool = False):
+        tf = self.tf
+        L = tf.keras.layers
+        h, k = x, 0
+        for la in self.model.layers[1:]:
+            if not isinstance(la, (L.Conv2D, L.Dense)):
+                h = la(h, training=training) if isinstance(la, L.Dropout) else la(h)
+                continue
+            w = la.kernel
+            m = tf.stop_gradient(tf.reduce_max(tf.abs(w), axis=list(range(len(w.shape) - 1))))
+            wq = tf.quantization.fake_quant_with_min_max_vars_per_channel(w, -m, m, narrow_range=True)
+            h = (tf.nn.conv2d(h, wq, 1, "SAME") if isinstance(la, L.Conv2D) else tf.matmul(h, wq)) + la.bias
+            h = la.activation(h)
+            h = tf.quantization.fake_quant_with_min_max_vars(h, self.lo[k], self.hi[k])
+            k += 1
+        return h
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature minimising the NLL of softmax(logits / T) (1-D search on a log grid, then refined)."""
     def nll(t: float) -> float:
@@ -581,6 +649,12 @@ def main(argv: list[str] | None = None) -> int:
                          "average the weights (and batch-norm statistics) at the end of each: stochastic "
                          "weight averaging")
     ap.add_argument("--swa-lr", type=float, default=5e-4, help="learning rate of the SWA epochs")
+    ap.add_argument("--qat-epochs", type=int, default=0,
+                    help="last, fine-tune this many epochs quantisation-aware (batch norm folded into the "
+                         "convs, int8 weights and activations simulated as TFLite computes them); the "
+                         "folded network is what is converted")
+    ap.add_argument("--qat-lr", type=float, default=1e-4,
+                    help="peak learning rate of the quantisation-aware epochs (cosine decay to 0)")
     ap.add_argument("--preview", type=Path, help="write a PNG grid of crops and their model inputs, exit")
     ap.add_argument("--update-blank-prob", action="store_true",
                     help="only re-estimate blank_empty_prob in OUT_DIR/digits.json on --per-class held-out "
@@ -591,10 +665,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--mnist-per-epoch must be at least 1, got {args.mnist_per_epoch}")
     if args.mnist_variants is not None and args.mnist_variants < 0:
         ap.error(f"--mnist-variants must be 0 (off) or more, got {args.mnist_variants}")
-    if args.epochs < 0 or args.swa_epochs < 0 or args.first_epoch < 0:
-        ap.error("--epochs, --swa-epochs and --first-epoch must be 0 or more")
-    if args.epochs + args.swa_epochs == 0:
-        ap.error("nothing to train: give --epochs or --swa-epochs")
+    if min(args.epochs, args.swa_epochs, args.first_epoch, args.qat_epochs) < 0:
+        ap.error("--epochs, --swa-epochs, --qat-epochs and --first-epoch must be 0 or more")
+    if args.epochs + args.swa_epochs + args.qat_epochs == 0:
+        ap.error("nothing to train: give --epochs, --swa-epochs or --qat-epochs")
+    if args.qat_epochs and args.qat_lr <= 0:
+        ap.error(f"--qat-lr must be above 0, got {args.qat_lr}")
+    if args.qat_epochs and args.epochs + args.swa_epochs == 0 and args.init_from is None:
+        ap.error("--qat-epochs alone fine-tunes a trained model: give it with --init-from")
     if args.first_epoch and args.init_from is None:
         ap.error("--first-epoch continues an earlier run: give that run's model with --init-from")
     if not 0.0 <= args.p_mnist <= 1.0:
@@ -737,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             args.lr / 10, steps - warm, alpha=0.01, warmup_target=args.lr, warmup_steps=warm)),
             loss=loss, metrics=["accuracy"])
     print(f"model {args.arch}: {params} parameters; training {args.epochs} epochs"
-          + (f" + {args.swa_epochs} SWA epochs" if args.swa_epochs else "") + f" on {n_epoch} crops/epoch",
+          + (f" + {args.swa_epochs} SWA epochs" if args.swa_epochs else "")
+          + (f" + {args.qat_epochs} QAT epochs" if args.qat_epochs else "") + f" on {n_epoch} crops/epoch",
           flush=True)
     eye = np.eye(len(CLASSES), dtype=np.float32)
     xs_f, ys_1h = f32(x_syn), eye[y_syn]
@@ -745,16 +824,18 @@ def main(argv: list[str] | None = None) -> int:
     total = args.epochs + args.swa_epochs
     swa_sum, swa_n = None, 0
     t0 = time.time()
+
+    def epoch_data(walk: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed crops and this epoch's stretch of the MNIST variant walk, one-hot labelled."""
+        if x_var is None:
+            return xs_f, ys_1h
+        take = var_order[(walk * per_epoch + np.arange(per_epoch)) % len(var_order)]
+        return np.concatenate([xs_f, f32(x_var[take])]), np.concatenate([ys_1h, eye[y_var[take]]])
+
     for ep in range(total):
         if ep == args.epochs:  # SWA: constant learning rate from here on
             model.compile(optimizer=optimizer(args.swa_lr), loss=loss, metrics=["accuracy"])
-        walk = args.first_epoch + ep
-        if x_var is not None:
-            take = var_order[(walk * per_epoch + np.arange(per_epoch)) % len(var_order)]
-            xe = np.concatenate([xs_f, f32(x_var[take])])
-            ye = np.concatenate([ys_1h, eye[y_var[take]]])
-        else:
-            xe, ye = xs_f, ys_1h
+        xe, ye = epoch_data(args.first_epoch + ep)
         model.fit(xe, ye, batch_size=args.batch, epochs=ep + 1, initial_epoch=ep, shuffle=True, verbose=2,
                   validation_data=val if (ep + 1) % 5 == 0 or ep + 1 == total else None)
         if ep >= args.epochs:
@@ -765,16 +846,39 @@ def main(argv: list[str] | None = None) -> int:
         model.set_weights([a / swa_n for a in swa_sum])
         _, acc = model.evaluate(*val, batch_size=512, verbose=0)
         print(f"  SWA: averaged {swa_n} epochs; calibration accuracy {acc:.4f}", flush=True)
+    rep = f32(x_syn[np.random.default_rng(args.seed).choice(len(x_syn), min(600, len(x_syn)), replace=False)])
+    if args.qat_epochs:
+        model = fold_batch_norm(tf, model, args.arch)
+        fake = FakeQuant(tf, model, rep)
+        qat_opt = optimizer(tf.keras.optimizers.schedules.CosineDecay(
+            args.qat_lr, args.qat_epochs * steps_per_epoch, alpha=0.0))
+        weights = model.trainable_variables
+
+        @tf.function
+        def qat_step(xb, yb):
+            with tf.GradientTape() as tape:
+                loss_q = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, fake(xb, training=True)))
+            qat_opt.apply_gradients(zip(tape.gradient(loss_q, weights), weights, strict=True))
+            return loss_q
+
+        order_rng = np.random.default_rng(args.seed + 9)
+        for q in range(args.qat_epochs):
+            xe, ye = epoch_data(args.first_epoch + total + q)
+            order = order_rng.permutation(len(xe))
+            losses = [float(qat_step(xe[order[i:i + args.batch]], ye[order[i:i + args.batch]]))
+                      for i in range(0, len(xe), args.batch)]
+            fake.calibrate()
+            print(f"QAT epoch {q + 1}/{args.qat_epochs}: loss {np.mean(losses):.4f}", flush=True)
     t_train = time.time() - t0
     if cache is not None:  # the float Keras model, for fine-tuning or ensembling later (not shipped)
-        keras_path = cache / "models" / f"digits-{args.arch}-seed{args.seed}-{int(time.time())}.keras"
+        kind = f"{args.arch}-qat" if args.qat_epochs else args.arch  # folded: not an --init-from for --arch
+        keras_path = cache / "models" / f"digits-{kind}-seed{args.seed}-{int(time.time())}.keras"
         keras_path.parent.mkdir(parents=True, exist_ok=True)
         model.save(keras_path)
         print(f"  float model saved to {keras_path}", flush=True)
     float_acc = float((model.predict(f32(x_mr), batch_size=512, verbose=0).argmax(1) == my).mean())
     print(f"float model: mnist_test_raw accuracy {float_acc:.4f}", flush=True)
 
-    rep = f32(x_syn[np.random.default_rng(args.seed).choice(len(x_syn), min(600, len(x_syn)), replace=False)])
     blob = to_tflite(tf, model, rep)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model_path = args.out_dir / "digits.tflite"
@@ -836,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                  "init_from": args.init_from.name if args.init_from else None,
                  "first_epoch": args.first_epoch,
                  "swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr if args.swa_epochs else None,
+                 "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr if args.qat_epochs else None,
                  "arch": args.arch, "mnist_train_frac": args.mnist_train_frac,
                  "mnist_full": args.mnist_full, "mnist_variants": args.mnist_variants,
                  "mnist_per_epoch": per_epoch if x_var is not None else 0,
@@ -914,6 +1019,11 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
         stages.append(f"Then {m['swa_epochs']} epochs at the constant LR {m['swa_lr']} (AdamW, weight decay "
                       f"{m['weight_decay']}), with the weights and batch-norm statistics averaged over their "
                       "ends (stochastic weight averaging).")
+    if m.get("qat_epochs"):
+        stages.append(f"Then the batch norms folded into the convs and {m['qat_epochs']} "
+                      f"epoch{'s' if m['qat_epochs'] != 1 else ''} of "
+                      f"quantisation-aware fine-tuning (int8 weights and activations simulated as TFLite "
+                      f"computes them; AdamW, peak LR {m['qat_lr']}, cosine decay to 0).")
     stages.append(f"{m['train_seconds']} s on 2 shared CPU cores, data generation {m['data_seconds']} s "
                   "(generated arrays are cached by arguments and sources).")
     training = textwrap.fill(" ".join(stages), width=110, initial_indent="  ", subsequent_indent="  ")

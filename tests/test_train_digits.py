@@ -40,6 +40,9 @@ def train_digits():
         (["--mnist-variants", "-1"], "--mnist-variants must be 0"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--p-mnist", "1.5"], "--p-mnist is a share from 0 to 1"),
+        (["--qat-epochs", "-1"], "must be 0 or more"),
+        (["--qat-epochs", "2", "--qat-lr", "0"], "--qat-lr must be above 0"),
+        (["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained model"),
     ],
 )
 def test_bad_arguments_are_usage_errors(train_digits, capsys, argv, message):
@@ -73,6 +76,14 @@ def test_card_names_the_starting_model_and_weight_averaging(train_digits, tmp_pa
     assert "stochastic weight averaging" in swa
     stage = swa[swa.index("  Started from"):swa.index("weight averaging).")]
     assert all(len(line) <= 110 for line in stage.splitlines()), "the stage text is wrapped like the card"
+
+
+def test_card_describes_quantisation_aware_fine_tuning(train_digits, tmp_path):
+    assert "quantisation-aware" not in _card(train_digits, tmp_path, qat_epochs=0)
+    card = _card(train_digits, tmp_path, epochs=40, qat_epochs=3, qat_lr=1e-4)
+    stage = " ".join(card[card.index("  40 epochs"):card.index("## Results")].split())
+    assert "batch norms folded into the convs and 3 epochs of quantisation-aware fine-tuning" in stage
+    assert "peak LR 0.0001, cosine decay to 0" in stage
 
 
 def test_card_states_the_mnist_share_of_the_training_boxes(train_digits, tmp_path):
