@@ -605,6 +605,9 @@ def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--init-seed", type=int, default=None,
+                    help="seed of the weight initialisation, dropout and batch order only (default: --seed); "
+                         "the data, splits and test sets stay those of --seed: a replicate run")
     ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "tpskit")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "inference" / "models")
     ap.add_argument("--card", type=Path, default=ROOT / "docs" / "model-card-digits.md")
@@ -708,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tensorflow as tf
 
-    tf.keras.utils.set_random_seed(args.seed)
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    tf.keras.utils.set_random_seed(init_seed)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.experimental.enable_op_determinism()
@@ -725,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train_digits.py: error: --init-from {args.init_from} is not a '{args.arch}' network; "
                   "give the --arch of the run that saved it", file=sys.stderr)
             return 2
-        tf.keras.utils.set_random_seed(args.seed)  # loading and the trial build drew from the generators
+        tf.keras.utils.set_random_seed(init_seed)  # loading and the trial build drew from the generators
 
     t_start = time.time()
     n = args.per_class
@@ -861,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
             qat_opt.apply_gradients(zip(tape.gradient(loss_q, weights), weights, strict=True))
             return loss_q
 
-        order_rng = np.random.default_rng(args.seed + 9)
+        order_rng = np.random.default_rng(init_seed + 9)
         for q in range(args.qat_epochs):
             xe, ye = epoch_data(args.first_epoch + total + q)
             order = order_rng.permutation(len(xe))
@@ -935,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["scripts/train_digits.py", *(argv if argv is not None else sys.argv[1:])])
     meta.update({"command": command, "temperature": round(temp, 4), "blank_empty_prob": blank_p,
                  "params": params, "size_bytes": len(blob),
-                 "seed": args.seed, "train_crops": int(len(y_syn)), "epochs": args.epochs,
+                 "seed": args.seed, "init_seed": init_seed, "train_crops": int(len(y_syn)),
+                 "epochs": args.epochs,
                  "batch": args.batch,
                  "init_from": args.init_from.name if args.init_from else None,
                  "first_epoch": args.first_epoch,
@@ -1027,9 +1032,11 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
     stages.append(f"{m['train_seconds']} s on 2 shared CPU cores, data generation {m['data_seconds']} s "
                   "(generated arrays are cached by arguments and sources).")
     training = textwrap.fill(" ".join(stages), width=110, initial_indent="  ", subsequent_indent="  ")
+    init_seed = (f", initialisation seed {meta['init_seed']}"
+                 if meta.get("init_seed") not in (None, meta["seed"]) else "")
     text = f"""# Model card: C.HASIL box digit classifier (`inference/models/digits.tflite`)
 
-Version `{meta['version']}`, trained {meta['date']} by `{meta['command']}` (seed {meta['seed']}).
+Version `{meta['version']}`, trained {meta['date']} by `{meta['command']}` (seed {meta['seed']}{init_seed}).
 
 ## What it does
 Classifies one box crop of Formulir C.HASIL into 11 classes: digits 0–9 and `empty` (blank, X, dash,

@@ -86,6 +86,11 @@ def test_card_describes_quantisation_aware_fine_tuning(train_digits, tmp_path):
     assert "peak LR 0.0001, cosine decay to 0" in stage
 
 
+def test_card_names_a_replicate_runs_initialisation_seed(train_digits, tmp_path):
+    assert "(seed 2024)." in _card(train_digits, tmp_path, seed=2024, init_seed=2024)
+    assert "(seed 2024, initialisation seed 7)." in _card(train_digits, tmp_path, seed=2024, init_seed=7)
+
+
 def test_card_states_the_mnist_share_of_the_training_boxes(train_digits, tmp_path):
     share = "% of the training\n  boxes' digits are MNIST digits"
     assert "50" + share in _card(train_digits, tmp_path, p_mnist=0.5)
