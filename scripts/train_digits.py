@@ -678,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--qat-epochs alone fine-tunes a trained model: give it with --init-from")
     if args.first_epoch and args.init_from is None:
         ap.error("--first-epoch continues an earlier run: give that run's model with --init-from")
+    if args.seed < 0 or (args.init_seed is not None and args.init_seed < 0):
+        ap.error("--seed and --init-seed must be 0 or more")
     if not 0.0 <= args.p_mnist <= 1.0:
         ap.error(f"--p-mnist is a share from 0 to 1, got {args.p_mnist}")
     if args.batch < 1:

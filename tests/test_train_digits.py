@@ -40,6 +40,8 @@ def train_digits():
         (["--mnist-variants", "-1"], "--mnist-variants must be 0"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--p-mnist", "1.5"], "--p-mnist is a share from 0 to 1"),
+        (["--init-seed", "-1"], "--seed and --init-seed must be 0 or more"),
+        (["--seed", "-5"], "--seed and --init-seed must be 0 or more"),
         (["--qat-epochs", "-1"], "must be 0 or more"),
         (["--qat-epochs", "2", "--qat-lr", "0"], "--qat-lr must be above 0"),
         (["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained model"),
