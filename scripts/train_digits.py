@@ -441,23 +441,31 @@ def head_grid(arch: str) -> int:
     return side
 
 
-def build_model(tf, arch: str = "wide"):
-    """Small CNN on the preprocessed 28x28 ink: 3x3 conv + batch norm + ReLU blocks, logits out."""
+def build_model(tf, arch: str = "wide", *, folded: bool = False):
+    """Small CNN on the preprocessed 28x28 ink: 3x3 conv + batch norm + ReLU blocks, logits out.
+
+    ``folded``: the same network as the TFLite converter makes it, each batch norm folded into its conv's
+    bias and the ReLUs fused (see ``fold_batch_norm``).
+    """
     L = tf.keras.layers
     blocks, head, padding = ARCHS[arch]
     inp = tf.keras.Input((INPUT_SIZE, INPUT_SIZE, 1))
     x = inp
     for filters in blocks:
         for f in filters:
-            x = L.Conv2D(f, 3, padding="same", use_bias=False)(x)
-            x = L.BatchNormalization()(x)
-            x = L.ReLU()(x)
+            if folded:
+                x = L.Conv2D(f, 3, padding="same", activation="relu")(x)
+            else:
+                x = L.Conv2D(f, 3, padding="same", use_bias=False)(x)
+                x = L.BatchNormalization()(x)
+                x = L.ReLU()(x)
         x = L.MaxPooling2D(padding=padding)(x)
     x = L.Flatten()(x)
     if head == "dense64":
         x = L.Dropout(0.3)(x)
-        x = L.Dense(64)(x)
-        x = L.ReLU()(x)
+        x = L.Dense(64, activation="relu" if folded else None)(x)
+        if not folded:
+            x = L.ReLU()(x)
         x = L.Dropout(0.2)(x)
     else:  # the pooled features straight to the classes (keeps where strokes are, few parameters)
         x = L.Dropout(0.3)(x)
@@ -481,30 +489,20 @@ def to_tflite(tf, model, rep: np.ndarray) -> bytes:
 
 
 def fold_batch_norm(tf, model, arch: str):
-    """``model`` with every batch norm folded into its conv's kernel and bias and the ReLU fused: the network
-    the TFLite converter makes of it, as a Keras model whose weights can still be fine-tuned."""
+    """``model`` (of ``arch``) with every batch norm folded into its conv's kernel and bias: the network the
+    TFLite converter makes of it, as a Keras model whose weights can still be fine-tuned."""
     L = tf.keras.layers
-    blocks, head, padding = ARCHS[arch]
-    convs = [la for la in model.layers if isinstance(la, L.Conv2D)]
     norms = [la for la in model.layers if isinstance(la, L.BatchNormalization)]
-    inp = tf.keras.Input((INPUT_SIZE, INPUT_SIZE, 1))
-    x, weights = inp, []
-    for filters in blocks:
-        for f in filters:
-            (kernel,), bn = convs.pop(0).get_weights(), norms.pop(0)
+    weights = []
+    for la in model.layers:
+        if isinstance(la, L.Conv2D):
+            (kernel,), bn = la.get_weights(), norms.pop(0)
             gamma, beta, mean, var = bn.get_weights()
             s = gamma / np.sqrt(var + bn.epsilon)
             weights += [kernel * s, beta - mean * s]
-            x = L.Conv2D(f, 3, padding="same", activation="relu")(x)
-        x = L.MaxPooling2D(padding=padding)(x)
-    x = L.Dropout(0.3)(L.Flatten()(x))
-    if head == "dense64":
-        x = L.Dropout(0.2)(L.Dense(64, activation="relu")(x))
-    out = L.Dense(len(CLASSES))(x)
-    for la in model.layers:
-        if isinstance(la, L.Dense):
+        elif isinstance(la, L.Dense):
             weights += la.get_weights()
-    folded = tf.keras.Model(inp, out)
+    folded = build_model(tf, arch, folded=True)
     folded.set_weights(weights)
     return folded
 
