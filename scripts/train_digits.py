@@ -656,6 +656,10 @@ def main(argv: list[str] | None = None) -> int:
                          "folded network is what is converted")
     ap.add_argument("--qat-lr", type=float, default=1e-4,
                     help="peak learning rate of the quantisation-aware epochs (cosine decay to 0)")
+    ap.add_argument("--qat-distil", action="store_true",
+                    help="fit the quantisation-aware epochs to the float model's own logits (mean squared "
+                         "difference) instead of the labels: the int8 model learns to read like its float "
+                         "model, which stays what it was")
     ap.add_argument("--preview", type=Path, help="write a PNG grid of crops and their model inputs, exit")
     ap.add_argument("--update-blank-prob", action="store_true",
                     help="only re-estimate blank_empty_prob in OUT_DIR/digits.json on --per-class held-out "
@@ -670,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--epochs, --swa-epochs, --qat-epochs and --first-epoch must be 0 or more")
     if args.epochs + args.swa_epochs + args.qat_epochs == 0:
         ap.error("nothing to train: give --epochs, --swa-epochs or --qat-epochs")
+    if args.qat_distil and not args.qat_epochs:
+        ap.error("--qat-distil shapes the quantisation-aware epochs: give --qat-epochs too")
     if args.qat_epochs and args.qat_lr <= 0:
         ap.error(f"--qat-lr must be above 0, got {args.qat_lr}")
     if args.qat_epochs and args.epochs + args.swa_epochs == 0 and args.init_from is None:
@@ -851,17 +857,26 @@ def main(argv: list[str] | None = None) -> int:
         _, acc = model.evaluate(*val, batch_size=512, verbose=0)
         print(f"  SWA: averaged {swa_n} epochs; calibration accuracy {acc:.4f}", flush=True)
     rep = f32(x_syn[np.random.default_rng(args.seed).choice(len(x_syn), min(600, len(x_syn)), replace=False)])
+    trained = model  # the float model as trained: what the int8 model is compared with
     if args.qat_epochs:
         model = fold_batch_norm(tf, model, args.arch)
         fake = FakeQuant(tf, model, rep)
         qat_opt = optimizer(tf.keras.optimizers.schedules.CosineDecay(
             args.qat_lr, args.qat_epochs * steps_per_epoch, alpha=0.0))
         weights = model.trainable_variables
+        teacher = None
+        if args.qat_distil:  # a frozen float copy: what the int8 simulation should reproduce
+            teacher = tf.keras.models.clone_model(model)
+            teacher.set_weights(model.get_weights())
 
         @tf.function
         def qat_step(xb, yb):
             with tf.GradientTape() as tape:
-                loss_q = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(yb, fake(xb, training=True)))
+                if teacher is None:
+                    loss_q = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+                        yb, fake(xb, training=True)))
+                else:  # no dropout: the target is the float model's function, not the labels
+                    loss_q = tf.reduce_mean(tf.square(fake(xb) - teacher(xb, training=False)))
             qat_opt.apply_gradients(zip(tape.gradient(loss_q, weights), weights, strict=True))
             return loss_q
 
@@ -923,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = p.argmax(1)
         conf = p.max(1)
         hi = conf >= 0.99
+        read_float = trained.predict(f32(x), batch_size=512, verbose=0).argmax(1)
         cm = np.zeros((11, 11), int)
         np.add.at(cm, (y, pred), 1)
         figures[name] = {
@@ -930,12 +946,15 @@ def main(argv: list[str] | None = None) -> int:
             "share_conf_0.99": float(hi.mean()),
             "accuracy_conf_0.99": float((pred[hi] == y[hi]).mean()) if hi.any() else None,
             "errors_conf_0.99": int((pred[hi] != y[hi]).sum()),
+            "float_accuracy": float((read_float == y).mean()),
+            "reads_unlike_float": int((pred != read_float).sum()),
             "confusion": cm.tolist(),
         }
         f = figures[name]
         print(f"{name:22s} n={f['n']:5d} acc={f['accuracy']:.4f} ece={f['ece']:.4f} "
               f">=0.99: {f['share_conf_0.99']:.3f} acc {f['accuracy_conf_0.99']} "
-              f"errors {f['errors_conf_0.99']}", flush=True)
+              f"errors {f['errors_conf_0.99']}; float acc={f['float_accuracy']:.4f}, int8 reads "
+              f"{f['reads_unlike_float']} unlike float", flush=True)
     command = " ".join(["scripts/train_digits.py", *(argv if argv is not None else sys.argv[1:])])
     meta.update({"command": command, "temperature": round(temp, 4), "blank_empty_prob": blank_p,
                  "params": params, "size_bytes": len(blob),
@@ -946,6 +965,7 @@ def main(argv: list[str] | None = None) -> int:
                  "first_epoch": args.first_epoch,
                  "swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr if args.swa_epochs else None,
                  "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr if args.qat_epochs else None,
+                 "qat_distil": args.qat_distil,
                  "arch": args.arch, "mnist_train_frac": args.mnist_train_frac,
                  "mnist_full": args.mnist_full, "mnist_variants": args.mnist_variants,
                  "mnist_per_epoch": per_epoch if x_var is not None else 0,
@@ -968,8 +988,10 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
     rows = []
     for name, f in figures.items():
         acc99 = "—" if f["accuracy_conf_0.99"] is None else f"{100 * f['accuracy_conf_0.99']:.2f}%"
+        float_acc = "—" if f.get("float_accuracy") is None else f"{100 * f['float_accuracy']:.2f}%"
         rows.append(f"| {name} | {f['n']} | {100 * f['accuracy']:.2f}% | {f['ece']:.4f} | "
-                    f"{100 * f['share_conf_0.99']:.1f}% | {acc99} | {f['errors_conf_0.99']} |")
+                    f"{100 * f['share_conf_0.99']:.1f}% | {acc99} | {f['errors_conf_0.99']} | {float_acc} | "
+                    f"{f.get('reads_unlike_float', '—')} |")
     worst = []
     for name, f in figures.items():
         cm = np.array(f["confusion"])
@@ -1028,7 +1050,9 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
         stages.append(f"Then the batch norms folded into the convs and {m['qat_epochs']} "
                       f"epoch{'s' if m['qat_epochs'] != 1 else ''} of "
                       f"quantisation-aware fine-tuning (int8 weights and activations simulated as TFLite "
-                      f"computes them; AdamW, peak LR {m['qat_lr']}, cosine decay to 0).")
+                      f"computes them; AdamW, peak LR {m['qat_lr']}, cosine decay to 0"
+                      + ("; fitted to the float model's own logits, not the labels" if m.get("qat_distil")
+                         else "") + ").")
     stages.append(f"{m['train_seconds']} s on 2 shared CPU cores, data generation {m['data_seconds']} s "
                   "(generated arrays are cached by arguments and sources).")
     training = textwrap.fill(" ".join(stages), width=110, initial_indent="  ", subsequent_indent="  ")
@@ -1080,9 +1104,12 @@ Runtime: LiteRT (`ai_edge_litert`), or `tflite_runtime` 2.14 with numpy < 2.
   measures with LiteRT.
 
 ## Results (int8 model, calibrated probabilities)
-| set | n | accuracy | ECE | share ≥ 0.99 | accuracy ≥ 0.99 | errors ≥ 0.99 |
-|---|---|---|---|---|---|---|
+| set | n | accuracy | ECE | share ≥ 0.99 | accuracy ≥ 0.99 | errors ≥ 0.99 | float model | int8 ≠ float |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+`float model`: the accuracy of the float Keras model as trained, before any fine-tuning for int8;
+`int8 ≠ float`: crops the int8 model reads as another class than that float model.
 
 `mnist_test_raw`: held-out MNIST digits as borderless crops (`mnist_official_test_raw`: MNIST's official
 test set, other writers); `mnist_test_boxes`: the same digits drawn into

@@ -45,6 +45,7 @@ def train_digits():
         (["--qat-epochs", "-1"], "must be 0 or more"),
         (["--qat-epochs", "2", "--qat-lr", "0"], "--qat-lr must be above 0"),
         (["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained model"),
+        (["--qat-distil"], "--qat-distil shapes the quantisation-aware epochs: give --qat-epochs too"),
     ],
 )
 def test_bad_arguments_are_usage_errors(train_digits, capsys, argv, message):
@@ -86,6 +87,28 @@ def test_card_describes_quantisation_aware_fine_tuning(train_digits, tmp_path):
     stage = " ".join(card[card.index("  40 epochs"):card.index("## Results")].split())
     assert "batch norms folded into the convs and 3 epochs of quantisation-aware fine-tuning" in stage
     assert "peak LR 0.0001, cosine decay to 0" in stage
+    assert "float model's own logits" not in stage
+    card = _card(train_digits, tmp_path, epochs=0, init_from="digits-wide-seed2024-1.keras", first_epoch=40,
+                 qat_epochs=6, qat_lr=3e-4, qat_distil=True)
+    stage = " ".join(card[card.index("  Started from"):card.index("## Results")].split())
+    assert "6 epochs of quantisation-aware fine-tuning" in stage
+    assert "peak LR 0.0003, cosine decay to 0; fitted to the float model's own logits, not the labels)" \
+        in stage
+
+
+def test_card_compares_the_int8_model_with_its_float_model(train_digits, tmp_path):
+    meta = json.loads((ROOT / "inference" / "models" / "digits.json").read_text())
+    figures = {name: dict(f, confusion=[[0] * 11 for _ in range(11)]) for name, f in meta["figures"].items()}
+    figures["mnist_test_raw"].update(float_accuracy=0.997, reads_unlike_float=3)
+    figures["calibration"].pop("float_accuracy", None)  # a run from before the float columns
+    figures["calibration"].pop("reads_unlike_float", None)
+    path = tmp_path / "card.md"
+    train_digits.write_card(path, meta, figures)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in path.read_text().splitlines()
+            if line.startswith("| ")}
+    assert rows["set"][-2:] == ["float model", "int8 ≠ float |"]
+    assert rows["mnist_test_raw"][-2:] == ["99.70%", "3 |"]
+    assert rows["calibration"][-2:] == ["—", "— |"]
 
 
 def test_card_names_a_replicate_runs_initialisation_seed(train_digits, tmp_path):
