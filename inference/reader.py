@@ -87,6 +87,7 @@ MIN_SUPPORT = 0.5
 # value needs only this much support (a digit the box gives at least 2% of its favourite's probability).
 MIN_SUPPORT_FAR = 0.02
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
+BLANK_MIN_P = 0.9  # ... if the classifier also gives "empty" at least this (a faint stroke it lost gets ~0.5)
 # A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
 # too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
 GREY_INSET_MM = 0.8  # beyond the box edge inwards: the border's inner half (0.27 mm) + registration slack
@@ -637,9 +638,10 @@ class PageReader:
         probs = (1.0 - self.box_misread) * probs + self.box_misread / probs.shape[1]  # confident misreads
         labels = np.array(labels)
         for i, bc in enumerate(crops):
-            # The model's first choice is "empty" and no ink is measured: the box is blank, remove the doubt.
-            # (Never the other way round: a thin light stroke can escape the ink measure, not the model.)
-            if int(np.argmax(probs[i])) == EMPTY and ink_extent_mm(bc.crop, ppm) < BLANK_INK_MM:
+            # The model is fairly sure of "empty" and no ink is measured: the box is blank, remove the doubt.
+            # (Never the other way round: a thin light stroke can escape the ink measure. The classifier
+            # gives a faint stroke it cannot read P(empty) ~0.5, so such a box keeps its doubt.)
+            if probs[i, EMPTY] >= BLANK_MIN_P and ink_extent_mm(bc.crop, ppm) < BLANK_INK_MM:
                 probs[i] *= 1e-4
                 probs[i, EMPTY] = 1.0 - probs[i].sum() + probs[i, EMPTY]
                 labels[i] = EMPTY

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from inference import handwriting as hw
-from inference.digits import CLASSES, EMPTY, INPUT_SIZE, DigitClassifier, DigitModelError, preprocess
+from inference.digits import (
+    CLASSES,
+    EMPTY,
+    INPUT_SIZE,
+    DigitClassifier,
+    DigitModelError,
+    preprocess,
+    preprocess_faint,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -99,6 +107,37 @@ def test_blank_boxes_are_empty(clf):
     if "blank_empty_prob" in clf.meta:  # no ink at all: the calibrated share of truly empty boxes
         np.testing.assert_allclose(probs[-2:, EMPTY], clf.meta["blank_empty_prob"], atol=1e-5)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def _faint_box(seed: int, dark: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    digit = hw.render_digit(int(rng.integers(10)), height_px=48, rng=rng)
+    return hw.render_box(digit, px_per_mm=3.0, rng=rng, height_mm=12.0, ink_darkness=dark, light=0.2,
+                         blur_px=0.8, noise=2.0, jpeg_quality=80)
+
+
+def test_a_faint_digit_the_ink_thresholds_lose_is_not_called_empty(clf):
+    """A digit written with a pen running dry (or photographed dim and blurred) can fall below the ink level
+    preprocessing calls writing; the box is then no more blank than written: P(empty) is
+    ``faint_empty_prob`` (~0.5), the rest spread over the digits, never the confident ``blank_empty_prob``."""
+    faint = [_faint_box(0, 0.3), _faint_box(1, 0.3), _faint_box(0, 0.35)]
+    for crop in faint:
+        x, is_faint = preprocess_faint(crop)
+        assert not x.any() and is_faint
+    rng = np.random.default_rng(3)
+    blank = [hw.render_box(None, px_per_mm=ppm, rng=rng, blur_px=blur, guide=guide)
+             for ppm in (2.0, 3.0, 5.0) for blur in (0.0, 1.0, 2.0)
+             for guide in ("official", "outline", False)]
+    assert not any(preprocess_faint(c)[1] for c in blank), "a blank box (guide, blur) holds no faint stroke"
+    assert not preprocess_faint(_faint_box(0, 0.8))[1], "written ink is writing, not a faint stroke"
+    labels, probs = clf.classify(faint + blank[:3])
+    pf, pe = clf.meta.get("faint_empty_prob", 0.5), clf.meta.get("blank_empty_prob")
+    np.testing.assert_allclose(probs[:3, EMPTY], pf, atol=1e-6)
+    np.testing.assert_allclose(probs[:3, :EMPTY], (1 - pf) / 10, atol=1e-6)
+    assert probs[:3].max() < 0.9, "nothing about a faint stroke is sure"
+    if pe is not None:
+        np.testing.assert_allclose(probs[3:, EMPTY], pe, atol=1e-6)
+    assert (labels[3:] == EMPTY).all()
 
 
 def test_specks_at_the_box_edge_are_not_a_digit(clf):

@@ -106,3 +106,37 @@ def test_empty_grey_row_sums_read_empty_in_a_dim_photo():
     assert all(r.fields[c.field]["value"] is None for c in blank)
     named = {f for reason in r.reasons for f in reason.get("fields", [])}
     assert not named & {c.field for c in blank}
+
+
+def test_a_faint_leading_digit_is_never_dropped_silently(monkeypatch):
+    """A leading digit the ink measure misses and the classifier can only call faint (P(empty) ~0.5, the
+    digits even) keeps its doubt: the reader does not turn the box blank, so 144 is never read as 44 with
+    confidence. (It used to remove the doubt of any box whose first choice was empty and whose ink it did
+    not measure: 44 at 0.9998.)"""
+    from inference import reader as reader_mod
+
+    s = make_sample(201, 1, condition="clean", scale=SCALE, tps=TPS)
+    reader = PageReader(classifier=CLASSIFIER)
+    crops = reader.box_crops(s.image)
+    target = next(c for c in crops if (s.written.get(c.field) or 0) >= 100 and c.box == 0)
+    k = next(i for i, c in enumerate(crops) if c.field == target.field and c.box == 0)
+    faint_row = np.full(11, 0.05, np.float32)
+    faint_row[digits.EMPTY] = 0.5
+
+    class FaintBox:  # the committed classifier, but box k is a stroke it lost
+        def classify(self, batch):
+            labels, probs = CLASSIFIER.classify(batch)
+            probs[k] = faint_row
+            labels[k] = digits.EMPTY
+            return labels, probs
+
+    measure = reader_mod.ink_extent_mm
+    monkeypatch.setattr(reader_mod, "ink_extent_mm",
+                        lambda crop, ppm: 0.0 if crop.shape == target.crop.shape
+                        and np.array_equal(crop, target.crop) else measure(crop, ppm))
+    r = PageReader(classifier=FaintBox()).read(s.image)
+    f = r.fields[target.field]
+    assert r.status == "review"
+    assert f["value"] == s.written[target.field] or f["confidence"] < 0.99, (
+        f"{target.field}: written {s.written[target.field]}, read {f['value']} at {f['confidence']}")
+    assert f["value"] != s.written[target.field] % 10 ** (len(f["digits"]) - 1)
