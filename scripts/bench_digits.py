@@ -167,10 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2024, help="training seed (picks the held-out MNIST split)")
     ap.add_argument("--synthetic-per-class", type=int, default=300)
     ap.add_argument("--reader-pages", type=int, default=72, help="generated pages cut by the page reader")
-    ap.add_argument("--tesseract-n", type=int, default=200, help="crops per set for tesseract (slow)")
+    ap.add_argument("--tesseract-n", type=int, default=200,
+                    help="crops per set for tesseract (slow; 0 = skip the comparison)")
     ap.add_argument("--threshold", type=float, default=0.99)
     ap.add_argument("--page-boxes", type=int, default=60)
     args = ap.parse_args(argv)
+    if min(args.tesseract_n, args.reader_pages) < 0 or min(args.synthetic_per_class, args.page_boxes) < 1:
+        ap.error("--tesseract-n and --reader-pages must be 0 or more, --synthetic-per-class and --page-boxes "
+                 "at least 1")
+    if not 0.0 < args.threshold <= 1.0:
+        ap.error(f"--threshold is a confidence above 0 and at most 1, got {args.threshold}")
+    if args.model is not None and not args.model.is_file():
+        ap.error(f"--model: no such model file {args.model}")
 
     clf = DigitClassifier.load(args.model)
     model_path = args.model or ROOT / "inference" / "models" / "digits.tflite"
@@ -191,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     for name, (crops, y) in sets.items():
         report["sets"][name] = evaluate(clf, crops, y, args.threshold)
+        if args.tesseract_n == 0:
+            report["tesseract"][name] = {"note": "skipped (--tesseract-n 0)"}
+            continue
         idx = rng.choice(len(y), min(args.tesseract_n, len(y)), replace=False)
         sub = [crops[i] for i in idx]
         t = tesseract(sub, y[idx])

@@ -1,4 +1,5 @@
-"""scripts/train_digits.py without TensorFlow (usage errors, model card) and scripts/digit_errors.py.
+"""scripts/train_digits.py without TensorFlow (usage errors, model card), scripts/digit_errors.py and the
+usage errors of scripts/bench_digits.py.
 
 Training itself stays out of CI (it needs TensorFlow and ~50 min); the shipped model is tested in test_digits.
 """
@@ -217,3 +218,21 @@ def test_blank_empty_probs_tell_faint_strokes_apart(train_digits):
     pe, pf = train_digits.blank_empty_probs(blank, faint, y)
     assert pe == np.floor((8 + 1) / (9 + 2) * 1e4) / 1e4, "blank without a faint stroke: 8 empty of 9"
     assert pf == np.floor((1 + 1) / (4 + 2) * 1e4) / 1e4, "with a faint stroke: 1 empty of 4"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tesseract-n", "-1"], "--tesseract-n and --reader-pages must be 0 or more"),
+        (["--reader-pages", "-2"], "--tesseract-n and --reader-pages must be 0 or more"),
+        (["--synthetic-per-class", "0"], "--synthetic-per-class and --page-boxes at least 1"),
+        (["--page-boxes", "0"], "--synthetic-per-class and --page-boxes at least 1"),
+        (["--threshold", "1.5"], "--threshold is a confidence above 0 and at most 1"),
+        (["--model", "/nonexistent/digits.tflite"], "--model: no such model file"),
+    ],
+)
+def test_bench_digits_bad_arguments_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        _script("bench_digits").main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
