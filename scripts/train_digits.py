@@ -679,8 +679,8 @@ def main(argv: list[str] | None = None) -> int:
                          "model, which stays what it was")
     ap.add_argument("--preview", type=Path, help="write a PNG grid of crops and their model inputs, exit")
     ap.add_argument("--update-blank-prob", action="store_true",
-                    help="only re-estimate blank_empty_prob in OUT_DIR/digits.json on --per-class held-out "
-                         "synthetic boxes per class")
+                    help="only re-estimate blank_empty_prob and faint_empty_prob in OUT_DIR/digits.json on "
+                         "--per-class held-out synthetic boxes per class")
     ap.add_argument("--version", default=None, help="model version string (default: digits-<date>)")
     args = ap.parse_args(argv)
     if args.mnist_per_epoch is not None and args.mnist_per_epoch < 1:
