@@ -6,6 +6,7 @@ Training itself stays out of CI (it needs TensorFlow and ~50 min); the shipped m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def _script(name: str):
-    """scripts/<name>.py imported as a module."""
+    """scripts/<name>.py imported as a module (once)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -30,29 +32,35 @@ def train_digits():
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("script", "argv", "message"),
     [
-        (["--epochs", "0"], "nothing to train"),
-        (["--swa-epochs", "-1"], "must be 0 or more"),
-        (["--first-epoch", "-3"], "must be 0 or more"),
-        (["--init-from", "/nonexistent/model.keras"], "no such model file"),
-        (["--first-epoch", "40"], "give that run's model with --init-from"),
-        (["--swa-epochs", "8", "--swa-lr", "0"], "--swa-lr must be above 0"),
-        (["--mnist-per-epoch", "0"], "--mnist-per-epoch must be at least 1"),
-        (["--mnist-variants", "-1"], "--mnist-variants must be 0"),
-        (["--batch", "0"], "--batch must be at least 1"),
-        (["--p-mnist", "1.5"], "--p-mnist is a share from 0 to 1"),
-        (["--init-seed", "-1"], "--seed and --init-seed must be 0 or more"),
-        (["--seed", "-5"], "--seed and --init-seed must be 0 or more"),
-        (["--qat-epochs", "-1"], "must be 0 or more"),
-        (["--qat-epochs", "2", "--qat-lr", "0"], "--qat-lr must be above 0"),
-        (["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained model"),
-        (["--qat-distil"], "--qat-distil shapes the quantisation-aware epochs: give --qat-epochs too"),
+        ("train_digits", ["--epochs", "0"], "nothing to train"),
+        ("train_digits", ["--swa-epochs", "-1"], "must be 0 or more"),
+        ("train_digits", ["--first-epoch", "-3"], "must be 0 or more"),
+        ("train_digits", ["--init-from", "/nonexistent/model.keras"], "no such model file"),
+        ("train_digits", ["--first-epoch", "40"], "give that run's model with --init-from"),
+        ("train_digits", ["--swa-epochs", "8", "--swa-lr", "0"], "--swa-lr must be above 0"),
+        ("train_digits", ["--mnist-per-epoch", "0"], "--mnist-per-epoch must be at least 1"),
+        ("train_digits", ["--mnist-variants", "-1"], "--mnist-variants must be 0"),
+        ("train_digits", ["--batch", "0"], "--batch must be at least 1"),
+        ("train_digits", ["--p-mnist", "1.5"], "--p-mnist is a share from 0 to 1"),
+        ("train_digits", ["--init-seed", "-1"], "--seed and --init-seed must be 0 or more"),
+        ("train_digits", ["--seed", "-5"], "--seed and --init-seed must be 0 or more"),
+        ("train_digits", ["--qat-epochs", "-1"], "must be 0 or more"),
+        ("train_digits", ["--qat-epochs", "2", "--qat-lr", "0"], "--qat-lr must be above 0"),
+        ("train_digits", ["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained"),
+        ("train_digits", ["--qat-distil"], "--qat-distil shapes the quantisation-aware epochs"),
+        ("bench_digits", ["--tesseract-n", "-1"], "--tesseract-n and --reader-pages must be 0 or more"),
+        ("bench_digits", ["--reader-pages", "-2"], "--tesseract-n and --reader-pages must be 0 or more"),
+        ("bench_digits", ["--synthetic-per-class", "0"], "--synthetic-per-class and --page-boxes at least 1"),
+        ("bench_digits", ["--page-boxes", "0"], "--synthetic-per-class and --page-boxes at least 1"),
+        ("bench_digits", ["--threshold", "1.5"], "--threshold is a confidence above 0 and at most 1"),
+        ("bench_digits", ["--model", "/nonexistent/digits.tflite"], "--model: no such model file"),
     ],
 )
-def test_bad_arguments_are_usage_errors(train_digits, capsys, argv, message):
+def test_bad_arguments_are_usage_errors(capsys, script, argv, message):
     with pytest.raises(SystemExit) as exc:
-        train_digits.main(argv)
+        _script(script).main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -218,21 +226,3 @@ def test_blank_empty_probs_tell_faint_strokes_apart(train_digits):
     pe, pf = train_digits.blank_empty_probs(blank, faint, y)
     assert pe == np.floor((8 + 1) / (9 + 2) * 1e4) / 1e4, "blank without a faint stroke: 8 empty of 9"
     assert pf == np.floor((1 + 1) / (4 + 2) * 1e4) / 1e4, "with a faint stroke: 1 empty of 4"
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--tesseract-n", "-1"], "--tesseract-n and --reader-pages must be 0 or more"),
-        (["--reader-pages", "-2"], "--tesseract-n and --reader-pages must be 0 or more"),
-        (["--synthetic-per-class", "0"], "--synthetic-per-class and --page-boxes at least 1"),
-        (["--page-boxes", "0"], "--synthetic-per-class and --page-boxes at least 1"),
-        (["--threshold", "1.5"], "--threshold is a confidence above 0 and at most 1"),
-        (["--model", "/nonexistent/digits.tflite"], "--model: no such model file"),
-    ],
-)
-def test_bench_digits_bad_arguments_are_usage_errors(capsys, argv, message):
-    with pytest.raises(SystemExit) as exc:
-        _script("bench_digits").main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
