@@ -350,6 +350,8 @@ class DigitClassifier:
         share of those that were empty; 0.5 if the metadata lacks it) and the rest evenly over the ten
         digits, since the model saw nothing to tell them apart.
         """
+        if faint is not None and np.shape(faint) != (len(x),):
+            raise ValueError(f"faint must hold one flag per input ({len(x)}), got shape {np.shape(faint)}")
         probs = _softmax(self.logits(x) / self.temperature)
         blank = ~(x.reshape(len(x), -1) > 0).any(axis=1)
         faint = blank & (np.zeros(len(x), bool) if faint is None else np.asarray(faint, bool))

@@ -138,6 +138,8 @@ def test_a_faint_digit_the_ink_thresholds_lose_is_not_called_empty(clf):
     if pe is not None:
         np.testing.assert_allclose(probs[3:, EMPTY], pe, atol=1e-6)
     assert (labels[3:] == EMPTY).all()
+    with pytest.raises(ValueError, match="one flag per input"):
+        clf.probabilities(np.zeros((2, INPUT_SIZE, INPUT_SIZE, 1), np.float32), faint=[True])
 
 
 def test_specks_at_the_box_edge_are_not_a_digit(clf):
