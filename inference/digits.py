@@ -356,8 +356,8 @@ class DigitClassifier:
         blank = ~(x.reshape(len(x), -1) > 0).any(axis=1)
         faint = blank & (np.zeros(len(x), bool) if faint is None else np.asarray(faint, bool))
         pe = self.meta.get("blank_empty_prob")
-        if pe is not None and (blank & ~faint).any():
-            b = blank & ~faint
+        b = blank & ~faint
+        if pe is not None and b.any():
             rest = probs[b, :EMPTY]
             rest = rest / np.maximum(rest.sum(axis=1, keepdims=True), 1e-12) * (1.0 - float(pe))
             probs[b, :EMPTY] = rest
