@@ -677,6 +677,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="fit the quantisation-aware epochs to the float model's own logits (mean squared "
                          "difference) instead of the labels: the int8 model learns to read like its float "
                          "model, which stays what it was")
+    ap.add_argument("--teacher", type=Path, default=None,
+                    help="knowledge distillation: a float Keras model (saved by an earlier run in "
+                         "CACHE/models/) whose softened outputs join the labels as training targets")
+    ap.add_argument("--distil-weight", type=float, default=0.5,
+                    help="with --teacher: the teacher's share of the loss (the labels' is 1 minus it)")
+    ap.add_argument("--distil-temp", type=float, default=4.0,
+                    help="with --teacher: temperature both models' logits are softened by (the "
+                         "teacher term is scaled by its square, as Hinton et al. 2015 do)")
     ap.add_argument("--preview", type=Path, help="write a PNG grid of crops and their model inputs, exit")
     ap.add_argument("--update-blank-prob", action="store_true",
                     help="only re-estimate blank_empty_prob and faint_empty_prob in OUT_DIR/digits.json on "
@@ -709,6 +717,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--swa-lr must be above 0, got {args.swa_lr}")
     if args.init_from is not None and not args.init_from.is_file():
         ap.error(f"--init-from: no such model file {args.init_from}")
+    if args.teacher is not None and not args.teacher.is_file():
+        ap.error(f"--teacher: no such model file {args.teacher}")
+    if not 0.0 < args.distil_weight <= 1.0 or args.distil_temp <= 0:
+        ap.error(f"--distil-weight must be in (0, 1] and --distil-temp above 0, got {args.distil_weight} "
+                 f"and {args.distil_temp}")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     xm, ym = load_mnist(args.cache_dir)
@@ -753,6 +766,19 @@ def main(argv: list[str] | None = None) -> int:
                   "give the --arch of the run that saved it", file=sys.stderr)
             return 2
         tf.keras.utils.set_random_seed(init_seed)  # loading and the trial build drew from the generators
+    teacher_model = None
+    if args.teacher is not None:
+        try:
+            teacher_model = tf.keras.models.load_model(args.teacher, compile=False)
+        except Exception as e:  # as for --init-from
+            print(f"train_digits.py: error: --teacher {args.teacher} is not a saved Keras model: {e}",
+                  file=sys.stderr)
+            return 2
+        if teacher_model.output_shape[-1] != len(CLASSES):
+            print(f"train_digits.py: error: --teacher {args.teacher} does not give {len(CLASSES)} logits",
+                  file=sys.stderr)
+            return 2
+        tf.keras.utils.set_random_seed(init_seed)
 
     t_start = time.time()
     n = args.per_class
@@ -829,7 +855,20 @@ def main(argv: list[str] | None = None) -> int:
     params = int(model.count_params())
     n_epoch = len(y_syn) + (per_epoch if x_var is not None else 0)
     steps_per_epoch = int(np.ceil(n_epoch / args.batch))
-    loss = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=args.label_smoothing)
+    loss = loss_ce = tf.keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                             label_smoothing=args.label_smoothing)
+    metrics = ["accuracy"]
+    if teacher_model is not None:  # targets: one-hot labels, then the teacher's logits
+        n_cls, a, temp_kd = len(CLASSES), args.distil_weight, args.distil_temp
+
+        def loss(y, z):
+            soft = tf.nn.softmax_cross_entropy_with_logits(tf.nn.softmax(y[:, n_cls:] / temp_kd), z / temp_kd)
+            return (1 - a) * loss_ce(y[:, :n_cls], z) + a * temp_kd ** 2 * tf.reduce_mean(soft)
+
+        def accuracy(y, z):
+            return tf.reduce_mean(tf.cast(tf.argmax(y[:, :n_cls], 1) == tf.argmax(z, 1), tf.float32))
+
+        metrics = [accuracy]
 
     def optimizer(lr):
         return (tf.keras.optimizers.AdamW(lr, weight_decay=args.weight_decay) if args.weight_decay > 0
@@ -840,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = min(steps_per_epoch, steps // 10)
         model.compile(optimizer=optimizer(tf.keras.optimizers.schedules.CosineDecay(
             args.lr / 10, steps - warm, alpha=0.01, warmup_target=args.lr, warmup_steps=warm)),
-            loss=loss, metrics=["accuracy"])
+            loss=loss, metrics=metrics)
     print(f"model {args.arch}: {params} parameters; training {args.epochs} epochs"
           + (f" + {args.swa_epochs} SWA epochs" if args.swa_epochs else "")
           + (f" + {args.qat_epochs} QAT epochs" if args.qat_epochs else "") + f" on {n_epoch} crops/epoch",
@@ -848,6 +887,10 @@ def main(argv: list[str] | None = None) -> int:
     eye = np.eye(len(CLASSES), dtype=np.float32)
     xs_f, ys_1h = f32(x_syn), eye[y_syn]
     val = (f32(x_cal), eye[y_cal])
+    teach_fixed = None
+    if teacher_model is not None:
+        teach_fixed = teacher_model.predict(xs_f, batch_size=512, verbose=0)
+        val = (val[0], np.concatenate([val[1], teacher_model.predict(val[0], batch_size=512, verbose=0)], 1))
     total = args.epochs + args.swa_epochs
     swa_sum, swa_n = None, 0
     t0 = time.time()
@@ -859,10 +902,21 @@ def main(argv: list[str] | None = None) -> int:
         take = var_order[(walk * per_epoch + np.arange(per_epoch)) % len(var_order)]
         return np.concatenate([xs_f, f32(x_var[take])]), np.concatenate([ys_1h, eye[y_var[take]]])
 
+    def fit_targets(xe: np.ndarray, ye: np.ndarray) -> np.ndarray:
+        """The labels, and with --teacher its logits beside them (those of the fixed crops computed once)."""
+        if teacher_model is None:
+            return ye
+        rest = xe[len(teach_fixed):]
+        if len(rest):
+            rest = teacher_model.predict(rest, batch_size=512, verbose=0)
+            return np.concatenate([ye, np.concatenate([teach_fixed, rest])], 1)
+        return np.concatenate([ye, teach_fixed], 1)
+
     for ep in range(total):
         if ep == args.epochs:  # SWA: constant learning rate from here on
-            model.compile(optimizer=optimizer(args.swa_lr), loss=loss, metrics=["accuracy"])
+            model.compile(optimizer=optimizer(args.swa_lr), loss=loss, metrics=metrics)
         xe, ye = epoch_data(args.first_epoch + ep)
+        ye = fit_targets(xe, ye)
         model.fit(xe, ye, batch_size=args.batch, epochs=ep + 1, initial_epoch=ep, shuffle=True, verbose=2,
                   validation_data=val if (ep + 1) % 5 == 0 or ep + 1 == total else None)
         if ep >= args.epochs:
@@ -982,6 +1036,9 @@ def main(argv: list[str] | None = None) -> int:
                  "swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr if args.swa_epochs else None,
                  "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr if args.qat_epochs else None,
                  "qat_distil": args.qat_distil,
+                 "teacher": args.teacher.name if args.teacher else None,
+                 "distil_weight": args.distil_weight if args.teacher else None,
+                 "distil_temp": args.distil_temp if args.teacher else None,
                  "arch": args.arch, "mnist_train_frac": args.mnist_train_frac,
                  "mnist_full": args.mnist_full, "mnist_variants": args.mnist_variants,
                  "mnist_per_epoch": per_epoch if x_var is not None else 0,
