@@ -79,7 +79,8 @@ def _ink_map(crop: np.ndarray) -> np.ndarray:
     g = cv2.resize(np.ascontiguousarray(crop), size, interpolation=interp).astype(np.float32)
     k = np.ones((21, 21), np.uint8)  # rectangular: separable, fast
     bg = cv2.morphologyEx(g, cv2.MORPH_CLOSE, k, borderType=cv2.BORDER_REPLICATE)
-    bg = cv2.blur(bg, (9, 9))
+    # smoothed, but never above the closing: a sharp shadow edge stays a step instead of a dark band
+    bg = np.minimum(cv2.blur(bg, (9, 9)), bg)
     bg = np.maximum(np.maximum(bg, g), 24.0)  # never divide by black; an all-dark crop has no "paper"
     return 1.0 - g / bg
 
