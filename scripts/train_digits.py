@@ -1114,7 +1114,11 @@ def write_card(path: Path, meta: dict, figures: dict) -> None:
     if m["epochs"]:
         stages.append(f"{m['epochs']} epochs, batch {m.get('batch', 128)}, AdamW (peak LR {m['lr']}, "
                       f"1-epoch warm-up, cosine decay, weight decay {m['weight_decay']}), "
-                      f"label smoothing {m['label_smoothing']}.")
+                      f"label smoothing {m['label_smoothing']}."
+                      + (f" Knowledge distillation from the float model `{m['teacher']}` of an earlier run: "
+                         f"the loss is {1 - m['distil_weight']:g} x cross-entropy with the labels + "
+                         f"{m['distil_weight']:g} x T² x cross-entropy with the teacher's softmax, both "
+                         f"softened by T = {m['distil_temp']:g}." if m.get("teacher") else ""))
     if m.get("swa_epochs"):
         stages.append(f"Then {m['swa_epochs']} epochs at the constant LR {m['swa_lr']} (AdamW, weight decay "
                       f"{m['weight_decay']}), with the weights and batch-norm statistics averaged over their "

@@ -50,6 +50,9 @@ def train_digits():
         ("train_digits", ["--qat-epochs", "2", "--qat-lr", "0"], "--qat-lr must be above 0"),
         ("train_digits", ["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained"),
         ("train_digits", ["--qat-distil"], "--qat-distil shapes the quantisation-aware epochs"),
+        ("train_digits", ["--teacher", "/nonexistent/model.keras"], "--teacher: no such model file"),
+        ("train_digits", ["--distil-weight", "0"], "--distil-weight must be in (0, 1]"),
+        ("train_digits", ["--distil-temp", "-1"], "--distil-temp above 0"),
         ("bench_digits", ["--tesseract-n", "-1"], "--tesseract-n and --reader-pages must be 0 or more"),
         ("bench_digits", ["--reader-pages", "-2"], "--tesseract-n and --reader-pages must be 0 or more"),
         ("bench_digits", ["--synthetic-per-class", "0"], "--synthetic-per-class and --page-boxes at least 1"),
@@ -119,6 +122,16 @@ def test_card_compares_the_int8_model_with_its_float_model(train_digits, tmp_pat
     assert rows["set"][-2:] == ["float model", "int8 ≠ float |"]
     assert rows["mnist_test_raw"][-2:] == ["99.70%", "3 |"]
     assert rows["calibration"][-2:] == ["—", "— |"]
+
+
+def test_card_describes_knowledge_distillation(train_digits, tmp_path):
+    assert "distillation" not in _card(train_digits, tmp_path, epochs=40, teacher=None)
+    card = _card(train_digits, tmp_path, epochs=40, teacher="digits-wide-seed2024-1.keras", distil_weight=0.5,
+                 distil_temp=4.0)
+    stage = " ".join(card[card.index("  40 epochs"):card.index("## Results")].split())
+    assert "Knowledge distillation from the float model `digits-wide-seed2024-1.keras`" in stage
+    assert "0.5 x cross-entropy with the labels + 0.5 x T² x cross-entropy with the teacher's" in stage
+    assert "T = 4." in stage
 
 
 def test_card_names_a_replicate_runs_initialisation_seed(train_digits, tmp_path):
