@@ -31,6 +31,7 @@ __all__ = [
     "render_mark",
     "render_number",
     "render_box",
+    "shadow_edge",
     "BOX_MM",
 ]
 
@@ -480,3 +481,19 @@ def render_box(content: np.ndarray | None, *, px_per_mm: float, rng: np.random.G
         ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
         crop = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
     return crop
+
+
+def shadow_edge(crop: np.ndarray, *, depth: float, penumbra_px: float, angle_deg: float,
+                offset_px: float = 0.0) -> np.ndarray:
+    """``crop`` (uint8 gray) with a straight shadow edge: sun through a gap in a tent, a hand, the stand.
+
+    The edge passes ``offset_px`` from the crop's centre, its normal at ``angle_deg``; the shadowed side is
+    ``depth`` (0..1) darker; ``penumbra_px`` is the width of the soft transition (a sun shadow's is about
+    1% of the distance from the object to the paper).
+    """
+    h, w = crop.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = np.deg2rad(angle_deg)
+    d = np.cos(a) * (xx - w / 2) + np.sin(a) * (yy - h / 2) - offset_px
+    shade = 1.0 - depth * np.clip(0.5 + d / max(penumbra_px, 1e-3), 0.0, 1.0)
+    return np.clip(np.rint(crop * shade), 0, 255).astype(np.uint8)

@@ -142,23 +142,13 @@ def test_a_faint_digit_the_ink_thresholds_lose_is_not_called_empty(clf):
         clf.probabilities(np.zeros((2, INPUT_SIZE, INPUT_SIZE, 1), np.float32), faint=[True])
 
 
-def _shadowed(crop: np.ndarray, *, depth: float, penumbra_px: float, angle_deg: float) -> np.ndarray:
-    """``crop`` with a sharp shadow edge through its centre (sun through a gap in a tent, a hand)."""
-    h, w = crop.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    a = np.deg2rad(angle_deg)
-    d = np.cos(a) * (xx - w / 2) + np.sin(a) * (yy - h / 2)
-    return np.clip(np.rint(crop * (1.0 - depth * np.clip(0.5 + d / penumbra_px, 0.0, 1.0))), 0, 255).astype(
-        np.uint8)
-
-
 def test_a_sharp_shadow_edge_is_not_writing(clf):
     """The paper level is estimated so that a shadow's straight edge stays a step. It used to leave a dark
     band along the edge that preprocessing took for a stroke (every one of these blank boxes had "writing").
     Wedges of shadow cut off at the crop's edge can still look like ink; they read unsure, never as a digit
     with confidence."""
     rng = np.random.default_rng(7)
-    blank = [_shadowed(hw.render_box(None, px_per_mm=ppm, rng=rng, blur_px=0.6, jpeg_quality=85),
+    blank = [hw.shadow_edge(hw.render_box(None, px_per_mm=ppm, rng=rng, blur_px=0.6, jpeg_quality=85),
                        depth=0.5, penumbra_px=1.0, angle_deg=angle)
              for ppm in (2.5, 4.0) for angle in (20, 75, 130, 200, 290)]
     clear = [not preprocess(c).any() for c in blank]
@@ -168,7 +158,7 @@ def test_a_sharp_shadow_edge_is_not_writing(clf):
     assert probs[:, :EMPTY].max() < 0.99, "a shadow edge is never a confident digit"
     two = hw.render_box(hw.render_digit(2, height_px=48, rng=rng), px_per_mm=3.0, rng=rng, height_mm=12.0,
                         blur_px=0.6, jpeg_quality=85)
-    labels, probs = clf.classify([_shadowed(two, depth=0.5, penumbra_px=1.0, angle_deg=a)
+    labels, probs = clf.classify([hw.shadow_edge(two, depth=0.5, penumbra_px=1.0, angle_deg=a)
                                   for a in (20, 75, 130)])
     assert (labels == 2).all() and probs[:, 2].min() > 0.99
 
