@@ -3,7 +3,8 @@
 
 Sets: held-out MNIST test split (borderless crops, never trained on), MNIST's official test set (other
 writers; never trained on), held-out synthetic boxes (a seed the
-training never used; field conditions, and again under harder conditions), and box crops cut by the page
+training never used; field conditions, again under harder conditions, and again crossed by a sharp shadow
+edge), and box crops cut by the page
 reader from generated photos (``inference.reader.PageReader(...).box_crops(image)`` over ``inference.synth``
 pages, when available).
 Figures: accuracy per class and confusion matrix, expected calibration error, share of crops at or above
@@ -37,6 +38,7 @@ from train_digits import (  # noqa: E402
     labelled_reader_crops,
     load_mnist,
     load_mnist_full,
+    random_shadow,
     split_mnist,
     synth_crop,
 )
@@ -61,6 +63,13 @@ def synthetic_set(n_per_class: int, seed: int, hard: bool = False) -> tuple[list
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(11), n_per_class)
     return [synth_crop(int(lab), rng, mnist_pool=None, p_mnist=0.0, hard=hard) for lab in labels], labels
+
+
+def shadow_set(n_per_class: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Held-out synthetic boxes (field conditions), each crossed by a sharp shadow edge."""
+    crops, labels = synthetic_set(n_per_class, seed)
+    rng = np.random.default_rng(seed + 1)
+    return [random_shadow(crop, rng) for crop in crops], labels
 
 
 def reader_set(n_pages: int, seed: int) -> tuple[list[np.ndarray], np.ndarray] | str:
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "mnist_official_test": mnist_official_set(args.cache_dir),
         "synthetic_heldout": synthetic_set(args.synthetic_per_class, args.seed + 1000),
         "synthetic_hard_heldout": synthetic_set(args.synthetic_per_class, args.seed + 1001, hard=True),
+        "synthetic_shadow_heldout": shadow_set(args.synthetic_per_class, args.seed + 1002),
     }
     rs = reader_set(args.reader_pages, args.seed + 2000)
     if isinstance(rs, str):

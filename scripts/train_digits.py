@@ -353,10 +353,23 @@ def raw_mnist_crop(img: np.ndarray, rng: np.random.Generator, augment: bool) -> 
     return crop
 
 
+def random_shadow(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``crop`` crossed by a sharp shadow edge: 30-55% darker beyond it, a penumbra of 0.3-3 mm (sun: an
+    object 3-30 cm above the paper), anywhere in the middle of the box."""
+    px_per_mm = max(crop.shape) / (hw.BOX_MM + 2.0)
+    return hw.shadow_edge(crop, depth=float(rng.uniform(0.3, 0.55)),
+                          penumbra_px=float(rng.uniform(0.3, 3.0) * px_per_mm),
+                          angle_deg=float(rng.uniform(0, 360)),
+                          offset_px=float(rng.uniform(-0.3, 0.3) * max(crop.shape)))
+
+
 def build_set(name: str, labels: np.ndarray, seed: int, *, mnist_pool, p_mnist: float, hard: bool = False,
-              raw_mnist: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed inputs (uint8 0..255, (N, S, S)) for the given labels."""
+              raw_mnist: tuple[np.ndarray, float] | None = None,
+              p_shadow: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed inputs (uint8 0..255, (N, S, S)) for the given labels; a ``p_shadow`` share of the boxes
+    crossed by a sharp shadow edge (drawn from a generator of their own: the crops are otherwise the same)."""
     rng = np.random.default_rng(seed)
+    shadow_rng = np.random.default_rng(seed + 99)
     x = np.empty((len(labels), INPUT_SIZE, INPUT_SIZE), np.uint8)
     t0 = time.time()
     for i, lab in enumerate(labels):
@@ -365,6 +378,8 @@ def build_set(name: str, labels: np.ndarray, seed: int, *, mnist_pool, p_mnist: 
             crop = raw_mnist_crop(pool[rng.integers(len(pool))], rng, augment=True)
         else:
             crop = synth_crop(int(lab), rng, mnist_pool=mnist_pool, p_mnist=p_mnist, hard=hard)
+            if p_shadow > 0 and shadow_rng.random() < p_shadow:
+                crop = random_shadow(crop, shadow_rng)
         x[i] = np.rint(preprocess(crop) * 255)
     print(f"  {name}: {len(labels)} crops in {time.time() - t0:.0f} s", flush=True)
     return x, labels.astype(np.int64)
@@ -651,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of the synthetic training boxes whose digit is an MNIST-train digit "
                          "rather than generated Indonesian-style handwriting (1.0 with --reader-pages 0: "
                          "no generated handwriting at all, to measure what the field styles cost on MNIST)")
+    ap.add_argument("--p-shadow", type=float, default=0.0,
+                    help="share of the synthetic training boxes crossed by a sharp shadow edge (sun "
+                         "through a gap in a tent, a hand)")
     ap.add_argument("--raw-mnist-frac", type=float, default=0.0,
                     help="share of the fixed training set drawn as raw (borderless) augmented MNIST digits")
     ap.add_argument("--no-cache", action="store_true", help="regenerate all data (no CACHE/generated/)")
@@ -711,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seed and --init-seed must be 0 or more")
     if not 0.0 <= args.p_mnist <= 1.0:
         ap.error(f"--p-mnist is a share from 0 to 1, got {args.p_mnist}")
+    if not 0.0 <= args.p_shadow <= 1.0:
+        ap.error(f"--p-shadow is a share from 0 to 1, got {args.p_shadow}")
     if args.batch < 1:
         ap.error(f"--batch must be at least 1, got {args.batch}")
     if args.swa_lr <= 0:
@@ -791,9 +811,12 @@ def main(argv: list[str] | None = None) -> int:
            "full": args.mnist_full}
     if args.p_mnist != 0.5:  # the default stays out of the key: earlier runs' caches still match
         key["p_mnist"] = args.p_mnist
+    if args.p_shadow:
+        key["p_shadow"] = args.p_shadow
     x_syn, y_syn = cached(cache, "train-boxes", key, src, lambda: build_set(
         "train boxes", lab_train, args.seed + 1, mnist_pool=pool["train"], p_mnist=args.p_mnist,
-        raw_mnist=(pool["train"], args.raw_mnist_frac) if args.raw_mnist_frac > 0 else None))
+        raw_mnist=(pool["train"], args.raw_mnist_frac) if args.raw_mnist_frac > 0 else None,
+        p_shadow=args.p_shadow))
     # on-line augmentation: a fresh variant of every MNIST-train digit each epoch (drawn up front, cached)
     x_var = None
     if args.mnist_variants > 0:
@@ -1044,7 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
                  "mnist_per_epoch": per_epoch if x_var is not None else 0,
                  "mnist_train_digits": int(len(y_mtrain)),
                  "lr": args.lr, "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
-                 "p_mnist": args.p_mnist,
+                 "p_mnist": args.p_mnist, "p_shadow": args.p_shadow,
                  "float_mnist_test_raw_accuracy": float_acc,
                  "reader_pages": args.reader_pages, "reader_crops_train": n_reader[0],
                  "reader_crops_calib": n_reader[1],

@@ -44,6 +44,7 @@ def train_digits():
         ("train_digits", ["--mnist-variants", "-1"], "--mnist-variants must be 0"),
         ("train_digits", ["--batch", "0"], "--batch must be at least 1"),
         ("train_digits", ["--p-mnist", "1.5"], "--p-mnist is a share from 0 to 1"),
+        ("train_digits", ["--p-shadow", "-0.1"], "--p-shadow is a share from 0 to 1"),
         ("train_digits", ["--init-seed", "-1"], "--seed and --init-seed must be 0 or more"),
         ("train_digits", ["--seed", "-5"], "--seed and --init-seed must be 0 or more"),
         ("train_digits", ["--qat-epochs", "-1"], "must be 0 or more"),
@@ -239,3 +240,13 @@ def test_blank_empty_probs_tell_faint_strokes_apart(train_digits):
     pe, pf = train_digits.blank_empty_probs(blank, faint, y)
     assert pe == np.floor((8 + 1) / (9 + 2) * 1e4) / 1e4, "blank without a faint stroke: 8 empty of 9"
     assert pf == np.floor((1 + 1) / (4 + 2) * 1e4) / 1e4, "with a faint stroke: 1 empty of 4"
+
+
+def test_random_shadow_darkens_one_side_of_a_straight_edge(train_digits):
+    import numpy as np
+
+    paper = np.full((80, 80), 200, np.uint8)
+    shaded = train_digits.random_shadow(paper, np.random.default_rng(1))
+    assert shaded.shape == paper.shape and shaded.dtype == np.uint8
+    dark = shaded < 140  # 30-55% darker: 90-140
+    assert 0.1 < dark.mean() < 0.9 and (shaded[~dark] >= 140).all()
