@@ -29,6 +29,7 @@ from inference.templates import PageTemplate, load_form
 
 __all__ = [
     "CONDITIONS",
+    "EXTRA_CONDITIONS",
     "SPOILS",
     "Sample",
     "make_tps",
@@ -42,7 +43,9 @@ __all__ = [
 ]
 
 SENSOR = (4608, 2592)  # Raspberry Pi Camera Module 3, full-resolution still (w, h)
-CONDITIONS = ("clean", "field", "hard")
+CONDITIONS = ("clean", "field", "hard")  # the mix the tests, benchmarks and training data cycle through
+# also available: "sun", field conditions under a sharp-edged shadow (sun through a gap in a tent, a pole)
+EXTRA_CONDITIONS = ("sun",)
 SPOILS = ("blurred", "dark", "cut_off", "hand", "no_form")
 INKS = {"blue": (150, 60, 25), "black": (35, 35, 40)}  # BGR
 
@@ -383,6 +386,9 @@ _COND = {  # wobble, rotation sd (deg), light, shadow p, glare p, blur sigma (mm
         persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92)
     ),
     "hard": dict(persp=0.018, rot=2.5, light=0.3, shadow=0.6, glare=0.35, blur=0.16, noise=5.0, q=(70, 85)),
+    "sun": dict(
+        persp=0.012, rot=2.0, light=0.18, shadow=0.0, glare=0.15, blur=0.08, noise=3.0, q=(80, 92), sun=1.0
+    ),
 }
 
 
@@ -411,7 +417,13 @@ def page_homography(
 
 
 def _light(
-    img: np.ndarray, rng: np.random.Generator, *, amount: float, shadow: float, glare: float
+    img: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    amount: float,
+    shadow: float,
+    glare: float,
+    sun: float = 0.0,
 ) -> np.ndarray:
     h, w = img.shape[:2]
     out = img.astype(np.float32)
@@ -442,6 +454,15 @@ def _light(
         mask = cv2.GaussianBlur(mask, (0, 0), 6)
         mask = cv2.resize(mask, (w, h))
         out *= (1 - rng.uniform(0.2, 0.45) * mask)[..., None]
+    if sun and rng.random() < sun:  # sunlight through a gap: straight edges, a penumbra of a few px
+        a = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        d = np.cos(a) * (xx - rng.uniform(0.2, 0.8) * w) + np.sin(a) * (yy - rng.uniform(0.2, 0.8) * h)
+        pen = rng.uniform(1.0, 8.0)
+        mask = np.clip(0.5 + d / pen, 0.0, 1.0)
+        if rng.random() < 0.5:  # a band of shade (a pole, a rope) rather than a half
+            mask = np.minimum(mask, np.clip(0.5 + (rng.uniform(40, 300) - d) / pen, 0.0, 1.0))
+        out *= (1 - rng.uniform(0.3, 0.5) * mask)[..., None]
     if rng.random() < glare:  # a soft specular spot
         mask = np.zeros((h // 8, w // 8), np.float32)
         cv2.circle(
@@ -466,7 +487,7 @@ def photograph(
 ) -> tuple[np.ndarray, bytes, np.ndarray]:
     """Photograph a filled page: returns ``(BGR photo, JPEG bytes, homography page mm -> photo px)``."""
     if condition not in _COND:
-        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+        raise ValueError(f"condition must be one of {CONDITIONS + EXTRA_CONDITIONS}, got {condition!r}")
     c = _COND[condition]
     w, h = int(SENSOR[0] * scale), int(SENSOR[1] * scale)
     if upside_down is None:
@@ -484,7 +505,7 @@ def photograph(
     photo = cv2.warpPerspective(
         page_img, hpx, (w, h), dst=bg, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_TRANSPARENT
     )
-    out = _light(photo, rng, amount=c["light"], shadow=c["shadow"], glare=c["glare"])
+    out = _light(photo, rng, amount=c["light"], shadow=c["shadow"], glare=c["glare"], sun=c.get("sun", 0.0))
     ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
     blur = c["blur"] * ppm * rng.uniform(0.3, 1.0) if c["blur"] else 0.0
     if blur > 0.3:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.reader import EMPTY, PageReader, check_tps  # noqa: E402
 from inference.register import RetakeError  # noqa: E402
-from inference.synth import CONDITIONS, SPOILS, make_sample, make_tps  # noqa: E402
+from inference.synth import CONDITIONS, EXTRA_CONDITIONS, SPOILS, make_sample, make_tps  # noqa: E402
 
 CROP_INSET_MM = 1.6  # the baseline cuts inside the printed border, tesseract reads borders as digits
 
@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=0.75, help="sensor scale (1.0 = 4608x2592, ~4 px/mm)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--baseline-pages", type=int, default=30, help="pages also read by tesseract (0 = none)")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS),
+                    help="photo conditions the TPS take in turn, comma-separated, from "
+                         f"{', '.join(CONDITIONS + EXTRA_CONDITIONS)} (sun: sharp-edged shadows)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--why", action="store_true",
@@ -220,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dump", type=Path, default=None,
                     help="pickle every page's box probabilities, bubbles and truth (to replay decisions)")
     args = ap.parse_args(argv)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    unknown = sorted(set(conditions) - set(CONDITIONS + EXTRA_CONDITIONS))
+    if not conditions or unknown:
+        ap.error(f"--conditions: give names from {', '.join(CONDITIONS + EXTRA_CONDITIONS)}, got "
+                 f"{args.conditions!r}")
+    if args.tps < 1 or args.scale <= 0 or args.baseline_pages < 0:
+        ap.error("--tps must be at least 1, --scale above 0 and --baseline-pages 0 or more")
+    if args.model is not None and not args.model.is_file():
+        ap.error(f"--model: no such model file {args.model}")
     cv2.setNumThreads(1)
     from inference.digits import DigitClassifier
 
@@ -235,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     spoil_i = 0
     for i in range(args.tps):
-        cond = CONDITIONS[i % 3]
+        cond = conditions[i % len(conditions)]
         slip = int(rng.integers(10)) == 0 or i % 10 == 5
         tps = make_tps(np.random.default_rng(args.seed * 1000 + i), slip=slip)
         readings = []
@@ -293,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     slips = [r for r in tps_rows if r["slip"]]
     silent = [p for p in normal if p["status"] == "ok" and p["wrong"]]
     by_cond = {}
-    for c in CONDITIONS:
+    for c in dict.fromkeys(conditions):
         sel = [p for p in normal_noslip if p["cond"] == c]
         by_cond[c] = {"pages": len(sel), "correct_pct": share(sum(not p["wrong"] for p in sel), len(sel)),
                       "ok_pct": share(sum(p["status"] == "ok" for p in sel), len(sel)),

@@ -81,6 +81,19 @@ def test_spoiled_photos_and_box_crops():
     assert all(c.crop.dtype == np.uint8 and c.crop.ndim == 2 for c in crops)
 
 
+def test_pages_under_a_sharp_sun_shadow_read_right():
+    """Sun through a gap in a tent lays a sharp-edged shadow across the page ("sun": a half or a band of
+    shade 30-50% darker, a penumbra of a few pixels): what the reader accepts is what was written."""
+    reader = PageReader(classifier=CLASSIFIER)
+    for seed, page in ((700, 1), (701, 2), (702, 3)):
+        s = make_sample(seed, page, condition="sun", scale=SCALE, tps=TPS)
+        r = reader.read(s.image)
+        assert r.status in ("ok", "review")
+        assert r.status == "review" or r.values == s.written
+    with pytest.raises(ValueError, match="'sunny'"):
+        make_sample(700, 1, condition="sunny", scale=SCALE, tps=TPS)
+
+
 def test_bad_look_data_is_a_clear_error_when_the_reader_starts(monkeypatch):
     from inference import reader as reader_mod
     from inference import render
