@@ -1,5 +1,5 @@
 """scripts/train_digits.py without TensorFlow (usage errors, model card), scripts/digit_errors.py and the
-usage errors of scripts/bench_digits.py.
+usage errors of scripts/bench_digits.py and scripts/bench_reader.py.
 
 Training itself stays out of CI (it needs TensorFlow and ~50 min); the shipped model is tested in test_digits.
 """
