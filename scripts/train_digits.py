@@ -737,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--swa-lr must be above 0, got {args.swa_lr}")
     if args.init_from is not None and not args.init_from.is_file():
         ap.error(f"--init-from: no such model file {args.init_from}")
+    if args.teacher is not None and args.epochs + args.swa_epochs == 0:
+        ap.error("--teacher shapes the training epochs: give --epochs or --swa-epochs too")
     if args.teacher is not None and not args.teacher.is_file():
         ap.error(f"--teacher: no such model file {args.teacher}")
     if not 0.0 < args.distil_weight <= 1.0 or args.distil_temp <= 0:

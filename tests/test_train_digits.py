@@ -52,6 +52,8 @@ def train_digits():
         ("train_digits", ["--epochs", "0", "--qat-epochs", "2"], "--qat-epochs alone fine-tunes a trained"),
         ("train_digits", ["--qat-distil"], "--qat-distil shapes the quantisation-aware epochs"),
         ("train_digits", ["--teacher", "/nonexistent/model.keras"], "--teacher: no such model file"),
+        ("train_digits", ["--epochs", "0", "--qat-epochs", "2", "--init-from", __file__,
+                          "--teacher", __file__], "--teacher shapes the training epochs"),
         ("train_digits", ["--distil-weight", "0"], "--distil-weight must be in (0, 1]"),
         ("train_digits", ["--distil-temp", "-1"], "--distil-temp above 0"),
         ("bench_reader", ["--conditions", "clean,rain"], "give names from clean, field, hard, sun"),
