@@ -698,11 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher", type=Path, default=None,
                     help="knowledge distillation: a float Keras model (saved by an earlier run in "
                          "CACHE/models/) whose softened outputs join the labels as training targets")
-    ap.add_argument("--distil-weight", type=float, default=0.5,
-                    help="with --teacher: the teacher's share of the loss (the labels' is 1 minus it)")
-    ap.add_argument("--distil-temp", type=float, default=4.0,
+    ap.add_argument("--distil-weight", type=float, default=None,
+                    help="with --teacher: the teacher's share of the loss (the labels' is 1 minus it; "
+                         "default 0.5)")
+    ap.add_argument("--distil-temp", type=float, default=None,
                     help="with --teacher: temperature both models' logits are softened by (the "
-                         "teacher term is scaled by its square, as Hinton et al. 2015 do)")
+                         "teacher term is scaled by its square, as Hinton et al. 2015 do; default 4)")
     ap.add_argument("--preview", type=Path, help="write a PNG grid of crops and their model inputs, exit")
     ap.add_argument("--update-blank-prob", action="store_true",
                     help="only re-estimate blank_empty_prob and faint_empty_prob in OUT_DIR/digits.json on "
@@ -741,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--teacher shapes the training epochs: give --epochs or --swa-epochs too")
     if args.teacher is not None and not args.teacher.is_file():
         ap.error(f"--teacher: no such model file {args.teacher}")
+    if args.teacher is None and (args.distil_weight, args.distil_temp) != (None, None):
+        ap.error("--distil-weight and --distil-temp shape distillation: give --teacher too")
+    args.distil_weight = 0.5 if args.distil_weight is None else args.distil_weight
+    args.distil_temp = 4.0 if args.distil_temp is None else args.distil_temp
     if not 0.0 < args.distil_weight <= 1.0 or args.distil_temp <= 0:
         ap.error(f"--distil-weight must be in (0, 1] and --distil-temp above 0, got {args.distil_weight} "
                  f"and {args.distil_temp}")
