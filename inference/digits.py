@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["EMPTY", "CLASSES", "DigitClassifier", "DigitModelError", "preprocess", "preprocess_batch",
-           "preprocess_faint"]
+__all__ = ["EMPTY", "CLASSES", "DigitClassifier", "DigitModelError", "paper_level", "preprocess",
+           "preprocess_batch", "preprocess_faint"]
 
 EMPTY = 10
 CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10)) + ("empty",)
@@ -77,12 +77,19 @@ def _ink_map(crop: np.ndarray) -> np.ndarray:
     # rounds differently on x86 and arm64 and moved a page status on the Pi (docs/arm64.md).
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR_EXACT
     g = cv2.resize(np.ascontiguousarray(crop), size, interpolation=interp).astype(np.float32)
-    k = np.ones((21, 21), np.uint8)  # rectangular: separable, fast
-    bg = cv2.morphologyEx(g, cv2.MORPH_CLOSE, k, borderType=cv2.BORDER_REPLICATE)
-    # smoothed, but never above the closing: a sharp shadow edge stays a step instead of a dark band
-    bg = np.minimum(cv2.blur(bg, (9, 9)), bg)
-    bg = np.maximum(np.maximum(bg, g), 24.0)  # never divide by black; an all-dark crop has no "paper"
-    return 1.0 - g / bg
+    return 1.0 - g / paper_level(g, 21)
+
+
+def paper_level(g: np.ndarray, k: int) -> np.ndarray:
+    """The paper's brightness (float32) under every pixel of a gray image (uint8 or float32): a ``k`` x ``k``
+    closing (it removes marks thinner than ``k`` px: strokes, printed lines, guide dots), smoothed but never
+    above the closing, so that a sharp shadow edge stays a step instead of a dark band. Never below the pixel
+    itself nor 24 (an all-dark image has no paper to divide by)."""
+    kernel = np.ones((k, k), np.uint8)  # rectangular: separable, fast
+    bg = cv2.morphologyEx(g, cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE)
+    s = max(3, (k * 3) // 7)
+    bg = np.minimum(cv2.blur(bg, (s, s)), bg)
+    return np.maximum(np.maximum(bg, g).astype(np.float32, copy=False), np.float32(24.0))
 
 
 def _longest_runs(m: np.ndarray) -> np.ndarray:

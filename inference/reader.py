@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from inference import rules as rules_mod
+from inference.digits import paper_level
 from inference.register import REASONS as RETAKE_MESSAGES
 from inference.register import Registration, RetakeError, rectify, register
 from inference.render import INK, page_style
@@ -53,6 +54,12 @@ __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMP
 
 EMPTY = 10
 CROP_MARGIN_MM = 1.0
+# Light is evened out around every box before it is read: the paper level is measured over the box and this
+# much of the page around it (a closing SHADE_KERNEL_MM wide, as wide as the classifier's own), so that a
+# sharp shadow edge crossing a box corner is seen as the straight edge it is and not as a wedge of ink.
+SHADE_KERNEL_MM = 6.5
+SHADE_CONTEXT_MM = 7.0
+BUBBLE_SHADE_MM = 12.0  # the same for the OMR bubbles: wider than a blackened bubble (8 mm)
 # Prior odds of one specific reading that breaks a printed rule (a KPPS slip: a sum that does not add up, a
 # value out of range, bubbles that disagree with the boxes) against one specific consistent reading: about
 # one page in ten carries a slip, spread over ~100 ways (which number, how far off) -> 1e-3.
@@ -113,7 +120,17 @@ class Classifier(Protocol):
 class BoxCrop:
     field: str
     box: int  # 0 = leftmost (most significant)
-    crop: np.ndarray  # uint8 gray
+    crop: np.ndarray  # uint8 gray, as photographed
+    even: np.ndarray | None = None  # the same with the light evened out (``even_light``): what is read
+
+
+def even_light(gray: np.ndarray, ppm: float, *, kernel_mm: float = SHADE_KERNEL_MM) -> np.ndarray:
+    """A uint8 gray page region with shading and shadows divided out: every pixel over its paper level
+    (``digits.paper_level`` with a ``kernel_mm`` closing: marks narrower than that are kept as marks),
+    scaled back to the region's bright paper. The region should extend ``kernel_mm`` beyond what is used."""
+    bg = paper_level(gray, max(3, int(round(kernel_mm * ppm)) | 1))
+    paper = float(np.percentile(bg[::3, ::3], 90))
+    return np.clip(gray * (paper / bg), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -401,7 +418,9 @@ def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[lis
     y0 = min(b.cy - b.r for b in allb) - 2
     x1 = max(b.cx + b.r for b in allb) + 2
     y1 = max(b.cy + b.r for b in allb) + 2
-    patch = rectify(gray, hmm, x0, y0, x1 - x0, y1 - y0, ppm).astype(np.float32)
+    c = int(round(BUBBLE_SHADE_MM * ppm))
+    patch = rectify(gray, hmm, x0 - c / ppm, y0 - c / ppm, x1 - x0 + 2 * c / ppm, y1 - y0 + 2 * c / ppm, ppm)
+    patch = even_light(patch, ppm, kernel_mm=BUBBLE_SHADE_MM)[c:-c, c:-c].astype(np.float32)
     fills: list[list[float]] = []
     digits: list[int | None] = []
     unclear = False
@@ -555,18 +574,22 @@ class PageReader:
         return float(min(5.0, max(2.5, reg.px_per_mm)))
 
     def _cut(self, gray: np.ndarray, reg: Registration) -> list[BoxCrop]:
+        """Every box with CROP_MARGIN_MM around it, as photographed and with the light evened out over its
+        field and SHADE_CONTEXT_MM of page around the field."""
         ppm = self._crop_ppm(reg)
-        m = CROP_MARGIN_MM
+        m, c = CROP_MARGIN_MM, SHADE_CONTEXT_MM
         out = []
         for f in reg.page.fields:
+            if not f.boxes:
+                continue
+            x0, y0 = min(b.x for b in f.boxes) - m - c, min(b.y for b in f.boxes) - m - c
+            x1, y1 = max(b.x + b.w for b in f.boxes) + m + c, max(b.y + b.h for b in f.boxes) + m + c
+            wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
+            even = even_light(wide, ppm)
             for i, b in enumerate(f.boxes):
-                out.append(
-                    BoxCrop(
-                        f.name,
-                        i,
-                        rectify(gray, reg.homography, b.x - m, b.y - m, b.w + 2 * m, b.h + 2 * m, ppm),
-                    )
-                )
+                x, y = int(round((b.x - m - x0) * ppm)), int(round((b.y - m - y0) * ppm))
+                w, h = int(round((b.w + 2 * m) * ppm)), int(round((b.h + 2 * m) * ppm))
+                out.append(BoxCrop(f.name, i, wide[y:y + h, x:x + w], even[y:y + h, x:x + w]))
         return out
 
     def box_crops(self, image: np.ndarray) -> list[BoxCrop]:
@@ -575,7 +598,7 @@ class PageReader:
         gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         reg = self._register(gray)
         ppm, grey = self._crop_ppm(reg), _grey_bordered_fields(reg.page)
-        return [BoxCrop(bc.field, bc.box, _classifier_crop(bc.crop, ppm, bc.field in grey))
+        return [BoxCrop(bc.field, bc.box, _classifier_crop(bc.even, ppm, bc.field in grey))
                 for bc in self._cut(gray, reg)]
 
     # -- the whole read ------------------------------------------------------------------------------
@@ -632,7 +655,7 @@ class PageReader:
             return PageReading(
                 name, page.form, page.page, "retake", reasons, {}, [], timing, registration=reg, _gray=gray
             )
-        labels, probs = self.classifier.classify([_classifier_crop(bc.crop, ppm, bc.field in grey)
+        labels, probs = self.classifier.classify([_classifier_crop(bc.even, ppm, bc.field in grey)
                                                   for bc in crops])
         probs = np.array(probs, np.float64)
         probs = (1.0 - self.box_misread) * probs + self.box_misread / probs.shape[1]  # confident misreads
@@ -641,7 +664,7 @@ class PageReader:
             # The model is fairly sure of "empty" and no ink is measured: the box is blank, remove the doubt.
             # (Never the other way round: a thin light stroke can escape the ink measure. The classifier
             # gives a faint stroke it cannot read P(empty) ~0.5, so such a box keeps its doubt.)
-            if probs[i, EMPTY] >= BLANK_MIN_P and ink_extent_mm(bc.crop, ppm) < BLANK_INK_MM:
+            if probs[i, EMPTY] >= BLANK_MIN_P and ink_extent_mm(bc.even, ppm) < BLANK_INK_MM:
                 probs[i] *= 1e-4
                 probs[i, EMPTY] = 1.0 - probs[i].sum() + probs[i, EMPTY]
                 labels[i] = EMPTY

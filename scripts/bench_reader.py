@@ -199,7 +199,9 @@ def cached_sample(cache: Path | None, seed: int, page: int, **kw):
         return SimpleNamespace(image=img, **d)
     s = make_sample(seed, page, **kw)
     d = {"jpeg": s.jpeg, "written": s.written, "bubbles": s.bubbles, "page": s.page}
-    path.write_bytes(pickle.dumps(d))
+    part = path.with_suffix(f".{os.getpid()}.part")  # another run may be reading the same cache
+    part.write_bytes(pickle.dumps(d))
+    part.replace(path)
     return s
 
 
