@@ -127,8 +127,8 @@ def test_a_shadow_wedge_in_a_box_corner_is_evened_out_before_reading():
     assert (labels == digits.EMPTY).all() and probs.max(axis=1).min() >= 0.99
     assert max(ink_extent_mm(w, ppm) for w in wedges) < 1.0
     for d in range(10):
-        wide = hw.render_box(hw.render_digit(d, height_px=48, rng=rng), px_per_mm=ppm, rng=rng, height_mm=12.0,
-                             blur_px=0.6, jpeg_quality=85, cut_mm=(5, 5, 5, 5))
+        wide = hw.render_box(hw.render_digit(d, height_px=48, rng=rng), px_per_mm=ppm, rng=rng,
+                             height_mm=12.0, blur_px=0.6, jpeg_quality=85, cut_mm=(5, 5, 5, 5))
         wide = hw.shadow_edge(wide, depth=0.45, penumbra_px=1.5, angle_deg=float(rng.uniform(0, 360)),
                               offset_px=float(rng.uniform(-0.3, 0.3)) * len(wide))
         digits_.append(even_light(wide, ppm)[c:-c, c:-c])
