@@ -58,8 +58,16 @@ CROP_MARGIN_MM = 1.0
 # much of the page around it (a closing SHADE_KERNEL_MM wide, as wide as the classifier's own), so that a
 # sharp shadow edge crossing a box corner is seen as the straight edge it is and not as a wedge of ink.
 SHADE_KERNEL_MM = 6.5
-SHADE_CONTEXT_MM = 7.0
+SHADE_CONTEXT_MM = 11.0  # (also room to look for the boxes: FRAME_REACH_MM + BOX_SEARCH_MM)
 BUBBLE_SHADE_MM = 12.0  # the same for the OMR bubbles: wider than a blackened bubble (8 mm)
+# A field's boxes are looked for up to this far from where the page's homography puts them: a plano sheet
+# that does not lie flat (fold lines, curl) moves the middle of the page by millimetres against its corner
+# markers, and at 2 mm off every box crop misses its printed border (the page was refused as "covered").
+BOX_SEARCH_MM = 4.0
+BOX_NUDGE_MM = 1.5  # ... and then each box this far from where its field lies (a fold bends a field)
+FRAME_REACH_MM = 6.0  # the table's printed lines this near a field are looked for with its boxes
+FRAME_LINE_MM = 0.3
+BOX_MATCH_MIN = 0.3  # the printed outlines must match at least this well (normalised correlation) to move
 # Prior odds of one specific reading that breaks a printed rule (a KPPS slip: a sum that does not add up, a
 # value out of range, bubbles that disagree with the boxes) against one specific consistent reading: about
 # one page in ten carries a slip, spread over ~100 ways (which number, how far off) -> 1e-3.
@@ -122,6 +130,63 @@ class BoxCrop:
     box: int  # 0 = leftmost (most significant)
     crop: np.ndarray  # uint8 gray, as photographed
     even: np.ndarray | None = None  # the same with the light evened out (``even_light``): what is read
+
+
+def locate(region: np.ndarray, outline: np.ndarray, at: tuple[int, int], ppm: float, *,
+           search_mm: float = BOX_SEARCH_MM) -> tuple[int, int] | None:
+    """Where printed lines really are in a rectified page region: the shift (dx, dy) in px, at most
+    ``search_mm`` each way, that best lays ``outline`` (float32, 1 on the lines), expected with its corner
+    at ``at`` (x, y px), over the dark lines of ``region`` (uint8 gray, light evened out). None when the
+    lines are not seen well enough (covered, washed out) to say."""
+    pad = int(round(search_mm * ppm))
+    (tx, ty), (th, tw) = at, outline.shape
+    if tx - pad < 0 or ty - pad < 0 or tx + tw + pad > region.shape[1] or ty + th + pad > region.shape[0]:
+        return None
+    search = 255.0 - region[ty - pad:ty + th + pad, tx - pad:tx + tw + pad].astype(np.float32)
+    res = cv2.matchTemplate(search, outline, cv2.TM_CCOEFF_NORMED)
+    _, best, _, loc = cv2.minMaxLoc(res)
+    if best < BOX_MATCH_MIN:
+        return None
+    return loc[0] - pad, loc[1] - pad
+
+
+def _nearest_shift(at: tuple[float, float], seen: list[tuple[tuple[float, float], tuple[int, int]]],
+                   k: int = 3) -> tuple[int, int]:
+    """The shift of the ``k`` fields located nearest to ``at`` (mm), weighted by closeness; (0, 0) if none."""
+    if not seen:
+        return 0, 0
+    d = np.array([np.hypot(p[0] - at[0], p[1] - at[1]) for p, _ in seen])
+    near = np.argsort(d)[:k]
+    wts = 1.0 / (d[near] + 10.0)
+    sh = np.array([seen[i][1] for i in near], np.float64)
+    return tuple(int(round(v)) for v in (wts @ sh) / wts.sum())
+
+
+def _outline(shapes: list[tuple[float, ...]], ppm: float, line_mm: float, *,
+             frames: list[tuple[float, float, float, float]] = (), reach_mm: float = 1.0,
+             ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Printed outlines drawn at ``ppm``: boxes (x, y, w, h) or circles (cx, cy, r), ``line_mm`` wide, and
+    the lines of the table ``frames`` (x, y, w, h) that pass within ``reach_mm`` of them, in mm from a
+    region's corner. Returns the drawing (``reach_mm`` around the shapes) and where its corner lies in the
+    region (px)."""
+    ext = [(v[0], v[1], v[0] + v[2], v[1] + v[3]) if len(v) == 4
+           else (v[0] - v[2], v[1] - v[2], v[0] + v[2], v[1] + v[2]) for v in shapes]
+    x0, y0 = min(e[0] for e in ext) - reach_mm, min(e[1] for e in ext) - reach_mm
+    w, h = max(e[2] for e in ext) + reach_mm - x0, max(e[3] for e in ext) + reach_mm - y0
+    img = np.zeros((int(round(h * ppm)), int(round(w * ppm))), np.float32)
+
+    def px(vx: float, vy: float) -> tuple[int, int]:
+        return int(round((vx - x0) * ppm)), int(round((vy - y0) * ppm))
+
+    for fx, fy, fw, fh in frames:  # drawing clips what lies outside
+        cv2.rectangle(img, px(fx, fy), px(fx + fw, fy + fh), 1.0, max(1, int(round(FRAME_LINE_MM * ppm))))
+    t = max(1, int(round(line_mm * ppm)))
+    for v in shapes:
+        if len(v) == 4:
+            cv2.rectangle(img, px(v[0], v[1]), px(v[0] + v[2], v[1] + v[3]), 1.0, t)
+        else:
+            cv2.circle(img, px(v[0], v[1]), int(round(v[2] * ppm)), 1.0, t)
+    return img, (int(round(x0 * ppm)), int(round(y0 * ppm)))
 
 
 def even_light(gray: np.ndarray, ppm: float, *, kernel_mm: float = SHADE_KERNEL_MM) -> np.ndarray:
@@ -420,7 +485,10 @@ def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[lis
     y1 = max(b.cy + b.r for b in allb) + 2
     c = int(round(BUBBLE_SHADE_MM * ppm))
     patch = rectify(gray, hmm, x0 - c / ppm, y0 - c / ppm, x1 - x0 + 2 * c / ppm, y1 - y0 + 2 * c / ppm, ppm)
-    patch = even_light(patch, ppm, kernel_mm=BUBBLE_SHADE_MM)[c:-c, c:-c].astype(np.float32)
+    patch = even_light(patch, ppm, kernel_mm=BUBBLE_SHADE_MM)
+    outline, at = _outline([(b.cx - x0 + c / ppm, b.cy - y0 + c / ppm, b.r) for b in allb], ppm, 0.5)
+    dx, dy = locate(patch, outline, at, ppm) or (0, 0)
+    patch = patch[c + dy:patch.shape[0] - c + dy, c + dx:patch.shape[1] - c + dx].astype(np.float32)
     fills: list[list[float]] = []
     digits: list[int | None] = []
     unclear = False
@@ -496,6 +564,17 @@ def _grey_bordered_fields(page: PageTemplate) -> frozenset[str]:
         style = page_style(page)
         _GREY_BORDERED[key] = frozenset(n for n, b in style.boxes.items() if b.border != INK)
     return _GREY_BORDERED[key]
+
+
+_BORDER_MM: dict[tuple[str, int], dict[str, float]] = {}
+
+
+def _border_mm(page: PageTemplate) -> dict[str, float]:
+    """How wide each field's printed box borders are (mm), from the form's look data; worked out once."""
+    key = (page.form, page.page)
+    if key not in _BORDER_MM:
+        _BORDER_MM[key] = {n: b.border_mm for n, b in page_style(page).boxes.items()}
+    return _BORDER_MM[key]
 
 
 def _classifier_crop(crop: np.ndarray, ppm: float, grey_border: bool) -> np.ndarray:
@@ -575,19 +654,42 @@ class PageReader:
 
     def _cut(self, gray: np.ndarray, reg: Registration) -> list[BoxCrop]:
         """Every box with CROP_MARGIN_MM around it, as photographed and with the light evened out over its
-        field and SHADE_CONTEXT_MM of page around the field."""
+        field and SHADE_CONTEXT_MM of page around the field; each field where its printed boxes are seen to
+        lie (``locate``), then each box nudged the same way. A field in light grey (row sums, drawn like the
+        tally grid beside them) is moved as the black-bordered fields nearest to it are."""
         ppm = self._crop_ppm(reg)
         m, c = CROP_MARGIN_MM, SHADE_CONTEXT_MM
-        out = []
-        for f in reg.page.fields:
-            if not f.boxes:
-                continue
+        grey = _grey_bordered_fields(reg.page)
+        fields = [f for f in reg.page.fields if f.boxes]
+        cut = {}
+        for f in fields:
             x0, y0 = min(b.x for b in f.boxes) - m - c, min(b.y for b in f.boxes) - m - c
             x1, y1 = max(b.x + b.w for b in f.boxes) + m + c, max(b.y + b.h for b in f.boxes) + m + c
             wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
             even = even_light(wide, ppm)
+            line = _border_mm(reg.page).get(f.name, 0.8)
+            frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames]
+            outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h) for b in f.boxes], ppm, line,
+                                   frames=frames, reach_mm=FRAME_REACH_MM)
+            shift = None if f.name in grey else locate(even, outline, at, ppm)
+            cut[f.name] = (x0, y0, wide, even, line, shift, outline, at)
+        seen = [(f.boxes[0].center, cut[f.name][5]) for f in fields if cut[f.name][5] is not None]
+        out = []
+        for f in fields:
+            x0, y0, wide, even, line, shift, outline, at = cut[f.name]
+            if shift is None:  # where the fields nearby moved, then its own lines within a box's nudge
+                px, py = _nearest_shift(f.boxes[0].center, seen)
+                own = locate(even, outline, (at[0] + px, at[1] + py), ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
+                shift = px + own[0], py + own[1]
+            dx, dy = shift
             for i, b in enumerate(f.boxes):
-                x, y = int(round((b.x - m - x0) * ppm)), int(round((b.y - m - y0) * ppm))
+                outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h)], ppm, line)
+                # (a grey box is not nudged on its own: beside the tally grid's cells it would find theirs)
+                nudge = None if f.name in grey else locate(even, outline, (at[0] + dx, at[1] + dy), ppm,
+                                                           search_mm=BOX_NUDGE_MM)
+                ex, ey = nudge or (0, 0)
+                x = int(round((b.x - m - x0) * ppm)) + dx + ex
+                y = int(round((b.y - m - y0) * ppm)) + dy + ey
                 w, h = int(round((b.w + 2 * m) * ppm)), int(round((b.h + 2 * m) * ppm))
                 out.append(BoxCrop(f.name, i, wide[y:y + h, x:x + w], even[y:y + h, x:x + w]))
         return out

@@ -44,8 +44,10 @@ __all__ = [
 
 SENSOR = (4608, 2592)  # Raspberry Pi Camera Module 3, full-resolution still (w, h)
 CONDITIONS = ("clean", "field", "hard")  # the mix the tests, benchmarks and training data cycle through
-# also available: "sun", field conditions under a sharp-edged shadow (sun through a gap in a tent, a pole)
-EXTRA_CONDITIONS = ("sun",)
+# also available: "sun", field conditions under a sharp-edged shadow (sun through a gap in a tent, a pole);
+# "folded", field conditions on a plano sheet that does not lie flat (its fold lines stand up: the middle of
+# the page moves by millimetres against the corner markers, and the slopes take the light differently)
+EXTRA_CONDITIONS = ("sun", "folded")
 SPOILS = ("blurred", "dark", "cut_off", "hand", "no_form")
 INKS = {"blue": (150, 60, 25), "black": (35, 35, 40)}  # BGR
 
@@ -389,7 +391,11 @@ _COND = {  # wobble, rotation sd (deg), light, shadow p, glare p, blur sigma (mm
     "sun": dict(
         persp=0.012, rot=2.0, light=0.18, shadow=0.0, glare=0.15, blur=0.08, noise=3.0, q=(80, 92), sun=1.0
     ),
+    "folded": dict(
+        persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92), fold=1.0
+    ),
 }
+STAND_HEIGHT_MM = 750.0  # camera above the table: a 66-degree lens sees the 900 mm page at fill 0.92
 
 
 def page_homography(
@@ -474,6 +480,43 @@ def _light(
     return out
 
 
+def _fold(photo: np.ndarray, hmm: np.ndarray, page: PageTemplate, rng: np.random.Generator) -> np.ndarray:
+    """The page as a plano sheet that was folded for transport and does not lie flat: fold lines (across the
+    long side at its half and often its quarters, sometimes across the short side at its half) stand up as
+    ridges 3-12 mm high and 60-160 mm wide, the corners stay on the table. A point at height z is seen
+    (pinhole camera STAND_HEIGHT_MM above the table, over the photo's centre) moved away from the centre by
+    z / (H - z) of its distance, and a slope facing the light is brighter than one facing away."""
+    h, w = photo.shape[:2]
+    pw, ph = page.size_mm
+    step = 4  # the height map is smooth: work on a coarse grid, resize
+    gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
+    mm = cv2.perspectiveTransform(np.dstack([gx, gy]).reshape(-1, 1, 2).astype(np.float64),
+                                  np.linalg.inv(hmm)).reshape(gx.shape + (2,))
+    x, y = mm[..., 0], mm[..., 1]
+    z = np.zeros_like(gx)
+    (long, n_long), (short, n_short) = ((x, pw), (y, ph)) if pw > ph else ((y, ph), (x, pw))
+    folds = [(long, n_long * 0.5)] + [(long, n_long * f) for f in (0.25, 0.75) if rng.random() < 0.6]
+    if rng.random() < 0.5:
+        folds.append((short, n_short * 0.5))
+    for coord, at in folds:
+        height, width = rng.uniform(3.0, 12.0), rng.uniform(60.0, 160.0)
+        z = np.maximum(z, height * np.clip(1.0 - np.abs(coord - at) / (width / 2), 0.0, 1.0) ** 1.5)
+    on_page = (x >= 0) & (x <= pw) & (y >= 0) & (y <= ph)
+    z = np.where(on_page, z, 0.0).astype(np.float32)
+    cx, cy = w / 2, h / 2
+    k = (STAND_HEIGHT_MM - z) / STAND_HEIGHT_MM  # where the point seen at q lies on the table plane
+    map_x = cv2.resize(cx + (gx - cx) * k, (w, h), interpolation=cv2.INTER_LINEAR)
+    map_y = cv2.resize(cy + (gy - cy) * k, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = cv2.remap(photo, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
+    dzy, dzx = np.gradient(z, step / ppm)  # slope (mm per mm) in photo directions
+    a = rng.uniform(0, 2 * np.pi)
+    light = 1.0 + rng.uniform(0.5, 1.5) * (np.cos(a) * dzx + np.sin(a) * dzy)
+    light = cv2.resize(np.clip(light, 0.6, 1.3).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(out.astype(np.float32) * (light[..., None] if out.ndim == 3 else light), 0, 255).astype(
+        np.uint8)
+
+
 def photograph(
     page_img: np.ndarray,
     page: PageTemplate,
@@ -505,6 +548,8 @@ def photograph(
     photo = cv2.warpPerspective(
         page_img, hpx, (w, h), dst=bg, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_TRANSPARENT
     )
+    if c.get("fold"):
+        photo = _fold(photo, hmm, page, rng)
     out = _light(photo, rng, amount=c["light"], shadow=c["shadow"], glare=c["glare"], sun=c.get("sun", 0.0))
     ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
     blur = c["blur"] * ppm * rng.uniform(0.3, 1.0) if c["blur"] else 0.0
