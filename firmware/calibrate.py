@@ -125,7 +125,8 @@ ADVICE = {
     "no_form": "Letakkan halaman C.HASIL di tengah alas, menghadap ke atas, di bawah kamera.",
     "unknown_form": "Pakai formulir C.HASIL resmi yang memiliki kode halaman (kotak hitam-putih).",
     "not_in_frame": "Halaman tidak masuk seluruhnya: geser ke tengah alas atau naikkan kamera.",
-    "covered": "Sebagian halaman tertutup: singkirkan tangan/benda dari atas halaman.",
+    "covered": ("Sebagian halaman tertutup atau tidak rata: singkirkan tangan/benda dari atas halaman, "
+                "ratakan lipatan kertas."),
     "blurred": "Foto kabur: periksa fokus (lensa) dan pastikan tiang kamera tidak goyang.",
     "too_dark": "Terlalu gelap: nyalakan lampu di atas alas atau pindah ke tempat terang.",
     "glare": "Ada pantulan di atas kotak angka: geser lampu ke samping (45°), jangan tepat di atas halaman.",

@@ -8,7 +8,7 @@ OK = "Halaman {halaman} terbaca dan tersimpan (no. {seq}). Angka akan dikirim ot
 REVIEW = ("Halaman {halaman} tersimpan (no. {seq}) tetapi PERLU DIPERIKSA: {reasons}. "
           "Cocokkan angka di formulir; bila perlu perbaiki lalu foto ulang.")
 RETAKE = ("Foto tidak bisa dibaca: {reasons}. Rapikan halaman di bawah kamera (seluruh halaman terlihat, "
-          "tidak tertutup tangan, cukup terang), lalu tekan tombol lagi.")
+          "rata, tidak tertutup tangan, cukup terang), lalu tekan tombol lagi.")
 QUEUED = "Belum ada sinyal: {n} pesan menunggu dikirim. Data aman tersimpan di kit."
 SENT_ALL = "Semua data sudah terkirim."
 STATUS = ("Status: {total} foto tersimpan ({ok} terbaca, {review} perlu diperiksa, {retake} foto ulang); "

@@ -37,7 +37,9 @@ REASONS = {
     "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
     "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
-    "covered": "Sebagian formulir tertutup (tangan atau benda lain). Singkirkan, lalu foto ulang.",
+    # (also a sheet so far from flat that a box is not where it should be: a fold standing up)
+    "covered": ("Sebagian formulir tertutup (tangan atau benda lain) atau kertas tidak rata. Singkirkan, "
+                "ratakan lipatan kertas, lalu foto ulang."),
     "unknown_form": "Formulir ini tidak dikenal. Gunakan formulir C.HASIL resmi dengan kode halaman.",
     "no_form": ("Formulir C.HASIL atau kode halamannya (kotak hitam-putih di kanan atas) tidak terlihat "
                 "di foto. "
