@@ -10,7 +10,8 @@
 3. ``photograph``: the page on a stand under the camera (4608x2592 sensor, ``scale`` shrinks it for tests):
    wobble (perspective, small rotation, sometimes upside down), uneven light, shadow, glare, focus blur,
    noise,
-   JPEG. Conditions ``clean``, ``field``, ``hard``.
+   JPEG. Conditions ``clean``, ``field``, ``hard`` (the default mix); also ``sun`` (sharp-edged shadows) and
+   ``folded`` (the sheet's fold lines stand up, ``_fold``).
 4. ``spoil``: unusable photos (``blurred``, ``dark``, ``cut_off``, ``hand``, ``no_form``).
 
 ``make_sample`` chains these; the result carries what was written (the truth for the reader).

@@ -105,6 +105,25 @@ def test_page_2_under_a_sun_shadow_is_accepted_as_written():
         assert (r.status, r.reasons) == ("ok", []) and r.values == s.written, f"seed {seed}: {r.reasons}"
 
 
+def test_locate_finds_printed_outlines_or_says_it_cannot():
+    """``locate`` returns the shift that lays the drawn outlines over the region's dark lines, and None where
+    no lines are seen (a hand over the field) or the search would leave the region."""
+    from inference.reader import _outline, locate
+
+    ppm = 2.5
+    boxes = [(15.0, 15.0, 18.0, 18.0), (38.0, 15.0, 18.0, 18.0)]
+    outline, at = _outline(boxes, ppm, 0.8)
+    rng = np.random.default_rng(1)
+    region = np.clip(rng.normal(215, 4, (125, 180)), 0, 255).astype(np.uint8)  # paper, a little noise
+    th, tw = outline.shape
+    for dx, dy in ((0, 0), (5, -3), (-7, 8)):
+        page = region.copy()
+        page[at[1] + dy:at[1] + dy + th, at[0] + dx:at[0] + dx + tw][outline > 0] = 40
+        assert locate(page, outline, at, ppm) == (dx, dy)
+    assert locate(region, outline, at, ppm) is None  # nothing printed there
+    assert locate(region[:60, :60], outline, at, ppm) is None  # the search would leave the region
+
+
 def test_boxes_are_found_where_they_lie_when_the_page_does_not_lie_flat(monkeypatch):
     """A plano sheet's fold lines stand up and move the middle of the page by millimetres against its corner
     markers. The reader looks for each field's printed boxes (and the table lines near them) around where
