@@ -59,6 +59,7 @@ CROP_MARGIN_MM = 1.0
 # sharp shadow edge crossing a box corner is seen as the straight edge it is and not as a wedge of ink.
 SHADE_KERNEL_MM = 6.5
 SHADE_CONTEXT_MM = 11.0  # (also room to look for the boxes: FRAME_REACH_MM + BOX_SEARCH_MM)
+EVEN_LIGHT_MIN = 0.85  # a box whose paper level varies less than this (darkest / brightest) is left as is
 BUBBLE_SHADE_MM = 12.0  # the same for the OMR bubbles: wider than a blackened bubble (8 mm)
 # A field's boxes are looked for up to this far from where the page's homography puts them: a plano sheet
 # that does not lie flat (fold lines, curl) moves the middle of the page by millimetres against its corner
@@ -68,6 +69,9 @@ BOX_NUDGE_MM = 1.5  # ... and then each box this far from where its field lies (
 FRAME_REACH_MM = 6.0  # the table's printed lines this near a field are looked for with its boxes
 FRAME_LINE_MM = 0.3
 BOX_MATCH_MIN = 0.3  # the printed outlines must match at least this well (normalised correlation) to move
+# ... and this much better than where the markers put them: a page that lies flat keeps its cut (a shift
+# of a pixel either way only trades one borderline crop for another)
+BOX_MATCH_GAIN = 0.05
 # Prior odds of one specific reading that breaks a printed rule (a KPPS slip: a sum that does not add up, a
 # value out of range, bubbles that disagree with the boxes) against one specific consistent reading: about
 # one page in ten carries a slip, spread over ~100 ways (which number, how far off) -> 1e-3.
@@ -129,7 +133,8 @@ class BoxCrop:
     field: str
     box: int  # 0 = leftmost (most significant)
     crop: np.ndarray  # uint8 gray, as photographed
-    even: np.ndarray | None = None  # the same with the light evened out (``even_light``): what is read
+    even: np.ndarray | None = None  # what is read: the crop, or where the light is uneven across it
+    # (a shadow's edge) the crop with the light evened out over its field (``even_light``)
 
 
 def locate(region: np.ndarray, outline: np.ndarray, at: tuple[int, int], ppm: float, *,
@@ -147,6 +152,8 @@ def locate(region: np.ndarray, outline: np.ndarray, at: tuple[int, int], ppm: fl
     _, best, _, loc = cv2.minMaxLoc(res)
     if best < BOX_MATCH_MIN:
         return None
+    if best - float(res[pad, pad]) < BOX_MATCH_GAIN:  # where the markers put it is as good: stay
+        return 0, 0
     return loc[0] - pad, loc[1] - pad
 
 
@@ -193,8 +200,17 @@ def even_light(gray: np.ndarray, ppm: float, *, kernel_mm: float = SHADE_KERNEL_
     """A uint8 gray page region with shading and shadows divided out: every pixel over its paper level
     (``digits.paper_level`` with a ``kernel_mm`` closing: marks narrower than that are kept as marks),
     scaled back to the region's bright paper. The region should extend ``kernel_mm`` beyond what is used."""
+    bg, paper = _shading(gray, ppm, kernel_mm)
+    return _evened(gray, bg, paper)
+
+
+def _shading(gray: np.ndarray, ppm: float, kernel_mm: float) -> tuple[np.ndarray, float]:
+    """The region's paper level (float32, per pixel) and its bright paper (the level's 90th percentile)."""
     bg = paper_level(gray, max(3, int(round(kernel_mm * ppm)) | 1))
-    paper = float(np.percentile(bg[::3, ::3], 90))
+    return bg, float(np.percentile(bg[::3, ::3], 90))
+
+
+def _evened(gray: np.ndarray, bg: np.ndarray, paper: float) -> np.ndarray:
     return np.clip(gray * (paper / bg), 0, 255).astype(np.uint8)
 
 
@@ -666,17 +682,18 @@ class PageReader:
             x0, y0 = min(b.x for b in f.boxes) - m - c, min(b.y for b in f.boxes) - m - c
             x1, y1 = max(b.x + b.w for b in f.boxes) + m + c, max(b.y + b.h for b in f.boxes) + m + c
             wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
-            even = even_light(wide, ppm)
+            bg, paper = _shading(wide, ppm, SHADE_KERNEL_MM)
+            even = _evened(wide, bg, paper)
             line = _border_mm(reg.page).get(f.name, 0.8)
             frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames]
             outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h) for b in f.boxes], ppm, line,
                                    frames=frames, reach_mm=FRAME_REACH_MM)
             shift = None if f.name in grey else locate(even, outline, at, ppm)
-            cut[f.name] = (x0, y0, wide, even, line, shift, outline, at)
-        seen = [(f.boxes[0].center, cut[f.name][5]) for f in fields if cut[f.name][5] is not None]
+            cut[f.name] = (x0, y0, bg, paper, even, line, shift, outline, at)
+        seen = [(f.boxes[0].center, cut[f.name][6]) for f in fields if cut[f.name][6] is not None]
         out = []
         for f in fields:
-            x0, y0, wide, even, line, shift, outline, at = cut[f.name]
+            x0, y0, bg, paper, even, line, shift, outline, at = cut[f.name]
             if shift is None:  # where the fields nearby moved, then its own lines within a box's nudge
                 px, py = _nearest_shift(f.boxes[0].center, seen)
                 own = locate(even, outline, (at[0] + px, at[1] + py), ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
@@ -688,10 +705,16 @@ class PageReader:
                 nudge = None if f.name in grey else locate(even, outline, (at[0] + dx, at[1] + dy), ppm,
                                                            search_mm=BOX_NUDGE_MM)
                 ex, ey = nudge or (0, 0)
-                x = int(round((b.x - m - x0) * ppm)) + dx + ex
-                y = int(round((b.y - m - y0) * ppm)) + dy + ey
-                w, h = int(round((b.w + 2 * m) * ppm)), int(round((b.h + 2 * m) * ppm))
-                out.append(BoxCrop(f.name, i, wide[y:y + h, x:x + w], even[y:y + h, x:x + w]))
+                # each box cut from the photo at its own (sub-pixel) place, its paper level from the field's
+                bx, by = b.x - m + (dx + ex) / ppm, b.y - m + (dy + ey) / ppm
+                crop = rectify(gray, reg.homography, bx, by, b.w + 2 * m, b.h + 2 * m, ppm)
+                h, w = crop.shape
+                centre = ((bx - x0) * ppm + (w - 1) / 2, (by - y0) * ppm + (h - 1) / 2)
+                level = cv2.getRectSubPix(bg, (w, h), centre)
+                # under even light the classifier reads the box as photographed (its own paper level copes
+                # with gradients; a rescaled crop would only move borderline reads at random)
+                flat = float(level.min()) >= EVEN_LIGHT_MIN * float(level.max())
+                out.append(BoxCrop(f.name, i, crop, crop if flat else _evened(crop, level, paper)))
         return out
 
     def box_crops(self, image: np.ndarray) -> list[BoxCrop]:
