@@ -685,7 +685,8 @@ class PageReader:
             bg, paper = _shading(wide, ppm, SHADE_KERNEL_MM)
             even = _evened(wide, bg, paper)
             line = _border_mm(reg.page).get(f.name, 0.8)
-            frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames]
+            frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames  # those in the region
+                      if fr.x < x1 and fr.x + fr.w > x0 and fr.y < y1 and fr.y + fr.h > y0]
             outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h) for b in f.boxes], ppm, line,
                                    frames=frames, reach_mm=FRAME_REACH_MM)
             shift = None if f.name in grey else locate(even, outline, at, ppm)
@@ -699,8 +700,10 @@ class PageReader:
                 own = locate(even, outline, (at[0] + px, at[1] + py), ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
                 shift = px + own[0], py + own[1]
             dx, dy = shift
+            b0 = f.boxes[0]
+            outline, at0 = _outline([(b0.x - x0, b0.y - y0, b0.w, b0.h)], ppm, line)  # boxes are alike
             for i, b in enumerate(f.boxes):
-                outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h)], ppm, line)
+                at = (at0[0] + int(round((b.x - b0.x) * ppm)), at0[1] + int(round((b.y - b0.y) * ppm)))
                 # (a grey box is not nudged on its own: beside the tally grid's cells it would find theirs)
                 nudge = None if f.name in grey else locate(even, outline, (at[0] + dx, at[1] + dy), ppm,
                                                            search_mm=BOX_NUDGE_MM)
