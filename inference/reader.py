@@ -71,7 +71,7 @@ FRAME_LINE_MM = 0.3
 BOX_MATCH_MIN = 0.3  # the printed outlines must match at least this well (normalised correlation) to move
 # ... and this much better than where the markers put them: a page that lies flat keeps its cut (a shift
 # of a pixel either way only trades one borderline crop for another)
-BOX_MATCH_GAIN = 0.05
+BOX_MATCH_GAIN = 0.1
 # Prior odds of one specific reading that breaks a printed rule (a KPPS slip: a sum that does not add up, a
 # value out of range, bubbles that disagree with the boxes) against one specific consistent reading: about
 # one page in ten carries a slip, spread over ~100 ways (which number, how far off) -> 1e-3.

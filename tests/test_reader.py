@@ -105,6 +105,27 @@ def test_page_2_under_a_sun_shadow_is_accepted_as_written():
         assert (r.status, r.reasons) == ("ok", []) and r.values == s.written, f"seed {seed}: {r.reasons}"
 
 
+def test_a_flat_evenly_lit_page_is_cut_as_the_markers_place_it():
+    """Evening out the light and looking for the boxes change nothing on a page that lies flat under even
+    light: every box is cut where the page's homography puts it, as photographed (a half-pixel shift or a
+    rescaled crop would flip borderline reads at random)."""
+    import cv2
+
+    from inference import reader as reader_mod
+    from inference.register import rectify, register
+
+    s = make_sample(202, 1, condition="clean", scale=SCALE, tps=TPS)
+    reader = PageReader(classifier=CLASSIFIER)
+    gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)
+    reg = register(gray)
+    ppm, m = reader._crop_ppm(reg), reader_mod.CROP_MARGIN_MM
+    expected = [rectify(gray, reg.homography, b.x - m, b.y - m, b.w + 2 * m, b.h + 2 * m, ppm)
+                for f in reg.page.fields for b in f.boxes]
+    crops = reader._cut(gray, reg)
+    assert len(crops) == len(expected)
+    assert all(np.array_equal(c.crop, e) and c.even is c.crop for c, e in zip(crops, expected, strict=True))
+
+
 def test_locate_finds_printed_outlines_or_says_it_cannot():
     """``locate`` returns the shift that lays the drawn outlines over the region's dark lines, and None where
     no lines are seen (a hand over the field) or the search would leave the region."""
