@@ -135,6 +135,7 @@ class BoxCrop:
     crop: np.ndarray  # uint8 gray, as photographed
     even: np.ndarray | None = None  # what is read: the crop, or where the light is uneven across it
     # (a shadow's edge) the crop with the light evened out over its field (``even_light``)
+    seen: tuple[bool, bool] | None = None  # ``_box_visible(crop)``, where the cut already looked
 
 
 def locate(region: np.ndarray, outline: np.ndarray, at: tuple[int, int], ppm: float, *,
@@ -499,12 +500,24 @@ def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[lis
     y0 = min(b.cy - b.r for b in allb) - 2
     x1 = max(b.cx + b.r for b in allb) + 2
     y1 = max(b.cy + b.r for b in allb) + 2
+    plain = rectify(gray, hmm, x0, y0, x1 - x0, y1 - y0, ppm).astype(np.float32)
+    read = _spell_bubbles(plain, f, x0, y0, ppm)
+    if read[2] != "unclear":
+        return read
+    # unclear as photographed: a shadow's edge across a bubble, or a fold that moved them. Even the light out
+    # over the group and the page around it, look for the bubbles' printed rings, and read again.
     c = int(round(BUBBLE_SHADE_MM * ppm))
     patch = rectify(gray, hmm, x0 - c / ppm, y0 - c / ppm, x1 - x0 + 2 * c / ppm, y1 - y0 + 2 * c / ppm, ppm)
     patch = even_light(patch, ppm, kernel_mm=BUBBLE_SHADE_MM)
     outline, at = _outline([(b.cx - x0 + c / ppm, b.cy - y0 + c / ppm, b.r) for b in allb], ppm, 0.5)
     dx, dy = locate(patch, outline, at, ppm) or (0, 0)
     patch = patch[c + dy:patch.shape[0] - c + dy, c + dx:patch.shape[1] - c + dx].astype(np.float32)
+    return _spell_bubbles(patch, f, x0, y0, ppm)
+
+
+def _spell_bubbles(patch: np.ndarray, f: Field, x0: float, y0: float,
+                   ppm: float) -> tuple[list[list[float]], int | None, str]:
+    """``_read_bubbles`` on the group's rectified patch (float32, corner at x0, y0 mm)."""
     fills: list[list[float]] = []
     digits: list[int | None] = []
     unclear = False
@@ -669,56 +682,89 @@ class PageReader:
         return float(min(5.0, max(2.5, reg.px_per_mm)))
 
     def _cut(self, gray: np.ndarray, reg: Registration) -> list[BoxCrop]:
-        """Every box with CROP_MARGIN_MM around it, as photographed and with the light evened out over its
-        field and SHADE_CONTEXT_MM of page around the field; each field where its printed boxes are seen to
-        lie (``locate``), then each box nudged the same way. A field in light grey (row sums, drawn like the
-        tally grid beside them) is moved as the black-bordered fields nearest to it are."""
+        """Every box with CROP_MARGIN_MM around it, as photographed and, where the light varies across it,
+        evened out over its field and SHADE_CONTEXT_MM of page around the field. A field whose boxes' printed
+        borders are not all where the corner markers put them (a sheet that does not lie flat) is cut where
+        they are seen to lie (``locate``), each box nudged the same way; a field in light grey (row sums,
+        drawn like the tally grid beside them) first moves as the black-bordered fields nearest to it."""
         ppm = self._crop_ppm(reg)
         m, c = CROP_MARGIN_MM, SHADE_CONTEXT_MM
         grey = _grey_bordered_fields(reg.page)
         fields = [f for f in reg.page.fields if f.boxes]
-        cut = {}
+        cut: dict[str, list[BoxCrop]] = {}
+        regions = {}
+        seen = []  # (where, shift) of the black-bordered fields located, for the grey ones
         for f in fields:
             x0, y0 = min(b.x for b in f.boxes) - m - c, min(b.y for b in f.boxes) - m - c
             x1, y1 = max(b.x + b.w for b in f.boxes) + m + c, max(b.y + b.h for b in f.boxes) + m + c
             wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
             bg, paper = _shading(wide, ppm, SHADE_KERNEL_MM)
-            even = _evened(wide, bg, paper)
-            line = _border_mm(reg.page).get(f.name, 0.8)
-            frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames  # those in the region
-                      if fr.x < x1 and fr.x + fr.w > x0 and fr.y < y1 and fr.y + fr.h > y0]
-            outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h) for b in f.boxes], ppm, line,
-                                   frames=frames, reach_mm=FRAME_REACH_MM)
-            shift = None if f.name in grey else locate(even, outline, at, ppm)
-            cut[f.name] = (x0, y0, bg, paper, even, line, shift, outline, at)
-        seen = [(f.boxes[0].center, cut[f.name][6]) for f in fields if cut[f.name][6] is not None]
-        out = []
+            region = regions[f.name] = (x0, y0, x1, y1, bg, paper, wide)
+            crops = [self._cut_box(gray, reg, f, i, (0, 0), region, ppm) for i in range(len(f.boxes))]
+            for bc in crops:
+                bc.seen = _box_visible(bc.crop, ppm, grey_border=f.name in grey)
+            if all(bc.seen[0] for bc in crops):
+                cut[f.name] = crops  # where the markers put it: as before
+                if f.name not in grey:
+                    seen.append((f.boxes[0].center, (0, 0)))
+            elif f.name not in grey:
+                shift = self._locate_field(reg, f, region, ppm)
+                if shift is not None:
+                    seen.append((f.boxes[0].center, shift))
+                cut[f.name] = self._located(gray, reg, f, shift or (0, 0), region, ppm)
         for f in fields:
-            x0, y0, bg, paper, even, line, shift, outline, at = cut[f.name]
-            if shift is None:  # where the fields nearby moved, then its own lines within a box's nudge
-                px, py = _nearest_shift(f.boxes[0].center, seen)
-                own = locate(even, outline, (at[0] + px, at[1] + py), ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
-                shift = px + own[0], py + own[1]
-            dx, dy = shift
-            b0 = f.boxes[0]
-            outline, at0 = _outline([(b0.x - x0, b0.y - y0, b0.w, b0.h)], ppm, line)  # boxes are alike
-            for i, b in enumerate(f.boxes):
-                at = (at0[0] + int(round((b.x - b0.x) * ppm)), at0[1] + int(round((b.y - b0.y) * ppm)))
-                # (a grey box is not nudged on its own: beside the tally grid's cells it would find theirs)
-                nudge = None if f.name in grey else locate(even, outline, (at[0] + dx, at[1] + dy), ppm,
-                                                           search_mm=BOX_NUDGE_MM)
-                ex, ey = nudge or (0, 0)
-                # each box cut from the photo at its own (sub-pixel) place, its paper level from the field's
-                bx, by = b.x - m + (dx + ex) / ppm, b.y - m + (dy + ey) / ppm
-                crop = rectify(gray, reg.homography, bx, by, b.w + 2 * m, b.h + 2 * m, ppm)
-                h, w = crop.shape
-                centre = ((bx - x0) * ppm + (w - 1) / 2, (by - y0) * ppm + (h - 1) / 2)
-                level = cv2.getRectSubPix(bg, (w, h), centre)
-                # under even light the classifier reads the box as photographed (its own paper level copes
-                # with gradients; a rescaled crop would only move borderline reads at random)
-                flat = float(level.min()) >= EVEN_LIGHT_MIN * float(level.max())
-                out.append(BoxCrop(f.name, i, crop, crop if flat else _evened(crop, level, paper)))
+            if f.name not in cut:  # grey: where the fields nearby moved, then its own lines a little more
+                shift = _nearest_shift(f.boxes[0].center, seen)
+                own = self._locate_field(reg, f, regions[f.name], ppm, around=shift, search_mm=BOX_NUDGE_MM)
+                shift = (shift[0] + own[0], shift[1] + own[1]) if own else shift
+                cut[f.name] = [self._cut_box(gray, reg, f, i, shift, regions[f.name], ppm)
+                               for i in range(len(f.boxes))]
+        return [bc for f in fields for bc in cut[f.name]]
+
+    @staticmethod
+    def _locate_field(reg: Registration, f: Field, region: tuple, ppm: float, *,
+                      around: tuple[int, int] = (0, 0),
+                      search_mm: float = BOX_SEARCH_MM) -> tuple[int, int] | None:
+        """``locate`` a field's boxes, with the table's printed lines near them, in its evened region."""
+        x0, y0, x1, y1, bg, paper, wide = region
+        even = _evened(wide, bg, paper)
+        frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames  # those in the region
+                  if fr.x < x1 and fr.x + fr.w > x0 and fr.y < y1 and fr.y + fr.h > y0]
+        outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h) for b in f.boxes], ppm,
+                               _border_mm(reg.page).get(f.name, 0.8), frames=frames, reach_mm=FRAME_REACH_MM)
+        return locate(even, outline, (at[0] + around[0], at[1] + around[1]), ppm, search_mm=search_mm)
+
+    def _located(self, gray: np.ndarray, reg: Registration, f: Field, shift: tuple[int, int], region: tuple,
+                 ppm: float) -> list[BoxCrop]:
+        """A black-bordered field's boxes moved by ``shift`` (px), each nudged to where its border lies."""
+        x0, y0, bg, paper, wide = region[0], region[1], region[4], region[5], region[6]
+        even = _evened(wide, bg, paper)
+        b0 = f.boxes[0]
+        outline, at0 = _outline([(b0.x - x0, b0.y - y0, b0.w, b0.h)], ppm,
+                                _border_mm(reg.page).get(f.name, 0.8))  # the field's boxes are alike
+        out = []
+        for i, b in enumerate(f.boxes):
+            at = (at0[0] + int(round((b.x - b0.x) * ppm)) + shift[0],
+                  at0[1] + int(round((b.y - b0.y) * ppm)) + shift[1])
+            ex, ey = locate(even, outline, at, ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
+            out.append(self._cut_box(gray, reg, f, i, (shift[0] + ex, shift[1] + ey), region, ppm))
         return out
+
+    @staticmethod
+    def _cut_box(gray: np.ndarray, reg: Registration, f: Field, i: int, shift: tuple[int, int], region: tuple,
+                 ppm: float) -> BoxCrop:
+        """Box ``i`` of field ``f`` cut from the photo at its own (sub-pixel) place moved by ``shift`` (px),
+        its paper level taken from the field's region."""
+        x0, y0, bg, paper = region[0], region[1], region[4], region[5]
+        b, m = f.boxes[i], CROP_MARGIN_MM
+        bx, by = b.x - m + shift[0] / ppm, b.y - m + shift[1] / ppm
+        crop = rectify(gray, reg.homography, bx, by, b.w + 2 * m, b.h + 2 * m, ppm)
+        h, w = crop.shape
+        level = cv2.getRectSubPix(bg, (w, h), ((bx - x0) * ppm + (w - 1) / 2, (by - y0) * ppm + (h - 1) / 2))
+        # under even light the classifier reads the box as photographed (its own paper level copes with
+        # gradients; a rescaled crop would only move borderline reads at random)
+        flat = float(level.min()) >= EVEN_LIGHT_MIN * float(level.max())
+        return BoxCrop(f.name, i, crop, crop if flat else _evened(crop, level, paper))
 
     def box_crops(self, image: np.ndarray) -> list[BoxCrop]:
         """Registration and cutting only: the crops the classifier sees (for the digit benchmark and
@@ -769,7 +815,7 @@ class PageReader:
         hidden, glared = [], []
         grey = _grey_bordered_fields(page)
         for bc in crops:
-            vis, gl = _box_visible(bc.crop, ppm, grey_border=bc.field in grey)
+            vis, gl = bc.seen or _box_visible(bc.crop, ppm, grey_border=bc.field in grey)
             if not vis:  # a box whose printed border cannot be seen: washed out by glare, or covered
                 (glared if gl else hidden).append(bc.field)
         t = lap("cut", t)
