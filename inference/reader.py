@@ -54,9 +54,10 @@ __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMP
 
 EMPTY = 10
 CROP_MARGIN_MM = 1.0
-# Light is evened out around every box before it is read: the paper level is measured over the box and this
-# much of the page around it (a closing SHADE_KERNEL_MM wide, as wide as the classifier's own), so that a
-# sharp shadow edge crossing a box corner is seen as the straight edge it is and not as a wedge of ink.
+# The paper level is measured over each field and this much of the page around it (a closing SHADE_KERNEL_MM
+# wide, as wide as the classifier's own); where it varies across a box (EVEN_LIGHT_MIN) the box is read with
+# the light evened out, so that a sharp shadow edge crossing its corner is seen as the straight edge it is and
+# not as a wedge of ink.
 SHADE_KERNEL_MM = 6.5
 SHADE_CONTEXT_MM = 11.0  # (also room to look for the boxes: FRAME_REACH_MM + BOX_SEARCH_MM)
 EVEN_LIGHT_MIN = 0.85  # a box whose paper level varies less than this (darkest / brightest) is left as is
