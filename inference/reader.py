@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import cv2
@@ -214,6 +215,24 @@ def _shading(gray: np.ndarray, ppm: float, kernel_mm: float) -> tuple[np.ndarray
 
 def _evened(gray: np.ndarray, bg: np.ndarray, paper: float) -> np.ndarray:
     return np.clip(gray * (paper / bg), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class _FieldRegion:
+    """A field's boxes and SHADE_CONTEXT_MM of page around them, rectified: corner and far corner (mm), the
+    photo there, its paper level and bright paper; ``even`` (the light evened out) is made once, if needed."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    wide: np.ndarray
+    bg: np.ndarray
+    paper: float
+
+    @cached_property
+    def even(self) -> np.ndarray:
+        return _evened(self.wide, self.bg, self.paper)
 
 
 @dataclass
@@ -693,14 +712,14 @@ class PageReader:
         grey = _grey_bordered_fields(reg.page)
         fields = [f for f in reg.page.fields if f.boxes]
         cut: dict[str, list[BoxCrop]] = {}
-        regions = {}
+        regions: dict[str, _FieldRegion] = {}
         seen = []  # (where, shift) of the black-bordered fields located, for the grey ones
         for f in fields:
             x0, y0 = min(b.x for b in f.boxes) - m - c, min(b.y for b in f.boxes) - m - c
             x1, y1 = max(b.x + b.w for b in f.boxes) + m + c, max(b.y + b.h for b in f.boxes) + m + c
             wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
             bg, paper = _shading(wide, ppm, SHADE_KERNEL_MM)
-            region = regions[f.name] = (x0, y0, x1, y1, bg, paper, wide)
+            region = regions[f.name] = _FieldRegion(x0, y0, x1, y1, wide, bg, paper)
             crops = [self._cut_box(gray, reg, f, i, (0, 0), region, ppm) for i in range(len(f.boxes))]
             for bc in crops:
                 bc.seen = _box_visible(bc.crop, ppm, grey_border=f.name in grey)
@@ -723,23 +742,21 @@ class PageReader:
         return [bc for f in fields for bc in cut[f.name]]
 
     @staticmethod
-    def _locate_field(reg: Registration, f: Field, region: tuple, ppm: float, *,
+    def _locate_field(reg: Registration, f: Field, region: _FieldRegion, ppm: float, *,
                       around: tuple[int, int] = (0, 0),
                       search_mm: float = BOX_SEARCH_MM) -> tuple[int, int] | None:
         """``locate`` a field's boxes, with the table's printed lines near them, in its evened region."""
-        x0, y0, x1, y1, bg, paper, wide = region
-        even = _evened(wide, bg, paper)
+        x0, y0, x1, y1 = region.x0, region.y0, region.x1, region.y1
         frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames  # those in the region
                   if fr.x < x1 and fr.x + fr.w > x0 and fr.y < y1 and fr.y + fr.h > y0]
         outline, at = _outline([(b.x - x0, b.y - y0, b.w, b.h) for b in f.boxes], ppm,
                                _border_mm(reg.page).get(f.name, 0.8), frames=frames, reach_mm=FRAME_REACH_MM)
-        return locate(even, outline, (at[0] + around[0], at[1] + around[1]), ppm, search_mm=search_mm)
+        return locate(region.even, outline, (at[0] + around[0], at[1] + around[1]), ppm, search_mm=search_mm)
 
-    def _located(self, gray: np.ndarray, reg: Registration, f: Field, shift: tuple[int, int], region: tuple,
-                 ppm: float) -> list[BoxCrop]:
+    def _located(self, gray: np.ndarray, reg: Registration, f: Field, shift: tuple[int, int],
+                 region: _FieldRegion, ppm: float) -> list[BoxCrop]:
         """A black-bordered field's boxes moved by ``shift`` (px), each nudged to where its border lies."""
-        x0, y0, bg, paper, wide = region[0], region[1], region[4], region[5], region[6]
-        even = _evened(wide, bg, paper)
+        x0, y0 = region.x0, region.y0
         b0 = f.boxes[0]
         outline, at0 = _outline([(b0.x - x0, b0.y - y0, b0.w, b0.h)], ppm,
                                 _border_mm(reg.page).get(f.name, 0.8))  # the field's boxes are alike
@@ -747,16 +764,16 @@ class PageReader:
         for i, b in enumerate(f.boxes):
             at = (at0[0] + int(round((b.x - b0.x) * ppm)) + shift[0],
                   at0[1] + int(round((b.y - b0.y) * ppm)) + shift[1])
-            ex, ey = locate(even, outline, at, ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
+            ex, ey = locate(region.even, outline, at, ppm, search_mm=BOX_NUDGE_MM) or (0, 0)
             out.append(self._cut_box(gray, reg, f, i, (shift[0] + ex, shift[1] + ey), region, ppm))
         return out
 
     @staticmethod
-    def _cut_box(gray: np.ndarray, reg: Registration, f: Field, i: int, shift: tuple[int, int], region: tuple,
-                 ppm: float) -> BoxCrop:
+    def _cut_box(gray: np.ndarray, reg: Registration, f: Field, i: int, shift: tuple[int, int],
+                 region: _FieldRegion, ppm: float) -> BoxCrop:
         """Box ``i`` of field ``f`` cut from the photo at its own (sub-pixel) place moved by ``shift`` (px),
         its paper level taken from the field's region."""
-        x0, y0, bg, paper = region[0], region[1], region[4], region[5]
+        x0, y0, bg, paper = region.x0, region.y0, region.bg, region.paper
         b, m = f.boxes[i], CROP_MARGIN_MM
         bx, by = b.x - m + shift[0] / ppm, b.y - m + shift[1] / ppm
         crop = rectify(gray, reg.homography, bx, by, b.w + 2 * m, b.h + 2 * m, ppm)
