@@ -63,6 +63,7 @@ SHADE_KERNEL_MM = 6.5
 SHADE_CONTEXT_MM = 11.0  # (also room to look for the boxes: FRAME_REACH_MM + BOX_SEARCH_MM)
 EVEN_LIGHT_MIN = 0.85  # a box whose paper level varies less than this (darkest / brightest) is left as is
 BUBBLE_SHADE_MM = 12.0  # the same for the OMR bubbles: wider than a blackened bubble (8 mm)
+BUBBLE_NUDGE_MM = 3.0  # ... a bubble group that reads unclear is looked for, then each bubble this far round
 # A field's boxes are looked for up to this far from where the page's homography puts them: a plano sheet
 # that does not lie flat (fold lines, curl) moves the middle of the page by millimetres against its corner
 # markers, and at 2 mm off every box crop misses its printed border (the page was refused as "covered").
@@ -531,20 +532,36 @@ def _read_bubbles(gray: np.ndarray, hmm: np.ndarray, f: Field) -> tuple[list[lis
     patch = even_light(patch, ppm, kernel_mm=BUBBLE_SHADE_MM)
     outline, at = _outline([(b.cx - x0 + c / ppm, b.cy - y0 + c / ppm, b.r) for b in allb], ppm, 0.5)
     dx, dy = locate(patch, outline, at, ppm) or (0, 0)
-    patch = patch[c + dy:patch.shape[0] - c + dy, c + dx:patch.shape[1] - c + dx].astype(np.float32)
-    return _spell_bubbles(patch, f, x0, y0, ppm)
+    # a fold across the group bends it: then each bubble's ring is looked for near where the group lies
+    found, lost = {}, []
+    for j, col in enumerate(f.bubbles):
+        for i, b in enumerate(col):
+            ring, at = _outline([(b.cx - x0 + c / ppm, b.cy - y0 + c / ppm, b.r)], ppm, 0.5)
+            e = locate(patch, ring, (at[0] + dx, at[1] + dy), ppm, search_mm=BUBBLE_NUDGE_MM)
+            if e is None:  # a blackened bubble has no ring to see: it moved as the bubbles found near it
+                lost.append((j, i))
+            else:
+                found[j, i] = e
+    seen = [((f.bubbles[j][i].cx, f.bubbles[j][i].cy), e) for (j, i), e in found.items()]
+    nudge = found | {(j, i): _nearest_shift((f.bubbles[j][i].cx, f.bubbles[j][i].cy), seen, k=2)
+                     for j, i in lost}
+    return _spell_bubbles(patch.astype(np.float32), f, x0 - (c + dx) / ppm, y0 - (c + dy) / ppm, ppm,
+                          nudge=nudge)
 
 
-def _spell_bubbles(patch: np.ndarray, f: Field, x0: float, y0: float,
-                   ppm: float) -> tuple[list[list[float]], int | None, str]:
-    """``_read_bubbles`` on the group's rectified patch (float32, corner at x0, y0 mm)."""
+def _spell_bubbles(patch: np.ndarray, f: Field, x0: float, y0: float, ppm: float, *,
+                   nudge: dict[tuple[int, int], tuple[int, int]] | None = None,
+                   ) -> tuple[list[list[float]], int | None, str]:
+    """``_read_bubbles`` on the group's rectified patch (float32, corner at x0, y0 mm); ``nudge``: where a
+    bubble (column, row) lies off its place in the patch (px)."""
     fills: list[list[float]] = []
     digits: list[int | None] = []
     unclear = False
-    for col in f.bubbles:
+    for j, col in enumerate(f.bubbles):
         fc = []
-        for b in col:
-            cx, cy, rb = (b.cx - x0) * ppm, (b.cy - y0) * ppm, b.r * ppm
+        for i, b in enumerate(col):
+            ex, ey = nudge.get((j, i), (0, 0)) if nudge else (0, 0)
+            cx, cy, rb = (b.cx - x0) * ppm + ex, (b.cy - y0) * ppm + ey, b.r * ppm
             ro = rb * 1.3
             ya, yb = max(0, int(cy - ro)), int(cy + ro) + 1
             xa, xb = max(0, int(cx - ro)), int(cx + ro) + 1
