@@ -9,9 +9,9 @@
    of five as turus — four strokes crossed by a fifth — or as a square with its diagonal), in the same pen.
 3. ``photograph``: the page on a stand under the camera (4608x2592 sensor, ``scale`` shrinks it for tests):
    wobble (perspective, small rotation, sometimes upside down), uneven light, shadow, glare, focus blur,
-   noise,
-   JPEG. Conditions ``clean``, ``field``, ``hard`` (the default mix); also ``sun`` (sharp-edged shadows) and
-   ``folded`` (the sheet's fold lines stand up, ``_fold``).
+   noise, JPEG. Conditions ``clean``, ``field``, ``hard`` (the default mix); also ``sun`` (sharp-edged
+   shadows), ``folded`` (the sheet's fold lines stand up) and ``curled`` (a rolled sheet's ends lift off the
+   table), both ``_lift``.
 4. ``spoil``: unusable photos (``blurred``, ``dark``, ``cut_off``, ``hand``, ``no_form``).
 
 ``make_sample`` chains these; the result carries what was written (the truth for the reader).
@@ -47,8 +47,9 @@ SENSOR = (4608, 2592)  # Raspberry Pi Camera Module 3, full-resolution still (w,
 CONDITIONS = ("clean", "field", "hard")  # the mix the tests, benchmarks and training data cycle through
 # also available: "sun", field conditions under a sharp-edged shadow (sun through a gap in a tent, a pole);
 # "folded", field conditions on a plano sheet that does not lie flat (its fold lines stand up: the middle of
-# the page moves by millimetres against the corner markers, and the slopes take the light differently)
-EXTRA_CONDITIONS = ("sun", "folded")
+# the page moves by millimetres against the corner markers, and the slopes take the light differently);
+# "curled", the same for a sheet that was rolled: its ends lift off the table, corner markers and all
+EXTRA_CONDITIONS = ("sun", "folded", "curled")
 SPOILS = ("blurred", "dark", "cut_off", "hand", "no_form")
 INKS = {"blue": (150, 60, 25), "black": (35, 35, 40)}  # BGR
 
@@ -393,7 +394,12 @@ _COND = {  # wobble, rotation sd (deg), light, shadow p, glare p, blur sigma (mm
         persp=0.012, rot=2.0, light=0.18, shadow=0.0, glare=0.15, blur=0.08, noise=3.0, q=(80, 92), sun=1.0
     ),
     "folded": dict(
-        persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92), fold=1.0
+        persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92),
+        lift="folded"
+    ),
+    "curled": dict(
+        persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92),
+        lift="curled"
     ),
 }
 STAND_HEIGHT_MM = 750.0  # camera above the table: a 66-degree lens sees the 900 mm page at fill 0.92
@@ -481,12 +487,15 @@ def _light(
     return out
 
 
-def _fold(photo: np.ndarray, hmm: np.ndarray, page: PageTemplate, rng: np.random.Generator) -> np.ndarray:
-    """The page as a plano sheet that was folded for transport and does not lie flat: fold lines (across the
-    long side at its half and often its quarters, sometimes across the short side at its half) stand up as
-    ridges 3-12 mm high and 60-160 mm wide, the corners stay on the table. A point at height z is seen
-    (pinhole camera STAND_HEIGHT_MM above the table, over the photo's centre) moved away from the centre by
-    z / (H - z) of its distance, and a slope facing the light is brighter than one facing away."""
+def _lift(photo: np.ndarray, hmm: np.ndarray, page: PageTemplate, rng: np.random.Generator, *,
+          curl: bool = False) -> np.ndarray:
+    """The page as a plano sheet that does not lie flat. Folded for transport (``curl`` False): fold lines
+    (across the long side at its half and often its quarters, sometimes across the short side at its half)
+    stand up as ridges 3-12 mm high and 60-160 mm wide, the corners stay on the table. Rolled (``curl``):
+    the ends of the roll (the short edges, both or one) lift 8-30 mm, the lift fading out over 50-140 mm, so
+    the corner markers themselves stand off the table. A point at height z is seen (pinhole camera
+    STAND_HEIGHT_MM above the table, over the photo's centre) moved away from the centre by z / (H - z) of
+    its distance, and a slope facing the light is brighter than one facing away."""
     h, w = photo.shape[:2]
     pw, ph = page.size_mm
     step = 4  # the height map is smooth: work on a coarse grid, resize
@@ -496,12 +505,20 @@ def _fold(photo: np.ndarray, hmm: np.ndarray, page: PageTemplate, rng: np.random
     x, y = mm[..., 0], mm[..., 1]
     z = np.zeros_like(gx)
     (long, n_long), (short, n_short) = ((x, pw), (y, ph)) if pw > ph else ((y, ph), (x, pw))
-    folds = [(long, n_long * 0.5)] + [(long, n_long * f) for f in (0.25, 0.75) if rng.random() < 0.6]
-    if rng.random() < 0.5:
-        folds.append((short, n_short * 0.5))
-    for coord, at in folds:
-        height, width = rng.uniform(3.0, 12.0), rng.uniform(60.0, 160.0)
-        z = np.maximum(z, height * np.clip(1.0 - np.abs(coord - at) / (width / 2), 0.0, 1.0) ** 1.5)
+    if curl:
+        ends = [long, n_long - long]  # distance from each short edge
+        if rng.random() >= 0.7:
+            ends = [ends[int(rng.integers(2))]]
+        for d in ends:
+            height, width = rng.uniform(8.0, 30.0), rng.uniform(50.0, 140.0)
+            z = np.maximum(z, height * np.clip(1.0 - d / width, 0.0, 1.0) ** 2)
+    else:
+        folds = [(long, n_long * 0.5)] + [(long, n_long * f) for f in (0.25, 0.75) if rng.random() < 0.6]
+        if rng.random() < 0.5:
+            folds.append((short, n_short * 0.5))
+        for coord, at in folds:
+            height, width = rng.uniform(3.0, 12.0), rng.uniform(60.0, 160.0)
+            z = np.maximum(z, height * np.clip(1.0 - np.abs(coord - at) / (width / 2), 0.0, 1.0) ** 1.5)
     on_page = (x >= 0) & (x <= pw) & (y >= 0) & (y <= ph)
     z = np.where(on_page, z, 0.0).astype(np.float32)
     cx, cy = w / 2, h / 2
@@ -549,8 +566,8 @@ def photograph(
     photo = cv2.warpPerspective(
         page_img, hpx, (w, h), dst=bg, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_TRANSPARENT
     )
-    if c.get("fold"):
-        photo = _fold(photo, hmm, page, rng)
+    if c.get("lift"):
+        photo = _lift(photo, hmm, page, rng, curl=c["lift"] == "curled")
     out = _light(photo, rng, amount=c["light"], shadow=c["shadow"], glare=c["glare"], sun=c.get("sun", 0.0))
     ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
     blur = c["blur"] * ppm * rng.uniform(0.3, 1.0) if c["blur"] else 0.0

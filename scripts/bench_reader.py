@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-pages", type=int, default=30, help="pages also read by tesseract (0 = none)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS),
                     help="photo conditions the TPS take in turn, comma-separated, from "
-                         f"{', '.join(CONDITIONS + EXTRA_CONDITIONS)} (sun: sharp-edged shadows)")
+                         f"{', '.join(CONDITIONS + EXTRA_CONDITIONS)} (sun: sharp-edged shadows; folded: "
+                         "fold lines standing up; curled: a rolled sheet's ends lifting)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--why", action="store_true",
