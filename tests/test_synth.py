@@ -60,3 +60,28 @@ def test_page3_tallies_the_invalid_votes():
     assert tally.total == "suara_tidak_sah" and tally.rows == 5 and tally.cols == 12
     img = fill_page(page, {"suara_tidak_sah": 9}, px_per_mm=3.0, rng=np.random.default_rng(4))
     assert _tally_ink_cells(img, tally, 3.0) == [2, 0, 0, 0, 0]
+
+
+def test_a_rolled_sheet_lifts_its_corner_markers_away_from_the_camera_axis():
+    """"curled": the ends of a rolled sheet stand off the table, so the pinhole camera sees the corner markers
+    there moved outward, away from the photo's centre, by millimetres; a flat page's markers lie where the
+    page's homography puts them."""
+    from inference.register import register
+    from inference.synth import make_sample
+
+    page = load_form().pages[1]
+
+    def marker_moves(s) -> list[float]:
+        """How far (mm) each marker is seen (registration) off where the generator put the flat page's,
+        outward > 0."""
+        pts = np.float64([page.marker_points])
+        seen = cv2.perspectiveTransform(pts, register(s.image).homography)[0]
+        flat = cv2.perspectiveTransform(pts, s.homography)[0]
+        centre = np.array(s.image.shape[1::-1]) / 2
+        return [float(np.dot(a - b, (b - centre) / np.linalg.norm(b - centre))) / s.px_per_mm
+                for a, b in zip(seen, flat, strict=True)]
+
+    flat = marker_moves(make_sample(907, 1, condition="field", scale=0.6))
+    rolled = marker_moves(make_sample(907, 1, condition="curled", scale=0.6))
+    assert max(abs(v) for v in flat) < 1.0
+    assert max(rolled) > 3.0 and min(rolled) > -1.0
