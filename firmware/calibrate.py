@@ -126,7 +126,7 @@ ADVICE = {
     "unknown_form": "Pakai formulir C.HASIL resmi yang memiliki kode halaman (kotak hitam-putih).",
     "not_in_frame": "Halaman tidak masuk seluruhnya: geser ke tengah alas atau naikkan kamera.",
     "covered": ("Sebagian halaman tertutup atau tidak rata: singkirkan tangan/benda dari atas halaman, "
-                "ratakan lipatan kertas."),
+                "ratakan lipatan dan ujung kertas yang menggulung."),
     "blurred": "Foto kabur: periksa fokus (lensa) dan pastikan tiang kamera tidak goyang.",
     "too_dark": "Terlalu gelap: nyalakan lampu di atas alas atau pindah ke tempat terang.",
     "glare": "Ada pantulan di atas kotak angka: geser lampu ke samping (45°), jangan tepat di atas halaman.",

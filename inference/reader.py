@@ -68,6 +68,7 @@ BUBBLE_NUDGE_MM = 3.0  # ... a bubble group that reads unclear is looked for, th
 # that does not lie flat (fold lines, curl) moves the middle of the page by millimetres against its corner
 # markers, and at 2 mm off every box crop misses its printed border (the page was refused as "covered").
 BOX_SEARCH_MM = 4.0
+BOX_SEARCH_FAR_MM = 9.0  # a field not seen where the markers put it is looked for this far (< half a row)
 BOX_NUDGE_MM = 1.5  # ... and then each box this far from where its field lies (a fold bends a field)
 FRAME_REACH_MM = 6.0  # the table's printed lines this near a field are looked for with its boxes
 FRAME_LINE_MM = 0.3
@@ -594,7 +595,14 @@ def _spell_bubbles(patch: np.ndarray, f: Field, x0: float, y0: float, ppm: float
 
 # ----------------------------------------------------------------------------------------------- crops ---
 def _box_visible(crop: np.ndarray, ppm: float, *, grey_border: bool = False) -> tuple[bool, bool]:
-    """(border visible on at least 3 sides, washed out by glare) for a box crop cut with CROP_MARGIN_MM.
+    """(border visible on at least 3 sides, washed out by glare) for a box crop cut with CROP_MARGIN_MM."""
+    sides, glare = _box_sides(crop, ppm, grey_border=grey_border)
+    return sides >= 3, glare
+
+
+def _box_sides(crop: np.ndarray, ppm: float, *, grey_border: bool = False) -> tuple[int, bool]:
+    """(on how many sides the printed border is seen where it should be, washed out by glare) for a box crop
+    cut with CROP_MARGIN_MM.
 
     ``grey_border``: the box is printed in the form's light grey (row-sum cells, 0.53 mm), which keeps only
     ~20-35 grey levels of contrast at 2.4 px/mm against ~90-150 for the black borders."""
@@ -613,8 +621,7 @@ def _box_visible(crop: np.ndarray, ppm: float, *, grey_border: bool = False) -> 
         c[max(0, int(h - m) - band - 1) : int(h - m) + band, lo_x:hi_x].min(axis=0),
     ]
     min_contrast = 12.0 if grey_border else 30.0
-    visible = sum(float(np.median(s)) < paper - min_contrast for s in sides if s.size)
-    return visible >= 3, glare
+    return sum(float(np.median(s)) < paper - min_contrast for s in sides if s.size), glare
 
 
 _GREY_BORDERED: dict[tuple[str, int], frozenset[str]] = {}
@@ -720,49 +727,91 @@ class PageReader:
 
     def _cut(self, gray: np.ndarray, reg: Registration) -> list[BoxCrop]:
         """Every box with CROP_MARGIN_MM around it, as photographed and, where the light varies across it,
-        evened out over its field and SHADE_CONTEXT_MM of page around the field. A field whose boxes' printed
-        borders are not all where the corner markers put them (a sheet that does not lie flat) is cut where
-        they are seen to lie (``locate``), each box nudged the same way; a field in light grey (row sums,
-        drawn like the tally grid beside them) first moves as the black-bordered fields nearest to it."""
+        evened out over its field and SHADE_CONTEXT_MM of page around the field.
+
+        A sheet that does not lie flat moves its fields against the corner markers. A black-bordered field
+        whose boxes do not all show their border on all four sides where the markers put them is cut where
+        they are seen to lie (``locate``, up to BOX_SEARCH_FAR_MM), each box nudged; one not found there, or
+        one that shows its borders but whose neighbours moved (a box cut a row off can show four "sides": its
+        own two, a table line, a stroke), is looked for around where the fields nearest it lie. A field in
+        light grey (row sums, drawn like the tally grid beside them) moves as the black-bordered fields
+        nearest to it, then by its own lines a little more. On a page that lies flat every box is cut where
+        the markers put it."""
         ppm = self._crop_ppm(reg)
-        m, c = CROP_MARGIN_MM, SHADE_CONTEXT_MM
         grey = _grey_bordered_fields(reg.page)
         fields = [f for f in reg.page.fields if f.boxes]
         cut: dict[str, list[BoxCrop]] = {}
         regions: dict[str, _FieldRegion] = {}
-        seen = []  # (where, shift) of the black-bordered fields located, for the grey ones
+        seen: dict[str, tuple[tuple[float, float], tuple[int, int]]] = {}  # black-bordered: (where, shift)
+        placed = set()  # black-bordered fields whose boxes show where the markers put them
         for f in fields:
-            x0, y0 = min(b.x for b in f.boxes) - m - c, min(b.y for b in f.boxes) - m - c
-            x1, y1 = max(b.x + b.w for b in f.boxes) + m + c, max(b.y + b.h for b in f.boxes) + m + c
-            wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
-            bg, paper = _shading(wide, ppm, SHADE_KERNEL_MM)
-            region = regions[f.name] = _FieldRegion(x0, y0, x1, y1, wide, bg, paper)
+            region = regions[f.name] = self._region(gray, reg, f, ppm, SHADE_CONTEXT_MM)
             crops = [self._cut_box(gray, reg, f, i, (0, 0), region, ppm) for i in range(len(f.boxes))]
-            for bc in crops:
-                bc.seen = _box_visible(bc.crop, ppm, grey_border=f.name in grey)
-            if all(bc.seen[0] for bc in crops):
+            sides = [_box_sides(bc.crop, ppm, grey_border=f.name in grey) for bc in crops]
+            for bc, (n, glare) in zip(crops, sides, strict=True):
+                bc.seen = (n >= 3, glare)
+            if f.name in grey:
+                if all(bc.seen[0] for bc in crops):
+                    cut[f.name] = crops  # where the markers put it, unless the fields near it moved
+            elif all(n == 4 for n, _ in sides):
                 cut[f.name] = crops  # where the markers put it: as before
-                if f.name not in grey:
-                    seen.append((f.boxes[0].center, (0, 0)))
-            elif f.name not in grey:
-                shift = self._locate_field(reg, f, region, ppm)
+                seen[f.name] = (f.boxes[0].center, (0, 0))
+                placed.add(f.name)
+            else:
+                shift, far = self._locate_field(gray, reg, f, region, ppm, search_mm=BOX_SEARCH_FAR_MM)
                 if shift is not None:
-                    seen.append((f.boxes[0].center, shift))
-                cut[f.name] = self._located(gray, reg, f, shift or (0, 0), region, ppm)
-        for f in fields:
-            if f.name not in cut:  # grey: where the fields nearby moved, then its own lines a little more
-                shift = _nearest_shift(f.boxes[0].center, seen)
-                own = self._locate_field(reg, f, regions[f.name], ppm, around=shift, search_mm=BOX_NUDGE_MM)
-                shift = (shift[0] + own[0], shift[1] + own[1]) if own else shift
-                cut[f.name] = [self._cut_box(gray, reg, f, i, shift, regions[f.name], ppm)
-                               for i in range(len(f.boxes))]
+                    seen[f.name] = (f.boxes[0].center, shift)
+                    cut[f.name] = self._located(gray, reg, f, shift, far, ppm)
+        for f in fields:  # black-bordered, not found, or placed where those near it moved: look near them
+            if f.name in grey or (f.name in cut and f.name not in placed):
+                continue
+            shift = _nearest_shift(f.boxes[0].center, [v for k, v in seen.items() if k != f.name])
+            if f.name in placed and np.hypot(*shift) <= BOX_NUDGE_MM * ppm:
+                continue  # (a border seen on four sides can be a row off: a stroke, a table line)
+            own, region = self._locate_field(gray, reg, f, regions[f.name], ppm, around=shift)
+            if own is None and f.name in placed:
+                continue
+            if own is not None:
+                shift = (shift[0] + own[0], shift[1] + own[1])
+                seen[f.name] = (f.boxes[0].center, shift)
+            cut[f.name] = self._located(gray, reg, f, shift, region, ppm)
+        for f in [f for f in fields if f.name in grey]:
+            shift = _nearest_shift(f.boxes[0].center, list(seen.values()))
+            if f.name in cut and np.hypot(*shift) <= BOX_NUDGE_MM * ppm:
+                continue
+            own, region = self._locate_field(gray, reg, f, regions[f.name], ppm, around=shift,
+                                             search_mm=BOX_NUDGE_MM)
+            shift = (shift[0] + own[0], shift[1] + own[1]) if own else shift
+            cut[f.name] = [self._cut_box(gray, reg, f, i, shift, region, ppm) for i in range(len(f.boxes))]
         return [bc for f in fields for bc in cut[f.name]]
 
     @staticmethod
-    def _locate_field(reg: Registration, f: Field, region: _FieldRegion, ppm: float, *,
-                      around: tuple[int, int] = (0, 0),
-                      search_mm: float = BOX_SEARCH_MM) -> tuple[int, int] | None:
-        """``locate`` a field's boxes, with the table's printed lines near them, in its evened region."""
+    def _region(gray: np.ndarray, reg: Registration, f: Field, ppm: float, context_mm: float) -> _FieldRegion:
+        """A field's boxes with CROP_MARGIN_MM and ``context_mm`` of page around them, rectified."""
+        m = CROP_MARGIN_MM + context_mm
+        x0, y0 = min(b.x for b in f.boxes) - m, min(b.y for b in f.boxes) - m
+        x1, y1 = max(b.x + b.w for b in f.boxes) + m, max(b.y + b.h for b in f.boxes) + m
+        wide = rectify(gray, reg.homography, x0, y0, x1 - x0, y1 - y0, ppm)
+        bg, paper = _shading(wide, ppm, SHADE_KERNEL_MM)
+        return _FieldRegion(x0, y0, x1, y1, wide, bg, paper)
+
+    def _locate_field(self, gray: np.ndarray, reg: Registration, f: Field, region: _FieldRegion, ppm: float,
+                      *, around: tuple[int, int] = (0, 0), search_mm: float = BOX_SEARCH_MM,
+                      ) -> tuple[tuple[int, int] | None, _FieldRegion]:
+        """``locate`` a field's boxes, with the table's printed lines near them, in its evened region (made
+        wider for a search further than it holds): (shift or None if not seen, the region searched). A search
+        BOX_SEARCH_FAR_MM wide that finds them only at its edge says None: they lie further still."""
+        reach = search_mm + max(abs(around[0]), abs(around[1])) / ppm
+        if reach > SHADE_CONTEXT_MM + CROP_MARGIN_MM - FRAME_REACH_MM - 0.5:  # more than the region holds
+            region = self._region(gray, reg, f, ppm, reach + FRAME_REACH_MM + 0.5)
+        shift = self._match_field(reg, f, region, ppm, around, search_mm)
+        if shift is not None and search_mm > BOX_SEARCH_MM and max(map(abs, shift)) >= round(search_mm * ppm):
+            shift = None
+        return shift, region
+
+    @staticmethod
+    def _match_field(reg: Registration, f: Field, region: _FieldRegion, ppm: float, around: tuple[int, int],
+                     search_mm: float) -> tuple[int, int] | None:
         x0, y0, x1, y1 = region.x0, region.y0, region.x1, region.y1
         frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames  # those in the region
                   if fr.x < x1 and fr.x + fr.w > x0 and fr.y < y1 and fr.y + fr.h > y0]

@@ -29,6 +29,10 @@ COARSE_PPM = 2.0  # px/mm of the coarse marker search patch
 FINE_PPM = 6.0
 MIN_MARKER_SCORE = 0.55
 MAX_EDGE_MM = 1.3  # marker edge 10-90% width above this = blurred
+# The page code's corners further than this from where the corner markers put them: a marker is not where
+# the page is (mistaken, or lifted off the table by a rolled sheet's end). Closer than that the page reader
+# finds each field where it lies (reader.BOX_SEARCH_FAR_MM), so the page is read (it was refused over 3 mm).
+MAX_TAG_RESIDUAL_MM = 6.0
 MIN_PAPER = 55  # gray level of paper around the markers below this = too dark
 
 REASONS = {
@@ -37,9 +41,10 @@ REASONS = {
     "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
     "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
-    # (also a sheet so far from flat that a box is not where it should be: a fold standing up)
+    # (also a sheet so far from flat that a box is not where it should be: a fold standing up, a rolled
+    # sheet's ends lifting off the table)
     "covered": ("Sebagian formulir tertutup (tangan atau benda lain) atau kertas tidak rata. Singkirkan, "
-                "ratakan lipatan kertas, lalu foto ulang."),
+                "ratakan lipatan dan ujung kertas yang menggulung, lalu foto ulang."),
     "unknown_form": "Formulir ini tidak dikenal. Gunakan formulir C.HASIL resmi dengan kode halaman.",
     "no_form": ("Formulir C.HASIL atau kode halamannya (kotak hitam-putih di kanan atas) tidak terlihat "
                 "di foto. "
@@ -358,7 +363,7 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         reasons.append("blurred")
     if ppm < min_px_per_mm:
         reasons.append("low_resolution")
-    if residual > 3.0:
+    if residual > MAX_TAG_RESIDUAL_MM:
         reasons.append("covered")
     if reasons:
         raise RetakeError(reasons, page=page, metrics=metrics)
