@@ -12,7 +12,8 @@
    noise, JPEG. Conditions ``clean``, ``field``, ``hard`` (the default mix); also ``sun`` (sharp-edged
    shadows), ``folded`` (the sheet's fold lines stand up) and ``curled`` (a rolled sheet's ends lift off the
    table), both ``_lift``.
-4. ``spoil``: unusable photos (``blurred``, ``dark``, ``cut_off``, ``hand``, ``no_form``).
+4. ``spoil``: unusable photos (``blurred``, ``dark``, ``cut_off``, ``hand``, ``no_form``; also ``pen``, a pen
+   left lying across the boxes).
 
 ``make_sample`` chains these; the result carries what was written (the truth for the reader).
 """
@@ -32,6 +33,7 @@ __all__ = [
     "CONDITIONS",
     "EXTRA_CONDITIONS",
     "SPOILS",
+    "EXTRA_SPOILS",
     "Sample",
     "make_tps",
     "fill_page",
@@ -50,7 +52,8 @@ CONDITIONS = ("clean", "field", "hard")  # the mix the tests, benchmarks and tra
 # the page moves by millimetres against the corner markers, and the slopes take the light differently);
 # "curled", the same for a sheet that was rolled: its ends lift off the table, corner markers and all
 EXTRA_CONDITIONS = ("sun", "folded", "curled")
-SPOILS = ("blurred", "dark", "cut_off", "hand", "no_form")
+SPOILS = ("blurred", "dark", "cut_off", "hand", "no_form")  # the mix the benchmark cycles through
+EXTRA_SPOILS = ("pen",)  # also: a ballpoint pen left lying across the boxes
 INKS = {"blue": (150, 60, 25), "black": (35, 35, 40)}  # BGR
 
 
@@ -596,6 +599,27 @@ def _hand(img: np.ndarray, rng: np.random.Generator, hmm: np.ndarray, page: Page
         cv2.line(img, (int(cx), int(cy)), (int(x2), int(y2)), skin, int(18 * ppm), cv2.LINE_AA)
 
 
+def _pen(img: np.ndarray, rng: np.random.Generator, hmm: np.ndarray, page: PageTemplate) -> None:
+    """A ballpoint pen (dark barrel 7-10 mm wide, 130-150 mm long, a lighter highlight along it) left lying
+    across a box."""
+    f = [f for f in page.fields if f.boxes][int(rng.integers(sum(1 for f in page.fields if f.boxes)))]
+    b = f.boxes[int(rng.integers(len(f.boxes)))]
+    c = np.array([b.x + rng.uniform(0.2, 0.8) * b.w, b.y + rng.uniform(0.2, 0.8) * b.h])
+    a = rng.uniform(0, np.pi)
+    along, across = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
+    length, width = rng.uniform(130, 150), rng.uniform(7, 10)
+    body = tuple(int(v) for v in rng.choice([(120, 40, 20), (30, 30, 30), (110, 35, 35)]))  # BGR: blue, black
+
+    def band(w0: float, w1: float) -> np.ndarray:
+        pts = [c - along * length / 2 + across * w0, c + along * length / 2 + across * w0,
+               c + along * length / 2 + across * w1, c - along * length / 2 + across * w1]
+        return cv2.perspectiveTransform(np.float64([pts]), hmm)[0].astype(np.int32)
+
+    cv2.fillConvexPoly(img, band(-width / 2, width / 2), body, cv2.LINE_AA)
+    shine = tuple(min(255, int(v * 1.6) + 30) for v in body)
+    cv2.fillConvexPoly(img, band(-width * 0.25, -width * 0.1), shine, cv2.LINE_AA)
+
+
 def _cuts_a_marker(hmm: np.ndarray, page: PageTemplate, size: tuple[int, int]) -> bool:
     """Some corner marker lies within one marker square of the photo's edge, or beyond it."""
     pts = cv2.perspectiveTransform(np.float64([page.marker_points]), hmm)[0]
@@ -612,9 +636,9 @@ def spoil(
     rng: np.random.Generator,
     scale: float = 1.0,
 ) -> tuple[np.ndarray, bytes]:
-    """An unusable photo of kind ``blurred``, ``dark``, ``cut_off``, ``hand`` or ``no_form``."""
-    if kind not in SPOILS:
-        raise ValueError(f"spoil kind must be one of {SPOILS}, got {kind!r}")
+    """An unusable photo of kind ``blurred``, ``dark``, ``cut_off``, ``hand``, ``no_form`` or ``pen``."""
+    if kind not in SPOILS + EXTRA_SPOILS:
+        raise ValueError(f"spoil kind must be one of {SPOILS + EXTRA_SPOILS}, got {kind!r}")
     w, h = int(SENSOR[0] * scale), int(SENSOR[1] * scale)
     if kind == "no_form":
         img = _background(h, w, rng)
@@ -663,6 +687,8 @@ def spoil(
             ).astype(np.uint8)
         elif kind == "hand":
             _hand(img, rng, hmm, page)
+        elif kind == "pen":
+            _pen(img, rng, hmm, page)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR), buf.tobytes()
 

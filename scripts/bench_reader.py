@@ -33,7 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.reader import EMPTY, PageReader, check_tps  # noqa: E402
 from inference.register import RetakeError  # noqa: E402
-from inference.synth import CONDITIONS, EXTRA_CONDITIONS, SPOILS, make_sample, make_tps  # noqa: E402
+from inference.synth import (  # noqa: E402
+    CONDITIONS,
+    EXTRA_CONDITIONS,
+    EXTRA_SPOILS,
+    SPOILS,
+    make_sample,
+    make_tps,
+)
 
 CROP_INSET_MM = 1.6  # the baseline cuts inside the printed border, tesseract reads borders as digits
 
@@ -215,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="photo conditions the TPS take in turn, comma-separated, from "
                          f"{', '.join(CONDITIONS + EXTRA_CONDITIONS)} (sun: sharp-edged shadows; folded: "
                          "fold lines standing up; curled: a rolled sheet's ends lifting)")
+    ap.add_argument("--spoils", default=",".join(SPOILS),
+                    help=f"kinds of unusable photo, taken in turn, from {', '.join(SPOILS + EXTRA_SPOILS)} "
+                         "(pen: a pen left lying across the boxes)")
+    ap.add_argument("--spoiled-share", type=float, default=0.05, help="share of photos spoiled")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--why", action="store_true",
@@ -226,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dump", type=Path, default=None,
                     help="pickle every page's box probabilities, bubbles and truth (to replay decisions)")
     args = ap.parse_args(argv)
+    spoils = [c.strip() for c in args.spoils.split(",") if c.strip()]
+    if not spoils or set(spoils) - set(SPOILS + EXTRA_SPOILS):
+        ap.error(f"--spoils: give names from {', '.join(SPOILS + EXTRA_SPOILS)}, got {args.spoils!r}")
+    if not 0.0 <= args.spoiled_share <= 1.0:
+        ap.error(f"--spoiled-share: a share from 0 to 1, got {args.spoiled_share}")
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     unknown = sorted(set(conditions) - set(CONDITIONS + EXTRA_CONDITIONS))
     if not conditions or unknown:
@@ -256,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         readings = []
         for p in (1, 2, 3):
             spoiled = None
-            if rng.random() < 0.05:
-                spoiled = SPOILS[spoil_i % len(SPOILS)]
+            if rng.random() < args.spoiled_share:
+                spoiled = spoils[spoil_i % len(spoils)]
                 spoil_i += 1
             s = cached_sample(cache, args.seed * 10000 + i * 10 + p, p, condition=cond, scale=args.scale,
                               tps=tps, spoiled=spoiled)
@@ -335,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         "spoiled": len(spoiled),
         "spoiled_refused_pct": share(sum(p["status"] == "retake" for p in spoiled), len(spoiled)),
         "spoiled_kinds": sorted({p["spoiled"] for p in spoiled}),
+        "spoiled_refused_pct_by_kind": {
+            k: share(sum(p["status"] == "retake" for p in spoiled if p["spoiled"] == k),
+                     sum(p["spoiled"] == k for p in spoiled))
+            for k in sorted({p["spoiled"] for p in spoiled})},
         "tps_ok_pct_no_slip_no_spoil": share(
             sum(r["status"] == "ok" for r in tps_rows if not r["slip"] and not r["spoiled"]),
             len([r for r in tps_rows if not r["slip"] and not r["spoiled"]])),
