@@ -113,6 +113,11 @@ BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has not
 BLANK_MIN_P = 0.9  # ... if the classifier also gives "empty" at least this (a faint stroke it lost gets ~0.5)
 # A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
 # too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
+# A dark mark at least this wide that reaches past a box's printed border is an object lying on the form (a
+# pen, a dark sleeve): the thickest handwriting on generated pages is 3 mm (where strokes cross a border), and
+# a box filled in stays inside its border. Pens are 7-10 mm, a highlight along the barrel leaves >= 4.5 mm dark.
+OBJECT_MM = 4.0
+OBJECT_DARK = 0.4  # ... dark: under this share of the paper's brightness (a shadow is 0.5-0.7)
 GREY_INSET_MM = 0.8  # beyond the box edge inwards: the border's inner half (0.27 mm) + registration slack
 
 MESSAGES = {
@@ -624,6 +629,27 @@ def _box_sides(crop: np.ndarray, ppm: float, *, grey_border: bool = False) -> tu
     return sum(float(np.median(s)) < paper - min_contrast for s in sides if s.size), glare
 
 
+def _object_over(crop: np.ndarray, ppm: float) -> bool:
+    """Whether a dark object lies over a box crop cut with CROP_MARGIN_MM: a dark mark at least OBJECT_MM wide
+    whose extent reaches the crop's edge, outside the printed border."""
+    c = crop.astype(np.float32)
+    dark = (c < OBJECT_DARK * float(np.percentile(c, 90))).astype(np.uint8)
+    if not dark.any():
+        return False
+    # (padded as the photo goes on: a band that leaves the crop is as wide at its edge as inside)
+    dist = cv2.distanceTransform(cv2.copyMakeBorder(dark, 1, 1, 1, 1, cv2.BORDER_REPLICATE), cv2.DIST_L2, 3)
+    thick = dist[1:-1, 1:-1] >= OBJECT_MM / 2 * ppm
+    if not thick.any():
+        return False
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
+    h, w = dark.shape
+    for k in np.unique(labels[thick]):
+        x, y, bw, bh = stats[k, :4]
+        if x == 0 or y == 0 or x + bw == w or y + bh == h:
+            return True
+    return False
+
+
 _GREY_BORDERED: dict[tuple[str, int], frozenset[str]] = {}
 
 
@@ -902,6 +928,8 @@ class PageReader:
             vis, gl = bc.seen or _box_visible(bc.crop, ppm, grey_border=bc.field in grey)
             if not vis:  # a box whose printed border cannot be seen: washed out by glare, or covered
                 (glared if gl else hidden).append(bc.field)
+            elif _object_over(bc.crop, ppm):  # its border seen through, or under, a dark object on the form
+                hidden.append(bc.field)
         t = lap("cut", t)
         if hidden or glared:
             reasons = []
