@@ -111,13 +111,14 @@ MIN_SUPPORT = 0.5
 MIN_SUPPORT_FAR = 0.02
 BLANK_INK_MM = 1.0  # a box whose largest dark mark is shorter than this has nothing written in it
 BLANK_MIN_P = 0.9  # ... if the classifier also gives "empty" at least this (a faint stroke it lost gets ~0.5)
-# A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
-# too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
 # A dark mark at least this wide that reaches past a box's printed border is an object lying on the form (a
-# pen, a dark sleeve): the thickest handwriting on generated pages is 3 mm (where strokes cross a border), and
-# a box filled in stays inside its border. Pens are 7-10 mm, a highlight along the barrel leaves >= 4.5 mm dark.
+# pen, a dark sleeve): the thickest handwriting on generated pages is 3 mm (where strokes cross a border),
+# and a box filled in stays inside its border. Pens are 7-10 mm; a highlight along the barrel leaves >= 4.5
+# mm of it dark.
 OBJECT_MM = 4.0
 OBJECT_DARK = 0.4  # ... dark: under this share of the paper's brightness (a shadow is 0.5-0.7)
+# A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
+# too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
 GREY_INSET_MM = 0.8  # beyond the box edge inwards: the border's inner half (0.27 mm) + registration slack
 
 MESSAGES = {
@@ -838,6 +839,7 @@ class PageReader:
     @staticmethod
     def _match_field(reg: Registration, f: Field, region: _FieldRegion, ppm: float, around: tuple[int, int],
                      search_mm: float) -> tuple[int, int] | None:
+        """``locate`` of the field's box outlines and the table lines near them, ``around`` a shift (px)."""
         x0, y0, x1, y1 = region.x0, region.y0, region.x1, region.y1
         frames = [(fr.x - x0, fr.y - y0, fr.w, fr.h) for fr in reg.page.frames  # those in the region
                   if fr.x < x1 and fr.x + fr.w > x0 and fr.y < y1 and fr.y + fr.h > y0]
