@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto poppler-utils tesseract-ocr systemd postgresql)
+APT_PACKAGES=(mosquitto poppler-utils tesseract-ocr systemd postgresql shellcheck)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +17,7 @@ if ((${#missing[@]})); then
 fi
 # The apt mosquitto package starts a system broker on :1883; tpskit's tests and demo start their own on free ports.
 # postgresql: its server binaries back the collector's PostgreSQL tests (throw-away clusters, tests/pg.py).
+# The shellcheck package lints the kit's installer and the other shell scripts (tests/test_install.py).
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -23,9 +23,14 @@ def test_syntax():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (scripts/setup.sh)")
 def test_shellcheck():
     res = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    # the other shell scripts: setup, tests, demo, CI, the arm64 and fallback-runtime checks
+    others = [*ROOT.glob("scripts/*.sh"), ROOT / "scripts" / "arm64-check",
+              ROOT / "scripts" / "tflite-runtime-check", ROOT / ".ci" / "run"]
+    res = subprocess.run(["shellcheck", "-S", "warning", *map(str, others)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
 
 
