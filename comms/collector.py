@@ -246,6 +246,7 @@ class Collector:
                         checked.extend(pooled.result())
                 except Exception:  # noqa: BLE001 - a bug in a check must not stop the collector
                     log.exception("batch of %d messages not checked; the kits will resend", len(batch))
+                    self._puback(batch)
                     current = None
                     continue
                 nxt = self._collect(wait=False)
@@ -317,6 +318,17 @@ class Collector:
                 out.append(precheck(prefix, topic, payload, registry))
         return out
 
+    def _puback(self, batch: list) -> None:
+        """PUBACK the MQTT messages of a batch (those of the current connection).
+
+        Also after a batch that was not checked or not stored: nothing of it was acked end to end, so the
+        kits resend it; left without PUBACK its messages would hold the broker's in-flight window for this
+        collector (mosquitto max_inflight_messages) until the broker stops delivering to it at all.
+        """
+        for _t, _p, mid, qos, gen in batch:
+            if qos > 0 and gen == self._conn_gen:
+                self._client.ack(mid, qos)
+
     def _process_batch(self, store: CollectorStore, batch: list, checked: list[Checked]) -> None:
         """Store the checked envelopes of a batch in one transaction, PUBACK after commit, then ack."""
         now = time.time()
@@ -330,6 +342,7 @@ class Collector:
                 store.rollback()
             except Exception as exc:  # noqa: BLE001 - e.g. BEGIN itself failed: nothing to undo
                 log.debug("rollback after a failed batch: %s", exc)
+            self._puback(batch)
             return
         client = self._client
         acks: dict[tuple[str, int], list[str]] = defaultdict(list)
@@ -338,9 +351,7 @@ class Collector:
                 self.stats[out.status] += 1
                 if out.ack:
                     acks[(out.kode_wilayah, out.tps)].append(out.msg_id)
-        for _t, _p, mid, qos, gen in batch:
-            if qos > 0 and gen == self._conn_gen:
-                client.ack(mid, qos)
+        self._puback(batch)
         for (kw, tps), ids in acks.items():
             for i in range(0, len(ids), ACK_MAX_IDS):
                 client.publish(

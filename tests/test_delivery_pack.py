@@ -237,3 +237,41 @@ def test_packs_checked_inline_or_by_a_pool(tmp_path, mosquitto, verify_threads):
     assert _rows(db, "SELECT reason, message_id FROM rejects") == [
         ("bad_signature", payloads.reading_id("kit-1", "c038"))
     ]
+
+
+def test_batches_the_database_refused_do_not_stall_the_collector(tmp_path, mosquitto_factory, caplog):
+    """mosquitto hands a subscriber at most max_inflight_messages (64 in comms/mosquitto/mosquitto.conf)
+    QoS 1 messages it has not PUBACKed. Batches the database refused (disk full) must not hold that window
+    for ever: once the database works again the collector stores what comes, and the kits resend the rest
+    (nothing of a refused batch was stored or acked end to end)."""
+    broker = mosquitto_factory(extra_conf="max_inflight_messages 64")
+    key = generate_key()
+    collector = start_collector(key, broker, tmp_path, client_id="collector-full")
+    db = tmp_path / "collector.db"
+    assert _wait(lambda: db.exists() and _rows(db, "SELECT 1 FROM sqlite_master WHERE name = 'messages'"), 10)
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TRIGGER disk_full BEFORE INSERT ON messages "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    conn.close()
+
+    def refused() -> int:
+        records = caplog.records
+        return sum(r.args[0] for r in records if r.getMessage().endswith("not stored; the kits will resend"))
+
+    spy = Spy(broker)
+    topic = topics.topic(PREFIX, KW, TPS, "reading")
+    try:
+        with caplog.at_level("ERROR", logger="tpskit.comms.collector"):
+            for i in range(1, 81):
+                spy.client.publish(topic, _reading(key, i, f"c{i:03d}"), qos=1)
+            assert _wait(lambda: refused() >= 64, 20)
+        conn = sqlite3.connect(db)
+        conn.execute("DROP TRIGGER disk_full")
+        conn.close()
+        spy.publish(topic, _reading(key, 81, "c081"))
+        assert _wait(lambda: ("c081",) in _rows(db, "SELECT capture_id FROM readings"), 15)
+    finally:
+        spy.close()
+        collector.stop()
