@@ -162,6 +162,8 @@ class Courier:
         self.prefix = topic_prefix.strip("/")
         self.keepalive_s = int(keepalive_s)
         self.heartbeat_s = float(heartbeat_s)
+        if not 1 <= int(chunk_bytes) <= payloads.MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes {chunk_bytes}: use 1 .. {payloads.MAX_CHUNK_BYTES}")
         self.chunk_bytes = int(chunk_bytes)
         self.ack_timeout_s = float(ack_timeout_s)
         self.max_inflight = int(max_inflight)
@@ -236,7 +238,9 @@ class Courier:
         return topics.topic(self.prefix, self.kode_wilayah, self.tps, kind)
 
     def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
-        return payloads.build(
+        """Sign an envelope. A queued one (with a seq) larger than the collector takes raises ValueError:
+        it would be refused (too_large), never acked, and resent for ever."""
+        payload = payloads.build(
             self._key,
             kind=kind,
             msg_id=msg_id,
@@ -248,6 +252,12 @@ class Courier:
             body=body,
             epoch=self._epoch if seq is not None else None,
         )
+        if seq is not None and len(payload) > payloads.MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"{kind} message {msg_id} is {len(payload)} bytes, too large for the collector "
+                f"(at most {payloads.MAX_MESSAGE_BYTES}): nothing queued; keep the reading compact"
+            )
+        return payload
 
     # --- API used by the firmware ----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from comms.signing import canonical_json, sign_document, verify_bytes, verify_do
 SCHEMA_VERSION = 1
 READING_MAX_BYTES = 2048  # numbers of one page on the wire (target)
 MAX_MESSAGE_BYTES = 512 * 1024  # anything larger is refused by the collector
+MAX_CHUNK_BYTES = (MAX_MESSAGE_BYTES - 8192) * 3 // 4  # raw photo bytes per chunk: base64 + envelope fit
 KIT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
 QUEUED_KINDS = ("reading", "photo", "readiness")
