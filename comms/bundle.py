@@ -66,6 +66,11 @@ def export_bundle(
             f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
             "mount point, e.g. /media/usb"
         )
+    if not Path(db_path).is_file():
+        raise BundleError(
+            f"kit database {db_path} not found: give the kit's database (--db, default "
+            "<state_dir>/tpskit.db from the config); nothing was exported"
+        )
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
     with Outbox(db_path) as ob:

@@ -143,3 +143,22 @@ def test_cli_export_import_then_kit_acked_by_collector(tmp_path, mosquitto):
     finally:
         c.close()
         collector.stop()
+
+
+def test_export_from_a_missing_database_is_refused(tmp_path):
+    """A wrong --db must not report 'bundle written (0 messages)' (and leave an empty database behind):
+    the KPPS would believe nothing is waiting to be sent."""
+    (tmp_path / "usb").mkdir()
+    missing = tmp_path / "state" / "tpskit.db"
+    with pytest.raises(BundleError, match="not found"):
+        export_bundle(
+            db_path=missing,
+            out_dir=tmp_path / "usb",
+            signing_key=generate_key(),
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+        )
+    assert not missing.exists() and not (tmp_path / "state").exists()
+    assert list((tmp_path / "usb").iterdir()) == []
+
