@@ -139,16 +139,23 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
         entries = [json.loads(line) for line in raw_lines[1:] if line.strip()]
     except (IndexError, json.JSONDecodeError, UnicodeDecodeError):
         raise BundleError(f"{path} is not a tpskit bundle (bad JSON lines)") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != "bundle" or manifest.get("v") != 1:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("kind") != "bundle"
+        or manifest.get("v") != 1
+        or not isinstance(manifest.get("public_key"), str)
+        or not isinstance(manifest.get("messages"), list)
+        or not all(isinstance(m, list) and len(m) == 2 for m in manifest["messages"])
+    ):
         raise BundleError(f"{path} is not a tpskit bundle v1")
     key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
     if key is None:
-        key = load_public_key(manifest.get("public_key", ""))
+        key = load_public_key(manifest["public_key"])
     if not verify_document(key, manifest):
         raise BundleError(
             f"{path}: the manifest signature does not verify: the file was altered or comes from another kit"
         )
-    listed = [tuple(m) for m in manifest.get("messages", [])]
+    listed = [tuple(m) for m in manifest["messages"]]
     if len(listed) != len(entries) or manifest.get("count") != len(entries):
         raise BundleError(
             f"{path}: {len(entries)} messages but the manifest lists {len(listed)}: "
@@ -156,10 +163,17 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
         )
     out = []
     for (mid, sha), e in zip(listed, entries, strict=True):
-        payload = str(e.get("payload", "")).encode("utf-8")
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("payload"), str)
+            and isinstance(e.get("topic"), str)
+            and isinstance(e.get("retain", False), bool)
+        ):
+            raise BundleError(f"{path}: message {mid} is damaged (not a bundle line); export it again")
+        payload = e["payload"].encode("utf-8")
         if e.get("id") != mid or hashlib.sha256(payload).hexdigest() != sha:
             raise BundleError(f"{path}: message {mid} is damaged (checksum mismatch); export it again")
-        out.append(BundleMessage(mid, str(e["topic"]), bool(e.get("retain")), payload))
+        out.append(BundleMessage(mid, e["topic"], e.get("retain", False), payload))
     return manifest, out
 
 

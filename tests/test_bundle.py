@@ -12,7 +12,7 @@ import pytest
 from comms.bundle import BundleError, export_bundle, import_bundle, read_bundle
 from comms.collector import Collector
 from comms.courier import Courier
-from comms.signing import generate_key, registry_add, save_private_key
+from comms.signing import canonical_json, generate_key, registry_add, save_private_key, sign_document
 from firmware import cli
 
 KW, TPS = "31.71.01.1001", 7
@@ -162,3 +162,34 @@ def test_export_from_a_missing_database_is_refused(tmp_path):
     assert not missing.exists() and not (tmp_path / "state").exists()
     assert list((tmp_path / "usb").iterdir()) == []
 
+
+def test_damaged_message_lines_are_reported_not_crashed_on(tmp_path):
+    """A message line that is valid JSON but not a message (a flipped bit in a key) is 'damaged'."""
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c, 2)
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, _n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    lines = path.read_bytes().splitlines()
+    for damaged in (
+        lines[1].replace(b'"topic"', b'"topiC"'),
+        lines[1].replace(b'"payload"', b'"paylOad"'),
+        b"[" + lines[1] + b"]",
+        lines[1].replace(b'"retain":false', b'"retain":"no"'),
+    ):
+        path.write_bytes(b"\n".join([lines[0], damaged, *lines[2:]]) + b"\n")
+        with pytest.raises(BundleError, match="damaged"):
+            read_bundle(path)
+    manifest = json.loads(lines[0])
+    manifest["messages"] = [m[0] for m in manifest["messages"]]  # ids only: signed, but not a v1 manifest
+    path.write_bytes(b"\n".join([canonical_json(sign_document(key, manifest)), *lines[1:]]) + b"\n")
+    with pytest.raises(BundleError, match="not a tpskit bundle"):
+        read_bundle(path)
