@@ -203,7 +203,7 @@ def import_bundle(
     ids = {m.id for m in messages}
     acked: set[str] = set()
     lock = threading.Lock()
-    connected = threading.Event()
+    connected, lost = threading.Event(), threading.Event()
     client = make_mqtt_client(
         client_id=f"tpskit-import-{manifest['kit_id']}-{os.getpid()}",
         protocol=protocol,
@@ -227,7 +227,10 @@ def import_bundle(
         with lock:
             acked.update(i for i in got if i in ids)
 
-    client.on_connect, client.on_message = on_connect, on_message
+    def on_disconnect(c, userdata, flags, reason_code, properties):
+        lost.set()
+
+    client.on_connect, client.on_message, client.on_disconnect = on_connect, on_message, on_disconnect
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:
@@ -240,9 +243,13 @@ def import_bundle(
         client.subscribe(ack_topic, qos=1)
         time.sleep(0.2)
         infos = [client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=60)
-        published = sum(1 for i in infos if i.is_published())
+        published = _wait_published(infos, lost)
+        if published < len(infos) and lost.is_set():
+            raise BundleError(
+                f"connection to {broker_url} lost after {published} of {len(infos)} messages (network, or a "
+                "message over the broker's size limit: see its log): run the import again; the collector "
+                "stores each message once"
+            )
         deadline = time.monotonic() + wait_acks_s
         while time.monotonic() < deadline:
             with lock:
@@ -255,3 +262,25 @@ def import_bundle(
         client.disconnect()
         client.loop_stop()
     return {"messages": len(messages), "published": published, "acked": n_acked}
+
+
+PUBLISH_STALL_S = 60.0  # the import gives up when no PUBACK has come for this long
+
+
+def _wait_published(infos: list, lost: threading.Event, *, stall_s: float = PUBLISH_STALL_S) -> int:
+    """How many of these publishes the broker PUBACKed, once all are, the connection is lost, or none
+    came for *stall_s* seconds (one bound for the whole bundle, not one per message)."""
+    def done() -> int:  # rc > 0: never queued (no connection); is_published() would raise
+        return sum(1 for i in infos if i.rc <= 0 and i.is_published())
+
+    last, deadline = -1, 0.0
+    while not lost.is_set():
+        n = done()
+        if n == len(infos):
+            return n
+        if n > last:
+            last, deadline = n, time.monotonic() + stall_s
+        elif time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return done()

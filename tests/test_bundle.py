@@ -193,3 +193,26 @@ def test_damaged_message_lines_are_reported_not_crashed_on(tmp_path):
     path.write_bytes(b"\n".join([canonical_json(sign_document(key, manifest)), *lines[1:]]) + b"\n")
     with pytest.raises(BundleError, match="not a tpskit bundle"):
         read_bundle(path)
+
+
+def test_import_stops_at_once_when_the_broker_drops_the_connection(tmp_path, mosquitto_factory):
+    """A broker that drops the importer half way (here: photo chunks over its max_packet_size) must give a
+    clear error at once, not a wait of 60 s for every message left unpublished."""
+    broker = mosquitto_factory(extra_conf="max_packet_size 3000")
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c)  # 5 readings (~700 B), then 3 photo chunks of ~5.5 KB (how many were PUBACKed is a race)
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    started = time.monotonic()
+    with pytest.raises(BundleError, match=r"connection .* lost after \d of 8 .* import again"):
+        import_bundle(path, broker_url=broker.url, wait_acks_s=1)
+    assert time.monotonic() - started < 20
