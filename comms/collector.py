@@ -35,7 +35,7 @@ from comms.collector_store import (  # noqa: F401 (re-exported)
     open_store,
     precheck,
 )
-from comms.signing import KitEntry, coerce_signing_key, load_registry
+from comms.signing import KitEntry, coerce_signing_key, load_registry, registry_stamp
 
 log = logging.getLogger("tpskit.comms.collector")
 
@@ -94,10 +94,11 @@ class Collector:
         # a PostgreSQL URL stays a string (Path() would fold its '//'); a file path becomes a Path
         self.db_path = db_path if is_postgres(db_path) else Path(db_path)
         self._registry_path = None if isinstance(registry, dict) else Path(registry)
+        # stamped before reading: a change while it is read is seen at the next look
+        self._registry_stamp = registry_stamp(self._registry_path) if self._registry_path else ()
         self._registry: dict[str, KitEntry] = (
             registry if isinstance(registry, dict) else load_registry(registry)
         )
-        self._registry_mtime = self._registry_path.stat().st_mtime if self._registry_path else 0.0
         self._last_reload = time.monotonic()
         self._q: queue.SimpleQueue = queue.SimpleQueue()  # C implementation: cheaper put/get per message
         self._stop = threading.Event()
@@ -198,10 +199,10 @@ class Collector:
         if self._registry_path is None:
             return
         try:
-            mtime = self._registry_path.stat().st_mtime
-            if mtime != self._registry_mtime:
+            stamp = registry_stamp(self._registry_path)
+            if stamp != self._registry_stamp:
                 self._registry = load_registry(self._registry_path)
-                self._registry_mtime = mtime
+                self._registry_stamp = stamp
                 log.info("kit registry reloaded: %d kits", len(self._registry))
         except Exception as exc:  # noqa: BLE001 - keep the last good registry
             log.error("kit registry not reloaded: %s", exc)

@@ -201,14 +201,28 @@ class KitEntry:
     tps: int | None = None
 
 
+def _registry_files(folder: Path) -> list[Path]:
+    """The registry files of a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)."""
+    return [f for f in sorted(folder.iterdir()) if f.suffix.lower() in (".csv", ".json") and f.is_file()]
+
+
+def registry_stamp(path: Path | str) -> tuple:
+    """What changes whenever the registry's content may have: (name, inode, mtime, size) of the file, or of
+    every registry file of a folder (a file copied over another in place leaves the folder's mtime as is)."""
+    path = Path(path)
+    if not path.exists():
+        return ()  # load_registry says what to do
+    files = _registry_files(path) if path.is_dir() else [path]
+    return tuple((f.name, st.st_ino, st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),))
+
+
 def load_registry(path: Path | str) -> dict[str, KitEntry]:
     """Read a JSON (or CSV) registry of kit public keys; raise KeyFileError naming the bad entry."""
     path = Path(path)
-    if path.is_dir():  # a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)
+    if path.is_dir():
         merged: dict[str, KitEntry] = {}
-        for f in sorted(path.iterdir()):
-            if f.suffix.lower() in (".csv", ".json") and f.is_file():
-                merged.update(load_registry(f))
+        for f in _registry_files(path):
+            merged.update(load_registry(f))
         return merged
     if not path.exists():
         raise KeyFileError(

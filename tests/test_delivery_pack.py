@@ -17,7 +17,7 @@ import pytest
 
 from comms import payloads, topics
 from comms.collector import Collector, CollectorStore
-from comms.signing import generate_key, registry_add
+from comms.signing import generate_key, public_key_b64, registry_add
 from tests.delivery_helpers import KW, TPS, make_courier, start_collector
 from tests.delivery_helpers import signed_reading as _reading
 from tests.delivery_helpers import wait_for as _wait
@@ -272,6 +272,33 @@ def test_batches_the_database_refused_do_not_stall_the_collector(tmp_path, mosqu
         conn.close()
         spy.publish(topic, _reading(key, 81, "c081"))
         assert _wait(lambda: ("c081",) in _rows(db, "SELECT capture_id FROM readings"), 15)
+    finally:
+        spy.close()
+        collector.stop()
+
+
+def test_a_kit_file_copied_over_in_a_registry_folder_is_reloaded(tmp_path, mosquitto):
+    """A re-provisioned kit (new key) whose <kit_id>.csv is copied over the old one in the registry folder
+    is recognised without a restart: cp rewrites the file in place, so the folder's mtime does not change."""
+    old, new = generate_key(), generate_key()
+    kits = tmp_path / "kits"
+    kits.mkdir()
+    row = "kit_id,public_key,kode_wilayah,tps\nkit-1,{}," + f"{KW},{TPS}\n"
+    (kits / "kit-1.csv").write_text(row.format(public_key_b64(old)))
+    collector = Collector(
+        broker_url=mosquitto.url, db_path=tmp_path / "collector.db", registry=kits, client_id="collector-dir"
+    ).start()
+    assert collector.connected.wait(10)
+    spy = Spy(mosquitto)
+    db = tmp_path / "collector.db"
+    try:
+        with open(kits / "kit-1.csv", "w", encoding="utf-8") as f:  # in place, as cp does
+            f.write(row.format(public_key_b64(new)))
+        time.sleep(1.2)  # the collector looks at the registry at most once a second
+        spy.publish(topics.topic(PREFIX, KW, TPS, "reading"), _reading(new, 1, "c1"))
+        assert _wait(lambda: _rows(db, "SELECT capture_id FROM readings") == [("c1",)], 10), _rows(
+            db, "SELECT reason FROM rejects"
+        )
     finally:
         spy.close()
         collector.stop()
