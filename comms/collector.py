@@ -84,6 +84,10 @@ class Collector:
         self.prefix = topic_prefix.strip("/")
         self.group = group
         self.client_id = client_id or f"tpskit-collector-{int(time.time() * 1000) % 10**9}"
+        # A persistent session is resumed only under the same client id. A generated id is new at every
+        # start: its session would stay in the share group at the broker, taking its share of the
+        # readings, with nobody to receive them. So: persistent only with a client id given (stable).
+        self.persistent = client_id is not None
         self.protocol = protocol
         self.session_expiry_s = session_expiry_s
         self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
@@ -154,7 +158,7 @@ class Collector:
             tls=self._tls,
             manual_ack=True,
             reconnect=True,
-            clean_session=False,
+            clean_session=not self.persistent,
             **self._creds,
         )
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
@@ -163,12 +167,14 @@ class Collector:
         props = None
         if self.protocol == "mqtt5":
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry_s
+            props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
         self._client = client
         self._worker = threading.Thread(target=self._work, name="tpskit-collector", daemon=True)
         self._worker.start()
         if self.protocol == "mqtt5":
-            client.connect_async(self._host, self._port, keepalive=30, clean_start=False, properties=props)
+            client.connect_async(
+                self._host, self._port, keepalive=30, clean_start=not self.persistent, properties=props
+            )
         else:
             client.connect_async(self._host, self._port, keepalive=30)
         client.loop_start()

@@ -302,3 +302,32 @@ def test_a_kit_file_copied_over_in_a_registry_folder_is_reloaded(tmp_path, mosqu
     finally:
         spy.close()
         collector.stop()
+
+
+def test_a_restarted_collector_without_a_client_id_leaves_no_session_behind(tmp_path, mosquitto):
+    """Without --client-id every start has a new client id, so a persistent session is never resumed; left
+    at the broker it stays in the share group (1 day) and mosquitto keeps handing it its share of the
+    readings, which then wait for the kits' resends. Such a collector must not leave a session behind."""
+    key = generate_key()
+    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
+
+    def start() -> Collector:
+        db, kits = tmp_path / "collector.db", tmp_path / "kits.json"
+        c = Collector(broker_url=mosquitto.url, db_path=db, registry=kits).start()
+        assert c.connected.wait(10)
+        return c
+
+    start().stop()  # a restart: systemd, an upgrade
+    collector = start()
+    time.sleep(0.3)  # SUBACK
+    spy = Spy(mosquitto)
+    db = tmp_path / "collector.db"
+    try:
+        for i in range(1, 11):
+            spy.publish(topics.topic(PREFIX, KW, TPS, "reading"), _reading(key, i, f"c{i:02d}"))
+        assert _wait(lambda: len(_rows(db, "SELECT 1 FROM readings")) == 10, 10), _rows(
+            db, "SELECT capture_id FROM readings"
+        )
+    finally:
+        spy.close()
+        collector.stop()
