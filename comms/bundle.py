@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -73,8 +74,14 @@ def export_bundle(
         )
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
-    with Outbox(db_path) as ob:
-        rows = list(ob.unacked())
+    try:
+        with Outbox(db_path) as ob:
+            rows = list(ob.unacked())
+    except sqlite3.Error as exc:
+        raise BundleError(
+            f"kit database {db_path} cannot be read ({exc}): nothing was exported; keep the SD card for a "
+            "technician"
+        ) from None
     lines = [
         canonical_json(
             {"id": r.id, "topic": r.topic, "retain": r.retain, "payload": r.payload.decode("utf-8")}

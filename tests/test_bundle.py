@@ -216,3 +216,20 @@ def test_import_stops_at_once_when_the_broker_drops_the_connection(tmp_path, mos
     with pytest.raises(BundleError, match=r"connection .* lost after \d of 8 .* import again"):
         import_bundle(path, broker_url=broker.url, wait_acks_s=1)
     assert time.monotonic() - started < 20
+
+
+def test_export_from_a_damaged_database_is_explained(tmp_path):
+    """A kit database that is not SQLite any more (a failing SD card) gives a BundleError, not a traceback."""
+    (tmp_path / "usb").mkdir()
+    db = tmp_path / "tpskit.db"
+    db.write_bytes(b"\x00rusak / damaged\x00" * 500)
+    with pytest.raises(BundleError, match="cannot be read"):
+        export_bundle(
+            db_path=db,
+            out_dir=tmp_path / "usb",
+            signing_key=generate_key(),
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+        )
+    assert list((tmp_path / "usb").iterdir()) == []
