@@ -183,11 +183,17 @@ def sign_document(key: SigningKey, doc: dict, *, field: str = "sig") -> dict:
 
 
 def verify_document(key: VerifyKey, doc: dict, *, field: str = "sig") -> bool:
+    """True if *doc* carries a valid signature; False also for a document that has no canonical JSON
+    (NaN, Infinity: read from a received message, never signed by us)."""
     sig = doc.get(field)
     if not isinstance(sig, str):
         return False
     body = {k: v for k, v in doc.items() if k != field}
-    return verify_bytes(key, canonical_json(body), sig)
+    try:
+        data = canonical_json(body)
+    except (TypeError, ValueError):
+        return False
+    return verify_bytes(key, data, sig)
 
 
 # --- registry of kit keys (collector side) ----------------------------------------------------------
