@@ -334,19 +334,20 @@ def test_a_restarted_collector_without_a_client_id_leaves_no_session_behind(tmp_
 
 
 def test_an_envelope_with_nan_is_rejected_alone_not_the_whole_batch(setup):
-    """JSON allows no NaN, but the parser reads it: an envelope of a registered kit with NaN and a bad
-    signature (anyone can write one) made the signature check raise, and the whole batch (the readings of
-    every kit in it) went unchecked. It is a bad_signature reject like any other forgery."""
+    """Canonical JSON has no NaN and UTF-8 no lone surrogate, but the parsers read both: an envelope of a
+    registered kit with one and a bad signature (anyone can write one) made the signature check raise, and
+    the whole batch (the readings of every kit in it) went unchecked. It is a bad_signature reject."""
     key, collector, broker, tmp_path = setup
     spy = Spy(broker)
     try:
-        envs = [_reading(key, i, f"c{i}", value=i) for i in range(1, 4)]
+        envs = [_reading(key, i, f"c{i}", value=i) for i in range(1, 5)]
         envs[1] = envs[1].replace(b'"created_at":2.0', b'"created_at":NaN')
+        envs[2] = envs[2].replace(b'"suara"', b'"\\ud800"')  # a lone surrogate: no UTF-8 either
         spy.publish(topics.topic(PREFIX, KW, TPS, "reading"), payloads.pack(envs))
         db = tmp_path / "collector.db"
         assert _wait(lambda: len(_rows(db, "SELECT 1 FROM readings")) == 2, 10)
     finally:
         spy.close()
     assert _rows(db, "SELECT reason, message_id FROM rejects") == [
-        ("bad_signature", payloads.reading_id("kit-1", "c2"))
+        ("bad_signature", payloads.reading_id("kit-1", f"c{i}")) for i in (2, 3)
     ]
