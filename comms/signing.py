@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -199,6 +200,26 @@ def verify_document(key: VerifyKey, doc: dict, *, field: str = "sig") -> bool:
 # --- registry of kit keys (collector side) ----------------------------------------------------------
 
 
+def _checked_entry(where: str, kit_id: str, kode_wilayah: str | None, tps) -> tuple[str | None, int | None]:
+    """(kode_wilayah, tps) of a registry entry, or KeyFileError: a value no message of the kit could match
+    would have every message of it rejected (unknown_kit, wrong_tps)."""
+    from comms.payloads import KIT_ID_PATTERN, KODE_WILAYAH_PATTERN  # payloads imports this module
+
+    if not re.fullmatch(KIT_ID_PATTERN, kit_id):
+        raise KeyFileError(f"{where}: kit id {kit_id!r} is not 1-64 of A-Z a-z 0-9 . _ -")
+    if kode_wilayah and not re.fullmatch(KODE_WILAYAH_PATTERN, str(kode_wilayah)):
+        raise KeyFileError(f"{where}, kit {kit_id}: kode wilayah {kode_wilayah!r} is not NN.NN.NN.NNNN")
+    if tps in (None, ""):
+        return kode_wilayah or None, None
+    try:
+        number = int(tps)
+    except (TypeError, ValueError):
+        number = 0
+    if not 1 <= number <= 999:
+        raise KeyFileError(f"{where}, kit {kit_id}: TPS {tps!r} is not a number 1..999")
+    return kode_wilayah or None, number
+
+
 @dataclass(frozen=True)
 class KitEntry:
     kit_id: str
@@ -257,10 +278,9 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
             key = load_public_key(row.get("public_key") or "")
         except KeyFileError as exc:
             raise KeyFileError(f"kit registry {path}, kit {kit_id}: {exc}") from None
-        tps = row.get("tps")
-        out[kit_id] = KitEntry(
-            kit_id, key, (row.get("kode_wilayah") or None), int(tps) if tps not in (None, "") else None
-        )
+        where, kw = f"kit registry {path}", row.get("kode_wilayah")
+        kode_wilayah, tps = _checked_entry(where, kit_id, kw, row.get("tps"))
+        out[kit_id] = KitEntry(kit_id, key, kode_wilayah, tps)
     return out
 
 
@@ -274,6 +294,7 @@ def registry_add(
 ) -> None:
     """Add or replace one kit in a JSON registry (created if missing), atomically."""
     path = Path(path)
+    kode_wilayah, tps = _checked_entry(f"kit registry {path}", kit_id, kode_wilayah, tps)
     if isinstance(public_key, SigningKey | VerifyKey):
         key_b64 = public_key_b64(public_key)
     else:
