@@ -531,6 +531,7 @@ class _Session:
         self.work_gen = -1
         self.next_heartbeat = 0.0
         self.next_stale_check = time.monotonic() + courier.ack_timeout_s
+        self.refused_at: float | None = None  # last PUBACK with a failure code (its rows stay queued)
         self.stale_interval = courier.ack_timeout_s
         self.next_purge = time.monotonic() + 3600
         self.started = time.time()
@@ -580,6 +581,7 @@ class _Session:
         if getattr(reason_code, "is_failure", False):
             what = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} packed with it)"
             self.c._set_error(f"broker refused message {what}: {reason_code} (check the kit's ACL)")
+            self.refused_at = time.monotonic()  # sent again after the ack timeout, like rows without an ack
             return
         self.pending_sent.append((time.monotonic(), ids))
 
@@ -823,7 +825,9 @@ class _Session:
             return
         if now >= self.next_stale_check and all(self.exhausted.values()) and not self.inflight:
             self.next_stale_check = now + max(1.0, self.stale_interval / 4)
-            if self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
+            refused = self.refused_at is not None and now - self.refused_at >= c.ack_timeout_s
+            if refused or self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
+                self.refused_at = None
                 log.info("messages without collector ack for %.0f s: resending", c.ack_timeout_s)
                 self._new_pass(only_overdue=True)
                 self.stale_interval = min(self.stale_interval * 2, 3600.0)
