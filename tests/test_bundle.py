@@ -233,3 +233,24 @@ def test_export_from_a_damaged_database_is_explained(tmp_path):
             tps=TPS,
         )
     assert list((tmp_path / "usb").iterdir()) == []
+
+
+def test_import_that_no_collector_confirmed_is_not_a_success(tmp_path, mosquitto, capsys):
+    """Every message reached the broker but no collector stored it (none running, or the kit not in its
+    registry): the import must not end as a success, and must say what to do."""
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c, 2)
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, _n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    assert cli.main(["import", str(path), "--broker", mosquitto.url, "--wait", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "0 of 5" in err and "import again" in err  # 2 readings, 3 photo chunks
