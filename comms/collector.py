@@ -206,12 +206,13 @@ class Collector:
             return
         try:
             stamp = registry_stamp(self._registry_path)
-            if stamp != self._registry_stamp:
-                self._registry = load_registry(self._registry_path)
-                self._registry_stamp = stamp
-                log.info("kit registry reloaded: %d kits", len(self._registry))
+            if stamp == self._registry_stamp:
+                return
+            self._registry_stamp = stamp  # read (and a failure reported) once per change
+            self._registry = load_registry(self._registry_path)
+            log.info("kit registry reloaded: %d kits", len(self._registry))
         except Exception as exc:  # noqa: BLE001 - keep the last good registry
-            log.error("kit registry not reloaded: %s", exc)
+            log.error("kit registry not reloaded (the last good one stays in use): %s", exc)
 
     def _collect(self, *, wait: bool) -> list:
         """The next batch from the queue: up to batch_max envelopes; with *wait*, block for the first

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from comms import payloads, topics
-from comms.collector import CollectorStore, precheck
+from comms.collector import Collector, CollectorStore, precheck
 from comms.signing import KitEntry, canonical_json, generate_key
 from tests.delivery_helpers import EPOCH, KW, TPS
 from tests.delivery_helpers import signed_reading as _reading
@@ -412,3 +412,23 @@ def test_numbers_too_large_for_the_database_are_a_schema_reject(store, kit):
     ]
     assert _stored(store) == (2, 2)
     assert store._x("SELECT taken_at FROM readings WHERE capture_id = 'late'").fetchone()[0] == 2.0**64
+
+
+def test_a_broken_registry_is_reported_once_per_change_and_the_last_good_one_kept(tmp_path, kit, caplog):
+    """The collector looks at its registry every second: a broken one logged an error every second, for as
+    long as it stayed broken. Once per change is enough; the last good registry stays in use."""
+    from comms.signing import registry_add
+
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", kit.verify_key, kode_wilayah=KW, tps=TPS)
+    col = Collector(broker_url="mqtt://127.0.0.1:1", db_path=tmp_path / "c.db", registry=reg)
+    reg.write_text('{"version": 1, "kits": {"kit-2": ')  # an editor saving half a file
+    with caplog.at_level("ERROR", logger="tpskit.comms.collector"):
+        for _ in range(3):
+            col._reload_registry()
+    assert len([r for r in caplog.records if "not reloaded" in r.getMessage()]) == 1
+    assert set(col._registry) == {"kit-1"}
+    registry_add(tmp_path / "fixed.json", "kit-2", kit.verify_key)
+    (tmp_path / "fixed.json").replace(reg)
+    col._reload_registry()
+    assert set(col._registry) == {"kit-2"}
