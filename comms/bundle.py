@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -66,10 +67,21 @@ def export_bundle(
             f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
             "mount point, e.g. /media/usb"
         )
+    if not Path(db_path).is_file():
+        raise BundleError(
+            f"kit database {db_path} not found: give the kit's database (--db, default "
+            "<state_dir>/tpskit.db from the config); nothing was exported"
+        )
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
-    with Outbox(db_path) as ob:
-        rows = list(ob.unacked())
+    try:
+        with Outbox(db_path) as ob:
+            rows = list(ob.unacked())
+    except sqlite3.Error as exc:
+        raise BundleError(
+            f"kit database {db_path} cannot be read ({exc}): nothing was exported; keep the SD card for a "
+            "technician"
+        ) from None
     lines = [
         canonical_json(
             {"id": r.id, "topic": r.topic, "retain": r.retain, "payload": r.payload.decode("utf-8")}
@@ -134,16 +146,23 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
         entries = [json.loads(line) for line in raw_lines[1:] if line.strip()]
     except (IndexError, json.JSONDecodeError, UnicodeDecodeError):
         raise BundleError(f"{path} is not a tpskit bundle (bad JSON lines)") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != "bundle" or manifest.get("v") != 1:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("kind") != "bundle"
+        or manifest.get("v") != 1
+        or not isinstance(manifest.get("public_key"), str)
+        or not isinstance(manifest.get("messages"), list)
+        or not all(isinstance(m, list) and len(m) == 2 for m in manifest["messages"])
+    ):
         raise BundleError(f"{path} is not a tpskit bundle v1")
     key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
     if key is None:
-        key = load_public_key(manifest.get("public_key", ""))
+        key = load_public_key(manifest["public_key"])
     if not verify_document(key, manifest):
         raise BundleError(
             f"{path}: the manifest signature does not verify: the file was altered or comes from another kit"
         )
-    listed = [tuple(m) for m in manifest.get("messages", [])]
+    listed = [tuple(m) for m in manifest["messages"]]
     if len(listed) != len(entries) or manifest.get("count") != len(entries):
         raise BundleError(
             f"{path}: {len(entries)} messages but the manifest lists {len(listed)}: "
@@ -151,10 +170,17 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
         )
     out = []
     for (mid, sha), e in zip(listed, entries, strict=True):
-        payload = str(e.get("payload", "")).encode("utf-8")
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("payload"), str)
+            and isinstance(e.get("topic"), str)
+            and isinstance(e.get("retain", False), bool)
+        ):
+            raise BundleError(f"{path}: message {mid} is damaged (not a bundle line); export it again")
+        payload = e["payload"].encode("utf-8")
         if e.get("id") != mid or hashlib.sha256(payload).hexdigest() != sha:
             raise BundleError(f"{path}: message {mid} is damaged (checksum mismatch); export it again")
-        out.append(BundleMessage(mid, str(e["topic"]), bool(e.get("retain")), payload))
+        out.append(BundleMessage(mid, e["topic"], e.get("retain", False), payload))
     return manifest, out
 
 
@@ -184,7 +210,7 @@ def import_bundle(
     ids = {m.id for m in messages}
     acked: set[str] = set()
     lock = threading.Lock()
-    connected = threading.Event()
+    connected, lost = threading.Event(), threading.Event()
     client = make_mqtt_client(
         client_id=f"tpskit-import-{manifest['kit_id']}-{os.getpid()}",
         protocol=protocol,
@@ -208,7 +234,10 @@ def import_bundle(
         with lock:
             acked.update(i for i in got if i in ids)
 
-    client.on_connect, client.on_message = on_connect, on_message
+    def on_disconnect(c, userdata, flags, reason_code, properties):
+        lost.set()
+
+    client.on_connect, client.on_message, client.on_disconnect = on_connect, on_message, on_disconnect
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:
@@ -221,9 +250,13 @@ def import_bundle(
         client.subscribe(ack_topic, qos=1)
         time.sleep(0.2)
         infos = [client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=60)
-        published = sum(1 for i in infos if i.is_published())
+        published = _wait_published(infos, lost)
+        if published < len(infos) and lost.is_set():
+            raise BundleError(
+                f"connection to {broker_url} lost after {published} of {len(infos)} messages (network, or a "
+                "message over the broker's size limit: see its log): run the import again; the collector "
+                "stores each message once"
+            )
         deadline = time.monotonic() + wait_acks_s
         while time.monotonic() < deadline:
             with lock:
@@ -236,3 +269,25 @@ def import_bundle(
         client.disconnect()
         client.loop_stop()
     return {"messages": len(messages), "published": published, "acked": n_acked}
+
+
+PUBLISH_STALL_S = 60.0  # the import gives up when no PUBACK has come for this long
+
+
+def _wait_published(infos: list, lost: threading.Event, *, stall_s: float = PUBLISH_STALL_S) -> int:
+    """How many of these publishes the broker PUBACKed, once all are, the connection is lost, or none
+    came for *stall_s* seconds (one bound for the whole bundle, not one per message)."""
+    def done() -> int:  # rc > 0: never queued (no connection); is_published() would raise
+        return sum(1 for i in infos if i.rc <= 0 and i.is_published())
+
+    last, deadline = -1, 0.0
+    while not lost.is_set():
+        n = done()
+        if n == len(infos):
+            return n
+        if n > last:
+            last, deadline = n, time.monotonic() + stall_s
+        elif time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return done()

@@ -107,7 +107,15 @@ def _import(args) -> int:
             f"{result['published']}/{result['messages']} pesan terkirim / published, "
             f"{result['acked']} dikonfirmasi collector / acked by the collector"
         )
-    return 0 if result["published"] == result["messages"] else 1
+    if result["acked"] < result["messages"]:
+        print(
+            f"tpskit import: BELUM SELESAI / NOT DONE: {result['acked']} of {result['messages']} messages "
+            "confirmed by the collector (running? the kit in its registry? see its log and rejects); "
+            "run the import again: nothing is stored twice, and the kit keeps its data until it is confirmed",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="collectors",
         help="shared-subscription group; collectors in one group split the load; '' = no sharing",
     )
-    p.add_argument("--client-id", help="MQTT client id (keep it stable: the broker keeps its session)")
+    p.add_argument(
+        "--client-id",
+        help="MQTT client id, stable and one per collector: the broker keeps its session while it restarts "
+        "(without it: a generated id and a clean session)",
+    )
     p.add_argument("--protocol", choices=("mqtt5", "mqtt311"), default="mqtt5")
     p.add_argument(
         "--ack-key",

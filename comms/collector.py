@@ -35,7 +35,7 @@ from comms.collector_store import (  # noqa: F401 (re-exported)
     open_store,
     precheck,
 )
-from comms.signing import KitEntry, coerce_signing_key, load_registry
+from comms.signing import KitEntry, coerce_signing_key, load_registry, registry_stamp
 
 log = logging.getLogger("tpskit.comms.collector")
 
@@ -84,6 +84,10 @@ class Collector:
         self.prefix = topic_prefix.strip("/")
         self.group = group
         self.client_id = client_id or f"tpskit-collector-{int(time.time() * 1000) % 10**9}"
+        # A persistent session is resumed only under the same client id. A generated id is new at every
+        # start: its session would stay in the share group at the broker, taking its share of the
+        # readings, with nobody to receive them. So: persistent only with a client id given (stable).
+        self.persistent = client_id is not None
         self.protocol = protocol
         self.session_expiry_s = session_expiry_s
         self.batch_max, self.batch_wait_s = batch_max, batch_wait_s
@@ -94,10 +98,11 @@ class Collector:
         # a PostgreSQL URL stays a string (Path() would fold its '//'); a file path becomes a Path
         self.db_path = db_path if is_postgres(db_path) else Path(db_path)
         self._registry_path = None if isinstance(registry, dict) else Path(registry)
+        # stamped before reading: a change while it is read is seen at the next look
+        self._registry_stamp = registry_stamp(self._registry_path) if self._registry_path else ()
         self._registry: dict[str, KitEntry] = (
             registry if isinstance(registry, dict) else load_registry(registry)
         )
-        self._registry_mtime = self._registry_path.stat().st_mtime if self._registry_path else 0.0
         self._last_reload = time.monotonic()
         self._q: queue.SimpleQueue = queue.SimpleQueue()  # C implementation: cheaper put/get per message
         self._stop = threading.Event()
@@ -153,7 +158,7 @@ class Collector:
             tls=self._tls,
             manual_ack=True,
             reconnect=True,
-            clean_session=False,
+            clean_session=not self.persistent,
             **self._creds,
         )
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
@@ -162,12 +167,14 @@ class Collector:
         props = None
         if self.protocol == "mqtt5":
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.session_expiry_s
+            props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
         self._client = client
         self._worker = threading.Thread(target=self._work, name="tpskit-collector", daemon=True)
         self._worker.start()
         if self.protocol == "mqtt5":
-            client.connect_async(self._host, self._port, keepalive=30, clean_start=False, properties=props)
+            client.connect_async(
+                self._host, self._port, keepalive=30, clean_start=not self.persistent, properties=props
+            )
         else:
             client.connect_async(self._host, self._port, keepalive=30)
         client.loop_start()
@@ -198,13 +205,14 @@ class Collector:
         if self._registry_path is None:
             return
         try:
-            mtime = self._registry_path.stat().st_mtime
-            if mtime != self._registry_mtime:
-                self._registry = load_registry(self._registry_path)
-                self._registry_mtime = mtime
-                log.info("kit registry reloaded: %d kits", len(self._registry))
+            stamp = registry_stamp(self._registry_path)
+            if stamp == self._registry_stamp:
+                return
+            self._registry_stamp = stamp  # read (and a failure reported) once per change
+            self._registry = load_registry(self._registry_path)
+            log.info("kit registry reloaded: %d kits", len(self._registry))
         except Exception as exc:  # noqa: BLE001 - keep the last good registry
-            log.error("kit registry not reloaded: %s", exc)
+            log.error("kit registry not reloaded (the last good one stays in use): %s", exc)
 
     def _collect(self, *, wait: bool) -> list:
         """The next batch from the queue: up to batch_max envelopes; with *wait*, block for the first
@@ -246,6 +254,7 @@ class Collector:
                         checked.extend(pooled.result())
                 except Exception:  # noqa: BLE001 - a bug in a check must not stop the collector
                     log.exception("batch of %d messages not checked; the kits will resend", len(batch))
+                    self._puback(batch)
                     current = None
                     continue
                 nxt = self._collect(wait=False)
@@ -317,6 +326,17 @@ class Collector:
                 out.append(precheck(prefix, topic, payload, registry))
         return out
 
+    def _puback(self, batch: list) -> None:
+        """PUBACK the MQTT messages of a batch (those of the current connection).
+
+        Also after a batch that was not checked or not stored: nothing of it was acked end to end, so the
+        kits resend it; left without PUBACK its messages would hold the broker's in-flight window for this
+        collector (mosquitto max_inflight_messages) until the broker stops delivering to it at all.
+        """
+        for _t, _p, mid, qos, gen in batch:
+            if qos > 0 and gen == self._conn_gen:
+                self._client.ack(mid, qos)
+
     def _process_batch(self, store: CollectorStore, batch: list, checked: list[Checked]) -> None:
         """Store the checked envelopes of a batch in one transaction, PUBACK after commit, then ack."""
         now = time.time()
@@ -330,6 +350,7 @@ class Collector:
                 store.rollback()
             except Exception as exc:  # noqa: BLE001 - e.g. BEGIN itself failed: nothing to undo
                 log.debug("rollback after a failed batch: %s", exc)
+            self._puback(batch)
             return
         client = self._client
         acks: dict[tuple[str, int], list[str]] = defaultdict(list)
@@ -338,9 +359,7 @@ class Collector:
                 self.stats[out.status] += 1
                 if out.ack:
                     acks[(out.kode_wilayah, out.tps)].append(out.msg_id)
-        for _t, _p, mid, qos, gen in batch:
-            if qos > 0 and gen == self._conn_gen:
-                client.ack(mid, qos)
+        self._puback(batch)
         for (kw, tps), ids in acks.items():
             for i in range(0, len(ids), ACK_MAX_IDS):
                 client.publish(

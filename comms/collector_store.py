@@ -302,7 +302,7 @@ def _reading_row(env, body: dict, photo: dict, now: float) -> tuple:
         body["capture_id"],
         body.get("halaman"),
         env.seq,
-        body["taken_at"],
+        float(body["taken_at"]),  # validated as a float, but the raw JSON may hold an int (2**64)
         body["time_source"],
         _READING_JSON(body["reading"]),
         photo.get("sha256"),

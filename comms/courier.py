@@ -162,6 +162,8 @@ class Courier:
         self.prefix = topic_prefix.strip("/")
         self.keepalive_s = int(keepalive_s)
         self.heartbeat_s = float(heartbeat_s)
+        if not 1 <= int(chunk_bytes) <= payloads.MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes {chunk_bytes}: use 1 .. {payloads.MAX_CHUNK_BYTES}")
         self.chunk_bytes = int(chunk_bytes)
         self.ack_timeout_s = float(ack_timeout_s)
         self.max_inflight = int(max_inflight)
@@ -236,7 +238,9 @@ class Courier:
         return topics.topic(self.prefix, self.kode_wilayah, self.tps, kind)
 
     def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
-        return payloads.build(
+        """Sign an envelope. A queued one (with a seq) larger than the collector takes raises ValueError:
+        it would be refused (too_large), never acked, and resent for ever."""
+        payload = payloads.build(
             self._key,
             kind=kind,
             msg_id=msg_id,
@@ -248,6 +252,12 @@ class Courier:
             body=body,
             epoch=self._epoch if seq is not None else None,
         )
+        if seq is not None and len(payload) > payloads.MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"{kind} message {msg_id} is {len(payload)} bytes, too large for the collector "
+                f"(at most {payloads.MAX_MESSAGE_BYTES}): nothing queued; keep the reading compact"
+            )
+        return payload
 
     # --- API used by the firmware ----------------------------------------------------------------------
 
@@ -521,6 +531,7 @@ class _Session:
         self.work_gen = -1
         self.next_heartbeat = 0.0
         self.next_stale_check = time.monotonic() + courier.ack_timeout_s
+        self.refused_at: float | None = None  # last PUBACK with a failure code (its rows stay queued)
         self.stale_interval = courier.ack_timeout_s
         self.next_purge = time.monotonic() + 3600
         self.started = time.time()
@@ -570,6 +581,7 @@ class _Session:
         if getattr(reason_code, "is_failure", False):
             what = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} packed with it)"
             self.c._set_error(f"broker refused message {what}: {reason_code} (check the kit's ACL)")
+            self.refused_at = time.monotonic()  # sent again after the ack timeout, like rows without an ack
             return
         self.pending_sent.append((time.monotonic(), ids))
 
@@ -813,7 +825,9 @@ class _Session:
             return
         if now >= self.next_stale_check and all(self.exhausted.values()) and not self.inflight:
             self.next_stale_check = now + max(1.0, self.stale_interval / 4)
-            if self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
+            refused = self.refused_at is not None and now - self.refused_at >= c.ack_timeout_s
+            if refused or self.outbox.has_stale_sent(older_than=time.time() - c.ack_timeout_s):
+                self.refused_at = None
                 log.info("messages without collector ack for %.0f s: resending", c.ack_timeout_s)
                 self._new_pass(only_overdue=True)
                 self.stale_interval = min(self.stale_interval * 2, 3600.0)

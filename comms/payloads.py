@@ -35,12 +35,15 @@ from comms.signing import canonical_json, sign_document, verify_bytes, verify_do
 SCHEMA_VERSION = 1
 READING_MAX_BYTES = 2048  # numbers of one page on the wire (target)
 MAX_MESSAGE_BYTES = 512 * 1024  # anything larger is refused by the collector
+MAX_CHUNK_BYTES = (MAX_MESSAGE_BYTES - 8192) * 3 // 4  # raw photo bytes per chunk: base64 + envelope fit
 KIT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
 QUEUED_KINDS = ("reading", "photo", "readiness")
 PACK_VERSION = 1  # version of the pack framing (the envelopes inside stay schema v1)
 PACK_MAX_BYTES = 1024 * 1024  # a larger pack is refused whole by the collector
 PACK_MAX_COUNT = 1000  # envelopes per pack, at most
+INT_MAX = 2**31 - 1  # the collector's INTEGER columns (PostgreSQL: 4 bytes): seq, sizes, chunk numbers
+BIGINT_MAX = 2**63 - 1  # its BIGINT column: epoch
 _PACK_HEAD = b'{"count":'
 _PACK_TAIL = b',"kind":"pack","v":%d}' % PACK_VERSION  # the header is _PACK_HEAD, the count, _PACK_TAIL
 
@@ -62,9 +65,9 @@ class PhotoMeta(_Model):
     """The photo that follows a reading in chunks."""
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the whole JPEG.")
-    bytes: int = Field(ge=1, description="JPEG size.")
-    chunks: int = Field(ge=1, description="Number of photo messages.")
-    chunk_bytes: int = Field(ge=1, description="Raw bytes per chunk (the last may be shorter).")
+    bytes: int = Field(ge=1, le=INT_MAX, description="JPEG size.")
+    chunks: int = Field(ge=1, le=INT_MAX, description="Number of photo messages.")
+    chunk_bytes: int = Field(ge=1, le=INT_MAX, description="Raw bytes per chunk (the last may be shorter).")
     content_type: Literal["image/jpeg"] = "image/jpeg"
 
 
@@ -86,8 +89,8 @@ class PhotoChunkBody(_Model):
 
     capture_id: str = Field(min_length=1, max_length=128)
     halaman: int | None = Field(None, ge=1, le=99)
-    index: int = Field(ge=0)
-    count: int = Field(ge=1)
+    index: int = Field(ge=0, le=INT_MAX)
+    count: int = Field(ge=1, le=INT_MAX)
     photo_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     chunk_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     data: str = Field(description="Base64 of the chunk bytes.")
@@ -105,8 +108,10 @@ class Envelope(_Model):
     kit_id: str = Field(pattern=KIT_ID_PATTERN)
     kode_wilayah: str = Field(pattern=KODE_WILAYAH_PATTERN)
     tps: int = Field(ge=1, le=999)
-    seq: int | None = Field(None, ge=1, description="Per-kit sequence number of queued messages.")
-    epoch: int | None = Field(None, ge=0, description="Identifies the kit's sequence (outbox creation, ms).")
+    seq: int | None = Field(None, ge=1, le=INT_MAX, description="Per-kit sequence number of queued messages.")
+    epoch: int | None = Field(
+        None, ge=0, le=BIGINT_MAX, description="Identifies the kit's sequence (outbox creation, ms)."
+    )
     created_at: float
     body: dict[str, Any]
     sig: str = Field(min_length=80, max_length=100, description="Base64 Ed25519 signature.")

@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -183,14 +184,40 @@ def sign_document(key: SigningKey, doc: dict, *, field: str = "sig") -> dict:
 
 
 def verify_document(key: VerifyKey, doc: dict, *, field: str = "sig") -> bool:
+    """True if *doc* carries a valid signature; False also for a document that has no canonical JSON
+    (NaN, Infinity: read from a received message, never signed by us)."""
     sig = doc.get(field)
     if not isinstance(sig, str):
         return False
     body = {k: v for k, v in doc.items() if k != field}
-    return verify_bytes(key, canonical_json(body), sig)
+    try:
+        data = canonical_json(body)
+    except (TypeError, ValueError):
+        return False
+    return verify_bytes(key, data, sig)
 
 
 # --- registry of kit keys (collector side) ----------------------------------------------------------
+
+
+def _checked_entry(where: str, kit_id: str, kode_wilayah: str | None, tps) -> tuple[str | None, int | None]:
+    """(kode_wilayah, tps) of a registry entry, or KeyFileError: a value no message of the kit could match
+    would have every message of it rejected (unknown_kit, wrong_tps)."""
+    from comms.payloads import KIT_ID_PATTERN, KODE_WILAYAH_PATTERN  # payloads imports this module
+
+    if not re.fullmatch(KIT_ID_PATTERN, kit_id):
+        raise KeyFileError(f"{where}: kit id {kit_id!r} is not 1-64 of A-Z a-z 0-9 . _ -")
+    if kode_wilayah and not re.fullmatch(KODE_WILAYAH_PATTERN, str(kode_wilayah)):
+        raise KeyFileError(f"{where}, kit {kit_id}: kode wilayah {kode_wilayah!r} is not NN.NN.NN.NNNN")
+    if tps in (None, ""):
+        return kode_wilayah or None, None
+    try:
+        number = int(tps)
+    except (TypeError, ValueError):
+        number = 0
+    if not 1 <= number <= 999:
+        raise KeyFileError(f"{where}, kit {kit_id}: TPS {tps!r} is not a number 1..999")
+    return kode_wilayah or None, number
 
 
 @dataclass(frozen=True)
@@ -201,14 +228,28 @@ class KitEntry:
     tps: int | None = None
 
 
+def _registry_files(folder: Path) -> list[Path]:
+    """The registry files of a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)."""
+    return [f for f in sorted(folder.iterdir()) if f.suffix.lower() in (".csv", ".json") and f.is_file()]
+
+
+def registry_stamp(path: Path | str) -> tuple:
+    """What changes whenever the registry's content may have: (name, inode, mtime, size) of the file, or of
+    every registry file of a folder (a file copied over another in place leaves the folder's mtime as is)."""
+    path = Path(path)
+    if not path.exists():
+        return ()  # load_registry says what to do
+    files = _registry_files(path) if path.is_dir() else [path]
+    return tuple((f.name, st.st_ino, st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),))
+
+
 def load_registry(path: Path | str) -> dict[str, KitEntry]:
     """Read a JSON (or CSV) registry of kit public keys; raise KeyFileError naming the bad entry."""
     path = Path(path)
-    if path.is_dir():  # a folder of per-kit files (e.g. the <kit_id>.csv written by tpskit provision)
+    if path.is_dir():
         merged: dict[str, KitEntry] = {}
-        for f in sorted(path.iterdir()):
-            if f.suffix.lower() in (".csv", ".json") and f.is_file():
-                merged.update(load_registry(f))
+        for f in _registry_files(path):
+            merged.update(load_registry(f))
         return merged
     if not path.exists():
         raise KeyFileError(
@@ -237,10 +278,9 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
             key = load_public_key(row.get("public_key") or "")
         except KeyFileError as exc:
             raise KeyFileError(f"kit registry {path}, kit {kit_id}: {exc}") from None
-        tps = row.get("tps")
-        out[kit_id] = KitEntry(
-            kit_id, key, (row.get("kode_wilayah") or None), int(tps) if tps not in (None, "") else None
-        )
+        where, kw = f"kit registry {path}", row.get("kode_wilayah")
+        kode_wilayah, tps = _checked_entry(where, kit_id, kw, row.get("tps"))
+        out[kit_id] = KitEntry(kit_id, key, kode_wilayah, tps)
     return out
 
 
@@ -254,6 +294,7 @@ def registry_add(
 ) -> None:
     """Add or replace one kit in a JSON registry (created if missing), atomically."""
     path = Path(path)
+    kode_wilayah, tps = _checked_entry(f"kit registry {path}", kit_id, kode_wilayah, tps)
     if isinstance(public_key, SigningKey | VerifyKey):
         key_b64 = public_key_b64(public_key)
     else:

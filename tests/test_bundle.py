@@ -12,7 +12,7 @@ import pytest
 from comms.bundle import BundleError, export_bundle, import_bundle, read_bundle
 from comms.collector import Collector
 from comms.courier import Courier
-from comms.signing import generate_key, registry_add, save_private_key
+from comms.signing import canonical_json, generate_key, registry_add, save_private_key, sign_document
 from firmware import cli
 
 KW, TPS = "31.71.01.1001", 7
@@ -143,3 +143,114 @@ def test_cli_export_import_then_kit_acked_by_collector(tmp_path, mosquitto):
     finally:
         c.close()
         collector.stop()
+
+
+def test_export_from_a_missing_database_is_refused(tmp_path):
+    """A wrong --db must not report 'bundle written (0 messages)' (and leave an empty database behind):
+    the KPPS would believe nothing is waiting to be sent."""
+    (tmp_path / "usb").mkdir()
+    missing = tmp_path / "state" / "tpskit.db"
+    with pytest.raises(BundleError, match="not found"):
+        export_bundle(
+            db_path=missing,
+            out_dir=tmp_path / "usb",
+            signing_key=generate_key(),
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+        )
+    assert not missing.exists() and not (tmp_path / "state").exists()
+    assert list((tmp_path / "usb").iterdir()) == []
+
+
+def test_damaged_message_lines_are_reported_not_crashed_on(tmp_path):
+    """A message line that is valid JSON but not a message (a flipped bit in a key) is 'damaged'."""
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c, 2)
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, _n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    lines = path.read_bytes().splitlines()
+    for damaged in (
+        lines[1].replace(b'"topic"', b'"topiC"'),
+        lines[1].replace(b'"payload"', b'"paylOad"'),
+        b"[" + lines[1] + b"]",
+        lines[1].replace(b'"retain":false', b'"retain":"no"'),
+    ):
+        path.write_bytes(b"\n".join([lines[0], damaged, *lines[2:]]) + b"\n")
+        with pytest.raises(BundleError, match="damaged"):
+            read_bundle(path)
+    manifest = json.loads(lines[0])
+    manifest["messages"] = [m[0] for m in manifest["messages"]]  # ids only: signed, but not a v1 manifest
+    path.write_bytes(b"\n".join([canonical_json(sign_document(key, manifest)), *lines[1:]]) + b"\n")
+    with pytest.raises(BundleError, match="not a tpskit bundle"):
+        read_bundle(path)
+
+
+def test_import_stops_at_once_when_the_broker_drops_the_connection(tmp_path, mosquitto_factory):
+    """A broker that drops the importer half way (here: photo chunks over its max_packet_size) must give a
+    clear error at once, not a wait of 60 s for every message left unpublished."""
+    broker = mosquitto_factory(extra_conf="max_packet_size 3000")
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c)  # 5 readings (~700 B), then 3 photo chunks of ~5.5 KB (how many were PUBACKed is a race)
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    started = time.monotonic()
+    with pytest.raises(BundleError, match=r"connection .* lost after \d of 8 .* import again"):
+        import_bundle(path, broker_url=broker.url, wait_acks_s=1)
+    assert time.monotonic() - started < 20
+
+
+def test_export_from_a_damaged_database_is_explained(tmp_path):
+    """A kit database that is not SQLite any more (a failing SD card) gives a BundleError, not a traceback."""
+    (tmp_path / "usb").mkdir()
+    db = tmp_path / "tpskit.db"
+    db.write_bytes(b"\x00rusak / damaged\x00" * 500)
+    with pytest.raises(BundleError, match="cannot be read"):
+        export_bundle(
+            db_path=db,
+            out_dir=tmp_path / "usb",
+            signing_key=generate_key(),
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+        )
+    assert list((tmp_path / "usb").iterdir()) == []
+
+
+def test_import_that_no_collector_confirmed_is_not_a_success(tmp_path, mosquitto, capsys):
+    """Every message reached the broker but no collector stored it (none running, or the kit not in its
+    registry): the import must not end as a success, and must say what to do."""
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c, 2)
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, _n = export_bundle(
+        db_path=tmp_path / "tpskit.db",
+        out_dir=tmp_path / "usb",
+        signing_key=key,
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+    )
+    assert cli.main(["import", str(path), "--broker", mosquitto.url, "--wait", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "0 of 5" in err and "import again" in err  # 2 readings, 3 photo chunks

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from comms import payloads, topics
-from comms.collector import CollectorStore
+from comms.collector import Collector, CollectorStore, precheck
 from comms.signing import KitEntry, canonical_json, generate_key
 from tests.delivery_helpers import EPOCH, KW, TPS
 from tests.delivery_helpers import signed_reading as _reading
@@ -349,3 +349,86 @@ def test_collector_options_out_of_range_refused(tmp_path, kit, bad):
 
     with pytest.raises(ValueError, match="out of range"):
         Collector(broker_url="mqtt://127.0.0.1:1", db_path=tmp_path / "c.db", registry=_registry(kit), **bad)
+
+
+def test_numbers_too_large_for_the_database_are_a_schema_reject(store, kit):
+    """A signed message (a stolen kit's key) with a number no database column holds made the insert raise and
+    the whole batch, every kit's readings in it, fail each time it came. It is a schema reject alone."""
+
+    def build(*, seq=5, epoch=EPOCH, kind="reading", body=None):
+        body = body or {
+            "capture_id": "big",
+            "halaman": 1,
+            "taken_at": 1.0,
+            "time_source": "rtc",
+            "reading": {},
+            "photo": None,
+        }
+        return payloads.build(
+            kit,
+            kind=kind,
+            msg_id=f"kit-1:big:{kind}",
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+            seq=seq,
+            created_at=1.0,
+            body=body,
+            epoch=epoch,
+        )
+
+    photo = {"sha256": "0" * 64, "bytes": 2**63, "chunks": 1, "chunk_bytes": 1}
+    chunk = {
+        "capture_id": "big",
+        "halaman": 1,
+        "index": 2**31,
+        "count": 2**31 + 1,
+        "photo_sha256": "0" * 64,
+        "chunk_sha256": "0" * 64,
+        "data": "",
+    }
+    bad = [
+        build(seq=2**31),
+        build(epoch=2**63),
+        build(
+            body={"capture_id": "big", "taken_at": 1.0, "time_source": "rtc", "reading": {}, "photo": photo}
+        ),
+        build(kind="photo", body=chunk),
+    ]
+    store.begin()
+    out = store.store_many(
+        [precheck(PREFIX, topics.topic(PREFIX, KW, TPS, "reading"), _reading(kit), _registry(kit))]
+        + [
+            precheck(PREFIX, topics.topic(PREFIX, KW, TPS, json.loads(m)["kind"]), m, _registry(kit))
+            for m in bad
+        ]
+    )
+    # a time is a float: one written as a whole number too large for an integer column is stored as such
+    late = {"capture_id": "late", "taken_at": 2**64, "time_source": "rtc", "reading": {}, "photo": None}
+    out += store.store_many([precheck(PREFIX, T_READING, build(seq=6, body=late), _registry(kit))])
+    store.commit()
+    assert [(o.status, o.reason) for o in out] == [("stored", "")] + [("rejected", "schema")] * 4 + [
+        ("stored", "")
+    ]
+    assert _stored(store) == (2, 2)
+    assert store._x("SELECT taken_at FROM readings WHERE capture_id = 'late'").fetchone()[0] == 2.0**64
+
+
+def test_a_broken_registry_is_reported_once_per_change_and_the_last_good_one_kept(tmp_path, kit, caplog):
+    """The collector looks at its registry every second: a broken one logged an error every second, for as
+    long as it stayed broken. Once per change is enough; the last good registry stays in use."""
+    from comms.signing import registry_add
+
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", kit.verify_key, kode_wilayah=KW, tps=TPS)
+    col = Collector(broker_url="mqtt://127.0.0.1:1", db_path=tmp_path / "c.db", registry=reg)
+    reg.write_text('{"version": 1, "kits": {"kit-2": ')  # an editor saving half a file
+    with caplog.at_level("ERROR", logger="tpskit.comms.collector"):
+        for _ in range(3):
+            col._reload_registry()
+    assert len([r for r in caplog.records if "not reloaded" in r.getMessage()]) == 1
+    assert set(col._registry) == {"kit-1"}
+    registry_add(tmp_path / "fixed.json", "kit-2", kit.verify_key)
+    (tmp_path / "fixed.json").replace(reg)
+    col._reload_registry()
+    assert set(col._registry) == {"kit-2"}

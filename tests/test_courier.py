@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -273,3 +274,82 @@ def test_pack_overhead_is_what_pack_adds():
     for n in (1, 9, 10, 100, payloads.PACK_MAX_COUNT):
         envelopes = [b'{"x":1}'] * n
         assert len(payloads.pack(envelopes)) - sum(map(len, envelopes)) == payloads.pack_overhead(n)
+
+
+def test_a_message_the_collector_would_refuse_as_too_large_is_not_queued(courier):
+    """The collector refuses any message over MAX_MESSAGE_BYTES (too_large) and never acks it: queued, it
+    would be resent for ever and hold its outbox space. Refused at submit, nothing queued."""
+    from comms.collector_store import precheck
+
+    huge = {"catatan": "x" * payloads.MAX_MESSAGE_BYTES}
+    payload = payloads.build(
+        generate_key(),
+        kind="reading",
+        msg_id="kit-1:big:reading",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        seq=9,
+        created_at=1.0,
+        body=payloads.reading_body(
+            capture_id="big",
+            halaman=1,
+            reading=huge,
+            taken_at=1.0,
+            time_source="rtc",
+            photo=None,
+            chunk_bytes=1000,
+        ),
+    )
+    assert precheck("tpskit/v1", f"tpskit/v1/{KW}/{TPS}/reading", payload, {}).reject[0] == "too_large"
+    with pytest.raises(ValueError, match="too large"):
+        courier.submit_reading(
+            capture_id="big", halaman=1, reading=huge, photo_jpeg=None, taken_at=1.0, time_source="rtc"
+        )
+    with pytest.raises(ValueError, match="too large"):
+        courier.publish_retained("readiness", huge)
+    assert courier.status()["queued"] == 5 and not courier.has_capture("big")
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        Courier(
+            db_path=courier.db_path,
+            kit_id="kit-1",
+            kode_wilayah=KW,
+            tps=TPS,
+            signing_key=generate_key(),
+            chunk_bytes=payloads.MAX_MESSAGE_BYTES,
+        )
+
+
+def test_refused_rows_are_sent_again_later_in_the_same_session(tmp_path):
+    """A PUBACK with a failure code (the broker's ACL refused, then the operator fixed it) leaves the rows
+    queued. They were sent again only after a reconnect or a long press: a connected kit kept its last
+    pages queued for good. Like rows without an ack, they go again after the ack timeout."""
+    c = Courier(
+        db_path=tmp_path / "tpskit.db",
+        kit_id="kit-1",
+        kode_wilayah=KW,
+        tps=TPS,
+        signing_key=generate_key(),
+        broker_url="mqtt://127.0.0.1:1",
+        ack_timeout_s=0.3,
+        heartbeat_s=0,
+    )
+    try:
+        for i in range(3):
+            c.submit_reading(
+                capture_id=f"c{i}", halaman=1, reading={}, photo_jpeg=None, taken_at=1.0, time_source="rtc"
+            )
+        s = _Session(c, c._outbox)
+        s.e2e_ok = True
+        client = FakeClient(s, early=True, reason=0x87)  # not authorized (ACL)
+        s._pump(client)
+        client.reason = 0  # the ACL is fixed
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(client.published) < 2 * (1 if c.pack_max_bytes else 3):
+            s._pump(client)
+            s._housekeeping(client)
+            time.sleep(0.05)
+        s._flush(force=True)
+        assert c.status()["sent"] == 3 and c.status()["queued"] == 0
+    finally:
+        c.close()

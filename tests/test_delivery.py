@@ -271,3 +271,28 @@ def test_link_thread_outlives_an_outbox_it_cannot_open(setup, monkeypatch):
     finally:
         courier.close()
     assert _readings(tmp_path) == ["c0000"]
+
+
+def test_a_forged_ack_with_nan_is_ignored_not_a_crash(tmp_path, mosquitto):
+    """A kit that checks ack signatures ignores a forged ack; one carrying NaN made the check raise and
+    ended the MQTT session (reconnect), each time one came."""
+    import paho.mqtt.client as mqtt
+
+    key = generate_key()
+    courier = _courier(key, mosquitto, tmp_path, collector_keys=[public_key_b64(generate_key())]).start()
+    forger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    try:
+        assert _wait(lambda: courier.status()["connected"], 10)
+        connected_at = courier.status()["connected_at"]
+        forger.connect(mosquitto.host, mosquitto.port)
+        forger.loop_start()
+        sig = b'","sig":"' + b"A" * 88
+        forged = b'{"at":NaN,"collector":"x","ids":["kit-1:c1:reading"],"kind":"ack' + sig + b'","v":1}'
+        forger.publish(f"tpskit/v1/{KW}/{TPS}/ack", forged, qos=1).wait_for_publish(5)
+        assert _wait(lambda: "ignored ack" in (courier.status()["last_error"] or ""), 10), courier.status()
+        time.sleep(0.5)
+        assert courier.status()["connected"] and courier.status()["connected_at"] == connected_at
+    finally:
+        forger.loop_stop()
+        forger.disconnect()
+        courier.close()

@@ -17,7 +17,7 @@ import pytest
 
 from comms import payloads, topics
 from comms.collector import Collector, CollectorStore
-from comms.signing import generate_key, registry_add
+from comms.signing import generate_key, public_key_b64, registry_add
 from tests.delivery_helpers import KW, TPS, make_courier, start_collector
 from tests.delivery_helpers import signed_reading as _reading
 from tests.delivery_helpers import wait_for as _wait
@@ -236,4 +236,118 @@ def test_packs_checked_inline_or_by_a_pool(tmp_path, mosquitto, verify_threads):
     assert got == [f"c{i:03d}" for i in range(1, 61) if i != 38]
     assert _rows(db, "SELECT reason, message_id FROM rejects") == [
         ("bad_signature", payloads.reading_id("kit-1", "c038"))
+    ]
+
+
+def test_batches_the_database_refused_do_not_stall_the_collector(tmp_path, mosquitto_factory, caplog):
+    """mosquitto hands a subscriber at most max_inflight_messages (64 in comms/mosquitto/mosquitto.conf)
+    QoS 1 messages it has not PUBACKed. Batches the database refused (disk full) must not hold that window
+    for ever: once the database works again the collector stores what comes, and the kits resend the rest
+    (nothing of a refused batch was stored or acked end to end)."""
+    broker = mosquitto_factory(extra_conf="max_inflight_messages 64")
+    key = generate_key()
+    collector = start_collector(key, broker, tmp_path, client_id="collector-full")
+    db = tmp_path / "collector.db"
+    assert _wait(lambda: db.exists() and _rows(db, "SELECT 1 FROM sqlite_master WHERE name = 'messages'"), 10)
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TRIGGER disk_full BEFORE INSERT ON messages "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    conn.close()
+
+    def refused() -> int:
+        records = caplog.records
+        return sum(r.args[0] for r in records if r.getMessage().endswith("not stored; the kits will resend"))
+
+    spy = Spy(broker)
+    topic = topics.topic(PREFIX, KW, TPS, "reading")
+    try:
+        with caplog.at_level("ERROR", logger="tpskit.comms.collector"):
+            for i in range(1, 81):
+                spy.client.publish(topic, _reading(key, i, f"c{i:03d}"), qos=1)
+            assert _wait(lambda: refused() >= 64, 20)
+        conn = sqlite3.connect(db)
+        conn.execute("DROP TRIGGER disk_full")
+        conn.close()
+        spy.publish(topic, _reading(key, 81, "c081"))
+        assert _wait(lambda: ("c081",) in _rows(db, "SELECT capture_id FROM readings"), 15)
+    finally:
+        spy.close()
+        collector.stop()
+
+
+def test_a_kit_file_copied_over_in_a_registry_folder_is_reloaded(tmp_path, mosquitto):
+    """A re-provisioned kit (new key) whose <kit_id>.csv is copied over the old one in the registry folder
+    is recognised without a restart: cp rewrites the file in place, so the folder's mtime does not change."""
+    old, new = generate_key(), generate_key()
+    kits = tmp_path / "kits"
+    kits.mkdir()
+    row = "kit_id,public_key,kode_wilayah,tps\nkit-1,{}," + f"{KW},{TPS}\n"
+    (kits / "kit-1.csv").write_text(row.format(public_key_b64(old)))
+    collector = Collector(
+        broker_url=mosquitto.url, db_path=tmp_path / "collector.db", registry=kits, client_id="collector-dir"
+    ).start()
+    assert collector.connected.wait(10)
+    spy = Spy(mosquitto)
+    db = tmp_path / "collector.db"
+    try:
+        with open(kits / "kit-1.csv", "w", encoding="utf-8") as f:  # in place, as cp does
+            f.write(row.format(public_key_b64(new)))
+        time.sleep(1.2)  # the collector looks at the registry at most once a second
+        spy.publish(topics.topic(PREFIX, KW, TPS, "reading"), _reading(new, 1, "c1"))
+        assert _wait(lambda: _rows(db, "SELECT capture_id FROM readings") == [("c1",)], 10), _rows(
+            db, "SELECT reason FROM rejects"
+        )
+    finally:
+        spy.close()
+        collector.stop()
+
+
+def test_a_restarted_collector_without_a_client_id_leaves_no_session_behind(tmp_path, mosquitto):
+    """Without --client-id every start has a new client id, so a persistent session is never resumed; left
+    at the broker it stays in the share group (1 day) and mosquitto keeps handing it its share of the
+    readings, which then wait for the kits' resends. Such a collector must not leave a session behind."""
+    key = generate_key()
+    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
+
+    def start() -> Collector:
+        db, kits = tmp_path / "collector.db", tmp_path / "kits.json"
+        c = Collector(broker_url=mosquitto.url, db_path=db, registry=kits).start()
+        assert c.connected.wait(10)
+        return c
+
+    start().stop()  # a restart: systemd, an upgrade
+    collector = start()
+    time.sleep(0.3)  # SUBACK
+    spy = Spy(mosquitto)
+    db = tmp_path / "collector.db"
+    try:
+        for i in range(1, 11):
+            spy.publish(topics.topic(PREFIX, KW, TPS, "reading"), _reading(key, i, f"c{i:02d}"))
+        assert _wait(lambda: len(_rows(db, "SELECT 1 FROM readings")) == 10, 10), _rows(
+            db, "SELECT capture_id FROM readings"
+        )
+    finally:
+        spy.close()
+        collector.stop()
+
+
+def test_an_envelope_with_nan_is_rejected_alone_not_the_whole_batch(setup):
+    """Canonical JSON has no NaN and UTF-8 no lone surrogate, but the parsers read both: an envelope of a
+    registered kit with one and a bad signature (anyone can write one) made the signature check raise, and
+    the whole batch (the readings of every kit in it) went unchecked. It is a bad_signature reject."""
+    key, collector, broker, tmp_path = setup
+    spy = Spy(broker)
+    try:
+        envs = [_reading(key, i, f"c{i}", value=i) for i in range(1, 5)]
+        envs[1] = envs[1].replace(b'"created_at":2.0', b'"created_at":NaN')
+        envs[2] = envs[2].replace(b'"suara"', b'"\\ud800"')  # a lone surrogate: no UTF-8 either
+        spy.publish(topics.topic(PREFIX, KW, TPS, "reading"), payloads.pack(envs))
+        db = tmp_path / "collector.db"
+        assert _wait(lambda: len(_rows(db, "SELECT 1 FROM readings")) == 2, 10)
+    finally:
+        spy.close()
+    assert _rows(db, "SELECT reason, message_id FROM rejects") == [
+        ("bad_signature", payloads.reading_id("kit-1", f"c{i}")) for i in (2, 3)
     ]

@@ -53,3 +53,34 @@ def test_registry_json_and_csv(tmp_path):
     csv_path = tmp_path / "kits.csv"
     csv_path.write_text(f"kit_id,public_key,kode_wilayah,tps\nkit-3,{signing.public_key_b64(k1)},,\n")
     assert signing.load_registry(csv_path)["kit-3"].tps is None
+
+
+@pytest.mark.parametrize(
+    "kit_id, kw, tps, what",
+    [
+        ("kit-7", "3171011001", 7, "kode wilayah"),  # the dots left out: every message would be wrong_tps
+        ("kit-7", "31.71.01.1001", 0, "TPS"),
+        ("kit-7", "31.71.01.1001", 1000, "TPS"),
+        ("kit 7", "31.71.01.1001", 7, "kit id"),  # no kit can send under this id
+    ],
+)
+def test_registry_entries_a_kit_could_never_match_are_refused(tmp_path, kit_id, kw, tps, what):
+    """A typo when registering a kit was stored; the collector then rejected every message of that kit
+    (wrong_tps, unknown_kit) and only its rejects table said so."""
+    key = signing.public_key_b64(signing.generate_key())
+    reg = tmp_path / "kits.json"
+    with pytest.raises(signing.KeyFileError, match=what):
+        signing.registry_add(reg, kit_id, key, kode_wilayah=kw, tps=tps)
+    assert not reg.exists()
+    csv_path = tmp_path / "kits.csv"
+    csv_path.write_text(f"kit_id,public_key,kode_wilayah,tps\n{kit_id},{key},{kw},{tps}\n")
+    with pytest.raises(signing.KeyFileError, match=what):
+        signing.load_registry(csv_path)
+
+
+def test_registry_tps_that_is_not_a_number_is_explained(tmp_path):
+    key = signing.public_key_b64(signing.generate_key())
+    csv_path = tmp_path / "kits.csv"
+    csv_path.write_text(f"kit_id,public_key,kode_wilayah,tps\nkit-7,{key},31.71.01.1001,7a\n")
+    with pytest.raises(signing.KeyFileError, match="kit-7.*TPS"):
+        signing.load_registry(csv_path)
