@@ -282,13 +282,13 @@ def _read_existing(path: Path) -> dict:
                              "atau ulangi dengan --force / existing config is unreadable") from None
 
 
-def _store_password(req: ProvisionRequest, secret_path: Path) -> Path | None:
-    """Put the MQTT password where tpskit.service loads it (LoadCredential=mqtt-password:...)."""
+def _new_password(req: ProvisionRequest, secret_path: Path) -> str | None:
+    """The MQTT password to store (read and checked, nothing written), or None when there is none."""
     if req.password is not None:
         secret = req.password
     elif req.password_file is not None:
         if req.password_file.resolve() == secret_path.resolve() and secret_path.exists():
-            return secret_path
+            return None  # already where tpskit.service loads it
         try:
             secret = req.password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
@@ -298,10 +298,27 @@ def _store_password(req: ProvisionRequest, secret_path: Path) -> Path | None:
         return None
     if not secret:
         raise ProvisionError("password MQTT kosong / the MQTT password is empty")
+    return secret
+
+
+def _store_password(secret: str, secret_path: Path) -> None:
+    """Put the MQTT password where tpskit.service loads it (LoadCredential=mqtt-password:...)."""
     if secret_path.exists() and secret_path.read_text(encoding="utf-8").strip() == secret:
-        return secret_path
+        return
     write_atomic(secret_path, secret + "\n", mode=0o600)
-    return secret_path
+
+
+def _existing_key(key_path: Path):
+    """The kit's key if it has one (never replaced without --new-key), else None."""
+    from comms import signing
+
+    if not key_path.exists():
+        return None
+    try:
+        return signing.load_private_key(key_path)
+    except signing.KeyFileError as exc:
+        raise ProvisionError(f"{exc}. Kunci yang ada tidak ditimpa; pakai --force --new-key untuk "
+                             "membuat kunci baru (yang lama disimpan) / key unreadable") from None
 
 
 # --- the operation ------------------------------------------------------------------------------------
@@ -336,21 +353,18 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     identity_changed = bool(old_kit) and (
         old_kit.get("kode_wilayah"), old_kit.get("tps"), old_kit.get("kit_id")) != (
         req.kode_wilayah, req.tps, req.kit_id)
-    if identity_changed:
-        held = stored_data(state_dir)
-        if held and not force:
-            raise ProvisionError(
-                f"kit ini sudah disiapkan untuk {old_kit.get('kit_id')} ({old_kit.get('kode_wilayah')} "
-                f"TPS {old_kit.get('tps')}) dan masih menyimpan data: {'; '.join(held)}. Kirim/ekspor "
-                "dulu ('tpskit export'), lalu ulangi dengan --force (data lama dipindah ke archive/, "
-                "tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
-        if held:
-            archived.append(_archive(state_dir, str(old_kit.get("kit_id") or "old")))
-            notes.append(f"data lama dipindahkan ke {archived[-1]}")
+    held = stored_data(state_dir) if identity_changed else []
+    if held and not force:
+        raise ProvisionError(
+            f"kit ini sudah disiapkan untuk {old_kit.get('kit_id')} ({old_kit.get('kode_wilayah')} "
+            f"TPS {old_kit.get('tps')}) dan masih menyimpan data: {'; '.join(held)}. Kirim/ekspor "
+            "dulu ('tpskit export'), lalu ulangi dengan --force (data lama dipindah ke archive/, "
+            "tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
 
-    # config
+    # config: built and validated before anything is moved or written
     secret_path = Path(secret_path) if secret_path else config_out.parent / "mqtt-password"
-    password_path = _store_password(req, secret_path)
+    secret = _new_password(req, secret_path)
+    password_path = secret_path if req.password is not None or req.password_file is not None else None
     kit = {"kit_id": req.kit_id, "kode_wilayah": req.kode_wilayah, "tps": req.tps}
     if req.dpt is not None:
         kit["dpt"] = req.dpt
@@ -371,6 +385,12 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         raise ProvisionError("konfigurasi hasil provisioning tidak sah / resulting config is invalid: "
                              f"{exc}") from None
     text = dumps(data, header=CONFIG_HEADER)
+    key = None if new_key else _existing_key(conf.signing_key_path)
+    if held:
+        archived.append(_archive(state_dir, str(old_kit.get("kit_id") or "old")))
+        notes.append(f"data lama dipindahkan ke {archived[-1]}")
+    if secret is not None:
+        _store_password(secret, secret_path)
     changed = not config_out.exists() or config_out.read_text(encoding="utf-8") != text
     if changed:
         write_atomic(config_out, text, mode=0o644)
@@ -388,13 +408,7 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         backup = key_path.with_name(f"{key_path.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
         os.replace(key_path, backup)
         notes.append(f"kunci lama disimpan sebagai {backup}")
-    if key_path.exists():
-        try:
-            key = signing.load_private_key(key_path)
-        except signing.KeyFileError as exc:
-            raise ProvisionError(f"{exc}. Kunci yang ada tidak ditimpa; pakai --force --new-key untuk "
-                                 "membuat kunci baru (yang lama disimpan) / key unreadable") from None
-    else:
+    if key is None:
         key = signing.generate_key()
         signing.save_private_key(key, key_path)
         created = True

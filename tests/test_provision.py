@@ -143,6 +143,36 @@ def test_new_identity_with_unsent_data_needs_force(env, capsys):
     assert out["public_key"] == first["public_key"]
 
 
+def test_refused_config_leaves_data_and_password_in_place(env, capsys):
+    """A new identity whose config the kit would refuse (a typo in the --from file) is refused before anything
+    moves: the old TPS's unsent data stays where the daemon sends it, its password stays in force."""
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    _add_unsent_data(env["state"])
+    secret = env["conf"].parent / "mqtt-password"
+    assert secret.read_text() == "rahasia\n"
+    request = env["tmp"] / "kit6.toml"
+    request.write_text('kode_wilayah = "31.71.01.1001"\ntps = 6\nbroker = "mqtts://broker.kpu.example:8883"\n'
+                       'password = "baru"\ntopic_prefix = "tpskit v1"\n')
+    assert cli.main(["provision", "--from", str(request), "--config-out", str(env["conf"]), "--state-dir",
+                     str(env["state"]), "--volatile-ok", "--force"]) == 2
+    assert "topic_prefix" in capsys.readouterr().err
+    assert cfg.load(env["conf"]).kit.tps == 5
+    assert (env["state"] / "tpskit.db").exists() and not (env["state"] / "archive").exists()
+    assert secret.read_text() == "rahasia\n"
+
+
+def test_unreadable_key_is_found_before_data_moves(env, capsys):
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    _add_unsent_data(env["state"])
+    (env["state"] / "keys" / "kit.key").write_text("rusak\n")
+    assert run_cli(env, "--force", tps="6") == 2
+    assert "tidak ditimpa" in capsys.readouterr().err
+    assert cfg.load(env["conf"]).kit.tps == 5
+    assert (env["state"] / "tpskit.db").exists() and not (env["state"] / "archive").exists()
+
+
 def test_new_identity_without_data_is_allowed(env, capsys):
     assert run_cli(env) == 0
     assert run_cli(env, tps="8") == 0
