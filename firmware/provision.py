@@ -113,6 +113,18 @@ def validate_kit_id(value: str) -> str:
     return value
 
 
+def read_text(path: Path, what: str, *, encoding: str = "utf-8") -> str:
+    """The text of a file the technician gave, or a ProvisionError naming it (unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise ProvisionError(f"{what} {path} bukan teks UTF-8: simpan ulang sebagai UTF-8 "
+                             f"/ {path.name} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise ProvisionError(f"{what} {path} tidak bisa dibaca ({exc.strerror or exc}) "
+                             f"/ cannot read {path.name}") from None
+
+
 # --- request ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -151,11 +163,7 @@ class ProvisionRequest:
 def read_request_file(path: Path | str) -> dict:
     """One kit's provisioning file (TOML or JSON); unknown keys are refused."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProvisionError(f"file provisioning {path} tidak bisa dibaca ({exc}) "
-                             "/ cannot read file") from None
+    text = read_text(path, "file provisioning")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -277,7 +285,7 @@ def _read_existing(path: Path) -> dict:
         return {}
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProvisionError(f"config {path} yang ada rusak ({exc}): perbaiki atau pindahkan dulu, "
                              "atau ulangi dengan --force / existing config is unreadable") from None
 
@@ -289,11 +297,7 @@ def _new_password(req: ProvisionRequest, secret_path: Path) -> str | None:
     elif req.password_file is not None:
         if req.password_file.resolve() == secret_path.resolve() and secret_path.exists():
             return None  # already where tpskit.service loads it
-        try:
-            secret = req.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ProvisionError(f"file password {req.password_file} tidak bisa dibaca ({exc}) "
-                                 "/ cannot read the password file") from None
+        secret = read_text(req.password_file, "file password").strip()
     else:
         return None
     if not secret:
@@ -474,10 +478,7 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
 
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     broker = validate_broker(broker)
-    try:
-        rows = list(csv.DictReader(csv_path.read_text(encoding="utf-8-sig").splitlines()))
-    except OSError as exc:
-        raise ProvisionError(f"daftar TPS {csv_path} tidak bisa dibaca ({exc})") from None
+    rows = list(csv.DictReader(read_text(csv_path, "daftar TPS", encoding="utf-8-sig").splitlines()))
     if not rows or "kode_wilayah" not in rows[0] or "tps" not in rows[0]:
         raise ProvisionError(f"{csv_path}: baris pertama harus kepala kolom kode_wilayah,tps[,dpt][,kit_id] "
                              "/ the first line must be the header kode_wilayah,tps[,dpt][,kit_id]")

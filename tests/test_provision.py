@@ -287,3 +287,23 @@ def test_prepare_refuses_a_sheet_with_bad_rows(tmp_path, capsys):
     assert cli.main(["provision", "--prepare", str(sheet), "--broker", "mqtt://h:1883", "--out-dir",
                      str(out)]) == 2
     assert "kepala kolom" in capsys.readouterr().err
+
+
+def test_files_that_are_not_utf8_are_refused_clearly(env, tmp_path, capsys):
+    """A spreadsheet exported as UTF-16, a provisioning file or password file in another encoding: a clear
+    refusal (exit 2) naming the file, never a traceback, and nothing written."""
+    utf16 = tmp_path / "kits.csv"
+    utf16.write_bytes("kode_wilayah,tps\n31.71.01.1001,1\n".encode("utf-16"))
+    assert cli.main(["provision", "--prepare", str(utf16), "--broker", "mqtts://b.example:8883",
+                     "--out-dir", str(tmp_path / "out")]) == 2
+    assert "kits.csv" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    request = tmp_path / "kit.toml"
+    request.write_bytes(b'kode_wilayah = "31.71.01.1001"\ntps = 1\nbroker = "mqtt://h:1883" # \xff\n')
+    assert cli.main(["provision", "--from", str(request), "--config-out", str(env["conf"]),
+                     "--volatile-ok"]) == 2
+    assert "kit.toml" in capsys.readouterr().err
+    env["pw"].write_bytes(b"\xff\xfer\x00a\x00")
+    assert run_cli(env) == 2
+    assert "pw.txt" in capsys.readouterr().err
+    assert not env["conf"].exists()
