@@ -200,9 +200,29 @@ def collector_report(db: Path) -> dict:
     return out
 
 
+def _bad_option(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options (checked before anything is rendered or started), or None."""
+    if not 1 <= args.tps <= 999:
+        return f"--tps {args.tps}: give 1 to 999 TPS"
+    if not 0.1 <= args.scale <= 2.0:
+        return f"--scale {args.scale}: give 0.1 to 2.0 (1.0 = the 12 MP sensor)"
+    if args.broker:
+        from firmware.provision import ProvisionError, validate_broker
+
+        try:
+            validate_broker(args.broker)
+        except ProvisionError:
+            return f"--broker {args.broker!r}: give mqtt://host:port"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    bad = _bad_option(args)
+    if bad:
+        print(f"tpskit demo: {bad}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="tpskit-demo-"))

@@ -65,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
         if args.csv == "-":
             sys.stdout.write(text)
         else:
-            Path(args.csv).write_text(text, encoding="utf-8")
+            try:
+                Path(args.csv).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                print(f"tpskit fleet readiness: file CSV {args.csv} tidak bisa ditulis "
+                      f"({exc.strerror or exc}) / cannot write the CSV file", file=sys.stderr)
+                return 2
     if args.json:
         print(json.dumps(fleet.to_json(states, summary), indent=2, ensure_ascii=False))
     elif args.csv != "-":

@@ -100,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"tpskit read: {exc}", file=sys.stderr)
         return 2
     if args.annotate:
-        args.annotate.mkdir(parents=True, exist_ok=True)
+        try:
+            args.annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"tpskit read: --annotate {args.annotate} cannot be used as a directory "
+                  f"({exc.strerror or exc})", file=sys.stderr)
+            return 2
     form_id = args.form or DEFAULT_FORM
     failed = False
     readings = []

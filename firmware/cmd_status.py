@@ -145,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"tpskit status: database {cfg.db_path} cannot be read: {exc}", file=sys.stderr)
         return 1
+    except PermissionError as exc:  # the state directory is the daemon's (0700, user tpskit)
+        print(f"tpskit status: no permission to read {exc.filename or cfg.paths.state_dir}: "
+              "run 'sudo tpskit status'", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(info, ensure_ascii=False, default=str))
     else:

@@ -113,6 +113,18 @@ def validate_kit_id(value: str) -> str:
     return value
 
 
+def read_text(path: Path, what: str, *, encoding: str = "utf-8") -> str:
+    """The text of a file the technician gave, or a ProvisionError naming it (unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError:
+        raise ProvisionError(f"{what} {path} bukan teks UTF-8: simpan ulang sebagai UTF-8 "
+                             f"/ {path.name} is not UTF-8 text: save it as UTF-8") from None
+    except OSError as exc:
+        raise ProvisionError(f"{what} {path} tidak bisa dibaca ({exc.strerror or exc}) "
+                             f"/ cannot read {path.name}") from None
+
+
 # --- request ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -151,11 +163,7 @@ class ProvisionRequest:
 def read_request_file(path: Path | str) -> dict:
     """One kit's provisioning file (TOML or JSON); unknown keys are refused."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProvisionError(f"file provisioning {path} tidak bisa dibaca ({exc}) "
-                             "/ cannot read file") from None
+    text = read_text(path, "file provisioning")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -277,31 +285,44 @@ def _read_existing(path: Path) -> dict:
         return {}
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProvisionError(f"config {path} yang ada rusak ({exc}): perbaiki atau pindahkan dulu, "
                              "atau ulangi dengan --force / existing config is unreadable") from None
 
 
-def _store_password(req: ProvisionRequest, secret_path: Path) -> Path | None:
-    """Put the MQTT password where tpskit.service loads it (LoadCredential=mqtt-password:...)."""
+def _new_password(req: ProvisionRequest, secret_path: Path) -> str | None:
+    """The MQTT password to store (read and checked, nothing written), or None when there is none."""
     if req.password is not None:
         secret = req.password
     elif req.password_file is not None:
         if req.password_file.resolve() == secret_path.resolve() and secret_path.exists():
-            return secret_path
-        try:
-            secret = req.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ProvisionError(f"file password {req.password_file} tidak bisa dibaca ({exc}) "
-                                 "/ cannot read the password file") from None
+            return None  # already where tpskit.service loads it
+        secret = read_text(req.password_file, "file password").strip()
     else:
         return None
     if not secret:
         raise ProvisionError("password MQTT kosong / the MQTT password is empty")
+    return secret
+
+
+def _store_password(secret: str, secret_path: Path) -> None:
+    """Put the MQTT password where tpskit.service loads it (LoadCredential=mqtt-password:...)."""
     if secret_path.exists() and secret_path.read_text(encoding="utf-8").strip() == secret:
-        return secret_path
+        return
     write_atomic(secret_path, secret + "\n", mode=0o600)
-    return secret_path
+
+
+def _existing_key(key_path: Path):
+    """The kit's key if it has one (never replaced without --new-key), else None."""
+    from comms import signing
+
+    if not key_path.exists():
+        return None
+    try:
+        return signing.load_private_key(key_path)
+    except signing.KeyFileError as exc:
+        raise ProvisionError(f"{exc}. Kunci yang ada tidak ditimpa; pakai --force --new-key untuk "
+                             "membuat kunci baru (yang lama disimpan) / key unreadable") from None
 
 
 # --- the operation ------------------------------------------------------------------------------------
@@ -336,21 +357,18 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     identity_changed = bool(old_kit) and (
         old_kit.get("kode_wilayah"), old_kit.get("tps"), old_kit.get("kit_id")) != (
         req.kode_wilayah, req.tps, req.kit_id)
-    if identity_changed:
-        held = stored_data(state_dir)
-        if held and not force:
-            raise ProvisionError(
-                f"kit ini sudah disiapkan untuk {old_kit.get('kit_id')} ({old_kit.get('kode_wilayah')} "
-                f"TPS {old_kit.get('tps')}) dan masih menyimpan data: {'; '.join(held)}. Kirim/ekspor "
-                "dulu ('tpskit export'), lalu ulangi dengan --force (data lama dipindah ke archive/, "
-                "tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
-        if held:
-            archived.append(_archive(state_dir, str(old_kit.get("kit_id") or "old")))
-            notes.append(f"data lama dipindahkan ke {archived[-1]}")
+    held = stored_data(state_dir) if identity_changed else []
+    if held and not force:
+        raise ProvisionError(
+            f"kit ini sudah disiapkan untuk {old_kit.get('kit_id')} ({old_kit.get('kode_wilayah')} "
+            f"TPS {old_kit.get('tps')}) dan masih menyimpan data: {'; '.join(held)}. Kirim/ekspor "
+            "dulu ('tpskit export'), lalu ulangi dengan --force (data lama dipindah ke archive/, "
+            "tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
 
-    # config
+    # config: built and validated before anything is moved or written
     secret_path = Path(secret_path) if secret_path else config_out.parent / "mqtt-password"
-    password_path = _store_password(req, secret_path)
+    secret = _new_password(req, secret_path)
+    password_path = secret_path if req.password is not None or req.password_file is not None else None
     kit = {"kit_id": req.kit_id, "kode_wilayah": req.kode_wilayah, "tps": req.tps}
     if req.dpt is not None:
         kit["dpt"] = req.dpt
@@ -371,6 +389,12 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         raise ProvisionError("konfigurasi hasil provisioning tidak sah / resulting config is invalid: "
                              f"{exc}") from None
     text = dumps(data, header=CONFIG_HEADER)
+    key = None if new_key else _existing_key(conf.signing_key_path)
+    if held:
+        archived.append(_archive(state_dir, str(old_kit.get("kit_id") or "old")))
+        notes.append(f"data lama dipindahkan ke {archived[-1]}")
+    if secret is not None:
+        _store_password(secret, secret_path)
     changed = not config_out.exists() or config_out.read_text(encoding="utf-8") != text
     if changed:
         write_atomic(config_out, text, mode=0o644)
@@ -388,13 +412,7 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         backup = key_path.with_name(f"{key_path.name}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
         os.replace(key_path, backup)
         notes.append(f"kunci lama disimpan sebagai {backup}")
-    if key_path.exists():
-        try:
-            key = signing.load_private_key(key_path)
-        except signing.KeyFileError as exc:
-            raise ProvisionError(f"{exc}. Kunci yang ada tidak ditimpa; pakai --force --new-key untuk "
-                                 "membuat kunci baru (yang lama disimpan) / key unreadable") from None
-    else:
+    if key is None:
         key = signing.generate_key()
         signing.save_private_key(key, key_path)
         created = True
@@ -460,10 +478,7 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
 
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     broker = validate_broker(broker)
-    try:
-        rows = list(csv.DictReader(csv_path.read_text(encoding="utf-8-sig").splitlines()))
-    except OSError as exc:
-        raise ProvisionError(f"daftar TPS {csv_path} tidak bisa dibaca ({exc})") from None
+    rows = list(csv.DictReader(read_text(csv_path, "daftar TPS", encoding="utf-8-sig").splitlines()))
     if not rows or "kode_wilayah" not in rows[0] or "tps" not in rows[0]:
         raise ProvisionError(f"{csv_path}: baris pertama harus kepala kolom kode_wilayah,tps[,dpt][,kit_id] "
                              "/ the first line must be the header kode_wilayah,tps[,dpt][,kit_id]")

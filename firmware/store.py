@@ -3,7 +3,8 @@
 One SQLite file ``<state_dir>/tpskit.db`` (WAL, synchronous=FULL) shared with comms.outbox, each
 with its own connection. JPEGs live under ``<state_dir>/photos/``; each file is written, fsynced
 and renamed into place (and its directory fsynced) before its row is committed, so a committed
-row always points at a complete photo. A per-kit sequence number orders captures even when the
+row always points at a complete photo; a photo whose row a power cut kept from being committed is
+removed when the store opens again. A per-kit sequence number orders captures even when the
 wall clock is wrong (no RTC), and the clock's sync state is stored next to the timestamp.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -25,6 +27,8 @@ import sqlite_utils
 
 from firmware.clock import boot_id
 from firmware.config import is_volatile
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "review", "retake")
 
@@ -118,6 +122,7 @@ class CaptureStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"database {self.db_path} cannot be opened: {exc}") from None
         self._clean_temp_files()
+        self._clean_orphans()
 
     def _create(self) -> None:
         table = self.db[self.TABLE]
@@ -136,6 +141,24 @@ class CaptureStore:
         """Remove photo temp files left by a crash before their row was committed."""
         for tmp in self.photos_dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+
+    def _clean_orphans(self) -> None:
+        """Remove photos whose row was never committed (power cut or SIGKILL between fsync and commit).
+
+        The KPPS never got a verdict for them (it comes after the commit), so the page is photographed
+        again; left behind they would fill the card and never be counted or sent.
+        """
+        known: set[str] = set()
+        try:
+            for photo, annotated in self.db.conn.execute(f"SELECT photo, annotated FROM {self.TABLE}"):
+                known.update(Path(p).name for p in (photo, annotated) if p)
+        except sqlite3.DatabaseError as exc:  # a damaged table: keep every file, selftest reports it
+            log.warning("photos not checked against the database: %s", exc)
+            return
+        orphans = [p for p in self.photos_dir.glob("*.jpg") if p.name not in known]
+        if orphans:
+            log.warning("removing %d photo(s) never committed (power cut during a capture)", len(orphans))
+            self._discard(*orphans)
 
     # -- writing ---------------------------------------------------------------------------------
 

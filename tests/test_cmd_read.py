@@ -80,3 +80,12 @@ def test_evidence_is_added_only_when_asked(photos, capsys):
         assert line["fields"][b["field"]]["digits"][b["box"]] == (None if first == "E" else first)
     assert set(ev["bubbles"]) == {"paslon_1", "paslon_2", "paslon_3"}
     assert all(v["state"] in ("read", "unclear", "none", "empty") for v in ev["bubbles"].values())
+
+
+def test_annotate_path_that_is_a_file_is_a_clear_error(photos, capsys, tmp_path):
+    _, paths = photos
+    taken = tmp_path / "ann"
+    taken.write_text("not a directory")
+    assert main(["read", "--annotate", str(taken), str(paths[0])]) == 2
+    err = capsys.readouterr().err
+    assert str(taken) in err and "Traceback" not in err

@@ -52,3 +52,41 @@ def test_run_with_bad_config_exits_2(tmp_path, capsys):
     assert main(["--config", str(path), "run"]) == 2
     err = capsys.readouterr().err
     assert "camera.backend" in err and "'usb'" in err
+
+
+def test_status_without_permission_says_so(tmp_path):
+    """The state directory is 0700 for the tpskit user: `tpskit status` run by another user must say it
+    cannot read it (and how to), not crash with a traceback or claim the kit never ran."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="tpskit-status-"))
+    try:
+        root.chmod(0o755)
+        state = root / "state"
+        store = CaptureStore(state, volatile_ok=True)
+        store.save(jpeg=b"\xff\xd8x\xff\xd9", status="ok", reading={"page": 1, "reasons": []}, taken_at=1.7e9,
+                   time_source="ntp")
+        store.close()
+        state.chmod(0o700)
+        cfg = write_config(root, state)
+        cfg.chmod(0o644)
+        repo = Path(__file__).resolve().parent.parent
+        res = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                              "-m", "firmware.cli", "--config", str(cfg), "status"],
+                             capture_output=True, text=True, timeout=60, cwd="/",
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and "has not run" not in res.stdout
+    assert "sudo tpskit status" in res.stderr, res.stderr

@@ -74,6 +74,27 @@ def test_not_toml_and_missing_file(tmp_path):
         config.load(tmp_path / "nope.toml")
 
 
+def test_unreadable_config_is_a_clear_error(tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00[kit]\n")  # e.g. saved as UTF-16 by a Windows editor
+    with pytest.raises(ConfigError, match="binary.toml.*UTF-8"):
+        config.load(binary)
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="folder.toml.*cannot be read"):
+        config.load(folder)
+
+
+def test_unreadable_config_through_the_cli_exits_2(tmp_path, capsys):
+    from firmware.cli import main
+
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xff\xfe\x00")
+    assert main(["--config", str(path), "status"]) == 2
+    err = capsys.readouterr().err
+    assert "config.toml" in err and "Traceback" not in err
+
+
 def test_every_field_is_described():
     def walk(model):
         for name, field in model.model_fields.items():

@@ -47,3 +47,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert slip and any(p["status"] == "review" for p in presses if p["tps"] == slip[0]["tps"]) or \
         (slip[0]["cross_page"] or {}).get("status") == "review"
     assert "What the collector stored" in out
+
+
+@pytest.mark.parametrize("argv,what", [(["--tps", "0"], "--tps"), (["--tps", "-2"], "--tps"),
+                                       (["--scale", "0"], "--scale"), (["--scale", "-1"], "--scale"),
+                                       (["--broker", "nonsense"], "--broker")])
+def test_bad_options_are_refused_before_anything_starts(tmp_path, capsys, argv, what):
+    work = tmp_path / "demo"
+    assert main(["demo", "--dir", str(work), *argv]) == 2
+    err = capsys.readouterr().err
+    assert what in err and "Traceback" not in err
+    assert not work.exists()

@@ -150,3 +150,19 @@ def test_unreachable_broker_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["fleet", "readiness", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--wait", "1"]) == 2
     assert "tidak terjangkau" in capsys.readouterr().err
     assert cli.main(["fleet", "readiness"]) == 2
+
+
+def test_unwritable_csv_is_a_clear_error(tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "collector.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
+    conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
+                 ("kit-a", "31.71.01.1001", 1, '{"ready": true}', 1.7e9, 1))
+    conn.commit()
+    conn.close()
+    out = tmp_path / "no-such-dir" / "fleet.csv"
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--csv", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "Traceback" not in err

@@ -143,6 +143,36 @@ def test_new_identity_with_unsent_data_needs_force(env, capsys):
     assert out["public_key"] == first["public_key"]
 
 
+def test_refused_config_leaves_data_and_password_in_place(env, capsys):
+    """A new identity whose config the kit would refuse (a typo in the --from file) is refused before anything
+    moves: the old TPS's unsent data stays where the daemon sends it, its password stays in force."""
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    _add_unsent_data(env["state"])
+    secret = env["conf"].parent / "mqtt-password"
+    assert secret.read_text() == "rahasia\n"
+    request = env["tmp"] / "kit6.toml"
+    request.write_text('kode_wilayah = "31.71.01.1001"\ntps = 6\nbroker = "mqtts://broker.kpu.example:8883"\n'
+                       'password = "baru"\ntopic_prefix = "tpskit v1"\n')
+    assert cli.main(["provision", "--from", str(request), "--config-out", str(env["conf"]), "--state-dir",
+                     str(env["state"]), "--volatile-ok", "--force"]) == 2
+    assert "topic_prefix" in capsys.readouterr().err
+    assert cfg.load(env["conf"]).kit.tps == 5
+    assert (env["state"] / "tpskit.db").exists() and not (env["state"] / "archive").exists()
+    assert secret.read_text() == "rahasia\n"
+
+
+def test_unreadable_key_is_found_before_data_moves(env, capsys):
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    _add_unsent_data(env["state"])
+    (env["state"] / "keys" / "kit.key").write_text("rusak\n")
+    assert run_cli(env, "--force", tps="6") == 2
+    assert "tidak ditimpa" in capsys.readouterr().err
+    assert cfg.load(env["conf"]).kit.tps == 5
+    assert (env["state"] / "tpskit.db").exists() and not (env["state"] / "archive").exists()
+
+
 def test_new_identity_without_data_is_allowed(env, capsys):
     assert run_cli(env) == 0
     assert run_cli(env, tps="8") == 0
@@ -257,3 +287,23 @@ def test_prepare_refuses_a_sheet_with_bad_rows(tmp_path, capsys):
     assert cli.main(["provision", "--prepare", str(sheet), "--broker", "mqtt://h:1883", "--out-dir",
                      str(out)]) == 2
     assert "kepala kolom" in capsys.readouterr().err
+
+
+def test_files_that_are_not_utf8_are_refused_clearly(env, tmp_path, capsys):
+    """A spreadsheet exported as UTF-16, a provisioning file or password file in another encoding: a clear
+    refusal (exit 2) naming the file, never a traceback, and nothing written."""
+    utf16 = tmp_path / "kits.csv"
+    utf16.write_bytes("kode_wilayah,tps\n31.71.01.1001,1\n".encode("utf-16"))
+    assert cli.main(["provision", "--prepare", str(utf16), "--broker", "mqtts://b.example:8883",
+                     "--out-dir", str(tmp_path / "out")]) == 2
+    assert "kits.csv" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    request = tmp_path / "kit.toml"
+    request.write_bytes(b'kode_wilayah = "31.71.01.1001"\ntps = 1\nbroker = "mqtt://h:1883" # \xff\n')
+    assert cli.main(["provision", "--from", str(request), "--config-out", str(env["conf"]),
+                     "--volatile-ok"]) == 2
+    assert "kit.toml" in capsys.readouterr().err
+    env["pw"].write_bytes(b"\xff\xfer\x00a\x00")
+    assert run_cli(env) == 2
+    assert "pw.txt" in capsys.readouterr().err
+    assert not env["conf"].exists()

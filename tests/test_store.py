@@ -90,3 +90,34 @@ def test_bad_status_refused(tmp_path):
     store = CaptureStore(tmp_path, volatile_ok=True)
     with pytest.raises(ValueError):
         save(store, status="maybe")
+
+
+def test_power_cut_between_photo_and_commit_leaves_no_orphan(tmp_path):
+    """SIGKILL after the photo is fsynced but before its row is committed: the kit starts again with the
+    committed captures intact and no photo without a row (it would never be sent nor counted)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    kept = save(store, annotated_jpeg=b"\xff\xd8ann\xff\xd9")
+    store.close()
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from firmware import store as store_mod
+store = store_mod.CaptureStore({str(tmp_path)!r}, volatile_ok=True)
+store_mod.boot_id = lambda: os.kill(os.getpid(), signal.SIGKILL)  # dies inside the transaction
+store.save(jpeg=b"\\xff\\xd8" + b"y" * 500 + b"\\xff\\xd9", status="ok", reading={{"page": 2}},
+           taken_at=1.7e9, time_source="ntp", annotated_jpeg=b"\\xff\\xd8a\\xff\\xd9")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert len(list((tmp_path / "photos").iterdir())) == 4  # the killed save's photos are on disk
+
+    store = CaptureStore(tmp_path, volatile_ok=True)  # the kit starts again
+    assert store.counts()["total"] == 1 and store.integrity_ok()
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == [
+        f"{kept.id}.annotated.jpg", f"{kept.id}.jpg"]
+    assert store.get(kept.id).photo_path.read_bytes() == JPEG
