@@ -32,7 +32,11 @@ class FolderCamera:
         return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
     def capture(self) -> Frame:
-        files = self.files()
+        try:
+            files = self.files()
+        except OSError as exc:  # the folder was removed (a USB stick pulled out) or cannot be listed
+            raise CaptureError(f"camera folder {self.folder} cannot be read ({exc.strerror}); "
+                               "put it back or fix camera.folder") from None
         if not files:
             raise CaptureError(f"camera folder {self.folder} is empty: put photos of the pages in it")
         if self._next >= len(files):

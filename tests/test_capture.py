@@ -116,3 +116,15 @@ def test_fixed_controls_from_calibration():
                                    "AwbEnable": False, "ColourGains": (1.8, 1.4), "AfMode": 0,
                                    "LensPosition": 2.5}
     assert fixed_controls(CameraConfig()) == {}
+
+
+def test_folder_removed_while_running_is_a_capture_error(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_jpeg(folder / "a.jpg")
+    cam = FolderCamera(folder)
+    assert cam.capture().source == "folder:a.jpg"
+    (folder / "a.jpg").unlink()
+    folder.rmdir()  # a USB stick pulled out: the kit must say "camera", not crash into "cannot save"
+    with pytest.raises(CaptureError, match="cannot be read"):
+        cam.capture()
