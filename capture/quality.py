@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["Quality", "assess", "WORK_SIDE", "MESSAGES"]
+__all__ = ["Quality", "assess", "WORK_SIDE", "MESSAGES", "is_image", "to_gray", "shrink"]
 
 WORK_SIDE = 1200
 MIN_SHARPNESS = (
@@ -39,12 +39,39 @@ class Quality:
         return [MESSAGES[r] for r in self.reasons if r in MESSAGES]
 
 
+def is_image(image: object, *, min_side: int) -> bool:
+    """uint8 gray (H, W) or (H, W, 1), BGR (H, W, 3) or BGRA (H, W, 4), at least min_side px each way."""
+    return (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and (image.ndim == 2 or image.ndim == 3 and image.shape[2] in (1, 3, 4))
+        and min(image.shape[:2]) >= min_side
+    )
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Gray (H, W) of an image ``is_image`` accepts."""
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[:, :, 0]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+
+
+def shrink(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """A copy whose longest side is at most ``side`` (never under 1 px across) and its scale factor."""
+    h, w = gray.shape[:2]
+    f = min(1.0, side / max(h, w))
+    if f == 1.0:
+        return gray, f
+    if min(h, w) * f >= 1:
+        return cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA), f
+    # a strip so long and thin that scaling it would leave no row (or column): OpenCV asserts on that
+    return cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA), f
+
+
 def _work_gray(image: np.ndarray) -> np.ndarray:
-    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    f = WORK_SIDE / max(gray.shape[:2])
-    if f < 1:
-        gray = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    return gray
+    return shrink(to_gray(image), WORK_SIDE)[0]
 
 
 def assess(
@@ -55,12 +82,7 @@ def assess(
     max_saturated: float = MAX_SATURATED,
 ) -> Quality:
     """Judge a photo (BGR or gray uint8): ``Quality(ok, reasons, metrics)``; reasons in ``MESSAGES``."""
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim not in (2, 3)
-        or min(image.shape[:2]) < 16
-    ):
+    if not is_image(image, min_side=16):
         return Quality(False, ("not_an_image",), {})
     gray = _work_gray(image)
     p5, p50, p95 = (float(v) for v in np.percentile(gray, (5, 50, 95)))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from capture.quality import is_image, shrink, to_gray
 from inference.render import aruco_dictionary
 from inference.templates import Form, PageTemplate, available_forms, load_form
 
@@ -81,7 +82,7 @@ class Registration:
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return to_gray(image)
 
 
 def rectify(
@@ -176,8 +177,7 @@ def _px_per_mm(hmm: np.ndarray, at: tuple[float, float]) -> float:
 
 
 def _detect_tags(gray: np.ndarray, families: set[str]) -> list[tuple[str, int, np.ndarray]]:
-    f = min(1.0, WORK_SIDE / max(gray.shape[:2]))
-    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    small, f = shrink(gray, WORK_SIDE)
     found = []
     for fast in (True, False):  # the ArUco3 pipeline is ~50x faster; the classic one is the fallback
         for fam in sorted(families):
@@ -212,8 +212,7 @@ def find_markers(gray: np.ndarray) -> list[tuple[float, float, float]]:
     Dark solid squares (against the local paper) are paired when two of a similar size touch at a corner
     (centres one diagonal apart), at any rotation; the pinch where they touch is opened by eroding."""
     gray = _gray(gray)
-    f = min(1.0, WORK_SIDE / max(gray.shape[:2]))
-    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    small, f = shrink(gray, WORK_SIDE)
     long_side = max(small.shape[:2])
     block = max(31, long_side // 15) | 1
     ink = cv2.adaptiveThreshold(small, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, block, 30)
@@ -252,12 +251,7 @@ def find_markers(gray: np.ndarray) -> list[tuple[float, float, float]]:
 
 def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: float = 2.0) -> Registration:
     """Register a photo (BGR or gray) to its page template, or raise ``RetakeError``."""
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim not in (2, 3)
-        or min(image.shape[:2]) < 32
-    ):
+    if not is_image(image, min_side=32):
         raise RetakeError(["not_an_image"])
     gray = _gray(image)
     forms = [form] if form is not None else [load_form(f) for f in available_forms()]

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 
 from capture.quality import assess
@@ -23,3 +24,15 @@ def test_glare_and_non_images():
     assert "glare" in q.reasons
     assert assess(np.zeros((5, 5), np.uint8)).reasons == ("not_an_image",)
     assert assess("not an array").reasons == ("not_an_image",)
+
+
+def test_gray_with_a_channel_axis_odd_channel_counts_and_thin_strips_do_not_crash():
+    photo = make_sample(1, 3, condition="clean", scale=0.5, tps=TPS).image
+    gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    q = assess(gray)
+    assert assess(gray[:, :, None]) == q  # (H, W, 1) is gray, as PIL/numpy conversions give it
+    assert assess(cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA)).ok  # BGRA
+    for bad in (np.dstack([gray, gray]), np.dstack([photo, gray, gray])):  # 2 or 5 channels: not a photo
+        assert assess(bad).reasons == ("not_an_image",)
+    for shape in ((16, 100_000), (40, 100_000), (100_000, 20)):  # a strip: shrunk to nothing before
+        assert not assess(np.full(shape, 200, np.uint8)).ok

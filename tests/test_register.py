@@ -125,3 +125,17 @@ def test_a_marker_at_the_very_edge_of_the_photo_is_still_not_in_frame():
     with pytest.raises(RetakeError) as e:
         register(s.image)
     assert list(e.value.reasons) == ["not_in_frame"]
+
+
+def test_gray_with_a_channel_axis_bgra_odd_channels_and_thin_strips():
+    s = make_sample(11, 2, condition="clean", scale=SCALE, tps=TPS)
+    gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)
+    reg = register(gray, min_px_per_mm=1.5)
+    for image in (gray[:, :, None], cv2.cvtColor(s.image, cv2.COLOR_BGR2BGRA)):
+        assert np.allclose(register(image, min_px_per_mm=1.5).homography, reg.homography)
+    for bad in (np.dstack([gray, gray]), np.dstack([s.image, gray, gray])):
+        with pytest.raises(RetakeError) as exc:
+            register(bad)
+        assert exc.value.reasons == ("not_an_image",)
+    with pytest.raises(RetakeError):  # a strip far longer than wide: no crash in the shrink
+        register(np.full((40, 100_000), 200, np.uint8))
