@@ -19,12 +19,15 @@ MIN_SHARPNESS = (
     0.22  # max edge slope / contrast per work pixel; a sharp print edge is ~0.5, heavy blur < 0.15
 )
 MIN_BRIGHTNESS = 60  # 95th percentile of gray: paper under light is far above this
+SATURATED = 250  # gray level of a blown-out pixel
 MAX_SATURATED = 0.04  # share of blown-out pixels
 
 MESSAGES = {
     "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
     "glare": "Ada pantulan cahaya yang menutupi formulir. Ubah posisi lampu, lalu foto ulang.",
+    "too_bright": ("Foto terlalu terang atau pucat sehingga tulisan memudar. Kurangi cahaya atau geser lampu "
+                   "agar tidak menyorot kamera, bersihkan lensa, lalu foto ulang."),
     "not_an_image": "Berkas ini bukan foto yang bisa dibaca.",
 }
 
@@ -86,7 +89,7 @@ def assess(
         return Quality(False, ("not_an_image",), {})
     gray = _work_gray(image)
     p5, p50, p95 = (float(v) for v in np.percentile(gray, (5, 50, 95)))
-    saturated = float(np.count_nonzero(gray >= 250)) / gray.size
+    saturated = float(np.count_nonzero(gray >= SATURATED)) / gray.size
     gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3) / 8
     gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3) / 8
     mag = cv2.magnitude(gx, gy)
@@ -100,10 +103,12 @@ def assess(
         "saturated": round(saturated, 4),
     }
     reasons = []
-    if p95 < min_brightness or contrast < 25:
+    if contrast < 25 and p50 >= SATURATED:  # white all over: blown out, not dark
+        reasons.append("too_bright")
+    elif p95 < min_brightness or contrast < 25:
         reasons.append("too_dark")
     elif sharpness < min_sharpness:
         reasons.append("blurred")
-    if saturated > max_saturated:
+    if saturated > max_saturated and "too_bright" not in reasons:
         reasons.append("glare")
     return Quality(not reasons, tuple(reasons), metrics)

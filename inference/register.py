@@ -35,12 +35,21 @@ MAX_EDGE_MM = 1.3  # marker edge 10-90% width above this = blurred
 # finds each field where it lies (reader.BOX_SEARCH_FAR_MM), so the page is read (it was refused over 3 mm).
 MAX_TAG_RESIDUAL_MM = 6.0
 MIN_PAPER = 55  # gray level of paper around the markers below this = too dark
+# Washed out (over-exposed, or a veil of light over the lens): the paper around the markers blown out, or the
+# markers' printed black lighter than half the paper. Handwriting is lighter than the markers and goes first:
+# generated pages read right at a marker black of 0.12-0.4 of the paper (0.12-0.14 as photographed), lose
+# digits from ~0.5 and read as mostly empty boxes beyond (review "field_empty": "fill in the boxes").
+MAX_PAPER = 250
+MAX_INK_SHARE = 0.5
+BRIGHT_PAPER = 128  # a flat photo with paper darker than this is dim, brighter is washed out
 
 REASONS = {
     "not_in_frame": ("Formulir tidak masuk seluruhnya ke dalam foto. Letakkan formulir di tengah alas, "
                      "lalu foto ulang."),
     "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
+    "too_bright": ("Foto terlalu terang atau pucat sehingga tulisan memudar. Kurangi cahaya atau geser lampu "
+                   "agar tidak menyorot kamera, bersihkan lensa, lalu foto ulang."),
     "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
     # (also a sheet so far from flat that a box is not where it should be: a fold standing up, a rolled
     # sheet's ends lifting off the table)
@@ -270,7 +279,7 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         from capture.quality import assess
 
         q = assess(image)
-        bad = [r for r in q.reasons if r in ("blurred", "too_dark")]
+        bad = [r for r in q.reasons if r in ("blurred", "too_dark", "too_bright")]
         if not bad and not tags:  # no page code: is a form there all the same (its corner markers)?
             markers = find_markers(gray)
             if markers:
@@ -351,8 +360,12 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         "tag_residual_mm": round(residual, 3),
     }
     reasons = []
-    if metrics["paper"] < MIN_PAPER or metrics["paper"] - metrics["ink"] < 30:
+    paper, ink = metrics["paper"], metrics["ink"]
+    washed_out = paper >= MAX_PAPER or ink > MAX_INK_SHARE * paper
+    if paper < MIN_PAPER or (paper - ink < 30 or washed_out) and paper < BRIGHT_PAPER:
         reasons.append("too_dark")
+    elif washed_out:
+        reasons.append("too_bright")
     elif edge_mm > MAX_EDGE_MM:
         reasons.append("blurred")
     if ppm < min_px_per_mm:

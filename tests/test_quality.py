@@ -36,3 +36,11 @@ def test_gray_with_a_channel_axis_odd_channel_counts_and_thin_strips_do_not_cras
         assert assess(bad).reasons == ("not_an_image",)
     for shape in ((16, 100_000), (40, 100_000), (100_000, 20)):  # a strip: shrunk to nothing before
         assert not assess(np.full(shape, 200, np.uint8)).ok
+
+
+def test_a_white_frame_is_too_bright_not_too_dark():
+    white = assess(np.full((600, 900, 3), 255, np.uint8))
+    assert white.reasons == ("too_bright",) and "terang" in white.messages()[0]
+    photo = make_sample(1, 3, condition="clean", scale=0.5, tps=TPS).image.astype(np.float32)
+    assert assess(np.clip(photo * 6, 0, 255).astype(np.uint8)).reasons == ("too_bright",)  # over-exposed
+    assert assess(np.zeros((600, 900), np.uint8)).reasons == ("too_dark",)

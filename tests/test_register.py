@@ -139,3 +139,35 @@ def test_gray_with_a_channel_axis_bgra_odd_channels_and_thin_strips():
         assert exc.value.reasons == ("not_an_image",)
     with pytest.raises(RetakeError):  # a strip far longer than wide: no crash in the shrink
         register(np.full((40, 100_000), 200, np.uint8))
+
+
+def _exposed(image, gain=1.0, veil=0.0):
+    """The photo over-exposed (gain) or under a veil of light (a lamp shining into the lens)."""
+    return np.clip(image.astype(np.float32) * gain * (1 - veil / 255) + veil, 0, 255).astype(np.uint8)
+
+
+def test_washed_out_photos_are_too_bright_and_a_white_frame_is_not_too_dark():
+    s = make_sample(12, 1, condition="field", scale=0.6, tps=TPS)
+    register(s.image)
+    register(_exposed(s.image, veil=60))  # marker black at ~0.4 of the paper: still read right
+    for image in (_exposed(s.image, gain=2.5), _exposed(s.image, veil=120)):
+        with pytest.raises(RetakeError) as exc:
+            register(image)
+        assert exc.value.reasons == ("too_bright",), exc.value.metrics
+    with pytest.raises(RetakeError) as exc:  # no page code to be seen: blown out, not dark
+        register(np.full((1200, 1600, 3), 255, np.uint8))
+    assert exc.value.reasons == ("too_bright",)
+    assert "terang" in REASONS["too_bright"]
+
+
+def test_an_over_exposed_page_is_a_retake_not_a_review_of_empty_boxes():
+    from inference.digits import DigitClassifier
+    from inference.reader import PageReader
+
+    reader = PageReader(classifier=DigitClassifier.load())
+    s = make_sample(1, 1, condition="field", scale=0.6, tps=make_tps(np.random.default_rng(1)))
+    assert reader.read(s.image).status == "ok"
+    # the ink borders of page 1's boxes survive over-exposure, the handwriting does not: before, this page was
+    # read as mostly empty boxes with a wrong number or two ("fill in the empty boxes")
+    reading = reader.read(_exposed(s.image, gain=3.0))
+    assert reading.status == "retake" and [r["code"] for r in reading.to_dict()["reasons"]] == ["too_bright"]
