@@ -128,3 +128,22 @@ def test_folder_removed_while_running_is_a_capture_error(tmp_path):
     folder.rmdir()  # a USB stick pulled out: the kit must say "camera", not crash into "cannot save"
     with pytest.raises(CaptureError, match="cannot be read"):
         cam.capture()
+
+
+def test_a_jpeg_with_data_after_its_end_is_complete_a_cut_one_with_a_thumbnail_is_not(tmp_path):
+    good = write_jpeg(tmp_path / "x.jpg")
+    (tmp_path / "x.jpg").unlink()
+    # a phone's motion photo: the video follows the JPEG's end marker; maker trailers do the same
+    (tmp_path / "1-motion.jpg").write_bytes(good + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    # an EXIF thumbnail (a JPEG with its own FFD9 inside the APP1 segment), then the photo cut in its scan
+    thumb = cv2.imencode(".jpg", page()[::4, ::4])[1].tobytes()
+    app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + thumb
+    with_thumb = good[:2] + app1 + good[2:]
+    (tmp_path / "2-thumb-motion.jpg").write_bytes(with_thumb + b"MotionPhoto_Data" + bytes(range(256)) * 40)
+    (tmp_path / "3-thumb-cut.jpg").write_bytes(with_thumb[: len(with_thumb) - len(good) // 3])
+    cam = FolderCamera(tmp_path)
+    for name in ("1-motion.jpg", "2-thumb-motion.jpg"):
+        frame = cam.capture()
+        assert frame.source == f"folder:{name}" and frame.image.shape == (120, 160)
+    with pytest.raises(CaptureError, match="truncated"):
+        cam.capture()
