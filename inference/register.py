@@ -266,16 +266,14 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
     forms = [form] if form is not None else [load_form(f) for f in available_forms()]
     families = {p.tag_family for f in forms for p in f.pages.values()}
     tags = _detect_tags(gray, families)
-    page = corners = None
+    candidates = []  # every page code of a known page in the photo (another sheet's may lie in view too)
     for fam, tag_id, c in tags:
         for f in forms:
             cand = f.page_for_tag(tag_id)
             if cand is not None and cand.tag_family == fam:
-                page, corners = cand, c
+                candidates.append((cand, c))
                 break
-        if page is not None:
-            break
-    if page is None:
+    if not candidates:
         from capture.quality import assess
 
         q = assess(image)
@@ -289,6 +287,17 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
                 bad = ["covered"] if len(inside) >= 4 and len(markers) == len(inside) else ["not_in_frame"]
                 q.metrics["markers_without_tag"] = len(markers)
         raise RetakeError(bad or (["unknown_form"] if tags else ["no_form"]), metrics=q.metrics)
+    errors = []
+    for page, corners in candidates:  # the page whose corner markers are found where its code puts them
+        try:
+            return _fit(gray, page, corners, min_px_per_mm)
+        except RetakeError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def _fit(gray: np.ndarray, page: PageTemplate, corners: np.ndarray, min_px_per_mm: float) -> Registration:
+    """Registration of ``page`` from its code's corners (px) in the photo, or ``RetakeError``."""
     src = np.array(page.tag_corners, np.float64)
     hmm, _ = cv2.findHomography(src, corners)
     h_img, w_img = gray.shape[:2]

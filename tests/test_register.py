@@ -171,3 +171,18 @@ def test_an_over_exposed_page_is_a_retake_not_a_review_of_empty_boxes():
     # read as mostly empty boxes with a wrong number or two ("fill in the empty boxes")
     reading = reader.read(_exposed(s.image, gain=3.0))
     assert reading.status == "retake" and [r["code"] for r in reading.to_dict()["reasons"]] == ["too_bright"]
+
+
+def test_another_sheets_page_code_in_view_does_not_spoil_a_good_photo():
+    from inference.register import _detect_tags
+
+    tps = make_tps(np.random.default_rng(5))
+    photo = make_sample(21, 1, condition="clean", scale=0.6, tps=tps, upside_down=True).image.copy()
+    other = make_sample(22, 2, condition="clean", scale=0.6, tps=tps).image
+    (_, _, c), = _detect_tags(cv2.cvtColor(other, cv2.COLOR_BGR2GRAY), {"apriltag_36h10"})
+    (x0, y0), (x1, y1) = c.min(0).astype(int) - 25, c.max(0).astype(int) + 25
+    h, w = y1 - y0, x1 - x0
+    photo[5:5 + h, -5 - w:-5] = other[y0:y1, x0:x1]  # page 2's corner with its code at the frame's edge
+    tags = _detect_tags(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), {"apriltag_36h10"})
+    assert {t[1] for t in tags} == {101, 102}  # (here OpenCV lists 102 first)
+    assert register(photo).page.page == 1  # was refused "not_in_frame" when page 2's code came first
