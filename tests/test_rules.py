@@ -268,3 +268,20 @@ def test_voters_with_disabilities_cannot_outnumber_the_voters_of_their_sex():
         bad = {**good, f"disabilitas_{part}": n, "disabilitas_jml": n + good[f"disabilitas_{other}"]}
         failed = [c["rule"] for c in rules.check(p1.rules, bad) if c["ok"] is False]
         assert failed == [f"disabilitas_{part} <= pengguna_total_{part}"], failed
+
+
+def test_cross_page_rules_naming_an_unknown_field_are_refused(tmp_path):
+    import json
+    import shutil
+
+    from inference.templates import FORMS_DIR, TemplateError
+
+    form = "C.HASIL-PPWP-2024"
+    shutil.copytree(FORMS_DIR / form, tmp_path / form)
+    assert len(rules.load_tps_rules(form, tmp_path)) == len(rules.load_tps_rules(form))
+    tps = json.loads((tmp_path / form / "tps.json").read_text())
+    tps["rules"][0]["terms"] = ["p3.total_suara_"]  # a typo: the rule could never be checked
+    (tmp_path / form / "tps.json").write_text(json.dumps(tps))
+    rules.load_tps_rules.cache_clear()
+    with pytest.raises(TemplateError, match="unknown field.*p3.total_suara_"):
+        rules.load_tps_rules(form, tmp_path)
