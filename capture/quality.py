@@ -28,6 +28,8 @@ MESSAGES = {
     "glare": "Ada pantulan cahaya yang menutupi formulir. Ubah posisi lampu, lalu foto ulang.",
     "too_bright": ("Foto terlalu terang atau pucat sehingga tulisan memudar. Kurangi cahaya atau geser lampu "
                    "agar tidak menyorot kamera, bersihkan lensa, lalu foto ulang."),
+    "blank": ("Foto polos: tidak ada formulir yang terlihat. Letakkan halaman C.HASIL di alas kamera dan "
+              "pastikan lensa bersih, lalu foto ulang."),
     "not_an_image": "Berkas ini bukan foto yang bisa dibaca.",
 }
 
@@ -105,8 +107,10 @@ def assess(
     reasons = []
     if contrast < 25 and p50 >= SATURATED:  # white all over: blown out, not dark
         reasons.append("too_bright")
-    elif p95 < min_brightness or contrast < 25:
+    elif p95 < min_brightness:
         reasons.append("too_dark")
+    elif contrast < 25:  # lit, but nothing in it: the empty stand, a fogged lens (not "turn on the light")
+        reasons.append("blank")
     elif sharpness < min_sharpness:
         reasons.append("blurred")
     if saturated > max_saturated and "too_bright" not in reasons:

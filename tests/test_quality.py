@@ -1,5 +1,6 @@
 import cv2
 import numpy as np
+import pytest
 
 from capture.quality import assess
 from inference.synth import make_sample, make_tps
@@ -44,3 +45,18 @@ def test_a_white_frame_is_too_bright_not_too_dark():
     photo = make_sample(1, 3, condition="clean", scale=0.5, tps=TPS).image.astype(np.float32)
     assert assess(np.clip(photo * 6, 0, 255).astype(np.uint8)).reasons == ("too_bright",)  # over-exposed
     assert assess(np.zeros((600, 900), np.uint8)).reasons == ("too_dark",)
+
+
+def test_an_empty_lit_stand_is_blank_not_too_dark():
+    from inference.register import RetakeError, register
+
+    rng = np.random.default_rng(0)
+    h, w = 1200, 1800
+    for level in (70, 140, 200):  # a plain table under the lamp, nothing on it: the button pressed too early
+        table = level + 10 * np.arange(w)[None, :] / w + rng.normal(0, 2, (h, w))
+        table = cv2.GaussianBlur(table.clip(0, 255).astype(np.uint8), (0, 0), 3)
+        q = assess(table)
+        assert q.reasons == ("blank",) and "formulir" in q.messages()[0]
+        with pytest.raises(RetakeError) as exc:
+            register(table)
+        assert exc.value.reasons == ("no_form",)  # was "too_dark": turn on the light
