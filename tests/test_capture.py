@@ -147,3 +147,18 @@ def test_a_jpeg_with_data_after_its_end_is_complete_a_cut_one_with_a_thumbnail_i
         assert frame.source == f"folder:{name}" and frame.image.shape == (120, 160)
     with pytest.raises(CaptureError, match="truncated"):
         cam.capture()
+
+
+def test_folder_takes_the_next_name_when_files_come_and_go(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_jpeg(tmp_path / name)
+    cam = FolderCamera(tmp_path)
+    assert cam.capture().source == "folder:a.jpg"
+    (tmp_path / "a.jpg").unlink()  # the photo taken is moved away: b must not be skipped
+    assert cam.capture().source == "folder:b.jpg"
+    write_jpeg(tmp_path / "0.jpg")  # a file sorting before the ones taken: b must not be taken twice
+    assert cam.capture().source == "folder:c.jpg"
+    with pytest.raises(CaptureError, match="no more photos"):
+        cam.capture()
+    write_jpeg(tmp_path / "d.jpg")  # dropped in while running: picked up
+    assert cam.capture().source == "folder:d.jpg"
