@@ -171,9 +171,11 @@ def _edge_width_mm(patch: np.ndarray, ppm: float) -> tuple[float, float, float]:
     p = patch.astype(np.float32)
     paper, ink = float(np.percentile(p, 90)), float(np.percentile(p, 5))
     contrast = max(paper - ink, 1.0)
-    gx = cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3) / 8
-    gy = cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3) / 8
-    slope = float(np.percentile(cv2.magnitude(gx, gy), 99.0))  # gray levels per px across the sharpest edges
+    gx = np.abs(cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3) / 8)
+    gy = np.abs(cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3) / 8)
+    # gray levels per px across the sharpest edges, of the blurrier direction: the patch is upright, so the
+    # marker's edges run along x and y, and motion (the page or the stand moving) smears only one of them
+    slope = min(float(np.percentile(gx, 99.0)), float(np.percentile(gy, 99.0)))
     width_px = 0.8 * contrast / max(slope, 1e-3)  # a linear ramp from 10% to 90% of the contrast
     return width_px / ppm, paper, ink
 
