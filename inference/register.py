@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from capture.quality import is_image, shrink, to_gray
+from capture.quality import SATURATED, is_image, shrink, to_gray
 from inference.render import aruco_dictionary
 from inference.templates import Form, PageTemplate, available_forms, load_form
 
@@ -50,7 +50,7 @@ REASONS = {
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
     "too_bright": ("Foto terlalu terang atau pucat sehingga tulisan memudar. Kurangi cahaya atau geser lampu "
                    "agar tidak menyorot kamera, bersihkan lensa, lalu foto ulang."),
-    "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
+    "glare": "Ada pantulan cahaya di atas kotak angka atau kode halaman. Ubah posisi lampu, lalu foto ulang.",
     # (also a sheet so far from flat that a box is not where it should be: a fold standing up, a rolled
     # sheet's ends lifting off the table)
     "covered": ("Sebagian formulir tertutup (tangan atau benda lain) atau kertas tidak rata. Singkirkan, "
@@ -260,6 +260,42 @@ def find_markers(gray: np.ndarray) -> list[tuple[float, float, float]]:
     return [(x / f, y / f, side / f) for x, y, side in found]
 
 
+TAG_GLARE = 0.15  # share of the page code's square blown out: a reflection hides it
+
+
+def _code_glared(gray: np.ndarray, markers: list[tuple[float, float, float]], forms: list[Form]) -> bool:
+    """Four corner markers seen and no page code: is the code's square blown out where the markers put it?
+
+    The markers, in clockwise order, are matched to the page's TL, TR, BR, BL in the two ways that keep its
+    short side short (upright or upside down); either place of the code counts."""
+    if len(markers) != 4:
+        return False
+    pts = np.array([m[:2] for m in markers], np.float64)
+    c = pts.mean(axis=0)
+    pts = pts[np.argsort(np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0]))]  # clockwise on the image (y down)
+    layouts = {(p.marker_points, p.tag_corners) for f in forms for p in f.pages.values()}
+    for marker_points, tag_corners in layouts:
+        src = np.array(marker_points, np.float64)
+        short_first = np.hypot(*(src[1] - src[0])) < np.hypot(*(src[2] - src[1]))
+        for k in range(4):
+            dst = np.roll(pts, -k, axis=0)
+            if (np.hypot(*(dst[1] - dst[0])) < np.hypot(*(dst[2] - dst[1]))) != short_first:
+                continue
+            hmm = cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
+            quad = cv2.perspectiveTransform(np.float64([tag_corners]), hmm)[0]
+            x, y, w, h = cv2.boundingRect(np.round(quad).astype(np.int32))
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + w, gray.shape[1]), min(y + h, gray.shape[0])
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            cv2.fillConvexPoly(mask, np.round(quad - (x0, y0)).astype(np.int32), 1)
+            inside = gray[y0:y1, x0:x1][mask > 0]
+            if inside.size and np.count_nonzero(inside >= SATURATED) >= TAG_GLARE * inside.size:
+                return True
+    return False
+
+
 def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: float = 2.0) -> Registration:
     """Register a photo (BGR or gray) to its page template, or raise ``RetakeError``."""
     if not is_image(image, min_side=32):
@@ -287,6 +323,8 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
                 # markers cut by the edge, or too few of them: the page is not in the frame; all four well
                 # inside: the page is there but its code cannot be seen (covered)
                 bad = ["covered"] if len(inside) >= 4 and len(markers) == len(inside) else ["not_in_frame"]
+                if bad == ["covered"] and _code_glared(gray, inside, forms):
+                    bad = ["glare"]  # a lamp's reflection over the page code: move the lamp, not a hand
                 q.metrics["markers_without_tag"] = len(markers)
         raise RetakeError(bad or (["unknown_form"] if tags else ["no_form"]), metrics=q.metrics)
     errors = []

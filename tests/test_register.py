@@ -207,3 +207,27 @@ def test_motion_blur_is_blurred(length_px, angle):
     with pytest.raises(RetakeError) as exc:
         register(_motion(s.image, length_px, angle))
     assert exc.value.reasons == ("blurred",), exc.value.metrics
+
+
+@pytest.mark.parametrize("upside_down", [False, True])
+def test_a_reflection_over_the_page_code_is_glare_not_covered(upside_down):
+    from inference.register import _detect_tags
+
+    s = make_sample(41, 1, condition="field", scale=0.6, tps=TPS, upside_down=upside_down)
+    gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)
+    (_, _, corners), = _detect_tags(gray, {"apriltag_36h10"})
+    centre = tuple(int(v) for v in corners.mean(axis=0))
+    spot = np.zeros(gray.shape, np.float32)
+    cv2.circle(spot, centre, 80, 1.0, -1)
+    spot = cv2.GaussianBlur(spot, (0, 0), 20)[..., None]  # a lamp's soft-edged reflection on the code
+    glared = np.clip(s.image * (1 - spot) + (255 + 0.3 * s.image) * spot, 0, 255).astype(np.uint8)
+    with pytest.raises(RetakeError) as exc:
+        register(glared)
+    assert exc.value.reasons == ("glare",)  # was "covered": take your hand away (there is none)
+    patched = s.image.copy()  # the code covered by a sheet of paper: covered, as before
+    x0, y0 = corners.min(axis=0).astype(int) - 15
+    x1, y1 = corners.max(axis=0).astype(int) + 15
+    patched[y0:y1, x0:x1] = np.median(s.image[y0 - 40:y0 - 20, x0:x1], axis=(0, 1))
+    with pytest.raises(RetakeError) as exc:
+        register(patched)
+    assert exc.value.reasons == ("covered",)
