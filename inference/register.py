@@ -333,7 +333,7 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
             return _fit(gray, page, corners, min_px_per_mm)
         except RetakeError as exc:
             errors.append(exc)
-    raise errors[0]
+    raise max(errors, key=lambda e: len(e.metrics))  # the page that got furthest (its markers measured)
 
 
 def _fit(gray: np.ndarray, page: PageTemplate, corners: np.ndarray, min_px_per_mm: float) -> Registration:

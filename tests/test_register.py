@@ -186,6 +186,11 @@ def test_another_sheets_page_code_in_view_does_not_spoil_a_good_photo():
     tags = _detect_tags(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), {"apriltag_36h10"})
     assert {t[1] for t in tags} == {101, 102}  # (here OpenCV lists 102 first)
     assert register(photo).page.page == 1  # was refused "not_in_frame" when page 2's code came first
+    blurred = cv2.GaussianBlur(photo, (0, 0), 1.5)
+    blurred[5:5 + h, -5 - w:-5] = other[y0:y1, x0:x1]
+    with pytest.raises(RetakeError) as exc:  # the page's own reason, not the other sheet's
+        register(blurred)
+    assert exc.value.reasons == ("blurred",) and exc.value.page.page == 1
 
 
 def _motion(image, length_px, angle_deg):
