@@ -162,3 +162,57 @@ def test_folder_takes_the_next_name_when_files_come_and_go(tmp_path):
         cam.capture()
     write_jpeg(tmp_path / "d.jpg")  # dropped in while running: picked up
     assert cam.capture().source == "folder:d.jpg"
+
+
+def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(monkeypatch):
+    import sys
+    import types
+
+    class FakePicamera2:  # the hardware edge: libcamera lets one process hold the camera at a time
+        held = 0
+        fail_start = 1
+
+        def __init__(self):
+            if FakePicamera2.held:
+                raise RuntimeError("Failed to acquire camera: Device or resource busy")
+            FakePicamera2.held += 1
+            self.open = True
+
+        def create_still_configuration(self, **kw):
+            return kw
+
+        def configure(self, cfg):
+            pass
+
+        def set_controls(self, controls):
+            pass
+
+        def start(self):
+            if FakePicamera2.fail_start:
+                FakePicamera2.fail_start -= 1
+                raise RuntimeError("Failed to allocate buffers")
+
+        def autofocus_cycle(self):
+            pass
+
+        def capture_array(self, name):
+            return np.full((120, 160, 3), 200, np.uint8)
+
+        def stop(self):
+            pass
+
+        def close(self):
+            if self.open:
+                self.open = False
+                FakePicamera2.held -= 1
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    from capture.picam import Picamera2Camera
+
+    cam = Picamera2Camera(CameraConfig(backend="picamera2", timeout_s=5))
+    with pytest.raises(CaptureError, match="could not be started"):
+        cam.open()
+    frame = cam.capture()  # opened again at the press: the failed one was released, not left busy
+    assert frame.source == "picamera2" and frame.image.shape == (120, 160)
+    cam.close()
+    assert FakePicamera2.held == 0
