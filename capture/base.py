@@ -64,8 +64,43 @@ def frame_from_bgr(image: np.ndarray, *, quality: int, taken_at: float, source: 
 
 
 def jpeg_is_complete(data: bytes) -> bool:
-    """A JPEG ends with the EOI marker FFD9 (trailing padding allowed); a cut-off file does not."""
-    return data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    """A JPEG whose scans reach the EOI marker FFD9; a cut-off file's do not.
+
+    Most files end with it (trailing padding allowed); phones append data after it (a motion photo's video,
+    maker trailers), so the others are walked segment by segment to their EOI (an EXIF thumbnail's own FFD9
+    sits inside a segment and does not count)."""
+    if data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return True
+    n, i = len(data), 2
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False  # no marker where one must be: broken
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if m == 0xD9:
+            return True
+        if m == 0x01 or 0xD0 <= m <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if m == 0xDA:  # a scan: entropy-coded data to the next marker (FF00: a stuffed FF; FFD0-D7: restarts)
+            while True:
+                j = data.find(b"\xff", i)
+                if j < 0 or j + 1 >= n:
+                    return False
+                nxt = data[j + 1]
+                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+                    i = j + 2
+                elif nxt == 0xFF:
+                    i = j + 1
+                else:
+                    i = j
+                    break
+    return False
 
 
 def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:

@@ -24,7 +24,7 @@ class FolderCamera:
         self.loop = loop
         self.jpeg_quality = jpeg_quality
         self._runner = TimeoutRunner(timeout_s=timeout_s, name="folder camera")
-        self._next = 0
+        self._last: str | None = None  # name of the file taken last
         if not self.folder.is_dir():
             raise CaptureError(f"camera folder {self.folder} does not exist; create it or fix camera.folder")
 
@@ -32,16 +32,23 @@ class FolderCamera:
         return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
     def capture(self) -> Frame:
-        files = self.files()
+        try:
+            files = self.files()
+        except OSError as exc:  # the folder was removed (a USB stick pulled out) or cannot be listed
+            raise CaptureError(f"camera folder {self.folder} cannot be read ({exc.strerror}); "
+                               "put it back or fix camera.folder") from None
         if not files:
             raise CaptureError(f"camera folder {self.folder} is empty: put photos of the pages in it")
-        if self._next >= len(files):
+        # the next name after the last one taken: a file taken and then removed does not make the
+        # folder skip the one after it
+        later = [p for p in files if self._last is None or p.name > self._last]
+        if not later:
             if not self.loop:
                 raise CaptureError(f"no more photos in {self.folder} ({len(files)} used); "
                                    "add photos or set camera.loop = true")
-            self._next = 0
-        path = files[self._next]
-        self._next += 1
+            later = files
+        path = later[0]
+        self._last = path.name
         return self._runner.call(lambda: self._read(path))
 
     def _read(self, path: Path) -> Frame:

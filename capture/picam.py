@@ -54,13 +54,18 @@ class Picamera2Camera:
             cam = Picamera2()
         except (IndexError, RuntimeError) as exc:
             raise CaptureError(f"no Camera Module found ({exc}); check the ribbon cable") from None
-        cfg = cam.create_still_configuration(
-            main={"size": (self.config.width, self.config.height), "format": "RGB888"}, buffer_count=1)
-        cam.configure(cfg)
-        controls = fixed_controls(self.config)
-        if controls:
-            cam.set_controls(controls)
-        cam.start()
+        try:
+            cfg = cam.create_still_configuration(
+                main={"size": (self.config.width, self.config.height), "format": "RGB888"}, buffer_count=1)
+            cam.configure(cfg)
+            controls = fixed_controls(self.config)
+            if controls:
+                cam.set_controls(controls)
+            cam.start()
+        except Exception as exc:  # e.g. no memory for 12 MP buffers: release the camera, or every retry
+            cam.close()  # finds it busy until the process ends
+            raise CaptureError(f"Camera Module could not be started ({exc}); press again, "
+                               "restart the kit if this repeats") from None
         if self.config.lens_position is None:
             try:
                 cam.autofocus_cycle()  # once, at open; the stand keeps the distance fixed

@@ -129,6 +129,8 @@ ADVICE = {
                 "ratakan lipatan dan ujung kertas yang menggulung."),
     "blurred": "Foto kabur: periksa fokus (lensa) dan pastikan tiang kamera tidak goyang.",
     "too_dark": "Terlalu gelap: nyalakan lampu di atas alas atau pindah ke tempat terang.",
+    "too_bright": ("Terlalu terang atau pucat: kurangi cahaya langsung, jangan sorot lensa, bersihkan lensa, "
+                   "lalu jalankan ulang kalibrasi."),
     "glare": "Ada pantulan di atas kotak angka: geser lampu ke samping (45°), jangan tepat di atas halaman.",
     "low_resolution": "Halaman terlalu kecil di foto: turunkan kamera (lihat tinggi di panduan).",
     "not_an_image": "Kamera tidak memberi foto: periksa kabel kamera.",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from capture.quality import SATURATED, is_image, shrink, to_gray
 from inference.render import aruco_dictionary
 from inference.templates import Form, PageTemplate, available_forms, load_form
 
@@ -34,13 +35,22 @@ MAX_EDGE_MM = 1.3  # marker edge 10-90% width above this = blurred
 # finds each field where it lies (reader.BOX_SEARCH_FAR_MM), so the page is read (it was refused over 3 mm).
 MAX_TAG_RESIDUAL_MM = 6.0
 MIN_PAPER = 55  # gray level of paper around the markers below this = too dark
+# Washed out (over-exposed, or a veil of light over the lens): the paper around the markers blown out, or the
+# markers' printed black lighter than half the paper. Handwriting is lighter than the markers and goes first:
+# generated pages read right at a marker black of 0.12-0.4 of the paper (0.12-0.14 as photographed), lose
+# digits from ~0.5 and read as mostly empty boxes beyond (review "field_empty": "fill in the boxes").
+MAX_PAPER = 250
+MAX_INK_SHARE = 0.5
+BRIGHT_PAPER = 128  # a flat photo with paper darker than this is dim, brighter is washed out
 
 REASONS = {
     "not_in_frame": ("Formulir tidak masuk seluruhnya ke dalam foto. Letakkan formulir di tengah alas, "
                      "lalu foto ulang."),
     "blurred": "Foto kabur. Pastikan kamera fokus dan formulir tidak bergerak, lalu foto ulang.",
     "too_dark": "Foto terlalu gelap. Nyalakan lampu atau pindahkan ke tempat terang, lalu foto ulang.",
-    "glare": "Ada pantulan cahaya di atas kotak angka. Ubah posisi lampu, lalu foto ulang.",
+    "too_bright": ("Foto terlalu terang atau pucat sehingga tulisan memudar. Kurangi cahaya atau geser lampu "
+                   "agar tidak menyorot kamera, bersihkan lensa, lalu foto ulang."),
+    "glare": "Ada pantulan cahaya di atas kotak angka atau kode halaman. Ubah posisi lampu, lalu foto ulang.",
     # (also a sheet so far from flat that a box is not where it should be: a fold standing up, a rolled
     # sheet's ends lifting off the table)
     "covered": ("Sebagian formulir tertutup (tangan atau benda lain) atau kertas tidak rata. Singkirkan, "
@@ -81,7 +91,7 @@ class Registration:
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return to_gray(image)
 
 
 def rectify(
@@ -161,9 +171,11 @@ def _edge_width_mm(patch: np.ndarray, ppm: float) -> tuple[float, float, float]:
     p = patch.astype(np.float32)
     paper, ink = float(np.percentile(p, 90)), float(np.percentile(p, 5))
     contrast = max(paper - ink, 1.0)
-    gx = cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3) / 8
-    gy = cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3) / 8
-    slope = float(np.percentile(cv2.magnitude(gx, gy), 99.0))  # gray levels per px across the sharpest edges
+    gx = np.abs(cv2.Sobel(p, cv2.CV_32F, 1, 0, ksize=3) / 8)
+    gy = np.abs(cv2.Sobel(p, cv2.CV_32F, 0, 1, ksize=3) / 8)
+    # gray levels per px across the sharpest edges, of the blurrier direction: the patch is upright, so the
+    # marker's edges run along x and y, and motion (the page or the stand moving) smears only one of them
+    slope = min(float(np.percentile(gx, 99.0)), float(np.percentile(gy, 99.0)))
     width_px = 0.8 * contrast / max(slope, 1e-3)  # a linear ramp from 10% to 90% of the contrast
     return width_px / ppm, paper, ink
 
@@ -176,8 +188,7 @@ def _px_per_mm(hmm: np.ndarray, at: tuple[float, float]) -> float:
 
 
 def _detect_tags(gray: np.ndarray, families: set[str]) -> list[tuple[str, int, np.ndarray]]:
-    f = min(1.0, WORK_SIDE / max(gray.shape[:2]))
-    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    small, f = shrink(gray, WORK_SIDE)
     found = []
     for fast in (True, False):  # the ArUco3 pipeline is ~50x faster; the classic one is the fallback
         for fam in sorted(families):
@@ -212,8 +223,7 @@ def find_markers(gray: np.ndarray) -> list[tuple[float, float, float]]:
     Dark solid squares (against the local paper) are paired when two of a similar size touch at a corner
     (centres one diagonal apart), at any rotation; the pinch where they touch is opened by eroding."""
     gray = _gray(gray)
-    f = min(1.0, WORK_SIDE / max(gray.shape[:2]))
-    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    small, f = shrink(gray, WORK_SIDE)
     long_side = max(small.shape[:2])
     block = max(31, long_side // 15) | 1
     ink = cv2.adaptiveThreshold(small, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, block, 30)
@@ -250,33 +260,62 @@ def find_markers(gray: np.ndarray) -> list[tuple[float, float, float]]:
     return [(x / f, y / f, side / f) for x, y, side in found]
 
 
+TAG_GLARE = 0.15  # share of the page code's square blown out: a reflection hides it
+
+
+def _code_glared(gray: np.ndarray, markers: list[tuple[float, float, float]], forms: list[Form]) -> bool:
+    """Four corner markers seen and no page code: is the code's square blown out where the markers put it?
+
+    The markers, in clockwise order, are matched to the page's TL, TR, BR, BL in the two ways that keep its
+    short side short (upright or upside down); either place of the code counts."""
+    if len(markers) != 4:
+        return False
+    pts = np.array([m[:2] for m in markers], np.float64)
+    c = pts.mean(axis=0)
+    pts = pts[np.argsort(np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0]))]  # clockwise on the image (y down)
+    layouts = {(p.marker_points, p.tag_corners) for f in forms for p in f.pages.values()}
+    for marker_points, tag_corners in layouts:
+        src = np.array(marker_points, np.float64)
+        short_first = np.hypot(*(src[1] - src[0])) < np.hypot(*(src[2] - src[1]))
+        for k in range(4):
+            dst = np.roll(pts, -k, axis=0)
+            if (np.hypot(*(dst[1] - dst[0])) < np.hypot(*(dst[2] - dst[1]))) != short_first:
+                continue
+            hmm = cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
+            quad = cv2.perspectiveTransform(np.float64([tag_corners]), hmm)[0]
+            x, y, w, h = cv2.boundingRect(np.round(quad).astype(np.int32))
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + w, gray.shape[1]), min(y + h, gray.shape[0])
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+            cv2.fillConvexPoly(mask, np.round(quad - (x0, y0)).astype(np.int32), 1)
+            inside = gray[y0:y1, x0:x1][mask > 0]
+            if inside.size and np.count_nonzero(inside >= SATURATED) >= TAG_GLARE * inside.size:
+                return True
+    return False
+
+
 def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: float = 2.0) -> Registration:
     """Register a photo (BGR or gray) to its page template, or raise ``RetakeError``."""
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim not in (2, 3)
-        or min(image.shape[:2]) < 32
-    ):
+    if not is_image(image, min_side=32):
         raise RetakeError(["not_an_image"])
     gray = _gray(image)
     forms = [form] if form is not None else [load_form(f) for f in available_forms()]
     families = {p.tag_family for f in forms for p in f.pages.values()}
     tags = _detect_tags(gray, families)
-    page = corners = None
+    candidates = []  # every page code of a known page in the photo (another sheet's may lie in view too)
     for fam, tag_id, c in tags:
         for f in forms:
             cand = f.page_for_tag(tag_id)
             if cand is not None and cand.tag_family == fam:
-                page, corners = cand, c
+                candidates.append((cand, c))
                 break
-        if page is not None:
-            break
-    if page is None:
+    if not candidates:
         from capture.quality import assess
 
         q = assess(image)
-        bad = [r for r in q.reasons if r in ("blurred", "too_dark")]
+        bad = [r for r in q.reasons if r in ("blurred", "too_dark", "too_bright")]
         if not bad and not tags:  # no page code: is a form there all the same (its corner markers)?
             markers = find_markers(gray)
             if markers:
@@ -284,8 +323,21 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
                 # markers cut by the edge, or too few of them: the page is not in the frame; all four well
                 # inside: the page is there but its code cannot be seen (covered)
                 bad = ["covered"] if len(inside) >= 4 and len(markers) == len(inside) else ["not_in_frame"]
+                if bad == ["covered"] and _code_glared(gray, inside, forms):
+                    bad = ["glare"]  # a lamp's reflection over the page code: move the lamp, not a hand
                 q.metrics["markers_without_tag"] = len(markers)
         raise RetakeError(bad or (["unknown_form"] if tags else ["no_form"]), metrics=q.metrics)
+    errors = []
+    for page, corners in candidates:  # the page whose corner markers are found where its code puts them
+        try:
+            return _fit(gray, page, corners, min_px_per_mm)
+        except RetakeError as exc:
+            errors.append(exc)
+    raise max(errors, key=lambda e: len(e.metrics))  # the page that got furthest (its markers measured)
+
+
+def _fit(gray: np.ndarray, page: PageTemplate, corners: np.ndarray, min_px_per_mm: float) -> Registration:
+    """Registration of ``page`` from its code's corners (px) in the photo, or ``RetakeError``."""
     src = np.array(page.tag_corners, np.float64)
     hmm, _ = cv2.findHomography(src, corners)
     h_img, w_img = gray.shape[:2]
@@ -357,8 +409,12 @@ def register(image: np.ndarray, *, form: Form | None = None, min_px_per_mm: floa
         "tag_residual_mm": round(residual, 3),
     }
     reasons = []
-    if metrics["paper"] < MIN_PAPER or metrics["paper"] - metrics["ink"] < 30:
+    paper, ink = metrics["paper"], metrics["ink"]
+    washed_out = paper >= MAX_PAPER or ink > MAX_INK_SHARE * paper
+    if paper < MIN_PAPER or (paper - ink < 30 or washed_out) and paper < BRIGHT_PAPER:
         reasons.append("too_dark")
+    elif washed_out:
+        reasons.append("too_bright")
     elif edge_mm > MAX_EDGE_MM:
         reasons.append("blurred")
     if ppm < min_px_per_mm:

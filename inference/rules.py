@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from inference.templates import FORMS_DIR, Rule, TemplateError
+from inference.templates import FORMS_DIR, Rule, TemplateError, load_form
 
 __all__ = ["holds", "holds_values", "prior_values", "check", "TpsRule", "load_tps_rules", "check_values"]
 
@@ -94,6 +94,8 @@ def load_tps_rules(form_id: str, forms_dir: Path = FORMS_DIR) -> tuple[TpsRule, 
     path = Path(forms_dir) / form_id / "tps.json"
     if not path.is_file():
         return ()
+    form = load_form(form_id, Path(forms_dir))
+    known = {f"p{n}.{f.name}" for n, page in form.pages.items() for f in page.fields}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         out = []
@@ -105,6 +107,10 @@ def load_tps_rules(form_id: str, forms_dir: Path = FORMS_DIR) -> tuple[TpsRule, 
                 right = [r["right"]] if isinstance(r["right"], str) else r["right"]
             else:
                 raise TemplateError(f"{path}: rule {r.get('name')!r}: kind must be 'sum' or 'le'")
+            unknown = [f for f in (*left, *right) if f not in known]
+            if unknown:
+                raise TemplateError(f"{path}: rule {r.get('name')!r} refers to unknown field(s) {unknown} "
+                                    "(write p<page>.<field> of a page of the form)")
             out.append(
                 TpsRule(
                     name=r["name"],

@@ -240,15 +240,16 @@ def page1(rects) -> tuple[list[dict], list[dict]]:
             "label": "II.2 surat digunakan = I.B.4 jumlah pengguna",
         }
     )
-    rules.append(
-        {
-            "name": "disabilitas_jml <= pengguna_total_jml",
-            "kind": "le",
-            "left": "disabilitas_jml",
-            "right": "pengguna_total_jml",
-            "label": "III tidak melebihi I.B.4",
-        }
-    )
+    for part in ("l", "p", "jml"):  # voters with disabilities are voters: per sex, not only in total
+        rules.append(
+            {
+                "name": f"disabilitas_{part} <= pengguna_total_{part}",
+                "kind": "le",
+                "left": f"disabilitas_{part}",
+                "right": f"pengguna_total_{part}",
+                "label": f"III tidak melebihi I.B.4 ({part.upper()})",
+            }
+        )
     return fields, rules
 
 

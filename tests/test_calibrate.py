@@ -50,6 +50,12 @@ def test_bad_setups_say_what_to_adjust(spoil, word):
     assert word in " ".join(i.advice for i in items)
 
 
+def test_an_over_exposed_setup_says_less_light(good):
+    m = measure(np.clip(good.image.astype(np.float32) * 3, 0, 255).astype(np.uint8))
+    assert m.reasons == ("too_bright",)
+    assert "kurangi cahaya" in " ".join(i.advice for i in evaluate(m))
+
+
 def test_glare_over_the_boxes(good):
     m = measure(good.image)
     img = good.image.copy()

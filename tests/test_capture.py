@@ -116,3 +116,103 @@ def test_fixed_controls_from_calibration():
                                    "AwbEnable": False, "ColourGains": (1.8, 1.4), "AfMode": 0,
                                    "LensPosition": 2.5}
     assert fixed_controls(CameraConfig()) == {}
+
+
+def test_folder_removed_while_running_is_a_capture_error(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_jpeg(folder / "a.jpg")
+    cam = FolderCamera(folder)
+    assert cam.capture().source == "folder:a.jpg"
+    (folder / "a.jpg").unlink()
+    folder.rmdir()  # a USB stick pulled out: the kit must say "camera", not crash into "cannot save"
+    with pytest.raises(CaptureError, match="cannot be read"):
+        cam.capture()
+
+
+def test_a_jpeg_with_data_after_its_end_is_complete_a_cut_one_with_a_thumbnail_is_not(tmp_path):
+    good = write_jpeg(tmp_path / "x.jpg")
+    (tmp_path / "x.jpg").unlink()
+    # a phone's motion photo: the video follows the JPEG's end marker; maker trailers do the same
+    (tmp_path / "1-motion.jpg").write_bytes(good + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    # an EXIF thumbnail (a JPEG with its own FFD9 inside the APP1 segment), then the photo cut in its scan
+    thumb = cv2.imencode(".jpg", page()[::4, ::4])[1].tobytes()
+    app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + thumb
+    with_thumb = good[:2] + app1 + good[2:]
+    (tmp_path / "2-thumb-motion.jpg").write_bytes(with_thumb + b"MotionPhoto_Data" + bytes(range(256)) * 40)
+    (tmp_path / "3-thumb-cut.jpg").write_bytes(with_thumb[: len(with_thumb) - len(good) // 3])
+    cam = FolderCamera(tmp_path)
+    for name in ("1-motion.jpg", "2-thumb-motion.jpg"):
+        frame = cam.capture()
+        assert frame.source == f"folder:{name}" and frame.image.shape == (120, 160)
+    with pytest.raises(CaptureError, match="truncated"):
+        cam.capture()
+
+
+def test_folder_takes_the_next_name_when_files_come_and_go(tmp_path):
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_jpeg(tmp_path / name)
+    cam = FolderCamera(tmp_path)
+    assert cam.capture().source == "folder:a.jpg"
+    (tmp_path / "a.jpg").unlink()  # the photo taken is moved away: b must not be skipped
+    assert cam.capture().source == "folder:b.jpg"
+    write_jpeg(tmp_path / "0.jpg")  # a file sorting before the ones taken: b must not be taken twice
+    assert cam.capture().source == "folder:c.jpg"
+    with pytest.raises(CaptureError, match="no more photos"):
+        cam.capture()
+    write_jpeg(tmp_path / "d.jpg")  # dropped in while running: picked up
+    assert cam.capture().source == "folder:d.jpg"
+
+
+def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(monkeypatch):
+    import sys
+    import types
+
+    class FakePicamera2:  # the hardware edge: libcamera lets one process hold the camera at a time
+        held = 0
+        fail_start = 1
+
+        def __init__(self):
+            if FakePicamera2.held:
+                raise RuntimeError("Failed to acquire camera: Device or resource busy")
+            FakePicamera2.held += 1
+            self.open = True
+
+        def create_still_configuration(self, **kw):
+            return kw
+
+        def configure(self, cfg):
+            pass
+
+        def set_controls(self, controls):
+            pass
+
+        def start(self):
+            if FakePicamera2.fail_start:
+                FakePicamera2.fail_start -= 1
+                raise RuntimeError("Failed to allocate buffers")
+
+        def autofocus_cycle(self):
+            pass
+
+        def capture_array(self, name):
+            return np.full((120, 160, 3), 200, np.uint8)
+
+        def stop(self):
+            pass
+
+        def close(self):
+            if self.open:
+                self.open = False
+                FakePicamera2.held -= 1
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    from capture.picam import Picamera2Camera
+
+    cam = Picamera2Camera(CameraConfig(backend="picamera2", timeout_s=5))
+    with pytest.raises(CaptureError, match="could not be started"):
+        cam.open()
+    frame = cam.capture()  # opened again at the press: the failed one was released, not left busy
+    assert frame.source == "picamera2" and frame.image.shape == (120, 160)
+    cam.close()
+    assert FakePicamera2.held == 0

@@ -125,3 +125,114 @@ def test_a_marker_at_the_very_edge_of_the_photo_is_still_not_in_frame():
     with pytest.raises(RetakeError) as e:
         register(s.image)
     assert list(e.value.reasons) == ["not_in_frame"]
+
+
+def test_gray_with_a_channel_axis_bgra_odd_channels_and_thin_strips():
+    s = make_sample(11, 2, condition="clean", scale=SCALE, tps=TPS)
+    gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)
+    reg = register(gray, min_px_per_mm=1.5)
+    for image in (gray[:, :, None], cv2.cvtColor(s.image, cv2.COLOR_BGR2BGRA)):
+        assert np.allclose(register(image, min_px_per_mm=1.5).homography, reg.homography)
+    for bad in (np.dstack([gray, gray]), np.dstack([s.image, gray, gray])):
+        with pytest.raises(RetakeError) as exc:
+            register(bad)
+        assert exc.value.reasons == ("not_an_image",)
+    with pytest.raises(RetakeError):  # a strip far longer than wide: no crash in the shrink
+        register(np.full((40, 100_000), 200, np.uint8))
+
+
+def _exposed(image, gain=1.0, veil=0.0):
+    """The photo over-exposed (gain) or under a veil of light (a lamp shining into the lens)."""
+    return np.clip(image.astype(np.float32) * gain * (1 - veil / 255) + veil, 0, 255).astype(np.uint8)
+
+
+def test_washed_out_photos_are_too_bright_and_a_white_frame_is_not_too_dark():
+    s = make_sample(12, 1, condition="field", scale=0.6, tps=TPS)
+    register(s.image)
+    register(_exposed(s.image, veil=60))  # marker black at ~0.4 of the paper: still read right
+    for image in (_exposed(s.image, gain=2.5), _exposed(s.image, veil=120)):
+        with pytest.raises(RetakeError) as exc:
+            register(image)
+        assert exc.value.reasons == ("too_bright",), exc.value.metrics
+    with pytest.raises(RetakeError) as exc:  # no page code to be seen: blown out, not dark
+        register(np.full((1200, 1600, 3), 255, np.uint8))
+    assert exc.value.reasons == ("too_bright",)
+    assert "terang" in REASONS["too_bright"]
+
+
+def test_an_over_exposed_page_is_a_retake_not_a_review_of_empty_boxes():
+    from inference.digits import DigitClassifier
+    from inference.reader import PageReader
+
+    reader = PageReader(classifier=DigitClassifier.load())
+    s = make_sample(1, 1, condition="field", scale=0.6, tps=make_tps(np.random.default_rng(1)))
+    assert reader.read(s.image).status == "ok"
+    # the ink borders of page 1's boxes survive over-exposure, the handwriting does not: before, this page was
+    # read as mostly empty boxes with a wrong number or two ("fill in the empty boxes")
+    reading = reader.read(_exposed(s.image, gain=3.0))
+    assert reading.status == "retake" and [r["code"] for r in reading.to_dict()["reasons"]] == ["too_bright"]
+
+
+def test_another_sheets_page_code_in_view_does_not_spoil_a_good_photo():
+    from inference.register import _detect_tags
+
+    tps = make_tps(np.random.default_rng(5))
+    photo = make_sample(21, 1, condition="clean", scale=0.6, tps=tps, upside_down=True).image.copy()
+    other = make_sample(22, 2, condition="clean", scale=0.6, tps=tps).image
+    (_, _, c), = _detect_tags(cv2.cvtColor(other, cv2.COLOR_BGR2GRAY), {"apriltag_36h10"})
+    (x0, y0), (x1, y1) = c.min(0).astype(int) - 25, c.max(0).astype(int) + 25
+    h, w = y1 - y0, x1 - x0
+    photo[5:5 + h, -5 - w:-5] = other[y0:y1, x0:x1]  # page 2's corner with its code at the frame's edge
+    tags = _detect_tags(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), {"apriltag_36h10"})
+    assert {t[1] for t in tags} == {101, 102}  # (here OpenCV lists 102 first)
+    assert register(photo).page.page == 1  # was refused "not_in_frame" when page 2's code came first
+    blurred = cv2.GaussianBlur(photo, (0, 0), 1.5)
+    blurred[5:5 + h, -5 - w:-5] = other[y0:y1, x0:x1]
+    with pytest.raises(RetakeError) as exc:  # the page's own reason, not the other sheet's
+        register(blurred)
+    assert exc.value.reasons == ("blurred",) and exc.value.page.page == 1
+
+
+def _motion(image, length_px, angle_deg):
+    """The photo smeared along one direction (the page pulled, the stand knocked, during the exposure)."""
+    k = np.zeros((length_px, length_px), np.float32)
+    k[length_px // 2, :] = 1
+    c = (length_px - 1) / 2
+    k = cv2.warpAffine(k, cv2.getRotationMatrix2D((c, c), angle_deg, 1), (length_px, length_px))
+    return cv2.filter2D(image, -1, k / k.sum())
+
+
+@pytest.mark.parametrize("length_px,angle", [(5, 0), (9, 90), (7, 45)])
+def test_motion_blur_is_blurred(length_px, angle):
+    s = make_sample(300, 1, condition="field", scale=0.6, tps=make_tps(np.random.default_rng(1)))
+    assert register(s.image).metrics["edge_mm"] < 0.9
+    # 2-4 mm of smear across the boxes: the marker edges along it stay sharp, those across it do not. Before,
+    # only the sharpest edges were measured: such pages were read (to review, with up to 22 wrong numbers) or
+    # refused as "covered" (take your hand away).
+    with pytest.raises(RetakeError) as exc:
+        register(_motion(s.image, length_px, angle))
+    assert exc.value.reasons == ("blurred",), exc.value.metrics
+
+
+@pytest.mark.parametrize("upside_down", [False, True])
+def test_a_reflection_over_the_page_code_is_glare_not_covered(upside_down):
+    from inference.register import _detect_tags
+
+    s = make_sample(41, 1, condition="field", scale=0.6, tps=TPS, upside_down=upside_down)
+    gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)
+    (_, _, corners), = _detect_tags(gray, {"apriltag_36h10"})
+    centre = tuple(int(v) for v in corners.mean(axis=0))
+    spot = np.zeros(gray.shape, np.float32)
+    cv2.circle(spot, centre, 80, 1.0, -1)
+    spot = cv2.GaussianBlur(spot, (0, 0), 20)[..., None]  # a lamp's soft-edged reflection on the code
+    glared = np.clip(s.image * (1 - spot) + (255 + 0.3 * s.image) * spot, 0, 255).astype(np.uint8)
+    with pytest.raises(RetakeError) as exc:
+        register(glared)
+    assert exc.value.reasons == ("glare",)  # was "covered": take your hand away (there is none)
+    patched = s.image.copy()  # the code covered by a sheet of paper: covered, as before
+    x0, y0 = corners.min(axis=0).astype(int) - 15
+    x1, y1 = corners.max(axis=0).astype(int) + 15
+    patched[y0:y1, x0:x1] = np.median(s.image[y0 - 40:y0 - 20, x0:x1], axis=(0, 1))
+    with pytest.raises(RetakeError) as exc:
+        register(patched)
+    assert exc.value.reasons == ("covered",)

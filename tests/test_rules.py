@@ -250,3 +250,38 @@ def test_date_rule_template_errors_are_refused(extra, message):
     assert _rule(base, "page3.rules[0]", {"d", "m", "y"}).fields == ("d", "m", "y")
     with pytest.raises(TemplateError, match=message):
         _rule({**base, **extra}, "page3.rules[0]", {"d", "m", "y"})
+
+
+def test_voters_with_disabilities_cannot_outnumber_the_voters_of_their_sex():
+    p1 = load_form().pages[1]
+    good = {"dpt_l": 100, "dpt_p": 100, "dpt_jml": 200,
+            "pengguna_dpt_l": 80, "pengguna_dpt_p": 90, "pengguna_dpt_jml": 170,
+            "pengguna_dptb_l": 2, "pengguna_dptb_p": 1, "pengguna_dptb_jml": 3,
+            "pengguna_dpk_l": 0, "pengguna_dpk_p": 1, "pengguna_dpk_jml": 1,
+            "pengguna_total_l": 82, "pengguna_total_p": 92, "pengguna_total_jml": 174,
+            "disabilitas_l": 3, "disabilitas_p": 0, "disabilitas_jml": 3,
+            "surat_diterima": 204, "surat_digunakan": 174, "surat_dikembalikan": 2,
+            "surat_tidak_digunakan": 28}
+    assert all(c["ok"] is True for c in rules.check(p1.rules, good))
+    # III (L) 90 > I.B.4 (L) 82: more men with disabilities voted than men voted; the JML (90 <= 174) hides it
+    for part, other, n in (("l", "p", 90), ("p", "l", 95)):
+        bad = {**good, f"disabilitas_{part}": n, "disabilitas_jml": n + good[f"disabilitas_{other}"]}
+        failed = [c["rule"] for c in rules.check(p1.rules, bad) if c["ok"] is False]
+        assert failed == [f"disabilitas_{part} <= pengguna_total_{part}"], failed
+
+
+def test_cross_page_rules_naming_an_unknown_field_are_refused(tmp_path):
+    import json
+    import shutil
+
+    from inference.templates import FORMS_DIR, TemplateError
+
+    form = "C.HASIL-PPWP-2024"
+    shutil.copytree(FORMS_DIR / form, tmp_path / form)
+    assert len(rules.load_tps_rules(form, tmp_path)) == len(rules.load_tps_rules(form))
+    tps = json.loads((tmp_path / form / "tps.json").read_text())
+    tps["rules"][0]["terms"] = ["p3.total_suara_"]  # a typo: the rule could never be checked
+    (tmp_path / form / "tps.json").write_text(json.dumps(tps))
+    rules.load_tps_rules.cache_clear()
+    with pytest.raises(TemplateError, match="unknown field.*p3.total_suara_"):
+        rules.load_tps_rules(form, tmp_path)
