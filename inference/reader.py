@@ -630,6 +630,11 @@ def _box_sides(crop: np.ndarray, ppm: float, *, grey_border: bool = False) -> tu
     return sum(float(np.median(s)) < paper - min_contrast for s in sides if s.size), glare
 
 
+def _sides_shown(tries: list[list[BoxCrop]], ppm: float) -> np.ndarray:
+    """(try, box) on how many sides a grey-bordered box cut in each of the ways tried shows its border."""
+    return np.array([[_box_sides(bc.crop, ppm, grey_border=True)[0] for bc in t] for t in tries])
+
+
 def _object_over(crop: np.ndarray, ppm: float) -> bool:
     """Whether a dark object lies over a box crop cut with CROP_MARGIN_MM: a dark mark at least OBJECT_MM wide
     whose extent reaches the crop's edge, outside the printed border."""
@@ -761,9 +766,13 @@ class PageReader:
         they are seen to lie (``locate``, up to BOX_SEARCH_FAR_MM), each box nudged; one not found there, or
         one that shows its borders but whose neighbours moved (a box cut a row off can show four "sides": its
         own two, a table line, a stroke), is looked for around where the fields nearest it lie. A field in
-        light grey (row sums, drawn like the tally grid beside them) moves as the black-bordered fields
-        nearest to it, then by its own lines a little more. On a page that lies flat every box is cut where
-        the markers put it."""
+        light grey (row sums, drawn like the tally grid beside them) that does not show all four sides of
+        every box where the markers put it moves as the black-bordered fields nearest to it, each box nudged
+        to its own lines (a lens's distortion bows the page by a millimetre or so between the markers, and
+        a grey border then reaches into the classifier's crop as a faint stroke); where a side is still not
+        seen, the field is also looked for by its own lines and the table's; each box is cut where it shows
+        the most sides.
+        On a page that lies flat every box is cut where the markers put it."""
         ppm = self._crop_ppm(reg)
         grey = _grey_bordered_fields(reg.page)
         fields = [f for f in reg.page.fields if f.boxes]
@@ -771,6 +780,7 @@ class PageReader:
         regions: dict[str, _FieldRegion] = {}
         seen: dict[str, tuple[tuple[float, float], tuple[int, int]]] = {}  # black-bordered: (where, shift)
         placed = set()  # black-bordered fields whose boxes show where the markers put them
+        at_markers: dict[str, list[BoxCrop]] = {}  # grey-bordered fields cut where the markers put them
         for f in fields:
             region = regions[f.name] = self._region(gray, reg, f, ppm, SHADE_CONTEXT_MM)
             crops = [self._cut_box(gray, reg, f, i, (0, 0), region, ppm) for i in range(len(f.boxes))]
@@ -778,13 +788,13 @@ class PageReader:
             for bc, (n, glare) in zip(crops, sides, strict=True):
                 bc.seen = (n >= 3, glare)
             if f.name in grey:
-                if all(bc.seen[0] for bc in crops):
-                    cut[f.name] = crops  # where the markers put it, unless the fields near it moved
-            elif all(n == 4 for n, _ in sides):
-                cut[f.name] = crops  # where the markers put it: as before
-                seen[f.name] = (f.boxes[0].center, (0, 0))
-                placed.add(f.name)
-            else:
+                at_markers[f.name] = crops
+            if all(n == 4 for n, _ in sides):
+                cut[f.name] = crops  # where the markers put it (unless the fields near it moved)
+                if f.name not in grey:
+                    seen[f.name] = (f.boxes[0].center, (0, 0))
+                    placed.add(f.name)
+            elif f.name not in grey:
                 shift, far = self._locate_field(gray, reg, f, region, ppm, search_mm=BOX_SEARCH_FAR_MM)
                 if shift is not None:
                     seen[f.name] = (f.boxes[0].center, shift)
@@ -806,10 +816,21 @@ class PageReader:
             shift = _nearest_shift(f.boxes[0].center, list(seen.values()))
             if f.name in cut and np.hypot(*shift) <= BOX_NUDGE_MM * ppm:
                 continue
-            own, region = self._locate_field(gray, reg, f, regions[f.name], ppm, around=shift,
-                                             search_mm=BOX_NUDGE_MM)
-            shift = (shift[0] + own[0], shift[1] + own[1]) if own else shift
-            cut[f.name] = [self._cut_box(gray, reg, f, i, shift, region, ppm) for i in range(len(f.boxes))]
+            # Moved as those fields with each box nudged to its lines; where the markers put it (not if it
+            # showed every side there while the fields near it moved); and, if a box shows all four sides in
+            # neither, looked for by its own lines and the table's. Each box is cut where it shows the most
+            # sides (the first of a tie): faint grey lines alone match ink strokes as well as the border.
+            tries = [self._located(gray, reg, f, shift, regions[f.name], ppm)]
+            if f.name not in cut:
+                tries.append(at_markers[f.name])
+            if _sides_shown(tries, ppm).max(axis=0).min() < 4:
+                own, region = self._locate_field(gray, reg, f, regions[f.name], ppm, around=shift,
+                                                 search_mm=BOX_NUDGE_MM)
+                if own and own != (0, 0):
+                    tries.append(self._located(gray, reg, f, (shift[0] + own[0], shift[1] + own[1]), region,
+                                               ppm))
+            best = _sides_shown(tries, ppm).argmax(axis=0)
+            cut[f.name] = [tries[k][i] for i, k in enumerate(best)]
         return [bc for f in fields for bc in cut[f.name]]
 
     @staticmethod

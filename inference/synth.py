@@ -50,8 +50,10 @@ CONDITIONS = ("clean", "field", "hard")  # the mix the tests, benchmarks and tra
 # also available: "sun", field conditions under a sharp-edged shadow (sun through a gap in a tent, a pole);
 # "folded", field conditions on a plano sheet that does not lie flat (its fold lines stand up: the middle of
 # the page moves by millimetres against the corner markers, and the slopes take the light differently);
-# "curled", the same for a sheet that was rolled: its ends lift off the table, corner markers and all
-EXTRA_CONDITIONS = ("sun", "folded", "curled")
+# "curled", the same for a sheet that was rolled: its ends lift off the table, corner markers and all;
+# "lens", field conditions through a lens with radial distortion (straight lines bow: what a homography from
+# the corner markers cannot undo)
+EXTRA_CONDITIONS = ("sun", "folded", "curled", "lens")
 SPOILS = ("blurred", "dark", "cut_off", "hand", "no_form")  # the mix the benchmark cycles through
 EXTRA_SPOILS = ("pen",)  # also: a ballpoint pen left lying across the boxes
 INKS = {"blue": (150, 60, 25), "black": (35, 35, 40)}  # BGR
@@ -404,7 +406,12 @@ _COND = {  # wobble, rotation sd (deg), light, shadow p, glare p, blur sigma (mm
         persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92),
         lift="curled"
     ),
+    "lens": dict(
+        persp=0.012, rot=2.0, light=0.18, shadow=0.35, glare=0.15, blur=0.08, noise=3.0, q=(80, 92),
+        lens=(-0.06, 0.03)
+    ),
 }
+LENS_HFOV_DEG = 66.0  # Camera Module 3 (standard lens), horizontal field of view
 STAND_HEIGHT_MM = 750.0  # camera above the table: a 66-degree lens sees the 900 mm page at fill 0.92
 
 
@@ -538,6 +545,23 @@ def _lift(photo: np.ndarray, hmm: np.ndarray, page: PageTemplate, rng: np.random
         np.uint8)
 
 
+def _lens(photo: np.ndarray, k1: float) -> np.ndarray:
+    """The photo through a lens with radial distortion ``k1`` (Brown's model, r_d = r (1 + k1 r^2), r in
+    focal lengths from the centre; negative: barrel). At the frame's corner (r = 0.75 for LENS_HFOV_DEG) a
+    point moves by k1 * 0.56 of its distance: -0.06 is 3.4% inward, a cheap wide lens; +0.03 1.7% outward."""
+    h, w = photo.shape[:2]
+    f = (w / 2) / np.tan(np.deg2rad(LENS_HFOV_DEG / 2))
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    xd, yd = (gx - w / 2) / f, (gy - h / 2) / f
+    rd2 = xd * xd + yd * yd
+    s = np.ones_like(rd2)  # r_u = r_d / (1 + k1 r_u^2): a few fixed-point steps
+    for _ in range(5):
+        s = 1.0 / (1.0 + k1 * rd2 * s * s)
+    map_x, map_y = (w / 2 + xd * s * f).astype(np.float32), (h / 2 + yd * s * f).astype(np.float32)
+    return cv2.remap(photo, map_x, map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
 def photograph(
     page_img: np.ndarray,
     page: PageTemplate,
@@ -571,6 +595,8 @@ def photograph(
     )
     if c.get("lift"):
         photo = _lift(photo, hmm, page, rng, curl=c["lift"] == "curled")
+    if c.get("lens"):
+        photo = _lens(photo, float(rng.uniform(*c["lens"])))
     out = _light(photo, rng, amount=c["light"], shadow=c["shadow"], glare=c["glare"], sun=c.get("sun", 0.0))
     ppm = float(np.sqrt(abs(np.linalg.det(hmm[:2, :2]))))
     blur = c["blur"] * ppm * rng.uniform(0.3, 1.0) if c["blur"] else 0.0

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", default=",".join(CONDITIONS),
                     help="photo conditions the TPS take in turn, comma-separated, from "
                          f"{', '.join(CONDITIONS + EXTRA_CONDITIONS)} (sun: sharp-edged shadows; folded: "
-                         "fold lines standing up; curled: a rolled sheet's ends lifting)")
+                         "fold lines standing up; curled: a rolled sheet's ends lifting; lens: a lens's "
+                         "radial distortion bowing the page)")
     ap.add_argument("--spoils", default=",".join(SPOILS),
                     help=f"kinds of unusable photo, taken in turn, from {', '.join(SPOILS + EXTRA_SPOILS)} "
                          "(pen: a pen left lying across the boxes)")

@@ -85,3 +85,26 @@ def test_a_rolled_sheet_lifts_its_corner_markers_away_from_the_camera_axis():
     rolled = marker_moves(make_sample(907, 1, condition="curled", scale=0.6))
     assert max(abs(v) for v in flat) < 1.0
     assert max(rolled) > 3.0 and min(rolled) > -1.0
+
+
+def test_a_lens_bows_straight_lines_about_the_photo_centre():
+    """"lens": radial distortion about the photo's centre. The centre stays put; a straight line off centre
+    bows (barrel, k1 < 0: its middle lies further out than its ends, seen from the centre) by about k1 r^2
+    of its distance; k1 = 0 changes nothing."""
+    from inference.synth import _lens
+
+    h, w = 600, 1000
+    img = np.full((h, w), 255, np.uint8)
+    img[h // 2, :] = 0  # a line through the centre stays straight
+    img[100, :] = 0  # one 200 px above the centre bows
+    assert np.array_equal(_lens(img, 0.0), img)
+    out = _lens(img, -0.06)
+
+    def row_of_line(col: int) -> float:
+        c = 255.0 - out[: h // 2 - 50, col].astype(np.float64)
+        return float((c * np.arange(c.size)).sum() / c.sum())
+
+    assert out[h // 2, ::50].max() < 128  # the centre line is still there, on its row
+    middle, end = row_of_line(w // 2), row_of_line(20)
+    assert abs(middle - 100) < 1.5  # (on the vertical axis through the centre: moved by 200 k1 r^2 ~ 0.8 px)
+    assert end - middle > 3.0  # towards the centre at the ends: the line bows
