@@ -4,8 +4,9 @@ One SQLite file ``<state_dir>/tpskit.db`` (WAL, synchronous=FULL) shared with co
 with its own connection. JPEGs live under ``<state_dir>/photos/``; each file is written, fsynced
 and renamed into place (and its directory fsynced) before its row is committed, so a committed
 row always points at a complete photo; a photo whose row a power cut kept from being committed is
-removed when the store opens again. A per-kit sequence number orders captures even when the
-wall clock is wrong (no RTC), and the clock's sync state is stored next to the timestamp.
+set aside in ``photos/uncommitted/`` when the store opens again (never deleted: it may be the only
+copy). A per-kit sequence number orders captures even when the wall clock is wrong (no RTC), and the
+clock's sync state is stored next to the timestamp.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class CaptureStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"database {self.db_path} cannot be opened: {exc}") from None
         self._clean_temp_files()
-        self._clean_orphans()
+        self._set_aside_orphans()
 
     def _create(self) -> None:
         table = self.db[self.TABLE]
@@ -142,11 +143,13 @@ class CaptureStore:
         for tmp in self.photos_dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
-    def _clean_orphans(self) -> None:
-        """Remove photos whose row was never committed (power cut or SIGKILL between fsync and commit).
+    def _set_aside_orphans(self) -> None:
+        """Move photos whose row was never committed (power cut or SIGKILL between fsync and commit) to
+        ``photos/uncommitted/``.
 
         The KPPS never got a verdict for them (it comes after the commit), so the page is photographed
-        again; left behind they would fill the card and never be counted or sent.
+        again; among the captures they would never be counted or sent. They are kept, not deleted: a
+        database recreated empty or restored from an older copy would make every photo look like one.
         """
         known: set[str] = set()
         try:
@@ -156,9 +159,19 @@ class CaptureStore:
             log.warning("photos not checked against the database: %s", exc)
             return
         orphans = [p for p in self.photos_dir.glob("*.jpg") if p.name not in known]
-        if orphans:
-            log.warning("removing %d photo(s) never committed (power cut during a capture)", len(orphans))
-            self._discard(*orphans)
+        if not orphans:
+            return
+        aside = self.photos_dir / "uncommitted"
+        log.warning("%d photo(s) without a committed capture (power cut during a capture?) moved to %s",
+                    len(orphans), aside)
+        try:
+            aside.mkdir(exist_ok=True)
+            for p in orphans:
+                os.replace(p, aside / p.name)
+            _fsync_dir(self.photos_dir)
+            _fsync_dir(aside)
+        except OSError as exc:  # left where they are: never counted, never lost
+            log.warning("photos without a capture not moved: %s", exc)
 
     # -- writing ---------------------------------------------------------------------------------
 

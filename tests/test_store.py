@@ -116,8 +116,26 @@ store.save(jpeg=b"\\xff\\xd8" + b"y" * 500 + b"\\xff\\xd9", status="ok", reading
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert len(list((tmp_path / "photos").iterdir())) == 4  # the killed save's photos are on disk
 
+    killed = sorted(p.name for p in (tmp_path / "photos").glob("*.jpg") if not p.name.startswith(kept.id))
     store = CaptureStore(tmp_path, volatile_ok=True)  # the kit starts again
     assert store.counts()["total"] == 1 and store.integrity_ok()
-    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "photos").glob("*.jpg")) == [
         f"{kept.id}.annotated.jpg", f"{kept.id}.jpg"]
     assert store.get(kept.id).photo_path.read_bytes() == JPEG
+    # set aside, never deleted: a photo of a page may be the only copy of it
+    assert sorted(p.name for p in (tmp_path / "photos" / "uncommitted").iterdir()) == killed
+    photo = tmp_path / "photos" / "uncommitted" / killed[1]
+    assert photo.read_bytes() == b"\xff\xd8" + b"y" * 500 + b"\xff\xd9"
+
+
+def test_a_database_recreated_empty_never_deletes_photos(tmp_path):
+    """If tpskit.db is lost and recreated empty (or restored from an older copy), every photo looks
+    uncommitted: they are moved aside, each byte kept, not removed."""
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    rec = save(store)
+    store.close()
+    for f in tmp_path.glob("tpskit.db*"):
+        f.unlink()
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    assert store.counts()["total"] == 0
+    assert (tmp_path / "photos" / "uncommitted" / f"{rec.id}.jpg").read_bytes() == JPEG
