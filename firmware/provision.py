@@ -395,6 +395,10 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         notes.append(f"data lama dipindahkan ke {archived[-1]}")
     if secret is not None:
         _store_password(secret, secret_path)
+    elif not secret_path.exists():  # (a broker with client certificates): the config names no password file,
+        # but tpskit.service loads this one as a credential, and systemd will not start a unit whose
+        # credential file is missing (243/CREDENTIALS)
+        write_atomic(secret_path, "", mode=0o600)
     changed = not config_out.exists() or config_out.read_text(encoding="utf-8") != text
     if changed:
         write_atomic(config_out, text, mode=0o644)

@@ -88,6 +88,20 @@ def test_provision_writes_valid_config_key_and_credential(env, capsys):
     assert out["key_created"] and out["config_changed"]
 
 
+def test_a_kit_without_a_password_still_has_the_credential_file_systemd_loads(env, capsys):
+    """A broker with client certificates: no password. tpskit.service loads /etc/tpskit/mqtt-password as a
+    credential and systemd refuses to start a unit whose credential file is missing (243/CREDENTIALS), so
+    provisioning leaves an empty one; the config names no password file."""
+    argv = ["provision", "--config-out", str(env["conf"]), "--state-dir", str(env["state"]),
+            "--broker", "mqtts://broker.kpu.example:8883", "--kode-wilayah", "31.71.01.1001", "--tps", "5",
+            "--dpt", "280", "--json", "--volatile-ok"]
+    assert cli.main(argv) == 0
+    conf = cfg.load(env["conf"])
+    assert conf.mqtt.password_file is None
+    secret = env["conf"].parent / "mqtt-password"
+    assert secret.read_text() == "" and stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+
+
 def test_repeat_run_is_idempotent(env, capsys):
     assert run_cli(env) == 0
     first = json.loads(capsys.readouterr().out)

@@ -17,7 +17,8 @@ ANALYZE = shutil.which("systemd-analyze")
 
 def directives(unit: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for line in (ROOT / "systemd" / unit).read_text().splitlines():
+    text = (ROOT / "systemd" / unit).read_text().replace("\\\n", " ")  # continuation lines joined
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith(("#", "[")):
             continue
@@ -102,3 +103,6 @@ def test_collector_unit():
     assert d["StateDirectory"] == ["tpskit-collector"]
     assert d["CapabilityBoundingSet"] == [""]
     assert "collector" in d["ExecStart"][0]
+    # a stable client id: the broker keeps the collector's session (and queues readings) while it restarts;
+    # without one the collector asks for a clean session
+    assert "--client-id tpskit-collector-%H" in d["ExecStart"][0]
