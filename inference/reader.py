@@ -28,9 +28,9 @@ Output: ``PageReading.to_dict()`` is the ``tpskit read --json`` contract::
 ``tpskit read --evidence`` adds ``"evidence"`` (``PageReading.evidence_dict()``): the page posterior, every
 box's three likeliest classes with probabilities and the bubbles read (null for a page not read).
 
-Reason codes: retake ``not_in_frame blurred too_dark glare covered unknown_form no_form low_resolution
-not_an_image``; review ``digit_uncertain field_empty rule_failed bubble_mismatch bubble_unclear``; TPS line
-also ``page_missing page_not_ok``. ``fields`` is empty for ``retake``.
+Reason codes: retake ``not_in_frame blurred too_dark too_bright glare covered unknown_form no_form
+low_resolution not_an_image``; review ``digit_uncertain field_empty rule_failed bubble_mismatch
+bubble_unclear``; TPS line also ``page_missing page_not_ok``. ``fields`` is empty for ``retake``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from capture.quality import is_image, to_gray
 from inference import rules as rules_mod
 from inference.digits import paper_level
 from inference.register import REASONS as RETAKE_MESSAGES
@@ -902,7 +903,9 @@ class PageReader:
     def box_crops(self, image: np.ndarray) -> list[BoxCrop]:
         """Registration and cutting only: the crops the classifier sees (for the digit benchmark and
         training); RetakeError if the photo is unusable."""
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        if not is_image(image, min_side=1):
+            raise RetakeError(["not_an_image"])
+        gray = to_gray(image)
         reg = self._register(gray)
         ppm, grey = self._crop_ppm(reg), _grey_bordered_fields(reg.page)
         return [BoxCrop(bc.field, bc.box, _classifier_crop(bc.even, ppm, bc.field in grey))
@@ -919,11 +922,11 @@ class PageReader:
             timing[key] = round((now - since) * 1000, 1)
             return now
 
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
+        if not is_image(image, min_side=1):
             return PageReading(
                 name, form_id, None, "retake", [_reason("not_an_image")], {}, [], {"total": 0.0}
             )
-        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        gray = to_gray(image)
         t = lap("gray", t0)
         try:
             reg = self._register(gray)

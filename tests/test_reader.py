@@ -2,10 +2,12 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
 from inference.reader import PageReader, check_tps
+from inference.register import RetakeError
 from inference.synth import make_sample, make_tps
 
 digits = pytest.importorskip("inference.digits")
@@ -79,6 +81,23 @@ def test_spoiled_photos_and_box_crops():
     crops = reader.box_crops(s.image)
     assert len(crops) == 66 and crops[0].field == "dpt_l" and crops[0].box == 0
     assert all(c.crop.dtype == np.uint8 and c.crop.ndim == 2 for c in crops)
+
+
+def test_any_array_is_read_or_refused_as_not_an_image_never_a_traceback():
+    """A gray photo with a channel axis (H, W, 1) or BGRA is read as the photo it is; 2 or 5 channels, another
+    dtype or no array at all is ``not_an_image`` (the reader converted with cv2 itself, which raised)."""
+    reader = PageReader(classifier=CLASSIFIER)
+    s = make_sample(401, 1, condition="field", scale=SCALE, tps=TPS)
+    gray = cv2.cvtColor(s.image, cv2.COLOR_BGR2GRAY)
+    want = reader.read(s.image).values
+    for image in (gray[:, :, None], cv2.cvtColor(s.image, cv2.COLOR_BGR2BGRA)):
+        assert reader.read(image).values == want
+    for bad in (np.zeros((40, 40, 2), np.uint8), np.zeros((40, 40, 5), np.uint8), gray.astype(np.float32),
+                "photo.jpg", np.zeros((0, 0), np.uint8)):
+        r = reader.read(bad)
+        assert r.status == "retake" and [x["code"] for x in r.reasons] == ["not_an_image"]
+        with pytest.raises(RetakeError):
+            reader.box_crops(bad)
 
 
 def test_a_pen_left_on_the_form_is_refused_never_read():
