@@ -22,6 +22,24 @@ TPS = make_tps(np.random.default_rng(11))
 CONTRACT_KEYS = {"image", "form", "page", "status", "reasons", "fields", "checks", "timing_ms"}
 
 
+def _read_as_written(condition: str, samples, *, tps=TPS) -> None:
+    """Each (seed, page) photo under ``condition`` is read and accepted with exactly the numbers written."""
+    reader = PageReader(classifier=CLASSIFIER)
+    for seed, page in samples:
+        s = make_sample(seed, page, condition=condition, scale=SCALE, tps=tps)
+        r = reader.read(s.image)
+        assert (r.status, r.values) == ("ok", s.written), (seed, r.reasons)
+
+
+def _never_accepted_wrong(condition: str, seeds) -> None:
+    """Each photo (pages 1-3 in turn) is refused, sent to review, or read as written: never accepted wrong."""
+    reader = PageReader(classifier=CLASSIFIER)
+    for seed in seeds:
+        s = make_sample(seed, 1 + seed % 3, condition=condition, scale=SCALE, tps=TPS)
+        r = reader.read(s.image)
+        assert r.status in ("retake", "review") or r.values == s.written, (seed, r.values, s.written)
+
+
 @pytest.fixture(scope="module")
 def readings():
     reader = PageReader(classifier=CLASSIFIER, confidence=0.99)
@@ -260,15 +278,9 @@ def test_a_rolled_sheet_whose_ends_lift_is_read_as_written():
     disabilitas row was cut a row off and read as 444 or 449, caught only by L + P = Jumlah, and the last two
     were refused (their page code lies 3.3-3.4 mm from where the lifted markers put it); now every page is
     read as written, and none of a dozen more is ever accepted with a wrong number."""
-    reader = PageReader(classifier=CLASSIFIER)
-    for seed, tps in ((907, None), (910, None), (914, None), (924, None), (900, TPS), (921, TPS)):
-        s = make_sample(seed, 1, condition="curled", scale=SCALE, tps=tps)
-        r = reader.read(s.image)
-        assert (r.status, r.values) == ("ok", s.written), (seed, r.reasons)
-    for seed in range(930, 942):
-        s = make_sample(seed, 1 + seed % 3, condition="curled", scale=SCALE, tps=TPS)
-        r = reader.read(s.image)
-        assert r.status in ("retake", "review") or r.values == s.written, (seed, r.values, s.written)
+    _read_as_written("curled", [(907, 1), (910, 1), (914, 1), (924, 1)], tps=None)
+    _read_as_written("curled", [(900, 1), (921, 1)])
+    _never_accepted_wrong("curled", range(930, 942))
 
 
 def _marker_moved(s, k: int, d: tuple[float, float]) -> np.ndarray:
@@ -430,15 +442,8 @@ def test_a_lens_that_bows_the_page_leaves_no_grey_border_in_a_box():
     where the markers put it: its fourth side reached into the classifier's crop as a faint stroke (P(empty)
     0.5) and these pages went to review. Now such a box is nudged to its own lines and they are read and
     accepted; no other lens photo is ever accepted with a wrong number."""
-    reader = PageReader(classifier=CLASSIFIER)
-    for seed in (953, 954, 961, 967, 999, 1000):
-        s = make_sample(seed, 2 + seed % 2, condition="lens", scale=SCALE, tps=TPS)
-        r = reader.read(s.image)
-        assert (r.status, r.values) == ("ok", s.written), (seed, r.reasons)
-    for seed in range(1010, 1016):
-        s = make_sample(seed, 1 + seed % 3, condition="lens", scale=SCALE, tps=TPS)
-        r = reader.read(s.image)
-        assert r.status in ("retake", "review") or r.values == s.written, (seed, r.values, s.written)
+    _read_as_written("lens", [(seed, 2 + seed % 2) for seed in (953, 954, 961, 967, 999, 1000)])
+    _never_accepted_wrong("lens", range(1010, 1016))
 
 
 def test_grey_row_sums_by_a_fold_are_cut_where_they_show_their_borders():
@@ -448,8 +453,4 @@ def test_grey_row_sums_by_a_fold_are_cut_where_they_show_their_borders():
     Of these folded pages the old reader (three sides where the markers put them were enough) refused three as
     covered and sent one to review; 1100, 1136 and 1151 were refused by a try that cut the row sums only
     where the fields near them moved."""
-    reader = PageReader(classifier=CLASSIFIER)
-    for seed in (1100, 1111, 1127, 1133, 1136, 1151, 1159):
-        s = make_sample(seed, 1 + seed % 3, condition="folded", scale=SCALE, tps=TPS)
-        r = reader.read(s.image)
-        assert (r.status, r.values) == ("ok", s.written), (seed, r.reasons)
+    _read_as_written("folded", [(seed, 1 + seed % 3) for seed in (1100, 1111, 1127, 1133, 1136, 1151, 1159)])
