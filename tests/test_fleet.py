@@ -166,3 +166,23 @@ def test_unwritable_csv_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "Traceback" not in err
+
+
+def test_skipped_checks_are_not_counted_ready():
+    now = time.time()
+    skipped = fleet.Observation("kit-a", "31.71.01.1001", 1,
+                                {"ready": False, "failing": [], "skipped": ["broker", "collector"],
+                                 "checked_at": now})
+    # a body that claims ready but names skipped checks is not ready either
+    claims = fleet.Observation("kit-b", "31.71.01.1001", 2,
+                               {"ready": True, "failing": [], "skipped": ["camera"], "checked_at": now})
+    states = {s.kit_id: s for s in fleet.assess(None, [skipped, claims], now=now)}
+    a, b = states["kit-a"], states["kit-b"]
+    assert a.state == "not_ready" and a.skipped == ["broker", "collector"]
+    assert "kecuali yang dilewati" in a.reasons[0] and "broker, collector" in a.reasons[0]
+    assert "tanpa rincian" not in " ".join(a.reasons)
+    assert b.state == "not_ready" and "camera" in b.reasons[0]
+    summary = fleet.summarize(states.values())
+    assert summary[0].ready == 0 and summary[0].not_ready == 2
+    text = fleet.table(list(states.values()), summary)
+    assert "ready except skipped: broker, collector" in text
