@@ -40,6 +40,7 @@ TICK_S = 0.5
 STATUS_EVERY_S = 30.0
 BATTERY_POLL_S = 30.0
 IDLE_CHECK_S = 5.0
+READINESS_EVERY_S = 6 * 3600.0  # well inside fleet readiness's default maximum age (24 h)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Kit:
         self._next_status = 0.0
         self._next_battery = 0.0
         self._next_idle = 0.0
+        self._next_readiness: float | None = None
         self._shown: str | None = None
         self._gate = None
         self._heartbeat: dict[str, Any] = {}
@@ -132,17 +134,19 @@ class Kit:
         self._tell(msg.READY)
         if self.notifier is not None:
             self.notifier.ready(msg.READY)
-        self._publish_boot_readiness()
+        self._publish_readiness("boot")
         self._write_status()
 
-    def _publish_boot_readiness(self) -> None:
-        """Queue the retained readiness once per boot, so operators see every kit after H-1 power-up."""
+    def _publish_readiness(self, trigger: str) -> None:
+        """Queue the retained readiness at boot and every READINESS_EVERY_S while running, so operators see
+        every kit after H-1 power-up and a kit that stopped reporting goes stale in fleet readiness."""
         if self.courier is None or not hasattr(self.courier, "publish_retained"):
             return
         from firmware.selftest import boot_report, publish_readiness
 
+        self._next_readiness = time.monotonic() + READINESS_EVERY_S
         try:
-            report = boot_report(self.config, battery=self.battery)
+            report = boot_report(self.config, battery=self.battery, trigger=trigger)
         except Exception:  # noqa: BLE001 - readiness must never stop the kit
             log.warning("boot readiness report failed", exc_info=True)
             return
@@ -193,6 +197,8 @@ class Kit:
                 log.warning("battery poll failed", exc_info=True)
         if now >= self._next_status:
             self._write_status()
+        if self._next_readiness is not None and now >= self._next_readiness:
+            self._publish_readiness("running")
 
     def _shutdown(self) -> None:
         self.state = "stopping"

@@ -6,7 +6,8 @@ Sources of the kits' latest readiness (signed, retained ``<prefix>/<kw>/<tps>/re
 - a collector database (``kit_readiness`` table, already verified by the collector).
 
 The registry (``comms.signing`` format) says which kits should exist: a registered kit without a readiness
-message is *silent*. A readiness older than ``max_age_s`` counts as not ready, and so does one whose self-test
+message is *silent*. A readiness older than ``max_age_s`` counts as not ready (stale: a running kit reports
+again every 6 hours, ``firmware.app.READINESS_EVERY_S``), and so does one whose self-test
 skipped checks on request (``skipped``: "ready except skipped").
 """
 
@@ -227,7 +228,8 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = _reasons(body)
         elif max_age_s is not None and checked is not None and now - checked > max_age_s:
             age_h = (now - checked) / 3600
-            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu: jalankan selftest"]
+            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu (kit yang menyala melapor tiap 6 "
+                          "jam): nyalakan kit, periksa sinyal, atau jalankan selftest"]
         else:
             st.state = READY
         states.append(st)

@@ -97,8 +97,9 @@ class Report:
     def readiness_body(self) -> dict[str, Any]:
         """The body of the retained ``readiness`` message (short: the collector stores the latest).
 
-        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot", "checked_at": unix s (kit
-        clock), "time_source": "ntp" | "unsynced" | "unknown", "battery_percent": float | null,
+        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot" | "running",
+        "checked_at": unix s (kit clock), "time_source": "ntp" | "unsynced" | "unknown",
+        "battery_percent": float | null,
         "failing": [{"name", "detail", "fix"}], "skipped": [name], "checks": {name: "ok" | "fail" | "skip"},
         "software": str}``. ``skipped`` names the checks skipped on request (not tested; ``ready`` is then
         false even with nothing failing); a ``"skip"`` in ``checks`` alone may also be a part not fitted.
@@ -607,8 +608,9 @@ def last_selftest(config: Config) -> dict | None:
         return None
 
 
-def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0) -> Report:
-    """Readiness at boot, for the Kit to publish once READY (camera, model and database are open).
+def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, trigger: str = "boot") -> Report:
+    """Readiness at boot (and again while running, ``trigger="running"``), for the Kit to publish once READY
+    (camera, model and database are open).
 
     Cheap, non-interactive: camera/model/database are ok by construction; storage, clock and battery are
     checked now; the button/LED/broker/collector results come from the last self-test, which must be
@@ -616,7 +618,7 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0) -> 
     """
     from firmware.clock import time_source
 
-    report = Report(config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps, "boot",
+    report = Report(config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps, trigger,
                     time_source=time_source())
     report.checks.append(Check("camera", True, "terbuka saat start"))
     report.checks.append(Check("model", True, "dimuat saat start"))

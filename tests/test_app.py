@@ -350,3 +350,31 @@ def test_real_reader_through_the_button(tmp_path, photos):
         assert bad.pattern == "retake" and "Foto tidak bisa dibaca" in bad.message
         assert bad.record.annotated_path.exists()
     assert h.store.counts()["total"] == 2
+
+
+class ReadinessCourier(RecordingCourier):
+    def __init__(self):
+        super().__init__()
+        self.readiness: list[dict] = []
+
+    def publish_retained(self, kind, body):
+        assert kind == "readiness"
+        self.readiness.append(body)
+        return f"r{len(self.readiness)}"
+
+
+def test_running_kit_refreshes_its_readiness(tmp_path, photos, monkeypatch):
+    """Fleet readiness treats an old report as stale: a kit that keeps running says so again now and then."""
+    import firmware.app
+
+    monkeypatch.setattr(firmware.app, "READINESS_EVERY_S", 0.3)
+    courier = ReadinessCourier()
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, courier=courier):
+        deadline = time.monotonic() + 5
+        while len(courier.readiness) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(courier.readiness) >= 3
+    assert courier.readiness[0]["trigger"] == "boot"
+    assert {b["trigger"] for b in courier.readiness[1:]} == {"running"}
+    assert courier.readiness[-1]["checked_at"] > courier.readiness[0]["checked_at"]
