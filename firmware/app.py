@@ -40,6 +40,8 @@ TICK_S = 0.5
 STATUS_EVERY_S = 30.0
 BATTERY_POLL_S = 30.0
 IDLE_CHECK_S = 5.0
+CAPTURE_GRACE_S = 5.0  # past camera.timeout_s: a backend that overruns its own timeout is abandoned
+READINESS_EVERY_S = 6 * 3600.0  # well inside fleet readiness's default maximum age (24 h)
 
 
 @dataclass
@@ -93,8 +95,14 @@ class Kit:
         self._next_status = 0.0
         self._next_battery = 0.0
         self._next_idle = 0.0
+        self._next_readiness: float | None = None
         self._shown: str | None = None
         self._gate = None
+        from firmware.watchdog import KeepAliveCall
+
+        # the camera's timeout may be longer than WatchdogSec: keep pinging while its bounded wait lasts
+        self._camera_wait = KeepAliveCall(limit_s=config.camera.timeout_s + CAPTURE_GRACE_S,
+                                          tick=self._tick_watchdog, every_s=TICK_S, name="camera")
         self._heartbeat: dict[str, Any] = {}
         if battery is not None:
             battery.when_low = lambda: self.post(LowBattery(level=_safe_level(battery), critical=False))
@@ -132,17 +140,19 @@ class Kit:
         self._tell(msg.READY)
         if self.notifier is not None:
             self.notifier.ready(msg.READY)
-        self._publish_boot_readiness()
+        self._publish_readiness("boot")
         self._write_status()
 
-    def _publish_boot_readiness(self) -> None:
-        """Queue the retained readiness once per boot, so operators see every kit after H-1 power-up."""
+    def _publish_readiness(self, trigger: str) -> None:
+        """Queue the retained readiness at boot and every READINESS_EVERY_S while running, so operators see
+        every kit after H-1 power-up and a kit that stopped reporting goes stale in fleet readiness."""
         if self.courier is None or not hasattr(self.courier, "publish_retained"):
             return
         from firmware.selftest import boot_report, publish_readiness
 
+        self._next_readiness = time.monotonic() + READINESS_EVERY_S
         try:
-            report = boot_report(self.config, battery=self.battery)
+            report = boot_report(self.config, battery=self.battery, trigger=trigger)
         except Exception:  # noqa: BLE001 - readiness must never stop the kit
             log.warning("boot readiness report failed", exc_info=True)
             return
@@ -175,10 +185,13 @@ class Kit:
         self._tick()
         return event
 
-    def _tick(self) -> None:
-        now = time.monotonic()
+    def _tick_watchdog(self) -> None:
         if self._gate is not None:
             self._gate.tick()  # pings WATCHDOG=1 only from here, only if the courier thread is alive
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._tick_watchdog()
         if self._pattern_until is not None and now >= self._pattern_until:
             self._pattern_until = None
             self._show_idle()
@@ -193,6 +206,8 @@ class Kit:
                 log.warning("battery poll failed", exc_info=True)
         if now >= self._next_status:
             self._write_status()
+        if self._next_readiness is not None and now >= self._next_readiness:
+            self._publish_readiness("running")
 
     def _shutdown(self) -> None:
         self.state = "stopping"
@@ -245,8 +260,8 @@ class Kit:
         except DiskFull as exc:
             return self._fail(press, msg.ERR_DISK_FULL.format(detail=exc), steps)
         try:
-            frame = self.camera.capture()
-        except CaptureTimeout as exc:
+            frame = self._camera_wait.call(self.camera.capture)  # the watchdog is fed while it waits
+        except (CaptureTimeout, TimeoutError) as exc:
             log.error("camera timeout: %s", exc)
             return self._fail(press, msg.ERR_CAMERA_TIMEOUT, steps)
         except CaptureError as exc:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+DEFAULT_MAX_AGE_HOURS = 24.0
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
@@ -22,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--ca-file", help="CA bundle of the broker")
     r.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
     r.add_argument("--wait", type=float, default=5.0, help="seconds to collect retained messages (broker)")
-    r.add_argument("--max-age-hours", type=float, default=None,
-                   help="a readiness older than this counts as not ready")
+    r.add_argument("--max-age-hours", type=float, default=DEFAULT_MAX_AGE_HOURS,
+                   help="a readiness older than this counts as not ready (default %(default)g: a running kit "
+                        "reports every 6 h; 0 = no limit)")
     r.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")
     r.add_argument("--csv", metavar="FILE", help="also write one row per kit to FILE ('-' = stdout)")
     r.add_argument("--json", action="store_true", help="print JSON instead of the table")

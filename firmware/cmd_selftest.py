@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--skip", action="append", default=[], metavar="CHECK",
                    help="skip a check (repeat or comma-separate): camera, button, leds, model, storage, "
-                        "clock, battery, broker, collector")
+                        "clock, battery, broker, collector; a skipped check is not tested, so the verdict is "
+                        "'ready except skipped' (not ready, exit 1) and the readiness names it")
     p.add_argument("--button-timeout", type=float, default=20.0, help="seconds to wait for the button press")
     p.add_argument("--ack-timeout", type=float, default=20.0, help="seconds to wait for the collector's ack")
     p.add_argument("--no-publish", action="store_true", help="do not queue/publish the readiness message")

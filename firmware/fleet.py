@@ -6,7 +6,9 @@ Sources of the kits' latest readiness (signed, retained ``<prefix>/<kw>/<tps>/re
 - a collector database (``kit_readiness`` table, already verified by the collector).
 
 The registry (``comms.signing`` format) says which kits should exist: a registered kit without a readiness
-message is *silent*. A readiness older than ``max_age_s`` counts as not ready.
+message is *silent*. A readiness older than ``max_age_s`` counts as not ready (stale: a running kit reports
+again every 6 hours, ``firmware.app.READINESS_EVERY_S``), and so does one whose self-test
+skipped checks on request (``skipped``: "ready except skipped").
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class KitState:
     trigger: str | None = None
     battery_percent: float | None = None
     registered: bool = True
+    skipped: list[str] = field(default_factory=list)  # checks its self-test skipped (--skip): not tested
 
     @property
     def kabupaten(self) -> str:
@@ -174,6 +177,11 @@ def from_collector_db(path: Path | str) -> list[Observation]:
 
 # --- assessment ---------------------------------------------------------------------------------
 
+def _skipped(body: dict) -> list[str]:
+    names = body.get("skipped")
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
 def _reasons(body: dict) -> list[str]:
     out = []
     for item in body.get("failing") or []:
@@ -184,6 +192,10 @@ def _reasons(body: dict) -> list[str]:
             out.append(text)
         else:
             out.append(str(item))
+    skipped = _skipped(body)
+    if skipped:
+        out.append(f"siap kecuali yang dilewati / ready except skipped: {', '.join(skipped)} "
+                   "→ jalankan tpskit selftest tanpa --skip")
     return out or ["laporan kesiapan: belum siap (tanpa rincian)"]
 
 
@@ -209,14 +221,15 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             checked = obs.created_at
         st = KitState(kit_id, obs.kode_wilayah, obs.tps, NOT_READY, checked_at=checked,
                       trigger=body.get("trigger"), battery_percent=body.get("battery_percent"),
-                      registered=registry is None or kit_id in registry)
+                      registered=registry is None or kit_id in registry, skipped=_skipped(body))
         if not obs.verified:
             st.reasons = [obs.problem]
-        elif body.get("ready") is not True:
+        elif body.get("ready") is not True or st.skipped:
             st.reasons = _reasons(body)
         elif max_age_s is not None and checked is not None and now - checked > max_age_s:
             age_h = (now - checked) / 3600
-            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu: jalankan selftest"]
+            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu (kit yang menyala melapor tiap 6 "
+                          "jam): nyalakan kit, periksa sinyal, atau jalankan selftest"]
         else:
             st.state = READY
         states.append(st)

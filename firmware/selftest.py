@@ -2,7 +2,8 @@
 
 Checks: camera, button (asks for a press), LEDs and buzzer, model (loads and reads a built-in
 sample page correctly), storage (writable, free space), clock, battery, broker (reachable with
-the kit's credentials), collector (acks a test message). :class:`Report` gives the verdict and
+the kit's credentials), collector (acks a test message). A check skipped on request (``--skip``) was not
+tested, so a report with one is not ready ("ready except skipped"). :class:`Report` gives the verdict and
 the ``readiness`` body the kit publishes (retained) after each self-test and at every boot
 (:func:`boot_report` + :func:`publish_readiness`).
 
@@ -46,7 +47,8 @@ SERVICE_HINT = "jika layanan berjalan, hentikan dulu: sudo systemctl stop tpskit
 
 @dataclass
 class Check:
-    """One item of the verdict. ``skipped`` = not fitted / not asked; it does not block readiness."""
+    """One item of the verdict. ``skipped`` = not tested: not fitted (e.g. no battery sensor configured; does
+    not block readiness) or skipped on request (also named in :attr:`Report.skipped`, which does)."""
 
     name: str
     ok: bool
@@ -62,6 +64,8 @@ class Check:
 
 @dataclass
 class Report:
+    """The verdict: ready only when every check passed and none was skipped on request (``skipped``)."""
+
     kit_id: str
     kode_wilayah: str
     tps: int
@@ -70,10 +74,11 @@ class Report:
     checked_at: float = field(default_factory=time.time)
     time_source: str = "unknown"
     battery_percent: float | None = None
+    skipped: list[str] = field(default_factory=list)  # checks skipped on request (--skip): not tested
 
     @property
     def ready(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(c.ok for c in self.checks) and not self.skipped
 
     @property
     def failing(self) -> list[Check]:
@@ -86,21 +91,25 @@ class Report:
         return {"kit_id": self.kit_id, "kode_wilayah": self.kode_wilayah, "tps": self.tps,
                 "ready": self.ready, "trigger": self.trigger, "checked_at": self.checked_at,
                 "time_source": self.time_source, "battery_percent": self.battery_percent,
-                "failing": [c.name for c in self.failing],
+                "failing": [c.name for c in self.failing], "skipped": list(self.skipped),
                 "checks": [asdict(c) for c in self.checks]}
 
     def readiness_body(self) -> dict[str, Any]:
         """The body of the retained ``readiness`` message (short: the collector stores the latest).
 
-        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot", "checked_at": unix s (kit
-        clock), "time_source": "ntp" | "unsynced" | "unknown", "battery_percent": float | null,
-        "failing": [{"name", "detail", "fix"}], "checks": {name: "ok" | "fail" | "skip"}, "software": str}``
+        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot" | "running",
+        "checked_at": unix s (kit clock), "time_source": "ntp" | "unsynced" | "unknown",
+        "battery_percent": float | null,
+        "failing": [{"name", "detail", "fix"}], "skipped": [name], "checks": {name: "ok" | "fail" | "skip"},
+        "software": str}``. ``skipped`` names the checks skipped on request (not tested; ``ready`` is then
+        false even with nothing failing); a ``"skip"`` in ``checks`` alone may also be a part not fitted.
         """
         return {"v": READINESS_VERSION, "ready": self.ready, "trigger": self.trigger,
                 "checked_at": round(self.checked_at, 3), "time_source": self.time_source,
                 "battery_percent": self.battery_percent,
                 "failing": [{"name": c.name, "detail": c.detail[:160], "fix": c.fix[:160]}
                             for c in self.failing],
+                "skipped": list(self.skipped),
                 "checks": {c.name: ("skip" if c.skipped else "ok" if c.ok else "fail") for c in self.checks},
                 "software": _software_version()}
 
@@ -112,11 +121,16 @@ class Report:
             if not c.ok and c.fix:
                 lines.append(f"          → {c.fix}")
         lines.append("")
+        skipped = ", ".join(self.skipped)
         if self.ready:
             lines.append("KESIMPULAN / VERDICT: SIAP / READY")
+        elif not self.failing:
+            lines.append(f"KESIMPULAN / VERDICT: BELUM SIAP / NOT READY — siap kecuali yang dilewati / ready "
+                         f"except skipped: {skipped}; ulangi tanpa --skip")
         else:
             names = ", ".join(c.label for c in self.failing)
-            lines.append(f"KESIMPULAN / VERDICT: BELUM SIAP / NOT READY — perbaiki: {names}")
+            also = f"; dilewati / skipped: {skipped}" if skipped else ""
+            lines.append(f"KESIMPULAN / VERDICT: BELUM SIAP / NOT READY — perbaiki: {names}{also}")
         return "\n".join(lines)
 
 
@@ -416,7 +430,7 @@ def run_selftest(config: Config, options: SelfTestOptions | None = None) -> Repo
     o = options or SelfTestOptions()
     skip = set(o.skip)
     report = Report(config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps, o.trigger,
-                    time_source=time_source())
+                    time_source=time_source(), skipped=[name for name in CHECKS if name in skip])
     battery_level: list[float | None] = [None]
 
     def battery() -> Check:
@@ -542,7 +556,8 @@ def _wait_acked(config: Config, msg_id: str, timeout_s: float) -> str | None:
 def check_collector(config: Config, report: Report, *, timeout_s: float = 20.0) -> Check:
     """Send a signed test message (a provisional readiness) and wait for the collector's end-to-end ack."""
     probe = Report(report.kit_id, report.kode_wilayah, report.tps, "selftest-probe", list(report.checks),
-                   time_source=report.time_source, battery_percent=report.battery_percent)
+                   time_source=report.time_source, battery_percent=report.battery_percent,
+                   skipped=list(report.skipped))
     probe.checks.append(Check("collector", False, "sedang diuji"))
     courier = _courier(config, client_id=f"{config.kit.kit_id}-selftest")
     try:
@@ -593,16 +608,17 @@ def last_selftest(config: Config) -> dict | None:
         return None
 
 
-def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0) -> Report:
-    """Readiness at boot, for the Kit to publish once READY (camera, model and database are open).
+def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, trigger: str = "boot") -> Report:
+    """Readiness at boot (and again while running, ``trigger="running"``), for the Kit to publish once READY
+    (camera, model and database are open).
 
     Cheap, non-interactive: camera/model/database are ok by construction; storage, clock and battery are
     checked now; the button/LED/broker/collector results come from the last self-test, which must be
-    recent and passing for the kit to count as ready.
+    recent and passing for the kit to count as ready (checks it skipped stay skipped: not ready).
     """
     from firmware.clock import time_source
 
-    report = Report(config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps, "boot",
+    report = Report(config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps, trigger,
                     time_source=time_source())
     report.checks.append(Check("camera", True, "terbuka saat start"))
     report.checks.append(Check("model", True, "dimuat saat start"))
@@ -623,12 +639,13 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0) -> 
                                    "jalankan: sudo systemctl stop tpskit; tpskit selftest"))
     else:
         age_d = (time.time() - float(last.get("checked_at", 0))) / 86400
+        skipped = [str(name) for name in last.get("skipped") or []]
         same_kit = (last.get("kit_id"), last.get("kode_wilayah"), last.get("tps")) == (
             config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps)
         if not same_kit:
             report.checks.append(Check("selftest", False, "tes mandiri terakhir untuk identitas lain",
                                        "jalankan ulang tpskit selftest"))
-        elif not last.get("ready"):
+        elif last.get("failing") or not (last.get("ready") or skipped):
             failing = ", ".join(last.get("failing", [])) or "?"
             report.checks.append(Check("selftest", False, f"tes mandiri terakhir gagal: {failing}",
                                        "perbaiki lalu jalankan ulang tpskit selftest"))
@@ -636,7 +653,11 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0) -> 
             report.checks.append(Check("selftest", False, f"tes mandiri terakhir {age_d:.0f} hari lalu",
                                        "jalankan ulang tpskit selftest"))
         else:
-            report.checks.append(Check("selftest", True, f"lulus {age_d * 24:.0f} jam lalu"))
+            detail = f"lulus {age_d * 24:.0f} jam lalu"
+            if skipped:
+                detail += f", kecuali yang dilewati: {', '.join(skipped)}"
+                report.skipped = skipped
+            report.checks.append(Check("selftest", True, detail))
     return report
 
 

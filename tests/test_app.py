@@ -350,3 +350,70 @@ def test_real_reader_through_the_button(tmp_path, photos):
         assert bad.pattern == "retake" and "Foto tidak bisa dibaca" in bad.message
         assert bad.record.annotated_path.exists()
     assert h.store.counts()["total"] == 2
+
+
+class ReadinessCourier(RecordingCourier):
+    def __init__(self):
+        super().__init__()
+        self.readiness: list[dict] = []
+
+    def publish_retained(self, kind, body):
+        assert kind == "readiness"
+        self.readiness.append(body)
+        return f"r{len(self.readiness)}"
+
+
+def test_running_kit_refreshes_its_readiness(tmp_path, photos, monkeypatch):
+    """Fleet readiness treats an old report as stale: a kit that keeps running says so again now and then."""
+    import firmware.app
+
+    monkeypatch.setattr(firmware.app, "READINESS_EVERY_S", 0.3)
+    courier = ReadinessCourier()
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, courier=courier):
+        deadline = time.monotonic() + 5
+        while len(courier.readiness) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(courier.readiness) >= 3
+    assert courier.readiness[0]["trigger"] == "boot"
+    assert {b["trigger"] for b in courier.readiness[1:]} == {"running"}
+    assert courier.readiness[-1]["checked_at"] > courier.readiness[0]["checked_at"]
+
+
+def test_watchdog_is_fed_while_a_slow_camera_is_waited_for(tmp_path, photos):
+    """camera.timeout_s may exceed WatchdogSec: a hung camera ends in an error, not a watchdog kill."""
+    import socket
+
+    from firmware.notify import SystemdNotifier
+
+    write_photo(photos / "01.jpg", 220)
+    sock_path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(sock_path)
+    server.settimeout(0.05)
+    watchdog_s = 1.0
+    notifier = SystemdNotifier(socket_path=sock_path, env={"WATCHDOG_USEC": str(int(watchdog_s * 1e6))})
+    cam = HangingCamera(photos / "01.jpg")
+    cam.runner.timeout_s = 3 * watchdog_s  # a camera timeout longer than the watchdog
+    cfg = make_config(tmp_path / "state", photos)
+    pings: list[float] = []
+    try:
+        with KitHarness(cfg, camera=cam, notifier=notifier) as h:
+            h.press()
+            deadline = time.monotonic() + 10
+            got = None
+            while got is None and time.monotonic() < deadline:
+                try:
+                    if server.recv(4096).decode() == "WATCHDOG=1":
+                        pings.append(time.monotonic())
+                except TimeoutError:
+                    pass
+                try:
+                    got = h.verdicts.get_nowait()
+                except queue.Empty:
+                    pass
+            assert got is not None and got.pattern == "error" and "Kamera tidak merespons" in got.message
+    finally:
+        server.close()
+    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    assert pings and max(gaps) < watchdog_s, gaps

@@ -166,3 +166,47 @@ def test_unwritable_csv_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "Traceback" not in err
+
+
+def test_skipped_checks_are_not_counted_ready():
+    now = time.time()
+    skipped = fleet.Observation("kit-a", "31.71.01.1001", 1,
+                                {"ready": False, "failing": [], "skipped": ["broker", "collector"],
+                                 "checked_at": now})
+    # a body that claims ready but names skipped checks is not ready either
+    claims = fleet.Observation("kit-b", "31.71.01.1001", 2,
+                               {"ready": True, "failing": [], "skipped": ["camera"], "checked_at": now})
+    states = {s.kit_id: s for s in fleet.assess(None, [skipped, claims], now=now)}
+    a, b = states["kit-a"], states["kit-b"]
+    assert a.state == "not_ready" and a.skipped == ["broker", "collector"]
+    assert "kecuali yang dilewati" in a.reasons[0] and "broker, collector" in a.reasons[0]
+    assert "tanpa rincian" not in " ".join(a.reasons)
+    assert b.state == "not_ready" and "camera" in b.reasons[0]
+    summary = fleet.summarize(states.values())
+    assert summary[0].ready == 0 and summary[0].not_ready == 2
+    text = fleet.table(list(states.values()), summary)
+    assert "ready except skipped: broker, collector" in text
+
+
+def test_old_readiness_is_stale_by_default(tmp_path, capsys):
+    """A kit that said ready once and then died is not shown ready from its old retained message."""
+    import sqlite3
+
+    db = tmp_path / "collector.db"
+    now = time.time()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
+    for kit_id, tps, age_h in (("kit-old", 1, 30), ("kit-new", 2, 2)):
+        body = json.dumps({"ready": True, "failing": [], "checked_at": now - age_h * 3600})
+        conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
+                     (kit_id, "31.71.01.1001", tps, body, now - age_h * 3600, 1))
+    conn.commit()
+    conn.close()
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json"]) == 0
+    kits = _by_kit(json.loads(capsys.readouterr().out)["kits"])
+    assert kits["kit-new"]["state"] == "ready"
+    assert kits["kit-old"]["state"] == "not_ready" and "30 jam lalu" in kits["kit-old"]["reasons"][0]
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json", "--max-age-hours", "48"]) == 0
+    assert {k["state"] for k in json.loads(capsys.readouterr().out)["kits"]} == {"ready"}
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json", "--max-age-hours", "0"]) == 0
+    assert {k["state"] for k in json.loads(capsys.readouterr().out)["kits"]} == {"ready"}  # 0 = no limit

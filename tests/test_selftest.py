@@ -276,3 +276,43 @@ def test_boot_readiness_reaches_the_collector(tmp_path, mosquitto):
         collector.stop()
     body = _latest_readiness(tmp_path / "collector.db")
     assert body["trigger"] == "boot" and body["ready"] is True and body["checks"]["selftest"] == "ok"
+
+
+def test_skipped_checks_are_not_ready(tmp_path, factory, photos, capsys):
+    """--skip is for a workshop without signal: the kit is not counted ready until the skipped checks ran."""
+    conf = make_kit(tmp_path / "kit", broker_url=f"mqtt://127.0.0.1:{free_port()}", photos=photos)
+    with Presser(factory, conf.gpio.button):
+        rc = _selftest(tmp_path / "kit" / "config.toml", "--skip", "model,broker", "--skip", "collector",
+                       "--no-publish")
+    rep = _report(capsys)
+    assert rep["failing"] == [], rep["checks"]
+    assert rc == 1 and rep["ready"] is False
+    assert rep["skipped"] == ["model", "broker", "collector"]
+    assert last_selftest(conf)["skipped"] == ["model", "broker", "collector"]
+    rc = cli.main(["--config", str(tmp_path / "kit" / "config.toml"), "selftest", "--yes", "--no-publish",
+                   "--skip", "camera,button,leds,model,broker,collector"])
+    out = capsys.readouterr().out
+    verdict = next(line for line in out.splitlines() if line.startswith("KESIMPULAN"))
+    assert rc == 1 and "BELUM SIAP" in verdict and "dilewati" in verdict and "camera" in verdict
+    assert "[LEWAT]" in out
+
+
+def test_readiness_names_the_skipped_checks(tmp_path):
+    conf = make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1")
+    rep = Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
+                 [Check("camera", True, "ok"), Check("broker", True, "dilewati (--skip)", skipped=True),
+                  Check("battery", True, "tidak ada sensor baterai di konfigurasi", skipped=True)],
+                 skipped=["broker"])
+    assert not rep.ready and rep.failing == []
+    body = rep.readiness_body()
+    assert body["ready"] is False and body["skipped"] == ["broker"] and body["failing"] == []
+    assert body["checks"]["broker"] == "skip"
+    # a battery that is not fitted is not a skipped check: the kit is ready without it
+    fitted = Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest", rep.checks[::2])
+    assert fitted.ready and fitted.readiness_body()["skipped"] == []
+    # the boot readiness carries the skipped checks of the last self-test: still not ready
+    save_report(conf, rep)
+    boot = boot_report(conf)
+    assert not boot.ready and boot.failing == [] and boot.skipped == ["broker"]
+    assert boot.readiness_body()["skipped"] == ["broker"]
+    assert "dilewati" in boot.get("selftest").detail

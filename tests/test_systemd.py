@@ -106,3 +106,20 @@ def test_collector_unit():
     # a stable client id: the broker keeps the collector's session (and queues readings) while it restarts;
     # without one the collector asks for a clean session
     assert "--client-id tpskit-collector-%H" in d["ExecStart"][0]
+
+
+def test_a_kit_that_keeps_failing_to_start_is_rebooted_not_left_down():
+    """Unattended on polling day: when the daemon keeps failing to start (e.g. a camera driver wedged after a
+    watchdog kill), hitting the start limit reboots the Pi (what a person would do) instead of leaving the kit
+    down until someone comes. systemd 252 (bookworm) has no RestartSteps, so no back-off: a burst, then
+    reboot."""
+    d = directives("tpskit.service")
+    assert d["Restart"] == ["on-failure"]
+    assert d["StartLimitAction"] == ["reboot"]
+    interval, burst, restart_s = (int(d[k][0])
+                                  for k in ("StartLimitIntervalSec", "StartLimitBurst", "RestartSec"))
+    assert interval > 0 and burst * restart_s < interval  # the limit is reachable, so the reboot does happen
+    assert burst * restart_s >= 60  # transient trouble gets a minute of plain restarts first
+    # a kit not provisioned yet (install.sh enables the unit) is skipped, never caught in a reboot loop
+    config = d["ExecStart"][0].split("--config", 1)[1].split()[0]
+    assert d["ConditionPathExists"] == [config]

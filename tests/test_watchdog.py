@@ -133,3 +133,24 @@ def test_dead_worker_stops_the_pings_while_loop_runs(notify_socket):
         assert not gate.tick()
         time.sleep(0.025)
     assert "WATCHDOG=1" not in drain(sock, 0.05)
+
+
+def test_keep_alive_call_ticks_while_waiting_and_is_bounded():
+    from firmware.watchdog import KeepAliveCall
+
+    ticks = []
+    wait = KeepAliveCall(limit_s=0.6, tick=lambda: ticks.append(1), every_s=0.05, name="camera")
+    assert wait.call(lambda: (time.sleep(0.3), "frame")[1]) == "frame"
+    assert len(ticks) >= 3  # ticked all through the wait
+    with pytest.raises(ValueError, match="bad frame"):
+        wait.call(lambda: (_ for _ in ()).throw(ValueError("bad frame")))
+    release = threading.Event()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="within 0.6 s"):
+        wait.call(lambda: release.wait(10))  # a backend that overruns its own timeout
+    assert 0.55 <= time.monotonic() - t0 < 2
+    with pytest.raises(TimeoutError, match="still stuck"):
+        wait.call(lambda: "never called")
+    release.set()
+    time.sleep(0.1)
+    assert wait.call(lambda: "again") == "again"
