@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.soak.interval_s = args.interval
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"tpskit run: {exc}", file=sys.stderr)
-        return 2
+        return 2  # (tpskit.service does not restart on 2: a restart or reboot would not mend the config)
 
     from firmware.app import build_kit, run_shutdown_command
     from firmware.notify import SystemdNotifier
