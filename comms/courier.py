@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -237,9 +238,12 @@ class Courier:
     def topic(self, kind: str) -> str:
         return topics.topic(self.prefix, self.kode_wilayah, self.tps, kind)
 
-    def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
-        """Sign an envelope. A queued one (with a seq) larger than the collector takes raises ValueError:
-        it would be refused (too_large), never acked, and resent for ever."""
+    def _build(
+        self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float, epoch: int | None = None
+    ) -> bytes:
+        """Sign an envelope (a queued one, with a seq, always carries the epoch). A queued one larger than
+        the collector takes raises ValueError: it would be refused (too_large), never acked, and resent for
+        ever."""
         payload = payloads.build(
             self._key,
             kind=kind,
@@ -250,7 +254,7 @@ class Courier:
             seq=seq,
             created_at=now,
             body=body,
-            epoch=self._epoch if seq is not None else None,
+            epoch=self._epoch if seq is not None else epoch,
         )
         if seq is not None and len(payload) > payloads.MAX_MESSAGE_BYTES:
             raise ValueError(
@@ -535,6 +539,7 @@ class _Session:
         self.stale_interval = courier.ack_timeout_s
         self.next_purge = time.monotonic() + 3600
         self.started = time.time()
+        self.session: int | None = None  # this connection's number, set in run()
         # Until the collector has acked something in this session, only one message (the probe) is out:
         # after a broker restart the collector may not have re-subscribed yet, and a full window would be
         # dropped and then arrive out of order.
@@ -592,12 +597,30 @@ class _Session:
     # --- the session --------------------------------------------------------------------------------
 
     def _status_payload(self, state: str, reason: str | None = None, *, now: float | None = None) -> bytes:
-        """online and the last will (offline/lost) carry the session start as created_at."""
+        """online and the last will (offline/lost) carry the session start as created_at; every status of
+        this connection carries its session number and the epoch (the collector orders by them, since the
+        clock may run behind after a power cut)."""
         body = {"state": state} if reason is None else {"state": state, "reason": reason}
+        if self.session is not None:
+            body["session"] = self.session
         now = self.started if now is None else now
         return self.c._build(
-            kind="status", msg_id=f"{self.c.kit_id}:status:{time.time_ns()}", seq=None, body=body, now=now
+            kind="status",
+            msg_id=f"{self.c.kit_id}:status:{time.time_ns()}",
+            seq=None,
+            body=body,
+            now=now,
+            epoch=self.c._epoch if self.session is not None else None,
         )
+
+    def _next_session(self) -> int | None:
+        """This connection's number (durable: the courier's synchronous=FULL outbox); None when the database
+        cannot be written (a read-only card): the status then goes without one, ordered by the clock."""
+        try:
+            return self.c._outbox.next_session()
+        except sqlite3.Error as exc:
+            log.warning("no session number for the status (%s): the collector orders it by the clock", exc)
+            return None
 
     def run(self) -> bool:
         """Connect and pump until disconnected or stopped; True if the broker accepted us."""
@@ -621,6 +644,7 @@ class _Session:
         client.max_inflight_messages_set(max(c.max_inflight, 1))
         client.on_connect, client.on_disconnect = self.on_connect, self.on_disconnect
         client.on_publish, client.on_message = self.on_publish, self.on_message
+        self.session = self._next_session()
         client.will_set(c.topic("status"), self._status_payload("offline", "lost"), qos=1, retain=True)
         try:
             if c.protocol == "mqtt5":
