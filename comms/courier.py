@@ -524,6 +524,7 @@ class _Session:
         self.outbox = outbox
         self.inflight: dict[int, tuple[str, ...]] = {}  # mid -> ids of the rows in that MQTT message
         self.early: dict[int, object] = {}  # PUBACKs seen before publish() returned: mid -> reason code
+        self.untracked: set[int] = set()  # mids of heartbeats and status messages awaiting their PUBACK
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
         self.last_published: dict[str, float] = {}
@@ -559,10 +560,12 @@ class _Session:
 
     def on_publish(self, client, userdata, mid, reason_code, properties):
         ids = self.inflight.pop(mid, None)
-        if ids is None:
+        if ids is not None:
+            self._puback(ids, reason_code)
+        elif mid in self.untracked:  # a heartbeat or status message: nothing to record
+            self.untracked.discard(mid)
+        else:
             self.early[mid] = reason_code
-            return
-        self._puback(ids, reason_code)
 
     def on_message(self, client, userdata, msg):
         try:
@@ -678,8 +681,13 @@ class _Session:
         return True
 
     def _publish_control(self, client, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish a message the courier does not track (heartbeat, status): its PUBACK is dropped, never
+        kept (paho reuses message ids after 65,535: a kept one would be taken for a later row's)."""
+        import paho.mqtt.client as mqtt
+
         info = client.publish(topic, payload, qos=1, retain=retain)
-        self.early.pop(info.mid, None)
+        if self.early.pop(info.mid, None) is None and info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self.untracked.add(info.mid)
 
     def _pump_loop(self, client) -> None:
         import paho.mqtt.client as mqtt
@@ -775,6 +783,7 @@ class _Session:
             self.c._set_error(f"publish of {ids[0]} failed: {mqtt.error_string(info.rc)}")
         for i in ids:
             self.last_published[i] = now
+        self.untracked.discard(info.mid)  # the id is this message's now, whatever became of its last user
         early = self.early.pop(info.mid, None)
         if early is not None:
             self._puback(ids, early)

@@ -335,3 +335,28 @@ def test_newer_status_and_readiness_win_even_when_the_kit_clock_runs_behind(setu
         assert _wait(lambda: courier.status()["acked"] == 2, 30)
         assert _wait(lambda: shown() == ("online", "SIAP"), 10), shown()
     store.close()
+
+
+def test_no_puback_is_kept_for_heartbeats_and_status(tmp_path, mosquitto, monkeypatch):
+    """A real broker PUBACKs heartbeats and the online status after publish() returned: the session must
+    not keep any of them (they would pile up for the whole session, and after 65,535 publishes one could be
+    matched to a row that reuses its message id)."""
+    import comms.courier as courier_mod
+
+    sessions, pubacks = [], []
+
+    class Recorded(courier_mod._Session):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            sessions.append(self)
+
+        def on_publish(self, client, userdata, mid, reason_code, properties):
+            pubacks.append(mid)
+            super().on_publish(client, userdata, mid, reason_code, properties)
+
+    monkeypatch.setattr(courier_mod, "_Session", Recorded)
+    with _courier(generate_key(), mosquitto, tmp_path, heartbeat_s=0.1) as courier:
+        assert _wait(lambda: courier.status()["connected"], 10)
+        assert _wait(lambda: len(pubacks) >= 10, 10)  # the online status and heartbeats, PUBACKed
+        early = dict(sessions[0].early)
+    assert len(sessions) == 1 and early == {}
