@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comms import payloads, topics
-from comms.outbox import Outbox
+from comms.outbox import Outbox, Row
 from comms.signing import (
     canonical_json,
     coerce_signing_key,
@@ -123,7 +123,7 @@ def export_bundle(
     return path, len(rows)
 
 
-def _unacked_rows(db_path: Path, *, scratch_dirs: list[Path | None]) -> list:
+def _unacked_rows(db_path: Path, *, scratch_dirs: list[Path | None]) -> list[Row]:
     """The outbox's unacked rows; from a snapshot when the database cannot be opened for writing (a card the
     kernel remounted read-only after errors: exactly when the bundle is the rescue path)."""
     try:
