@@ -53,17 +53,43 @@ CREATE TABLE IF NOT EXISTS photos (
     jpeg {blob} NOT NULL, completed_at {real} NOT NULL, PRIMARY KEY (kit_id, capture_id));
 CREATE TABLE IF NOT EXISTS kit_readiness (
     kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, message_id TEXT NOT NULL,
-    seq INTEGER, created_at {real}, received_at {real} NOT NULL, body TEXT NOT NULL);
+    seq INTEGER, created_at {real}, received_at {real} NOT NULL, body TEXT NOT NULL, epoch {bigint});
 CREATE TABLE IF NOT EXISTS kit_heartbeat (
     kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, created_at {real},
     received_at {real} NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kit_status (
     kit_id TEXT PRIMARY KEY, kode_wilayah TEXT NOT NULL, tps INTEGER NOT NULL, state TEXT NOT NULL,
-    reason TEXT, created_at {real}, received_at {real} NOT NULL);
+    reason TEXT, created_at {real}, received_at {real} NOT NULL, epoch {bigint}, session INTEGER);
 CREATE TABLE IF NOT EXISTS rejects (
     id {serial}, received_at {real} NOT NULL, topic TEXT, reason TEXT NOT NULL,
     detail TEXT, kit_id TEXT, message_id TEXT, payload_head {blob});
 """
+
+# Columns added since the tables were first created: (table, column, type); added to older databases at start.
+ADDED_COLUMNS = (
+    ("kit_readiness", "epoch", "{bigint}"),
+    ("kit_status", "epoch", "{bigint}"),
+    ("kit_status", "session", "INTEGER"),
+)
+
+# Which of a kit's readiness / status messages is the newest. The kit's clock may run behind after a power
+# cut (no RTC), so within one epoch (one outbox database) the kit's own counters decide: the readiness seq,
+# the status session (a session's online comes before its offline). The clock decides only across epochs
+# (a replaced database) and for messages without them (older kits). The last will (offline/lost) is built
+# when the kit connects, with the same created_at as that session's online: on a clock tie, offline wins.
+READINESS_NEWER = (
+    "CASE WHEN kit_readiness.epoch = excluded.epoch THEN kit_readiness.seq < excluded.seq "
+    "ELSE COALESCE(kit_readiness.created_at, 0) < excluded.created_at END"
+)
+STATUS_NEWER = (
+    "CASE WHEN kit_status.epoch = excluded.epoch AND kit_status.session IS NOT NULL "
+    "AND excluded.session IS NOT NULL "
+    "THEN (kit_status.session < excluded.session OR (kit_status.session = excluded.session "
+    "AND kit_status.state = 'online' AND excluded.state = 'offline')) "
+    "ELSE (kit_status.created_at IS NULL OR kit_status.created_at < excluded.created_at "
+    "OR (excluded.state = 'offline' AND kit_status.created_at = excluded.created_at)) END"
+)
+HEARTBEAT_NEWER = "kit_heartbeat.created_at IS NULL OR kit_heartbeat.created_at < excluded.created_at"
 
 POSTGRES_SCHEMES = ("postgresql:", "postgres:")
 
@@ -371,6 +397,9 @@ class CollectorStore:
                 self._x(self.dialect.schema_lock)
             for stmt in filter(None, (s.strip() for s in schema.split(";"))):
                 self._x(stmt)
+            for table, column, sqltype in ADDED_COLUMNS:
+                if column not in self._columns(table):
+                    self._x(f"ALTER TABLE {table} ADD COLUMN {column} {sqltype.format(**self.dialect.types)}")
         except _denied(self.dialect) as exc:  # a role with DML rights only: fine once the tables exist
             self._x("ROLLBACK")
             self._check_tables(exc)
@@ -386,6 +415,10 @@ class CollectorStore:
                 self._x(f"SELECT 1 FROM {table} LIMIT 0")
             except _denied(self.dialect) + _undefined(self.dialect):
                 missing.append(table)
+        missing += [
+            f"{table}.{column}" for table, column, _ in ADDED_COLUMNS
+            if table not in missing and column not in self._columns(table)
+        ]
         if missing:
             self._drop()
             raise StoreUnavailable(
@@ -393,6 +426,9 @@ class CollectorStore:
                 f"({', '.join(missing)}) and they do not exist ({str(exc).splitlines()[0]}); start the "
                 "collector once with the database owner's role, or grant it CREATE"
             )
+
+    def _columns(self, table: str) -> set[str]:
+        return {d[0] for d in self._x(f"SELECT * FROM {table} LIMIT 0").description}
 
     def _drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -503,11 +539,16 @@ class CollectorStore:
         env = checked.env
         base = Outcome("stored", "", env.id, env.kit_id, env.kode_wilayah, env.tps, env.kind)
         if env.kind == "heartbeat":
-            return self._latest(base, "kit_heartbeat", env, now, {"body": json.dumps(env.body)})
+            body = {"body": json.dumps(env.body)}
+            return self._latest(base, "kit_heartbeat", env, now, body, HEARTBEAT_NEWER)
         if env.kind == "status":
-            return self._latest(
-                base, "kit_status", env, now, {"state": env.body["state"], "reason": env.body.get("reason")}
-            )
+            cols = {
+                "state": env.body["state"],
+                "reason": env.body.get("reason"),
+                "epoch": env.epoch,
+                "session": env.body.get("session"),
+            }
+            return self._latest(base, "kit_status", env, now, cols, STATUS_NEWER)
         return self._store_queued(base, env, topic, payload, now)
 
     def _upsert_newer(self, table: str, cols: dict, newer: str) -> bool:
@@ -522,12 +563,7 @@ class CollectorStore:
         )
         return cur.rowcount == 1
 
-    def _latest(self, base: Outcome, table: str, env, now: float, cols: dict) -> Outcome:
-        # The last will (offline/lost) is built when the kit connects, with the same created_at as that
-        # session's online status: on a tie, offline wins.
-        newer = f"{table}.created_at IS NULL OR {table}.created_at < excluded.created_at"
-        if table == "kit_status" and cols.get("state") == "offline":
-            newer += f" OR {table}.created_at = excluded.created_at"
+    def _latest(self, base: Outcome, table: str, env, now: float, cols: dict, newer: str) -> Outcome:
         row = dict(
             kit_id=env.kit_id,
             kode_wilayah=env.kode_wilayah,
@@ -619,13 +655,12 @@ class CollectorStore:
                 tps=env.tps,
                 message_id=env.id,
                 seq=env.seq,
+                epoch=env.epoch,
                 created_at=env.created_at,
                 received_at=now,
                 body=json.dumps(body, ensure_ascii=False),
             )
-            self._upsert_newer(
-                "kit_readiness", row, "COALESCE(kit_readiness.created_at, 0) < excluded.created_at"
-            )
+            self._upsert_newer("kit_readiness", row, READINESS_NEWER)
         self._note_seq(env)
         return base
 

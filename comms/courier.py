@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -237,9 +238,12 @@ class Courier:
     def topic(self, kind: str) -> str:
         return topics.topic(self.prefix, self.kode_wilayah, self.tps, kind)
 
-    def _build(self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float) -> bytes:
-        """Sign an envelope. A queued one (with a seq) larger than the collector takes raises ValueError:
-        it would be refused (too_large), never acked, and resent for ever."""
+    def _build(
+        self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float, epoch: int | None = None
+    ) -> bytes:
+        """Sign an envelope (a queued one, with a seq, always carries the epoch). A queued one larger than
+        the collector takes raises ValueError: it would be refused (too_large), never acked, and resent for
+        ever."""
         payload = payloads.build(
             self._key,
             kind=kind,
@@ -250,7 +254,7 @@ class Courier:
             seq=seq,
             created_at=now,
             body=body,
-            epoch=self._epoch if seq is not None else None,
+            epoch=self._epoch if seq is not None else epoch,
         )
         if seq is not None and len(payload) > payloads.MAX_MESSAGE_BYTES:
             raise ValueError(
@@ -520,6 +524,7 @@ class _Session:
         self.outbox = outbox
         self.inflight: dict[int, tuple[str, ...]] = {}  # mid -> ids of the rows in that MQTT message
         self.early: dict[int, object] = {}  # PUBACKs seen before publish() returned: mid -> reason code
+        self.untracked: set[int] = set()  # mids of heartbeats and status messages awaiting their PUBACK
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
         self.last_published: dict[str, float] = {}
@@ -535,6 +540,7 @@ class _Session:
         self.stale_interval = courier.ack_timeout_s
         self.next_purge = time.monotonic() + 3600
         self.started = time.time()
+        self.session: int | None = None  # this connection's number, set in run()
         # Until the collector has acked something in this session, only one message (the probe) is out:
         # after a broker restart the collector may not have re-subscribed yet, and a full window would be
         # dropped and then arrive out of order.
@@ -554,10 +560,12 @@ class _Session:
 
     def on_publish(self, client, userdata, mid, reason_code, properties):
         ids = self.inflight.pop(mid, None)
-        if ids is None:
+        if ids is not None:
+            self._puback(ids, reason_code)
+        elif mid in self.untracked:  # a heartbeat or status message: nothing to record
+            self.untracked.discard(mid)
+        else:
             self.early[mid] = reason_code
-            return
-        self._puback(ids, reason_code)
 
     def on_message(self, client, userdata, msg):
         try:
@@ -592,12 +600,30 @@ class _Session:
     # --- the session --------------------------------------------------------------------------------
 
     def _status_payload(self, state: str, reason: str | None = None, *, now: float | None = None) -> bytes:
-        """online and the last will (offline/lost) carry the session start as created_at."""
+        """online and the last will (offline/lost) carry the session start as created_at; every status of
+        this connection carries its session number and the epoch (the collector orders by them, since the
+        clock may run behind after a power cut)."""
         body = {"state": state} if reason is None else {"state": state, "reason": reason}
+        if self.session is not None:
+            body["session"] = self.session
         now = self.started if now is None else now
         return self.c._build(
-            kind="status", msg_id=f"{self.c.kit_id}:status:{time.time_ns()}", seq=None, body=body, now=now
+            kind="status",
+            msg_id=f"{self.c.kit_id}:status:{time.time_ns()}",
+            seq=None,
+            body=body,
+            now=now,
+            epoch=self.c._epoch if self.session is not None else None,
         )
+
+    def _next_session(self) -> int | None:
+        """This connection's number (durable: the courier's synchronous=FULL outbox); None when the database
+        cannot be written (a read-only card): the status then goes without one, ordered by the clock."""
+        try:
+            return self.c._outbox.next_session()
+        except sqlite3.Error as exc:
+            log.warning("no session number for the status (%s): the collector orders it by the clock", exc)
+            return None
 
     def run(self) -> bool:
         """Connect and pump until disconnected or stopped; True if the broker accepted us."""
@@ -621,6 +647,7 @@ class _Session:
         client.max_inflight_messages_set(max(c.max_inflight, 1))
         client.on_connect, client.on_disconnect = self.on_connect, self.on_disconnect
         client.on_publish, client.on_message = self.on_publish, self.on_message
+        self.session = self._next_session()
         client.will_set(c.topic("status"), self._status_payload("offline", "lost"), qos=1, retain=True)
         try:
             if c.protocol == "mqtt5":
@@ -654,8 +681,13 @@ class _Session:
         return True
 
     def _publish_control(self, client, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish a message the courier does not track (heartbeat, status): its PUBACK is dropped, never
+        kept (paho reuses message ids after 65,535: a kept one would be taken for a later row's)."""
+        import paho.mqtt.client as mqtt
+
         info = client.publish(topic, payload, qos=1, retain=retain)
-        self.early.pop(info.mid, None)
+        if self.early.pop(info.mid, None) is None and info.rc == mqtt.MQTT_ERR_SUCCESS:
+            self.untracked.add(info.mid)
 
     def _pump_loop(self, client) -> None:
         import paho.mqtt.client as mqtt
@@ -751,6 +783,7 @@ class _Session:
             self.c._set_error(f"publish of {ids[0]} failed: {mqtt.error_string(info.rc)}")
         for i in ids:
             self.last_published[i] = now
+        self.untracked.discard(info.mid)  # the id is this message's now, whatever became of its last user
         early = self.early.pop(info.mid, None)
         if early is not None:
             self._puback(ids, early)

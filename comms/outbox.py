@@ -184,6 +184,8 @@ class Outbox:
                 f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('epoch', ?)",
                 (time.time_ns() // 1_000_000,),
             )
+            # Connections (sessions) of this kit in this epoch: orders its status messages, not its clock.
+            self._conn.execute(f"INSERT OR IGNORE INTO {COUNTERS} (name, value) VALUES ('session', 0)")
             self._conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_seq ON {TABLE}(seq)")
             self._conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {TABLE}_pending ON {TABLE}(priority, seq) WHERE state != 'acked'"
@@ -218,6 +220,13 @@ class Outbox:
             return self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'epoch'").fetchone()[0]
 
     # --- writing -------------------------------------------------------------------------------------
+
+    def next_session(self) -> int:
+        """Count one more connection of the kit and return its number (committed with this connection's
+        synchronous setting: use a FULL one, a number lost in a power cut would be given out twice)."""
+        with self.transaction():
+            self._conn.execute(f"UPDATE {COUNTERS} SET value = value + 1 WHERE name = 'session'")
+            return self._conn.execute(f"SELECT value FROM {COUNTERS} WHERE name = 'session'").fetchone()[0]
 
     @contextmanager
     def transaction(self) -> Iterator[_Batch]:

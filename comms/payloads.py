@@ -99,6 +99,9 @@ class PhotoChunkBody(_Model):
 class StatusBody(_Model):
     state: Literal["online", "offline"]
     reason: str | None = None
+    session: int | None = Field(
+        None, ge=1, le=INT_MAX, description="The kit's connection count in this epoch: orders its status."
+    )
 
 
 class Envelope(_Model):

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from comms.bundle import BundleError, export_bundle, import_bundle, read_bundle
+from comms.bundle import BundleError, WalSnapshot, export_bundle, import_bundle, read_bundle
 from comms.collector import Collector
 from comms.courier import Courier
+from comms.outbox import Outbox
 from comms.signing import canonical_json, generate_key, registry_add, save_private_key, sign_document
 from firmware import cli
+from tests.readonly_fs import ReadOnlyView
 
 KW, TPS = "31.71.01.1001", 7
 
@@ -254,3 +259,80 @@ def test_import_that_no_collector_confirmed_is_not_a_success(tmp_path, mosquitto
     assert cli.main(["import", str(path), "--broker", mosquitto.url, "--wait", "1"]) == 1
     err = capsys.readouterr().err
     assert "0 of 5" in err and "import again" in err  # 2 readings, 3 photo chunks
+
+
+def _kit_killed_with_messages_in_its_wal(state, n=4):
+    """A kit process that queued *n* readings (one with a photo) and died before any checkpoint: what a
+    power cut, or a card the kernel remounts read-only under the running kit, leaves behind."""
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from comms.courier import Courier
+from comms.signing import load_private_key
+c = Courier(db_path={str(state / "tpskit.db")!r}, kit_id="kit-1", kode_wilayah={KW!r}, tps={TPS},
+            signing_key=load_private_key({str(state / "keys" / "kit.key")!r}), broker_url="mqtt://127.0.0.1:1",
+            chunk_bytes=4000)
+for i in range({n}):
+    c.submit_reading(capture_id=f"c{{i}}", halaman=1, reading={{"paslon": {{"01": i}}}},
+                     photo_jpeg=b"J" * 9000 if i == 0 else None, taken_at=1.0, time_source="rtc")
+os._exit(0)  # no close, no checkpoint
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("shm", ["kept", "lost"])
+def test_export_works_from_a_read_only_card_with_messages_only_in_the_wal(tmp_path, shm):
+    """The USB bundle is the rescue path when the SD card fails, and a failing card is remounted read-only
+    by the kernel: export must still write every unacked message, also those only in the -wal file (with or
+    without its -shm index), and must not write anything into the state directory."""
+    state = tmp_path / "state"
+    key = generate_key()
+    save_private_key(key, state / "keys" / "kit.key")
+    _kit_killed_with_messages_in_its_wal(state)
+    db = state / "tpskit.db"
+    assert (state / "tpskit.db-wal").stat().st_size > 0
+    if shm == "lost":
+        (state / "tpskit.db-shm").unlink()
+    with sqlite3.connect(f"file:{db}?immutable=1", uri=True) as main_file_only:  # what ignores the WAL
+        tables = main_file_only.execute("SELECT name FROM sqlite_master WHERE name = 'outbox'").fetchall()
+        in_main_file = main_file_only.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] if tables else 0
+    assert in_main_file == 0  # every message is only in the WAL
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[kit]\nkit_id = "kit-1"\nkode_wilayah = "{KW}"\ntps = {TPS}\n'
+        f'[paths]\nstate_dir = "{state}"\nvolatile_ok = true\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+    )
+    (tmp_path / "usb").mkdir()
+    before = {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()}
+    repo = Path(__file__).resolve().parent.parent
+    with ReadOnlyView(state) as view:
+        res = subprocess.run(
+            view.command([sys.executable, "-m", "firmware.cli", "--config", str(cfg), "export",
+                          str(tmp_path / "usb"), "--json"]),
+            capture_output=True, text=True, timeout=120, cwd="/", env={**os.environ, "PYTHONPATH": str(repo)},
+        )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["messages"] == 4 + 3  # 4 readings + 3 photo chunks
+    assert {p.name: p.read_bytes() for p in state.iterdir() if p.is_file()} == before
+    assert [p.name for p in (tmp_path / "usb").iterdir()] == [Path(json.loads(res.stdout)["bundle"]).name]
+    _manifest, msgs = read_bundle(json.loads(res.stdout)["bundle"], public_key=key.verify_key)
+    with Outbox(db) as ob:  # the card works again: the bundle holds exactly the kit's unacked messages
+        assert [(m.id, m.payload) for m in msgs] == [(r.id, r.payload) for r in ob.unacked()]
+
+
+def test_snapshot_goes_to_the_next_folder_and_is_removed(tmp_path):
+    """When the system temp folder is on the read-only card too, the copy goes to the USB stick, and is
+    deleted from it afterwards (only the bundle stays there)."""
+    state = tmp_path / "state"
+    key = generate_key()
+    save_private_key(key, state / "keys" / "kit.key")
+    _kit_killed_with_messages_in_its_wal(state, n=2)
+    not_a_folder = tmp_path / "tmp-on-the-card"
+    not_a_folder.write_bytes(b"")
+    (tmp_path / "usb").mkdir()
+    with WalSnapshot(state / "tpskit.db", scratch_dirs=[not_a_folder, tmp_path / "usb"]) as copy:
+        assert copy.parent.parent == tmp_path / "usb"
+        assert sorted(p.name for p in copy.parent.iterdir()) == ["tpskit.db", "tpskit.db-wal"]
+        with Outbox(copy) as ob:
+            assert len(list(ob.unacked())) == 2 + 3
+    assert list((tmp_path / "usb").iterdir()) == []

@@ -251,10 +251,57 @@ def test_latest_heartbeat_status_and_readiness_keep_the_newest(store, kit):
     assert _process(store, kit, status("online", 9.0), t_st).status == "stale"
     assert store.conn.execute("SELECT state FROM kit_status").fetchall() == [("offline",)]
 
-    for seq, at in ((1, 20.0), (2, 30.0), (3, 25.0)):  # the older readiness is stored, not shown
+    # the older readiness (by the kit's own seq; seq 2's clock is later) is stored, not shown
+    for seq, at in ((1, 20.0), (3, 25.0), (2, 30.0)):
         m = _signed(kit, "readiness", {"ready": at}, at, msg_id=f"kit-1:ready:{seq}", seq=seq)
         assert _process(store, kit, m, t_rd).status == "stored"
-    assert store.conn.execute("SELECT message_id FROM kit_readiness").fetchall() == [("kit-1:ready:2",)]
+    assert store.conn.execute("SELECT message_id FROM kit_readiness").fetchall() == [("kit-1:ready:3",)]
+
+
+def test_status_and_readiness_follow_the_kits_sequence_not_its_clock(store, kit):
+    """A kit without an RTC may run behind after a power cut: within one sequence (epoch) the kit's session
+    number orders its status and its seq orders its readiness; the clock only across epochs (a replaced
+    database) and for kits that send no session."""
+    t_st, t_rd = (topics.topic(PREFIX, KW, TPS, k) for k in ("status", "readiness"))
+
+    def status(state, session, at, *, reason=None, epoch=EPOCH):
+        body = {"state": state, "reason": reason, "session": session}
+        msg_id = f"kit-1:status:{epoch}:{session}:{state}:{at}"
+        return payloads.build(kit, kind="status", msg_id=msg_id, kit_id="kit-1", kode_wilayah=KW, tps=TPS,
+                              seq=None, created_at=at, body=body, epoch=epoch)
+
+    def shown_status():
+        return store.conn.execute("SELECT state, reason FROM kit_status").fetchone()
+
+    assert _process(store, kit, status("online", 1, 500.0), t_st).status == "latest"
+    assert _process(store, kit, status("offline", 1, 500.0, reason="lost"), t_st).status == "latest"
+    # power cut, the kit boots with its clock behind: session 2 is newer
+    assert _process(store, kit, status("online", 2, 100.0), t_st).status == "latest"
+    # session 1's will, delivered late (or retained again), and an old online with a later clock: older
+    assert _process(store, kit, status("offline", 1, 500.0, reason="lost"), t_st).status == "stale"
+    assert _process(store, kit, status("online", 1, 900.0), t_st).status == "stale"
+    assert _process(store, kit, status("online", 2, 100.0), t_st).status == "stale"
+    assert tuple(shown_status()) == ("online", None)
+    # in one session offline comes after online, even when NTP set the clock back meanwhile
+    assert _process(store, kit, status("offline", 2, 90.0, reason="stopped"), t_st).status == "latest"
+    assert tuple(shown_status()) == ("offline", "stopped")
+    # a replaced database (new epoch) starts its sessions at 1: only the clock can order the two epochs
+    assert _process(store, kit, status("online", 1, 1000.0, epoch=EPOCH + 1), t_st).status == "latest"
+    assert tuple(shown_status()) == ("online", None)
+
+    def readiness(seq, at, *, epoch=EPOCH):
+        msg_id = f"kit-1:readiness:{epoch}:{seq}"
+        return payloads.build(kit, kind="readiness", msg_id=msg_id, kit_id="kit-1", kode_wilayah=KW, tps=TPS,
+                              seq=seq, created_at=at, body={"verdict": f"{epoch}:{seq}"}, epoch=epoch)
+
+    def shown_readiness():
+        return json.loads(store.conn.execute("SELECT body FROM kit_readiness").fetchone()[0])["verdict"]
+
+    for seq, at, shown in ((5, 100.0, 5), (4, 900.0, 5), (6, 50.0, 6)):
+        assert _process(store, kit, readiness(seq, at), t_rd).status == "stored"
+        assert shown_readiness() == f"{EPOCH}:{shown}"
+    assert _process(store, kit, readiness(1, 2000.0, epoch=EPOCH + 1), t_rd).status == "stored"
+    assert shown_readiness() == f"{EPOCH + 1}:1"
 
 
 def test_reading_id_reused_for_another_capture_is_rejected(store, kit):
@@ -432,3 +479,29 @@ def test_a_broken_registry_is_reported_once_per_change_and_the_last_good_one_kep
     (tmp_path / "fixed.json").replace(reg)
     col._reload_registry()
     assert set(col._registry) == {"kit-2"}
+
+
+def test_a_database_from_before_epoch_and_session_gets_the_columns(store, kit):
+    """Collector databases created before status/readiness were ordered by the kit's counters lack the
+    epoch and session columns: they are added at start, and the rows already there keep the clock rule."""
+    for table, column in (("kit_readiness", "epoch"), ("kit_status", "epoch"), ("kit_status", "session")):
+        store._x(f"ALTER TABLE {table} DROP COLUMN {column}")
+    store._x(
+        "INSERT INTO kit_status (kit_id, kode_wilayah, tps, state, reason, created_at, received_at) "
+        "VALUES ('kit-1', ?, ?, 'offline', 'lost', 500.0, 1.0)",
+        (KW, TPS),
+    )
+    again = CollectorStore(store.url or store.path)
+    try:
+        online = payloads.build(kit, kind="status", msg_id="kit-1:status:1", kit_id="kit-1", kode_wilayah=KW,
+                                tps=TPS, seq=None, created_at=100.0, body={"state": "online", "session": 2},
+                                epoch=EPOCH)
+        t_st = topics.topic(PREFIX, KW, TPS, "status")
+        assert _process(again, kit, online, t_st).status == "stale"  # stored row without a session: clock
+        online = payloads.build(kit, kind="status", msg_id="kit-1:status:2", kit_id="kit-1", kode_wilayah=KW,
+                                tps=TPS, seq=None, created_at=600.0, body={"state": "online", "session": 2},
+                                epoch=EPOCH)
+        assert _process(again, kit, online, t_st).status == "latest"
+        assert again.conn.execute("SELECT epoch, session FROM kit_status").fetchall() == [(EPOCH, 2)]
+    finally:
+        again.close()

@@ -353,3 +353,22 @@ def test_refused_rows_are_sent_again_later_in_the_same_session(tmp_path):
         assert c.status()["sent"] == 3 and c.status()["queued"] == 0
     finally:
         c.close()
+
+
+def test_pubacks_of_untracked_messages_are_not_kept_nor_matched_to_a_row(courier):
+    """Heartbeats and status messages are not rows: their PUBACKs (after publish() returned, the usual
+    case) must not be parked for ever, or once paho's message ids wrap (65,535) a row could be taken as
+    PUBACKed by a heartbeat's old PUBACK."""
+    s = _Session(courier, courier._outbox)
+    s.e2e_ok = True
+    client = FakeClient(s, early=False)
+    s._publish_control(client, courier.topic("status"), s._status_payload("online"), retain=True)
+    s._publish_control(client, courier.topic("heartbeat"), s._heartbeat_payload())
+    for mid, _topic in client.published:
+        client.puback(mid)
+    assert s.early == {}
+    client.mid = 0  # the ids wrapped: the next message (a row) gets the status message's id again
+    assert s._pump(client)
+    assert client.published[2][0] == 1 and s.inflight  # waits for its own PUBACK
+    s._flush(force=True)
+    assert courier.status()["sent"] == 0 and courier.status()["queued"] == 5

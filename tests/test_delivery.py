@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -296,3 +297,66 @@ def test_a_forged_ack_with_nan_is_ignored_not_a_crash(tmp_path, mosquitto):
         forger.loop_stop()
         forger.disconnect()
         courier.close()
+
+
+class _ClockBehind:
+    """The kit's ``time`` module after a power cut without an RTC: its clock runs an hour behind."""
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    @staticmethod
+    def time() -> float:
+        return time.time() - 3600
+
+
+def test_newer_status_and_readiness_win_even_when_the_kit_clock_runs_behind(setup, monkeypatch):
+    """After a power cut a kit without an RTC may boot with its clock behind. Its new "online" status and
+    its new readiness are newer than what the collector holds (the kit's own sequence says so), so they must
+    be shown, not stored as stale by the clock."""
+    import comms.courier as courier_mod
+
+    key, collector, broker, tmp_path = setup
+    store = CollectorStore(tmp_path / "collector.db")
+
+    def shown():
+        st = store.conn.execute("SELECT state FROM kit_status WHERE kit_id='kit-1'").fetchone()
+        rd = store.conn.execute("SELECT body FROM kit_readiness WHERE kit_id='kit-1'").fetchone()
+        return (st[0] if st else None), (json.loads(rd[0])["verdict"] if rd else None)
+
+    with _courier(key, broker, tmp_path) as courier:
+        courier.publish_retained("readiness", {"verdict": "BELUM SIAP"})
+        assert _wait(lambda: courier.status()["acked"] == 1, 30)
+        assert _wait(lambda: shown() == ("online", "BELUM SIAP"), 10), shown()
+    assert _wait(lambda: shown() == ("offline", "BELUM SIAP"), 10), shown()
+    monkeypatch.setattr(courier_mod, "time", _ClockBehind())
+    with _courier(key, broker, tmp_path) as courier:
+        courier.publish_retained("readiness", {"verdict": "SIAP"})
+        assert _wait(lambda: courier.status()["acked"] == 2, 30)
+        assert _wait(lambda: shown() == ("online", "SIAP"), 10), shown()
+    store.close()
+
+
+def test_no_puback_is_kept_for_heartbeats_and_status(tmp_path, mosquitto, monkeypatch):
+    """A real broker PUBACKs heartbeats and the online status after publish() returned: the session must
+    not keep any of them (they would pile up for the whole session, and after 65,535 publishes one could be
+    matched to a row that reuses its message id)."""
+    import comms.courier as courier_mod
+
+    sessions, pubacks = [], []
+
+    class Recorded(courier_mod._Session):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            sessions.append(self)
+
+        def on_publish(self, client, userdata, mid, reason_code, properties):
+            pubacks.append(mid)
+            super().on_publish(client, userdata, mid, reason_code, properties)
+
+    monkeypatch.setattr(courier_mod, "_Session", Recorded)
+    with _courier(generate_key(), mosquitto, tmp_path, heartbeat_s=0.1) as courier:
+        assert _wait(lambda: courier.status()["connected"], 10)
+        assert _wait(lambda: len(pubacks) >= 10, 10)  # the online status and heartbeats, PUBACKed
+        early = dict(sessions[0].early)
+    assert len(sessions) == 1 and early == {}

@@ -115,3 +115,15 @@ def test_outbox_of_the_previous_release_keeps_its_rows(tmp_path):
         assert ob.epoch == 5
     with Outbox(path) as ob:  # reopening does nothing more
         assert [r.id for r in ob.unacked()] == ["k:old", "k:new"]
+
+
+def test_session_numbers_go_up_across_reopen_and_use_no_seq(tmp_path):
+    """The kit's connection count orders its status messages at the collector; it never goes back (the
+    database is reopened after every restart) and takes nothing from the message sequence."""
+    with Outbox(tmp_path / "o.db") as ob:
+        assert [ob.next_session() for _ in range(3)] == [1, 2, 3]
+        epoch = ob.epoch
+    with Outbox(tmp_path / "o.db") as ob:
+        assert ob.next_session() == 4 and ob.epoch == epoch
+        assert ob.enqueue(msg_id="a", kind="reading", topic="t", payload=b"x") is not None
+        assert [r.seq for r in ob.unacked()] == [1]
