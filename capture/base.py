@@ -119,16 +119,20 @@ def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
     return image
 
 
-class TimeoutRunner:
-    """Runs camera calls on one worker thread and waits at most timeout_s for each.
+class BoundedCall:
+    """Runs blocking calls on a helper thread and waits for each at most ``limit_s``, calling ``tick`` every
+    ``every_s`` meanwhile (the kit's main loop feeds its watchdog so while a camera is waited for).
 
-    A call that hangs is abandoned (Python cannot kill a thread); the runner then refuses new calls
-    until the hung one returns, so the kit reports 'camera not responding' instead of hanging.
+    A call still running after ``limit_s`` is abandoned with ``TimeoutError`` (Python cannot kill a thread),
+    and further calls are refused the same way until it returns. The call's own exception is re-raised.
     """
 
-    def __init__(self, *, timeout_s: float, name: str = "camera") -> None:
-        self.timeout_s = timeout_s
+    def __init__(self, *, limit_s: float, name: str = "call", tick: Callable[[], object] | None = None,
+                 every_s: float = 0.5) -> None:
+        self.limit_s = limit_s
         self.name = name
+        self.every_s = every_s
+        self._tick = tick
         self._busy = threading.Lock()
 
     @property
@@ -137,8 +141,7 @@ class TimeoutRunner:
 
     def call(self, fn: Callable[[], T]) -> T:
         if not self._busy.acquire(blocking=False):
-            raise CaptureTimeout(f"{self.name} is still stuck in its previous capture; "
-                                 "restart the kit if this repeats")
+            raise TimeoutError(f"{self.name} is still stuck in its previous call")
         result: dict[str, object] = {}
         done = threading.Event()
 
@@ -152,13 +155,45 @@ class TimeoutRunner:
                 self._busy.release()
 
         t0 = time.monotonic()
-        threading.Thread(target=work, name=f"{self.name}-capture", daemon=True).start()
-        if not done.wait(self.timeout_s):
-            raise CaptureTimeout(f"{self.name} gave no picture within {self.timeout_s:g} s "
-                                 f"(waited {time.monotonic() - t0:.1f} s)")
+        deadline = t0 + self.limit_s
+        threading.Thread(target=work, name=f"{self.name}-call", daemon=True).start()
+        step = self.every_s if self._tick is not None else self.limit_s
+        while not done.wait(max(0.0, min(step, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.name} did not return within {self.limit_s:g} s "
+                                   f"(waited {time.monotonic() - t0:.1f} s)")
+            if self._tick is not None:
+                self._tick()
         if "error" in result:
-            err = result["error"]
-            if isinstance(err, CaptureError):
-                raise err
-            raise CaptureError(f"{self.name} failed: {err}") from err  # type: ignore[misc]
+            raise result["error"]  # type: ignore[misc]
         return result["value"]  # type: ignore[return-value]
+
+
+class TimeoutRunner(BoundedCall):
+    """Runs camera calls on one worker thread and waits at most timeout_s for each: a ``BoundedCall`` whose
+    failures are ``CaptureError`` (``CaptureTimeout`` for a hung camera), so the kit reports 'camera not
+    responding' instead of hanging."""
+
+    def __init__(self, *, timeout_s: float, name: str = "camera") -> None:
+        super().__init__(limit_s=timeout_s, name=name)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.limit_s
+
+    @timeout_s.setter
+    def timeout_s(self, value: float) -> None:
+        self.limit_s = value
+
+    def call(self, fn: Callable[[], T]) -> T:
+        if self.hung:
+            raise CaptureTimeout(f"{self.name} is still stuck in its previous capture; "
+                                 "restart the kit if this repeats")
+        try:
+            return super().call(fn)
+        except CaptureError:
+            raise
+        except TimeoutError as exc:
+            raise CaptureTimeout(str(exc).replace("did not return", "gave no picture")) from None
+        except Exception as err:
+            raise CaptureError(f"{self.name} failed: {err}") from err

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capture.base import Camera, CaptureError, CaptureTimeout, encode_jpeg
+from capture.base import BoundedCall, Camera, CaptureError, CaptureTimeout, encode_jpeg
 from firmware import messages as msg
 from firmware.clock import time_source as read_time_source
 from firmware.config import Config
@@ -98,11 +98,9 @@ class Kit:
         self._next_readiness: float | None = None
         self._shown: str | None = None
         self._gate = None
-        from firmware.watchdog import KeepAliveCall
-
         # the camera's timeout may be longer than WatchdogSec: keep pinging while its bounded wait lasts
-        self._camera_wait = KeepAliveCall(limit_s=config.camera.timeout_s + CAPTURE_GRACE_S,
-                                          tick=self._tick_watchdog, every_s=TICK_S, name="camera")
+        self._camera_wait = BoundedCall(limit_s=config.camera.timeout_s + CAPTURE_GRACE_S,
+                                        tick=self._tick_watchdog, every_s=TICK_S, name="camera")
         self._heartbeat: dict[str, Any] = {}
         if battery is not None:
             battery.when_low = lambda: self.post(LowBattery(level=_safe_level(battery), critical=False))

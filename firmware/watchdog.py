@@ -14,10 +14,10 @@ If the main loop hangs, ``tick`` is never called and pings stop; if a worker
 hangs or dies, ``tick`` keeps running but does not ping. Either way systemd
 restarts the service after ``WatchdogSec``.
 
-A bounded wait is not a hang: :class:`KeepAliveCall` runs one blocking call
-(a camera capture, whose ``camera.timeout_s`` may be longer than
-``WatchdogSec``) on a helper thread while the main loop keeps ticking, for at
-most ``limit_s``.
+A bounded wait is not a hang: the kit runs a camera capture (whose
+``camera.timeout_s`` may be longer than ``WatchdogSec``) through
+``capture.base.BoundedCall``, on a helper thread while the main loop keeps
+ticking, for at most the camera's timeout and a grace.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from firmware.notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 
 @dataclass
@@ -120,47 +118,3 @@ class LivenessGate:
         self._last_ping = now
         self.pings += 1
         return True
-
-
-class KeepAliveCall:
-    """Runs one blocking call on a helper thread while the caller ticks, for at most ``limit_s``.
-
-    The main loop stays the only pinger and is alive while it waits, so it goes on calling ``tick`` (e.g.
-    :meth:`LivenessGate.tick`) every ``every_s`` instead of falling silent for the whole wait. A call still
-    running after ``limit_s`` is abandoned with :class:`TimeoutError` (Python cannot kill a thread), and
-    further calls are refused the same way until it returns.
-    """
-
-    def __init__(self, *, limit_s: float, tick: Callable[[], object], every_s: float = 0.5,
-                 name: str = "call") -> None:
-        self.limit_s = limit_s
-        self.every_s = every_s
-        self.name = name
-        self._tick = tick
-        self._stuck: threading.Thread | None = None
-
-    def call(self, fn: Callable[[], T]) -> T:
-        if self._stuck is not None and self._stuck.is_alive():
-            raise TimeoutError(f"{self.name} is still stuck in its previous call")
-        result: dict[str, object] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                result["value"] = fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                result["error"] = exc
-            finally:
-                done.set()
-
-        worker = threading.Thread(target=work, name=f"{self.name}-wait", daemon=True)
-        worker.start()
-        deadline = time.monotonic() + self.limit_s
-        while not done.wait(max(0.0, min(self.every_s, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                self._stuck = worker
-                raise TimeoutError(f"{self.name} did not return within {self.limit_s:g} s")
-            self._tick()
-        if "error" in result:
-            raise result["error"]  # type: ignore[misc]
-        return result["value"]  # type: ignore[return-value]

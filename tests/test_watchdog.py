@@ -135,11 +135,11 @@ def test_dead_worker_stops_the_pings_while_loop_runs(notify_socket):
     assert "WATCHDOG=1" not in drain(sock, 0.05)
 
 
-def test_keep_alive_call_ticks_while_waiting_and_is_bounded():
-    from firmware.watchdog import KeepAliveCall
+def test_a_bounded_call_ticks_while_waiting_and_is_bounded():
+    from capture.base import BoundedCall
 
     ticks = []
-    wait = KeepAliveCall(limit_s=0.6, tick=lambda: ticks.append(1), every_s=0.05, name="camera")
+    wait = BoundedCall(limit_s=0.6, tick=lambda: ticks.append(1), every_s=0.05, name="camera")
     assert wait.call(lambda: (time.sleep(0.3), "frame")[1]) == "frame"
     assert len(ticks) >= 3  # ticked all through the wait
     with pytest.raises(ValueError, match="bad frame"):
