@@ -38,6 +38,12 @@ def _courier(key, db, url="mqtt://127.0.0.1:1"):
     )
 
 
+def _export(key, db, out_dir):
+    """``export_bundle`` of kit-1's database ``db`` to ``out_dir``: (path, messages)."""
+    return export_bundle(db_path=db, out_dir=out_dir, signing_key=key, kit_id="kit-1", kode_wilayah=KW,
+                         tps=TPS)
+
+
 def _fill(courier, n=5):
     for i in range(n):
         courier.submit_reading(
@@ -50,20 +56,19 @@ def _fill(courier, n=5):
         )
 
 
-def test_export_read_and_damage(tmp_path):
-    key = generate_key()
+def _filled_and_exported(tmp_path, key, n: int):
+    """kit-1's outbox at tmp_path/tpskit.db with ``n`` readings queued (``_fill``), exported to tmp_path/usb
+    signed with ``key``: (path, messages)."""
     c = _courier(key, tmp_path / "tpskit.db")
-    _fill(c)
+    _fill(c, n)
     c.close()
     (tmp_path / "usb").mkdir()
-    path, n = export_bundle(
-        db_path=tmp_path / "tpskit.db",
-        out_dir=tmp_path / "usb",
-        signing_key=key,
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-    )
+    return _export(key, tmp_path / "tpskit.db", tmp_path / "usb")
+
+
+def test_export_read_and_damage(tmp_path):
+    key = generate_key()
+    path, n = _filled_and_exported(tmp_path, key, 5)
     assert n == 5 + 3  # 5 readings + 3 photo chunks
     manifest, msgs = read_bundle(path, public_key=key.verify_key)
     assert manifest["kit_id"] == "kit-1" and [m.id for m in msgs][:5] == [
@@ -81,14 +86,7 @@ def test_export_read_and_damage(tmp_path):
     with pytest.raises(BundleError, match="truncated"):
         read_bundle(path)
     with pytest.raises(BundleError, match="USB"):
-        export_bundle(
-            db_path=tmp_path / "tpskit.db",
-            out_dir=tmp_path / "nope",
-            signing_key=key,
-            kit_id="kit-1",
-            kode_wilayah=KW,
-            tps=TPS,
-        )
+        _export(key, tmp_path / "tpskit.db", tmp_path / "nope")
 
 
 def test_cli_export_import_then_kit_acked_by_collector(tmp_path, mosquitto):
@@ -156,14 +154,7 @@ def test_export_from_a_missing_database_is_refused(tmp_path):
     (tmp_path / "usb").mkdir()
     missing = tmp_path / "state" / "tpskit.db"
     with pytest.raises(BundleError, match="not found"):
-        export_bundle(
-            db_path=missing,
-            out_dir=tmp_path / "usb",
-            signing_key=generate_key(),
-            kit_id="kit-1",
-            kode_wilayah=KW,
-            tps=TPS,
-        )
+        _export(generate_key(), missing, tmp_path / "usb")
     assert not missing.exists() and not (tmp_path / "state").exists()
     assert list((tmp_path / "usb").iterdir()) == []
 
@@ -171,18 +162,7 @@ def test_export_from_a_missing_database_is_refused(tmp_path):
 def test_damaged_message_lines_are_reported_not_crashed_on(tmp_path):
     """A message line that is valid JSON but not a message (a flipped bit in a key) is 'damaged'."""
     key = generate_key()
-    c = _courier(key, tmp_path / "tpskit.db")
-    _fill(c, 2)
-    c.close()
-    (tmp_path / "usb").mkdir()
-    path, _n = export_bundle(
-        db_path=tmp_path / "tpskit.db",
-        out_dir=tmp_path / "usb",
-        signing_key=key,
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-    )
+    path, _n = _filled_and_exported(tmp_path, key, 2)
     lines = path.read_bytes().splitlines()
     for damaged in (
         lines[1].replace(b'"topic"', b'"topiC"'),
@@ -205,18 +185,8 @@ def test_import_stops_at_once_when_the_broker_drops_the_connection(tmp_path, mos
     clear error at once, not a wait of 60 s for every message left unpublished."""
     broker = mosquitto_factory(extra_conf="max_packet_size 3000")
     key = generate_key()
-    c = _courier(key, tmp_path / "tpskit.db")
-    _fill(c)  # 5 readings (~700 B), then 3 photo chunks of ~5.5 KB (how many were PUBACKed is a race)
-    c.close()
-    (tmp_path / "usb").mkdir()
-    path, n = export_bundle(
-        db_path=tmp_path / "tpskit.db",
-        out_dir=tmp_path / "usb",
-        signing_key=key,
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-    )
+    # 5 readings (~700 B), then 3 photo chunks of ~5.5 KB (how many were PUBACKed is a race)
+    path, n = _filled_and_exported(tmp_path, key, 5)
     started = time.monotonic()
     with pytest.raises(BundleError, match=r"connection .* lost after \d of 8 .* import again"):
         import_bundle(path, broker_url=broker.url, wait_acks_s=1)
@@ -229,14 +199,7 @@ def test_export_from_a_damaged_database_is_explained(tmp_path):
     db = tmp_path / "tpskit.db"
     db.write_bytes(b"\x00rusak / damaged\x00" * 500)
     with pytest.raises(BundleError, match="cannot be read"):
-        export_bundle(
-            db_path=db,
-            out_dir=tmp_path / "usb",
-            signing_key=generate_key(),
-            kit_id="kit-1",
-            kode_wilayah=KW,
-            tps=TPS,
-        )
+        _export(generate_key(), db, tmp_path / "usb")
     assert list((tmp_path / "usb").iterdir()) == []
 
 
@@ -244,18 +207,7 @@ def test_import_that_no_collector_confirmed_is_not_a_success(tmp_path, mosquitto
     """Every message reached the broker but no collector stored it (none running, or the kit not in its
     registry): the import must not end as a success, and must say what to do."""
     key = generate_key()
-    c = _courier(key, tmp_path / "tpskit.db")
-    _fill(c, 2)
-    c.close()
-    (tmp_path / "usb").mkdir()
-    path, _n = export_bundle(
-        db_path=tmp_path / "tpskit.db",
-        out_dir=tmp_path / "usb",
-        signing_key=key,
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-    )
+    path, _n = _filled_and_exported(tmp_path, key, 2)
     assert cli.main(["import", str(path), "--broker", mosquitto.url, "--wait", "1"]) == 1
     err = capsys.readouterr().err
     assert "0 of 5" in err and "import again" in err  # 2 readings, 3 photo chunks

@@ -41,18 +41,15 @@ class FakeClient:
         self.session.on_publish(self, None, mid, rc, None)
 
 
+def _kit_courier(db, **options) -> Courier:
+    """kit-1's courier over the outbox ``db``, with a new key and a broker nobody listens on."""
+    return Courier(db_path=db, kit_id="kit-1", kode_wilayah=KW, tps=TPS, signing_key=generate_key(),
+                   broker_url="mqtt://127.0.0.1:1", **options)
+
+
 @pytest.fixture(params=[16_384, 0], ids=["packed", "single"])
 def courier(tmp_path, request):
-    c = Courier(
-        pack_max_bytes=request.param,
-        db_path=tmp_path / "tpskit.db",
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        signing_key=generate_key(),
-        broker_url="mqtt://127.0.0.1:1",
-        max_inflight=8,
-    )
+    c = _kit_courier(tmp_path / "tpskit.db", pack_max_bytes=request.param, max_inflight=8)
     for i in range(5):
         c.submit_reading(
             capture_id=f"c{i}", halaman=1, reading={"n": i}, photo_jpeg=None, taken_at=1.0, time_source="rtc"
@@ -132,14 +129,7 @@ def test_urls_and_bad_input(tmp_path):
     c.close()
     for bad in (dict(pack_max_bytes=-1), dict(pack_max_bytes=2_000_000), dict(pack_max_count=0)):
         with pytest.raises(ValueError, match="pack_max"):
-            Courier(
-                db_path=tmp_path / "tpskit.db",
-                kit_id="kit-1",
-                kode_wilayah=KW,
-                tps=TPS,
-                signing_key=generate_key(),
-                **bad,
-            )
+            _kit_courier(tmp_path / "tpskit.db", **bad)
 
 
 def test_from_config(tmp_path):
@@ -216,15 +206,7 @@ def test_a_lone_row_goes_alone_and_a_backlog_goes_packed(courier):
 
 
 def test_pack_bound_in_bytes(tmp_path):
-    c = Courier(
-        db_path=tmp_path / "tpskit.db",
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        signing_key=generate_key(),
-        broker_url="mqtt://127.0.0.1:1",
-        pack_max_bytes=2_000,
-    )
+    c = _kit_courier(tmp_path / "tpskit.db", pack_max_bytes=2_000)
     try:
         for i in range(10):
             c.submit_reading(
@@ -310,30 +292,14 @@ def test_a_message_the_collector_would_refuse_as_too_large_is_not_queued(courier
         courier.publish_retained("readiness", huge)
     assert courier.status()["queued"] == 5 and not courier.has_capture("big")
     with pytest.raises(ValueError, match="chunk_bytes"):
-        Courier(
-            db_path=courier.db_path,
-            kit_id="kit-1",
-            kode_wilayah=KW,
-            tps=TPS,
-            signing_key=generate_key(),
-            chunk_bytes=payloads.MAX_MESSAGE_BYTES,
-        )
+        _kit_courier(courier.db_path, chunk_bytes=payloads.MAX_MESSAGE_BYTES)
 
 
 def test_refused_rows_are_sent_again_later_in_the_same_session(tmp_path):
     """A PUBACK with a failure code (the broker's ACL refused, then the operator fixed it) leaves the rows
     queued. They were sent again only after a reconnect or a long press: a connected kit kept its last
     pages queued for good. Like rows without an ack, they go again after the ack timeout."""
-    c = Courier(
-        db_path=tmp_path / "tpskit.db",
-        kit_id="kit-1",
-        kode_wilayah=KW,
-        tps=TPS,
-        signing_key=generate_key(),
-        broker_url="mqtt://127.0.0.1:1",
-        ack_timeout_s=0.3,
-        heartbeat_s=0,
-    )
+    c = _kit_courier(tmp_path / "tpskit.db", ack_timeout_s=0.3, heartbeat_s=0)
     try:
         for i in range(3):
             c.submit_reading(
