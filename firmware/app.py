@@ -293,7 +293,7 @@ class Kit:
             text = msg.REVIEW.format(halaman=record.halaman or "?", seq=record.seq,
                                      reasons=msg.reasons_text(data))
         else:
-            text = msg.RETAKE.format(reasons=msg.reasons_text(data))
+            text = msg.retake_text(data)
         verdict = Verdict(press, status, text, record, data, latency_ms=_ms_since(press.released_at),
                           steps_ms=steps, page_reading=reading)
         self._verdict(verdict)  # the KPPS sees the verdict now; sending is bookkeeping after it

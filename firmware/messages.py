@@ -7,8 +7,10 @@ BUSY = "Sedang memotret dan membaca halaman, mohon tunggu…"
 OK = "Halaman {halaman} terbaca dan tersimpan (no. {seq}). Angka akan dikirim otomatis."
 REVIEW = ("Halaman {halaman} tersimpan (no. {seq}) tetapi PERLU DIPERIKSA: {reasons}. "
           "Cocokkan angka di formulir; bila perlu perbaiki lalu foto ulang.")
-RETAKE = ("Foto tidak bisa dibaca: {reasons}. Rapikan halaman di bawah kamera (seluruh halaman terlihat, "
-          "rata, tidak tertutup tangan, cukup terang), lalu tekan tombol lagi.")
+# (each reason of the reader already says what to do; the checklist is for a reason without its own text)
+RETAKE = "Foto tidak bisa dibaca: {reasons}. Tekan tombol untuk memotret ulang."
+RETAKE_CHECKLIST = ("Foto tidak bisa dibaca: {reasons}. Rapikan halaman di bawah kamera (seluruh halaman "
+                    "terlihat, rata, tidak tertutup tangan, cukup terang), lalu tekan tombol lagi.")
 QUEUED = "Belum ada sinyal: {n} pesan menunggu dikirim. Data aman tersimpan di kit."
 SENT_ALL = "Semua data sudah terkirim."
 STATUS = ("Status: {total} foto tersimpan ({ok} terbaca, {review} perlu diperiksa, {retake} foto ulang); "
@@ -39,6 +41,14 @@ def reasons_text(reading: dict) -> str:
             parts.append(str(r))
     # the templates add the full stop: strip the reader's own so the KPPS never sees ".."
     return "; ".join(p.rstrip(" .") for p in parts) if parts else REASONS_FALLBACK
+
+
+def retake_text(reading: dict) -> str:
+    """The retake message: the reader's reasons, each with its own advice, or the checklist where a reason
+    has no text of its own (a bare code, none at all)."""
+    reasons = reading.get("reasons", []) or []
+    advised = bool(reasons) and all(isinstance(r, dict) and r.get("message") for r in reasons)
+    return (RETAKE if advised else RETAKE_CHECKLIST).format(reasons=reasons_text(reading))
 
 
 def battery_text(level: float | None) -> str:

@@ -348,6 +348,9 @@ def test_real_reader_through_the_button(tmp_path, photos):
         h.press()
         bad = h.verdict(timeout=60)
         assert bad.pattern == "retake" and "Foto tidak bisa dibaca" in bad.message
+        # the reason's own advice, then how to retake: said once, not twice
+        assert "tertutup" in bad.message and bad.message.count("foto ulang") == 1
+        assert bad.message.endswith("Tekan tombol untuk memotret ulang.")
         assert bad.record.annotated_path.exists()
     assert h.store.counts()["total"] == 2
 
@@ -417,3 +420,15 @@ def test_watchdog_is_fed_while_a_slow_camera_is_waited_for(tmp_path, photos):
         server.close()
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
     assert pings and max(gaps) < watchdog_s, gaps
+
+
+def test_the_retake_message_gives_each_reasons_advice_or_the_checklist():
+    """Each reason of the reader says what to do; a reason with no text of its own gets the checklist."""
+    from firmware import messages as msg
+
+    covered = {"code": "covered", "message": "Sebagian formulir tertutup. Singkirkan, lalu foto ulang."}
+    text = msg.retake_text({"reasons": [covered]})
+    assert text == "Foto tidak bisa dibaca: Sebagian formulir tertutup. Singkirkan, lalu foto ulang. " \
+                   "Tekan tombol untuk memotret ulang."
+    for bare in ({"reasons": ["blurred"]}, {"reasons": [{"code": "x"}]}, {"reasons": []}, {}):
+        assert "Rapikan halaman" in msg.retake_text(bare)
