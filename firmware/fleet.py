@@ -140,16 +140,26 @@ def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | N
     obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq)
     if registry is not None:
         entry = registry.get(env.kit_id)
-        if entry is None:
-            obs.verified, obs.problem = False, "kit tidak terdaftar di registry"
-        elif not payloads.verify(entry.public_key, raw):
+        if entry is not None and not payloads.verify(entry.public_key, raw):
             obs.verified, obs.problem = False, "tanda tangan tidak sah (kunci tidak cocok dengan registry)"
-        elif (entry.kode_wilayah and entry.kode_wilayah != env.kode_wilayah) or (
-                entry.tps is not None and entry.tps != env.tps):
-            obs.verified = False
-            obs.problem = (f"melapor untuk {env.kode_wilayah} TPS {env.tps}, terdaftar untuk "
-                           f"{entry.kode_wilayah} TPS {entry.tps}")
+        else:
+            _check_registry(obs, registry)
     return obs
+
+
+def _check_registry(obs: Observation, registry: dict) -> None:
+    """Mark ``obs`` unverified if the registry does not list its kit, or lists it for another TPS (a kit
+    retired, replaced or moved since it reported): whatever the source, such a report is never ready."""
+    if not obs.verified:
+        return
+    entry = registry.get(obs.kit_id)
+    if entry is None:
+        obs.verified, obs.problem = False, "kit tidak terdaftar di registry"
+    elif (entry.kode_wilayah and entry.kode_wilayah != obs.kode_wilayah) or (
+            entry.tps is not None and entry.tps != obs.tps):
+        obs.verified = False
+        obs.problem = (f"melapor untuk {obs.kode_wilayah} TPS {obs.tps}, terdaftar untuk "
+                       f"{entry.kode_wilayah} TPS {entry.tps}")
 
 
 def from_collector_db(path: Path | str) -> list[Observation]:
@@ -215,6 +225,8 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
                                    ["tidak ada laporan kesiapan: kit belum dinyalakan, belum selftest, "
                                     "atau tidak ada sinyal"]))
             continue
+        if registry is not None:
+            _check_registry(obs, registry)  # the collector database checked against its own registry
         body = obs.body
         checked = body.get("checked_at")
         if not isinstance(checked, int | float):

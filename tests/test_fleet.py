@@ -210,3 +210,36 @@ def test_old_readiness_is_stale_by_default(tmp_path, capsys):
     assert {k["state"] for k in json.loads(capsys.readouterr().out)["kits"]} == {"ready"}
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json", "--max-age-hours", "0"]) == 0
     assert {k["state"] for k in json.loads(capsys.readouterr().out)["kits"]} == {"ready"}  # 0 = no limit
+
+
+def test_collector_db_kit_not_in_registry_is_not_ready(tmp_path, capsys):
+    """A kit the registry no longer lists (retired, replaced) or lists for another TPS is not counted
+    ready from the collector database, just as it is not from the broker."""
+    import sqlite3
+
+    from comms import signing
+
+    reg_path = tmp_path / "reg.json"
+    signing.registry_add(reg_path, "kit-a", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=1)
+    signing.registry_add(reg_path, "kit-c", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=2)
+    signing.registry_add(reg_path, "kit-d", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=3)
+    db = tmp_path / "collector.db"
+    now = time.time()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
+    body = json.dumps({"ready": True, "failing": [], "checked_at": now})
+    for kit_id, tps in (("kit-a", 1), ("kit-b-retired", 2), ("kit-d", 9)):
+        conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
+                     (kit_id, "31.71.01.1001", tps, body, now, 1))
+    conn.commit()
+    conn.close()
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--registry", str(reg_path),
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kits = _by_kit(data["kits"])
+    assert kits["kit-a"]["state"] == "ready"
+    assert kits["kit-c"]["state"] == "silent"
+    assert kits["kit-b-retired"]["state"] == "not_ready" and not kits["kit-b-retired"]["registered"]
+    assert "tidak terdaftar" in kits["kit-b-retired"]["reasons"][0]
+    assert kits["kit-d"]["state"] == "not_ready" and "terdaftar untuk" in kits["kit-d"]["reasons"][0]
+    assert data["total"]["ready"] == 1
