@@ -38,6 +38,7 @@ class Observation:
     seq: int | None = None
     verified: bool = True
     problem: str = ""
+    epoch: int | None = None
 
 
 @dataclass
@@ -107,7 +108,7 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
             return
         with lock:
             prev = got.get(obs.kit_id)
-            if prev is None or (obs.seq or 0) >= (prev.seq or 0) or not prev.verified:
+            if prev is None or _supersedes(obs, prev):
                 got[obs.kit_id] = obs
             last[0] = time.monotonic()
 
@@ -130,6 +131,18 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
     return list(got.values())
 
 
+def _supersedes(obs: Observation, prev: Observation) -> bool:
+    """Whether ``obs`` replaces ``prev``, two retained readiness messages of one kit on different topics (a
+    kit moved to another TPS leaves its old one behind): a valid one beats an invalid one; then, as the
+    collector decides (``READINESS_NEWER``), the higher seq within one epoch, the later clock across epochs
+    (a re-provisioned kit starts a new outbox, its seq again from 1)."""
+    if obs.verified != prev.verified:
+        return obs.verified
+    if (obs.epoch or 0) == (prev.epoch or 0):
+        return (obs.seq or 0) >= (prev.seq or 0)
+    return (obs.created_at or 0) >= (prev.created_at or 0)
+
+
 def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | None:
     try:
         env, raw = payloads.parse(payload)
@@ -137,7 +150,8 @@ def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | N
         return None
     if env.kind != "readiness":
         return None
-    obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq)
+    obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq,
+                      epoch=env.epoch)
     if registry is not None:
         entry = registry.get(env.kit_id)
         if entry is not None and not payloads.verify(entry.public_key, raw):

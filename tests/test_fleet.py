@@ -243,3 +243,35 @@ def test_collector_db_kit_not_in_registry_is_not_ready(tmp_path, capsys):
     assert "tidak terdaftar" in kits["kit-b-retired"]["reasons"][0]
     assert kits["kit-d"]["state"] == "not_ready" and "terdaftar untuk" in kits["kit-d"]["reasons"][0]
     assert data["total"]["ready"] == 1
+
+
+@pytest.mark.parametrize("old_tps", [7, 9])
+def test_moved_kit_old_retained_readiness_does_not_hide_the_new_one(tmp_path, mosquitto, old_tps):
+    """A kit moved to TPS 8 and re-provisioned (new outbox: new epoch, seq from 1) leaves its old
+    retained readiness (higher seq) on its old TPS topic; the fleet shows the valid one for TPS 8."""
+    from comms import payloads, signing
+    from comms.courier import make_mqtt_client, parse_broker_url
+
+    key = signing.generate_key()
+    reg_path = tmp_path / "reg.json"
+    signing.registry_add(reg_path, "kit-x", key, kode_wilayah="31.71.01.1001", tps=8)
+    registry = signing.load_registry(reg_path)
+    now = time.time()
+    wires = [(tps, payloads.build(key, kind="readiness", msg_id=f"kit-x:readiness:{epoch}:{seq}",
+                                  kit_id="kit-x", kode_wilayah="31.71.01.1001", tps=tps, seq=seq, epoch=epoch,
+                                  created_at=now - age, body={"ready": True, "checked_at": now - age}))
+             for tps, seq, epoch, age in ((8, 1, 2000, 60), (old_tps, 50, 1000, 3600))]
+    host, port, tls = parse_broker_url(mosquitto.url)
+    client = make_mqtt_client(client_id="pub", protocol="mqtt5", tls=tls)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        for tps, wire in wires:
+            topic = f"tpskit/v1/31.71.01.1001/{tps}/readiness"
+            client.publish(topic, wire, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    obs = fleet.from_broker(mosquitto.url, registry=registry, wait_s=3)
+    states = fleet.assess(registry, obs, now=now)
+    assert [(s.kit_id, s.tps, s.state) for s in states] == [("kit-x", 8, "ready")]
