@@ -271,6 +271,19 @@ class Checked:
 _topic_parts = functools.lru_cache(maxsize=4096)(topics.parse_topic)
 
 
+# A JSON escape of a UTF-16 surrogate; paired ones (an emoji written escaped) are text, a lone one is not.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _storable_text(env: payloads.Envelope) -> bool:
+    """Whether every string of the envelope is UTF-8 text (what the database columns hold)."""
+    try:
+        json.dumps([env.id, env.body], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEntry]) -> Checked:
     """Topic, schema, registered kit, TPS and Ed25519 signature; no database. Thread-safe.
 
@@ -288,6 +301,10 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
         env = payloads.parse_wire(payload)
     except payloads.MalformedMessage as exc:
         return Checked(topic, payload, reject=(exc.reason, exc.detail, None, None))
+    if _SURROGATE_ESCAPE.search(payload) and not _storable_text(env):
+        # no database takes it as text: the insert would raise and fail the whole batch, every kit's in it
+        detail = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff): not UTF-8 text"
+        return Checked(topic, payload, reject=("schema", detail, env.kit_id, None))
     ids = (env.kit_id, env.id)
     kit = registry.get(env.kit_id)
     if kit is None:

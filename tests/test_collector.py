@@ -505,3 +505,37 @@ def test_a_database_from_before_epoch_and_session_gets_the_columns(store, kit):
         assert again.conn.execute("SELECT epoch, session FROM kit_status").fetchall() == [(EPOCH, 2)]
     finally:
         again.close()
+
+
+def test_text_no_database_holds_is_a_schema_reject(store, kit):
+    """A signed message (a stolen or broken kit) whose JSON has a lone UTF-16 surrogate escape (``\\ud800``:
+    valid JSON, valid signature, but no UTF-8 text) made the insert raise and the whole batch, every kit's
+    readings in it, fail each time it came. It is a schema reject alone; the rest of the batch is stored."""
+    import base64
+
+    def crafted(kind, body, *, msg_id, seq):
+        doc = {"v": 1, "kind": kind, "id": msg_id, "kit_id": "kit-1", "kode_wilayah": KW, "tps": TPS,
+               "seq": seq, "epoch": EPOCH, "created_at": 1.0, "body": body}
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")  # \ud800 stays escaped
+        sig = base64.b64encode(kit.sign(raw).signature)
+        return raw[:-1] + b',"sig":"' + sig + b'"}'
+
+    reading = {"capture_id": "s1", "halaman": 1, "taken_at": 1.0, "time_source": "rtc",
+               "reading": {"nama": "\ud800"}, "photo": None}
+    bad = [
+        ("reading", crafted("reading", reading, msg_id="kit-1:s1:reading", seq=7)),
+        ("reading", crafted("reading", {**reading, "capture_id": "s2", "reading": {}},
+                            msg_id="kit-1:s2\udfff:reading", seq=8)),
+        ("readiness", crafted("readiness", {"ready": True, "x": "\ud800"}, msg_id="kit-1:readiness:0:9",
+                              seq=9)),
+    ]
+    reg = _registry(kit)
+    store.begin()
+    out = store.store_many(
+        [precheck(PREFIX, topics.topic(PREFIX, KW, TPS, kind), m, reg) for kind, m in bad]
+        + [precheck(PREFIX, T_READING, _reading(kit), reg)]
+    )
+    store.commit()
+    assert [(o.status, o.reason) for o in out] == [("rejected", "schema")] * 3 + [("stored", "")]
+    assert _stored(store) == (1, 1)
+    assert store.counts()["rejects"] == 3
