@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -306,6 +307,12 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
         detail = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff): not UTF-8 text"
         return Checked(topic, payload, reject=("schema", detail, env.kit_id, None))
     ids = (env.kit_id, env.id)
+    if not math.isfinite(env.created_at) or (
+        env.kind == "reading" and not math.isfinite(float(env.body["taken_at"]))
+    ):
+        # SQLite stores NaN as NULL, PostgreSQL above every number: "newest" would differ per backend, and an
+        # Infinity would stay the newest for ever
+        return Checked(topic, payload, env, ("schema", "a time is NaN or infinite", *ids))
     kit = registry.get(env.kit_id)
     if kit is None:
         return Checked(topic, payload, env, ("unknown_kit", "kit not in the registry", *ids))

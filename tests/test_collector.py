@@ -539,3 +539,35 @@ def test_text_no_database_holds_is_a_schema_reject(store, kit):
     assert [(o.status, o.reason) for o in out] == [("rejected", "schema")] * 3 + [("stored", "")]
     assert _stored(store) == (1, 1)
     assert store.counts()["rejects"] == 3
+
+
+def test_times_that_are_not_finite_are_a_schema_reject(store, kit):
+    """NaN / Infinity / 1e400 (JSON the kits never write, but valid under a stolen key) as a time: SQLite
+    stores NaN as NULL, PostgreSQL as a value above every other, so the two backends picked different
+    "newest" readiness and status rows, and an Infinity kept a kit's old row (and its "ready") for ever."""
+    import base64
+
+    def crafted(kind, body, *, msg_id, seq, created_at=b"1.5", taken_at=b"2.5"):
+        doc = {"v": 1, "kind": kind, "id": msg_id, "kit_id": "kit-1", "kode_wilayah": KW, "tps": TPS,
+               "seq": seq, "epoch": EPOCH, "created_at": 12345.5, "body": body}
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        raw = raw.replace(b"12345.5", created_at).replace(b"23456.5", taken_at)
+        sig = base64.b64encode(kit.sign(raw).signature)
+        return raw[:-1] + b',"sig":"' + sig + b'"}'
+
+    reading = {"capture_id": "t1", "halaman": 1, "taken_at": 23456.5, "time_source": "rtc", "reading": {},
+               "photo": None}
+    bad = [
+        ("readiness", crafted("readiness", {"ready": True}, msg_id="kit-1:readiness:0:7", seq=7,
+                              created_at=b"Infinity")),
+        ("status", crafted("status", {"state": "online", "session": 1}, msg_id="kit-1:status",
+                           seq=None, created_at=b"NaN")),
+        ("heartbeat", crafted("heartbeat", {}, msg_id="kit-1:hb", seq=None, created_at=b"1e400")),
+        ("reading", crafted("reading", reading, msg_id="kit-1:t1:reading", seq=8, taken_at=b"-1e400")),
+    ]
+    reg = _registry(kit)
+    store.begin()
+    out = store.store_many([precheck(PREFIX, topics.topic(PREFIX, KW, TPS, k), m, reg) for k, m in bad])
+    store.commit()
+    assert [(o.status, o.reason) for o in out] == [("rejected", "schema")] * 4
+    assert _stored(store) == (0, 0)
