@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -243,7 +244,7 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             _check_registry(obs, registry)  # the collector database checked against its own registry
         body = obs.body
         checked = body.get("checked_at")
-        if not isinstance(checked, int | float):
+        if not isinstance(checked, int | float) or not math.isfinite(checked):  # Infinity: never stale
             checked = obs.created_at
         st = KitState(kit_id, obs.kode_wilayah, obs.tps, NOT_READY, checked_at=checked,
                       trigger=body.get("trigger"), battery_percent=body.get("battery_percent"),

@@ -275,3 +275,14 @@ def test_moved_kit_old_retained_readiness_does_not_hide_the_new_one(tmp_path, mo
     obs = fleet.from_broker(mosquitto.url, registry=registry, wait_s=3)
     states = fleet.assess(registry, obs, now=now)
     assert [(s.kit_id, s.tps, s.state) for s in states] == [("kit-x", 8, "ready")]
+
+
+def test_a_readiness_checked_at_infinity_is_not_ready_for_ever():
+    """checked_at is the kit's word in the body (not checked by the collector): 1e400 parses as Infinity and
+    made the age check pass for ever; a time that is not finite falls back to the message's created_at."""
+    now = time.time()
+    obs = fleet.Observation("kit-a", "31.71.01.1001", 1, {"ready": True, "checked_at": float("inf")},
+                            created_at=now - 5 * 86400)
+    st = fleet.assess(None, [obs], now=now, max_age_s=86400)[0]
+    assert st.state == "not_ready" and st.checked_at == now - 5 * 86400
+    assert "T" in fleet.to_csv([st])  # a real time in the CSV, not a crash on gmtime(inf)
