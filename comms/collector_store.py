@@ -805,9 +805,12 @@ class CollectorStore:
         self._x("DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id))
 
     # --- queries --------------------------------------------------------------------------------------
+    # every stored (queued) message has a seq: the covering (kit_id, epoch, seq) index, not the payloads
+    KIT_IDS = "SELECT DISTINCT kit_id FROM messages WHERE seq IS NOT NULL ORDER BY kit_id"
+
     def kit_ids(self) -> list[str]:
         """Kits with at least one stored queued message."""
-        return [r[0] for r in self._x("SELECT DISTINCT kit_id FROM messages ORDER BY kit_id")]
+        return [r[0] for r in self._x(self.KIT_IDS)]
 
     def gaps(self, kit_id: str) -> list[tuple[int, int]]:
         """Missing sequence ranges (inclusive) below the highest seq seen from this kit, per epoch."""

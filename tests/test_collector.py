@@ -571,3 +571,16 @@ def test_times_that_are_not_finite_are_a_schema_reject(store, kit):
     store.commit()
     assert [(o.status, o.reason) for o in out] == [("rejected", "schema")] * 4
     assert _stored(store) == (0, 0)
+
+
+def test_kit_ids_reads_the_index_not_the_messages(tmp_path, kit):
+    """``tpskit collector --gaps`` lists the kits first: a scan of the messages table (every photo chunk's
+    payload, terabytes at national scale) instead of the (kit_id, epoch, seq) index."""
+    s = CollectorStore(tmp_path / "collector.db")
+    try:
+        _process(s, kit, _reading(kit))
+        assert s.kit_ids() == ["kit-1"]
+        plan = " ".join(str(r) for r in s._x("EXPLAIN QUERY PLAN " + s.KIT_IDS))
+        assert "COVERING INDEX messages_kit_seq" in plan, plan
+    finally:
+        s.close()
