@@ -584,3 +584,20 @@ def test_kit_ids_reads_the_index_not_the_messages(tmp_path, kit):
         assert "COVERING INDEX messages_kit_seq" in plan, plan
     finally:
         s.close()
+
+
+def test_registry_saved_by_a_spreadsheet_with_a_utf8_bom_loads(tmp_path, kit):
+    """Excel's "CSV UTF-8" (and Notepad) start the file with a byte-order mark: the header became
+    '\\ufeffkit_id' and the collector refused the whole registry ("an entry has no kit_id")."""
+    from comms.signing import load_registry, public_key_b64, registry_add
+
+    csv_path = tmp_path / "kits.csv"
+    csv_path.write_text(f"kit_id,public_key,kode_wilayah,tps\nkit-1,{public_key_b64(kit)},{KW},{TPS}\n",
+                        encoding="utf-8-sig")
+    assert load_registry(csv_path)["kit-1"].tps == TPS
+    json_path = tmp_path / "kits.json"
+    registry_add(json_path, "kit-1", kit, kode_wilayah=KW, tps=TPS)
+    json_path.write_text(json_path.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    assert load_registry(json_path)["kit-1"].kode_wilayah == KW
+    registry_add(json_path, "kit-2", generate_key(), kode_wilayah=KW, tps=TPS + 1)
+    assert set(load_registry(json_path)) == {"kit-1", "kit-2"}
