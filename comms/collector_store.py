@@ -276,10 +276,12 @@ _topic_parts = functools.lru_cache(maxsize=4096)(topics.parse_topic)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _storable_text(env: payloads.Envelope) -> bool:
-    """Whether every string of the envelope is UTF-8 text (what the database columns hold)."""
+def _storable_text(value) -> bool:
+    """Whether every string of an envelope (or one value) is UTF-8 text (what the database columns hold)."""
+    if isinstance(value, payloads.Envelope):
+        value = [value.id, value.body]
     try:
-        json.dumps([env.id, env.body], ensure_ascii=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
@@ -302,17 +304,10 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
         env = payloads.parse_wire(payload)
     except payloads.MalformedMessage as exc:
         return Checked(topic, payload, reject=(exc.reason, exc.detail, None, None))
-    if _SURROGATE_ESCAPE.search(payload) and not _storable_text(env):
-        # no database takes it as text: the insert would raise and fail the whole batch, every kit's in it
-        detail = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff): not UTF-8 text"
-        return Checked(topic, payload, reject=("schema", detail, env.kit_id, None))
-    ids = (env.kit_id, env.id)
-    if not math.isfinite(env.created_at) or (
-        env.kind == "reading" and not math.isfinite(float(env.body["taken_at"]))
-    ):
-        # SQLite stores NaN as NULL, PostgreSQL above every number: "newest" would differ per backend, and an
-        # Infinity would stay the newest for ever
-        return Checked(topic, payload, env, ("schema", "a time is NaN or infinite", *ids))
+    # a lone surrogate (\ud800) is no UTF-8 text: no database column takes it, the insert would raise and
+    # fail the whole batch (every kit's readings in it); its id is not recorded with a reject either
+    text_ok = not _SURROGATE_ESCAPE.search(payload) or _storable_text(env)
+    ids = (env.kit_id, env.id if text_ok or _storable_text(env.id) else None)
     kit = registry.get(env.kit_id)
     if kit is None:
         return Checked(topic, payload, env, ("unknown_kit", "kit not in the registry", *ids))
@@ -324,6 +319,15 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
         return Checked(topic, payload, env, ("wrong_tps", detail, *ids))
     if not payloads.verify_wire(kit.public_key, env, payload):
         return Checked(topic, payload, env, ("bad_signature", "Ed25519 verification failed", *ids))
+    if not text_ok:
+        detail = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff): not UTF-8 text"
+        return Checked(topic, payload, env, ("schema", detail, *ids))
+    if not math.isfinite(env.created_at) or (
+        env.kind == "reading" and not math.isfinite(float(env.body["taken_at"]))
+    ):
+        # SQLite stores NaN as NULL, PostgreSQL above every number: "newest" would differ per backend, and an
+        # Infinity would stay the newest for ever
+        return Checked(topic, payload, env, ("schema", "a time is NaN or infinite", *ids))
     if not env.id.startswith(env.kit_id + ":"):
         return Checked(topic, payload, env, ("schema", "id must start with '<kit_id>:'", *ids))
     return Checked(topic, payload, env)
