@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -271,6 +272,21 @@ class Checked:
 _topic_parts = functools.lru_cache(maxsize=4096)(topics.parse_topic)
 
 
+# A JSON escape of a UTF-16 surrogate; paired ones (an emoji written escaped) are text, a lone one is not.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _storable_text(value) -> bool:
+    """Whether every string of an envelope (or one value) is UTF-8 text (what the database columns hold)."""
+    if isinstance(value, payloads.Envelope):
+        value = [value.id, value.body]
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEntry]) -> Checked:
     """Topic, schema, registered kit, TPS and Ed25519 signature; no database. Thread-safe.
 
@@ -288,7 +304,10 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
         env = payloads.parse_wire(payload)
     except payloads.MalformedMessage as exc:
         return Checked(topic, payload, reject=(exc.reason, exc.detail, None, None))
-    ids = (env.kit_id, env.id)
+    # a lone surrogate (\ud800) is no UTF-8 text: no database column takes it, the insert would raise and
+    # fail the whole batch (every kit's readings in it); its id is not recorded with a reject either
+    text_ok = not _SURROGATE_ESCAPE.search(payload) or _storable_text(env)
+    ids = (env.kit_id, env.id if text_ok or _storable_text(env.id) else None)
     kit = registry.get(env.kit_id)
     if kit is None:
         return Checked(topic, payload, env, ("unknown_kit", "kit not in the registry", *ids))
@@ -300,6 +319,15 @@ def precheck(prefix: str, topic: str, payload: bytes, registry: dict[str, KitEnt
         return Checked(topic, payload, env, ("wrong_tps", detail, *ids))
     if not payloads.verify_wire(kit.public_key, env, payload):
         return Checked(topic, payload, env, ("bad_signature", "Ed25519 verification failed", *ids))
+    if not text_ok:
+        detail = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff): not UTF-8 text"
+        return Checked(topic, payload, env, ("schema", detail, *ids))
+    if not math.isfinite(env.created_at) or (
+        env.kind == "reading" and not math.isfinite(float(env.body["taken_at"]))
+    ):
+        # SQLite stores NaN as NULL, PostgreSQL above every number: "newest" would differ per backend, and an
+        # Infinity would stay the newest for ever
+        return Checked(topic, payload, env, ("schema", "a time is NaN or infinite", *ids))
     if not env.id.startswith(env.kit_id + ":"):
         return Checked(topic, payload, env, ("schema", "id must start with '<kit_id>:'", *ids))
     return Checked(topic, payload, env)
@@ -781,9 +809,12 @@ class CollectorStore:
         self._x("DELETE FROM photo_chunks WHERE kit_id = ? AND capture_id = ?", (kit_id, capture_id))
 
     # --- queries --------------------------------------------------------------------------------------
+    # every stored (queued) message has a seq: the covering (kit_id, epoch, seq) index, not the payloads
+    KIT_IDS = "SELECT DISTINCT kit_id FROM messages WHERE seq IS NOT NULL ORDER BY kit_id"
+
     def kit_ids(self) -> list[str]:
         """Kits with at least one stored queued message."""
-        return [r[0] for r in self._x("SELECT DISTINCT kit_id FROM messages ORDER BY kit_id")]
+        return [r[0] for r in self._x(self.KIT_IDS)]
 
     def gaps(self, kit_id: str) -> list[tuple[int, int]]:
         """Missing sequence ranges (inclusive) below the highest seq seen from this kit, per epoch."""

@@ -256,7 +256,7 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
             f"kit registry {path} not found: create it with 'tpskit collector --kits {path} "
             "--add-kit KIT_ID --public-key KEY'"
         )
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet may start it with a BOM
     rows: list[dict]
     if path.suffix.lower() == ".csv" or (text.lstrip()[:1] not in ("{", "") and "," in text.splitlines()[0]):
         rows = list(csv.DictReader(text.splitlines()))
@@ -300,9 +300,9 @@ def registry_add(
     else:
         key_b64 = public_key_b64(load_public_key(public_key))
     data: dict = {"version": 1, "kits": {}}
-    if path.exists() and path.read_text(encoding="utf-8").strip():
+    if path.exists() and path.read_text(encoding="utf-8-sig").strip():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise KeyFileError(
                 f"kit registry {path} is not valid JSON ({exc}); fix or move it first"

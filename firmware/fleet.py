@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ class Observation:
     seq: int | None = None
     verified: bool = True
     problem: str = ""
+    epoch: int | None = None
 
 
 @dataclass
@@ -107,7 +109,7 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
             return
         with lock:
             prev = got.get(obs.kit_id)
-            if prev is None or (obs.seq or 0) >= (prev.seq or 0) or not prev.verified:
+            if prev is None or _supersedes(obs, prev):
                 got[obs.kit_id] = obs
             last[0] = time.monotonic()
 
@@ -130,6 +132,18 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
     return list(got.values())
 
 
+def _supersedes(obs: Observation, prev: Observation) -> bool:
+    """Whether ``obs`` replaces ``prev``, two retained readiness messages of one kit on different topics (a
+    kit moved to another TPS leaves its old one behind): a valid one beats an invalid one; then, as the
+    collector decides (``READINESS_NEWER``), the higher seq within one epoch, the later clock across epochs
+    (a re-provisioned kit starts a new outbox, its seq again from 1)."""
+    if obs.verified != prev.verified:
+        return obs.verified
+    if (obs.epoch or 0) == (prev.epoch or 0):
+        return (obs.seq or 0) >= (prev.seq or 0)
+    return (obs.created_at or 0) >= (prev.created_at or 0)
+
+
 def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | None:
     try:
         env, raw = payloads.parse(payload)
@@ -137,19 +151,30 @@ def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | N
         return None
     if env.kind != "readiness":
         return None
-    obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq)
+    obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq,
+                      epoch=env.epoch)
     if registry is not None:
         entry = registry.get(env.kit_id)
-        if entry is None:
-            obs.verified, obs.problem = False, "kit tidak terdaftar di registry"
-        elif not payloads.verify(entry.public_key, raw):
+        if entry is not None and not payloads.verify(entry.public_key, raw):
             obs.verified, obs.problem = False, "tanda tangan tidak sah (kunci tidak cocok dengan registry)"
-        elif (entry.kode_wilayah and entry.kode_wilayah != env.kode_wilayah) or (
-                entry.tps is not None and entry.tps != env.tps):
-            obs.verified = False
-            obs.problem = (f"melapor untuk {env.kode_wilayah} TPS {env.tps}, terdaftar untuk "
-                           f"{entry.kode_wilayah} TPS {entry.tps}")
+        else:
+            _check_registry(obs, registry)
     return obs
+
+
+def _check_registry(obs: Observation, registry: dict) -> None:
+    """Mark ``obs`` unverified if the registry does not list its kit, or lists it for another TPS (a kit
+    retired, replaced or moved since it reported): whatever the source, such a report is never ready."""
+    if not obs.verified:
+        return
+    entry = registry.get(obs.kit_id)
+    if entry is None:
+        obs.verified, obs.problem = False, "kit tidak terdaftar di registry"
+    elif (entry.kode_wilayah and entry.kode_wilayah != obs.kode_wilayah) or (
+            entry.tps is not None and entry.tps != obs.tps):
+        obs.verified = False
+        obs.problem = (f"melapor untuk {obs.kode_wilayah} TPS {obs.tps}, terdaftar untuk "
+                       f"{entry.kode_wilayah} TPS {entry.tps}")
 
 
 def from_collector_db(path: Path | str) -> list[Observation]:
@@ -215,9 +240,11 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
                                    ["tidak ada laporan kesiapan: kit belum dinyalakan, belum selftest, "
                                     "atau tidak ada sinyal"]))
             continue
+        if registry is not None:
+            _check_registry(obs, registry)  # the collector database checked against its own registry
         body = obs.body
         checked = body.get("checked_at")
-        if not isinstance(checked, int | float):
+        if not isinstance(checked, int | float) or not math.isfinite(checked):  # Infinity: never stale
             checked = obs.created_at
         st = KitState(kit_id, obs.kode_wilayah, obs.tps, NOT_READY, checked_at=checked,
                       trigger=body.get("trigger"), battery_percent=body.get("battery_percent"),

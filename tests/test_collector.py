@@ -505,3 +505,99 @@ def test_a_database_from_before_epoch_and_session_gets_the_columns(store, kit):
         assert again.conn.execute("SELECT epoch, session FROM kit_status").fetchall() == [(EPOCH, 2)]
     finally:
         again.close()
+
+
+def test_text_no_database_holds_is_a_schema_reject(store, kit):
+    """A signed message (a stolen or broken kit) whose JSON has a lone UTF-16 surrogate escape (``\\ud800``:
+    valid JSON, valid signature, but no UTF-8 text) made the insert raise and the whole batch, every kit's
+    readings in it, fail each time it came. It is a schema reject alone; the rest of the batch is stored."""
+    import base64
+
+    def crafted(kind, body, *, msg_id, seq):
+        doc = {"v": 1, "kind": kind, "id": msg_id, "kit_id": "kit-1", "kode_wilayah": KW, "tps": TPS,
+               "seq": seq, "epoch": EPOCH, "created_at": 1.0, "body": body}
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")  # \ud800 stays escaped
+        sig = base64.b64encode(kit.sign(raw).signature)
+        return raw[:-1] + b',"sig":"' + sig + b'"}'
+
+    reading = {"capture_id": "s1", "halaman": 1, "taken_at": 1.0, "time_source": "rtc",
+               "reading": {"nama": "\ud800"}, "photo": None}
+    bad = [
+        ("reading", crafted("reading", reading, msg_id="kit-1:s1:reading", seq=7)),
+        ("reading", crafted("reading", {**reading, "capture_id": "s2", "reading": {}},
+                            msg_id="kit-1:s2\udfff:reading", seq=8)),
+        ("readiness", crafted("readiness", {"ready": True, "x": "\ud800"}, msg_id="kit-1:readiness:0:9",
+                              seq=9)),
+    ]
+    reg = _registry(kit)
+    store.begin()
+    out = store.store_many(
+        [precheck(PREFIX, topics.topic(PREFIX, KW, TPS, kind), m, reg) for kind, m in bad]
+        + [precheck(PREFIX, T_READING, _reading(kit), reg)]
+    )
+    store.commit()
+    assert [(o.status, o.reason) for o in out] == [("rejected", "schema")] * 3 + [("stored", "")]
+    assert _stored(store) == (1, 1)
+    assert store.counts()["rejects"] == 3
+
+
+def test_times_that_are_not_finite_are_a_schema_reject(store, kit):
+    """NaN / Infinity / 1e400 (JSON the kits never write, but valid under a stolen key) as a time: SQLite
+    stores NaN as NULL, PostgreSQL as a value above every other, so the two backends picked different
+    "newest" readiness and status rows, and an Infinity kept a kit's old row (and its "ready") for ever."""
+    import base64
+
+    def crafted(kind, body, *, msg_id, seq, created_at=b"1.5", taken_at=b"2.5"):
+        doc = {"v": 1, "kind": kind, "id": msg_id, "kit_id": "kit-1", "kode_wilayah": KW, "tps": TPS,
+               "seq": seq, "epoch": EPOCH, "created_at": 12345.5, "body": body}
+        raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        raw = raw.replace(b"12345.5", created_at).replace(b"23456.5", taken_at)
+        sig = base64.b64encode(kit.sign(raw).signature)
+        return raw[:-1] + b',"sig":"' + sig + b'"}'
+
+    reading = {"capture_id": "t1", "halaman": 1, "taken_at": 23456.5, "time_source": "rtc", "reading": {},
+               "photo": None}
+    bad = [
+        ("readiness", crafted("readiness", {"ready": True}, msg_id="kit-1:readiness:0:7", seq=7,
+                              created_at=b"Infinity")),
+        ("status", crafted("status", {"state": "online", "session": 1}, msg_id="kit-1:status",
+                           seq=None, created_at=b"NaN")),
+        ("heartbeat", crafted("heartbeat", {}, msg_id="kit-1:hb", seq=None, created_at=b"1e400")),
+        ("reading", crafted("reading", reading, msg_id="kit-1:t1:reading", seq=8, taken_at=b"-1e400")),
+    ]
+    reg = _registry(kit)
+    store.begin()
+    out = store.store_many([precheck(PREFIX, topics.topic(PREFIX, KW, TPS, k), m, reg) for k, m in bad])
+    store.commit()
+    assert [(o.status, o.reason) for o in out] == [("rejected", "schema")] * 4
+    assert _stored(store) == (0, 0)
+
+
+def test_kit_ids_reads_the_index_not_the_messages(tmp_path, kit):
+    """``tpskit collector --gaps`` lists the kits first: a scan of the messages table (every photo chunk's
+    payload, terabytes at national scale) instead of the (kit_id, epoch, seq) index."""
+    s = CollectorStore(tmp_path / "collector.db")
+    try:
+        _process(s, kit, _reading(kit))
+        assert s.kit_ids() == ["kit-1"]
+        plan = " ".join(str(r) for r in s._x("EXPLAIN QUERY PLAN " + s.KIT_IDS))
+        assert "COVERING INDEX messages_kit_seq" in plan, plan
+    finally:
+        s.close()
+
+
+def test_registry_saved_by_a_spreadsheet_with_a_utf8_bom_loads(tmp_path, kit):
+    """Excel's "CSV UTF-8" (and Notepad) start the file with a byte-order mark: the header became
+    '\\ufeffkit_id' and the collector refused the whole registry ("an entry has no kit_id")."""
+    from comms.signing import load_registry, public_key_b64, registry_add
+
+    csv_path = tmp_path / "kits.csv"
+    csv_path.write_text(f"kit_id,public_key,kode_wilayah,tps\nkit-1,{public_key_b64(kit)},{KW},{TPS}\n",
+                        encoding="utf-8-sig")
+    assert load_registry(csv_path)["kit-1"].tps == TPS
+    json_path = tmp_path / "kits.json"
+    registry_add(json_path, "kit-1", kit, kode_wilayah=KW, tps=TPS)
+    json_path.write_text(json_path.read_text(encoding="utf-8"), encoding="utf-8-sig")
+    assert load_registry(json_path)["kit-1"].kode_wilayah == KW
+    registry_add(json_path, "kit-2", generate_key(), kode_wilayah=KW, tps=TPS + 1)
+    assert set(load_registry(json_path)) == {"kit-1", "kit-2"}

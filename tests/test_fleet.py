@@ -210,3 +210,79 @@ def test_old_readiness_is_stale_by_default(tmp_path, capsys):
     assert {k["state"] for k in json.loads(capsys.readouterr().out)["kits"]} == {"ready"}
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json", "--max-age-hours", "0"]) == 0
     assert {k["state"] for k in json.loads(capsys.readouterr().out)["kits"]} == {"ready"}  # 0 = no limit
+
+
+def test_collector_db_kit_not_in_registry_is_not_ready(tmp_path, capsys):
+    """A kit the registry no longer lists (retired, replaced) or lists for another TPS is not counted
+    ready from the collector database, just as it is not from the broker."""
+    import sqlite3
+
+    from comms import signing
+
+    reg_path = tmp_path / "reg.json"
+    signing.registry_add(reg_path, "kit-a", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=1)
+    signing.registry_add(reg_path, "kit-c", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=2)
+    signing.registry_add(reg_path, "kit-d", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=3)
+    db = tmp_path / "collector.db"
+    now = time.time()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
+    body = json.dumps({"ready": True, "failing": [], "checked_at": now})
+    for kit_id, tps in (("kit-a", 1), ("kit-b-retired", 2), ("kit-d", 9)):
+        conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
+                     (kit_id, "31.71.01.1001", tps, body, now, 1))
+    conn.commit()
+    conn.close()
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--registry", str(reg_path),
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kits = _by_kit(data["kits"])
+    assert kits["kit-a"]["state"] == "ready"
+    assert kits["kit-c"]["state"] == "silent"
+    assert kits["kit-b-retired"]["state"] == "not_ready" and not kits["kit-b-retired"]["registered"]
+    assert "tidak terdaftar" in kits["kit-b-retired"]["reasons"][0]
+    assert kits["kit-d"]["state"] == "not_ready" and "terdaftar untuk" in kits["kit-d"]["reasons"][0]
+    assert data["total"]["ready"] == 1
+
+
+@pytest.mark.parametrize("old_tps", [7, 9])
+def test_moved_kit_old_retained_readiness_does_not_hide_the_new_one(tmp_path, mosquitto, old_tps):
+    """A kit moved to TPS 8 and re-provisioned (new outbox: new epoch, seq from 1) leaves its old
+    retained readiness (higher seq) on its old TPS topic; the fleet shows the valid one for TPS 8."""
+    from comms import payloads, signing
+    from comms.courier import make_mqtt_client, parse_broker_url
+
+    key = signing.generate_key()
+    reg_path = tmp_path / "reg.json"
+    signing.registry_add(reg_path, "kit-x", key, kode_wilayah="31.71.01.1001", tps=8)
+    registry = signing.load_registry(reg_path)
+    now = time.time()
+    wires = [(tps, payloads.build(key, kind="readiness", msg_id=f"kit-x:readiness:{epoch}:{seq}",
+                                  kit_id="kit-x", kode_wilayah="31.71.01.1001", tps=tps, seq=seq, epoch=epoch,
+                                  created_at=now - age, body={"ready": True, "checked_at": now - age}))
+             for tps, seq, epoch, age in ((8, 1, 2000, 60), (old_tps, 50, 1000, 3600))]
+    host, port, tls = parse_broker_url(mosquitto.url)
+    client = make_mqtt_client(client_id="pub", protocol="mqtt5", tls=tls)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        for tps, wire in wires:
+            topic = f"tpskit/v1/31.71.01.1001/{tps}/readiness"
+            client.publish(topic, wire, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    obs = fleet.from_broker(mosquitto.url, registry=registry, wait_s=3)
+    states = fleet.assess(registry, obs, now=now)
+    assert [(s.kit_id, s.tps, s.state) for s in states] == [("kit-x", 8, "ready")]
+
+
+def test_a_readiness_checked_at_infinity_is_not_ready_for_ever():
+    """checked_at is the kit's word in the body (not checked by the collector): 1e400 parses as Infinity and
+    made the age check pass for ever; a time that is not finite falls back to the message's created_at."""
+    now = time.time()
+    obs = fleet.Observation("kit-a", "31.71.01.1001", 1, {"ready": True, "checked_at": float("inf")},
+                            created_at=now - 5 * 86400)
+    st = fleet.assess(None, [obs], now=now, max_age_s=86400)[0]
+    assert st.state == "not_ready" and st.checked_at == now - 5 * 86400
+    assert "T" in fleet.to_csv([st])  # a real time in the CSV, not a crash on gmtime(inf)
