@@ -118,12 +118,20 @@ done
 
 # --- code and venv ---------------------------------------------------------------------------------
 say "code -> $DESTDIR$PREFIX/src"
-run mkdir -p "$DESTDIR$PREFIX/src"
+# a fresh copy, then swapped in: a file the new version no longer has (and pip's build/ in the old copy,
+# whose leftovers setuptools packs into the next wheel) must not survive into the install
 if ((DRY_RUN)); then
-  echo "+ copy $SRC (without .git, .venv, caches) to $DESTDIR$PREFIX/src"
+  echo "+ copy $SRC (without .git, .venv, build/, caches) to $DESTDIR$PREFIX/src (replacing it)"
 else
-  tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=__pycache__ --exclude=.pytest_cache \
-    --exclude=.ruff_cache --exclude='*.egg-info' -cf - . | tar -C "$DESTDIR$PREFIX/src" -xf -
+  mkdir -p "$DESTDIR$PREFIX"
+  rm -rf "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src.old"
+  mkdir "$DESTDIR$PREFIX/src.new"
+  tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=./.venv-tflite --exclude=./build --exclude=./out \
+    --exclude=./var --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude='*.egg-info' \
+    -cf - . | tar -C "$DESTDIR$PREFIX/src.new" -xf -
+  if [ -e "$DESTDIR$PREFIX/src" ]; then mv "$DESTDIR$PREFIX/src" "$DESTDIR$PREFIX/src.old"; fi
+  mv "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src"
+  rm -rf "$DESTDIR$PREFIX/src.old"
 fi
 
 if ((DO_VENV)); then

@@ -78,3 +78,39 @@ def test_bad_option_and_not_a_checkout(tmp_path):
     assert res.returncode == 2 and "unknown option" in res.stderr
     res = install("--destdir", str(tmp_path / "r"), "--src", str(tmp_path), "--no-apt")
     assert res.returncode == 1 and "not a tpskit checkout" in res.stderr
+
+
+def test_reinstall_leaves_no_stale_files(tmp_path):
+    """What the new version no longer has is gone after installing it over the old one: a form page left in
+    /opt/tpskit/src would be installed again, and so would one in the build/ that pip leaves in the source
+    (setuptools packs build/lib's leftovers into the next wheel: load_form would read a page that is gone)."""
+    root = tmp_path / "root"
+    assert install("--destdir", str(root), "--no-apt", "--no-venv").returncode == 0
+    src = root / "opt/tpskit/src"
+    stale = [src / "inference/forms/C.HASIL-PPWP-2024/page9.json", src / "firmware/removed.py",
+             src / "build/lib/inference/forms/C.HASIL-PPWP-2024/page9.json"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n")
+    again = install("--destdir", str(root), "--no-apt", "--no-venv")
+    assert again.returncode == 0, again.stderr
+    assert [p for p in stale if p.exists()] == []
+    assert (src / "inference/forms/C.HASIL-PPWP-2024/page1.json").exists()
+    assert not list(root.glob("opt/tpskit/src.*"))
+
+
+def test_build_leftovers_of_the_checkout_are_not_copied(tmp_path):
+    """A checkout that ran the tests or a build carries build/, .venv-tflite/ ...: none of it goes to the kit."""
+    checkout = tmp_path / "my checkout"  # a path with a space
+    (checkout / "systemd").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", checkout)
+    shutil.copy(ROOT / "systemd/tpskit.service", checkout / "systemd")
+    for rel in ("firmware/__init__.py", "build/lib/firmware/old.py", ".venv-tflite/bin/python", "out/arm64/x"):
+        (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / rel).write_text("")
+    root = tmp_path / "staged root"
+    res = install("--destdir", str(root), "--src", str(checkout), "--no-apt", "--no-venv")
+    assert res.returncode == 0, res.stderr
+    src = root / "opt/tpskit/src"
+    assert (src / "firmware/__init__.py").exists()
+    assert not (src / "build").exists() and not (src / ".venv-tflite").exists() and not (src / "out").exists()
