@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install tpskit onto Raspberry Pi OS Lite (bookworm, 64-bit): apt packages, the service user, a venv with
 # system site packages (python3-picamera2 comes from apt), /etc/tpskit, and the systemd units.
-# Idempotent: running it again only does what is missing (and refreshes the code and units).
+# Idempotent: running it again only does what is missing (and refreshes the code and units; a running kit
+# is restarted when they changed).
 #
 #   sudo bash scripts/install.sh                 # on the Pi, from a copy of the repository
 #   sudo bash scripts/install.sh --collector     # also install (not start) the reference collector unit
@@ -28,7 +29,7 @@ COLLECTOR=0
 ENABLE_I2C=0
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
@@ -120,6 +121,7 @@ done
 say "code -> $DESTDIR$PREFIX/src"
 # a fresh copy, then swapped in: a file the new version no longer has (and pip's build/ in the old copy,
 # whose leftovers setuptools packs into the next wheel) must not survive into the install
+code_changed=1
 if ((DRY_RUN)); then
   echo "+ copy $SRC (without .git, .venv, build/, caches) to $DESTDIR$PREFIX/src (replacing it)"
 else
@@ -131,6 +133,11 @@ else
     -cf - . | tar -C "$DESTDIR$PREFIX/src.new" -xf -
   if [ -e "$DESTDIR$PREFIX/src" ]; then mv "$DESTDIR$PREFIX/src" "$DESTDIR$PREFIX/src.old"; fi
   mv "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src"
+  # (pip's own build/ and egg-info in the old copy are no change)
+  if [ -d "$DESTDIR$PREFIX/src.old" ] && diff -rq -x build -x '*.egg-info' -x __pycache__ \
+      "$DESTDIR$PREFIX/src.old" "$DESTDIR$PREFIX/src" >/dev/null 2>&1; then
+    code_changed=0
+  fi
   rm -rf "$DESTDIR$PREFIX/src.old"
 fi
 
@@ -188,6 +195,11 @@ if ((changed)); then
   system systemctl daemon-reload
 fi
 system systemctl enable tpskit.service
+# a running kit goes on with the old code (and lazily imports the new one's modules) until restarted;
+# try-restart: only if it runs (a clean stop finishes the current write first)
+if ((code_changed || changed)); then
+  system systemctl try-restart tpskit.service
+fi
 if ((ENABLE_I2C)); then
   system raspi-config nonint do_i2c 0
 fi

@@ -114,3 +114,21 @@ def test_build_leftovers_of_the_checkout_are_not_copied(tmp_path):
     src = root / "opt/tpskit/src"
     assert (src / "firmware/__init__.py").exists()
     assert not (src / "build").exists() and not (src / ".venv-tflite").exists() and not (src / "out").exists()
+
+
+def test_an_upgrade_restarts_a_running_kit_and_a_plain_rerun_does_not(tmp_path):
+    """pip replaces the code under a running daemon: it would go on with the old version (and import the new
+    one's modules lazily) until a reboot. New code or units restart it (try-restart: only if it runs)."""
+    root = tmp_path / "root"
+    first = install("--destdir", str(root), "--no-apt", "--no-venv")
+    assert first.returncode == 0, first.stderr
+    assert "+ systemctl try-restart tpskit.service" in first.stdout
+    # what pip's build leaves in the copy is no change of code
+    (root / "opt/tpskit/src/build/lib/firmware").mkdir(parents=True)
+    (root / "opt/tpskit/src/tpskit.egg-info").mkdir()
+    again = install("--destdir", str(root), "--no-apt", "--no-venv")
+    assert "try-restart" not in again.stdout
+    (root / "opt/tpskit/src/firmware/app.py").write_text("# the old version\n")
+    upgrade = install("--destdir", str(root), "--no-apt", "--no-venv")
+    assert "+ systemctl try-restart tpskit.service" in upgrade.stdout
+    assert "systemctl try-restart" in install("--dry-run", "--destdir", str(tmp_path / "dry")).stdout
