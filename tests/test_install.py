@@ -132,3 +132,27 @@ def test_an_upgrade_restarts_a_running_kit_and_a_plain_rerun_does_not(tmp_path):
     upgrade = install("--destdir", str(root), "--no-apt", "--no-venv")
     assert "+ systemctl try-restart tpskit.service" in upgrade.stdout
     assert "systemctl try-restart" in install("--dry-run", "--destdir", str(tmp_path / "dry")).stdout
+
+
+def test_setup_apt_is_noninteractive_through_sudo(tmp_path):
+    """sudo resets the environment: DEBIAN_FRONTEND set in front of 'sudo apt-get' never reaches apt-get, and
+    a debconf question (tzdata, postgresql) then waits for an answer nobody gives."""
+    repo, bin_ = tmp_path / "repo", tmp_path / "bin"
+    (repo / "scripts").mkdir(parents=True)
+    bin_.mkdir()
+    shutil.copy(ROOT / "scripts/setup.sh", repo / "scripts")
+    log = tmp_path / "apt.log"
+    fakes = {
+        "id": 'echo 1000',
+        "sudo": 'exec env -i PATH="$PATH" "$@"',  # env_reset, as sudo does by default
+        "dpkg-query": "exit 1",
+        "apt-get": f'echo "DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}} $*" >>"{log}"; [ "$1" != install ]',
+    }
+    for name, body in fakes.items():
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    res = subprocess.run(["bash", str(repo / "scripts/setup.sh")], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
+    assert res.returncode != 0  # the fake apt-get install fails: setup stops there
+    installs = [line for line in log.read_text().splitlines() if " install " in line]
+    assert installs and all(line.startswith("DEBIAN_FRONTEND=noninteractive ") for line in installs), installs
