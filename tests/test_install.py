@@ -100,12 +100,12 @@ def test_reinstall_leaves_no_stale_files(tmp_path):
 
 
 def test_build_leftovers_of_the_checkout_are_not_copied(tmp_path):
-    """A checkout that ran the tests or a build carries build/, .venv-tflite/ ...: none of it goes to the kit."""
+    """A checkout that ran the tests or a build has build/, .venv-tflite/ ...: none of it goes to a kit."""
     checkout = tmp_path / "my checkout"  # a path with a space
     (checkout / "systemd").mkdir(parents=True)
     shutil.copy(ROOT / "pyproject.toml", checkout)
     shutil.copy(ROOT / "systemd/tpskit.service", checkout / "systemd")
-    for rel in ("firmware/__init__.py", "build/lib/firmware/old.py", ".venv-tflite/bin/python", "out/arm64/x"):
+    for rel in ("firmware/__init__.py", "build/lib/firmware/old.py", ".venv-tflite/bin/python", "out/a/x"):
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text("")
     root = tmp_path / "staged root"
@@ -156,3 +156,21 @@ def test_setup_apt_is_noninteractive_through_sudo(tmp_path):
     assert res.returncode != 0  # the fake apt-get install fails: setup stops there
     installs = [line for line in log.read_text().splitlines() if " install " in line]
     assert installs and all(line.startswith("DEBIAN_FRONTEND=noninteractive ") for line in installs), installs
+
+
+def test_dependencies_keep_out_the_next_major_version():
+    """Every runtime dependency has an upper bound, so a kit installed the day before polling day cannot pull
+    in a major release nobody tested (a LiteRT 3 may drop the Interpreter API the kit uses); the tflite extra
+    brings numpy < 2 with it, since tflite-runtime 2.14 fails at Interpreter() under numpy 2."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    runtime = [Requirement(r) for r in [*project["dependencies"], *extras["tflite"], *extras["postgres"]]]
+    unbounded = [str(r) for r in runtime if not any(s.operator in ("<", "==", "~=") for s in r.specifier)]
+    assert unbounded == []
+    numpy = [Requirement(r) for r in extras["tflite"] if Requirement(r).name == "numpy"]
+    assert numpy and not any(r.specifier.contains("2.0.0") for r in numpy)
+    assert numpy[0].specifier.contains("1.24.2")  # bookworm's python3-numpy
