@@ -12,6 +12,8 @@
 # With --destdir, files go under that directory and nothing is done to the running system
 # (no apt, no user, no systemctl): the commands are printed instead. Tests use this.
 set -euo pipefail
+# the code, the venv and the units are read by the service user: an admin's umask 077 must not hide them
+umask 022
 
 PREFIX=/opt/tpskit
 CONF_DIR=/etc/tpskit
@@ -126,11 +128,12 @@ if ((DRY_RUN)); then
   echo "+ copy $SRC (without .git, .venv, build/, caches) to $DESTDIR$PREFIX/src (replacing it)"
 else
   mkdir -p "$DESTDIR$PREFIX"
+  # root's, whatever the checkout (a USB stick's modes, the technician's user): root builds from it
   rm -rf "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src.old"
   mkdir "$DESTDIR$PREFIX/src.new"
   tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=./.venv-tflite --exclude=./build --exclude=./out \
     --exclude=./var --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude='*.egg-info' \
-    -cf - . | tar -C "$DESTDIR$PREFIX/src.new" -xf -
+    -cf - . | tar -C "$DESTDIR$PREFIX/src.new" --no-same-owner --no-same-permissions -xf -
   if [ -e "$DESTDIR$PREFIX/src" ]; then mv "$DESTDIR$PREFIX/src" "$DESTDIR$PREFIX/src.old"; fi
   mv "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src"
   # (pip's own build/ and egg-info in the old copy are no change)

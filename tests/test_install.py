@@ -174,3 +174,28 @@ def test_dependencies_keep_out_the_next_major_version():
     numpy = [Requirement(r) for r in extras["tflite"] if Requirement(r).name == "numpy"]
     assert numpy and not any(r.specifier.contains("2.0.0") for r in numpy)
     assert numpy[0].specifier.contains("1.24.2")  # bookworm's python3-numpy
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the checkout (as install.sh runs)")
+def test_the_copy_belongs_to_root_whatever_the_checkout(tmp_path):
+    """A checkout copied from a USB stick or by scp belongs to the technician's user, with the modes of the
+    stick (vfat umask=000: everything 0777). root builds and installs from /opt/tpskit/src at every run, so
+    the copy must be root's and not writable by anyone else; and readable by all (the service user) even when
+    root's umask is 077."""
+    checkout = tmp_path / "usb"
+    shutil.copytree(ROOT / "systemd", checkout / "systemd")
+    shutil.copy(ROOT / "pyproject.toml", checkout)
+    (checkout / "firmware").mkdir()
+    (checkout / "firmware/__init__.py").write_text("")
+    for path in [checkout, *checkout.rglob("*")]:
+        os.chown(path, 1000, 1000)
+        path.chmod(0o777)
+    root = tmp_path / "root"
+    res = subprocess.run(["bash", str(SCRIPT), "--destdir", str(root), "--src", str(checkout), "--no-apt",
+                          "--no-venv"], capture_output=True, text=True, timeout=120,
+                         preexec_fn=lambda: os.umask(0o077))
+    assert res.returncode == 0, res.stderr
+    src = root / "opt/tpskit/src"
+    wrong = [(str(p), p.stat().st_uid, oct(p.stat().st_mode & 0o777)) for p in [src, *src.rglob("*")]
+             if p.stat().st_uid != 0 or p.stat().st_mode & 0o022 or not p.stat().st_mode & 0o004]
+    assert wrong == []
