@@ -201,7 +201,7 @@ system systemctl enable tpskit.service
 # a running kit goes on with the old code (and lazily imports the new one's modules) until restarted;
 # try-restart: only if it runs (a clean stop finishes the current write first)
 if ((code_changed || changed)); then
-  system systemctl try-restart tpskit.service
+  system systemctl try-restart "${units[@]}"
 fi
 if ((ENABLE_I2C)); then
   system raspi-config nonint do_i2c 0

@@ -132,6 +132,9 @@ def test_an_upgrade_restarts_a_running_kit_and_a_plain_rerun_does_not(tmp_path):
     upgrade = install("--destdir", str(root), "--no-apt", "--no-venv")
     assert "+ systemctl try-restart tpskit.service" in upgrade.stdout
     assert "systemctl try-restart" in install("--dry-run", "--destdir", str(tmp_path / "dry")).stdout
+    # the regency's collector host upgrades the same way
+    collector = install("--destdir", str(tmp_path / "c"), "--no-apt", "--no-venv", "--collector")
+    assert "+ systemctl try-restart tpskit.service tpskit-collector.service" in collector.stdout
 
 
 def test_setup_apt_is_noninteractive_through_sudo(tmp_path):
