@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install tpskit onto Raspberry Pi OS Lite (bookworm, 64-bit): apt packages, the service user, a venv with
 # system site packages (python3-picamera2 comes from apt), /etc/tpskit, and the systemd units.
-# Idempotent: running it again only does what is missing (and refreshes the code and units).
+# Idempotent: running it again only does what is missing (and refreshes the code and units; a running kit
+# is restarted when they changed).
 #
 #   sudo bash scripts/install.sh                 # on the Pi, from a copy of the repository
 #   sudo bash scripts/install.sh --collector     # also install (not start) the reference collector unit
@@ -11,6 +12,8 @@
 # With --destdir, files go under that directory and nothing is done to the running system
 # (no apt, no user, no systemctl): the commands are printed instead. Tests use this.
 set -euo pipefail
+# the code, the venv and the units are read by the service user: an admin's umask 077 must not hide them
+umask 022
 
 PREFIX=/opt/tpskit
 CONF_DIR=/etc/tpskit
@@ -28,7 +31,7 @@ COLLECTOR=0
 ENABLE_I2C=0
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
@@ -118,12 +121,27 @@ done
 
 # --- code and venv ---------------------------------------------------------------------------------
 say "code -> $DESTDIR$PREFIX/src"
-run mkdir -p "$DESTDIR$PREFIX/src"
+# a fresh copy, then swapped in: a file the new version no longer has (and pip's build/ in the old copy,
+# whose leftovers setuptools packs into the next wheel) must not survive into the install
+code_changed=1
 if ((DRY_RUN)); then
-  echo "+ copy $SRC (without .git, .venv, caches) to $DESTDIR$PREFIX/src"
+  echo "+ copy $SRC (without .git, .venv, build/, caches) to $DESTDIR$PREFIX/src (replacing it)"
 else
-  tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=__pycache__ --exclude=.pytest_cache \
-    --exclude=.ruff_cache --exclude='*.egg-info' -cf - . | tar -C "$DESTDIR$PREFIX/src" -xf -
+  mkdir -p "$DESTDIR$PREFIX"
+  # root's, whatever the checkout (a USB stick's modes, the technician's user): root builds from it
+  rm -rf "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src.old"
+  mkdir "$DESTDIR$PREFIX/src.new"
+  tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=./.venv-tflite --exclude=./build --exclude=./out \
+    --exclude=./var --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude='*.egg-info' \
+    -cf - . | tar -C "$DESTDIR$PREFIX/src.new" --no-same-owner --no-same-permissions -xf -
+  if [ -e "$DESTDIR$PREFIX/src" ]; then mv "$DESTDIR$PREFIX/src" "$DESTDIR$PREFIX/src.old"; fi
+  mv "$DESTDIR$PREFIX/src.new" "$DESTDIR$PREFIX/src"
+  # (pip's own build/ and egg-info in the old copy are no change)
+  if [ -d "$DESTDIR$PREFIX/src.old" ] && diff -rq -x build -x '*.egg-info' -x __pycache__ \
+      "$DESTDIR$PREFIX/src.old" "$DESTDIR$PREFIX/src" >/dev/null 2>&1; then
+    code_changed=0
+  fi
+  rm -rf "$DESTDIR$PREFIX/src.old"
 fi
 
 if ((DO_VENV)); then
@@ -180,6 +198,11 @@ if ((changed)); then
   system systemctl daemon-reload
 fi
 system systemctl enable tpskit.service
+# a running kit goes on with the old code (and lazily imports the new one's modules) until restarted;
+# try-restart: only if it runs (a clean stop finishes the current write first)
+if ((code_changed || changed)); then
+  system systemctl try-restart "${units[@]}"
+fi
 if ((ENABLE_I2C)); then
   system raspi-config nonint do_i2c 0
 fi

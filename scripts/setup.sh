@@ -13,7 +13,7 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "setup: installing ${missing[*]} (apt)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The apt mosquitto package starts a system broker on :1883; tpskit's tests and demo start their own on free ports.
 # postgresql: its server binaries back the collector's PostgreSQL tests (throw-away clusters, tests/pg.py).
