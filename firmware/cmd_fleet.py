@@ -1,4 +1,5 @@
-"""`tpskit fleet readiness`: operators see which kits are ready, not ready (why) or silent, per kabupaten."""
+"""`tpskit fleet readiness`: operators see which kits are ready, not ready (why) or silent, per kabupaten;
+`tpskit fleet results`: which TPS sent all three halaman, read and consistent, and which need a person."""
 
 from __future__ import annotations
 
@@ -30,9 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")
     r.add_argument("--csv", metavar="FILE", help="also write one row per kit to FILE ('-' = stdout)")
     r.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    res = sub.add_parser("results",
+                         help="TPS by region: complete and consistent / to check / incomplete / none",
+                         description="Per TPS, from a collector database: all three halaman received, read "
+                                     "and consistent (cross-page rules), or what is missing or must be "
+                                     "checked; counts per kabupaten.")
+    res.add_argument("--collector-db", required=True,
+                     help="collector database (SQLite file or PostgreSQL URL)")
+    res.add_argument("--registry",
+                     help="collector registry (JSON or CSV): its TPS that sent nothing are listed too")
+    res.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")
+    res.add_argument("--csv", metavar="FILE", help="also write one row per TPS to FILE ('-' = stdout)")
+    res.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fleet_command == "results":
+        return _results(args)
     from firmware import fleet
 
     if not args.broker and not args.collector_db:
@@ -80,4 +95,40 @@ def run(args: argparse.Namespace) -> int:
         print(fleet.table(states, summary))
         if registry is None:
             print("(tanpa --registry: kit yang diam tidak bisa diketahui)")
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from firmware import results
+
+    try:
+        registry = None
+        if args.registry:
+            from comms.signing import load_registry
+
+            registry = load_registry(args.registry)
+        pages = results.pages_from_collector_db(args.collector_db)
+    except (OSError, ValueError, ConnectionError) as exc:
+        print(f"tpskit fleet results: {exc}", file=sys.stderr)
+        return 2
+    found = results.assess(registry, pages)
+    if args.kabupaten:
+        found = [r for r in found if r.kabupaten == args.kabupaten]
+    if args.csv:
+        text = results.to_csv(found)
+        if args.csv == "-":
+            sys.stdout.write(text)
+        else:
+            try:
+                Path(args.csv).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                print(f"tpskit fleet results: file CSV {args.csv} tidak bisa ditulis ({exc.strerror or exc}) "
+                      "/ cannot write the CSV file", file=sys.stderr)
+                return 2
+    if args.json:
+        print(json.dumps(results.to_json(found), indent=2, ensure_ascii=False))
+    elif args.csv != "-":
+        print(results.table(found))
+        if registry is None:
+            print("(tanpa --registry: TPS yang belum mengirim apa pun tidak bisa diketahui)")
     return 0

@@ -1,0 +1,142 @@
+"""TPS results as the collector holds them: which TPS sent all three halaman, read and consistent (ok), which
+need a person (review: a page to check, a cross-page rule broken, several kits), which are incomplete, and
+which sent nothing yet. Operators' view of polling day, next to ``fleet readiness`` for H-1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+OK, REVIEW, INCOMPLETE, NONE = "ok", "review", "incomplete", "none"
+LABELS = {OK: "LENGKAP", REVIEW: "PERIKSA", INCOMPLETE: "KURANG", NONE: "BELUM ADA"}
+PAGES = (1, 2, 3)
+
+# the newest reading of every page: within a kit by (epoch, seq) (its clock may run behind), a second kit's
+# for the same TPS by when the collector received it
+READINGS_SQL = ("SELECT r.kode_wilayah, r.tps, r.halaman, r.kit_id, m.epoch, r.seq, r.received_at, r.reading "
+                "FROM readings r JOIN messages m ON m.id = r.message_id WHERE r.halaman IS NOT NULL")
+
+
+@dataclass
+class PageSeen:
+    """The newest reading the collector holds of one halaman of one TPS."""
+
+    kit_id: str
+    epoch: int
+    seq: int
+    received_at: float
+    reading: dict
+
+    def newer_than(self, other: PageSeen) -> bool:
+        if self.kit_id == other.kit_id:
+            return (self.epoch, self.seq) > (other.epoch, other.seq)
+        return self.received_at > other.received_at
+
+
+@dataclass
+class TpsResult:
+    kode_wilayah: str
+    tps: int
+    state: str  # ok / review / incomplete / none
+    pages: dict[int, str] = field(default_factory=dict)  # halaman -> the page's status (ok / review)
+    reasons: list[str] = field(default_factory=list)
+    kits: list[str] = field(default_factory=list)
+
+    @property
+    def kabupaten(self) -> str:
+        return ".".join(self.kode_wilayah.split(".")[:2]) if self.kode_wilayah else "?"
+
+
+def pages_from_collector_db(path: Path | str) -> dict[tuple[str, int], dict[int, PageSeen]]:
+    """(kode wilayah, TPS) -> halaman -> the newest reading, from a collector database (SQLite or
+    PostgreSQL)."""
+    from comms.collector_store import StoreUnavailable, is_postgres, read_rows
+
+    if not is_postgres(path) and not Path(path).exists():
+        raise FileNotFoundError(f"database collector {path} tidak ada")
+    try:
+        rows = read_rows(path, READINGS_SQL)
+    except StoreUnavailable as exc:
+        raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
+    out: dict[tuple[str, int], dict[int, PageSeen]] = {}
+    for kw, tps, halaman, kit_id, epoch, seq, received_at, reading in rows:
+        try:
+            data = json.loads(reading)
+        except ValueError:
+            data = {}
+        seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), data if isinstance(data, dict)
+                        else {})
+        pages = out.setdefault((kw, int(tps)), {})
+        if halaman not in pages or seen.newer_than(pages[halaman]):
+            pages[int(halaman)] = seen
+    return out
+
+
+def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSeen]]) -> list[TpsResult]:
+    """One TpsResult per TPS of the registry (``none`` if it sent nothing) and per TPS that sent readings."""
+    from inference.reader import check_tps
+
+    places = {(e.kode_wilayah, e.tps) for e in (registry or {}).values() if e.kode_wilayah and e.tps}
+    places |= set(pages)
+    out = []
+    for kw, tps in sorted(places):
+        got = pages.get((kw, tps), {})
+        kits = sorted({p.kit_id for p in got.values()})
+        if not got:
+            out.append(TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima"]))
+            continue
+        readings = [{**p.reading, "page": h} for h, p in got.items()]
+        verdict = check_tps(readings)
+        statuses = {h: str(p.reading.get("status", "?")) for h, p in sorted(got.items())}
+        res = TpsResult(kw, tps, REVIEW, statuses,
+                        [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits)
+        missing = [h for h in PAGES if h not in got]
+        if missing:
+            res.state = INCOMPLETE
+        elif verdict["status"] == "ok" and len(kits) == 1:
+            res.state = OK
+        if len(kits) > 1:
+            res.reasons.append(f"halaman dari beberapa kit: {', '.join(kits)} (periksa mana yang sah)")
+        out.append(res)
+    return out
+
+
+def summarize(results: Iterable[TpsResult]) -> dict[str, dict[str, int]]:
+    """Per kabupaten (and ``total``): how many TPS are in each state."""
+    out: dict[str, dict[str, int]] = {}
+    for r in results:
+        for key in (r.kabupaten, "total"):
+            counts = out.setdefault(key, {OK: 0, REVIEW: 0, INCOMPLETE: 0, NONE: 0})
+            counts[r.state] += 1
+    return {k: out[k] for k in sorted(out, key=lambda k: (k == "total", k))}
+
+
+def to_csv(results: Iterable[TpsResult]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["kode_wilayah", "tps", "state", "halaman_1", "halaman_2", "halaman_3", "kits", "reasons"])
+    for r in results:
+        w.writerow([r.kode_wilayah, r.tps, r.state, *(r.pages.get(h, "") for h in PAGES), " ".join(r.kits),
+                    "; ".join(r.reasons)])
+    return buf.getvalue()
+
+
+def to_json(results: list[TpsResult]) -> dict:
+    return {"tps": [{**asdict(r), "kabupaten": r.kabupaten} for r in results], "summary": summarize(results)}
+
+
+def table(results: list[TpsResult]) -> str:
+    lines = []
+    for r in results:
+        pages = " ".join(f"{h}:{r.pages.get(h, '-')}" for h in PAGES)
+        lines.append(f"{r.kode_wilayah:13} TPS {r.tps:>3}  {LABELS[r.state]:9} {pages:32} "
+                     f"{'; '.join(r.reasons)}".rstrip())
+    lines.append("")
+    lines.append(f"{'kabupaten':10} {'lengkap':>8} {'periksa':>8} {'kurang':>7} {'belum':>6}")
+    for key, c in summarize(results).items():
+        lines.append(f"{key:10} {c[OK]:8} {c[REVIEW]:8} {c[INCOMPLETE]:7} {c[NONE]:6}")
+    return "\n".join(lines)

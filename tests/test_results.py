@@ -1,0 +1,124 @@
+"""tpskit fleet results: per TPS, from a real collector database, whether all three halaman arrived, read and
+consistent across pages, or what is missing or must be checked."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from comms import payloads, topics
+from comms.collector_store import CollectorStore
+from comms.signing import KitEntry, generate_key, registry_add
+from firmware import cli
+from firmware.results import INCOMPLETE, NONE, OK, REVIEW, assess, pages_from_collector_db
+from inference.synth import make_tps
+from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
+
+PREFIX = "tpskit/v1"
+EPOCH = 1_700_000_000_000
+KW = "31.71.01.1001"
+
+
+class Kit:
+    """One registered kit sending signed readings of its TPS, seq by seq."""
+
+    def __init__(self, kit_id: str, tps: int, *, kode_wilayah: str = KW) -> None:
+        self.kit_id, self.tps, self.kode_wilayah = kit_id, tps, kode_wilayah
+        self.key = generate_key()
+        self.seq = 0
+        self.numbers = make_tps(np.random.default_rng(tps))[0]  # {halaman: {field: value}}, consistent
+
+    @property
+    def entry(self) -> KitEntry:
+        return KitEntry(self.kit_id, self.key.verify_key, self.kode_wilayah, self.tps)
+
+    def page(self, halaman: int, *, status: str = "ok", change: dict | None = None) -> tuple[str, bytes]:
+        self.seq += 1
+        values = {**self.numbers[halaman], **(change or {})}
+        reading = {"page": halaman, "status": status, "reasons": [],
+                   "fields": {k: {"value": v} for k, v in values.items()}}
+        capture = f"c{self.seq}"
+        body = payloads.reading_body(capture_id=capture, halaman=halaman, reading=reading, taken_at=1.0,
+                                     time_source="rtc", photo=None, chunk_bytes=1000)
+        msg = payloads.build(self.key, kind="reading", msg_id=payloads.reading_id(self.kit_id, capture),
+                             kit_id=self.kit_id, kode_wilayah=self.kode_wilayah, tps=self.tps, seq=self.seq,
+                             created_at=2.0, body=body, epoch=EPOCH)
+        return topics.topic(PREFIX, self.kode_wilayah, self.tps, "reading"), msg
+
+
+def _collect(db, kits: list[Kit], messages: list[tuple[str, bytes]]) -> None:
+    """What a collector stores of these messages, in this order (as they arrive)."""
+    registry = {k.kit_id: k.entry for k in kits}
+    store = CollectorStore(db)
+    try:
+        for topic, msg in messages:
+            store.begin()
+            out = store.process(topic, msg, registry)
+            store.commit()
+            assert out.status == "stored", out
+    finally:
+        store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def collector_db(request, tmp_path):
+    """A collector database on both backends (PostgreSQL: a throw-away cluster, see tests/pg.py)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else tmp_path / "collector.db"
+
+
+def test_each_tps_is_complete_to_check_incomplete_or_silent(collector_db):
+    db = collector_db
+    full, partial, broken, silent = Kit("kit-a", 1), Kit("kit-b", 2), Kit("kit-c", 3), Kit("kit-d", 4)
+    twin_1, twin_2 = Kit("kit-e", 5), Kit("kit-f", 5)
+    corrected = full.page(2, status="review")  # photographed, to check; then photographed again, ok
+    late = [corrected, full.page(1), full.page(2), full.page(3)]
+    messages = [*late[1:], late[0]]  # the older page 2 arrives last: it must not replace the newer one
+    messages += [partial.page(1), partial.page(2)]
+    v = broken.numbers[3]["total_suara"]
+    messages += [broken.page(1), broken.page(2), broken.page(3, change={"total_suara": v + 10})]
+    messages += [twin_1.page(1), twin_1.page(2), twin_2.page(3)]
+    kits = [full, partial, broken, silent, twin_1, twin_2]
+    _collect(db, kits, messages)
+
+    got = {r.tps: r for r in assess({k.kit_id: k.entry for k in kits}, pages_from_collector_db(db))}
+    assert got[1].state == OK and got[1].pages == {1: "ok", 2: "ok", 3: "ok"} and got[1].reasons == []
+    assert got[2].state == INCOMPLETE and got[2].pages == {1: "ok", 2: "ok"}
+    assert any("3" in r for r in got[2].reasons)  # page_missing names halaman 3
+    assert got[3].state == REVIEW and any("V.C = I.B.4" in r for r in got[3].reasons)
+    assert got[4].state == NONE and got[4].pages == {}
+    assert got[5].state == REVIEW and got[5].kits == ["kit-e", "kit-f"]
+    assert any("beberapa kit" in r for r in got[5].reasons)
+
+
+def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
+    db = tmp_path / "collector.db"
+    full, silent = Kit("kit-a", 1), Kit("kit-b", 2, kode_wilayah="32.73.05.1002")
+    _collect(db, [full, silent], [full.page(1), full.page(2), full.page(3)])
+    reg = tmp_path / "registry.json"
+    for k in (full, silent):
+        registry_add(reg, k.kit_id, k.key.verify_key, kode_wilayah=k.kode_wilayah, tps=k.tps)
+
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--registry", str(reg), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(t["kode_wilayah"], t["tps"], t["state"]) for t in out["tps"]] == [
+        ("31.71.01.1001", 1, "ok"), ("32.73.05.1002", 2, "none")]
+    assert out["summary"]["total"] == {"ok": 1, "review": 0, "incomplete": 0, "none": 1}
+    assert out["summary"]["31.71"]["ok"] == 1 and out["summary"]["32.73"]["none"] == 1
+
+    argv = ["fleet", "results", "--collector-db", str(db), "--kabupaten", "31.71", "--csv", "-"]
+    assert cli.main(argv) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["tps"], r["state"], r["halaman_3"], r["kits"]) for r in rows] == [("1", "ok", "ok", "kit-a")]
+
+    assert cli.main(["fleet", "results", "--collector-db", str(db)]) == 0
+    text = capsys.readouterr().out
+    assert "LENGKAP" in text and "tanpa --registry" in text
+
+    assert cli.main(["fleet", "results", "--collector-db", str(tmp_path / "none.db")]) == 2
+    assert "tidak ada" in capsys.readouterr().err
+    (tmp_path / "other.db").write_bytes(b"not a database at all, just text" * 100)
+    assert cli.main(["fleet", "results", "--collector-db", str(tmp_path / "other.db")]) == 2
