@@ -107,7 +107,7 @@ def _results(args: argparse.Namespace) -> int:
             from comms.signing import load_registry
 
             registry = load_registry(args.registry)
-        pages = results.pages_from_collector_db(args.collector_db)
+        pages = results.pages_from_collector_db(args.collector_db, kabupaten=args.kabupaten)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"tpskit fleet results: {exc}", file=sys.stderr)
         return 2

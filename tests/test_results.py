@@ -114,6 +114,8 @@ def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["tps"], r["state"], r["halaman_3"], r["kits"]) for r in rows] == [("1", "ok", "ok", "kit-a")]
 
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--kabupaten", "31-71"]) == 2
+    assert "NN.NN" in capsys.readouterr().err
     assert cli.main(["fleet", "results", "--collector-db", str(db)]) == 0
     text = capsys.readouterr().out
     assert "LENGKAP" in text and "tanpa --registry" in text
