@@ -78,17 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if args.kabupaten:
         states = [s for s in states if s.kabupaten == args.kabupaten]
     summary = fleet.summarize(states)
-    if args.csv:
-        text = fleet.to_csv(states)
-        if args.csv == "-":
-            sys.stdout.write(text)
-        else:
-            try:
-                Path(args.csv).write_text(text, encoding="utf-8")
-            except OSError as exc:
-                print(f"tpskit fleet readiness: file CSV {args.csv} tidak bisa ditulis "
-                      f"({exc.strerror or exc}) / cannot write the CSV file", file=sys.stderr)
-                return 2
+    if args.csv and not _write_csv(fleet.to_csv(states), args.csv, "readiness"):
+        return 2
     if args.json:
         print(json.dumps(fleet.to_json(states, summary), indent=2, ensure_ascii=False))
     elif args.csv != "-":
@@ -114,17 +105,8 @@ def _results(args: argparse.Namespace) -> int:
     found = results.assess(registry, pages)
     if args.kabupaten:
         found = [r for r in found if r.kabupaten == args.kabupaten]
-    if args.csv:
-        text = results.to_csv(found)
-        if args.csv == "-":
-            sys.stdout.write(text)
-        else:
-            try:
-                Path(args.csv).write_text(text, encoding="utf-8")
-            except OSError as exc:
-                print(f"tpskit fleet results: file CSV {args.csv} tidak bisa ditulis ({exc.strerror or exc}) "
-                      "/ cannot write the CSV file", file=sys.stderr)
-                return 2
+    if args.csv and not _write_csv(results.to_csv(found), args.csv, "results"):
+        return 2
     if args.json:
         print(json.dumps(results.to_json(found), indent=2, ensure_ascii=False))
     elif args.csv != "-":
@@ -132,3 +114,17 @@ def _results(args: argparse.Namespace) -> int:
         if registry is None:
             print("(tanpa --registry: TPS yang belum mengirim apa pun tidak bisa diketahui)")
     return 0
+
+
+def _write_csv(text: str, target: str, command: str) -> bool:
+    """Write a CSV report to ``target`` ('-' = stdout); False, having said why, if it cannot be written."""
+    if target == "-":
+        sys.stdout.write(text)
+        return True
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"tpskit fleet {command}: file CSV {target} tidak bisa ditulis ({exc.strerror or exc}) "
+              "/ cannot write the CSV file", file=sys.stderr)
+        return False
+    return True
