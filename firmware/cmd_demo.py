@@ -280,6 +280,14 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(1.0)
         summary["collector"] = collector_report(collector_db)
         _print_summary(summary)
+        from comms.signing import load_registry
+        from firmware import results
+
+        found = results.assess(load_registry(registry), results.pages_from_collector_db(collector_db))
+        summary["results"] = results.to_json(found)
+        _p("== TPS results as an operator sees them (tpskit fleet results) ==")
+        for line in results.table(found).splitlines():
+            _p(f"  {line}" if line else "")
         if args.json:
             print(json.dumps(summary, ensure_ascii=False, default=str))
         return 0

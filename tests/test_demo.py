@@ -47,6 +47,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert slip and any(p["status"] == "review" for p in presses if p["tps"] == slip[0]["tps"]) or \
         (slip[0]["cross_page"] or {}).get("status") == "review"
     assert "What the collector stored" in out
+    # the operator's view: every TPS that sent all its pages is complete or, the slip's TPS, to check
+    states = {t["tps"]: t["state"] for t in summary["results"]["tps"]}
+    assert set(states) == {t["tps"] for t in summary["tps"]} and set(states.values()) <= {"ok", "review"}
+    assert "TPS results as an operator sees them" in out
 
 
 @pytest.mark.parametrize("argv,what", [(["--tps", "0"], "--tps"), (["--tps", "-2"], "--tps"),
