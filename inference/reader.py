@@ -824,13 +824,15 @@ class PageReader:
             tries = [self._located(gray, reg, f, shift, regions[f.name], ppm)]
             if f.name not in cut:
                 tries.append(at_markers[f.name])
-            if _sides_shown(tries, ppm).max(axis=0).min() < 4:
+            shown = _sides_shown(tries, ppm)
+            if shown.max(axis=0).min() < 4:
                 own, region = self._locate_field(gray, reg, f, regions[f.name], ppm, around=shift,
                                                  search_mm=BOX_NUDGE_MM)
                 if own and own != (0, 0):
                     tries.append(self._located(gray, reg, f, (shift[0] + own[0], shift[1] + own[1]), region,
                                                ppm))
-            best = _sides_shown(tries, ppm).argmax(axis=0)
+                    shown = np.vstack([shown, _sides_shown(tries[-1:], ppm)])
+            best = shown.argmax(axis=0)
             cut[f.name] = [tries[k][i] for i, k in enumerate(best)]
         return [bc for f in fields for bc in cut[f.name]]
 
