@@ -6,6 +6,11 @@ stored (committed) and handed to the courier before the next event is looked at,
 presses wait in the queue, so a slow step never loses a press. Every failure of one press (bad
 photo, camera timeout, full disk, a reader bug) is reported with a message and the error pattern,
 and the loop carries on, ready for the next press, with earlier captures untouched.
+
+A part that does not open (camera unplugged or wedged, model file damaged) does not stop the kit: it runs
+in the ``fault`` state, keeps sending what it has stored, tells the KPPS, reports itself not ready to the
+operators, and opens the part again every ``FAULT_RETRY_S`` and at every press. Under systemd it reboots
+the Pi once per fault (``EXIT_REBOOT``, a marker file in the state directory) if the part stays down.
 """
 
 from __future__ import annotations
@@ -36,12 +41,18 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_POWEROFF = 75  # same as firmware.power.EXIT_POWEROFF: tpskit.service powers off after it
+EXIT_REBOOT = 76  # a part stayed down: tpskit.service reboots the Pi after it (once per fault)
 TICK_S = 0.5
 STATUS_EVERY_S = 30.0
 BATTERY_POLL_S = 30.0
 IDLE_CHECK_S = 5.0
 CAPTURE_GRACE_S = 5.0  # past camera.timeout_s: a backend that overruns its own timeout is abandoned
 READINESS_EVERY_S = 6 * 3600.0  # well inside fleet readiness's default maximum age (24 h)
+FAULT_RETRY_S = 15.0  # a missing camera or model is opened again this often (and at every press)
+FAULT_REBOOT_AFTER_S = 120.0  # tpskit run under systemd: reboot once if a part is still down after this
+OPEN_LIMIT_S = 60.0  # opening a part (the model on a Zero 2 W, a camera) is abandoned after this
+CAMERA_TIMEOUTS_FAULT = 2  # consecutive camera timeouts: the camera is wedged, close it and open it again
+FAULT_REBOOT_MARKER = "fault-reboot.json"  # in the state dir: a reboot for a fault was tried already
 
 
 @dataclass
@@ -61,11 +72,17 @@ class Verdict:
 class Kit:
     """The appliance. Build with :func:`build_kit` (or pass parts directly in tests)."""
 
-    def __init__(self, config: Config, *, camera: Camera, reader, store: CaptureStore, courier=None,
+    def __init__(self, config: Config, *, camera: Camera | None, reader, store: CaptureStore, courier=None,
                  panel=None, notifier=None, battery=None, pin_factory=None,
                  say: Callable[[str], None] | None = None,
                  time_source: Callable[[], str] = read_time_source,
-                 power_off: Callable[[], None] | None = None) -> None:
+                 power_off: Callable[[], None] | None = None,
+                 openers: dict[str, Callable[[], Any]] | None = None,
+                 faults: dict[str, str] | None = None,
+                 fault_retry_s: float = FAULT_RETRY_S,
+                 fault_reboot_after_s: float | None = None) -> None:
+        """``camera``/``reader`` None: that part is down (``faults`` says why) and ``openers["camera"]`` /
+        ``openers["model"]`` open it again; ``fault_reboot_after_s`` (None = never) asks for one reboot."""
         self.config = config
         self.camera = camera
         self.reader = reader
@@ -91,6 +108,7 @@ class Kit:
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
         self._started = False
+        self.started = threading.Event()  # set once start() is done: READY sent, readiness queued
         self._pattern_until: float | None = None
         self._next_status = 0.0
         self._next_battery = 0.0
@@ -102,6 +120,19 @@ class Kit:
         self._camera_wait = BoundedCall(limit_s=config.camera.timeout_s + CAPTURE_GRACE_S,
                                         tick=self._tick_watchdog, every_s=TICK_S, name="camera")
         self._heartbeat: dict[str, Any] = {}
+        self._openers = dict(openers or {})
+        self.faults: dict[str, str] = dict(faults or {})
+        if camera is None:
+            self.faults.setdefault("camera", "tidak terbuka")
+        if reader is None:
+            self.faults.setdefault("model", "tidak termuat")
+        self._opening: dict[str, BoundedCall] = {}
+        self._fault_retry_s = fault_retry_s
+        self._fault_reboot_after_s = fault_reboot_after_s
+        self._fault_since: float | None = None
+        self._next_reopen = 0.0
+        self._camera_timeouts = 0
+        self._reboot_considered = False
         if battery is not None:
             battery.when_low = lambda: self.post(LowBattery(level=_safe_level(battery), critical=False))
             battery.when_critical = lambda: self.post(LowBattery(level=_safe_level(battery), critical=True))
@@ -133,13 +164,19 @@ class Kit:
             self._gate = LivenessGate(self.notifier)
             if self.courier is not None:
                 self._gate.register("courier", probe=self._courier_alive)
-        self.state = "ready"
-        self._show("ready")
-        self._tell(msg.READY)
+        if self.faults:
+            self._fault_began()
+            self._tell(msg.fault_text(self.faults))
+        else:
+            self._forget_fault_reboot()
+            self.state = "ready"
+            self._show("ready")
+            self._tell(msg.READY)
         if self.notifier is not None:
-            self.notifier.ready(msg.READY)
+            self.notifier.ready(self.last_message)  # READY=1 in a fault too: the kit runs and sends
         self._publish_readiness("boot")
         self._write_status()
+        self.started.set()
 
     def _publish_readiness(self, trigger: str) -> None:
         """Queue the retained readiness at boot and every READINESS_EVERY_S while running, so operators see
@@ -150,7 +187,7 @@ class Kit:
 
         self._next_readiness = time.monotonic() + READINESS_EVERY_S
         try:
-            report = boot_report(self.config, battery=self.battery, trigger=trigger)
+            report = boot_report(self.config, battery=self.battery, trigger=trigger, faults=self.faults)
         except Exception:  # noqa: BLE001 - readiness must never stop the kit
             log.warning("boot readiness report failed", exc_info=True)
             return
@@ -206,6 +243,10 @@ class Kit:
             self._write_status()
         if self._next_readiness is not None and now >= self._next_readiness:
             self._publish_readiness("running")
+        if self.faults and self.state == "fault" and now >= self._next_reopen:
+            self._reopen()
+        if self.faults and self._fault_reboot_due(now):
+            self._fault_reboot()
 
     def _shutdown(self) -> None:
         self.state = "stopping"
@@ -252,6 +293,11 @@ class Kit:
         self._show("busy")
         self._tell(msg.BUSY)
         steps: dict[str, float] = {}
+        if self.faults:  # the KPPS may just have re-seated the cable
+            if not self._reopen():
+                return self._fail(press, msg.fault_text(self.faults), steps)
+            self.state = "busy"
+            self._show("busy")
         t = time.monotonic()
         try:
             self.store.check_space(2_000_000)
@@ -261,9 +307,15 @@ class Kit:
             frame = self._camera_wait.call(self.camera.capture)  # the watchdog is fed while it waits
         except (CaptureTimeout, TimeoutError) as exc:
             log.error("camera timeout: %s", exc)
+            self._camera_timeouts += 1
+            if self._camera_timeouts >= CAMERA_TIMEOUTS_FAULT:
+                self._camera_down(f"tidak merespons {self._camera_timeouts} kali berturut-turut")
+                return self._fail(press, msg.fault_text(self.faults), steps)
             return self._fail(press, msg.ERR_CAMERA_TIMEOUT, steps)
         except CaptureError as exc:
+            self._camera_timeouts = 0
             return self._fail(press, msg.ERR_CAMERA.format(detail=exc), steps)
+        self._camera_timeouts = 0
         steps["capture"] = _ms_since(t)
         t = time.monotonic()
         try:
@@ -320,7 +372,9 @@ class Kit:
                                  retake=counts["retake"], queued=queued, link=link)
         self._tell(text)
         self._tell(msg.RESEND if queued else msg.SENT_ALL)
-        self._show("queued" if queued else "ready")
+        if self.faults:
+            self._tell(msg.fault_text(self.faults))
+        self._show("fault" if self.faults else "queued" if queued else "ready")
         self._write_status()
         return text
 
@@ -335,6 +389,101 @@ class Kit:
         self._tell(msg.SHUTDOWN.format(level=level))
         self.exit_code = EXIT_POWEROFF
         self._stop.set()  # run() stops the courier, then calls power_off
+
+    # -- parts that are down -----------------------------------------------------------------------
+
+    def _fault_began(self) -> None:
+        self.state = "fault"
+        if self._fault_since is None:
+            self._fault_since = time.monotonic()
+        self._next_reopen = time.monotonic() + self._fault_retry_s
+        self._show("fault")
+        log.error("kit in fault: %s", "; ".join(f"{k}: {v}" for k, v in self.faults.items()))
+
+    def _camera_down(self, detail: str) -> None:
+        """The camera is wedged: let it go (a new one is opened by the retries) and report the fault."""
+        camera, self.camera = self.camera, None
+        self._camera_timeouts = 0
+        # its capture thread may never come back: the next camera gets a waiter of its own
+        self._camera_wait = BoundedCall(limit_s=self._camera_wait.limit_s, tick=self._tick_watchdog,
+                                        every_s=TICK_S, name="camera")
+        if camera is not None:
+            try:
+                camera.close()
+            except Exception:  # noqa: BLE001
+                log.warning("closing the wedged camera failed", exc_info=True)
+        self.faults["camera"] = detail
+        self._fault_began()
+        self._publish_readiness("fault")
+        self._write_status()
+
+    def _reopen(self) -> bool:
+        """Open every part that is down once more; True when none is down any more."""
+        self._next_reopen = time.monotonic() + self._fault_retry_s
+        for name in list(self.faults):
+            opener = self._openers.get(name)
+            if opener is None:
+                continue
+            waiter = self._opening.setdefault(name, BoundedCall(
+                limit_s=max(OPEN_LIMIT_S, self.config.camera.timeout_s + CAPTURE_GRACE_S),
+                tick=self._tick_watchdog, every_s=TICK_S, name=f"open {name}"))
+            try:
+                part = waiter.call(opener)
+            except Exception as exc:  # noqa: BLE001 - stays down; said in the status and the next press
+                self.faults[name] = _describe(exc)
+                log.warning("%s still down: %s", name, self.faults[name])
+                continue
+            if name == "camera":
+                self.camera = part
+            else:
+                self.reader = part
+            del self.faults[name]
+            log.info("%s is open again", name)
+        if self.faults:
+            return False
+        self._fault_since = None
+        self._reboot_considered = False
+        self._forget_fault_reboot()
+        self.state = "ready"
+        self._show("ready")
+        self._tell(msg.RECOVERED)
+        self._publish_readiness("recovered")
+        self._write_status()
+        return True
+
+    @property
+    def _fault_marker(self) -> Path:
+        return self.store.state_dir / FAULT_REBOOT_MARKER
+
+    def _fault_reboot_due(self, now: float) -> bool:
+        return (self._fault_reboot_after_s is not None and self._fault_since is not None
+                and not self._reboot_considered and not self._stop.is_set()
+                and now - self._fault_since >= self._fault_reboot_after_s)
+
+    def _fault_reboot(self) -> None:
+        """Reboot once per fault (a wedged camera driver needs it); if that did not mend it, stay up and
+        keep sending: a reboot loop would only stop the sending too."""
+        self._reboot_considered = True  # once per fault
+        if self._fault_marker.exists():
+            log.warning("still down after the reboot for this fault: staying up (%s)", self.faults)
+            return
+        from firmware.clock import boot_id
+
+        try:
+            self._fault_marker.write_text(json.dumps({"faults": self.faults, "boot_id": boot_id(),
+                                                      "at": time.time()}, ensure_ascii=False))
+        except OSError as exc:  # without the marker the next boot would reboot again: no reboot at all
+            log.error("cannot write %s (%s): no reboot", self._fault_marker, exc)
+            return
+        self._tell(msg.FAULT_REBOOT)
+        self.exit_code = EXIT_REBOOT
+        self._stop.set()
+
+    def _forget_fault_reboot(self) -> None:
+        try:
+            self._fault_marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", self._fault_marker, exc)
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -386,7 +535,7 @@ class Kit:
     def _verdict(self, verdict: Verdict) -> None:
         self.verdicts += 1
         self.latencies_ms.append(verdict.latency_ms)
-        self.state = "ready"
+        self.state = "fault" if self.faults else "ready"
         self._show(verdict.pattern)
         self._pattern_until = time.monotonic() + self.config.gpio.verdict_s
         self._tell(verdict.message)
@@ -407,12 +556,16 @@ class Kit:
         return verdict
 
     def _error(self, text: str) -> None:
-        self.state = "ready"
+        self.state = "fault" if self.faults else "ready"
         self._show("error")
         self._pattern_until = time.monotonic() + self.config.gpio.verdict_s
         self._tell(text)
 
     def _show_idle(self) -> None:
+        if self.faults:
+            if self._shown != "fault":
+                self._show("fault")
+            return
         cs = self._courier_status()
         pattern = "queued" if _waiting(cs) and not cs.get("connected", True) else "ready"
         if pattern != self._shown:
@@ -446,6 +599,7 @@ class Kit:
             "updated_at": time.time(), "kit_id": self.config.kit.kit_id,
             "kode_wilayah": self.config.kit.kode_wilayah, "tps": self.config.kit.tps,
             "presses": self.presses, "verdicts": self.verdicts, "last_message": self.last_message,
+            "faults": dict(self.faults),
             "latency_ms": {"median": statistics.median(lat) if lat else None,
                            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None},
             "courier": self._courier_status(),
@@ -489,6 +643,10 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _ms_since(t0: float) -> float:
@@ -535,7 +693,8 @@ def make_courier(config: Config):
 
 def build_kit(config: Config, *, camera=None, reader=None, courier=None, notifier=None, battery=None,
               pin_factory=None, with_courier: bool = True, **kit_options) -> Kit:
-    """Open database, camera and model (in that order; each failure is a clear error), then the Kit.
+    """Open database, camera and model (in that order), then the Kit. A database that does not open is an
+    error; a camera or model that does not open is a fault the Kit reports and retries (see the module).
 
     Anything passed in is used as is (tests, demo); ``courier=None`` with ``with_courier`` builds one.
     """
@@ -545,12 +704,22 @@ def build_kit(config: Config, *, camera=None, reader=None, courier=None, notifie
     store = CaptureStore(config.paths.state_dir, min_free_mb=config.paths.min_free_mb,
                          volatile_ok=config.paths.volatile_ok)
     opened: list = [store]
+    openers: dict[str, Callable[[], Any]] = {}
+    faults: dict[str, str] = {}
     try:
-        if camera is None:
-            camera = open_camera(config.camera)
-            opened.append(camera)
+        if camera is None:  # a camera that does not open is a fault the kit reports and retries, not a crash
+            openers["camera"] = lambda: open_camera(config.camera)
+            try:
+                camera = open_camera(config.camera)
+                opened.append(camera)
+            except Exception as exc:  # noqa: BLE001
+                faults["camera"] = _describe(exc)
         if reader is None:
-            reader = load_reader(config)
+            openers["model"] = lambda: load_reader(config)
+            try:
+                reader = load_reader(config)
+            except Exception as exc:  # noqa: BLE001
+                faults["model"] = _describe(exc)
         if courier is None and with_courier:
             courier = make_courier(config)
         if pin_factory is None:
@@ -561,7 +730,7 @@ def build_kit(config: Config, *, camera=None, reader=None, courier=None, notifie
 
             battery = BatteryMonitor(config.power, pin_factory=pin_factory)
         return Kit(config, camera=camera, reader=reader, store=store, courier=courier, notifier=notifier,
-                   battery=battery, pin_factory=pin_factory, **kit_options)
+                   battery=battery, pin_factory=pin_factory, openers=openers, faults=faults, **kit_options)
     except BaseException:
         for part in reversed(opened):
             try:

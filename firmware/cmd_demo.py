@@ -160,8 +160,7 @@ def run_tps(item: dict, cfg, *, reader, summary: dict) -> None:
     presser = SoakPresser(kit, interval_s=0.1, presses=len(item["shots"]), stop_kit_when_done=False)
     loop = threading.Thread(target=kit.run, name=f"kit-tps{tps}", daemon=True)
     loop.start()
-    while kit.state == "starting":
-        time.sleep(0.02)
+    kit.started.wait(60)
     presser.start()
     presser._thread.join()
     delivered = _wait_delivered(kit, timeout=60)

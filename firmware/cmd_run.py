@@ -38,13 +38,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"tpskit run: {exc}", file=sys.stderr)
         return 2  # (tpskit.service does not restart on 2: a restart or reboot would not mend the config)
 
-    from firmware.app import build_kit, run_shutdown_command
+    from firmware.app import FAULT_REBOOT_AFTER_S, build_kit, run_shutdown_command
     from firmware.notify import SystemdNotifier
 
     notifier = SystemdNotifier(unset_environment=True)
     power_off = None if notifier.enabled else (lambda: run_shutdown_command(cfg.power.shutdown_command))
+    # under systemd a part that stays down gets one reboot (tpskit.service reboots on EXIT_REBOOT)
+    reboot_after = FAULT_REBOOT_AFTER_S if notifier.enabled else None
     try:
         kit = build_kit(cfg, notifier=notifier, with_courier=not args.no_send, power_off=power_off,
+                        fault_reboot_after_s=reboot_after,
                         say=lambda text: logging.getLogger("tpskit.kpps").info("%s", text))
     except Exception as exc:  # noqa: BLE001 - every start failure gets one clear line, then exit 1
         text = str(exc) or type(exc).__name__

@@ -91,7 +91,9 @@ def collect(state_dir: Path, *, last: int = 5) -> dict:
     if not out["daemon"].get("running"):
         problems.append("daemon not running")
     elif not out["daemon"].get("ready"):
-        problems.append(f"daemon {out['daemon'].get('state')}")
+        faults = out["daemon"].get("faults")
+        detail = "; ".join(f"{k}: {v}" for k, v in faults.items()) if isinstance(faults, dict) else ""
+        problems.append(f"daemon {out['daemon'].get('state')}" + (f" ({detail})" if detail else ""))
     out["ready"] = not problems
     out["problems"] = problems
     return out

@@ -21,6 +21,7 @@ retake          on           off                slow blink 1/s     3 short beeps
 queued          on           slow pulse 1/2 s   off                -
 error           on           off                on                 1 long beep
 low_battery     off          off                fast blink 5/s     2 long beeps
+fault           off          off                on                 3 long beeps
 held            (unchanged)  (unchanged)        (unchanged)        1 very short click
 =============== ============ ================== ================== ==========================
 """
@@ -58,6 +59,8 @@ PATTERNS: dict[str, Pattern] = {
     "queued": Pattern("on", ("blink", 0.1, 1.9), "off", None, "belum terkirim, menunggu sinyal"),
     "error": Pattern("on", "off", "on", (1.0, 0.2, 1), "gagal; kit tetap siap"),
     "low_battery": Pattern("off", "off", ("blink", 0.1, 0.1), (0.6, 0.3, 2), "baterai lemah"),
+    # camera or model did not open: no photos; stored data is still sent; the kit retries by itself
+    "fault": Pattern("off", "off", "on", (0.8, 0.3, 3), "kit rusak (kamera/model): hubungi teknisi"),
     "held": Pattern(None, None, None, (0.03, 0.05, 1), "tekan lama tercatat: lepaskan tombol"),
 }
 

@@ -28,6 +28,24 @@ ERR_DISK_FULL = ("Penyimpanan penuh ({detail}). Foto ini TIDAK tersimpan; hubung
 ERR_STORE = "Gagal menyimpan: {detail}. Tekan tombol lagi; data sebelumnya aman."
 ERR_READER = "Gagal membaca foto: {detail}. Tekan tombol lagi; data sebelumnya aman."
 
+# a part that did not open (camera unplugged, model file damaged): the kit keeps running, sends what it has
+# stored and tries the part again by itself
+FAULT_PARTS = {"camera": "kamera", "model": "model pembaca angka"}
+FAULT = ("KIT RUSAK: {parts} tidak bisa dipakai ({detail}). Foto belum bisa diambil. Data yang sudah "
+         "tersimpan aman dan tetap dikirim. {fix}")
+FAULT_FIX = {"camera": "Periksa kabel pita kamera, lalu tekan tombol; bila tetap rusak, hubungi teknisi.",
+             "model": "Hubungi teknisi (pasang ulang tpskit)."}
+FAULT_REBOOT = "Kamera/model masih tidak bisa dipakai: kit dinyalakan ulang sekali. Data aman tersimpan."
+RECOVERED = "Kerusakan teratasi. " + READY
+
+
+def fault_text(faults: dict[str, str]) -> str:
+    """One message for every part that is down (``faults``: part name -> what went wrong)."""
+    parts = " dan ".join(FAULT_PARTS.get(name, name) for name in faults)
+    detail = "; ".join(faults.values())
+    fix = " ".join(FAULT_FIX.get(name, "Hubungi teknisi.") for name in faults)
+    return FAULT.format(parts=parts, detail=detail, fix=fix)
+
 REASONS_FALLBACK = "alasan tidak diketahui"
 
 

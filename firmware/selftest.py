@@ -97,7 +97,8 @@ class Report:
     def readiness_body(self) -> dict[str, Any]:
         """The body of the retained ``readiness`` message (short: the collector stores the latest).
 
-        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot" | "running",
+        ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot" | "running" | "fault" |
+        "recovered",
         "checked_at": unix s (kit clock), "time_source": "ntp" | "unsynced" | "unknown",
         "battery_percent": float | null,
         "failing": [{"name", "detail", "fix"}], "skipped": [name], "checks": {name: "ok" | "fail" | "skip"},
@@ -608,11 +609,13 @@ def last_selftest(config: Config) -> dict | None:
         return None
 
 
-def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, trigger: str = "boot") -> Report:
-    """Readiness at boot (and again while running, ``trigger="running"``), for the Kit to publish once READY
-    (camera, model and database are open).
+def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, trigger: str = "boot",
+                faults: dict[str, str] | None = None) -> Report:
+    """Readiness at boot (and again while running, ``trigger="running"``; ``"fault"``/``"recovered"`` when a
+    part goes down or comes back), for the Kit to publish once it runs.
 
-    Cheap, non-interactive: camera/model/database are ok by construction; storage, clock and battery are
+    Cheap, non-interactive: camera and model are ok unless named in ``faults`` (part -> what went wrong: the
+    kit runs without them and retries); the database is open by construction; storage, clock and battery are
     checked now; the button/LED/broker/collector results come from the last self-test, which must be
     recent and passing for the kit to count as ready (checks it skipped stay skipped: not ready).
     """
@@ -620,8 +623,14 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
 
     report = Report(config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps, trigger,
                     time_source=time_source())
-    report.checks.append(Check("camera", True, "terbuka saat start"))
-    report.checks.append(Check("model", True, "dimuat saat start"))
+    faults = faults or {}
+    for name, ok_detail, fix in (
+            ("camera", "terbuka", "periksa kabel pita kamera; kit mencoba membukanya lagi sendiri"),
+            ("model", "dimuat", "pasang ulang tpskit (scripts/install.sh); kit mencoba memuatnya lagi")):
+        if name in faults:
+            report.checks.append(Check(name, False, f"tidak bisa dipakai: {faults[name]}", fix))
+        else:
+            report.checks.append(Check(name, True, ok_detail))
     # the database was just opened by the kit; a full quick_check of a big DB would stall the main loop
     report.checks.append(_timed("storage", lambda: check_storage(config, db_check=False)))
     report.checks.append(_timed("clock", check_clock))

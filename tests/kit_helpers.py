@@ -72,18 +72,22 @@ class StubReader:
         return StubReading("retake", None, reasons=[{"code": "too_dark", "message": "foto terlalu gelap"}])
 
 
+FOLDER = object()  # KitHarness(camera=FOLDER): a FolderCamera on the config's folder (None: no camera)
+
+
 class KitHarness:
     """Runs Kit.run() in a thread; presses the mock button like a finger; collects verdicts."""
 
-    def __init__(self, cfg, *, reader=None, camera=None, courier=None, battery=None, factory=None,
+    def __init__(self, cfg, *, reader=None, camera=FOLDER, courier=None, battery=None, factory=None,
                  **kit_options):
         from firmware.store import CaptureStore
 
         self.factory = factory or MockFactory()
         self.cfg = cfg
         self.store = CaptureStore(cfg.paths.state_dir, min_free_mb=cfg.paths.min_free_mb, volatile_ok=True)
-        self.camera = camera or FolderCamera(cfg.camera.folder, loop=cfg.camera.loop,
-                                             timeout_s=cfg.camera.timeout_s)
+        if camera is FOLDER:
+            camera = FolderCamera(cfg.camera.folder, loop=cfg.camera.loop, timeout_s=cfg.camera.timeout_s)
+        self.camera = camera
         self.messages: list[str] = []
         self.kit = Kit(cfg, camera=self.camera, reader=reader or StubReader(), store=self.store,
                        courier=courier, battery=battery, pin_factory=self.factory, say=self.messages.append,
@@ -99,9 +103,7 @@ class KitHarness:
 
     def __enter__(self) -> KitHarness:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while self.kit.state != "ready" and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.kit.started.wait(10)
         return self
 
     def __exit__(self, *exc):

@@ -141,3 +141,38 @@ def test_boot_publishes_readiness_to_the_collector(tmp_path, mosquitto):
         assert "selftest" in {f["name"] for f in body["failing"]}
     finally:
         collector.stop()
+
+
+def test_a_kit_whose_camera_is_down_still_delivers_and_tells_the_operators(tmp_path, mosquitto):
+    """The camera failed at start: what was stored before still reaches the collector, and the readiness
+    there says the camera is why the kit is not ready (no reboot loop that would stop the sending)."""
+    from firmware.store import CaptureStore
+
+    cfg, photos, collector, collector_db, courier = _setup(tmp_path, mosquitto.url)
+    jpeg = write_photo(photos / "01.jpg", 220)
+    store = CaptureStore(cfg.paths.state_dir, volatile_ok=True)
+    rec = store.save(jpeg=jpeg, status="ok", reading={"page": 1, "status": "ok", "reasons": []},
+                     taken_at=time.time(), time_source="ntp")
+    store.close()
+    collector.start()
+    try:
+        with KitHarness(cfg, camera=None, courier=courier(), fault_retry_s=60,
+                        faults={"camera": "no Camera Module found"}) as h:
+            assert h.kit.state == "fault"
+            rows = _wait_readings(collector_db, 1)
+            deadline = time.monotonic() + 20
+            body = None
+            while body is None and time.monotonic() < deadline:
+                conn = sqlite3.connect(collector_db)
+                try:
+                    row = conn.execute("SELECT body FROM kit_readiness").fetchone()
+                except sqlite3.OperationalError:
+                    row = None
+                conn.close()
+                body = json.loads(row[0]) if row else None
+                time.sleep(0.1)
+        assert [r[0] for r in rows] == [rec.id]
+        assert body is not None and body["ready"] is False and body["checks"]["camera"] == "fail"
+        assert any(f["name"] == "camera" and "no Camera Module" in f["detail"] for f in body["failing"])
+    finally:
+        collector.stop()

@@ -31,3 +31,47 @@ def test_run_notifies_ready_watchdog_stopping(tmp_path):
     assert any(m.startswith("STOPPING=1") for m in msgs)
     assert res["exit_code"] == 0
     assert res["ready_ms"] > 0
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="digit model not committed yet")
+def test_run_without_a_camera_is_ready_in_its_fault_state_not_a_failed_start(tmp_path):
+    """A camera that does not open no longer fails the start (20 of those rebooted the Pi every ~3 min and
+    stopped the sending): READY=1 comes with the fault as STATUS, and SIGTERM stops it cleanly."""
+    import shutil
+
+    bench = _bench()
+    conf = bench.make_kit(tmp_path)
+    shutil.rmtree(tmp_path / "photos")  # the camera is gone
+    res = bench.measure_boot(conf, timeout_s=120, watchdog_usec=1_000_000)
+    ready = next(m for m in res["messages"] if m.startswith("READY=1"))
+    assert "KIT RUSAK" in ready and "kamera" in ready
+    assert res["exit_code"] == 0
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="digit model not committed yet")
+def test_run_under_systemd_asks_for_one_reboot_when_the_camera_stays_down(tmp_path, monkeypatch):
+    import argparse
+    import shutil
+    import signal
+    import socket
+
+    import firmware.app
+    from firmware import cmd_run
+
+    bench = _bench()
+    conf = bench.make_kit(tmp_path)
+    shutil.rmtree(tmp_path / "photos")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setattr(firmware.app, "FAULT_REBOOT_AFTER_S", 0.5)
+    args = argparse.Namespace(config=str(conf), verbose=False, soak=False, presses=None, interval=None,
+                              mock_gpio=True, no_send=True)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cmd_run.run(args) == firmware.app.EXIT_REBOOT
+    finally:
+        sock.close()
+        for sig, handler in handlers.items():  # run() installed the kit's own
+            signal.signal(sig, handler)
+    assert (tmp_path / "state" / firmware.app.FAULT_REBOOT_MARKER).exists()

@@ -83,8 +83,9 @@ def test_kit_unit_has_what_issue_7_requires():
         assert f"char-{dev} rw" in allowed
     assert any(v.startswith("mqtt-password:") for v in d["LoadCredential"])
     # the low-battery exit is clean, not restarted, and powers off with privileges only in ExecStopPost
-    assert d["SuccessExitStatus"] == ["75"] and d["RestartPreventExitStatus"][0].split()[0] == "75"
-    assert d["ExecStopPost"][0].startswith("+") and "poweroff" in d["ExecStopPost"][0]
+    assert "75" in d["SuccessExitStatus"][0].split() and "75" in d["RestartPreventExitStatus"][0].split()
+    assert d["ExecStopPost"][0].startswith("+") and "75) exec /usr/bin/systemctl --no-block poweroff" in (
+        d["ExecStopPost"][0])
     assert "LG_WD=/run/tpskit" in d["Environment"][0]
     # firmware.clock asks adjtimex() (read-only) whether NTP synced the clock: it must stay allowed
     assert "adjtimex" in d["SystemCallFilter"][0].split() and "ProtectClock" not in d
@@ -93,7 +94,35 @@ def test_kit_unit_has_what_issue_7_requires():
 def test_low_battery_exit_code_matches_power_module():
     from firmware.power import EXIT_POWEROFF
 
-    assert directives("tpskit.service")["SuccessExitStatus"] == [str(EXIT_POWEROFF)]
+    assert str(EXIT_POWEROFF) in directives("tpskit.service")["SuccessExitStatus"][0].split()
+
+
+def test_a_part_that_stays_down_reboots_the_pi_once_and_is_not_restarted():
+    """tpskit run exits EXIT_REBOOT when the camera or model stayed down (it kept sending meanwhile): systemd
+    reboots the Pi (privileged ExecStopPost) instead of restarting the daemon or counting a failure."""
+    from firmware.app import EXIT_POWEROFF, EXIT_REBOOT
+
+    d = directives("tpskit.service")
+    assert EXIT_REBOOT != EXIT_POWEROFF
+    assert str(EXIT_REBOOT) in d["SuccessExitStatus"][0].split()
+    assert str(EXIT_REBOOT) in d["RestartPreventExitStatus"][0].split()
+    assert f"{EXIT_REBOOT}) exec /usr/bin/systemctl --no-block reboot" in d["ExecStopPost"][0]
+
+
+def test_exec_stop_post_reboots_or_powers_off_only_on_its_exit_codes(tmp_path):
+    """ExecStopPost run with a fake systemctl: exit 75 powers off, 76 reboots, any other does nothing."""
+    import subprocess
+
+    line = directives("tpskit.service")["ExecStopPost"][0].lstrip("+")
+    fake = tmp_path / "systemctl"
+    log = tmp_path / "calls"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
+    fake.chmod(0o755)
+    script = line.split(" -c ", 1)[1].strip()[1:-1].replace("$$", "$")
+    script = script.replace("/usr/bin/systemctl", str(fake))
+    for status in ("0", "1", "2", "75", "76", "143"):
+        subprocess.run(["/bin/sh", "-c", script], env={"EXIT_STATUS": status}, check=True)
+    assert log.read_text().splitlines() == ["--no-block poweroff", "--no-block reboot"]
 
 
 def test_collector_unit():

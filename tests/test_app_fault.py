@@ -1,0 +1,251 @@
+"""A camera or model that is down: the kit keeps running in its fault state (tells the KPPS, keeps sending,
+reports itself not ready), opens the part again by itself and at every press, and reboots once at most."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from capture.base import CaptureError, TimeoutRunner
+from capture.folder import FolderCamera
+from firmware.app import EXIT_REBOOT, FAULT_REBOOT_MARKER, build_kit
+from tests.kit_helpers import KitHarness, StubReader, make_config, write_photo
+
+
+@pytest.fixture
+def photos(tmp_path):
+    d = tmp_path / "photos-in"
+    d.mkdir()
+    write_photo(d / "01.jpg", 220)
+    return d
+
+
+class CameraSocket:
+    """Opens the folder camera only once the ribbon cable is 'plugged in' (hardware edge)."""
+
+    def __init__(self, cfg, *, plugged: bool = False):
+        self.cfg = cfg
+        self.plugged = threading.Event()
+        if plugged:
+            self.plugged.set()
+        self.attempts = 0
+
+    def open(self):
+        self.attempts += 1
+        if not self.plugged.is_set():
+            raise CaptureError("no Camera Module found (list index out of range); check the ribbon cable")
+        return FolderCamera(self.cfg.camera.folder, loop=True, timeout_s=self.cfg.camera.timeout_s)
+
+
+class WedgedCamera:
+    """Every capture hangs in the driver until the camera is closed."""
+
+    def __init__(self):
+        self.runner = TimeoutRunner(timeout_s=0.3, name="Camera Module")
+        self.closed = threading.Event()
+
+    def _grab(self):
+        self.closed.wait(30)
+        raise CaptureError("camera closed")
+
+    def capture(self):
+        return self.runner.call(self._grab)
+
+    def close(self):
+        self.closed.set()
+
+
+class Readiness:
+    """A courier stub that keeps what the kit hands over (the outbox is tested with the real one)."""
+
+    def __init__(self):
+        self.readiness: list[dict] = []
+        self.submitted: list[str] = []
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
+
+    def kick(self):
+        pass
+
+    def is_alive(self):
+        return True
+
+    def status(self):
+        return {"connected": True, "queued": 0, "sent": 0}
+
+    def submit_reading(self, *, capture_id, **_):
+        self.submitted.append(capture_id)
+        return capture_id
+
+    def publish_retained(self, kind, body):
+        self.readiness.append(body)
+        return f"r{len(self.readiness)}"
+
+
+def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _camera_failing(body):
+    return next((f for f in body["failing"] if f["name"] == "camera"), None)
+
+
+def test_no_camera_at_start_is_a_fault_the_kpps_is_told_and_a_press_after_plugging_it_in_captures(
+        tmp_path, photos):
+    cfg = make_config(tmp_path / "state", photos)
+    socket = CameraSocket(cfg)
+    courier = Readiness()
+    with KitHarness(cfg, camera=None, courier=courier, openers={"camera": socket.open},
+                    faults={"camera": "no Camera Module found"}, fault_retry_s=60) as h:
+        assert h.kit.state == "fault"
+        assert "KIT RUSAK" in h.messages[-1] and "kamera" in h.messages[-1]
+        leds = h.leds()
+        assert leds["red"] and not leds["green"]  # not the ready look: no photo can be taken
+        status = json.loads(h.kit.status_path.read_text())
+        assert status["state"] == "fault" and status["ready"] is False
+        assert status["faults"] == {"camera": "no Camera Module found"}
+        boot = courier.readiness[0]
+        assert boot["trigger"] == "boot" and boot["ready"] is False
+        assert boot["checks"]["camera"] == "fail" and "kabel" in _camera_failing(boot)["fix"]
+
+        h.press()  # still unplugged: the press tries the camera again and says what to do
+        v = h.verdict()
+        assert v.pattern == "error" and "KIT RUSAK" in v.message and "kabel pita kamera" in v.message
+        assert socket.attempts == 1 and h.kit.state == "fault" and h.store.counts()["total"] == 0
+
+        h.press(seconds=cfg.gpio.hold_s + 0.3)  # a long press: the status, and the fault again
+        assert _wait(lambda: h.messages[-1].startswith("KIT RUSAK") and "Status:" in h.messages[-3])
+        assert h.leds()["red"] and not h.leds()["green"]
+
+        socket.plugged.set()  # the KPPS re-seats the cable and presses again
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "ok" and v.record is not None
+        assert h.kit.state == "ready" and not h.kit.faults
+        recovered = courier.readiness[-1]
+        assert recovered["trigger"] == "recovered"
+        assert recovered["checks"]["camera"] == "ok" and not _camera_failing(recovered)
+        assert courier.submitted == [v.record.id]
+        assert _wait(lambda: h.leds()["green"] and not h.leds()["red"], timeout=cfg.gpio.verdict_s + 3)
+
+
+def test_a_kit_in_fault_opens_the_camera_again_by_itself(tmp_path, photos):
+    cfg = make_config(tmp_path / "state", photos)
+    socket = CameraSocket(cfg)
+    with KitHarness(cfg, camera=None, openers={"camera": socket.open}, fault_retry_s=0.1) as h:
+        assert _wait(lambda: socket.attempts >= 3)
+        assert h.kit.state == "fault"
+        socket.plugged.set()
+        assert _wait(lambda: h.kit.state == "ready")
+        assert h.messages[-1].startswith("Kerusakan teratasi")
+        h.press()
+        assert h.verdict().pattern == "ok"
+
+
+def test_stored_captures_are_still_handed_to_the_courier_while_the_camera_is_down(tmp_path, photos):
+    from firmware.store import CaptureStore
+
+    cfg = make_config(tmp_path / "state", photos)
+    store = CaptureStore(cfg.paths.state_dir, volatile_ok=True)
+    rec = store.save(jpeg=(photos / "01.jpg").read_bytes(), status="ok",
+                     reading={"page": 1, "status": "ok", "reasons": []}, taken_at=time.time(),
+                     time_source="ntp")
+    store.close()
+    courier = Readiness()
+    with KitHarness(cfg, camera=None, courier=courier, fault_retry_s=60) as h:
+        assert h.kit.state == "fault"
+        assert courier.submitted == [rec.id]
+
+
+def test_a_camera_that_keeps_timing_out_is_closed_and_opened_again(tmp_path, photos):
+    cfg = make_config(tmp_path / "state", photos)
+    wedged = WedgedCamera()
+    socket = CameraSocket(cfg, plugged=True)
+    courier = Readiness()
+    with KitHarness(cfg, camera=wedged, courier=courier, openers={"camera": socket.open},
+                    fault_retry_s=60) as h:
+        h.press()
+        assert "Kamera tidak merespons" in h.verdict().message  # once may be a hiccup
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "error" and "KIT RUSAK" in v.message
+        assert wedged.closed.is_set() and h.kit.camera is None and h.kit.state == "fault"
+        assert courier.readiness[-1]["trigger"] == "fault"
+        h.press()  # a new camera, with a waiter of its own (the old capture thread may never return)
+        assert h.verdict().pattern == "ok"
+        assert h.kit.state == "ready" and socket.attempts == 1
+
+
+def test_a_part_that_stays_down_reboots_once_then_the_kit_stays_up_and_sends(tmp_path, photos):
+    cfg = make_config(tmp_path / "state", photos)
+    socket = CameraSocket(cfg)
+    marker = cfg.paths.state_dir / FAULT_REBOOT_MARKER
+    with KitHarness(cfg, camera=None, openers={"camera": socket.open}, fault_retry_s=0.1,
+                    fault_reboot_after_s=0.5) as h:
+        assert _wait(lambda: h.rc is not None)
+        assert h.rc == EXIT_REBOOT  # tpskit.service reboots the Pi on it
+        assert "dinyalakan ulang" in h.messages[-2]
+    assert json.loads(marker.read_text())["faults"]["camera"].startswith("no Camera Module")
+
+    # after the reboot the camera is still down: no second reboot, the kit stays up (and keeps sending)
+    with KitHarness(cfg, camera=None, openers={"camera": socket.open}, fault_retry_s=0.1,
+                    fault_reboot_after_s=0.5) as h:
+        time.sleep(1.5)
+        assert h.rc is None and h.kit.state == "fault"
+        socket.plugged.set()
+        assert _wait(lambda: h.kit.state == "ready")
+        assert not marker.exists()  # mended: a later fault may reboot once again
+
+
+def test_without_reboot_permission_a_fault_never_ends_the_run(tmp_path, photos):
+    """`tpskit run` outside systemd (a laptop, the demo) passes no fault_reboot_after_s: it never exits."""
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, camera=None, fault_retry_s=0.05) as h:
+        time.sleep(0.5)
+        assert h.rc is None and h.kit.state == "fault"
+    assert not (cfg.paths.state_dir / FAULT_REBOOT_MARKER).exists()
+
+
+def test_build_kit_turns_a_camera_or_model_that_does_not_open_into_faults(tmp_path, photos):
+    bad_model = tmp_path / "digits.tflite"
+    bad_model.write_bytes(b"not a model")
+    cfg = make_config(tmp_path / "state", tmp_path / "no-such-folder", paths={"model": str(bad_model)})
+    kit = build_kit(cfg, with_courier=False)
+    try:
+        assert set(kit.faults) == {"camera", "model"}
+        assert kit.camera is None and kit.reader is None
+        assert "no-such-folder" in kit.faults["camera"]
+    finally:
+        kit.close()
+    cfg = make_config(tmp_path / "state", photos)
+    kit = build_kit(cfg, with_courier=False, reader=StubReader())
+    try:
+        assert kit.faults == {} and kit.camera is not None
+    finally:
+        kit.close()
+
+
+def test_status_names_the_part_that_is_down(tmp_path, photos, capsys):
+    from firmware.cmd_status import collect, render
+
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, camera=None, fault_retry_s=60, faults={"camera": "no Camera Module found"}):
+        info = collect(cfg.paths.state_dir)
+    assert info["ready"] is False
+    assert any("fault" in p and "camera: no Camera Module found" in p for p in info["problems"])
+    assert "camera: no Camera Module found" in render(info)
