@@ -48,7 +48,8 @@ BATTERY_POLL_S = 30.0
 IDLE_CHECK_S = 5.0
 CAPTURE_GRACE_S = 5.0  # past camera.timeout_s: a backend that overruns its own timeout is abandoned
 READINESS_EVERY_S = 6 * 3600.0  # well inside fleet readiness's default maximum age (24 h)
-FAULT_RETRY_S = 15.0  # a missing camera or model is opened again this often (and at every press)
+FAULT_RETRY_S = 15.0  # a missing camera or model is opened again after this (and at every press), then
+FAULT_RETRY_MAX_S = 120.0  # ... twice as long after each failed try, up to this
 FAULT_REBOOT_AFTER_S = 120.0  # tpskit run under systemd: reboot once if a part is still down after this
 OPEN_LIMIT_S = 60.0  # opening a part (the model on a Zero 2 W, a camera) is abandoned after this
 CAMERA_TIMEOUTS_FAULT = 2  # consecutive camera timeouts: the camera is wedged, close it and open it again
@@ -131,6 +132,7 @@ class Kit:
         self._fault_reboot_after_s = fault_reboot_after_s
         self._fault_since: float | None = None
         self._next_reopen = 0.0
+        self._retry_every = fault_retry_s
         self._camera_timeouts = 0
         self._reboot_considered = False
         if battery is not None:
@@ -396,7 +398,8 @@ class Kit:
         self.state = "fault"
         if self._fault_since is None:
             self._fault_since = time.monotonic()
-        self._next_reopen = time.monotonic() + self._fault_retry_s
+        self._retry_every = self._fault_retry_s
+        self._next_reopen = time.monotonic() + self._retry_every
         self._show("fault")
         log.error("kit in fault: %s", "; ".join(f"{k}: {v}" for k, v in self.faults.items()))
 
@@ -419,7 +422,6 @@ class Kit:
 
     def _reopen(self) -> bool:
         """Open every part that is down once more; True when none is down any more."""
-        self._next_reopen = time.monotonic() + self._fault_retry_s
         for name in list(self.faults):
             opener = self._openers.get(name)
             if opener is None:
@@ -430,8 +432,8 @@ class Kit:
             try:
                 part = waiter.call(opener)
             except Exception as exc:  # noqa: BLE001 - stays down; said in the status and the next press
-                self.faults[name] = _describe(exc)
-                log.warning("%s still down: %s", name, self.faults[name])
+                detail, self.faults[name] = self.faults[name], _describe(exc)
+                (log.debug if detail == self.faults[name] else log.warning)("%s still down: %s", name, exc)
                 continue
             if name == "camera":
                 self.camera = part
@@ -440,6 +442,8 @@ class Kit:
             del self.faults[name]
             log.info("%s is open again", name)
         if self.faults:
+            self._next_reopen = time.monotonic() + self._retry_every
+            self._retry_every = min(2 * self._retry_every, max(FAULT_RETRY_MAX_S, self._fault_retry_s))
             return False
         self._fault_since = None
         self._reboot_considered = False

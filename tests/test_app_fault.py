@@ -212,6 +212,17 @@ def test_a_part_that_stays_down_reboots_once_then_the_kit_stays_up_and_sends(tmp
         assert not marker.exists()  # mended: a later fault may reboot once again
 
 
+def test_retries_in_the_background_back_off_and_a_press_still_tries_at_once(tmp_path, photos):
+    cfg = make_config(tmp_path / "state", photos)
+    socket = CameraSocket(cfg)
+    with KitHarness(cfg, camera=None, openers={"camera": socket.open}, fault_retry_s=0.1) as h:
+        time.sleep(1.6)  # tries at 0.1, 0.3, 0.7, 1.5 s: not 16 of them
+        tried = socket.attempts
+        assert 3 <= tried <= 5
+        h.press()
+        assert "KIT RUSAK" in h.verdict().message and socket.attempts == tried + 1
+
+
 def test_without_reboot_permission_a_fault_never_ends_the_run(tmp_path, photos):
     """`tpskit run` outside systemd (a laptop, the demo) passes no fault_reboot_after_s: it never exits."""
     cfg = make_config(tmp_path / "state", photos)
