@@ -21,8 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kits",
         type=Path,
-        required=True,
-        help="registry of kit public keys: JSON, CSV or a folder of <kit_id>.csv files",
+        help="registry of kit public keys: JSON, CSV or a folder of <kit_id>.csv files "
+        "(needed except with --gaps)",
     )
     p.add_argument("--username", help="collector MQTT username")
     p.add_argument("--password-file", type=Path, help="file holding the collector's MQTT password")
@@ -103,6 +103,10 @@ def _open_store(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from comms.signing import KeyFileError, load_registry, registry_add
 
+    if args.kits is None and not args.gaps:
+        print("tpskit collector: --kits REGISTRY is needed (JSON, CSV or a folder of <kit_id>.csv files)",
+              file=sys.stderr)
+        return 2
     if args.add_kit:
         if not args.public_key:
             print("tpskit collector: --add-kit needs --public-key (base64, PEM or @FILE)", file=sys.stderr)

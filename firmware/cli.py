@@ -20,20 +20,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("firmware.cmd_provision", "set the kit's identity, broker and key (H-1)"),
     "calibrate": ("firmware.cmd_calibrate", "check the stand and camera, store camera settings"),
     "selftest": ("firmware.cmd_selftest", "check every part of the kit, print a readiness verdict"),
-    "fleet": ("firmware.cmd_fleet", "operators: readiness of all kits by region"),
+    "fleet": ("firmware.cmd_fleet", "operators: readiness of all kits, results per TPS, by region"),
     "collector": ("comms.cmd_collector", "reference collector: verify, store and ack kit messages"),
     "export": ("comms.cmd_bundle", "write unsent signed messages to a USB stick as one bundle"),
     "import": ("comms.cmd_bundle", "publish a bundle exported by a kit"),
 }
 
+CONFIG_HELP = "config TOML (default /etc/tpskit/config.toml)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tpskit", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="config TOML (default /etc/tpskit/config.toml)")
+    parser.add_argument("--config", help=CONFIG_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # also after the command name (`tpskit status --config FILE`); SUPPRESS keeps a value given before it
+        p.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="more log output")
         p.set_defaults(_module=module)
         try:
             mod = importlib.import_module(module)

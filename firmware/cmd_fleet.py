@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.broker and not args.collector_db:
         print("tpskit fleet readiness: pilih sumber: --broker URL atau --collector-db PATH", file=sys.stderr)
+        return 2
+    if args.kabupaten and not re.fullmatch(r"\d\d\.\d\d", args.kabupaten):  # as fleet results (else: no kit)
+        print(f"tpskit fleet readiness: kabupaten {args.kabupaten!r}: tulis NN.NN, mis. 31.71 "
+              "/ write it as NN.NN", file=sys.stderr)
         return 2
     registry = None
     try:

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help="broker URL mqtts://host:port")
     p.add_argument("--username", help="MQTT username of this kit")
     p.add_argument("--password-file", help="file with the MQTT password (copied to the credential file)")
-    p.add_argument("--ca-file", help="CA bundle that signed the broker's certificate")
+    p.add_argument("--ca-file", help="CA bundle (PEM) that signed the broker's certificate; copied "
+                                     "beside the config as ca.pem")
     p.add_argument("--dpt", help="registered voters of this TPS (Pemilu 2024: at most 300)")
     p.add_argument("--kit-id", help="kit name (default kit-<kode wilayah digits>-<TPS>)")
     p.add_argument("--state-dir", help="state directory (default from the config, /var/lib/tpskit)")

@@ -2,8 +2,9 @@
 
 Every section forbids unknown keys and describes each field, so a typo in
 /etc/tpskit/config.toml is refused with the key, the value and what is allowed.
-Secrets are never in the file itself: fields ending in ``_file`` name files,
-looked up under ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential) first.
+Secrets are never in the file itself: fields ending in ``_file`` name files; the
+broker password (``mqtt.password_file``, read by ``read_secret``) is looked up under
+``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential) first.
 """
 
 from __future__ import annotations

@@ -178,6 +178,9 @@ def read_request_file(path: Path | str) -> dict:
     if unknown:
         raise ProvisionError(f"file provisioning {path}: kunci tidak dikenal {sorted(unknown)}; "
                              f"yang boleh: {sorted(REQUEST_KEYS)}")
+    for key in ("password_file", "ca_file"):  # a relative path is beside the file (on the same USB stick)
+        if isinstance(data.get(key), str) and data[key] and not Path(data[key]).is_absolute():
+            data[key] = str(path.parent / data[key])
     return data
 
 
@@ -305,6 +308,20 @@ def _new_password(req: ProvisionRequest, secret_path: Path) -> str | None:
     return secret
 
 
+def read_ca(path: Path) -> str:
+    """The broker's CA bundle (PEM), read and checked: it is copied, the file given may be on a USB stick."""
+    text = read_text(path, "file CA")
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ProvisionError(f"file CA {path} tidak berisi sertifikat PEM (-----BEGIN CERTIFICATE-----) "
+                             f"/ {path.name} is not a PEM CA certificate")
+    return text
+
+
+def _write_if_changed(path: Path, text: str, *, mode: int) -> None:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        write_atomic(path, text, mode=mode)
+
+
 def _store_password(secret: str, secret_path: Path) -> None:
     """Put the MQTT password where tpskit.service loads it (LoadCredential=mqtt-password:...)."""
     if secret_path.exists() and secret_path.read_text(encoding="utf-8").strip() == secret:
@@ -369,6 +386,9 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     secret_path = Path(secret_path) if secret_path else config_out.parent / "mqtt-password"
     secret = _new_password(req, secret_path)
     password_path = secret_path if req.password is not None or req.password_file is not None else None
+    # the broker's CA goes beside the config: the file given may be on a USB stick the technician takes away
+    ca_path = config_out.parent / "ca.pem"
+    ca_text = read_ca(req.ca_file) if req.ca_file is not None else None
     kit = {"kit_id": req.kit_id, "kode_wilayah": req.kode_wilayah, "tps": req.tps}
     if req.dpt is not None:
         kit["dpt"] = req.dpt
@@ -376,7 +396,8 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     mqtt = data.setdefault("mqtt", {})
     mqtt["url"] = req.broker
     for key, value in (("username", req.username), ("password_file", password_path),
-                       ("ca_file", req.ca_file), ("topic_prefix", req.topic_prefix)):
+                       ("ca_file", ca_path if ca_text is not None else None),
+                       ("topic_prefix", req.topic_prefix)):
         if value is not None:
             mqtt[key] = str(value)
     if req.state_dir is not None:
@@ -399,6 +420,8 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         # but tpskit.service loads this one as a credential, and systemd will not start a unit whose
         # credential file is missing (243/CREDENTIALS)
         write_atomic(secret_path, "", mode=0o600)
+    if ca_text is not None:
+        _write_if_changed(ca_path, ca_text, mode=0o644)
     changed = not config_out.exists() or config_out.read_text(encoding="utf-8") != text
     if changed:
         write_atomic(config_out, text, mode=0o644)
@@ -471,9 +494,10 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
 
     Writes ``<out_dir>/kits/<kit_id>.toml`` (0600, with a generated MQTT password; for
     ``tpskit provision --from``), ``mosquitto-passwords.txt`` (``user:password`` lines for
-    ``mosquitto_passwd -U``), ``mosquitto-acl.conf`` (each kit may publish only under its own TPS) and
-    ``kits.csv`` (no passwords). Every row is checked first; one bad row refuses the whole batch, naming
-    each bad row. Re-running keeps existing kits' passwords and only adds new kits.
+    ``mosquitto_passwd -U``), ``mosquitto-acl.conf`` (each kit may publish only under its own TPS),
+    ``kits.csv`` (no passwords) and, with *ca_file*, a copy ``ca.pem`` the kit files name. Every row is
+    checked first; one bad row refuses the whole batch, naming each bad row. Re-running keeps existing
+    kits' passwords and only adds new kits.
     """
     import csv
     import secrets
@@ -511,8 +535,11 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
     if errors:
         raise ProvisionError(f"{csv_path}: {len(errors)} baris salah, tidak ada yang ditulis:\n  "
                              + "\n  ".join(errors))
+    ca_text = read_ca(Path(ca_file)) if ca_file else None
     kit_dir = out_dir / "kits"
     kit_dir.mkdir(parents=True, exist_ok=True)
+    if ca_text is not None:  # on the stick with the kit files, named relative to them
+        _write_if_changed(out_dir / "ca.pem", ca_text, mode=0o644)
     prefix = topic_prefix or DEFAULT_PREFIX
     prepared: list[PreparedKit] = []
     passwords: list[str] = []
@@ -536,7 +563,7 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
         password = password or secrets.token_urlsafe(18)
         data = {"kode_wilayah": kode, "tps": tps, "dpt": dpt, "kit_id": kit_id, "broker": broker,
                 "username": kit_id, "password": password,
-                "ca_file": str(ca_file) if ca_file else None, "topic_prefix": topic_prefix}
+                "ca_file": "../ca.pem" if ca_file else None, "topic_prefix": topic_prefix}
         text = dumps(data, header=f"tpskit provisioning file for {kit_id} ({kode} TPS {tps}).\n"
                                   "Secret: keep on the technician's USB stick only; "
                                   f"on the kit run: sudo tpskit provision --from {path.name}")

@@ -32,6 +32,18 @@ def test_status_without_daemon_is_not_ready(tmp_path, capsys):
     assert "Captures: 1" in out and "NOT READY" in out and "NOT IN OUTBOX" in out
 
 
+def test_config_may_follow_the_command_name(tmp_path, capsys):
+    """README: every command takes --config PATH; `tpskit status --config FILE` must not be refused."""
+    cfg = write_config(tmp_path, tmp_path / "empty")
+    assert main(["status", "--config", str(cfg), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["state_dir"] == str(tmp_path / "empty")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[camera]\nbackend = 'usb'\n")
+    assert main(["run", "--config", str(bad)]) == 2
+    assert main(["--config", str(cfg), "run", "-v", "--config", str(bad)]) == 2  # the later one wins
+    assert "camera.backend" in capsys.readouterr().err
+
+
 def test_status_with_bad_config_names_the_key(tmp_path, capsys):
     path = tmp_path / "config.toml"
     path.write_text("[paths]\nstate_dri = '/x'\n")

@@ -601,3 +601,19 @@ def test_registry_saved_by_a_spreadsheet_with_a_utf8_bom_loads(tmp_path, kit):
     assert load_registry(json_path)["kit-1"].kode_wilayah == KW
     registry_add(json_path, "kit-2", generate_key(), kode_wilayah=KW, tps=TPS + 1)
     assert set(load_registry(json_path)) == {"kit-1", "kit-2"}
+
+
+def test_gaps_needs_no_registry(tmp_path, kit, capsys):
+    """docs/broker-cluster.md: `tpskit collector --gaps --db URL` reads the whole database; the registry plays
+    no part in it, so it must not be required (argparse refused the command without --kits)."""
+    from firmware import cli
+
+    s = CollectorStore(tmp_path / "collector.db")
+    try:
+        _process(s, kit, _reading(kit))
+    finally:
+        s.close()
+    assert cli.main(["collector", "--gaps", "--db", str(tmp_path / "collector.db")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"kit-1": []}
+    assert cli.main(["collector", "--db", str(tmp_path / "collector.db"), "--broker", "mqtt://h:1"]) == 2
+    assert "--kits" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from comms.collector import Collector
+from comms.collector import Collector, CollectorStore
 from comms.courier import Courier
 from comms.outbox import Outbox
 from firmware import cli, fleet
@@ -286,3 +286,14 @@ def test_a_readiness_checked_at_infinity_is_not_ready_for_ever():
     st = fleet.assess(None, [obs], now=now, max_age_s=86400)[0]
     assert st.state == "not_ready" and st.checked_at == now - 5 * 86400
     assert "T" in fleet.to_csv([st])  # a real time in the CSV, not a crash on gmtime(inf)
+
+
+def test_readiness_refuses_a_malformed_kabupaten(tmp_path, capsys):
+    """Like `fleet results`: `--kabupaten 31-71` (or 3171) is an error naming the form, not an empty report
+    that reads as "no kits here"."""
+    db = tmp_path / "collector.db"
+    CollectorStore(db).close()
+    for bad in ("31-71", "3171", "31.71.01"):
+        assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--kabupaten", bad]) == 2
+        assert "NN.NN" in capsys.readouterr().err
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--kabupaten", "31.71"]) == 0

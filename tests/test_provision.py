@@ -321,3 +321,41 @@ def test_files_that_are_not_utf8_are_refused_clearly(env, tmp_path, capsys):
     assert run_cli(env) == 2
     assert "pw.txt" in capsys.readouterr().err
     assert not env["conf"].exists()
+
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUd2Vi\n-----END CERTIFICATE-----\n"
+
+
+def test_the_brokers_ca_stays_on_the_kit_when_the_usb_stick_goes(tmp_path, monkeypatch, capsys):
+    """Technician guide, section 5: the kit file names the CA on the USB stick (`--prepare --ca-file ca.pem`
+    puts a copy beside the kit files). The kit keeps its own copy: TLS must still verify the broker after the
+    stick has gone on to the next kit, and a relative path must not depend on the shell's directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ca.pem").write_text(CA_PEM)
+    (tmp_path / "tps.csv").write_text("kode_wilayah,tps\n31.71.01.1001,5\n")
+    assert cli.main(["provision", "--prepare", "tps.csv", "--broker", "mqtts://mqtt.kpu.example:8883",
+                     "--ca-file", "ca.pem", "--out-dir", "usb"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    conf_path = tmp_path / "etc" / "config.toml"
+    argv = ["provision", "--from", str(tmp_path / "usb" / "kits" / "kit-3171011001-005.toml"), "--config-out",
+            str(conf_path), "--state-dir", str(tmp_path / "state"), "--volatile-ok"]
+    assert cli.main(argv) == 0
+    for p in [*(tmp_path / "usb").rglob("*"), tmp_path / "ca.pem"]:
+        if p.is_file():
+            p.unlink()  # the stick goes on to the next kit
+    conf = cfg.load(conf_path)
+    assert conf.mqtt.ca_file == tmp_path / "etc" / "ca.pem" and conf.mqtt.ca_file.read_text() == CA_PEM
+    # again with the kit's own copy: nothing changes
+    text = conf_path.read_text()
+    (tmp_path / "k.toml").write_text('kode_wilayah = "31.71.01.1001"\ntps = 5\n'
+                                     'broker = "mqtts://mqtt.kpu.example:8883"\n'
+                                     f'ca_file = "{conf.mqtt.ca_file}"\n')
+    assert cli.main(argv[:2] + [str(tmp_path / "k.toml")] + argv[3:]) == 0
+    assert conf_path.read_text() == text and conf.mqtt.ca_file.read_text() == CA_PEM
+    # not a certificate: refused before anything is written
+    (tmp_path / "k.toml").write_text(f'kode_wilayah = "31.71.01.1001"\ntps = 6\nbroker = "mqtts://h:8883"\n'
+                                     f'ca_file = "{tmp_path / "k.toml"}"\n')
+    capsys.readouterr()
+    assert cli.main(argv[:2] + [str(tmp_path / "k.toml")] + argv[3:]) == 2
+    assert "PEM" in capsys.readouterr().err and conf_path.read_text() == text
