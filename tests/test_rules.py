@@ -285,3 +285,43 @@ def test_cross_page_rules_naming_an_unknown_field_are_refused(tmp_path):
     rules.load_tps_rules.cache_clear()
     with pytest.raises(TemplateError, match="unknown field.*p3.total_suara_"):
         rules.load_tps_rules(form, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r[0].__setitem__("terms", []), "needs at least one field on each side"),
+        (lambda r: r[3].__setitem__("right", []), "needs at least one field on each side"),
+        (lambda r: r[3].__setitem__("left", [["p1.dpt_jml"]]), "field names"),
+        (lambda r: r[0].__setitem__("label", 5), "label"),
+    ],
+)
+def test_malformed_cross_page_rules_are_refused_clearly(tmp_path, change, message):
+    """An empty side summed to 0 (``V.C = nothing`` failed every TPS); a name that is no string was an
+    'unhashable type' message; a label that is no text went out in the TPS line."""
+    import json
+    import shutil
+
+    from inference.templates import FORMS_DIR, TemplateError
+
+    form = "C.HASIL-PPWP-2024"
+    shutil.copytree(FORMS_DIR / form, tmp_path / form)
+    tps = json.loads((tmp_path / form / "tps.json").read_text())
+    change(tps["rules"])
+    (tmp_path / form / "tps.json").write_text(json.dumps(tps))
+    rules.load_tps_rules.cache_clear()
+    with pytest.raises(TemplateError, match=message):
+        rules.load_tps_rules(form, tmp_path)
+
+
+def test_cross_page_rules_that_are_no_utf8_text_are_a_template_error(tmp_path):
+    import shutil
+
+    from inference.templates import FORMS_DIR, TemplateError
+
+    form = "C.HASIL-PPWP-2024"
+    shutil.copytree(FORMS_DIR / form, tmp_path / form)
+    (tmp_path / form / "tps.json").write_bytes(b'{"rules": [], "about": "\xff"}')
+    rules.load_tps_rules.cache_clear()
+    with pytest.raises(TemplateError, match="tps.json"):
+        rules.load_tps_rules(form, tmp_path)
