@@ -89,3 +89,20 @@ def test_annotate_path_that_is_a_file_is_a_clear_error(photos, capsys, tmp_path)
     assert main(["read", "--annotate", str(taken), str(paths[0])]) == 2
     err = capsys.readouterr().err
     assert str(taken) in err and "Traceback" not in err
+
+
+def test_malformed_cross_page_rules_are_a_setup_error_before_any_photo_is_read(photos, capsys, monkeypatch):
+    """``--tps`` with a broken tps.json: exit 2 with the loader's message, not a traceback after every photo
+    was read."""
+    from inference import rules
+    from inference.templates import TemplateError
+
+    def broken(form_id, *args):
+        raise TemplateError(f"inference/forms/{form_id}/tps.json: malformed cross-page rules ('terms')")
+
+    monkeypatch.setattr(rules, "load_tps_rules", broken)
+    _, paths = photos
+    assert main(["read", "--json", "--tps", *map(str, paths)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "tps.json: malformed cross-page rules" in out.err
+    assert main(["read", "--json", str(paths[2])]) == 0  # without --tps the rules are not needed
