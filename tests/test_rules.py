@@ -325,3 +325,38 @@ def test_cross_page_rules_that_are_no_utf8_text_are_a_template_error(tmp_path):
     rules.load_tps_rules.cache_clear()
     with pytest.raises(TemplateError, match="tps.json"):
         rules.load_tps_rules(form, tmp_path)
+
+
+def _tps_pages():
+    def page(n, status="ok", form="C.HASIL-PPWP-2024", **vals):
+        return {"form": form, "page": n, "status": status,
+                "fields": {k: {"value": v} for k, v in vals.items()}}
+    p1 = page(1, pengguna_total_jml=183, surat_digunakan=183, dpt_jml=200, pengguna_dptb_jml=2,
+              pengguna_dpk_jml=1)
+    p2 = page(2, paslon_1=100, paslon_2=50, paslon_3=26)
+    p3 = page(3, suara_sah=176, total_suara=183)
+    return page, p1, p2, p3
+
+
+def test_a_page_of_another_form_is_no_page_of_the_tps():
+    """Page 3 of another form (a DPR sheet with the same field names) photographed with the PPWP pages: the
+    PPWP page 3 is missing, not taken from the DPR sheet."""
+    page, p1, p2, p3 = _tps_pages()
+    assert check_tps([p1, p2, p3])["status"] == "ok"
+    t = check_tps([p1, p2, {**p3, "form": "C.HASIL-DPR-2024"}])
+    assert t["status"] == "review" and t["reasons"][0] == {**t["reasons"][0], "code": "page_missing",
+                                                           "pages": [3]}
+
+
+def test_one_page_read_ok_twice_with_other_numbers_is_review():
+    """Two accepted readings of page 2 that disagree (one is wrong, or another TPS's sheet): the TPS line is
+    not ok on whichever came last. A page read again after a review or a retake takes the newer reading."""
+    page, p1, p2, p3 = _tps_pages()
+    other = page(2, paslon_1=100, paslon_2=56, paslon_3=20)  # adds up to V.A too
+    t = check_tps([p1, p2, other, p3])
+    assert t["status"] == "review"
+    assert [(r["code"], r["pages"]) for r in t["reasons"]] == [("page_not_ok", [2])]
+    assert check_tps([p1, p2, dict(p2), p3])["status"] == "ok"  # the same numbers twice
+    assert check_tps([p1, page(2, "review", paslon_1=100, paslon_2=5, paslon_3=None), other, p3])[
+        "status"] == "ok"
+    assert check_tps([p1, page(2, "retake"), p2, p3])["status"] == "ok"
