@@ -45,7 +45,10 @@ def _load_image(path: Path):
     if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None, ("truncated",
                       f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+        img = None
     if img is None:
         return None, ("not_an_image", f"bukan foto JPEG/PNG yang bisa dibaca: {path}")
     return img, None

@@ -106,3 +106,19 @@ def test_malformed_cross_page_rules_are_a_setup_error_before_any_photo_is_read(p
     out = capsys.readouterr()
     assert out.out == "" and "tps.json: malformed cross-page rules" in out.err
     assert main(["read", "--json", str(paths[2])]) == 0  # without --tps the rules are not needed
+
+
+def test_a_picture_too_large_to_decode_gets_its_own_error_line(photos, capsys, tmp_path):
+    """A file whose header claims 100000 x 100000 px (corrupt, or a giant scan): OpenCV refuses it with an
+    exception, which ended the whole run; it is refused on its own line and the other photos are read."""
+    import struct
+
+    huge = tmp_path / "huge.bmp"
+    huge.write_bytes(b"BM" + struct.pack("<IHHI", 0, 0, 0, 54)
+                     + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24, 0, 0, 0, 0, 0, 0))
+    _, paths = photos
+    rc = main(["read", "--json", str(huge), str(paths[2])])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 2
+    assert lines[0]["status"] == "retake" and lines[0]["reasons"][0]["code"] == "not_an_image"
+    assert lines[1]["page"] == 3
