@@ -36,6 +36,7 @@ TAG_FAMILIES = ("apriltag_36h10", "apriltag_36h11", "aruco_4x4_50")
 RULE_KINDS = ("sum", "le", "date")
 # The reader weighs every value a field can hold (10^boxes of them): 10^6 take ~200 MB, 10^7 ~2 GB.
 MAX_BOXES = 6
+MIN_BOX_MM = 3.0  # a writing box smaller than this is no box to write a digit in (nor a crop to classify)
 
 
 class TemplateError(ValueError):
@@ -197,6 +198,10 @@ def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
     )
     if not boxes:
         raise TemplateError(f"{where}: needs at least one box")
+    small = [i for i, b in enumerate(boxes) if min(b.w, b.h) < MIN_BOX_MM]
+    if small:
+        raise TemplateError(f"{where}.boxes_mm[{small[0]}]: a writing box is at least {MIN_BOX_MM} mm "
+                            "each way")
     if len(boxes) > MAX_BOXES:
         raise TemplateError(f"{where}: {len(boxes)} boxes; a number has at most {MAX_BOXES} boxes")
     bubbles = ()
@@ -213,6 +218,8 @@ def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
         )
         if any(len(c) != 10 for c in bubbles):
             raise TemplateError(f"{where}: each bubble column needs 10 bubbles (digits 0..9)")
+        if any(b.r <= 0 for c in bubbles for b in c):
+            raise TemplateError(f"{where}: a bubble's radius must be positive")
     lo, hi = _need(d, "min", int, where, default=0), _need(d, "max", int, where, default=10 ** len(boxes) - 1)
     if not 0 <= lo <= hi < 10 ** len(boxes):
         raise TemplateError(f"{where}: min/max {lo}/{hi} do not fit {len(boxes)} boxes")
