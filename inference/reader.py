@@ -739,6 +739,8 @@ class PageReader:
             raise ValueError(f"min_support must be within [0, 1], got {min_support}")
         if not 0.0 <= min_support_far <= 1.0:
             raise ValueError(f"min_support_far must be within [0, 1], got {min_support_far}")
+        if not 0.0 < min_px_per_mm < math.inf:
+            raise ValueError(f"min_px_per_mm must be a positive number, got {min_px_per_mm}")
         self.classifier = classifier
         self.form = load_form(form) if isinstance(form, str) else form
         for page in self.form.pages.values() if self.form else ():

@@ -360,3 +360,11 @@ def test_one_page_read_ok_twice_with_other_numbers_is_review():
     assert check_tps([p1, page(2, "review", paslon_1=100, paslon_2=5, paslon_3=None), other, p3])[
         "status"] == "ok"
     assert check_tps([p1, page(2, "retake"), p2, p3])["status"] == "ok"
+
+
+@pytest.mark.parametrize("ppm", [float("nan"), 0.0, -2.0, float("inf")])
+def test_reader_rejects_a_resolution_floor_that_would_refuse_nothing_or_everything(ppm):
+    """min_px_per_mm NaN, 0 or negative switched the low-resolution check off without a word (inf refused
+    every photo); the other thresholds were already checked."""
+    with pytest.raises(ValueError, match="min_px_per_mm"):
+        PageReader(classifier=None, min_px_per_mm=ppm)
