@@ -45,7 +45,10 @@ def _load_image(path: Path):
     if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None, ("truncated",
                       f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+        img = None
     if img is None:
         return None, ("not_an_image", f"bukan foto JPEG/PNG yang bisa dibaca: {path}")
     return img, None
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     from firmware import config as config_mod
     from inference.reader import PageReader, check_tps
+    from inference.rules import load_tps_rules
     from inference.templates import DEFAULT_FORM, TemplateError
 
     options, model = config_mod.ReaderConfig().options(), args.model
@@ -94,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"tpskit read: cannot load the digit model ({exc}); check paths.model or --model",
               file=sys.stderr)
         return 2
+    form_id = args.form or DEFAULT_FORM
     try:
         reader = PageReader(classifier=classifier, form=args.form, **options)
+        if args.tps:  # a malformed tps.json is a setup error before any photo is read, not a traceback after
+            load_tps_rules(form_id)
     except TemplateError as exc:
         print(f"tpskit read: {exc}", file=sys.stderr)
         return 2
@@ -106,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"tpskit read: --annotate {args.annotate} cannot be used as a directory "
                   f"({exc.strerror or exc})", file=sys.stderr)
             return 2
-    form_id = args.form or DEFAULT_FORM
     failed = False
     readings = []
     for name in args.images:

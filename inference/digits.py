@@ -16,6 +16,7 @@ numpy < 2, e.g. Raspberry Pi OS's apt numpy), then ``tensorflow.lite`` (training
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -274,6 +275,33 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _check_meta(meta: Any, where: Path) -> None:
+    """DigitModelError unless the metadata holds what the probabilities need: a temperature > 0 (a sign slip
+    turns the softmax upside down: the least likely digit comes out sure), probabilities within 0..1."""
+    if not isinstance(meta, dict):
+        raise DigitModelError(f"model metadata {where} must be a JSON object")
+    for key in ("temperature", "input_size", "classes", "version"):
+        if key not in meta:
+            raise DigitModelError(f"model metadata {where} lacks {key!r}")
+
+    def number(key: str) -> bool:
+        v = meta[key]
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not number("temperature") or meta["temperature"] <= 0:
+        raise DigitModelError(f"model metadata {where}: 'temperature' must be a number > 0, "
+                              f"got {meta['temperature']!r}")
+    if not isinstance(meta["input_size"], int) or isinstance(meta["input_size"], bool):
+        raise DigitModelError(f"model metadata {where}: 'input_size' must be an integer, "
+                              f"got {meta['input_size']!r}")
+    if not isinstance(meta["classes"], list):
+        raise DigitModelError(f"model metadata {where}: 'classes' must be a list, got {meta['classes']!r}")
+    for key in ("blank_empty_prob", "faint_empty_prob"):
+        if key in meta and not (number(key) and 0.0 <= meta[key] <= 1.0):
+            raise DigitModelError(f"model metadata {where}: {key!r} must be a probability (0..1), "
+                                  f"got {meta[key]!r}")
+
+
 @dataclass
 class DigitClassifier:
     """Batch classifier over box crops. Create with ``DigitClassifier.load()``."""
@@ -300,10 +328,8 @@ class DigitClassifier:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise DigitModelError(f"cannot read model metadata {meta_path}: {e}") from e
-        for key in ("temperature", "input_size", "classes", "version"):
-            if key not in meta:
-                raise DigitModelError(f"model metadata {meta_path} lacks {key!r}")
-        if int(meta["input_size"]) != INPUT_SIZE or list(meta["classes"]) != list(CLASSES):
+        _check_meta(meta, meta_path)
+        if meta["input_size"] != INPUT_SIZE or list(meta["classes"]) != list(CLASSES):
             raise DigitModelError(f"model {model} expects input {meta['input_size']} and classes "
                                   f"{meta['classes']}; "
                                   f"this code uses {INPUT_SIZE} and {list(CLASSES)}")

@@ -739,6 +739,8 @@ class PageReader:
             raise ValueError(f"min_support must be within [0, 1], got {min_support}")
         if not 0.0 <= min_support_far <= 1.0:
             raise ValueError(f"min_support_far must be within [0, 1], got {min_support_far}")
+        if not 0.0 < min_px_per_mm < math.inf:
+            raise ValueError(f"min_px_per_mm must be a positive number, got {min_px_per_mm}")
         self.classifier = classifier
         self.form = load_form(form) if isinstance(form, str) else form
         for page in self.form.pages.values() if self.form else ():
@@ -1110,15 +1112,30 @@ class PageReader:
 
 
 # ---------------------------------------------------------------------------------------------- TPS ---
+def _page_values(d: dict) -> dict:
+    return {k: v.get("value") for k, v in d.get("fields", {}).items()}
+
+
 def check_tps(readings: list[PageReading | dict], *, form_id: str = DEFAULT_FORM) -> dict:
-    """Cross-page rules of one TPS: ``{"tps": True, "status", "reasons", "checks"}``."""
+    """Cross-page rules of one TPS: ``{"tps": True, "status", "reasons", "checks"}``.
+
+    A page read more than once counts as its last reading (a retake, a review read again); two ``ok``
+    readings of it with other numbers make it ``page_not_ok`` (one of them is wrong). A page of another form
+    is no page of this TPS."""
     dicts = [r.to_dict() if isinstance(r, PageReading) else r for r in readings]
-    by_page = {d.get("page"): d for d in dicts if d.get("page") is not None}
+    mine = [d for d in dicts if d.get("page") is not None and d.get("form", form_id) == form_id]
+    by_page = {d["page"]: d for d in mine}
+    accepted: dict[int, list[dict]] = {}
+    for d in mine:
+        if d.get("status") == "ok":
+            accepted.setdefault(d["page"], []).append(_page_values(d))
+    torn = {p for p, vals in accepted.items() if any(v != vals[0] for v in vals)}
     form = load_form(form_id)
     reasons = []
     missing = [p for p in form.pages if p not in by_page or by_page[p].get("status") == "retake"]
-    not_ok = [p for p in form.pages if p in by_page and by_page[p].get("status") == "review"]
-    values = {f"p{p}.{k}": v.get("value") for p, d in by_page.items() for k, v in d.get("fields", {}).items()}
+    not_ok = [p for p in form.pages if p in by_page and p not in missing
+              and (by_page[p].get("status") == "review" or p in torn)]
+    values = {f"p{p}.{k}": v for p, d in by_page.items() for k, v in _page_values(d).items()}
     checks = rules_mod.check_values(rules_mod.load_tps_rules(form_id), values)
     failed = [c for c in checks if c["ok"] is False]
     if missing:

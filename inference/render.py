@@ -201,6 +201,10 @@ def _read_json(path: Path) -> dict | None:
         return None
     except json.JSONDecodeError as exc:
         raise TemplateError(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TemplateError(f"{path} is not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise TemplateError(f"{path} cannot be read: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise TemplateError(f"{path}: expected a JSON object")
     return data
@@ -224,12 +228,23 @@ def page_style(
     where = f"{page.form} look, page {page.page}"
     if look is None:
         look = load_look(page.form, forms_dir)
-    pl = (look.get("pages") or {}).get(str(page.page)) or {}
+    pages = look.get("pages") or {}
+    if not isinstance(pages, dict):
+        raise TemplateError(f"{where}: 'pages' must be a JSON object by page number, got {pages!r}")
+    pl = pages.get(str(page.page)) or {}
+    if not isinstance(pl, dict):
+        raise TemplateError(f"{where}: expected a JSON object, got {pl!r}")
     bad = set(pl) - {*_BOX_KEYS, "fields", "tallies"}
     if bad:
         known = [*_BOX_KEYS, "fields", "tallies"]
         raise TemplateError(f"{where}: unknown keys {sorted(bad)} (known: {known})")
     overrides = pl.get("fields") or {}
+    if not isinstance(overrides, dict):
+        raise TemplateError(f"{where}: 'fields' must be a JSON object of field names or patterns, "
+                            f"got {overrides!r}")
+    for pattern, o in overrides.items():
+        if not isinstance(o, dict):
+            raise TemplateError(f"{where}, fields['{pattern}']: must be a JSON object, got {o!r}")
     unmatched = [p for p in overrides if not any(fnmatch.fnmatchcase(f.name, p) for f in page.fields)]
     if unmatched:
         raise TemplateError(f"{where}, fields: {unmatched} match no field of the page")
@@ -246,12 +261,12 @@ def page_style(
         if guide not in GUIDES:
             raise TemplateError(f"{where} ('{f.name}'): guide must be one of {GUIDES}, got {guide!r}")
         border = d.get("border", "ink")
-        if border not in BORDERS:
+        if not isinstance(border, str) or border not in BORDERS:
             raise TemplateError(
                 f"{where} ('{f.name}'): border must be one of {tuple(BORDERS)}, got {border!r}"
             )
         line = d.get("border_mm", _default_line_mm(f.boxes[0]))
-        if not isinstance(line, int | float) or not 0.05 <= line <= 3:
+        if not isinstance(line, int | float) or isinstance(line, bool) or not 0.05 <= line <= 3:
             raise TemplateError(
                 f"{where} ('{f.name}'): border_mm must be a number within 0.05..3, got {line!r}"
             )
@@ -262,6 +277,9 @@ def page_style(
         if bad:
             raise TemplateError(f"{where}, tallies[{i}]: unknown keys {sorted(bad)} (known: {_TALLY_KEYS})")
         try:
+            ints = [t[k] for k in ("cols", "rows", "per_cell") if k in t]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+                raise TypeError(f"cols, rows and per_cell must be integers, got {ints}")
             x, y, w, h = (float(v) for v in t["grid_mm"])
             tally = Tally(
                 total=str(t["total"]),

@@ -107,6 +107,11 @@ def load_tps_rules(form_id: str, forms_dir: Path = FORMS_DIR) -> tuple[TpsRule, 
                 right = [r["right"]] if isinstance(r["right"], str) else r["right"]
             else:
                 raise TemplateError(f"{path}: rule {r.get('name')!r}: kind must be 'sum' or 'le'")
+            if not left or not right or not all(isinstance(f, str) for f in (*left, *right)):
+                raise TemplateError(f"{path}: rule {r.get('name')!r} needs at least one field on each side, "
+                                    f"given as field names p<page>.<field> (got {left!r}, {right!r})")
+            if not isinstance(r.get("label", ""), str) or not isinstance(r["name"], str):
+                raise TemplateError(f"{path}: rule {r.get('name')!r}: name and label must be text")
             unknown = [f for f in (*left, *right) if f not in known]
             if unknown:
                 raise TemplateError(f"{path}: rule {r.get('name')!r} refers to unknown field(s) {unknown} "
@@ -121,8 +126,10 @@ def load_tps_rules(form_id: str, forms_dir: Path = FORMS_DIR) -> tuple[TpsRule, 
                 )
             )
         return tuple(out)
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TemplateError(f"{path}: malformed cross-page rules ({exc})") from None
+    except OSError as exc:
+        raise TemplateError(f"{path} cannot be read: {exc.strerror or exc}") from None
 
 
 def check_values(rules: tuple[TpsRule, ...], values: Values) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,9 @@ FORMS_DIR = Path(__file__).resolve().parent / "forms"
 DEFAULT_FORM = "C.HASIL-PPWP-2024"
 TAG_FAMILIES = ("apriltag_36h10", "apriltag_36h11", "aruco_4x4_50")
 RULE_KINDS = ("sum", "le", "date")
+# The reader weighs every value a field can hold (10^boxes of them): 10^6 take ~200 MB, 10^7 ~2 GB.
+MAX_BOXES = 6
+MIN_BOX_MM = 3.0  # a writing box smaller than this is no box to write a digit in (nor a crop to classify)
 
 
 class TemplateError(ValueError):
@@ -142,8 +146,17 @@ class Form:
         return None
 
 
-def _need(d: dict, key: str, typ, where: str):
+def _object(d, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise TemplateError(f"{where}: expected a JSON object, got {d!r}")
+    return d
+
+
+def _need(d: dict, key: str, typ, where: str, *, default=None):
+    """``d[key]`` of type ``typ`` (an int is a float); ``default`` when given and the key is absent."""
     if key not in d:
+        if default is not None:
+            return default
         raise TemplateError(f"{where}: missing key '{key}'")
     v = d[key]
     if typ is float and isinstance(v, int) and not isinstance(v, bool):
@@ -154,7 +167,9 @@ def _need(d: dict, key: str, typ, where: str):
 
 
 def _nums(v, n: int, where: str) -> tuple[float, ...]:
-    if not isinstance(v, list) or len(v) != n or not all(isinstance(x, int | float) for x in v):
+    if not isinstance(v, list) or len(v) != n or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v
+    ):
         raise TemplateError(f"{where}: expected a list of {n} numbers, got {v!r}")
     return tuple(float(x) for x in v)
 
@@ -166,8 +181,14 @@ def _box(v, where: str, size: tuple[float, float]) -> Box:
     return Box(x, y, w, h)
 
 
+def _column(v, where: str) -> list:
+    if not isinstance(v, list):
+        raise TemplateError(f"{where}: expected a list of bubbles [cx, cy, r], got {v!r}")
+    return v
+
+
 def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
-    name = _need(d, "name", str, where)
+    name = _need(_object(d, where), "name", str, where)
     where = f"{where} ('{name}')"
     kind = d.get("kind", "number")
     if kind != "number":
@@ -177,6 +198,12 @@ def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
     )
     if not boxes:
         raise TemplateError(f"{where}: needs at least one box")
+    small = [i for i, b in enumerate(boxes) if min(b.w, b.h) < MIN_BOX_MM]
+    if small:
+        raise TemplateError(f"{where}.boxes_mm[{small[0]}]: a writing box is at least {MIN_BOX_MM} mm "
+                            "each way")
+    if len(boxes) > MAX_BOXES:
+        raise TemplateError(f"{where}: {len(boxes)} boxes; a number has at most {MAX_BOXES} boxes")
     bubbles = ()
     if "bubbles_mm" in d:
         cols = _need(d, "bubbles_mm", list, where)
@@ -185,26 +212,30 @@ def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
                 f"{where}: bubbles_mm needs one column per box ({len(boxes)}), got {len(cols)}"
             )
         bubbles = tuple(
-            tuple(Bubble(*_nums(b, 3, f"{where}.bubbles_mm[{i}]")) for b in col) for i, col in enumerate(cols)
+            tuple(Bubble(*_nums(b, 3, at)) for b in _column(col, at))
+            for i, col in enumerate(cols)
+            for at in [f"{where}.bubbles_mm[{i}]"]
         )
         if any(len(c) != 10 for c in bubbles):
             raise TemplateError(f"{where}: each bubble column needs 10 bubbles (digits 0..9)")
-    lo, hi = int(d.get("min", 0)), int(d.get("max", 10 ** len(boxes) - 1))
+        if any(b.r <= 0 for c in bubbles for b in c):
+            raise TemplateError(f"{where}: a bubble's radius must be positive")
+    lo, hi = _need(d, "min", int, where, default=0), _need(d, "max", int, where, default=10 ** len(boxes) - 1)
     if not 0 <= lo <= hi < 10 ** len(boxes):
         raise TemplateError(f"{where}: min/max {lo}/{hi} do not fit {len(boxes)} boxes")
     return Field(
         name=name,
-        label=str(d.get("label", name)),
+        label=_need(d, "label", str, where, default=name),
         boxes=boxes,
         min=lo,
         max=hi,
-        required=bool(d.get("required", True)),
+        required=_need(d, "required", bool, where, default=True),
         bubbles=bubbles,
     )
 
 
 def _rule(d: dict, where: str, names: set[str]) -> Rule:
-    name = _need(d, "name", str, where)
+    name = _need(_object(d, where), "name", str, where)
     where = f"{where} ('{name}')"
     kind = _need(d, "kind", str, where)
     if kind not in RULE_KINDS:
@@ -215,11 +246,14 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
     if when != "always" and kind != "sum":  # rules.holds applies it to row sums only
         raise TemplateError(f"{where}: when='any_filled' is for 'sum' rules only, not {kind!r}")
     if kind == "sum":
+        terms = _need(d, "terms", list, where)
+        if not terms or not all(isinstance(t, str) for t in terms):
+            raise TemplateError(f"{where}: 'terms' must be a list of field names, got {terms!r}")
         rule = Rule(
             name=name,
             kind=kind,
-            label=str(d.get("label", name)),
-            terms=tuple(_need(d, "terms", list, where)),
+            label=_need(d, "label", str, where, default=name),
+            terms=tuple(terms),
             total=_need(d, "total", str, where),
             when=when,
         )
@@ -246,12 +280,12 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
                 raise TemplateError(f"{where}: usual date {day} is outside {span[0]}..{span[1]}")
             usual.append(day.isoformat())
         odds = d.get("unusual_odds", 1.0)
-        if not isinstance(odds, int | float) or not 0 < odds <= 1:
+        if not isinstance(odds, int | float) or isinstance(odds, bool) or not 0 < odds <= 1:
             raise TemplateError(f"{where}: 'unusual_odds' must be a number in (0, 1], got {odds!r}")
         rule = Rule(
             name=name,
             kind=kind,
-            label=str(d.get("label", name)),
+            label=_need(d, "label", str, where, default=name),
             day=_need(d, "day", str, where),
             month=_need(d, "month", str, where),
             year=_need(d, "year", str, where),
@@ -264,7 +298,7 @@ def _rule(d: dict, where: str, names: set[str]) -> Rule:
         rule = Rule(
             name=name,
             kind=kind,
-            label=str(d.get("label", name)),
+            label=_need(d, "label", str, where, default=name),
             left=_need(d, "left", str, where),
             right=_need(d, "right", str, where),
             when=when,
@@ -282,12 +316,17 @@ def parse_page(data: dict, where: str = "template") -> PageTemplate:
     if data.get("schema") != 1:
         raise TemplateError(f"{where}: 'schema' must be 1, got {data.get('schema')!r}")
     size = _nums(_need(data, "size_mm", list, where), 2, f"{where}.size_mm")
+    if min(size) <= 0:
+        raise TemplateError(f"{where}.size_mm: width and height must be positive, got {list(size)}")
     markers = _need(data, "markers", dict, where)
     if markers.get("kind") != "double_square":
         raise TemplateError(f"{where}.markers: kind must be 'double_square'")
     pts = _need(markers, "points_mm", list, f"{where}.markers")
     if len(pts) != 4:
         raise TemplateError(f"{where}.markers.points_mm: need 4 points (TL, TR, BR, BL)")
+    square = _need(markers, "square_mm", float, f"{where}.markers", default=7.2)
+    if square <= 0 or not math.isfinite(square):
+        raise TemplateError(f"{where}.markers: 'square_mm' must be a positive number, got {square!r}")
     tag = _need(data, "tag", dict, where)
     family = _need(tag, "family", str, f"{where}.tag")
     if family not in TAG_FAMILIES:
@@ -303,13 +342,17 @@ def parse_page(data: dict, where: str = "template") -> PageTemplate:
     if dup:
         raise TemplateError(f"{where}: duplicate field names {sorted(dup)}")
     rules = tuple(_rule(r, f"{where}.rules[{i}]", set(names)) for i, r in enumerate(data.get("rules", [])))
+    rule_names = [r.name for r in rules]
+    dup = {n for n in rule_names if rule_names.count(n) > 1}
+    if dup:  # the checks are reported by rule name
+        raise TemplateError(f"{where}: duplicate rule names {sorted(dup)}")
     return PageTemplate(
         form=_need(data, "form", str, where),
         page=_need(data, "page", int, where),
         title=str(data.get("title", "")),
         size_mm=(size[0], size[1]),
         marker_points=tuple(_nums(p, 2, f"{where}.markers.points_mm") for p in pts),  # type: ignore[misc]
-        marker_square_mm=float(markers.get("square_mm", 7.2)),
+        marker_square_mm=square,
         tag_family=family,
         tag_id=_need(tag, "id", int, f"{where}.tag"),
         tag_corners=tuple(_nums(p, 2, f"{where}.tag.corners_mm") for p in corners),  # type: ignore[misc]
@@ -327,6 +370,10 @@ def load_page(path: Path | str) -> PageTemplate:
         raise TemplateError(f"template {path} not found") from None
     except json.JSONDecodeError as exc:
         raise TemplateError(f"template {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TemplateError(f"template {path} is not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise TemplateError(f"template {path} cannot be read: {exc.strerror or exc}") from None
     return parse_page(data, where=str(path))
 
 

@@ -89,3 +89,36 @@ def test_annotate_path_that_is_a_file_is_a_clear_error(photos, capsys, tmp_path)
     assert main(["read", "--annotate", str(taken), str(paths[0])]) == 2
     err = capsys.readouterr().err
     assert str(taken) in err and "Traceback" not in err
+
+
+def test_malformed_cross_page_rules_are_a_setup_error_before_any_photo_is_read(photos, capsys, monkeypatch):
+    """``--tps`` with a broken tps.json: exit 2 with the loader's message, not a traceback after every photo
+    was read."""
+    from inference import rules
+    from inference.templates import TemplateError
+
+    def broken(form_id, *args):
+        raise TemplateError(f"inference/forms/{form_id}/tps.json: malformed cross-page rules ('terms')")
+
+    monkeypatch.setattr(rules, "load_tps_rules", broken)
+    _, paths = photos
+    assert main(["read", "--json", "--tps", *map(str, paths)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "tps.json: malformed cross-page rules" in out.err
+    assert main(["read", "--json", str(paths[2])]) == 0  # without --tps the rules are not needed
+
+
+def test_a_picture_too_large_to_decode_gets_its_own_error_line(photos, capsys, tmp_path):
+    """A file whose header claims 100000 x 100000 px (corrupt, or a giant scan): OpenCV refuses it with an
+    exception, which ended the whole run; it is refused on its own line and the other photos are read."""
+    import struct
+
+    huge = tmp_path / "huge.bmp"
+    huge.write_bytes(b"BM" + struct.pack("<IHHI", 0, 0, 0, 54)
+                     + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24, 0, 0, 0, 0, 0, 0))
+    _, paths = photos
+    rc = main(["read", "--json", str(huge), str(paths[2])])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 2
+    assert lines[0]["status"] == "retake" and lines[0]["reasons"][0]["code"] == "not_an_image"
+    assert lines[1]["page"] == 3

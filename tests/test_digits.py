@@ -234,3 +234,33 @@ def test_missing_model_is_a_clear_error(tmp_path):
                                      + str(list(CLASSES)).replace("'", '"') + ', "version": "x"}')
     with pytest.raises(DigitModelError, match="cannot open"):
         DigitClassifier.load(tmp_path / "m.tflite")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"temperature": -1.16}, "temperature"),  # softmax(-z): the least likely digit read at ~0.99
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": "1.16"}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"blank_empty_prob": 1.5}, "blank_empty_prob"),  # negative probabilities for the digits
+        ({"faint_empty_prob": -0.2}, "faint_empty_prob"),
+        ({"input_size": "twenty-eight"}, "input_size"),
+    ],
+)
+def test_unusable_model_metadata_is_refused(tmp_path, change, match):
+    """Metadata that would make the probabilities wrong (a sign slip in the temperature turns the softmax
+    upside down, accepting the least likely digit as sure) is refused when the model is loaded."""
+    import json
+    import shutil
+
+    from inference.digits import DEFAULT_MODEL
+
+    shutil.copy(DEFAULT_MODEL, tmp_path / "m.tflite")
+    meta = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    (tmp_path / "m.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(DigitModelError, match=match):
+        DigitClassifier.load(tmp_path / "m.tflite")
+    (tmp_path / "m.json").write_text("[1, 2]")
+    with pytest.raises(DigitModelError, match="JSON object"):
+        DigitClassifier.load(tmp_path / "m.tflite")

@@ -172,3 +172,33 @@ def test_look_data_handed_out_is_a_copy():
     look = load_look("C.HASIL-PPWP-2024")
     look["pages"]["1"]["guide"] = "stars"
     assert load_look("C.HASIL-PPWP-2024")["pages"]["1"]["guide"] != "stars"
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda lk: lk.__setitem__("pages", [1]), "'pages' must be"),
+        (lambda lk: lk["pages"]["2"].__setitem__("fields", ["paslon_1"]), "'fields' must be"),
+        (lambda lk: lk["pages"]["2"]["fields"].__setitem__("paslon_1_baris_*", 5), "must be a JSON object"),
+        (lambda lk: lk["pages"]["2"].__setitem__("border", ["grey"]), "border must be one of"),
+        (lambda lk: lk["pages"]["2"].__setitem__("guide", {"grey8": 1}), "guide must be one of"),
+        (lambda lk: lk["pages"]["2"].__setitem__("border_mm", True), "border_mm must be a number"),
+        (lambda lk: lk["pages"]["2"]["tallies"][0].__setitem__("cols", 2.5), "cols"),
+    ],
+)
+def test_mistyped_look_data_is_a_template_error(change, match):
+    """Look data of the wrong JSON type: an AttributeError/TypeError traceback when the reader started (or a
+    silent coercion: true as a 1 mm border, 2.5 columns as 2) instead of an error naming the key."""
+    look = _look()
+    change(look)
+    with pytest.raises(TemplateError, match=match):
+        page_style(load_form().pages[2], look)
+
+
+def test_look_data_that_is_no_utf8_text_is_a_template_error(tmp_path):
+    from inference.render import load_look
+
+    (tmp_path / "F").mkdir()
+    (tmp_path / "F" / "look.json").write_bytes(b'{"about": "\xff"}')
+    with pytest.raises(TemplateError, match="not UTF-8"):
+        load_look("F", tmp_path)

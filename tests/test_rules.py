@@ -285,3 +285,86 @@ def test_cross_page_rules_naming_an_unknown_field_are_refused(tmp_path):
     rules.load_tps_rules.cache_clear()
     with pytest.raises(TemplateError, match="unknown field.*p3.total_suara_"):
         rules.load_tps_rules(form, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r[0].__setitem__("terms", []), "needs at least one field on each side"),
+        (lambda r: r[3].__setitem__("right", []), "needs at least one field on each side"),
+        (lambda r: r[3].__setitem__("left", [["p1.dpt_jml"]]), "field names"),
+        (lambda r: r[0].__setitem__("label", 5), "label"),
+    ],
+)
+def test_malformed_cross_page_rules_are_refused_clearly(tmp_path, change, message):
+    """An empty side summed to 0 (``V.C = nothing`` failed every TPS); a name that is no string was an
+    'unhashable type' message; a label that is no text went out in the TPS line."""
+    import json
+    import shutil
+
+    from inference.templates import FORMS_DIR, TemplateError
+
+    form = "C.HASIL-PPWP-2024"
+    shutil.copytree(FORMS_DIR / form, tmp_path / form)
+    tps = json.loads((tmp_path / form / "tps.json").read_text())
+    change(tps["rules"])
+    (tmp_path / form / "tps.json").write_text(json.dumps(tps))
+    rules.load_tps_rules.cache_clear()
+    with pytest.raises(TemplateError, match=message):
+        rules.load_tps_rules(form, tmp_path)
+
+
+def test_cross_page_rules_that_are_no_utf8_text_are_a_template_error(tmp_path):
+    import shutil
+
+    from inference.templates import FORMS_DIR, TemplateError
+
+    form = "C.HASIL-PPWP-2024"
+    shutil.copytree(FORMS_DIR / form, tmp_path / form)
+    (tmp_path / form / "tps.json").write_bytes(b'{"rules": [], "about": "\xff"}')
+    rules.load_tps_rules.cache_clear()
+    with pytest.raises(TemplateError, match="tps.json"):
+        rules.load_tps_rules(form, tmp_path)
+
+
+def _tps_pages():
+    def page(n, status="ok", form="C.HASIL-PPWP-2024", **vals):
+        return {"form": form, "page": n, "status": status,
+                "fields": {k: {"value": v} for k, v in vals.items()}}
+    p1 = page(1, pengguna_total_jml=183, surat_digunakan=183, dpt_jml=200, pengguna_dptb_jml=2,
+              pengguna_dpk_jml=1)
+    p2 = page(2, paslon_1=100, paslon_2=50, paslon_3=26)
+    p3 = page(3, suara_sah=176, total_suara=183)
+    return page, p1, p2, p3
+
+
+def test_a_page_of_another_form_is_no_page_of_the_tps():
+    """Page 3 of another form (a DPR sheet with the same field names) photographed with the PPWP pages: the
+    PPWP page 3 is missing, not taken from the DPR sheet."""
+    page, p1, p2, p3 = _tps_pages()
+    assert check_tps([p1, p2, p3])["status"] == "ok"
+    t = check_tps([p1, p2, {**p3, "form": "C.HASIL-DPR-2024"}])
+    assert t["status"] == "review" and t["reasons"][0] == {**t["reasons"][0], "code": "page_missing",
+                                                           "pages": [3]}
+
+
+def test_one_page_read_ok_twice_with_other_numbers_is_review():
+    """Two accepted readings of page 2 that disagree (one is wrong, or another TPS's sheet): the TPS line is
+    not ok on whichever came last. A page read again after a review or a retake takes the newer reading."""
+    page, p1, p2, p3 = _tps_pages()
+    other = page(2, paslon_1=100, paslon_2=56, paslon_3=20)  # adds up to V.A too
+    t = check_tps([p1, p2, other, p3])
+    assert t["status"] == "review"
+    assert [(r["code"], r["pages"]) for r in t["reasons"]] == [("page_not_ok", [2])]
+    assert check_tps([p1, p2, dict(p2), p3])["status"] == "ok"  # the same numbers twice
+    assert check_tps([p1, page(2, "review", paslon_1=100, paslon_2=5, paslon_3=None), other, p3])[
+        "status"] == "ok"
+    assert check_tps([p1, page(2, "retake"), p2, p3])["status"] == "ok"
+
+
+@pytest.mark.parametrize("ppm", [float("nan"), 0.0, -2.0, float("inf")])
+def test_reader_rejects_a_resolution_floor_that_would_refuse_nothing_or_everything(ppm):
+    """min_px_per_mm NaN, 0 or negative switched the low-resolution check off without a word (inf refused
+    every photo); the other thresholds were already checked."""
+    with pytest.raises(ValueError, match="min_px_per_mm"):
+        PageReader(classifier=None, min_px_per_mm=ppm)

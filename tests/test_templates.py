@@ -72,3 +72,55 @@ def test_committed_templates_match_the_official_pdf():
     for page in measure_form.measure(PDF):
         committed = json.loads((FORM_DIR / f"page{page['page']}.json").read_text())
         assert measure_form.dump(page) == measure_form.dump(committed)
+
+
+def _mutated(page: int, change) -> dict:
+    data = json.loads((FORM_DIR / f"page{page}.json").read_text())
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a field or rule that is no JSON object (a stray string in the list): a TypeError traceback before
+        (lambda d: d["fields"].__setitem__(0, "suara_sah"), r"fields\[0\]: expected a JSON object"),
+        (lambda d: d["rules"].__setitem__(0, 5), r"rules\[0\]: expected a JSON object"),
+        # mistyped values were coerced: "false" made the field required, 1.5 became 1, "300" became 300
+        (lambda d: d["fields"][0].__setitem__("required", "false"), "'required' must be bool"),
+        (lambda d: d["fields"][0].__setitem__("min", 1.5), "'min' must be int"),
+        (lambda d: d["fields"][0].__setitem__("max", "300"), "'max' must be int"),
+        (lambda d: d["fields"][0].__setitem__("min", None), "'min' must be int"),
+        (lambda d: d["fields"][0].__setitem__("label", ["V.A"]), "'label' must be str"),
+        # numbers that are no coordinates (NaN passed every bound check, true counted as 1)
+        (lambda d: d["fields"][0]["boxes_mm"].__setitem__(0, [float("nan"), 10, 18, 18]), "4 numbers"),
+        (lambda d: d["fields"][0]["boxes_mm"].__setitem__(0, [True, 10, 18, 18]), "list of 4 numbers"),
+        (lambda d: d.__setitem__("size_mm", [float("nan"), 900]), "list of 2 numbers"),
+        (lambda d: d.__setitem__("size_mm", [0, 900]), "size_mm"),
+        (lambda d: d["markers"].__setitem__("square_mm", "7.2"), "square_mm"),
+        (lambda d: d["markers"].__setitem__("square_mm", -7.2), "square_mm"),
+        (lambda d: d["fields"][0].__setitem__("bubbles_mm", [5] * len(d["fields"][0]["boxes_mm"])),
+         r"bubbles_mm\[0\]"),
+        # rule terms that are no field names (a list in the list crashed the name check), or none at all
+        (lambda d: d["rules"][0].__setitem__("terms", [["suara_sah"]]), "'terms' must be a list of field"),
+        (lambda d: d["rules"][0].__setitem__("terms", []), "'terms' must be a list of field"),
+        (lambda d: d["rules"].append(dict(d["rules"][0])), "duplicate rule names"),
+        (lambda d: d["rules"][2].__setitem__("unusual_odds", True), "'unusual_odds' must be a number"),
+        # a box too small to write in: its crop (under 8 px) made the classifier raise in the middle of a read
+        (lambda d: d["fields"][0]["boxes_mm"].__setitem__(0, [455, 166, 0.5, 18]), "at least 3.0 mm"),
+        # the reader enumerates every value of a field: 10^7 of them took ~2 GB
+        (lambda d: d["fields"][0].__setitem__("boxes_mm", [[10 + 20 * i, 10, 18, 18] for i in range(7)]),
+         "at most 6 boxes"),
+    ],
+)
+def test_mistyped_template_values_are_refused_with_where_and_what(change, message):
+    with pytest.raises(TemplateError, match=message):
+        parse_page(_mutated(3, change), where="page3.json")
+
+
+def test_a_template_file_that_is_no_utf8_text_is_a_template_error(tmp_path):
+    (tmp_path / "page1.json").write_bytes(b'{"schema": 1, "title": "halaman \xff"}')  # Latin-1, not UTF-8
+    with pytest.raises(TemplateError, match="not UTF-8"):
+        load_page(tmp_path / "page1.json")
+    with pytest.raises(TemplateError, match="cannot be read"):
+        load_page(tmp_path)  # a folder
