@@ -115,6 +115,7 @@ class Kit:
         self._next_battery = 0.0
         self._next_idle = 0.0
         self._next_readiness: float | None = None
+        self._readiness_clock: str | None = None  # time_source of the last readiness published
         self._shown: str | None = None
         self._gate = None
         # the camera's timeout may be longer than WatchdogSec: keep pinging while its bounded wait lasts
@@ -193,7 +194,14 @@ class Kit:
         except Exception:  # noqa: BLE001 - readiness must never stop the kit
             log.warning("boot readiness report failed", exc_info=True)
             return
+        self._readiness_clock = report.time_source
         publish_readiness(self.courier, report)
+
+    def _readiness_after_clock_sync(self) -> None:
+        """No RTC: a readiness published before NTP synced the clock carries the last saved time, days off
+        after storage, and looks stale to the operators; say it again once the clock is synced."""
+        if self._readiness_clock not in (None, "ntp") and self._time_source() == "ntp":
+            self._publish_readiness("clock")
 
     def run(self) -> int:
         """The main loop; returns the exit code (EXIT_POWEROFF after a critical battery)."""
@@ -243,6 +251,7 @@ class Kit:
                 log.warning("battery poll failed", exc_info=True)
         if now >= self._next_status:
             self._write_status()
+            self._readiness_after_clock_sync()
         if self._next_readiness is not None and now >= self._next_readiness:
             self._publish_readiness("running")
         if self.faults and self.state == "fault" and now >= self._next_reopen:

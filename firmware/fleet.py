@@ -9,6 +9,13 @@ The registry (``comms.signing`` format) says which kits should exist: a register
 message is *silent*. A readiness older than ``max_age_s`` counts as not ready (stale: a running kit reports
 again every 6 hours, ``firmware.app.READINESS_EVERY_S``), and so does one whose self-test
 skipped checks on request (``skipped``: "ready except skipped").
+
+A report's age is measured from its ``checked_at`` when the kit's clock was synchronised (``time_source``
+"ntp"). The Pi has no RTC: until NTP syncs, its clock is the last saved time (fake-hwclock), days behind
+after storage, so a kit just switched on would look stale. Such a report is aged from the collector's
+``received_at`` instead (the collector's clock; the newest report a kit delivers is at most one
+re-report interval older than its delivery). From the broker there is no receive time: the kit reports
+again as soon as NTP has synced its clock.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class Observation:
     verified: bool = True
     problem: str = ""
     epoch: int | None = None
+    received_at: float | None = None  # the collector's clock (collector database only)
 
 
 @dataclass
@@ -185,18 +193,20 @@ def from_collector_db(path: Path | str) -> list[Observation]:
     if not is_postgres(path) and not Path(path).exists():
         raise FileNotFoundError(f"database collector {path} tidak ada")
     try:
-        rows = read_rows(path, "SELECT kit_id, kode_wilayah, tps, body, created_at, seq FROM kit_readiness")
+        rows = read_rows(path, "SELECT kit_id, kode_wilayah, tps, body, created_at, seq, received_at "
+                               "FROM kit_readiness")
     except StoreUnavailable as exc:
         raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"bukan database collector tpskit: {exc}") from None
     out = []
-    for kit_id, kw, tps, body, created_at, seq in rows:
+    for kit_id, kw, tps, body, created_at, seq, received_at in rows:
         try:
             data = json.loads(body)
         except ValueError:
             data = {}
-        out.append(Observation(kit_id, kw, int(tps), data if isinstance(data, dict) else {}, created_at, seq))
+        out.append(Observation(kit_id, kw, int(tps), data if isinstance(data, dict) else {}, created_at, seq,
+                               received_at=received_at))
     return out
 
 
@@ -246,6 +256,10 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
         checked = body.get("checked_at")
         if not isinstance(checked, int | float) or not math.isfinite(checked):  # Infinity: never stale
             checked = obs.created_at
+        synced = body.get("time_source") == "ntp"
+        aged_from = checked
+        if not synced and _finite(obs.received_at):
+            aged_from = obs.received_at  # the kit's clock may be days behind: the collector's says when
         st = KitState(kit_id, obs.kode_wilayah, obs.tps, NOT_READY, checked_at=checked,
                       trigger=body.get("trigger"), battery_percent=body.get("battery_percent"),
                       registered=registry is None or kit_id in registry, skipped=_skipped(body))
@@ -253,15 +267,21 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = [obs.problem]
         elif body.get("ready") is not True or st.skipped:
             st.reasons = _reasons(body)
-        elif max_age_s is not None and checked is not None and now - checked > max_age_s:
-            age_h = (now - checked) / 3600
-            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu (kit yang menyala melapor tiap 6 "
-                          "jam): nyalakan kit, periksa sinyal, atau jalankan selftest"]
+        elif max_age_s is not None and aged_from is not None and now - aged_from > max_age_s:
+            age_h = (now - aged_from) / 3600
+            clock = "" if synced or aged_from is not checked else (
+                " menurut jam kit yang belum sinkron NTP; kit melapor lagi begitu jamnya sinkron")
+            st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu{clock} (kit yang menyala melapor "
+                          "tiap 6 jam): nyalakan kit, periksa sinyal, atau jalankan selftest"]
         else:
             st.state = READY
         states.append(st)
     states.sort(key=lambda s: (s.kode_wilayah or "~", s.tps or 0, s.kit_id))
     return states
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def summarize(states: Iterable[KitState]) -> list[RegionSummary]:

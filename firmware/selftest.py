@@ -98,7 +98,7 @@ class Report:
         """The body of the retained ``readiness`` message (short: the collector stores the latest).
 
         ``{"v": 1, "ready": bool, "trigger": "selftest" | "selftest-probe" | "boot" | "running" | "fault" |
-        "recovered",
+        "recovered" | "clock" (again once NTP synced the clock),
         "checked_at": unix s (kit clock), "time_source": "ntp" | "unsynced" | "unknown",
         "battery_percent": float | null,
         "failing": [{"name", "detail", "fix"}], "skipped": [name], "checks": {name: "ok" | "fail" | "skip"},

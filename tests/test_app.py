@@ -383,6 +383,29 @@ def test_running_kit_refreshes_its_readiness(tmp_path, photos, monkeypatch):
     assert courier.readiness[-1]["checked_at"] > courier.readiness[0]["checked_at"]
 
 
+def test_readiness_is_published_again_once_ntp_synced_the_clock(tmp_path, photos, monkeypatch):
+    """No RTC: the boot readiness of a kit switched on after storage carries the last saved time; once NTP
+    has synced the clock the kit reports again (once), so the operators do not see it as days stale."""
+    import firmware.app
+    import firmware.clock
+
+    clock = ["unsynced"]
+    monkeypatch.setattr(firmware.clock, "time_source", lambda: clock[0])
+    monkeypatch.setattr(firmware.app, "STATUS_EVERY_S", 0.1)
+    courier = ReadinessCourier()
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, courier=courier, time_source=lambda: clock[0]):
+        time.sleep(0.5)
+        assert [(b["trigger"], b["time_source"]) for b in courier.readiness] == [("boot", "unsynced")]
+        clock[0] = "ntp"
+        deadline = time.monotonic() + 5
+        while len(courier.readiness) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    assert [(b["trigger"], b["time_source"]) for b in courier.readiness] == [
+        ("boot", "unsynced"), ("clock", "ntp")]
+
+
 def test_watchdog_is_fed_while_a_slow_camera_is_waited_for(tmp_path, photos):
     """camera.timeout_s may exceed WatchdogSec: a hung camera ends in an error, not a watchdog kill."""
     import socket

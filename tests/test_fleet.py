@@ -25,6 +25,19 @@ KITS = [  # kode wilayah, TPS, ready?, reports?
 ]
 
 
+def _readiness_db(path, rows):
+    """A collector database's kit_readiness table with *rows* (kit_id, kode_wilayah, tps, body, created_at,
+    seq[, received_at]: the collector's clock, by default created_at)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq, received_at)")
+    conn.executemany("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [(*r, r[4]) if len(r) == 6 else r for r in rows])
+    conn.commit()
+    conn.close()
+
+
 def _wait_state(db, msg_id, want, timeout=15.0):
     box = Outbox(db)
     try:
@@ -153,15 +166,9 @@ def test_unreachable_broker_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unwritable_csv_is_a_clear_error(tmp_path, capsys):
-    import sqlite3
 
     db = tmp_path / "collector.db"
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
-    conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
-                 ("kit-a", "31.71.01.1001", 1, '{"ready": true}', 1.7e9, 1))
-    conn.commit()
-    conn.close()
+    _readiness_db(db, [("kit-a", "31.71.01.1001", 1, '{"ready": true}', 1.7e9, 1)])
     out = tmp_path / "no-such-dir" / "fleet.csv"
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--csv", str(out)]) == 2
     err = capsys.readouterr().err
@@ -190,18 +197,14 @@ def test_skipped_checks_are_not_counted_ready():
 
 def test_old_readiness_is_stale_by_default(tmp_path, capsys):
     """A kit that said ready once and then died is not shown ready from its old retained message."""
-    import sqlite3
 
     db = tmp_path / "collector.db"
     now = time.time()
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
+    rows = []
     for kit_id, tps, age_h in (("kit-old", 1, 30), ("kit-new", 2, 2)):
         body = json.dumps({"ready": True, "failing": [], "checked_at": now - age_h * 3600})
-        conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
-                     (kit_id, "31.71.01.1001", tps, body, now - age_h * 3600, 1))
-    conn.commit()
-    conn.close()
+        rows.append((kit_id, "31.71.01.1001", tps, body, now - age_h * 3600, 1))
+    _readiness_db(db, rows)
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json"]) == 0
     kits = _by_kit(json.loads(capsys.readouterr().out)["kits"])
     assert kits["kit-new"]["state"] == "ready"
@@ -215,7 +218,6 @@ def test_old_readiness_is_stale_by_default(tmp_path, capsys):
 def test_collector_db_kit_not_in_registry_is_not_ready(tmp_path, capsys):
     """A kit the registry no longer lists (retired, replaced) or lists for another TPS is not counted
     ready from the collector database, just as it is not from the broker."""
-    import sqlite3
 
     from comms import signing
 
@@ -225,14 +227,9 @@ def test_collector_db_kit_not_in_registry_is_not_ready(tmp_path, capsys):
     signing.registry_add(reg_path, "kit-d", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=3)
     db = tmp_path / "collector.db"
     now = time.time()
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE kit_readiness (kit_id, kode_wilayah, tps, body, created_at, seq)")
     body = json.dumps({"ready": True, "failing": [], "checked_at": now})
-    for kit_id, tps in (("kit-a", 1), ("kit-b-retired", 2), ("kit-d", 9)):
-        conn.execute("INSERT INTO kit_readiness VALUES (?, ?, ?, ?, ?, ?)",
-                     (kit_id, "31.71.01.1001", tps, body, now, 1))
-    conn.commit()
-    conn.close()
+    _readiness_db(db, [(kit_id, "31.71.01.1001", tps, body, now, 1)
+                       for kit_id, tps in (("kit-a", 1), ("kit-b-retired", 2), ("kit-d", 9))])
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--registry", str(reg_path),
                      "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -297,3 +294,31 @@ def test_readiness_refuses_a_malformed_kabupaten(tmp_path, capsys):
         assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--kabupaten", bad]) == 2
         assert "NN.NN" in capsys.readouterr().err
     assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--kabupaten", "31.71"]) == 0
+
+
+def test_a_kit_clock_not_yet_synced_is_aged_by_the_collectors_clock(tmp_path, capsys):
+    """No RTC: until NTP syncs, a kit switched on after days in storage stamps its readiness with the last
+    saved time (fake-hwclock). The collector's receive time says when it reported; a synced clock is
+    believed; from the broker (no receive time) the reason says the kit's clock is not synced."""
+    now = time.time()
+    stored_days_ago = now - 4 * 86400
+    rows = []
+    for kit_id, tps, source, checked, received in (
+            ("kit-unsynced-fresh", 1, "unsynced", stored_days_ago, now - 600),  # just switched on
+            ("kit-unsynced-old", 2, "unsynced", stored_days_ago, now - 3 * 86400),  # really silent since
+            ("kit-ntp-old", 3, "ntp", now - 2 * 86400, now - 600)):  # delivered late, clock right: stale
+        body = json.dumps({"ready": True, "failing": [], "checked_at": checked, "time_source": source})
+        rows.append((kit_id, "31.71.01.1001", tps, body, checked, 1, received))
+    db = tmp_path / "collector.db"
+    _readiness_db(db, rows)
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--json"]) == 0
+    kits = _by_kit(json.loads(capsys.readouterr().out)["kits"])
+    assert kits["kit-unsynced-fresh"]["state"] == "ready"
+    assert kits["kit-unsynced-old"]["state"] == "not_ready" and "72 jam lalu" in kits["kit-unsynced-old"][
+        "reasons"][0]
+    assert kits["kit-ntp-old"]["state"] == "not_ready" and "48 jam lalu" in kits["kit-ntp-old"]["reasons"][0]
+
+    from_broker = fleet.Observation("kit-b", "31.71.01.1001", 4,
+                                    {"ready": True, "checked_at": stored_days_ago, "time_source": "unsynced"})
+    st = fleet.assess(None, [from_broker], now=now, max_age_s=86400)[0]
+    assert st.state == "not_ready" and "belum sinkron NTP" in st.reasons[0]
