@@ -127,6 +127,7 @@ class PageTemplate:
     fields: tuple[Field, ...]
     rules: tuple[Rule, ...]
     frames: tuple[Box, ...] = ()
+    source: Path | None = field(default=None, compare=False, repr=False)  # the file read (None: a dict)
     by_name: Mapping[str, Field] = field(init=False, compare=False, repr=False)  # read-only
 
     def __post_init__(self) -> None:
@@ -134,6 +135,12 @@ class PageTemplate:
 
     def __reduce__(self):  # copy and pickle by the constructor's arguments (a read-only view pickles not)
         return (type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.init))
+
+    @property
+    def forms_dir(self) -> Path:
+        """The forms folder the page was loaded from (its form's other files, e.g. ``look.json``, are there);
+        ``FORMS_DIR`` for a page built from a dict."""
+        return self.source.parent.parent if self.source is not None else FORMS_DIR
 
     @property
     def n_boxes(self) -> int:
@@ -390,7 +397,7 @@ def load_page(path: Path | str) -> PageTemplate:
         raise TemplateError(f"template {path} is not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise TemplateError(f"template {path} cannot be read: {exc.strerror or exc}") from None
-    return parse_page(data, where=str(path))
+    return dataclasses.replace(parse_page(data, where=str(path)), source=path.resolve())
 
 
 def available_forms(forms_dir: Path = FORMS_DIR) -> list[str]:
