@@ -2,9 +2,10 @@
 
 With ``--json`` one JSON object per line per image (the reader's contract); with ``--tps`` the images are the
 pages of one TPS and a last line ``{"tps": true, ...}`` carries the cross-page checks. A file that is missing,
-not an image or truncated gets its own error line; the others are still read. Exit status: 0 when every
-file could be read (whatever the page statuses), 1 when some file could not, 2 on a setup error
-(model, config).
+not an image or truncated gets its own error line; the others are still read. With ``--annotate`` every
+photo's line names its annotated picture (``"annotated"``), or says why it could not be written
+(``"error"``). Exit status: 0 when every file could be read and annotated (whatever the page statuses), 1 when
+some file could not, 2 on a setup error (model, config).
 """
 
 from __future__ import annotations
@@ -54,6 +55,38 @@ def _load_image(path: Path):
     return img, None
 
 
+def annotation_names(paths: list[Path]) -> list[str]:
+    """One annotated picture's file name per photo, in the order given: ``<stem>.annotated.jpg``, then
+    ``<stem>-2.annotated.jpg``, ``-3`` ... for photos whose name is taken already (``a/page1.jpg`` and
+    ``b/page1.jpg``; names differing in case only are one file on a FAT stick)."""
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        name, k = f"{path.stem}.annotated.jpg", 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{path.stem}-{k}.annotated.jpg"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _write_annotation(path: Path, image) -> str | None:
+    """Write the annotated picture; None, or what went wrong and what to do."""
+    import cv2
+
+    try:
+        ok = cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    except cv2.error as exc:
+        ok, why = False, str(exc).strip().splitlines()[-1]
+    else:
+        why = "disk penuh atau folder tidak bisa ditulisi"
+    if ok:
+        return None
+    return (f"gambar beranotasi tidak tersimpan ke {path} ({why}); periksa ruang disk dan izin tulis "
+            "folder --annotate")
+
+
 def _error_line(path: Path, form: str, code: str, message: str) -> dict:
     return {"image": str(path), "form": form, "page": None, "status": "retake",
             "reasons": [{"code": code, "message": message}], "fields": {}, "checks": [], "timing_ms": {},
@@ -72,11 +105,13 @@ def _table(d: dict, out) -> None:
             print(f"   cek {'GAGAL' if c['ok'] is False else 'tidak dapat dicek'}: {c['rule']}", file=out)
     for r in d.get("reasons", []):
         print(f"   ! {r['code']}: {r['message']}", file=out)
+    if d.get("annotated"):
+        print(f"   gambar beranotasi: {d['annotated']}", file=out)
+    if d.get("error") and all(r["message"] != d["error"] for r in d.get("reasons", [])):
+        print(f"   ! {d['error']}", file=out)
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
-
     from firmware import config as config_mod
     from inference.reader import PageReader, check_tps
     from inference.rules import load_tps_rules
@@ -115,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     failed = False
     readings = []
-    for name in args.images:
+    annotated = annotation_names([Path(name) for name in args.images]) if args.annotate else []
+    for k, name in enumerate(args.images):
         path = Path(name)
         img, err = _load_image(path)
         if err:
@@ -129,8 +165,13 @@ def run(args: argparse.Namespace) -> int:
                 d["evidence"] = r.evidence_dict()
             readings.append(d)
             if args.annotate:
-                cv2.imwrite(str(args.annotate / f"{path.stem}.annotated.jpg"), r.annotated,
-                            [cv2.IMWRITE_JPEG_QUALITY, 85])
+                target = args.annotate / annotated[k]
+                problem = _write_annotation(target, r.annotated)
+                if problem:
+                    failed = True
+                    d["error"] = problem
+                else:
+                    d["annotated"] = str(target)
         if args.json:
             print(json.dumps(d, ensure_ascii=False), flush=True)
         else:

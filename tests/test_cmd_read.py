@@ -1,6 +1,7 @@
 """`tpskit read` through the CLI entry point: JSON lines, the TPS line, bad files, annotated pictures."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,50 @@ def test_a_picture_too_large_to_decode_gets_its_own_error_line(photos, capsys, t
     assert rc == 1 and len(lines) == 2
     assert lines[0]["status"] == "retake" and lines[0]["reasons"][0]["code"] == "not_an_image"
     assert lines[1]["page"] == 3
+
+
+def test_annotations_of_photos_with_the_same_name_do_not_overwrite_each_other(photos, capsys, tmp_path):
+    """``a/page1.jpg`` and ``b/page1.jpg`` both wrote ``page1.annotated.jpg``: the second replaced the first.
+    Each photo gets its own file, named the same way at every run, and its line says which."""
+    _, paths = photos
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b, c = tmp_path / "a" / "page1.jpg", tmp_path / "b" / "page1.jpg", tmp_path / "b" / "PAGE1.jpg"
+    a.write_bytes(paths[0].read_bytes())
+    b.write_bytes(paths[1].read_bytes())
+    c.write_bytes(paths[2].read_bytes())  # differs only in case: one file on FAT (a USB stick)
+    ann = tmp_path / "ann"
+    runs = []
+    for _ in range(2):
+        assert main(["read", "--json", "--annotate", str(ann), str(a), str(b), str(c)]) == 0
+        runs.append([json.loads(x)["annotated"] for x in capsys.readouterr().out.splitlines()])
+    assert runs[0] == runs[1]  # deterministic
+    names = [Path(x).name for x in runs[0]]
+    assert names[0] == "page1.annotated.jpg" and len({n.casefold() for n in names}) == 3
+    assert all(n.endswith(".annotated.jpg") for n in names)
+    assert sorted(p.name for p in ann.iterdir()) == sorted(names)
+    assert all(Path(x).parent == ann for x in runs[0])
+    assert main(["read", "--annotate", str(ann), str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert str(ann / names[0]) in out and str(ann / names[1]) in out  # the table says where, too
+
+
+def test_an_annotation_that_cannot_be_written_is_an_error_for_that_photo_only(photos, capsys, tmp_path,
+                                                                              monkeypatch):
+    """cv2.imwrite returns False on a full disk or a read-only folder: that was ignored (exit 0, no file)."""
+    import cv2
+
+    _, paths = photos
+    real = cv2.imwrite
+    monkeypatch.setattr(cv2, "imwrite",
+                        lambda name, *a, **k: False if "page1" in name else real(name, *a, **k))
+    ann = tmp_path / "ann"
+    rc = main(["read", "--json", "--annotate", str(ann), str(paths[0]), str(paths[1])])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 2
+    assert lines[0]["page"] == 1 and lines[0]["status"] in ("ok", "review")  # the reading itself stands
+    assert "page1.annotated.jpg" in lines[0]["error"] and "annotated" not in lines[0]
+    assert "error" not in lines[1] and Path(lines[1]["annotated"]).is_file()
+    rc = main(["read", "--annotate", str(ann), str(paths[0])])
+    out = capsys.readouterr().out
+    assert rc == 1 and "page1.annotated.jpg" in out and "Traceback" not in out
