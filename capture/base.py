@@ -104,8 +104,8 @@ def jpeg_is_complete(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
-    """Decode JPEG/PNG/... bytes to 8-bit grayscale (BGR with color=True), refusing empty, non-image and
-    truncated data."""
+    """Decode JPEG/PNG/... bytes to 8-bit grayscale (BGR with color=True), refusing empty, non-image,
+    undecodable (OpenCV raising on it) and truncated data with a ``CaptureError``."""
     import cv2
 
     if not data:
@@ -113,7 +113,10 @@ def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
     if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         raise CaptureError(f"{name}: JPEG is truncated (cut off before its end); take the photo again")
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+        image = None
     if image is None or image.size == 0:
         raise CaptureError(f"{name}: not an image OpenCV can read; use a JPEG or PNG photo of the page")
     return image

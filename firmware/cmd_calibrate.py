@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> int:
     stored = False
     try:
         if args.image:
-            image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+            try:
+                image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+            except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes
+                image = None
             if image is None:
                 print(f"tpskit calibrate: {args.image} bukan foto yang bisa dibaca", file=sys.stderr)
                 return 2

@@ -1,10 +1,13 @@
 """`tpskit read IMAGE... [--json] [--tps] [--annotate DIR]`: read photos of C.HASIL pages, no hardware.
 
 With ``--json`` one JSON object per line per image (the reader's contract); with ``--tps`` the images are the
-pages of one TPS and a last line ``{"tps": true, ...}`` carries the cross-page checks. A file that is missing,
-not an image or truncated gets its own error line; the others are still read. Exit status: 0 when every
-file could be read (whatever the page statuses), 1 when some file could not, 2 on a setup error
-(model, config).
+pages of one TPS and a last line ``{"tps": true, "form": ...}`` carries the cross-page checks of the form the
+pages are of (``--form``, else the one they are read as; pages of different forms are no TPS: said in that
+line, exit 1). With ``--form``, a photo of a page of another form says which form it is (exit 1). A file
+that is missing, not an image or truncated gets its own error line; the others are still read. With
+``--annotate`` every photo's line names its annotated picture (``"annotated"``), or says why it could not be
+written (``"error"``). Exit status: 0 when every file could be read and annotated (whatever the page
+statuses), 1 when some file could not, 2 on a setup error (model, config).
 """
 
 from __future__ import annotations
@@ -54,6 +57,74 @@ def _load_image(path: Path):
     return img, None
 
 
+def annotation_names(paths: list[Path]) -> list[str]:
+    """One annotated picture's file name per photo, in the order given: ``<stem>.annotated.jpg``, then
+    ``<stem>-2.annotated.jpg``, ``-3`` ... for photos whose name is taken already (``a/page1.jpg`` and
+    ``b/page1.jpg``; names differing in case only are one file on a FAT stick)."""
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        name, k = f"{path.stem}.annotated.jpg", 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{path.stem}-{k}.annotated.jpg"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _write_annotation(path: Path, image) -> str | None:
+    """Write the annotated picture; None, or what went wrong and what to do."""
+    import cv2
+
+    try:
+        ok = cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    except cv2.error as exc:
+        ok, why = False, str(exc).strip().splitlines()[-1]
+    else:
+        why = "disk penuh atau folder tidak bisa ditulisi"
+    if ok:
+        return None
+    return (f"gambar beranotasi tidak tersimpan ke {path} ({why}); periksa ruang disk dan izin tulis "
+            "folder --annotate")
+
+
+def other_form(image, form_id: str) -> tuple[str, int] | None:
+    """``(form, page)`` of a photo in which the reader of ``form_id`` found no page of it (``unknown_form``),
+    recognised among all known forms; None when it is none of theirs either."""
+    from inference.register import RetakeError, register
+
+    try:
+        page = register(image).page
+    except RetakeError as exc:  # recognised, but not readable as it is (blurred, low resolution, ...)
+        page = exc.page
+    return None if page is None or page.form == form_id else (page.form, page.page)
+
+
+def _other_form_reason(form_id: str, found: tuple[str, int]) -> dict:
+    form, page = found
+    return {"code": "other_form",
+            "message": f"Foto ini halaman {page} formulir {form}, bukan formulir {form_id} (--form). Baca "
+                       f"dengan --form {form}, atau tanpa --form (formulir dikenali dari kode halamannya)."}
+
+
+def tps_form(readings: list[dict], given: str | None, default: str) -> tuple[str | None, str | None]:
+    """The form whose cross-page rules apply to ``readings`` (one TPS's pages), and what is wrong if none:
+    ``given`` (``--form``), else the form every page read is of (``default`` when no page was recognised);
+    pages of different forms are no TPS: ``(None, message)``."""
+    if given:
+        return given, None
+    by_form: dict[str, list[str]] = {}
+    for d in readings:
+        if d.get("page") is not None:
+            by_form.setdefault(d["form"], []).append(d["image"])
+    if len(by_form) <= 1:
+        return next(iter(by_form), default), None
+    listed = "; ".join(f"formulir {f}: {', '.join(images)}" for f, images in sorted(by_form.items()))
+    return None, (f"Halaman-halaman ini dari formulir yang berbeda ({listed}), bukan satu TPS. Baca halaman "
+                  "tiap formulir terpisah (satu perintah per TPS dan formulir).")
+
+
 def _error_line(path: Path, form: str, code: str, message: str) -> dict:
     return {"image": str(path), "form": form, "page": None, "status": "retake",
             "reasons": [{"code": code, "message": message}], "fields": {}, "checks": [], "timing_ms": {},
@@ -72,15 +143,17 @@ def _table(d: dict, out) -> None:
             print(f"   cek {'GAGAL' if c['ok'] is False else 'tidak dapat dicek'}: {c['rule']}", file=out)
     for r in d.get("reasons", []):
         print(f"   ! {r['code']}: {r['message']}", file=out)
+    if d.get("annotated"):
+        print(f"   gambar beranotasi: {d['annotated']}", file=out)
+    if d.get("error") and all(r["message"] != d["error"] for r in d.get("reasons", [])):
+        print(f"   ! {d['error']}", file=out)
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
-
     from firmware import config as config_mod
     from inference.reader import PageReader, check_tps
     from inference.rules import load_tps_rules
-    from inference.templates import DEFAULT_FORM, TemplateError
+    from inference.templates import DEFAULT_FORM, TemplateError, available_forms
 
     options, model = config_mod.ReaderConfig().options(), args.model
     if getattr(args, "config", None):
@@ -102,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         reader = PageReader(classifier=classifier, form=args.form, **options)
         if args.tps:  # a malformed tps.json is a setup error before any photo is read, not a traceback after
-            load_tps_rules(form_id)
+            for form in [args.form] if args.form else available_forms():  # (the pages name their form)
+                load_tps_rules(form)
     except TemplateError as exc:
         print(f"tpskit read: {exc}", file=sys.stderr)
         return 2
@@ -115,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     failed = False
     readings = []
-    for name in args.images:
+    annotated = annotation_names([Path(name) for name in args.images]) if args.annotate else []
+    for k, name in enumerate(args.images):
         path = Path(name)
         img, err = _load_image(path)
         if err:
@@ -125,20 +200,39 @@ def run(args: argparse.Namespace) -> int:
         else:
             r = reader.read(img, name=str(path))
             d = r.to_dict()
+            if args.form and any(x["code"] == "unknown_form" for x in d["reasons"]):
+                found = other_form(img, args.form)
+                if found:  # not "unknown form, use an official C.HASIL form": say which it is
+                    reason = _other_form_reason(args.form, found)
+                    d["reasons"] = [reason if x["code"] == "unknown_form" else x for x in d["reasons"]]
+                    d["error"], failed = reason["message"], True
             if args.evidence:
                 d["evidence"] = r.evidence_dict()
             readings.append(d)
             if args.annotate:
-                cv2.imwrite(str(args.annotate / f"{path.stem}.annotated.jpg"), r.annotated,
-                            [cv2.IMWRITE_JPEG_QUALITY, 85])
+                target = args.annotate / annotated[k]
+                problem = _write_annotation(target, r.annotated)
+                if problem:
+                    failed = True
+                    d["error"] = problem
+                else:
+                    d["annotated"] = str(target)
         if args.json:
             print(json.dumps(d, ensure_ascii=False), flush=True)
         else:
             _table(d, sys.stdout)
     if args.tps:
-        t = check_tps(readings, form_id=form_id)
+        tps_form_id, mixed = tps_form(readings, args.form, DEFAULT_FORM)
+        if mixed:
+            failed = True
+            t = {"tps": True, "form": None, "status": "review",
+                 "reasons": [{"code": "mixed_forms", "message": mixed}], "checks": [], "error": mixed}
+        else:
+            t = {"tps": True, "form": tps_form_id, **check_tps(readings, form_id=tps_form_id)}
         if args.json:
             print(json.dumps(t, ensure_ascii=False), flush=True)
+            if mixed:
+                print(f"tpskit read --tps: {mixed}", file=sys.stderr)
         else:
             print(f"== TPS: {t['status'].upper()}")
             for c in t["checks"]:

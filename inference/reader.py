@@ -39,6 +39,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -657,27 +658,35 @@ def _object_over(crop: np.ndarray, ppm: float) -> bool:
     return False
 
 
-_GREY_BORDERED: dict[tuple[str, int], frozenset[str]] = {}
+def _look_key(page: PageTemplate) -> tuple[Path, PageTemplate]:
+    """What the look data worked out for ``page`` depends on: the forms folder it was loaded from (whose
+    ``look.json`` applies) and the page itself (its form id, number and fields). Two folders holding a form
+    of the same id each have their own."""
+    return (page.forms_dir, page)
+
+
+_GREY_BORDERED: dict[tuple[Path, PageTemplate], frozenset[str]] = {}
 
 
 def _grey_bordered_fields(page: PageTemplate) -> frozenset[str]:
     """Fields whose boxes are printed in light grey (``render.page_style``, from the form's ``look.json``).
 
-    Worked out once per page template. A form without look data has black borders only; malformed look data
-    raises ``TemplateError`` (it would silently change which boxes count as covered)."""
-    key = (page.form, page.page)
+    Worked out once per page template (``_look_key``). A form without look data has black borders only;
+    malformed look data raises ``TemplateError`` (it would silently change which boxes count as covered)."""
+    key = _look_key(page)
     if key not in _GREY_BORDERED:
         style = page_style(page)
         _GREY_BORDERED[key] = frozenset(n for n, b in style.boxes.items() if b.border != INK)
     return _GREY_BORDERED[key]
 
 
-_BORDER_MM: dict[tuple[str, int], dict[str, float]] = {}
+_BORDER_MM: dict[tuple[Path, PageTemplate], dict[str, float]] = {}
 
 
 def _border_mm(page: PageTemplate) -> dict[str, float]:
-    """How wide each field's printed box borders are (mm), from the form's look data; worked out once."""
-    key = (page.form, page.page)
+    """How wide each field's printed box borders are (mm), from the form's look data; worked out once per
+    page template (``_look_key``)."""
+    key = _look_key(page)
     if key not in _BORDER_MM:
         _BORDER_MM[key] = {n: b.border_mm for n, b in page_style(page).boxes.items()}
     return _BORDER_MM[key]

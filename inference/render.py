@@ -218,16 +218,17 @@ def load_look(form_id: str, forms_dir: Path | str = FORMS_DIR) -> dict:
 
 
 def page_style(
-    page: PageTemplate, look: dict | None = None, *, forms_dir: Path | str = FORMS_DIR
+    page: PageTemplate, look: dict | None = None, *, forms_dir: Path | str | None = None
 ) -> PageStyle:
     """How the page's boxes and tally grids look.
 
-    From ``look`` (the form's look data, default its ``look.json``): per page defaults (``guide``, ``border``,
+    From ``look`` (the form's look data, default its ``look.json`` in ``forms_dir``, by default the forms
+    folder the page was loaded from): per page defaults (``guide``, ``border``,
     ``border_mm``), per-field overrides under ``fields`` (names or ``fnmatch`` patterns, later wins) and
     ``tallies``. Without look data: round-dot guide, ink border, no tally grid (the renderer's old look)."""
     where = f"{page.form} look, page {page.page}"
     if look is None:
-        look = load_look(page.form, forms_dir)
+        look = load_look(page.form, page.forms_dir if forms_dir is None else forms_dir)
     pages = look.get("pages") or {}
     if not isinstance(pages, dict):
         raise TemplateError(f"{where}: 'pages' must be a JSON object by page number, got {pages!r}")

@@ -7,12 +7,15 @@ corner positions), every field's writing boxes (and OMR bubbles) in mm, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 __all__ = [
     "FORMS_DIR",
@@ -124,10 +127,20 @@ class PageTemplate:
     fields: tuple[Field, ...]
     rules: tuple[Rule, ...]
     frames: tuple[Box, ...] = ()
-    by_name: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+    source: Path | None = field(default=None, compare=False, repr=False)  # the file read (None: a dict)
+    by_name: Mapping[str, Field] = field(init=False, compare=False, repr=False)  # read-only
 
     def __post_init__(self) -> None:
-        self.by_name.update({f.name: f for f in self.fields})
+        object.__setattr__(self, "by_name", MappingProxyType({f.name: f for f in self.fields}))
+
+    def __reduce__(self):  # copy and pickle by the constructor's arguments (a read-only view pickles not)
+        return (type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.init))
+
+    @property
+    def forms_dir(self) -> Path:
+        """The forms folder the page was loaded from (its form's other files, e.g. ``look.json``, are there);
+        ``FORMS_DIR`` for a page built from a dict."""
+        return self.source.parent.parent if self.source is not None else FORMS_DIR
 
     @property
     def n_boxes(self) -> int:
@@ -136,8 +149,18 @@ class PageTemplate:
 
 @dataclass(frozen=True)
 class Form:
+    """A form's pages by number. ``load_form`` hands the same Form to every caller: ``pages`` is a read-only
+    copy of the dict it is built from (the pages' ``by_name`` are read-only too): no caller changes it for
+    others."""
+
     form_id: str
-    pages: dict[int, PageTemplate]
+    pages: Mapping[int, PageTemplate]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pages", MappingProxyType(dict(self.pages)))
+
+    def __reduce__(self):  # copy and pickle by the constructor's arguments (a read-only view pickles not)
+        return (type(self), (self.form_id, dict(self.pages)))
 
     def page_for_tag(self, tag_id: int) -> PageTemplate | None:
         for p in self.pages.values():
@@ -374,7 +397,7 @@ def load_page(path: Path | str) -> PageTemplate:
         raise TemplateError(f"template {path} is not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise TemplateError(f"template {path} cannot be read: {exc.strerror or exc}") from None
-    return parse_page(data, where=str(path))
+    return dataclasses.replace(parse_page(data, where=str(path)), source=path.resolve())
 
 
 def available_forms(forms_dir: Path = FORMS_DIR) -> list[str]:

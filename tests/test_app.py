@@ -455,3 +455,25 @@ def test_the_retake_message_gives_each_reasons_advice_or_the_checklist():
                    "Tekan tombol untuk memotret ulang."
     for bare in ({"reasons": ["blurred"]}, {"reasons": [{"code": "x"}]}, {"reasons": []}, {}):
         assert "Rapikan halaman" in msg.retake_text(bare)
+
+
+def test_a_picture_too_large_to_decode_is_an_error_and_the_kit_stays_ready(tmp_path, photos):
+    """A file whose header claims 100000 x 100000 px makes OpenCV raise while decoding: the press is an
+    error saying the file is no readable image, the kit stays ready and the next press reads the next
+    photo."""
+    import struct
+
+    (photos / "01-huge.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 0, 0, 0, 54)
+                                         + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24,
+                                                       0, 0, 0, 0, 0, 0))
+    write_photo(photos / "02-good.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.press()
+        assert h.verdict().pattern == "error"
+        assert h.leds()["red"] is True and h.kit.state == "ready"
+        texts = [m for m in h.messages if m.startswith("Gagal memotret")]
+        assert any("01-huge.bmp: not an image OpenCV can read" in t for t in texts)
+        assert not any("Assertion" in t for t in texts)
+        h.press()
+        assert h.verdict().pattern == "ok"

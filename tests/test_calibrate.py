@@ -127,3 +127,18 @@ def test_cli_image_mode_and_bad_input(tmp_path, capsys):
                      "--out", str(tmp_path / "a.jpg")]) == 1
     out = capsys.readouterr().out
     assert "ATUR ULANG" in out and "fokus" in out
+
+
+def test_cli_image_too_large_to_decode_is_a_clear_error(tmp_path, capsys):
+    """A file whose header claims 100000 x 100000 px: cv2.imread raises instead of returning None, which
+    ended `tpskit calibrate --image` with a traceback."""
+    import struct
+
+    make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1883")
+    path = tmp_path / "kit" / "config.toml"
+    huge = tmp_path / "huge.bmp"
+    huge.write_bytes(b"BM" + struct.pack("<IHHI", 0, 0, 0, 54)
+                     + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24, 0, 0, 0, 0, 0, 0))
+    assert cli.main(["--config", str(path), "calibrate", "--image", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert "bukan foto" in err and str(huge) in err and "Traceback" not in err

@@ -216,3 +216,29 @@ def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(
     assert frame.source == "picamera2" and frame.image.shape == (120, 160)
     cam.close()
     assert FakePicamera2.held == 0
+
+
+def huge_bmp() -> bytes:
+    """A BMP whose header claims 100000 x 100000 px: OpenCV refuses to decode it by raising cv2.error."""
+    import struct
+
+    return (b"BM" + struct.pack("<IHHI", 0, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 24, 0, 0, 0, 0, 0, 0))
+
+
+def test_a_picture_too_large_to_decode_is_a_clear_capture_error(tmp_path):
+    """cv2.imdecode raises on it (it does not return None): the folder camera said 'folder camera failed:
+    OpenCV(...) Assertion failed ...'; decode_image said nothing but cv2.error."""
+    from capture.base import decode_image
+
+    for color in (False, True):
+        with pytest.raises(CaptureError, match=r"huge\.bmp: not an image OpenCV can read") as exc:
+            decode_image(huge_bmp(), name="huge.bmp", color=color)
+        assert "Assertion" not in str(exc.value)
+    (tmp_path / "1-huge.bmp").write_bytes(huge_bmp())
+    write_jpeg(tmp_path / "2-good.jpg")
+    cam = FolderCamera(tmp_path)
+    with pytest.raises(CaptureError, match=r"1-huge\.bmp: not an image OpenCV can read") as exc:
+        cam.capture()
+    assert "failed" not in str(exc.value) and "Assertion" not in str(exc.value)
+    assert cam.capture().source == "folder:2-good.jpg"  # the next press takes the next photo

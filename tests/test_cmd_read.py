@@ -1,6 +1,7 @@
 """`tpskit read` through the CLI entry point: JSON lines, the TPS line, bad files, annotated pictures."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,144 @@ def test_a_picture_too_large_to_decode_gets_its_own_error_line(photos, capsys, t
     assert rc == 1 and len(lines) == 2
     assert lines[0]["status"] == "retake" and lines[0]["reasons"][0]["code"] == "not_an_image"
     assert lines[1]["page"] == 3
+
+
+def test_annotations_of_photos_with_the_same_name_do_not_overwrite_each_other(photos, capsys, tmp_path):
+    """``a/page1.jpg`` and ``b/page1.jpg`` both wrote ``page1.annotated.jpg``: the second replaced the first.
+    Each photo gets its own file, named the same way at every run, and its line says which."""
+    _, paths = photos
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b, c = tmp_path / "a" / "page1.jpg", tmp_path / "b" / "page1.jpg", tmp_path / "b" / "PAGE1.jpg"
+    a.write_bytes(paths[0].read_bytes())
+    b.write_bytes(paths[1].read_bytes())
+    c.write_bytes(paths[2].read_bytes())  # differs only in case: one file on FAT (a USB stick)
+    ann = tmp_path / "ann"
+    runs = []
+    for _ in range(2):
+        assert main(["read", "--json", "--annotate", str(ann), str(a), str(b), str(c)]) == 0
+        runs.append([json.loads(x)["annotated"] for x in capsys.readouterr().out.splitlines()])
+    assert runs[0] == runs[1]  # deterministic
+    names = [Path(x).name for x in runs[0]]
+    assert names[0] == "page1.annotated.jpg" and len({n.casefold() for n in names}) == 3
+    assert all(n.endswith(".annotated.jpg") for n in names)
+    assert sorted(p.name for p in ann.iterdir()) == sorted(names)
+    assert all(Path(x).parent == ann for x in runs[0])
+    assert main(["read", "--annotate", str(ann), str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert str(ann / names[0]) in out and str(ann / names[1]) in out  # the table says where, too
+
+
+def test_an_annotation_that_cannot_be_written_is_an_error_for_that_photo_only(photos, capsys, tmp_path,
+                                                                              monkeypatch):
+    """cv2.imwrite returns False on a full disk or a read-only folder: that was ignored (exit 0, no file)."""
+    import cv2
+
+    _, paths = photos
+    real = cv2.imwrite
+    monkeypatch.setattr(cv2, "imwrite",
+                        lambda name, *a, **k: False if "page1" in name else real(name, *a, **k))
+    ann = tmp_path / "ann"
+    rc = main(["read", "--json", "--annotate", str(ann), str(paths[0]), str(paths[1])])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 2
+    assert lines[0]["page"] == 1 and lines[0]["status"] in ("ok", "review")  # the reading itself stands
+    assert "page1.annotated.jpg" in lines[0]["error"] and "annotated" not in lines[0]
+    assert "error" not in lines[1] and Path(lines[1]["annotated"]).is_file()
+    rc = main(["read", "--annotate", str(ann), str(paths[0])])
+    out = capsys.readouterr().out
+    assert rc == 1 and "page1.annotated.jpg" in out and "Traceback" not in out
+
+
+OTHER = "C.HASIL-UJI-2024"  # a second form (a copy of the shipped one under other page codes)
+
+
+@pytest.fixture
+def two_forms(tmp_path, monkeypatch):
+    """A forms folder with the shipped form and ``OTHER``, used wherever the reader, the rules and the
+    generator load forms by id; photos of the three pages of each (one TPS's numbers)."""
+    import shutil
+
+    from inference import reader, register, rules, synth, templates
+
+    root = tmp_path / "forms"
+    shutil.copytree(templates.FORMS_DIR / templates.DEFAULT_FORM, root / templates.DEFAULT_FORM)
+    shutil.copytree(templates.FORMS_DIR / templates.DEFAULT_FORM, root / OTHER)
+    for f in (root / OTHER).glob("*.json"):
+        data = json.loads(f.read_text(encoding="utf-8"))
+        data["form"] = OTHER
+        if "tag" in data:
+            data["tag"]["id"] += 10
+        f.write_text(json.dumps(data), encoding="utf-8")
+
+    load, known = templates.load_form, templates.available_forms
+
+    def load_form(form_id=templates.DEFAULT_FORM, forms_dir=root):
+        return load(form_id, forms_dir)
+
+    def available_forms(forms_dir=root):
+        return known(forms_dir)
+
+    tps_rules = rules.load_tps_rules
+    for mod in (reader, register, rules, synth):
+        monkeypatch.setattr(mod, "load_form", load_form)
+    for mod in (register, templates):
+        monkeypatch.setattr(mod, "available_forms", available_forms)
+    monkeypatch.setattr(rules, "load_tps_rules",
+                        lambda form_id, forms_dir=root: tps_rules(form_id, forms_dir))
+    tps = make_tps(np.random.default_rng(21))
+    photos = {}
+    for form in (templates.DEFAULT_FORM, OTHER):
+        for p in (1, 2, 3):
+            path = tmp_path / form / f"page{p}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            sample = make_sample(500 + p, p, condition="clean", scale=0.55, tps=tps, form_id=form)
+            path.write_bytes(sample.jpeg)
+            photos[form, p] = path
+    return photos
+
+
+def test_tps_is_checked_against_the_form_of_the_pages_read(two_forms, capsys):
+    """Without ``--form`` the pages of another form were read as that form, then checked as a TPS of the
+    default form: every page "missing"."""
+    paths = [two_forms[OTHER, p] for p in (1, 2, 3)]
+    rc = main(["read", "--json", "--tps", *map(str, paths)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and [x["form"] for x in lines[:3]] == [OTHER] * 3
+    tps = lines[3]
+    assert tps["tps"] is True and tps["checks"]
+    assert "page_missing" not in [r["code"] for r in tps["reasons"]]
+    assert tps["form"] == OTHER
+
+
+def test_pages_of_different_forms_are_no_tps(two_forms, capsys):
+    from inference.templates import DEFAULT_FORM
+
+    paths = [two_forms[DEFAULT_FORM, 1], two_forms[OTHER, 2], two_forms[OTHER, 3]]
+    rc = main(["read", "--json", "--tps", *map(str, paths)])
+    out = capsys.readouterr()
+    lines = [json.loads(x) for x in out.out.splitlines()]
+    assert rc == 1 and len(lines) == 4
+    tps = lines[3]
+    assert tps["tps"] is True and tps["status"] == "review" and tps["checks"] == []
+    assert [r["code"] for r in tps["reasons"]] == ["mixed_forms"]
+    msg = tps["reasons"][0]["message"]
+    assert DEFAULT_FORM in msg and OTHER in msg and str(paths[0]) in msg and str(paths[2]) in msg
+    assert "mixed_forms" in out.err or msg in out.err
+    assert main(["read", "--tps", *map(str, paths)]) == 1  # the table says so too
+    assert msg in capsys.readouterr().out
+
+
+def test_a_page_of_another_form_than_form_says_so(two_forms, capsys):
+    """``--form`` and a photo of another form: it was "unknown form, use an official C.HASIL form"."""
+    from inference.templates import DEFAULT_FORM
+
+    paths = [two_forms[DEFAULT_FORM, 1], two_forms[OTHER, 2]]
+    rc = main(["read", "--json", "--form", DEFAULT_FORM, *map(str, paths)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(lines) == 2
+    assert lines[0]["page"] == 1 and lines[0]["form"] == DEFAULT_FORM and "error" not in lines[0]
+    other = lines[1]
+    assert other["status"] == "retake" and [r["code"] for r in other["reasons"]] == ["other_form"]
+    msg = other["reasons"][0]["message"]
+    assert OTHER in msg and DEFAULT_FORM in msg and "--form" in msg and other["error"] == msg

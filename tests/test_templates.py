@@ -124,3 +124,34 @@ def test_a_template_file_that_is_no_utf8_text_is_a_template_error(tmp_path):
         load_page(tmp_path / "page1.json")
     with pytest.raises(TemplateError, match="cannot be read"):
         load_page(tmp_path)  # a folder
+
+
+def test_a_loaded_form_is_read_only_and_a_second_load_is_unaffected():
+    """``load_form`` is cached: a caller that changed the Form it got (its pages, a page's fields by name)
+    changed it for every later caller; the dicts are read-only views now and read the same as before."""
+    import copy
+    import pickle
+
+    form = load_form()
+    page = form.pages[3]
+    with pytest.raises(TypeError):
+        form.pages[9] = page
+    with pytest.raises(TypeError):
+        del form.pages[3]
+    with pytest.raises(TypeError):
+        page.by_name["total_suara"] = page.by_name["suara_sah"]
+    with pytest.raises(AttributeError):  # a read-only view has no pop/update/clear
+        page.by_name.pop("total_suara")
+    again = load_form()
+    assert sorted(again.pages) == [1, 2, 3]
+    assert again.pages[3].by_name["total_suara"].name == "total_suara"
+    assert dict(again.pages) == {n: again.pages[n] for n in (1, 2, 3)}  # read as before: a mapping
+    assert [f.name for f in page.fields] == list(page.by_name)
+    # a Form built from a caller's dict does not follow later changes to that dict
+    pages = {3: page}
+    built = type(form)(form_id=form.form_id, pages=pages)
+    pages[1] = form.pages[1]
+    assert list(built.pages) == [3]
+    # copies still work (pickle, deepcopy) and compare equal
+    assert pickle.loads(pickle.dumps(form)) == form
+    assert copy.deepcopy(page) == page and copy.deepcopy(page).by_name["tahun"] == page.by_name["tahun"]
