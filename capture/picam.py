@@ -7,9 +7,10 @@ so every page is photographed the same way; each still is taken under a timeout.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
-from capture.base import CaptureError, Frame, TimeoutRunner, frame_from_bgr
+from capture.base import CaptureError, CaptureTimeout, Frame, TimeoutRunner, frame_from_bgr
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,44 @@ def fixed_controls(camera_config) -> dict:
 
 
 class Picamera2Camera:
-    """Camera Module 3 stills; open() configures once, capture() returns a Frame or raises CaptureError."""
+    """Camera Module 3 stills; open() configures once, capture() returns a Frame or raises CaptureError.
+
+    A call abandoned on its timeout still runs in the driver: close() (and an open() that timed out) then
+    leaves the camera to that call, which releases it if it ever returns, so a new instance can have it.
+    """
 
     def __init__(self, camera_config) -> None:
         self.config = camera_config
         self._runner = TimeoutRunner(timeout_s=camera_config.timeout_s, name="Camera Module")
         self._cam = None
+        self._lock = threading.Lock()  # guards the flags below (the runner's thread vs close())
+        self._active = False
+        self._release_when_done = False
+        self._closed = False
 
     def open(self) -> Picamera2Camera:
-        self._runner.call(self._open)
+        self._closed = False
+        try:
+            self._runner.call(lambda: self._in_driver(self._open))
+        except CaptureTimeout:
+            self.close()  # nobody will hold this instance: the stuck open must not keep the camera
+            raise
         return self
+
+    def _in_driver(self, fn):
+        """Run *fn* on the runner's thread; a close() meanwhile is carried out when it returns."""
+        with self._lock:
+            if self._closed:  # closed while this call was on its way: no lazy open behind close()'s back
+                raise CaptureError("Camera Module is closed")
+            self._active = True
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._active = False
+                if self._release_when_done:
+                    self._release_when_done = False
+                    self._release()
 
     def _open(self) -> None:
         try:
@@ -84,12 +113,23 @@ class Picamera2Camera:
         return frame_from_bgr(image, quality=self.config.jpeg_quality, taken_at=taken_at, source="picamera2")
 
     def capture(self) -> Frame:
-        return self._runner.call(self._grab)
+        return self._runner.call(lambda: self._in_driver(self._grab))
 
     def close(self) -> None:
-        if self._cam is not None and not self._runner.hung:
-            try:
-                self._cam.stop()
-                self._cam.close()
-            finally:
-                self._cam = None
+        with self._lock:
+            self._closed = True
+            if self._active:  # stuck in the driver: released by that call when (if) it returns
+                self._release_when_done = True
+                log.warning("Camera Module is stuck in a call: released when that call returns")
+                return
+            self._release()
+
+    def _release(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is None:
+            return
+        try:
+            cam.stop()
+        except Exception:  # noqa: BLE001 - close it all the same
+            log.warning("Camera Module did not stop", exc_info=True)
+        cam.close()

@@ -216,3 +216,106 @@ def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(
     assert frame.source == "picamera2" and frame.image.shape == (120, 160)
     cam.close()
     assert FakePicamera2.held == 0
+
+
+class StuckPicamera2:
+    """picamera2 at the hardware edge: one instance may hold the camera at a time; ``init_gate`` /
+    ``capture_gate`` (Events) make the constructor or a capture hang in the driver until they are set."""
+
+    held = 0
+    made = 0
+    init_gate: threading.Event | None = None
+    capture_gate: threading.Event | None = None
+
+    def __init__(self):
+        StuckPicamera2.made += 1
+        if StuckPicamera2.init_gate is not None:
+            StuckPicamera2.init_gate.wait(10)
+        if StuckPicamera2.held:
+            raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        StuckPicamera2.held += 1
+        self.open = True
+
+    def create_still_configuration(self, **kw):
+        return kw
+
+    def configure(self, cfg):
+        pass
+
+    def set_controls(self, controls):
+        pass
+
+    def start(self):
+        pass
+
+    def autofocus_cycle(self):
+        pass
+
+    def capture_array(self, name):
+        if StuckPicamera2.capture_gate is not None:
+            StuckPicamera2.capture_gate.wait(10)
+        return np.full((120, 160, 3), 200, np.uint8)
+
+    def stop(self):
+        pass
+
+    def close(self):
+        if self.open:
+            self.open = False
+            StuckPicamera2.held -= 1
+
+
+@pytest.fixture
+def stuck_picamera2(monkeypatch):
+    import sys
+    import types
+
+    for name, value in (("held", 0), ("made", 0), ("init_gate", None), ("capture_gate", None)):
+        monkeypatch.setattr(StuckPicamera2, name, value)
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=StuckPicamera2))
+    yield StuckPicamera2
+    for gate in (StuckPicamera2.init_gate, StuckPicamera2.capture_gate):
+        if gate is not None:
+            gate.set()
+
+
+def _until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_camera_module_closed_while_its_capture_hangs_is_released_when_the_capture_returns(stuck_picamera2):
+    from capture.picam import Picamera2Camera
+
+    cfg = CameraConfig(backend="picamera2", timeout_s=0.2)
+    cam = Picamera2Camera(cfg).open()
+    stuck_picamera2.capture_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        cam.capture()
+    cam.close()  # the kit lets the wedged camera go and opens a new one later
+    stuck_picamera2.capture_gate.set()  # the driver comes back
+    assert _until(lambda: stuck_picamera2.held == 0), "the old one keeps the camera: every reopen is busy"
+    stuck_picamera2.capture_gate = None
+    again = Picamera2Camera(cfg).open()
+    assert again.capture().source == "picamera2"
+    again.close()
+    assert stuck_picamera2.held == 0
+
+
+def test_a_camera_module_open_that_times_out_does_not_keep_the_camera_when_it_finishes_late(stuck_picamera2):
+    from capture.picam import Picamera2Camera
+
+    cfg = CameraConfig(backend="picamera2", timeout_s=0.2)
+    stuck_picamera2.init_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        Picamera2Camera(cfg).open()
+    stuck_picamera2.init_gate.set()  # the open finishes after its caller gave up on it
+    assert _until(lambda: stuck_picamera2.made == 1)
+    time.sleep(0.1)
+    assert _until(lambda: stuck_picamera2.held == 0), "an abandoned open keeps the camera for good"
+    stuck_picamera2.init_gate = None
+    cam = Picamera2Camera(cfg).open()
+    cam.close()
+    assert stuck_picamera2.held == 0
