@@ -14,6 +14,10 @@ from capture.base import CaptureError, CaptureTimeout, Frame, TimeoutRunner, fra
 
 log = logging.getLogger(__name__)
 
+# libcamera lets one Picamera2 hold the camera: taken before Picamera2() and kept until it is closed, so while
+# an earlier one hangs in the driver a new open fails at once instead of hanging (a thread more each retry)
+_IN_USE = threading.Lock()
+
 
 def fixed_controls(camera_config) -> dict:
     """libcamera controls for the calibrated settings in *camera_config* (pure, testable off the Pi)."""
@@ -79,10 +83,16 @@ class Picamera2Camera:
         except ImportError:
             raise CaptureError("picamera2 is not installed: on the Pi run 'apt install python3-picamera2'; "
                                "elsewhere use camera.backend = 'folder' or 'v4l2'") from None
+        if not _IN_USE.acquire(blocking=False):
+            raise CaptureError("Camera Module is still held by an earlier open or capture that hangs in the "
+                               "driver; restart the kit if this repeats")
         try:
             cam = Picamera2()
-        except (IndexError, RuntimeError) as exc:
-            raise CaptureError(f"no Camera Module found ({exc}); check the ribbon cable") from None
+        except BaseException as exc:
+            _IN_USE.release()
+            if isinstance(exc, (IndexError, RuntimeError)):
+                raise CaptureError(f"no Camera Module found ({exc}); check the ribbon cable") from None
+            raise
         try:
             cfg = cam.create_still_configuration(
                 main={"size": (self.config.width, self.config.height), "format": "RGB888"}, buffer_count=1)
@@ -92,7 +102,10 @@ class Picamera2Camera:
                 cam.set_controls(controls)
             cam.start()
         except Exception as exc:  # e.g. no memory for 12 MP buffers: release the camera, or every retry
-            cam.close()  # finds it busy until the process ends
+            try:
+                cam.close()  # finds it busy until the process ends
+            finally:
+                _IN_USE.release()
             raise CaptureError(f"Camera Module could not be started ({exc}); press again, "
                                "restart the kit if this repeats") from None
         if self.config.lens_position is None:
@@ -132,4 +145,7 @@ class Picamera2Camera:
             cam.stop()
         except Exception:  # noqa: BLE001 - close it all the same
             log.warning("Camera Module did not stop", exc_info=True)
-        cam.close()
+        try:
+            cam.close()
+        finally:
+            _IN_USE.release()

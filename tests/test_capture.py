@@ -319,3 +319,31 @@ def test_a_camera_module_open_that_times_out_does_not_keep_the_camera_when_it_fi
     cam = Picamera2Camera(cfg).open()
     cam.close()
     assert stuck_picamera2.held == 0
+
+
+def test_a_new_camera_module_open_while_an_earlier_one_hangs_in_the_driver_fails_at_once(stuck_picamera2):
+    """The kit retries every 15 s-2 min: each retry must not leave one more thread stuck in libcamera."""
+    from capture.picam import Picamera2Camera
+
+    cfg = CameraConfig(backend="picamera2", timeout_s=0.3)
+    stuck_picamera2.init_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        Picamera2Camera(cfg).open()
+    t0 = time.monotonic()
+    with pytest.raises(CaptureError, match="still held") as err:
+        Picamera2Camera(cfg).open()
+    assert not isinstance(err.value, CaptureTimeout) and time.monotonic() - t0 < 0.25
+    assert stuck_picamera2.made == 1  # no second Picamera2 on the camera the first one is opening
+    stuck_picamera2.init_gate.set()  # the stuck open returns and lets the camera go
+    assert _until(lambda: stuck_picamera2.held == 0)
+    stuck_picamera2.init_gate = None
+    assert _until(lambda: _opens(Picamera2Camera, cfg))
+    assert stuck_picamera2.held == 0
+
+
+def _opens(cls, cfg) -> bool:
+    try:
+        cls(cfg).open().close()
+    except CaptureError:
+        return False
+    return True
