@@ -232,9 +232,9 @@ class Kit:
         if self._pattern_until is not None and now >= self._pattern_until:
             self._pattern_until = None
             self._show_idle()
-        elif self._pattern_until is None and self.state == "ready" and now >= self._next_idle:
+        elif self._pattern_until is None and self.state in ("ready", "fault") and now >= self._next_idle:
             self._next_idle = now + IDLE_CHECK_S
-            self._show_idle()  # ready <-> queued as the link comes and goes
+            self._show_idle()  # ready <-> queued as the link comes and goes; fault after a battery warning
         if self.battery is not None and now >= self._next_battery:
             self._next_battery = now + BATTERY_POLL_S
             try:

@@ -260,3 +260,22 @@ def test_status_names_the_part_that_is_down(tmp_path, photos, capsys):
     assert info["ready"] is False
     assert any("fault" in p and "camera: no Camera Module found" in p for p in info["problems"])
     assert "camera: no Camera Module found" in render(info)
+
+
+def test_after_a_low_battery_warning_the_fault_look_comes_back(tmp_path, photos, monkeypatch):
+    """In ready the warning gives way to the idle look within IDLE_CHECK_S; in fault it must too, or the KPPS
+    sees only 'battery low' (red blinking) all day and never that no photo can be taken."""
+    from firmware import app
+    from firmware.events import LowBattery
+
+    monkeypatch.setattr(app, "IDLE_CHECK_S", 0.1)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, camera=None, fault_retry_s=60) as h:
+        assert h.kit.panel.indicator.current == "fault"
+        shown: list[str] = []
+        show = h.kit.panel.show
+        h.kit.panel.show = lambda name: (shown.append(name), show(name))
+        h.kit.post(LowBattery(level=14.0, critical=False))
+        assert _wait(lambda: "low_battery" in shown)
+        assert _wait(lambda: shown[-1] == "fault", timeout=2), shown
+        assert h.kit.panel.indicator.current == "fault" and h.kit.state == "fault"
