@@ -108,6 +108,7 @@ class Kit:
         self.state = "starting"
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
+        self._urgent = threading.Event()  # a Stop or a critical battery is queued: an open gives way to it
         self._started = False
         self.started = threading.Event()  # set once start() is done: READY sent, readiness queued
         self._pattern_until: float | None = None
@@ -143,6 +144,8 @@ class Kit:
 
     def post(self, event: Event) -> None:
         """Thread-safe: the only thing producers do."""
+        if isinstance(event, Stop) or (isinstance(event, LowBattery) and event.critical):
+            self._urgent.set()
         self.events.put(event)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -426,11 +429,16 @@ class Kit:
             opener = self._openers.get(name)
             if opener is None:
                 continue
+            if self._urgent.is_set():  # stopping: not the moment to start an open that may take a minute
+                break
             waiter = self._opening.setdefault(name, BoundedCall(
                 limit_s=max(OPEN_LIMIT_S, self.config.camera.timeout_s + CAPTURE_GRACE_S),
-                tick=self._tick_watchdog, every_s=TICK_S, name=f"open {name}"))
+                tick=self._tick_open, every_s=TICK_S, name=f"open {name}"))
             try:
                 part = waiter.call(opener)
+            except _OpenAbandoned:
+                log.warning("opening %s abandoned: the kit is stopping", name)
+                break
             except Exception as exc:  # noqa: BLE001 - stays down; said in the status and the next press
                 detail, self.faults[name] = self.faults[name], _describe(exc)
                 (log.debug if detail == self.faults[name] else log.warning)("%s still down: %s", name, exc)
@@ -454,6 +462,12 @@ class Kit:
         self._publish_readiness("recovered")
         self._write_status()
         return True
+
+    def _tick_open(self) -> None:
+        """While a part opens: feed the watchdog; stop waiting once a Stop or critical battery is queued."""
+        self._tick_watchdog()
+        if self._urgent.is_set():
+            raise _OpenAbandoned
 
     @property
     def _fault_marker(self) -> Path:
@@ -633,6 +647,10 @@ class Kit:
             os.replace(tmp, self.status_path)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+
+
+class _OpenAbandoned(Exception):
+    """An open was waited for no longer: a Stop or a critical battery is queued (the open runs on alone)."""
 
 
 def _waiting(courier_status: dict) -> int:
