@@ -324,3 +324,24 @@ def test_a_critical_battery_while_a_part_is_being_opened_powers_off_without_wait
             assert h.rc == EXIT_POWEROFF
     finally:
         release.set()
+
+
+def test_the_camera_fault_tells_to_turn_the_kit_off_before_the_cable_and_on_again_after():
+    """A Camera Module is found only at boot (its sensor is probed once; selftest says '... lalu reboot'), and
+    a ribbon cable is not pulled with the power on: re-seating it and pressing can never bring it back."""
+    from firmware import messages as msg
+
+    text = msg.fault_text({"camera": "no Camera Module found"}).lower()
+    assert "kabel pita kamera" in text
+    assert "matikan kit" in text and text.index("matikan kit") < text.index("kabel pita kamera")
+    assert "nyalakan" in text and text.index("kabel pita kamera") < text.index("nyalakan")
+    assert "lalu tekan tombol" not in text
+
+
+def test_the_readiness_fix_for_a_camera_that_is_down_says_reboot(tmp_path, photos):
+    from firmware.selftest import boot_report
+
+    cfg = make_config(tmp_path / "state", photos)
+    report = boot_report(cfg, faults={"camera": "no Camera Module found"})
+    fix = next(c for c in report.checks if c.name == "camera").fix
+    assert "kabel pita kamera" in fix and "reboot" in fix
