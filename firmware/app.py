@@ -91,7 +91,9 @@ class Kit:
         self.courier = courier
         self.notifier = notifier
         self.battery = battery
-        self.events: queue.Queue[Event] = queue.Queue()
+        # SimpleQueue: put() is reentrant, so a signal handler (cmd_run: SIGTERM -> stop) may post even if it
+        # interrupts the main loop inside get(); a queue.Queue would deadlock on its own lock
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         if panel is None:
             from firmware.hardware import Panel
 

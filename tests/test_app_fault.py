@@ -345,3 +345,58 @@ def test_the_readiness_fix_for_a_camera_that_is_down_says_reboot(tmp_path, photo
     report = boot_report(cfg, faults={"camera": "no Camera Module found"})
     fix = next(c for c in report.checks if c.name == "camera").fix
     assert "kabel pita kamera" in fix and "reboot" in fix
+
+
+def test_a_signal_handler_may_post_while_the_loop_is_inside_the_event_queue(tmp_path, photos):
+    """SIGTERM's handler (cmd_run: kit.stop) runs in the main thread between any two bytecodes, also inside
+    the event queue's own code while it holds its lock: the post must not wait for that lock (a deadlock: no
+    watchdog ping, no clean stop, SIGKILL)."""
+    import queue
+    import sys
+
+    from gpiozero.pins.mock import MockFactory
+
+    from firmware.app import Kit
+    from firmware.events import Stop
+    from firmware.store import CaptureStore
+
+    cfg = make_config(tmp_path / "state", photos)
+    factory = MockFactory()
+    kit = Kit(cfg, camera=None, reader=StubReader(), pin_factory=factory, say=lambda _t: None,
+              store=CaptureStore(cfg.paths.state_dir, min_free_mb=1, volatile_ok=True))
+    posted = threading.Event()
+
+    def in_queue(frame, event, _arg):
+        mutex = getattr(kit.events, "mutex", None)
+        if event == "line" and not posted.is_set() and mutex is not None and mutex.locked():
+            posted.set()
+            kit.stop("signal SIGTERM")  # what the handler does, at this very bytecode
+        return in_queue
+
+    def tracer(frame, _event, _arg):
+        return in_queue if frame.f_code.co_filename == queue.__file__ else None
+
+    got: list = []
+
+    def main_loop_waits():
+        sys.settrace(tracer)
+        try:
+            got.append(kit.events.get(timeout=0.5))
+        except queue.Empty:
+            pass
+        finally:
+            sys.settrace(None)
+
+    loop = threading.Thread(target=main_loop_waits, daemon=True)
+    loop.start()
+    loop.join(5)
+    try:
+        assert not loop.is_alive(), "deadlock: the handler's post waits for the lock its own thread holds"
+    finally:
+        kit.close()
+        factory.reset()
+    if posted.is_set():
+        assert len(got) == 1 and isinstance(got[0], Stop)
+    else:  # no Python code in the queue to interrupt (a C queue): a post from a handler works as any other
+        kit.stop("signal SIGTERM")
+        assert isinstance(kit.events.get(timeout=1), Stop)
