@@ -110,7 +110,8 @@ class Kit:
         self.state = "starting"
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
-        self._urgent = threading.Event()  # a Stop or a critical battery is queued: an open gives way to it
+        # a Stop or a critical battery is queued: an open gives way (a plain flag: signal handlers set it)
+        self._urgent = False
         self._started = False
         self.started = threading.Event()  # set once start() is done: READY sent, readiness queued
         self._pattern_until: float | None = None
@@ -147,7 +148,7 @@ class Kit:
     def post(self, event: Event) -> None:
         """Thread-safe: the only thing producers do."""
         if isinstance(event, Stop) or (isinstance(event, LowBattery) and event.critical):
-            self._urgent.set()
+            self._urgent = True
         self.events.put(event)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -431,7 +432,7 @@ class Kit:
             opener = self._openers.get(name)
             if opener is None:
                 continue
-            if self._urgent.is_set():  # stopping: not the moment to start an open that may take a minute
+            if self._urgent:  # stopping: not the moment to start an open that may take a minute
                 break
             waiter = self._opening.setdefault(name, BoundedCall(
                 limit_s=max(OPEN_LIMIT_S, self.config.camera.timeout_s + CAPTURE_GRACE_S),
@@ -468,7 +469,7 @@ class Kit:
     def _tick_open(self) -> None:
         """While a part opens: feed the watchdog; stop waiting once a Stop or critical battery is queued."""
         self._tick_watchdog()
-        if self._urgent.is_set():
+        if self._urgent:
             raise _OpenAbandoned
 
     @property
