@@ -7,11 +7,16 @@ so every page is photographed the same way; each still is taken under a timeout.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
-from capture.base import CaptureError, Frame, TimeoutRunner, frame_from_bgr
+from capture.base import CaptureError, CaptureTimeout, Frame, TimeoutRunner, frame_from_bgr
 
 log = logging.getLogger(__name__)
+
+# libcamera lets one Picamera2 hold the camera: taken before Picamera2() and kept until it is closed, so while
+# an earlier one hangs in the driver a new open fails at once instead of hanging (a thread more each retry)
+_IN_USE = threading.Lock()
 
 
 def fixed_controls(camera_config) -> dict:
@@ -33,16 +38,44 @@ def fixed_controls(camera_config) -> dict:
 
 
 class Picamera2Camera:
-    """Camera Module 3 stills; open() configures once, capture() returns a Frame or raises CaptureError."""
+    """Camera Module 3 stills; open() configures once, capture() returns a Frame or raises CaptureError.
+
+    A call abandoned on its timeout still runs in the driver: close() (and an open() that timed out) then
+    leaves the camera to that call, which releases it if it ever returns, so a new instance can have it.
+    """
 
     def __init__(self, camera_config) -> None:
         self.config = camera_config
         self._runner = TimeoutRunner(timeout_s=camera_config.timeout_s, name="Camera Module")
         self._cam = None
+        self._lock = threading.Lock()  # guards the flags below (the runner's thread vs close())
+        self._active = False
+        self._release_when_done = False
+        self._closed = False
 
     def open(self) -> Picamera2Camera:
-        self._runner.call(self._open)
+        self._closed = False
+        try:
+            self._runner.call(lambda: self._in_driver(self._open))
+        except CaptureTimeout:
+            self.close()  # nobody will hold this instance: the stuck open must not keep the camera
+            raise
         return self
+
+    def _in_driver(self, fn):
+        """Run *fn* on the runner's thread; a close() meanwhile is carried out when it returns."""
+        with self._lock:
+            if self._closed:  # closed while this call was on its way: no lazy open behind close()'s back
+                raise CaptureError("Camera Module is closed")
+            self._active = True
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._active = False
+                if self._release_when_done:
+                    self._release_when_done = False
+                    self._release()
 
     def _open(self) -> None:
         try:
@@ -50,10 +83,16 @@ class Picamera2Camera:
         except ImportError:
             raise CaptureError("picamera2 is not installed: on the Pi run 'apt install python3-picamera2'; "
                                "elsewhere use camera.backend = 'folder' or 'v4l2'") from None
+        if not _IN_USE.acquire(blocking=False):
+            raise CaptureError("Camera Module is still held by an earlier open or capture that hangs in the "
+                               "driver; restart the kit if this repeats")
         try:
             cam = Picamera2()
-        except (IndexError, RuntimeError) as exc:
-            raise CaptureError(f"no Camera Module found ({exc}); check the ribbon cable") from None
+        except BaseException as exc:
+            _IN_USE.release()
+            if isinstance(exc, (IndexError, RuntimeError)):
+                raise CaptureError(f"no Camera Module found ({exc}); check the ribbon cable") from None
+            raise
         try:
             cfg = cam.create_still_configuration(
                 main={"size": (self.config.width, self.config.height), "format": "RGB888"}, buffer_count=1)
@@ -63,7 +102,10 @@ class Picamera2Camera:
                 cam.set_controls(controls)
             cam.start()
         except Exception as exc:  # e.g. no memory for 12 MP buffers: release the camera, or every retry
-            cam.close()  # finds it busy until the process ends
+            try:
+                cam.close()  # finds it busy until the process ends
+            finally:
+                _IN_USE.release()
             raise CaptureError(f"Camera Module could not be started ({exc}); press again, "
                                "restart the kit if this repeats") from None
         if self.config.lens_position is None:
@@ -84,12 +126,26 @@ class Picamera2Camera:
         return frame_from_bgr(image, quality=self.config.jpeg_quality, taken_at=taken_at, source="picamera2")
 
     def capture(self) -> Frame:
-        return self._runner.call(self._grab)
+        return self._runner.call(lambda: self._in_driver(self._grab))
 
     def close(self) -> None:
-        if self._cam is not None and not self._runner.hung:
-            try:
-                self._cam.stop()
-                self._cam.close()
-            finally:
-                self._cam = None
+        with self._lock:
+            self._closed = True
+            if self._active:  # stuck in the driver: released by that call when (if) it returns
+                self._release_when_done = True
+                log.warning("Camera Module is stuck in a call: released when that call returns")
+                return
+            self._release()
+
+    def _release(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is None:
+            return
+        try:
+            cam.stop()
+        except Exception:  # noqa: BLE001 - close it all the same
+            log.warning("Camera Module did not stop", exc_info=True)
+        try:
+            cam.close()
+        finally:
+            _IN_USE.release()

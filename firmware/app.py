@@ -91,7 +91,9 @@ class Kit:
         self.courier = courier
         self.notifier = notifier
         self.battery = battery
-        self.events: queue.Queue[Event] = queue.Queue()
+        # SimpleQueue: put() is reentrant, so a signal handler (cmd_run: SIGTERM -> stop) may post even if it
+        # interrupts the main loop inside get(); a queue.Queue would deadlock on its own lock
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         if panel is None:
             from firmware.hardware import Panel
 
@@ -108,6 +110,8 @@ class Kit:
         self.state = "starting"
         self.exit_code = EXIT_OK
         self._stop = threading.Event()
+        # a Stop or a critical battery is queued: an open gives way (a plain flag: signal handlers set it)
+        self._urgent = False
         self._started = False
         self.started = threading.Event()  # set once start() is done: READY sent, readiness queued
         self._pattern_until: float | None = None
@@ -144,6 +148,8 @@ class Kit:
 
     def post(self, event: Event) -> None:
         """Thread-safe: the only thing producers do."""
+        if isinstance(event, Stop) or (isinstance(event, LowBattery) and event.critical):
+            self._urgent = True
         self.events.put(event)
 
     def stop(self, reason: str = "stop requested") -> None:
@@ -240,9 +246,9 @@ class Kit:
         if self._pattern_until is not None and now >= self._pattern_until:
             self._pattern_until = None
             self._show_idle()
-        elif self._pattern_until is None and self.state == "ready" and now >= self._next_idle:
+        elif self._pattern_until is None and self.state in ("ready", "fault") and now >= self._next_idle:
             self._next_idle = now + IDLE_CHECK_S
-            self._show_idle()  # ready <-> queued as the link comes and goes
+            self._show_idle()  # ready <-> queued as the link comes and goes; fault after a battery warning
         if self.battery is not None and now >= self._next_battery:
             self._next_battery = now + BATTERY_POLL_S
             try:
@@ -435,11 +441,16 @@ class Kit:
             opener = self._openers.get(name)
             if opener is None:
                 continue
+            if self._urgent:  # stopping: not the moment to start an open that may take a minute
+                break
             waiter = self._opening.setdefault(name, BoundedCall(
                 limit_s=max(OPEN_LIMIT_S, self.config.camera.timeout_s + CAPTURE_GRACE_S),
-                tick=self._tick_watchdog, every_s=TICK_S, name=f"open {name}"))
+                tick=self._tick_open, every_s=TICK_S, name=f"open {name}"))
             try:
                 part = waiter.call(opener)
+            except _OpenAbandoned:
+                log.warning("opening %s abandoned: the kit is stopping", name)
+                break
             except Exception as exc:  # noqa: BLE001 - stays down; said in the status and the next press
                 detail, self.faults[name] = self.faults[name], _describe(exc)
                 (log.debug if detail == self.faults[name] else log.warning)("%s still down: %s", name, exc)
@@ -463,6 +474,12 @@ class Kit:
         self._publish_readiness("recovered")
         self._write_status()
         return True
+
+    def _tick_open(self) -> None:
+        """While a part opens: feed the watchdog; stop waiting once a Stop or critical battery is queued."""
+        self._tick_watchdog()
+        if self._urgent:
+            raise _OpenAbandoned
 
     @property
     def _fault_marker(self) -> Path:
@@ -642,6 +659,10 @@ class Kit:
             os.replace(tmp, self.status_path)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+
+
+class _OpenAbandoned(Exception):
+    """An open was waited for no longer: a Stop or a critical battery is queued (the open runs on alone)."""
 
 
 def _waiting(courier_status: dict) -> int:

@@ -33,7 +33,9 @@ ERR_READER = "Gagal membaca foto: {detail}. Tekan tombol lagi; data sebelumnya a
 FAULT_PARTS = {"camera": "kamera", "model": "model pembaca angka"}
 FAULT = ("KIT RUSAK: {parts} tidak bisa dipakai ({detail}). Foto belum bisa diambil. Data yang sudah "
          "tersimpan aman dan tetap dikirim. {fix}")
-FAULT_FIX = {"camera": "Periksa kabel pita kamera, lalu tekan tombol; bila tetap rusak, hubungi teknisi.",
+# the Camera Module is found only when the kit starts, and its cable is never touched with the power on
+FAULT_FIX = {"camera": ("Matikan kit, periksa kabel pita kamera, lalu nyalakan kit lagi; bila tetap rusak, "
+                        "hubungi teknisi."),
              "model": "Hubungi teknisi (pasang ulang tpskit)."}
 FAULT_REBOOT = "Kamera/model masih tidak bisa dipakai: kit dinyalakan ulang sekali. Data aman tersimpan."
 RECOVERED = "Kerusakan teratasi. " + READY

@@ -625,7 +625,8 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
                     time_source=time_source())
     faults = faults or {}
     for name, ok_detail, fix in (
-            ("camera", "terbuka", "periksa kabel pita kamera; kit mencoba membukanya lagi sendiri"),
+            ("camera", "terbuka", "matikan Pi, periksa kabel pita kamera, lalu nyalakan (reboot): kamera "
+                                   "hanya dikenali saat boot; kit mencoba membukanya lagi sendiri"),
             ("model", "dimuat", "pasang ulang tpskit (scripts/install.sh); kit mencoba memuatnya lagi")):
         if name in faults:
             report.checks.append(Check(name, False, f"tidak bisa dipakai: {faults[name]}", fix))

@@ -260,3 +260,143 @@ def test_status_names_the_part_that_is_down(tmp_path, photos, capsys):
     assert info["ready"] is False
     assert any("fault" in p and "camera: no Camera Module found" in p for p in info["problems"])
     assert "camera: no Camera Module found" in render(info)
+
+
+def test_after_a_low_battery_warning_the_fault_look_comes_back(tmp_path, photos, monkeypatch):
+    """In ready the warning gives way to the idle look within IDLE_CHECK_S; in fault it must too, or the KPPS
+    sees only 'battery low' (red blinking) all day and never that no photo can be taken."""
+    from firmware import app
+    from firmware.events import LowBattery
+
+    monkeypatch.setattr(app, "IDLE_CHECK_S", 0.1)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, camera=None, fault_retry_s=60) as h:
+        assert h.kit.panel.indicator.current == "fault"
+        shown: list[str] = []
+        show = h.kit.panel.show
+        h.kit.panel.show = lambda name: (shown.append(name), show(name))
+        h.kit.post(LowBattery(level=14.0, critical=False))
+        assert _wait(lambda: "low_battery" in shown)
+        assert _wait(lambda: shown[-1] == "fault", timeout=2), shown
+        assert h.kit.panel.indicator.current == "fault" and h.kit.state == "fault"
+
+
+def test_a_stop_while_a_part_is_being_opened_does_not_wait_for_the_open(tmp_path, photos):
+    """systemd's stop (TimeoutStopSec=45) and a critical battery must not wait for an open that hangs (up to
+    OPEN_LIMIT_S, 60 s, or the camera's timeout and a grace)."""
+    cfg = make_config(tmp_path / "state", photos)
+    opening = threading.Event()
+    release = threading.Event()
+
+    def hanging_open():
+        opening.set()
+        release.wait(30)
+        raise CaptureError("no Camera Module found")
+
+    try:
+        with KitHarness(cfg, camera=None, openers={"camera": hanging_open}, fault_retry_s=0.05) as h:
+            assert opening.wait(5)
+            t0 = time.monotonic()
+            h.stop(timeout=5)
+            assert h.rc == 0 and time.monotonic() - t0 < 3
+    finally:
+        release.set()
+
+
+def test_a_critical_battery_while_a_part_is_being_opened_powers_off_without_waiting(tmp_path, photos):
+    from firmware.app import EXIT_POWEROFF
+    from firmware.events import LowBattery
+
+    cfg = make_config(tmp_path / "state", photos)
+    opening = threading.Event()
+    release = threading.Event()
+
+    def hanging_open():
+        opening.set()
+        release.wait(30)
+        raise CaptureError("no Camera Module found")
+
+    try:
+        with KitHarness(cfg, camera=None, openers={"camera": hanging_open}, fault_retry_s=0.05) as h:
+            assert opening.wait(5)
+            h.kit.post(LowBattery(level=3.0, critical=True))
+            assert _wait(lambda: h.rc is not None, timeout=3)
+            assert h.rc == EXIT_POWEROFF
+    finally:
+        release.set()
+
+
+def test_the_camera_fault_tells_to_turn_the_kit_off_before_the_cable_and_on_again_after():
+    """A Camera Module is found only at boot (its sensor is probed once; selftest says '... lalu reboot'), and
+    a ribbon cable is not pulled with the power on: re-seating it and pressing can never bring it back."""
+    from firmware import messages as msg
+
+    text = msg.fault_text({"camera": "no Camera Module found"}).lower()
+    assert "kabel pita kamera" in text
+    assert "matikan kit" in text and text.index("matikan kit") < text.index("kabel pita kamera")
+    assert "nyalakan" in text and text.index("kabel pita kamera") < text.index("nyalakan")
+    assert "lalu tekan tombol" not in text
+
+
+def test_the_readiness_fix_for_a_camera_that_is_down_says_reboot(tmp_path, photos):
+    from firmware.selftest import boot_report
+
+    cfg = make_config(tmp_path / "state", photos)
+    report = boot_report(cfg, faults={"camera": "no Camera Module found"})
+    fix = next(c for c in report.checks if c.name == "camera").fix
+    assert "kabel pita kamera" in fix and "reboot" in fix
+
+
+def test_a_signal_handler_may_post_while_the_loop_is_inside_the_event_queue(tmp_path, photos):
+    """SIGTERM's handler (cmd_run: kit.stop) runs in the main thread between any two bytecodes, also inside
+    the event queue's own code while it holds its lock: the post must not wait for that lock (a deadlock: no
+    watchdog ping, no clean stop, SIGKILL)."""
+    import queue
+    import sys
+
+    from gpiozero.pins.mock import MockFactory
+
+    from firmware.app import Kit
+    from firmware.events import Stop
+    from firmware.store import CaptureStore
+
+    cfg = make_config(tmp_path / "state", photos)
+    factory = MockFactory()
+    kit = Kit(cfg, camera=None, reader=StubReader(), pin_factory=factory, say=lambda _t: None,
+              store=CaptureStore(cfg.paths.state_dir, min_free_mb=1, volatile_ok=True))
+    posted = threading.Event()
+
+    def in_queue(frame, event, _arg):
+        mutex = getattr(kit.events, "mutex", None)
+        if event == "line" and not posted.is_set() and mutex is not None and mutex.locked():
+            posted.set()
+            kit.stop("signal SIGTERM")  # what the handler does, at this very bytecode
+        return in_queue
+
+    def tracer(frame, _event, _arg):
+        return in_queue if frame.f_code.co_filename == queue.__file__ else None
+
+    got: list = []
+
+    def main_loop_waits():
+        sys.settrace(tracer)
+        try:
+            got.append(kit.events.get(timeout=0.5))
+        except queue.Empty:
+            pass
+        finally:
+            sys.settrace(None)
+
+    loop = threading.Thread(target=main_loop_waits, daemon=True)
+    loop.start()
+    loop.join(5)
+    try:
+        assert not loop.is_alive(), "deadlock: the handler's post waits for the lock its own thread holds"
+    finally:
+        kit.close()
+        factory.reset()
+    if posted.is_set():
+        assert len(got) == 1 and isinstance(got[0], Stop)
+    else:  # no Python code in the queue to interrupt (a C queue): a post from a handler works as any other
+        kit.stop("signal SIGTERM")
+        assert isinstance(kit.events.get(timeout=1), Stop)

@@ -242,3 +242,134 @@ def test_a_picture_too_large_to_decode_is_a_clear_capture_error(tmp_path):
         cam.capture()
     assert "failed" not in str(exc.value) and "Assertion" not in str(exc.value)
     assert cam.capture().source == "folder:2-good.jpg"  # the next press takes the next photo
+
+
+class StuckPicamera2:
+    """picamera2 at the hardware edge: one instance may hold the camera at a time; ``init_gate`` /
+    ``capture_gate`` (Events) make the constructor or a capture hang in the driver until they are set."""
+
+    held = 0
+    made = 0
+    init_gate: threading.Event | None = None
+    capture_gate: threading.Event | None = None
+
+    def __init__(self):
+        StuckPicamera2.made += 1
+        if StuckPicamera2.init_gate is not None:
+            StuckPicamera2.init_gate.wait(10)
+        if StuckPicamera2.held:
+            raise RuntimeError("Failed to acquire camera: Device or resource busy")
+        StuckPicamera2.held += 1
+        self.open = True
+
+    def create_still_configuration(self, **kw):
+        return kw
+
+    def configure(self, cfg):
+        pass
+
+    def set_controls(self, controls):
+        pass
+
+    def start(self):
+        pass
+
+    def autofocus_cycle(self):
+        pass
+
+    def capture_array(self, name):
+        if StuckPicamera2.capture_gate is not None:
+            StuckPicamera2.capture_gate.wait(10)
+        return np.full((120, 160, 3), 200, np.uint8)
+
+    def stop(self):
+        pass
+
+    def close(self):
+        if self.open:
+            self.open = False
+            StuckPicamera2.held -= 1
+
+
+@pytest.fixture
+def stuck_picamera2(monkeypatch):
+    import sys
+    import types
+
+    for name, value in (("held", 0), ("made", 0), ("init_gate", None), ("capture_gate", None)):
+        monkeypatch.setattr(StuckPicamera2, name, value)
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=StuckPicamera2))
+    yield StuckPicamera2
+    for gate in (StuckPicamera2.init_gate, StuckPicamera2.capture_gate):
+        if gate is not None:
+            gate.set()
+
+
+def _until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_camera_module_closed_while_its_capture_hangs_is_released_when_the_capture_returns(stuck_picamera2):
+    from capture.picam import Picamera2Camera
+
+    cfg = CameraConfig(backend="picamera2", timeout_s=0.2)
+    cam = Picamera2Camera(cfg).open()
+    stuck_picamera2.capture_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        cam.capture()
+    cam.close()  # the kit lets the wedged camera go and opens a new one later
+    stuck_picamera2.capture_gate.set()  # the driver comes back
+    assert _until(lambda: stuck_picamera2.held == 0), "the old one keeps the camera: every reopen is busy"
+    stuck_picamera2.capture_gate = None
+    again = Picamera2Camera(cfg).open()
+    assert again.capture().source == "picamera2"
+    again.close()
+    assert stuck_picamera2.held == 0
+
+
+def test_a_camera_module_open_that_times_out_does_not_keep_the_camera_when_it_finishes_late(stuck_picamera2):
+    from capture.picam import Picamera2Camera
+
+    cfg = CameraConfig(backend="picamera2", timeout_s=0.2)
+    stuck_picamera2.init_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        Picamera2Camera(cfg).open()
+    stuck_picamera2.init_gate.set()  # the open finishes after its caller gave up on it
+    assert _until(lambda: stuck_picamera2.made == 1)
+    time.sleep(0.1)
+    assert _until(lambda: stuck_picamera2.held == 0), "an abandoned open keeps the camera for good"
+    stuck_picamera2.init_gate = None
+    cam = Picamera2Camera(cfg).open()
+    cam.close()
+    assert stuck_picamera2.held == 0
+
+
+def test_a_new_camera_module_open_while_an_earlier_one_hangs_in_the_driver_fails_at_once(stuck_picamera2):
+    """The kit retries every 15 s-2 min: each retry must not leave one more thread stuck in libcamera."""
+    from capture.picam import Picamera2Camera
+
+    cfg = CameraConfig(backend="picamera2", timeout_s=0.3)
+    stuck_picamera2.init_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        Picamera2Camera(cfg).open()
+    t0 = time.monotonic()
+    with pytest.raises(CaptureError, match="still held") as err:
+        Picamera2Camera(cfg).open()
+    assert not isinstance(err.value, CaptureTimeout) and time.monotonic() - t0 < 0.25
+    assert stuck_picamera2.made == 1  # no second Picamera2 on the camera the first one is opening
+    stuck_picamera2.init_gate.set()  # the stuck open returns and lets the camera go
+    assert _until(lambda: stuck_picamera2.held == 0)
+    stuck_picamera2.init_gate = None
+    assert _until(lambda: _opens(Picamera2Camera, cfg))
+    assert stuck_picamera2.held == 0
+
+
+def _opens(cls, cfg) -> bool:
+    try:
+        cls(cfg).open().close()
+    except CaptureError:
+        return False
+    return True
