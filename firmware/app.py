@@ -53,7 +53,8 @@ FAULT_RETRY_MAX_S = 120.0  # ... twice as long after each failed try, up to this
 FAULT_REBOOT_AFTER_S = 120.0  # tpskit run under systemd: reboot once if a part is still down after this
 OPEN_LIMIT_S = 60.0  # opening a part (the model on a Zero 2 W, a camera) is abandoned after this
 CAMERA_TIMEOUTS_FAULT = 2  # consecutive camera timeouts: the camera is wedged, close it and open it again
-FAULT_REBOOT_MARKER = "fault-reboot.json"  # in the state dir: a reboot for a fault was tried already
+FAULT_REBOOT_MARKER = "fault-reboot.json"  # in the state dir: the parts a reboot was already tried for
+FAULT_MARKER_HEALTHY_S = 1800.0  # ... forgotten after a good photo, or after this long without a fault
 
 
 @dataclass
@@ -140,6 +141,7 @@ class Kit:
         self._retry_every = fault_retry_s
         self._camera_timeouts = 0
         self._reboot_considered = False
+        self._healthy_since: float | None = None  # no part down since (to forget the reboot marker)
         if battery is not None:
             battery.when_low = lambda: self.post(LowBattery(level=_safe_level(battery), critical=False))
             battery.when_critical = lambda: self.post(LowBattery(level=_safe_level(battery), critical=True))
@@ -177,7 +179,7 @@ class Kit:
             self._fault_began()
             self._tell(msg.fault_text(self.faults))
         else:
-            self._forget_fault_reboot()
+            self._healthy_since = time.monotonic()  # the marker stays until the parts have proven themselves
             self.state = "ready"
             self._show("ready")
             self._tell(msg.READY)
@@ -264,6 +266,8 @@ class Kit:
             self._reopen()
         if self.faults and self._fault_reboot_due(now):
             self._fault_reboot()
+        if self._healthy_since is not None and now - self._healthy_since >= FAULT_MARKER_HEALTHY_S:
+            self._forget_fault_reboot()
 
     def _shutdown(self) -> None:
         self.state = "stopping"
@@ -333,6 +337,8 @@ class Kit:
             self._camera_timeouts = 0
             return self._fail(press, msg.ERR_CAMERA.format(detail=exc), steps)
         self._camera_timeouts = 0
+        if self._healthy_since is not None:
+            self._forget_fault_reboot()  # a photo: the camera works (a later fault may reboot once again)
         steps["capture"] = _ms_since(t)
         t = time.monotonic()
         try:
@@ -411,6 +417,7 @@ class Kit:
 
     def _fault_began(self) -> None:
         self.state = "fault"
+        self._healthy_since = None
         if self._fault_since is None:
             self._fault_since = time.monotonic()
         self._retry_every = self._fault_retry_s
@@ -467,7 +474,7 @@ class Kit:
             return False
         self._fault_since = None
         self._reboot_considered = False
-        self._forget_fault_reboot()
+        self._healthy_since = time.monotonic()
         self.state = "ready"
         self._show("ready")
         self._tell(msg.RECOVERED)
@@ -491,17 +498,21 @@ class Kit:
                 and now - self._fault_since >= self._fault_reboot_after_s)
 
     def _fault_reboot(self) -> None:
-        """Reboot once per fault (a wedged camera driver needs it); if that did not mend it, stay up and
-        keep sending: a reboot loop would only stop the sending too."""
+        """Reboot once per part that stays down (a wedged camera driver needs it); if that did not mend it,
+        stay up and keep sending: a reboot loop would only stop the sending too. The marker names the parts
+        already rebooted for; it is forgotten once the kit has worked (a good photo, or a healthy while)."""
         self._reboot_considered = True  # once per fault
-        if self._fault_marker.exists():
+        tried = _parts_rebooted_for(self._fault_marker)
+        if tried is None or set(self.faults) <= tried:
             log.warning("still down after the reboot for this fault: staying up (%s)", self.faults)
             return
         from firmware.clock import boot_id
 
         try:
-            self._fault_marker.write_text(json.dumps({"faults": self.faults, "boot_id": boot_id(),
-                                                      "at": time.time()}, ensure_ascii=False))
+            parts = sorted(tried | set(self.faults))
+            self._fault_marker.write_text(json.dumps({"parts": parts, "faults": self.faults,
+                                                      "boot_id": boot_id(), "at": time.time()},
+                                                     ensure_ascii=False))
         except OSError as exc:  # without the marker the next boot would reboot again: no reboot at all
             log.error("cannot write %s (%s): no reboot", self._fault_marker, exc)
             return
@@ -510,6 +521,7 @@ class Kit:
         self._stop.set()
 
     def _forget_fault_reboot(self) -> None:
+        self._healthy_since = None
         try:
             self._fault_marker.unlink(missing_ok=True)
         except OSError as exc:
@@ -677,6 +689,21 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _parts_rebooted_for(marker: Path) -> set[str] | None:
+    """The parts a fault reboot was already tried for (empty: none); None if the marker cannot be read
+    (then no reboot: better up and sending than a loop)."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    parts = data.get("parts", list(data.get("faults") or {}))  # older markers: the faults' names
+    return {str(p) for p in parts} if isinstance(parts, list | dict) else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     notifier = SystemdNotifier(unset_environment=True)
     power_off = None if notifier.enabled else (lambda: run_shutdown_command(cfg.power.shutdown_command))
-    # under systemd a part that stays down gets one reboot (tpskit.service reboots on EXIT_REBOOT)
-    reboot_after = FAULT_REBOOT_AFTER_S if notifier.enabled else None
+    # under systemd a part that stays down gets one reboot (tpskit.service reboots on EXIT_REBOOT); not with
+    # a state directory a reboot empties: the marker that allows only one would go, and the Pi would loop
+    lasting = not config_mod.is_volatile(cfg.paths.state_dir)
+    reboot_after = FAULT_REBOOT_AFTER_S if notifier.enabled and lasting else None
     try:
         kit = build_kit(cfg, notifier=notifier, with_courier=not args.no_send, power_off=power_off,
                         fault_reboot_after_s=reboot_after,

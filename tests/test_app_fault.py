@@ -209,7 +209,55 @@ def test_a_part_that_stays_down_reboots_once_then_the_kit_stays_up_and_sends(tmp
         assert h.rc is None and h.kit.state == "fault"
         socket.plugged.set()
         assert _wait(lambda: h.kit.state == "ready")
-        assert not marker.exists()  # mended: a later fault may reboot once again
+        assert marker.exists()  # opened is not yet proven: a camera may open and then wedge at once
+        h.press()
+        assert h.verdict().pattern == "ok"
+        assert not marker.exists()  # a photo: mended, a later fault may reboot once again
+
+
+def test_a_camera_that_opens_after_the_reboot_but_wedges_again_gets_no_second_reboot(tmp_path, photos):
+    """The marker is not forgotten because the camera opened: only a photo (or a healthy while) proves it,
+    else a camera that wedges on its first presses would reboot the Pi every two presses."""
+    cfg = make_config(tmp_path / "state", photos)
+    marker = cfg.paths.state_dir / FAULT_REBOOT_MARKER
+    cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"parts": ["camera"], "faults": {"camera": "wedged"}}))
+    socket = CameraSocket(cfg)
+    with KitHarness(cfg, camera=WedgedCamera(), openers={"camera": socket.open}, fault_retry_s=60,
+                    fault_reboot_after_s=0.3) as h:
+        for _ in range(2):
+            h.press()
+            h.verdict()
+        assert h.kit.state == "fault"
+        time.sleep(1.0)
+        assert h.rc is None and marker.exists()  # stays up, sending
+
+
+def test_the_reboot_marker_is_per_part_and_forgotten_after_a_healthy_while(tmp_path, photos, monkeypatch):
+    import firmware.app
+
+    cfg = make_config(tmp_path / "state", photos)
+    marker = cfg.paths.state_dir / FAULT_REBOOT_MARKER
+    cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"parts": ["camera"], "faults": {"camera": "wedged"}}))
+    # a camera reboot was tried before; the model now fails: that is worth its own reboot
+    def damaged_model():
+        raise OSError("bad model")
+
+    with KitHarness(cfg, openers={"model": damaged_model}, faults={"model": "bad model"}, fault_retry_s=60,
+                    fault_reboot_after_s=0.3) as h:
+        assert _wait(lambda: h.rc is not None)
+        assert h.rc == EXIT_REBOOT
+    assert json.loads(marker.read_text())["parts"] == ["camera", "model"]
+    # a marker that cannot be read allows no reboot (up and sending beats a loop)
+    marker.write_text("{not json")
+    with KitHarness(cfg, camera=None, fault_retry_s=60, fault_reboot_after_s=0.3) as h:
+        time.sleep(1.0)
+        assert h.rc is None
+    # healthy for FAULT_MARKER_HEALTHY_S without a photo: forgotten as well
+    monkeypatch.setattr(firmware.app, "FAULT_MARKER_HEALTHY_S", 0.3)
+    with KitHarness(cfg):
+        assert _wait(lambda: not marker.exists())
 
 
 def test_retries_in_the_background_back_off_and_a_press_still_tries_at_once(tmp_path, photos):
