@@ -297,10 +297,12 @@ def load(path: Path | str | None = None) -> Config:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found: run 'tpskit provision' or pass --config") from None
+        raise ConfigError(
+            f"config file {path} not found: run 'sudo tpskit provision' or pass --config"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text: save it as UTF-8 "
-                          "(or write it again with 'tpskit provision')") from None
+                          "(or write it again with 'sudo tpskit provision')") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}): "
                           "check the path and its permissions (run as root or the tpskit user)") from None
