@@ -101,7 +101,7 @@ def _open_store(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from comms.signing import KeyFileError, load_registry, registry_add
+    from comms.signing import KeyFileError, load_kit_registry, registry_add
 
     if args.kits is None and not args.gaps:
         print("tpskit collector: --kits REGISTRY is needed (JSON, CSV or a folder of <kit_id>.csv files)",
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         from comms.topics import acl_for_kit
 
         try:
-            kits = load_registry(args.kits)
+            kits = load_kit_registry(args.kits)
         except KeyFileError as exc:
             print(f"tpskit collector: {exc}", file=sys.stderr)
             return 2
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from comms.collector import Collector
 
     try:
-        registry = load_registry(args.kits)
+        registry = load_kit_registry(args.kits)
         ack_key = None
         if args.ack_key:
             from comms.signing import load_or_create_private_key, public_key_b64

@@ -35,7 +35,13 @@ from comms.collector_store import (  # noqa: F401 (re-exported)
     open_store,
     precheck,
 )
-from comms.signing import KitEntry, coerce_signing_key, load_registry, registry_stamp
+from comms.signing import (
+    KitEntry,
+    coerce_signing_key,
+    empty_registry_problem,
+    load_registry,
+    registry_stamp,
+)
 
 log = logging.getLogger("tpskit.comms.collector")
 
@@ -209,7 +215,12 @@ class Collector:
             if stamp == self._registry_stamp:
                 return
             self._registry_stamp = stamp  # read (and a failure reported) once per change
-            self._registry = load_registry(self._registry_path)
+            registry = load_registry(self._registry_path)
+            if not registry and self._registry:
+                log.warning("kit registry not reloaded, the last one (%d kits) stays in use: %s",
+                            len(self._registry), empty_registry_problem(self._registry_path))
+                return
+            self._registry = registry
             log.info("kit registry reloaded: %d kits", len(self._registry))
         except Exception as exc:  # noqa: BLE001 - keep the last good registry
             log.error("kit registry not reloaded (the last good one stays in use): %s", exc)

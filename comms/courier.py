@@ -164,15 +164,24 @@ class Courier:
         self.keepalive_s = int(keepalive_s)
         self.heartbeat_s = float(heartbeat_s)
         if not 1 <= int(chunk_bytes) <= payloads.MAX_CHUNK_BYTES:
-            raise ValueError(f"chunk_bytes {chunk_bytes}: use 1 .. {payloads.MAX_CHUNK_BYTES}")
+            raise ValueError(
+                f"chunk_bytes {chunk_bytes}: use 1 .. {payloads.MAX_CHUNK_BYTES} (as base64 in its signed "
+                f"envelope a larger chunk is over the broker's message_size_limit "
+                f"{payloads.BROKER_MESSAGE_LIMIT} and would be refused and resent for ever)"
+            )
         self.chunk_bytes = int(chunk_bytes)
         self.ack_timeout_s = float(ack_timeout_s)
         self.max_inflight = int(max_inflight)
         # While a backlog drains, up to pack_max_count signed envelopes of one topic (≤ pack_max_bytes
         # together) travel in one MQTT message (a pack, docs/payloads.md); 0 sends every message alone.
-        # A larger pack would be refused whole by every collector (and resent for ever): refuse it here.
-        if not 0 <= int(pack_max_bytes) <= payloads.PACK_MAX_BYTES:
-            raise ValueError(f"pack_max_bytes {pack_max_bytes}: use 0 (no packs) ..{payloads.PACK_MAX_BYTES}")
+        # A larger pack would be refused by the broker (message_size_limit) or whole by every collector,
+        # and resent for ever: refuse it here.
+        pack_limit = min(payloads.PACK_MAX_BYTES, payloads.BROKER_MESSAGE_LIMIT)
+        if not 0 <= int(pack_max_bytes) <= pack_limit:
+            raise ValueError(
+                f"pack_max_bytes {pack_max_bytes}: use 0 (no packs) .. {pack_limit} (the broker's "
+                "message_size_limit)"
+            )
         if not 1 <= int(pack_max_count) <= payloads.PACK_MAX_COUNT:
             raise ValueError(f"pack_max_count {pack_max_count}: use 1 .. {payloads.PACK_MAX_COUNT}")
         self.pack_max_bytes, self.pack_max_count = int(pack_max_bytes), int(pack_max_count)
@@ -242,8 +251,8 @@ class Courier:
         self, *, kind: str, msg_id: str, seq: int | None, body: dict, now: float, epoch: int | None = None
     ) -> bytes:
         """Sign an envelope (a queued one, with a seq, always carries the epoch). A queued one larger than
-        the collector takes raises ValueError: it would be refused (too_large), never acked, and resent for
-        ever."""
+        the broker or the collector takes raises ValueError: it would be refused (message_size_limit,
+        too_large), never acked, and resent for ever."""
         payload = payloads.build(
             self._key,
             kind=kind,
@@ -256,10 +265,11 @@ class Courier:
             body=body,
             epoch=self._epoch if seq is not None else epoch,
         )
-        if seq is not None and len(payload) > payloads.MAX_MESSAGE_BYTES:
+        limit = min(payloads.MAX_MESSAGE_BYTES, payloads.BROKER_MESSAGE_LIMIT)
+        if seq is not None and len(payload) > limit:
             raise ValueError(
-                f"{kind} message {msg_id} is {len(payload)} bytes, too large for the collector "
-                f"(at most {payloads.MAX_MESSAGE_BYTES}): nothing queued; keep the reading compact"
+                f"{kind} message {msg_id} is {len(payload)} bytes, too large for the broker and the "
+                f"collector (at most {limit}, message_size_limit): nothing queued; keep the reading compact"
             )
         return payload
 
@@ -510,6 +520,25 @@ class Courier:
             outbox.close()
 
 
+def _oversize_error(msg_id: str, size: int) -> str:
+    """What to say when a queued message (from an older config) is larger than the broker takes."""
+    return (
+        f"message {msg_id} is {size} bytes, over the broker's message_size_limit "
+        f"{payloads.BROKER_MESSAGE_LIMIT} (comms/mosquitto/mosquitto.conf): the broker refuses it on every "
+        "send (MQTT 5 drops the connection, MQTT 3.1.1 drops the message); raise message_size_limit on the "
+        "broker so that it can pass"
+    )
+
+
+def _refusal_hint(reason_code, size: int) -> str:
+    """What to check when the broker refuses a message with this PUBACK reason code."""
+    if size > payloads.BROKER_MESSAGE_LIMIT:
+        return f"over the broker's message_size_limit {payloads.BROKER_MESSAGE_LIMIT}: raise it on the broker"
+    if getattr(reason_code, "value", None) == 0x87:  # not authorized
+        return "check the kit's ACL"
+    return "see the broker's log"
+
+
 class _Session:
     """One MQTT connection: a fresh paho client, a pass over the outbox, flushes of sent/acked states."""
 
@@ -524,6 +553,8 @@ class _Session:
         self.outbox = outbox
         self.inflight: dict[int, tuple[str, ...]] = {}  # mid -> ids of the rows in that MQTT message
         self.early: dict[int, object] = {}  # PUBACKs seen before publish() returned: mid -> reason code
+        self.sizes: dict[int, int] = {}  # mid -> payload bytes of the messages in self.inflight
+        self.disconnect_reason: object | None = None
         self.untracked: set[int] = set()  # mids of heartbeats and status messages awaiting their PUBACK
         self.cursor = {PRIORITY_NUMBERS: 0, PRIORITY_PHOTO: 0}
         self.exhausted = {PRIORITY_NUMBERS: False, PRIORITY_PHOTO: False}
@@ -557,11 +588,12 @@ class _Session:
 
     def on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected = False
+        self.disconnect_reason = reason_code
 
     def on_publish(self, client, userdata, mid, reason_code, properties):
         ids = self.inflight.pop(mid, None)
         if ids is not None:
-            self._puback(ids, reason_code)
+            self._puback(ids, reason_code, self.sizes.pop(mid, 0))
         elif mid in self.untracked:  # a heartbeat or status message: nothing to record
             self.untracked.discard(mid)
         else:
@@ -585,10 +617,11 @@ class _Session:
         self.stale_interval = self.c.ack_timeout_s
         self._note_pending()
 
-    def _puback(self, ids: tuple[str, ...], reason_code) -> None:
+    def _puback(self, ids: tuple[str, ...], reason_code, size: int) -> None:
         if getattr(reason_code, "is_failure", False):
             what = ids[0] if len(ids) == 1 else f"{ids[0]} (+{len(ids) - 1} packed with it)"
-            self.c._set_error(f"broker refused message {what}: {reason_code} (check the kit's ACL)")
+            self.c._set_error(f"broker refused message {what} ({size} bytes): {reason_code} "
+                              f"({_refusal_hint(reason_code, size)})")
             self.refused_at = time.monotonic()  # sent again after the ack timeout, like rows without an ack
             return
         self.pending_sent.append((time.monotonic(), ids))
@@ -700,7 +733,13 @@ class _Session:
             busy = self._pump(client)
             timeout = 0.0 if busy else (0.01 if self.inflight else 0.2)
             if client.loop(timeout=timeout) != mqtt.MQTT_ERR_SUCCESS or not self.connected:
-                log.warning("lost connection to %s", c.broker_url)
+                log.warning(
+                    "lost connection to %s (%s) with %d messages in flight, the largest %d bytes",
+                    c.broker_url,
+                    self.disconnect_reason,
+                    len(self.inflight),
+                    max(self.sizes.values(), default=0),
+                )
                 self._close(client)
                 return
             self._flush(idle=not self.inflight)
@@ -781,14 +820,17 @@ class _Session:
             self.c._counters["envelopes"] += len(ids)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             self.c._set_error(f"publish of {ids[0]} failed: {mqtt.error_string(info.rc)}")
+        if len(payload) > payloads.BROKER_MESSAGE_LIMIT:
+            self.c._set_error(_oversize_error(ids[0], len(payload)))
         for i in ids:
             self.last_published[i] = now
         self.untracked.discard(info.mid)  # the id is this message's now, whatever became of its last user
         early = self.early.pop(info.mid, None)
         if early is not None:
-            self._puback(ids, early)
+            self._puback(ids, early, len(payload))
         else:
             self.inflight[info.mid] = ids
+            self.sizes[info.mid] = len(payload)
         self.probe_out = True
         self.probe_at = now
 

@@ -35,7 +35,15 @@ from comms.signing import canonical_json, sign_document, verify_bytes, verify_do
 SCHEMA_VERSION = 1
 READING_MAX_BYTES = 2048  # numbers of one page on the wire (target)
 MAX_MESSAGE_BYTES = 512 * 1024  # anything larger is refused by the collector
-MAX_CHUNK_BYTES = (MAX_MESSAGE_BYTES - 8192) * 3 // 4  # raw photo bytes per chunk: base64 + envelope fit
+# The shipped broker (message_size_limit in comms/mosquitto/mosquitto.conf; a test checks they agree) refuses
+# a larger payload: MQTT 5 kits lose the connection, MQTT 3.1.1 kits get a PUBACK and the message is dropped.
+BROKER_MESSAGE_LIMIT = 262_144
+# A photo chunk message is the base64 of the chunk (4 bytes per 3, rounded up) plus the rest of the signed
+# envelope: at most ~2.2 KB even with a 64-character kit_id, a 128-character capture_id that JSON escapes to
+# 6 bytes per character (twice: body and id) and the largest numbers (tests/test_payloads.py), bounded here.
+CHUNK_MESSAGE_OVERHEAD = 4096
+# Raw photo bytes per chunk so that a chunk message fits the broker: 4·(n/3) + 4096 ≤ 262,144 → n ≤ 193,536.
+MAX_CHUNK_BYTES = (BROKER_MESSAGE_LIMIT - CHUNK_MESSAGE_OVERHEAD) // 4 * 3
 KIT_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 KODE_WILAYAH_PATTERN = r"^\d{2}\.\d{2}\.\d{2}\.\d{4}$"
 QUEUED_KINDS = ("reading", "photo", "readiness")

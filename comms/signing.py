@@ -284,6 +284,26 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
     return out
 
 
+def load_kit_registry(path: Path | str) -> dict[str, KitEntry]:
+    """``load_registry`` for the operator commands: a registry without a single kit is a KeyFileError."""
+    kits = load_registry(path)
+    if not kits:
+        raise KeyFileError(empty_registry_problem(path))
+    return kits
+
+
+def empty_registry_problem(path: Path | str) -> str:
+    """Why a registry holds no kit (a wrong folder, or an empty file) and what it should hold instead."""
+    path = Path(path)
+    should = ("use the folder written by 'tpskit provision --export DIR' (one <kit_id>.csv per kit) or a "
+              "JSON/CSV registry of the kits")
+    if path.is_dir() and not _registry_files(path):
+        others = sorted(f.name for f in path.iterdir() if f.is_file())
+        found = f" (it holds {', '.join(others[:3])}{', …' if len(others) > 3 else ''})" if others else ""
+        return f"kit registry folder {path} has no .csv or .json registry files{found}: {should}"
+    return f"kit registry {path} lists no kits: {should}"
+
+
 def registry_add(
     path: Path | str,
     kit_id: str,

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     registry = None
     try:
         if args.registry:
-            from comms.signing import load_registry
+            from comms.signing import load_kit_registry
 
-            registry = load_registry(args.registry)
+            registry = load_kit_registry(args.registry)
         if args.broker:
             password = None
             if args.password_file:
@@ -100,9 +100,9 @@ def _results(args: argparse.Namespace) -> int:
     try:
         registry = None
         if args.registry:
-            from comms.signing import load_registry
+            from comms.signing import load_kit_registry
 
-            registry = load_registry(args.registry)
+            registry = load_kit_registry(args.registry)
         pages = results.pages_from_collector_db(args.collector_db, kabupaten=args.kabupaten)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"tpskit fleet results: {exc}", file=sys.stderr)

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  diekspor ke / exported to: {exported}")
     if args.registry:
         print(f"  ditambahkan ke registry / added to: {args.registry}")
-    print("Langkah berikut / next: tpskit calibrate, lalu tpskit selftest")
+    print("Langkah berikut / next: sudo tpskit calibrate, lalu sudo tpskit selftest")
     return 0
 
 
@@ -121,7 +121,7 @@ def _prepare(args: argparse.Namespace) -> int:
                            "file": str(k.path), "created": k.created} for k in kits], indent=2))
         return 0
     print(f"{len(kits)} kit ({new} baru) di {args.out_dir}/kits/ — satu file per kit untuk "
-          "'tpskit provision --from FILE'")
+          "'sudo tpskit provision --from FILE'")
     print(f"  broker: mosquitto_passwd -U {args.out_dir}/mosquitto-passwords.txt ; "
           f"acl_file {args.out_dir}/mosquitto-acl.conf")
     return 0

@@ -142,7 +142,7 @@ class MqttConfig(Section):
     max_inflight: int = Field(64, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
     protocol: Literal["mqtt5", "mqtt311"] = Field("mqtt5",
                                                   description="MQTT 5 (default) or 3.1.1 for old brokers.")
-    pack_max_bytes: int = Field(16_384, ge=0, le=262_144,
+    pack_max_bytes: int = Field(16_384, ge=0, le=262_144,  # the broker's message_size_limit (header included)
                                 description="While a backlog drains, pack signed readings of one topic into "
                                             "MQTT messages up to this size; 0 = one reading per message "
                                             "(for collectors older than packs).")
@@ -156,7 +156,13 @@ class OutboxConfig(Section):
 
     max_bytes: int = Field(2_000_000_000, ge=1_000_000, description="Refuse new messages beyond this size.")
     retention_days: int = Field(30, ge=1, le=3650, description="Acked messages are purged after this.")
-    chunk_bytes: int = Field(64_000, ge=4_000, le=256_000, description="Photo chunk size on the wire.")
+    # Base64 makes a chunk 4/3 larger, and the signed envelope adds at most 4096 bytes: a chunk message must
+    # fit the broker's message_size_limit (262,144 bytes, comms/mosquitto/mosquitto.conf), so at most
+    # (262,144 − 4,096) · 3/4 = 193,536 raw bytes (comms.payloads.MAX_CHUNK_BYTES); rounded down.
+    chunk_bytes: int = Field(64_000, ge=4_000, le=192_000,
+                             description="Raw photo bytes per chunk message (at most 192,000: a chunk "
+                                         "travels as base64 and must fit the broker's 256 KiB "
+                                         "message_size_limit).")
 
 
 class SigningConfig(Section):
@@ -291,10 +297,12 @@ def load(path: Path | str | None = None) -> Config:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found: run 'tpskit provision' or pass --config") from None
+        raise ConfigError(
+            f"config file {path} not found: run 'sudo tpskit provision' or pass --config"
+        ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text: save it as UTF-8 "
-                          "(or write it again with 'tpskit provision')") from None
+                          "(or write it again with 'sudo tpskit provision')") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc}): "
                           "check the path and its permissions (run as root or the tpskit user)") from None

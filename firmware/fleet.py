@@ -230,7 +230,7 @@ def _reasons(body: dict) -> list[str]:
     skipped = _skipped(body)
     if skipped:
         out.append(f"siap kecuali yang dilewati / ready except skipped: {', '.join(skipped)} "
-                   "→ jalankan tpskit selftest tanpa --skip")
+                   "→ jalankan sudo tpskit selftest tanpa --skip")
     return out or ["laporan kesiapan: belum siap (tanpa rincian)"]
 
 

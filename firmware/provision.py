@@ -379,8 +379,8 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         raise ProvisionError(
             f"kit ini sudah disiapkan untuk {old_kit.get('kit_id')} ({old_kit.get('kode_wilayah')} "
             f"TPS {old_kit.get('tps')}) dan masih menyimpan data: {'; '.join(held)}. Kirim/ekspor "
-            "dulu ('tpskit export'), lalu ulangi dengan --force (data lama dipindah ke archive/, "
-            "tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
+            "dulu ('sudo tpskit export /media/usb'), lalu ulangi dengan --force (data lama dipindah ke "
+            "archive/, tidak dihapus) / the kit holds data of another TPS: export it, then use --force")
 
     # config: built and validated before anything is moved or written
     secret_path = Path(secret_path) if secret_path else config_out.parent / "mqtt-password"

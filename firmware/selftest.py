@@ -43,6 +43,8 @@ SAMPLE_PAGE_SEED = 20240215  # the built-in sample page (inference.synth, clean,
 MIN_YEAR = 2024
 MAX_YEAR = 2040
 SERVICE_HINT = "jika layanan berjalan, hentikan dulu: sudo systemctl stop tpskit"
+RUN_SELFTEST = "sudo systemctl stop tpskit; sudo tpskit selftest"  # as docs/technician-guide.md, section 7
+REINSTALL = "pasang ulang tpskit (sudo bash scripts/install.sh)"  # technician guide, section 4
 
 
 @dataclass
@@ -188,7 +190,7 @@ def check_camera(config: Config, *, camera=None) -> Check:
     q = assess(frame.image)
     if not q.ok:
         return Check("camera", True, f"{detail}; foto kurang baik: {', '.join(q.reasons)}",
-                     "jalankan 'tpskit calibrate' dengan halaman di bawah kamera")
+                     "jalankan 'sudo tpskit calibrate' dengan halaman di bawah kamera")
     return Check("camera", True, detail)
 
 
@@ -278,7 +280,8 @@ def check_storage(config: Config, *, db_check: bool = True) -> Check:
     detail = f"{state}: {free_mb:,.0f} MB kosong"
     if free_mb < need:
         return Check("storage", False, f"{detail} (< {need} MB)",
-                     "kosongkan kartu SD (ekspor data lama: tpskit export) atau pakai kartu yang lebih besar")
+                     "kosongkan kartu SD (ekspor data lama: sudo tpskit export /media/usb) atau pakai "
+                     "kartu yang lebih besar")
     db = config.db_path
     if db_check and db.exists():
         import sqlite3
@@ -293,7 +296,8 @@ def check_storage(config: Config, *, db_check: bool = True) -> Check:
             result = str(exc)
         if result != "ok":
             return Check("storage", False, f"database {db} rusak: {result}",
-                         "jangan hapus! ekspor data (tpskit export) lalu hubungi teknisi kabupaten")
+                         "jangan hapus! ekspor data (sudo tpskit export /media/usb) lalu hubungi teknisi "
+                         "kabupaten")
         detail += ", database ok"
     return Check("storage", True, detail)
 
@@ -372,7 +376,7 @@ def check_broker(config: Config, *, timeout_s: float = 10.0) -> Check:
     try:
         client, host, port = _mqtt_client(config, f"{config.kit.kit_id}-selftest")
     except (ConfigError, OSError, ValueError) as exc:
-        return Check("broker", False, f"kredensial tidak lengkap: {exc}", "ulangi tpskit provision")
+        return Check("broker", False, f"kredensial tidak lengkap: {exc}", "ulangi sudo tpskit provision")
     result: dict[str, Any] = {}
     done = threading.Event()
 
@@ -391,7 +395,7 @@ def check_broker(config: Config, *, timeout_s: float = 10.0) -> Check:
                          "periksa sinyal/modem, APN dan alamat broker di konfigurasi")
         rc = result["rc"]
         if rc.is_failure:
-            fix = ("username/password ditolak: periksa file password (tpskit provision --password-file)"
+            fix = ("username/password ditolak: periksa file password (sudo tpskit provision --password-file)"
                    if rc.value in (0x04, 0x05, 0x86, 0x87) else "hubungi operator broker kabupaten")
             return Check("broker", False, f"{where} menolak: {rc}", fix)
         return Check("broker", True, f"{where} menerima kredensial kit")
@@ -510,12 +514,12 @@ def check_model(config: Config) -> Check:
         from inference.digits import DigitClassifier, DigitModelError
     except ImportError as exc:
         return Check("model", False, f"modul pembaca tidak terpasang: {exc}",
-                     "pasang ulang tpskit (install.sh)")
+                     REINSTALL)
     try:
         clf = DigitClassifier.load(config.paths.model)
     except (DigitModelError, OSError, ValueError) as exc:
         return Check("model", False, f"model tidak bisa dimuat: {exc}",
-                     "pasang ulang tpskit (scripts/install.sh) atau perbaiki paths.model di konfigurasi")
+                     f"{REINSTALL} atau perbaiki paths.model di konfigurasi")
     version = getattr(clf, "version", "?")
     correct, total = _sample_digits(clf)
     if correct < total * 0.8:
@@ -574,7 +578,7 @@ def check_collector(config: Config, report: Report, *, timeout_s: float = 20.0) 
         return Check("collector", False, f"broker menerima pesan uji, collector tidak membalas ack dalam "
                                          f"{timeout_s:.0f} detik",
                      "hubungi operator collector kabupaten: collector mati atau kit belum ada di registry "
-                     "(kirim baris registry dari tpskit provision)")
+                     "(kirim baris registry dari sudo tpskit provision --export)")
     err = status.get("last_error") or "tidak terkirim"
     return Check("collector", False, f"pesan uji tidak terkirim ({err})",
                  "periksa koneksi dan kredensial broker, ulangi tes")
@@ -627,7 +631,7 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
     for name, ok_detail, fix in (
             ("camera", "terbuka", "matikan Pi, periksa kabel pita kamera, lalu nyalakan (reboot): kamera "
                                    "hanya dikenali saat boot; kit mencoba membukanya lagi sendiri"),
-            ("model", "dimuat", "pasang ulang tpskit (scripts/install.sh); kit mencoba memuatnya lagi")):
+            ("model", "dimuat", f"{REINSTALL}; kit mencoba memuatnya lagi")):
         if name in faults:
             report.checks.append(Check(name, False, f"tidak bisa dipakai: {faults[name]}", fix))
         else:
@@ -646,7 +650,7 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
     last = last_selftest(config)
     if last is None:
         report.checks.append(Check("selftest", False, "tes mandiri belum pernah dijalankan",
-                                   "jalankan: sudo systemctl stop tpskit; tpskit selftest"))
+                                   f"jalankan: {RUN_SELFTEST}"))
     else:
         age_d = (time.time() - float(last.get("checked_at", 0))) / 86400
         skipped = [str(name) for name in last.get("skipped") or []]
@@ -654,14 +658,14 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
             config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps)
         if not same_kit:
             report.checks.append(Check("selftest", False, "tes mandiri terakhir untuk identitas lain",
-                                       "jalankan ulang tpskit selftest"))
+                                       f"jalankan ulang: {RUN_SELFTEST}"))
         elif last.get("failing") or not (last.get("ready") or skipped):
             failing = ", ".join(last.get("failing", [])) or "?"
             report.checks.append(Check("selftest", False, f"tes mandiri terakhir gagal: {failing}",
-                                       "perbaiki lalu jalankan ulang tpskit selftest"))
+                                       f"perbaiki lalu jalankan ulang: {RUN_SELFTEST}"))
         elif age_d > max_age_days:
             report.checks.append(Check("selftest", False, f"tes mandiri terakhir {age_d:.0f} hari lalu",
-                                       "jalankan ulang tpskit selftest"))
+                                       f"jalankan ulang: {RUN_SELFTEST}"))
         else:
             detail = f"lulus {age_d * 24:.0f} jam lalu"
             if skipped:

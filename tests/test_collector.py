@@ -617,3 +617,37 @@ def test_gaps_needs_no_registry(tmp_path, kit, capsys):
     assert json.loads(capsys.readouterr().out) == {"kit-1": []}
     assert cli.main(["collector", "--db", str(tmp_path / "collector.db"), "--broker", "mqtt://h:1"]) == 2
     assert "--kits" in capsys.readouterr().err
+
+
+def test_a_reload_that_finds_no_kits_keeps_the_last_registry(tmp_path, kit, caplog):
+    """A registry folder emptied or swapped for a wrong one while the collector runs (files moved away, a
+    folder of TOML files) must not drop every kit: every message would be rejected as unknown_kit."""
+    from comms.signing import registry_add
+
+    folder = tmp_path / "kits"
+    folder.mkdir()
+    registry_add(folder / "kit-1.json", "kit-1", kit.verify_key, kode_wilayah=KW, tps=TPS)
+    col = Collector(broker_url="mqtt://127.0.0.1:1", db_path=tmp_path / "c.db", registry=folder)
+    (folder / "kit-1.json").rename(tmp_path / "kit-1.json")
+    (folder / "kit-1.toml").write_text('[kit]\nkit_id = "kit-1"\n')
+    with caplog.at_level("WARNING", logger="tpskit.comms.collector"):
+        col._reload_registry()
+    assert set(col._registry) == {"kit-1"}
+    assert any(r.levelname == "WARNING" and str(folder) in r.getMessage() for r in caplog.records)
+
+
+def test_the_collector_command_refuses_a_registry_without_kits(tmp_path, capsys, monkeypatch):
+    from firmware import cli
+
+    def started(self):
+        raise AssertionError("the collector started with no kits")
+
+    monkeypatch.setattr(Collector, "start", started)
+
+    folder = tmp_path / "kits"
+    folder.mkdir()
+    (folder / "kit-1.toml").write_text('[kit]\nkit_id = "kit-1"\n')
+    for extra in (["--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "c.db")], ["--print-acl"]):
+        assert cli.main(["collector", "--kits", str(folder), *extra]) == 2
+        err = capsys.readouterr().err
+        assert str(folder) in err and "provision --export" in err

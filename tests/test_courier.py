@@ -13,6 +13,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from comms import payloads
 from comms.courier import Backoff, Courier, _Session, parse_broker_url
+from comms.outbox import PRIORITY_PHOTO
 from comms.signing import generate_key
 
 KW, TPS = "31.71.01.1001", 7
@@ -338,3 +339,64 @@ def test_pubacks_of_untracked_messages_are_not_kept_nor_matched_to_a_row(courier
     assert client.published[2][0] == 1 and s.inflight  # waits for its own PUBACK
     s._flush(force=True)
     assert courier.status()["sent"] == 0 and courier.status()["queued"] == 5
+
+
+def test_chunks_and_packs_the_shipped_broker_would_refuse_are_refused_at_start(tmp_path):
+    """The shipped broker refuses a message over its message_size_limit (262,144 bytes): a 256,000-byte chunk
+    is ~341 KB on the wire and would be sent again for ever. Refused when the courier is built."""
+    for bad in (dict(chunk_bytes=256_000), dict(pack_max_bytes=payloads.BROKER_MESSAGE_LIMIT + 1)):
+        with pytest.raises(ValueError, match="message_size_limit"):
+            _kit_courier(tmp_path / "tpskit.db", **bad)
+    c = _kit_courier(tmp_path / "tpskit.db", chunk_bytes=payloads.MAX_CHUNK_BYTES,
+                     pack_max_bytes=payloads.BROKER_MESSAGE_LIMIT)
+    c.close()
+
+
+def test_packs_of_the_largest_size_stay_within_the_broker_limit(tmp_path):
+    c = _kit_courier(tmp_path / "tpskit.db", pack_max_bytes=payloads.BROKER_MESSAGE_LIMIT, max_inflight=8)
+    try:
+        for i in range(400):
+            c.submit_reading(capture_id=f"c{i:04d}", halaman=1, reading={"catatan": "x" * 3000},
+                             photo_jpeg=None, taken_at=1.0, time_source="rtc")
+        s = _Session(c, c._outbox)
+        s.e2e_ok = True
+        sizes: list[int] = []
+        client = FakeClient(s, early=True)
+        publish = client.publish
+
+        def measured(topic, payload, **kw):
+            sizes.append(len(payload))
+            return publish(topic, payload, **kw)
+
+        client.publish = measured
+        s._pump(client)
+        assert len(sizes) >= 2 and max(sizes) <= payloads.BROKER_MESSAGE_LIMIT
+        assert max(sizes) > payloads.BROKER_MESSAGE_LIMIT - 2_000  # packs do fill up to the bound
+    finally:
+        c.close()
+
+
+def test_a_queued_message_over_the_broker_limit_is_named_when_sent(courier, caplog):
+    """A row queued before the limits (e.g. a 256,000-byte chunk of an older config) is refused by the broker
+    on every send: MQTT 5 drops the connection, MQTT 3.1.1 drops the message and PUBACKs it. The courier says
+    so, with the size and the limit, instead of reconnecting or resending without a word."""
+    big = b'{"id":"kit-1:old:photo:0","pad":"%s"}' % (b"x" * payloads.BROKER_MESSAGE_LIMIT)
+    with courier._outbox.transaction() as b:
+        b.add(msg_id="kit-1:old:photo:0", seq=b.next_seq(), kind="photo", topic=courier.topic("photo"),
+              payload=big, priority=PRIORITY_PHOTO)
+    s = _Session(courier, courier._outbox)
+    s.e2e_ok = True
+    with caplog.at_level("WARNING", logger="tpskit.comms.courier"):
+        s._pump(FakeClient(s, early=False))
+        s._pump(FakeClient(s, early=False))
+    error = courier.status()["last_error"]
+    assert "kit-1:old:photo:0" in error and str(len(big)) in error and "message_size_limit" in error
+    assert error in caplog.text
+
+
+def test_a_puback_refusal_other_than_the_acl_does_not_blame_the_acl(courier):
+    s = _Session(courier, courier._outbox)
+    s.e2e_ok = True
+    s._pump(FakeClient(s, early=True, reason=0x97))  # quota exceeded
+    assert "ACL" not in courier.status()["last_error"]
+    assert "Quota exceeded" in courier.status()["last_error"]

@@ -360,3 +360,22 @@ def test_no_puback_is_kept_for_heartbeats_and_status(tmp_path, mosquitto, monkey
         assert _wait(lambda: len(pubacks) >= 10, 10)  # the online status and heartbeats, PUBACKed
         early = dict(sessions[0].early)
     assert len(sessions) == 1 and early == {}
+
+
+def test_the_largest_chunks_pass_a_broker_with_the_shipped_size_limit(tmp_path, mosquitto_factory):
+    """With the message_size_limit of comms/mosquitto/mosquitto.conf, a photo in chunks of the largest size
+    the courier allows arrives whole (a larger chunk is refused by that broker and sent again for ever)."""
+    from comms import payloads
+    from tests.test_payloads import shipped_message_size_limit
+
+    broker = mosquitto_factory(extra_conf=f"message_size_limit {shipped_message_size_limit()}")
+    key = generate_key()
+    collector = start_collector(key, broker, tmp_path, client_id="collector-size")
+    courier = _courier(key, broker, tmp_path, chunk_bytes=payloads.MAX_CHUNK_BYTES).start()
+    try:
+        _submit(courier, 0, photo=os.urandom(2 * payloads.MAX_CHUNK_BYTES + 1000))
+        assert _wait(lambda: courier.status()["acked"] == 4, 30), courier.status()
+    finally:
+        courier.close()
+        collector.stop()
+    assert CollectorStore(tmp_path / "collector.db").counts()["photos"] == 1

@@ -322,3 +322,27 @@ def test_a_kit_clock_not_yet_synced_is_aged_by_the_collectors_clock(tmp_path, ca
                                     {"ready": True, "checked_at": stored_days_ago, "time_source": "unsynced"})
     st = fleet.assess(None, [from_broker], now=now, max_age_s=86400)[0]
     assert st.state == "not_ready" and "belum sinkron NTP" in st.reasons[0]
+
+
+def _prepared_kits_folder(tmp_path):
+    """What `tpskit provision --prepare` writes into <out-dir>/kits: TOML files, no registry."""
+    folder = tmp_path / "out" / "kits"
+    folder.mkdir(parents=True)
+    (folder / "kit-3171011001-001.toml").write_text('[kit]\nkit_id = "kit-3171011001-001"\n')
+    return folder
+
+
+@pytest.mark.parametrize("command", ["readiness", "results"])
+def test_a_registry_without_kits_is_a_clear_error(tmp_path, capsys, command):
+    """A registry folder without .csv/.json files (e.g. the kits/ folder of provision --prepare) read as no
+    kits at all, without a word: every kit missing from the report, nobody told why."""
+    import sqlite3
+
+    db = tmp_path / "collector.db"
+    sqlite3.connect(db).close()
+    empty_json = tmp_path / "registry.json"
+    empty_json.write_text('{"version": 1, "kits": {}}')
+    for registry in (_prepared_kits_folder(tmp_path), empty_json):
+        assert cli.main(["fleet", command, "--registry", str(registry), "--collector-db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert str(registry) in err and "provision --export" in err and "Traceback" not in err

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import annotated_types
 import pytest
 
 from comms import payloads
@@ -76,3 +78,65 @@ def test_ack_and_schema():
     schema = payloads.json_schema()
     assert set(schema) == {"envelope", "reading", "photo", "status", "ack"}
     json.dumps(schema)
+
+
+def shipped_message_size_limit() -> int:
+    """``message_size_limit`` of the shipped broker config, comms/mosquitto/mosquitto.conf."""
+    conf = Path(__file__).resolve().parents[1] / "comms" / "mosquitto" / "mosquitto.conf"
+    values = [
+        int(words[1])
+        for words in (line.split() for line in conf.read_text(encoding="utf-8").splitlines())
+        if words[:1] == ["message_size_limit"]
+    ]
+    assert len(values) == 1, f"{conf} must set message_size_limit once"
+    return values[0]
+
+
+def config_maximum(section, name: str) -> int:
+    """The ``le`` bound of a config field."""
+    return next(m.le for m in section.model_fields[name].metadata if isinstance(m, annotated_types.Le))
+
+
+def largest_chunk_message(chunk_bytes: int) -> bytes:
+    """A photo chunk message of *chunk_bytes* with every other field as long as the schema allows:
+    kit_id of 64 characters, a capture_id of 128 characters that JSON escapes to 6 bytes each, the
+    largest numbers."""
+    kit_id, capture_id = "k" * 64, "\x01" * 128
+    photo = bytes(range(256)) * (chunk_bytes // 256 + 1)
+    body = payloads.photo_chunk_bodies(capture_id=capture_id, halaman=99, photo=photo[:chunk_bytes],
+                                       chunk_bytes=chunk_bytes)[0]
+    body.update(index=payloads.INT_MAX - 1, count=payloads.INT_MAX)
+    return payloads.build(
+        generate_key(),
+        kind="photo",
+        msg_id=payloads.photo_chunk_id(kit_id, capture_id, payloads.INT_MAX - 1),
+        kit_id=kit_id,
+        kode_wilayah=KW,
+        tps=999,
+        seq=payloads.INT_MAX,
+        epoch=payloads.BIGINT_MAX,
+        created_at=-1.2345678901234567e-300,
+        body=body,
+    )
+
+
+def test_the_largest_photo_chunk_fits_the_shipped_broker():
+    """A chunk over the broker's message_size_limit is refused by it (MQTT 5: the connection drops) and sent
+    again for ever: the largest chunk the config and the courier allow must fit, with every other field at
+    its longest."""
+    from firmware.config import OutboxConfig
+
+    limit = shipped_message_size_limit()
+    assert payloads.BROKER_MESSAGE_LIMIT == limit
+    assert config_maximum(OutboxConfig, "chunk_bytes") <= payloads.MAX_CHUNK_BYTES
+    wire = largest_chunk_message(payloads.MAX_CHUNK_BYTES)
+    assert len(wire) <= limit
+    overhead = len(wire) - len(json.loads(wire)["body"]["data"])
+    assert overhead <= payloads.CHUNK_MESSAGE_OVERHEAD  # the bound MAX_CHUNK_BYTES is derived from
+
+
+def test_the_largest_pack_fits_the_shipped_broker():
+    """The courier keeps a pack within pack_max_bytes (header included): the config's largest must fit."""
+    from firmware.config import MqttConfig
+
+    assert config_maximum(MqttConfig, "pack_max_bytes") <= shipped_message_size_limit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from gpiozero import Device
@@ -316,3 +317,41 @@ def test_readiness_names_the_skipped_checks(tmp_path):
     assert not boot.ready and boot.failing == [] and boot.skipped == ["broker"]
     assert boot.readiness_body()["skipped"] == ["broker"]
     assert "dilewati" in boot.get("selftest").detail
+
+
+def test_readiness_hints_run_the_selftest_as_in_the_technician_guide(tmp_path):
+    """The selftest reads /etc/tpskit and the state dir (root only) and needs the camera and GPIO the service
+    holds: docs/technician-guide.md runs 'sudo systemctl stop tpskit' then 'sudo tpskit selftest'. The
+    readiness hint said '...; tpskit selftest' (no sudo: fails on permissions)."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "technician-guide.md").read_text(encoding="utf-8")
+    assert "sudo systemctl stop tpskit\nsudo tpskit selftest" in guide
+    conf = make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1")
+    fixes = [boot_report(conf).failing[-1].fix]  # never run
+    where = (conf.kit.kode_wilayah, conf.kit.tps, "selftest")
+    for last in (Report("kit-other", *where, [Check("camera", True, "")]),
+                 Report(conf.kit.kit_id, *where, [Check("camera", False, "x", "y")])):
+        save_report(conf, last)
+        fixes.append(boot_report(conf).failing[-1].fix)
+    for fix in fixes:
+        assert "sudo systemctl stop tpskit; sudo tpskit selftest" in fix, fix
+
+
+def test_every_command_in_a_selftest_hint_runs_with_sudo():
+    """Every tpskit command the selftest's and the fleet report's texts name (selftest, calibrate, export,
+    provision) is written with sudo, as in docs/technician-guide.md: without it the command cannot read
+    /etc/tpskit or the state dir."""
+    import ast
+    import re
+
+    import firmware.fleet
+    import firmware.selftest
+
+    command = re.compile(r"(?<!sudo )\btpskit (selftest|calibrate|export|provision)\b")
+    for module in (firmware.selftest, firmware.fleet):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        bad = [
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and command.search(node.value)
+        ]
+        assert not bad, module.__name__

@@ -156,3 +156,53 @@ def test_a_kit_that_keeps_failing_to_start_is_rebooted_not_left_down():
     # a kit not provisioned yet (install.sh enables the unit) is skipped, never caught in a reboot loop
     config = d["ExecStart"][0].split("--config", 1)[1].split()[0]
     assert d["ConditionPathExists"] == [config]
+
+
+CERT_DROPIN = ROOT / "systemd" / "tpskit-collector-certificate.conf"
+
+
+def test_collector_unit_says_what_the_operator_must_create():
+    """The unit loads /etc/tpskit/collector-mqtt-password as a credential: systemd refuses to start it while
+    that file is missing. The unit says so, and names the drop-in for a certificate-only collector."""
+    text = (ROOT / "systemd" / "tpskit-collector.service").read_text()
+    d = directives("tpskit-collector.service")
+    password = "/etc/tpskit/collector-mqtt-password"
+    assert d["LoadCredential"] == [f"collector-mqtt-password:{password}"]
+    assert f"--password-file {password}" in d["ExecStart"][0]
+    assert "install -m 600" in text and password in text and CERT_DROPIN.name in text
+
+
+def test_a_certificate_only_collector_needs_no_password_file():
+    """The drop-in (systemd/tpskit-collector-certificate.conf) drops the password credential and argument and
+    passes the client certificate and key as credentials (DynamicUser cannot read a root-only key)."""
+    base = directives("tpskit-collector.service")
+    text = CERT_DROPIN.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert lines[0] == "[Service]"
+    pairs = [line.partition("=")[::2] for line in lines[1:]]
+    creds = [v for k, v in pairs if k == "LoadCredential"]
+    starts = [v for k, v in pairs if k == "ExecStart"]
+    assert creds[0] == "" and starts[0] == ""  # empty assignments reset what the unit sets
+    assert not any("password" in v for v in creds + starts)
+    assert set(creds[1:]) == {f"collector.{x}:/etc/tpskit/collector.{x}" for x in ("crt", "key")}
+    (start,) = starts[1:]
+    assert "--cert-file %d/collector.crt" in start and "--key-file %d/collector.key" in start
+    # everything else as in the unit: same program, database, registry, client id and extra arguments
+    same = base["ExecStart"][0].replace(" --password-file /etc/tpskit/collector-mqtt-password", "")
+    cert = " --cert-file %d/collector.crt --key-file %d/collector.key"
+    assert start.replace(cert, "").split() == same.split()
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt install systemd)")
+def test_systemd_analyze_verify_collector_with_the_certificate_drop_in(tmp_path):
+    paths = dict(zip(UNITS, localized(tmp_path), strict=True))
+    exe = directives("tpskit-collector.service")["ExecStart"][0].split()[0]
+    dropin = tmp_path / "tpskit-collector.service.d" / "certificate.conf"
+    dropin.parent.mkdir()
+    local = paths["tpskit-collector.service"].read_text().split("ExecStart=", 1)[1].split()[0]
+    dropin.write_text(CERT_DROPIN.read_text().replace(exe, local))
+    res = subprocess.run([ANALYZE, "verify", str(paths["tpskit-collector.service"])],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    ours = [line for line in res.stderr.splitlines() if "tpskit" in line]
+    assert not ours, "\n".join(ours)
