@@ -106,6 +106,12 @@ def jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
+def too_many_pixels(exc: Exception) -> bool:
+    """An OpenCV decode error raised because the picture's header claims more pixels than the limit
+    (OPENCV_IO_MAX_IMAGE_PIXELS, read once when OpenCV loads; ``tpskit`` sets it, see firmware.cli)."""
+    return "CV_IO_MAX_IMAGE_PIXELS" in str(exc)
+
+
 def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
     """Decode JPEG/PNG/... bytes to 8-bit grayscale (BGR with color=True), refusing empty, non-image,
     undecodable (OpenCV raising on it) and truncated data with a ``CaptureError``."""
@@ -118,7 +124,11 @@ def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+    except cv2.error as exc:
+        if too_many_pixels(exc):
+            raise CaptureError(f"{name}: not an image OpenCV can read: its header claims more pixels than "
+                               "OPENCV_IO_MAX_IMAGE_PIXELS allows; use a photo of the page as the camera "
+                               "takes it") from None
         image = None
     if image is None or image.size == 0:
         raise CaptureError(f"{name}: not an image OpenCV can read; use a JPEG or PNG photo of the page")

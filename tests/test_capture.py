@@ -490,3 +490,10 @@ def test_a_usb_capture_arriving_after_close_does_not_open_the_device_again(fake_
     with pytest.raises(CaptureError, match="closed"):
         cam.capture()
     assert fake_videocapture.made == 1 and fake_videocapture.held == 0
+
+
+def test_a_picture_refused_for_its_pixel_count_says_so():
+    from capture.base import decode_image
+
+    with pytest.raises(CaptureError, match="more pixels than"):
+        decode_image(huge_bmp(), name="huge.bmp")
