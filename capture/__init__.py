@@ -21,7 +21,7 @@ def open_camera(camera_config) -> Camera:
         from capture.v4l2 import V4l2Camera
 
         return V4l2Camera(device=camera_config.device, width=camera_config.width, height=camera_config.height,
-                          timeout_s=camera_config.timeout_s, jpeg_quality=camera_config.jpeg_quality)
+                          timeout_s=camera_config.timeout_s, jpeg_quality=camera_config.jpeg_quality).open()
     if backend == "picamera2":
         from capture.picam import Picamera2Camera
 

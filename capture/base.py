@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class CaptureError(RuntimeError):
@@ -103,6 +106,12 @@ def jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
+def too_many_pixels(exc: Exception) -> bool:
+    """An OpenCV decode error raised because the picture's header claims more pixels than the limit
+    (OPENCV_IO_MAX_IMAGE_PIXELS, read once when OpenCV loads; ``tpskit`` sets it, see firmware.cli)."""
+    return "CV_IO_MAX_IMAGE_PIXELS" in str(exc)
+
+
 def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
     """Decode JPEG/PNG/... bytes to 8-bit grayscale (BGR with color=True), refusing empty, non-image,
     undecodable (OpenCV raising on it) and truncated data with a ``CaptureError``."""
@@ -115,7 +124,11 @@ def decode_image(data: bytes, *, name: str, color: bool = False) -> np.ndarray:
     flag = cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+    except cv2.error as exc:
+        if too_many_pixels(exc):
+            raise CaptureError(f"{name}: not an image OpenCV can read: its header claims more pixels than "
+                               "OPENCV_IO_MAX_IMAGE_PIXELS allows; use a photo of the page as the camera "
+                               "takes it") from None
         image = None
     if image is None or image.size == 0:
         raise CaptureError(f"{name}: not an image OpenCV can read; use a JPEG or PNG photo of the page")
@@ -200,3 +213,49 @@ class TimeoutRunner(BoundedCall):
             raise CaptureTimeout(str(exc).replace("did not return", "gave no picture")) from None
         except Exception as err:
             raise CaptureError(f"{self.name} failed: {err}") from err
+
+
+class DriverGuard:
+    """Who releases a camera device that close() finds busy: close() itself when no call is in the driver,
+    else that call, when (if) it returns. A call arriving after close() is refused, so it cannot open the
+    device again behind close()'s back; reopen() allows calls again.
+
+    Calls go through ``run`` on the camera's runner thread; ``release`` frees the device (idempotent)."""
+
+    def __init__(self, release: Callable[[], None], *, name: str) -> None:
+        self.name = name
+        self._release = release
+        self._lock = threading.Lock()  # guards the flags below (the runner's thread vs close())
+        self._active = False
+        self._release_when_done = False
+        self._closed = False
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run *fn* in the driver; a close() meanwhile is carried out when it returns."""
+        with self._lock:
+            if self._closed:
+                raise CaptureError(f"{self.name} is closed")
+            self._active = True
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._active = False
+                if self._release_when_done:
+                    self._release_when_done = False
+                    self._release()
+
+    def reopen(self) -> None:
+        """Allow calls again (an open() after close())."""
+        with self._lock:
+            self._closed = False
+
+    def close(self) -> None:
+        """Refuse further calls; release the device now, or when the call in the driver returns."""
+        with self._lock:
+            self._closed = True
+            if self._active:
+                self._release_when_done = True
+                log.warning("%s is stuck in a call: released when that call returns", self.name)
+                return
+            self._release()

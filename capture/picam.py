@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from capture.base import CaptureError, CaptureTimeout, Frame, TimeoutRunner, frame_from_bgr
+from capture.base import CaptureError, CaptureTimeout, DriverGuard, Frame, TimeoutRunner, frame_from_bgr
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +48,16 @@ class Picamera2Camera:
         self.config = camera_config
         self._runner = TimeoutRunner(timeout_s=camera_config.timeout_s, name="Camera Module")
         self._cam = None
-        self._lock = threading.Lock()  # guards the flags below (the runner's thread vs close())
-        self._active = False
-        self._release_when_done = False
-        self._closed = False
+        self._guard = DriverGuard(self._release, name="Camera Module")
 
     def open(self) -> Picamera2Camera:
-        self._closed = False
+        self._guard.reopen()
         try:
-            self._runner.call(lambda: self._in_driver(self._open))
+            self._runner.call(lambda: self._guard.run(self._open))
         except CaptureTimeout:
             self.close()  # nobody will hold this instance: the stuck open must not keep the camera
             raise
         return self
-
-    def _in_driver(self, fn):
-        """Run *fn* on the runner's thread; a close() meanwhile is carried out when it returns."""
-        with self._lock:
-            if self._closed:  # closed while this call was on its way: no lazy open behind close()'s back
-                raise CaptureError("Camera Module is closed")
-            self._active = True
-        try:
-            return fn()
-        finally:
-            with self._lock:
-                self._active = False
-                if self._release_when_done:
-                    self._release_when_done = False
-                    self._release()
 
     def _open(self) -> None:
         try:
@@ -126,16 +108,10 @@ class Picamera2Camera:
         return frame_from_bgr(image, quality=self.config.jpeg_quality, taken_at=taken_at, source="picamera2")
 
     def capture(self) -> Frame:
-        return self._runner.call(lambda: self._in_driver(self._grab))
+        return self._runner.call(lambda: self._guard.run(self._grab))
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._active:  # stuck in the driver: released by that call when (if) it returns
-                self._release_when_done = True
-                log.warning("Camera Module is stuck in a call: released when that call returns")
-                return
-            self._release()
+        self._guard.close()
 
     def _release(self) -> None:
         cam, self._cam = self._cam, None

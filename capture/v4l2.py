@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 
-from capture.base import CaptureError, Frame, TimeoutRunner, frame_from_bgr
+from capture.base import CaptureError, CaptureTimeout, DriverGuard, Frame, TimeoutRunner, frame_from_bgr
 
 
 class V4l2Camera:
-    """Opens /dev/video<device> lazily, flushes stale frames, grabs one still per capture()."""
+    """open() opens /dev/video<device> (under the timeout); capture() flushes stale frames, grabs one still.
+
+    As with the Camera Module, a call abandoned on its timeout still runs in the driver: close() (and an
+    open() that timed out) then leaves the device to that call, which releases it if it ever returns.
+    """
 
     FLUSH_FRAMES = 3
 
@@ -18,34 +22,52 @@ class V4l2Camera:
         self.width = width
         self.height = height
         self.jpeg_quality = jpeg_quality
-        self._runner = TimeoutRunner(timeout_s=timeout_s, name=f"USB camera /dev/video{device}")
+        self.name = f"USB camera /dev/video{device}"
+        self._runner = TimeoutRunner(timeout_s=timeout_s, name=self.name)
         self._cap = None
+        self._guard = DriverGuard(self._release, name=self.name)
 
-    def _open(self):
+    def open(self) -> V4l2Camera:
+        self._guard.reopen()
+        try:
+            self._runner.call(lambda: self._guard.run(self._open))
+        except CaptureTimeout:
+            self.close()  # nobody will hold this instance: the stuck open must not keep the device
+            raise
+        return self
+
+    def _open(self) -> None:
         import cv2
 
         cap = cv2.VideoCapture(self.device, cv2.CAP_V4L2)
-        if not cap.isOpened():
-            raise CaptureError(f"USB camera /dev/video{self.device} cannot be opened; check the cable")
-        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
-        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
-        return cap
+        try:
+            if not cap.isOpened():
+                raise CaptureError(f"{self.name} cannot be opened; check the cable")
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        except BaseException:
+            cap.release()
+            raise
+        self._cap = cap
 
     def _grab(self) -> Frame:
-        if self._cap is None:
-            self._cap = self._open()
+        if self._cap is None:  # an open() that failed: tried again at the press
+            self._open()
         for _ in range(self.FLUSH_FRAMES):
             self._cap.grab()
         ok, image = self._cap.read()
         if not ok or image is None:
-            raise CaptureError(f"USB camera /dev/video{self.device} returned no picture")
+            raise CaptureError(f"{self.name} returned no picture")
         return frame_from_bgr(image, quality=self.jpeg_quality, taken_at=time.time(),
                               source=f"v4l2:{self.device}")
 
     def capture(self) -> Frame:
-        return self._runner.call(self._grab)
+        return self._runner.call(lambda: self._guard.run(self._grab))
 
     def close(self) -> None:
-        if self._cap is not None and not self._runner.hung:
-            self._cap.release()
-            self._cap = None
+        self._guard.close()
+
+    def _release(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()

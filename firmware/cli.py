@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# OpenCV reads its decoding limit once, when it loads (OPENCV_IO_MAX_IMAGE_PIXELS, default 2^30 px), which
+# let a header claiming 30000 x 30000 px allocate gigabytes (the OOM killer on a 512 MB Pi Zero 2 W).
+# 2^27 px (134 MP) passes a Camera Module 3 still (12 MP) and a scan of the 600 x 900 mm plano.
+MAX_IMAGE_PIXELS = 1 << 27
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # before any command module (and so cv2) is imported; a value the user set is kept
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     parser = build_parser()
     args = parser.parse_args(argv)
     mod = importlib.import_module(args._module)

@@ -37,6 +37,8 @@ def _load_image(path: Path):
     import cv2
     import numpy as np
 
+    from capture.base import too_many_pixels
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -50,7 +52,10 @@ def _load_image(path: Path):
                       f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS)
+    except cv2.error as exc:
+        if too_many_pixels(exc):
+            return None, ("not_an_image", f"foto terlalu besar (lebih banyak piksel dari batas "
+                                          f"OPENCV_IO_MAX_IMAGE_PIXELS): {path}; perkecil resolusinya")
         img = None
     if img is None:
         return None, ("not_an_image", f"bukan foto JPEG/PNG yang bisa dibaca: {path}")

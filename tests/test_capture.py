@@ -373,3 +373,127 @@ def _opens(cls, cfg) -> bool:
     except CaptureError:
         return False
     return True
+
+
+class FakeVideoCapture:
+    """cv2.VideoCapture at the hardware edge: ``present`` says whether /dev/videoN is there, one capture may
+    hold the device at a time (V4L2 answers EBUSY); ``open_gate`` / ``read_gate`` (Events) make the open or a
+    read hang in the driver until they are set."""
+
+    held = 0
+    made = 0
+    present = True
+    open_gate: threading.Event | None = None
+    read_gate: threading.Event | None = None
+
+    def __init__(self, index, api=None):
+        FakeVideoCapture.made += 1
+        if FakeVideoCapture.open_gate is not None:
+            FakeVideoCapture.open_gate.wait(10)
+        self.opened = FakeVideoCapture.present and not FakeVideoCapture.held
+        if self.opened:
+            FakeVideoCapture.held += 1
+
+    def isOpened(self):  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def set(self, prop, value):
+        return self.opened
+
+    def grab(self):
+        return self.opened
+
+    def read(self):
+        if FakeVideoCapture.read_gate is not None:
+            FakeVideoCapture.read_gate.wait(10)
+        if not self.opened:
+            return False, None
+        return True, np.full((120, 160, 3), 200, np.uint8)
+
+    def release(self):
+        if self.opened:
+            self.opened = False
+            FakeVideoCapture.held -= 1
+
+
+@pytest.fixture
+def fake_videocapture(monkeypatch):
+    for name, value in (("held", 0), ("made", 0), ("present", True), ("open_gate", None),
+                        ("read_gate", None)):
+        monkeypatch.setattr(FakeVideoCapture, name, value)
+    monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
+    yield FakeVideoCapture
+    for gate in (FakeVideoCapture.open_gate, FakeVideoCapture.read_gate):
+        if gate is not None:
+            gate.set()
+
+
+def test_open_camera_opens_a_usb_camera_at_once_and_says_when_it_cannot(fake_videocapture):
+    """It opened /dev/videoN at the first capture only: a missing camera was no fault at start, and the kit's
+    reopen of a dropped camera 'succeeded' without touching the device."""
+    cfg = CameraConfig(backend="v4l2", timeout_s=2)
+    fake_videocapture.present = False
+    with pytest.raises(CaptureError, match=r"/dev/video0 cannot be opened"):
+        open_camera(cfg)
+    assert fake_videocapture.held == 0
+    fake_videocapture.present = True
+    cam = open_camera(cfg)
+    assert fake_videocapture.held == 1 and fake_videocapture.made == 2
+    frame = cam.capture()
+    assert frame.source == "v4l2:0" and frame.image.shape == (120, 160)
+    assert fake_videocapture.made == 2  # the capture used the device opened by open_camera
+    cam.close()
+    assert fake_videocapture.held == 0
+
+
+def test_a_usb_camera_closed_while_its_capture_hangs_is_released_when_the_capture_returns(fake_videocapture):
+    cfg = CameraConfig(backend="v4l2", timeout_s=0.2)
+    cam = open_camera(cfg)
+    fake_videocapture.read_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        cam.capture()
+    cam.close()  # the kit lets the wedged camera go and opens a new one later
+    with pytest.raises(CaptureError, match="cannot be opened"):
+        open_camera(cfg)  # the device is still held by the stuck capture: the kit keeps reporting the fault
+    fake_videocapture.read_gate.set()  # the driver comes back
+    assert _until(lambda: fake_videocapture.held == 0), "the old one keeps the device: every reopen fails"
+    fake_videocapture.read_gate = None
+    made = fake_videocapture.made
+    with pytest.raises(CaptureError, match="closed"):
+        cam.capture()  # the closed camera does not open the device again behind close()'s back
+    assert fake_videocapture.made == made and fake_videocapture.held == 0
+    again = open_camera(cfg)
+    assert again.capture().source == "v4l2:0"
+    again.close()
+    assert fake_videocapture.held == 0
+
+
+def test_a_usb_camera_open_that_times_out_does_not_keep_the_device_when_it_finishes_late(fake_videocapture):
+    cfg = CameraConfig(backend="v4l2", timeout_s=0.2)
+    fake_videocapture.open_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        open_camera(cfg)
+    fake_videocapture.open_gate.set()  # the open finishes after its caller gave up on it
+    assert _until(lambda: fake_videocapture.made == 1)
+    time.sleep(0.1)
+    assert _until(lambda: fake_videocapture.held == 0), "an abandoned open keeps the device for good"
+    fake_videocapture.open_gate = None
+    open_camera(cfg).close()
+    assert fake_videocapture.held == 0
+
+
+def test_a_usb_capture_arriving_after_close_does_not_open_the_device_again(fake_videocapture):
+    """The kit's capture waiter may call capture() just after the kit closed the camera (its own wait ran
+    out): the lazy open in the capture opened the device again for an instance nobody would ever close."""
+    cam = open_camera(CameraConfig(backend="v4l2", timeout_s=2))
+    cam.close()
+    with pytest.raises(CaptureError, match="closed"):
+        cam.capture()
+    assert fake_videocapture.made == 1 and fake_videocapture.held == 0
+
+
+def test_a_picture_refused_for_its_pixel_count_says_so():
+    from capture.base import decode_image
+
+    with pytest.raises(CaptureError, match="more pixels than"):
+        decode_image(huge_bmp(), name="huge.bmp")

@@ -264,3 +264,60 @@ def test_a_page_of_another_form_than_form_says_so(two_forms, capsys):
     assert other["status"] == "retake" and [r["code"] for r in other["reasons"]] == ["other_form"]
     msg = other["reasons"][0]["message"]
     assert OTHER in msg and DEFAULT_FORM in msg and "--form" in msg and other["error"] == msg
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG with a valid header (IHDR) claiming ``width`` x ``height`` RGB px, and the data of one row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(1 + 3 * width)))
+            + chunk(b"IEND", b""))
+
+
+def _read_in_a_process(*args: str, env: dict[str, str] | None = None, memory_mb: int = 1536):
+    """`python -m firmware.cli read --json ARGS` in a process of its own, its address space limited like
+    a small Pi's memory, and without OPENCV_IO_MAX_IMAGE_PIXELS unless ``env`` sets it."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    full = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    full.update(PYTHONPATH=str(root), **(env or {}))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+
+    return subprocess.run([sys.executable, "-m", "firmware.cli", "read", "--json", *args], cwd=root, env=full,
+                          preexec_fn=limit, capture_output=True, text=True, timeout=300)
+
+
+def test_a_photo_claiming_too_many_pixels_is_refused_before_it_is_decoded(photos, tmp_path):
+    """OpenCV decodes up to 2^30 px by default: a header claiming 20000 x 20000 px made it allocate 1.2 GB
+    (the OOM killer on a 512 MB Pi Zero 2 W). `tpskit` lowers the limit before OpenCV loads: the photo gets
+    its own error line saying it is too large, and the photo next to it is still read."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(20000, 20000))
+    _, paths = photos
+    proc = _read_in_a_process(str(bomb), str(paths[2]))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "MemoryError" not in proc.stderr and "Traceback" not in proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert len(lines) == 2
+    assert lines[0]["status"] == "retake" and lines[0]["reasons"][0]["code"] == "not_an_image"
+    assert "terlalu besar" in lines[0]["error"] and str(bomb) in lines[0]["error"]
+    assert lines[1]["page"] == 3
+
+
+def test_a_pixel_limit_the_user_set_is_kept(photos):
+    _, paths = photos
+    proc = _read_in_a_process(str(paths[2]), env={"OPENCV_IO_MAX_IMAGE_PIXELS": "1000"})
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert "terlalu besar" in lines[0]["error"]
