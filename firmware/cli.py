@@ -16,6 +16,9 @@ import sys
 # let a header claiming 30000 x 30000 px allocate gigabytes (the OOM killer on a 512 MB Pi Zero 2 W).
 # 2^27 px (134 MP) passes a Camera Module 3 still (12 MP) and a scan of the 600 x 900 mm plano.
 MAX_IMAGE_PIXELS = 1 << 27
+# the daemon only decodes its camera's stills (and a folder camera's photos), on a Pi Zero 2 W: 2^25 (33 MP,
+# ~100 MB as BGR) is all it ever needs and what it can hold
+RUN_MAX_IMAGE_PIXELS = 1 << 25
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,10 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # before any command module (and so cv2) is imported; a value the user set is kept
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
-    parser = build_parser()
+    parser = build_parser()  # (the command modules import cv2 only in run())
     args = parser.parse_args(argv)
+    # before cv2 is imported; a value the user set is kept
+    limit = RUN_MAX_IMAGE_PIXELS if args.command == "run" else MAX_IMAGE_PIXELS
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(limit))
     mod = importlib.import_module(args._module)
     try:
         return int(mod.run(args) or 0)

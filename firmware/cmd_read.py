@@ -37,7 +37,7 @@ def _load_image(path: Path):
     import cv2
     import numpy as np
 
-    from capture.base import too_many_pixels
+    from capture.base import jpeg_is_complete, too_many_pixels
 
     try:
         data = path.read_bytes()
@@ -47,7 +47,7 @@ def _load_image(path: Path):
         return None, ("file_unreadable", f"berkas tidak bisa dibaca: {path} ({exc.strerror})")
     if not data:
         return None, ("not_an_image", f"berkas kosong: {path}")
-    if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):  # as the folder camera decides
         return None, ("truncated",
                       f"foto JPEG terpotong (tidak lengkap): {path}; salin ulang atau foto ulang")
     try:

@@ -321,3 +321,34 @@ def test_a_pixel_limit_the_user_set_is_kept(photos):
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
     assert "terlalu besar" in lines[0]["error"]
+
+
+def test_a_phone_motion_photo_is_read_like_the_folder_camera_reads_it(photos, capsys, tmp_path):
+    """Phones append a video after the JPEG's end marker (a motion photo): the folder camera reads such a
+    file, and `tpskit read` refused it as truncated (it only looked at the file's last two bytes)."""
+    _, paths = photos
+    motion = tmp_path / "motion.jpg"
+    motion.write_bytes(paths[2].read_bytes() + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(paths[2].read_bytes()[:5000])
+    assert main(["read", "--json", str(motion), str(cut)]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["page"] == 3 and not lines[0].get("error")
+    assert lines[1]["reasons"][0]["code"] == "truncated"
+
+
+def test_the_daemon_gets_a_lower_pixel_limit_than_the_reader(monkeypatch, tmp_path):
+    """`tpskit run` decodes only camera stills on a 512 MB Pi Zero 2 W: 2^25 px; `tpskit read` may get scans
+    of the whole plano: 2^27. Either way set before OpenCV loads, and a value the user set is kept."""
+    import os
+
+    from firmware import cli
+
+    for command, want in (("run", cli.RUN_MAX_IMAGE_PIXELS), ("status", cli.MAX_IMAGE_PIXELS)):
+        monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS", raising=False)
+        cli.main(["--config", str(tmp_path / "missing.toml"), command])  # refused config: returns at once
+        assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == str(want)
+    assert cli.RUN_MAX_IMAGE_PIXELS >= 4608 * 2592  # a Camera Module 3 still
+    monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "1000")
+    cli.main(["--config", str(tmp_path / "missing.toml"), "run"])
+    assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == "1000"
