@@ -26,6 +26,13 @@ def make_config(state_dir, photos=None, **sections) -> config_mod.Config:
     return config_mod.parse(data)
 
 
+def photo_folder(path, value: int = 220):
+    """A folder camera's folder (created) holding one photo, 01.jpg, of brightness *value*."""
+    path.mkdir(parents=True)
+    write_photo(path / "01.jpg", value)
+    return path
+
+
 def write_photo(path, value: int = 200) -> bytes:
     img = np.full((240, 320, 3), value, np.uint8)
     cv2.rectangle(img, (40, 40), (280, 200), (0, 0, 0), 3)

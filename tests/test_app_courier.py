@@ -53,6 +53,37 @@ def _wait_readings(db, n, timeout=20):
     return rows
 
 
+def _stored_before_start(cfg, photos, *, status: str, page: int, time_source: str):
+    """A capture committed by an earlier run of the kit (photo and row), not yet in the outbox."""
+    from firmware.store import CaptureStore
+
+    jpeg = write_photo(photos / "01.jpg", 220)
+    store = CaptureStore(cfg.paths.state_dir, volatile_ok=True)
+    try:
+        return store.save(jpeg=jpeg, status=status, reading={"page": page, "status": status, "reasons": []},
+                          taken_at=time.time(), time_source=time_source)
+    finally:
+        store.close()
+
+
+def _wait_readiness(db, timeout=20.0):
+    """(kit_id, body) of the readiness the collector stored, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists():
+            conn = sqlite3.connect(db)
+            try:
+                row = conn.execute("SELECT kit_id, body FROM kit_readiness").fetchone()
+            except sqlite3.OperationalError:
+                row = None
+            finally:
+                conn.close()
+            if row is not None:
+                return row[0], json.loads(row[1])
+        time.sleep(0.1)
+    return None
+
+
 def test_press_reaches_the_collector(tmp_path, mosquitto):
     cfg, photos, collector, collector_db, courier = _setup(tmp_path, mosquitto.url)
     write_photo(photos / "01.jpg", 220)
@@ -95,16 +126,10 @@ def test_stored_while_broker_down_is_delivered_after_restart(tmp_path, mosquitto
 
 
 def test_capture_committed_before_a_crash_is_sent_at_start(tmp_path, mosquitto):
-    from firmware.store import CaptureStore
-
     cfg, photos, collector, collector_db, courier = _setup(tmp_path, mosquitto.url)
-    jpeg = write_photo(photos / "01.jpg", 220)
-    (photos / "01.jpg").unlink()
     # the kit died after committing this capture, before handing it to the outbox
-    store = CaptureStore(cfg.paths.state_dir, volatile_ok=True)
-    rec = store.save(jpeg=jpeg, status="review", reading={"page": 3, "status": "review", "reasons": []},
-                     taken_at=time.time(), time_source="unsynced")
-    store.close()
+    rec = _stored_before_start(cfg, photos, status="review", page=3, time_source="unsynced")
+    (photos / "01.jpg").unlink()
     collector.start()
     try:
         with KitHarness(cfg, courier=courier()) as h:
@@ -122,20 +147,10 @@ def test_boot_publishes_readiness_to_the_collector(tmp_path, mosquitto):
     collector.start()
     try:
         with KitHarness(cfg, courier=courier()):
-            deadline = time.monotonic() + 20
-            row = None
-            while row is None and time.monotonic() < deadline:
-                if collector_db.exists():
-                    conn = sqlite3.connect(collector_db)
-                    try:
-                        row = conn.execute("SELECT kit_id, body FROM kit_readiness").fetchone()
-                    except sqlite3.OperationalError:
-                        row = None
-                    conn.close()
-                time.sleep(0.1)
+            row = _wait_readiness(collector_db)
         assert row is not None, "the boot readiness never reached the collector"
-        assert row[0] == cfg.kit.kit_id
-        body = json.loads(row[1])
+        kit_id, body = row
+        assert kit_id == cfg.kit.kit_id
         assert body["trigger"] == "boot"
         assert body["ready"] is False  # no self-test has passed on this kit yet
         assert "selftest" in {f["name"] for f in body["failing"]}
@@ -146,33 +161,19 @@ def test_boot_publishes_readiness_to_the_collector(tmp_path, mosquitto):
 def test_a_kit_whose_camera_is_down_still_delivers_and_tells_the_operators(tmp_path, mosquitto):
     """The camera failed at start: what was stored before still reaches the collector, and the readiness
     there says the camera is why the kit is not ready (no reboot loop that would stop the sending)."""
-    from firmware.store import CaptureStore
-
     cfg, photos, collector, collector_db, courier = _setup(tmp_path, mosquitto.url)
-    jpeg = write_photo(photos / "01.jpg", 220)
-    store = CaptureStore(cfg.paths.state_dir, volatile_ok=True)
-    rec = store.save(jpeg=jpeg, status="ok", reading={"page": 1, "status": "ok", "reasons": []},
-                     taken_at=time.time(), time_source="ntp")
-    store.close()
+    rec = _stored_before_start(cfg, photos, status="ok", page=1, time_source="ntp")
     collector.start()
     try:
         with KitHarness(cfg, camera=None, courier=courier(), fault_retry_s=60,
                         faults={"camera": "no Camera Module found"}) as h:
             assert h.kit.state == "fault"
             rows = _wait_readings(collector_db, 1)
-            deadline = time.monotonic() + 20
-            body = None
-            while body is None and time.monotonic() < deadline:
-                conn = sqlite3.connect(collector_db)
-                try:
-                    row = conn.execute("SELECT body FROM kit_readiness").fetchone()
-                except sqlite3.OperationalError:
-                    row = None
-                conn.close()
-                body = json.loads(row[0]) if row else None
-                time.sleep(0.1)
+            row = _wait_readiness(collector_db)
         assert [r[0] for r in rows] == [rec.id]
-        assert body is not None and body["ready"] is False and body["checks"]["camera"] == "fail"
+        assert row is not None
+        body = row[1]
+        assert body["ready"] is False and body["checks"]["camera"] == "fail"
         assert any(f["name"] == "camera" and "no Camera Module" in f["detail"] for f in body["failing"])
     finally:
         collector.stop()

@@ -12,15 +12,12 @@ import pytest
 from capture.base import CaptureError, TimeoutRunner
 from capture.folder import FolderCamera
 from firmware.app import EXIT_REBOOT, FAULT_REBOOT_MARKER, build_kit
-from tests.kit_helpers import KitHarness, StubReader, make_config, write_photo
+from tests.kit_helpers import KitHarness, StubReader, make_config, photo_folder
 
 
 @pytest.fixture
 def photos(tmp_path):
-    d = tmp_path / "photos-in"
-    d.mkdir()
-    write_photo(d / "01.jpg", 220)
-    return d
+    return photo_folder(tmp_path / "photos-in")
 
 
 class CameraSocket:

@@ -14,15 +14,12 @@ from gpiozero.pins.mock import MockFactory
 from firmware import app
 from firmware.notify import SystemdNotifier
 from firmware.power import EXIT_POWEROFF, BatteryMonitor, FakeGauge
-from tests.kit_helpers import KitHarness, StubReader, make_config, write_photo
+from tests.kit_helpers import KitHarness, StubReader, make_config, photo_folder
 
 
 @pytest.fixture
 def photos(tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    write_photo(folder / "01.jpg", 220)
-    return folder
+    return photo_folder(tmp_path / "photos")
 
 
 @pytest.mark.parametrize("source", ["line", "gauge"])
