@@ -9,6 +9,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nacl.signing import SigningKey
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +104,28 @@ def _open_store(args: argparse.Namespace):
         return None
 
 
+def _checked_arguments(args: argparse.Namespace) -> tuple[dict, str | None, SigningKey | None]:
+    """The registry, the MQTT password and the ack key (None if its file is still to be created), read
+    without writing anything; KeyFileError, ValueError or OSError says which is wrong."""
+    from comms.courier import parse_broker_url
+    from comms.signing import load_kit_registry, load_private_key
+
+    registry = load_kit_registry(args.kits)
+    parse_broker_url(args.broker)
+    password = _secret(args.password_file)
+    ack_key = load_private_key(args.ack_key) if args.ack_key and args.ack_key.exists() else None
+    return registry, password, ack_key
+
+
+def _create_ack_key(path: Path) -> SigningKey:
+    """A new collector ack key in ``path``; its public key, for the kits, is printed."""
+    from comms.signing import load_or_create_private_key, public_key_b64
+
+    key = load_or_create_private_key(path)
+    print(f"collector ack key created; public key for the kits: {public_key_b64(key)}")
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     from comms.signing import KeyFileError, load_kit_registry, registry_add
 
@@ -150,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.broker or not args.db:
         print("tpskit collector: --broker and --db are needed to run the collector", file=sys.stderr)
         return 2
+    try:  # every argument before the database, which a first run creates: a typo leaves no empty database
+        registry, password, ack_key = _checked_arguments(args)
+    except (KeyFileError, ValueError, OSError) as exc:
+        print(f"tpskit collector: {exc}", file=sys.stderr)
+        return 2
     # Check the database before subscribing: a wrong URL or password is reported here, not in a thread.
     store = _open_store(args)
     if store is None:
@@ -158,21 +189,14 @@ def run(args: argparse.Namespace) -> int:
     from comms.collector import Collector
 
     try:
-        registry = load_kit_registry(args.kits)
-        ack_key = None
-        if args.ack_key:
-            from comms.signing import load_or_create_private_key, public_key_b64
-
-            existed = args.ack_key.exists()
-            ack_key = load_or_create_private_key(args.ack_key)
-            if not existed:
-                print(f"collector ack key created; public key for the kits: {public_key_b64(ack_key)}")
+        if args.ack_key and ack_key is None:
+            ack_key = _create_ack_key(args.ack_key)
         collector = Collector(
             broker_url=args.broker,
             db_path=args.db,
             registry=args.kits,
             username=args.username,
-            password=_secret(args.password_file),
+            password=password,
             ca_file=args.ca_file,
             cert_file=args.cert_file,
             key_file=args.key_file,

@@ -169,11 +169,8 @@ def run_tps(item: dict, cfg, *, reader, summary: dict) -> None:
     kit.close()
     cross = None
     try:
-        from inference.reader import check_tps
-
-        pages = [v["page_reading"] for v in verdicts
-                 if v["page_reading"] is not None and v["status"] != "retake"]
-        cross = check_tps(pages)
+        cross = cross_page([v["page_reading"] for v in verdicts
+                            if v["page_reading"] is not None and v["status"] != "retake"])
         _p(f"  TPS {tps} cross-page check: {cross.get('status')}"
            + (f" — {json.dumps(cross.get('reasons'), ensure_ascii=False)}" if cross.get("reasons") else ""))
     except Exception as exc:  # noqa: BLE001 - reported, never invented
@@ -182,7 +179,16 @@ def run_tps(item: dict, cfg, *, reader, summary: dict) -> None:
         v.pop("page_reading", None)
     summary["presses"].extend(verdicts)
     summary["tps"].append({"tps": tps, "kit_id": cfg.kit.kit_id, "slip": item["slip"], "delivered": delivered,
-                           "cross_page": {k: cross.get(k) for k in ("status", "reasons")} if cross else None})
+                           "cross_page": {k: cross.get(k) for k in ("form", "status", "reasons")} if cross
+                           else None})
+
+
+def cross_page(pages: list[dict]) -> dict:
+    """The cross-page check of one TPS's read pages, under the form they are read as (pages of different
+    forms are ``review``, ``mixed_forms``)."""
+    from inference.reader import check_tps_pages
+
+    return check_tps_pages(pages)
 
 
 def collector_report(db: Path) -> dict:

@@ -113,21 +113,7 @@ def _other_form_reason(form_id: str, found: tuple[str, int]) -> dict:
                        f"dengan --form {form}, atau tanpa --form (formulir dikenali dari kode halamannya)."}
 
 
-def tps_form(readings: list[dict], given: str | None, default: str) -> tuple[str | None, str | None]:
-    """The form whose cross-page rules apply to ``readings`` (one TPS's pages), and what is wrong if none:
-    ``given`` (``--form``), else the form every page read is of (``default`` when no page was recognised);
-    pages of different forms are no TPS: ``(None, message)``."""
-    if given:
-        return given, None
-    by_form: dict[str, list[str]] = {}
-    for d in readings:
-        if d.get("page") is not None:
-            by_form.setdefault(d["form"], []).append(d["image"])
-    if len(by_form) <= 1:
-        return next(iter(by_form), default), None
-    listed = "; ".join(f"formulir {f}: {', '.join(images)}" for f, images in sorted(by_form.items()))
-    return None, (f"Halaman-halaman ini dari formulir yang berbeda ({listed}), bukan satu TPS. Baca halaman "
-                  "tiap formulir terpisah (satu perintah per TPS dan formulir).")
+MIXED_FORMS_ADVICE = "Baca halaman tiap formulir terpisah (satu perintah per TPS dan formulir)."
 
 
 def _error_line(path: Path, form: str, code: str, message: str) -> dict:
@@ -156,7 +142,7 @@ def _table(d: dict, out) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from firmware import config as config_mod
-    from inference.reader import PageReader, check_tps
+    from inference.reader import PageReader, check_tps_pages
     from inference.rules import load_tps_rules
     from inference.templates import DEFAULT_FORM, TemplateError, available_forms
 
@@ -227,13 +213,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             _table(d, sys.stdout)
     if args.tps:
-        tps_form_id, mixed = tps_form(readings, args.form, DEFAULT_FORM)
+        t = check_tps_pages(readings, form_id=args.form, advice=MIXED_FORMS_ADVICE)
+        mixed = next((r["message"] for r in t["reasons"] if r["code"] == "mixed_forms"), None)
         if mixed:
-            failed = True
-            t = {"tps": True, "form": None, "status": "review",
-                 "reasons": [{"code": "mixed_forms", "message": mixed}], "checks": [], "error": mixed}
-        else:
-            t = {"tps": True, "form": tps_form_id, **check_tps(readings, form_id=tps_form_id)}
+            failed, t["error"] = True, mixed
         if args.json:
             print(json.dumps(t, ensure_ascii=False), flush=True)
             if mixed:

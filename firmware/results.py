@@ -15,6 +15,7 @@ from pathlib import Path
 OK, REVIEW, INCOMPLETE, NONE = "ok", "review", "incomplete", "none"
 LABELS = {OK: "LENGKAP", REVIEW: "PERIKSA", INCOMPLETE: "KURANG", NONE: "BELUM ADA"}
 PAGES = (1, 2, 3)
+MIXED_FORMS_ADVICE = "Periksa kit mana yang memotret formulir yang salah."
 
 # the newest reading of every page: within a kit by (epoch, seq) (its clock may run behind), a second kit's
 # for the same TPS by when the collector received it
@@ -83,10 +84,21 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None,
     return out
 
 
+def cross_page(readings: list[dict]) -> dict:
+    """The cross-page verdict of one TPS's newest pages under the form they name (``check_tps_pages``); a
+    form this machine does not know (or whose rules are broken) is a ``review`` saying so."""
+    from inference.reader import check_tps_pages
+    from inference.templates import TemplateError
+
+    try:
+        return check_tps_pages(readings, advice=MIXED_FORMS_ADVICE)
+    except TemplateError as exc:
+        why = {"code": "unknown_form", "message": f"aturan antarhalaman tidak bisa dicek: {exc}"}
+        return {"tps": True, "form": None, "status": "review", "reasons": [why], "checks": []}
+
+
 def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSeen]]) -> list[TpsResult]:
     """One TpsResult per TPS of the registry (``none`` if it sent nothing) and per TPS that sent readings."""
-    from inference.reader import check_tps
-
     places = {(e.kode_wilayah, e.tps) for e in (registry or {}).values() if e.kode_wilayah and e.tps}
     places |= set(pages)
     out = []
@@ -97,7 +109,7 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSee
             out.append(TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima"]))
             continue
         readings = [{**p.reading, "page": h} for h, p in got.items()]
-        verdict = check_tps(readings)
+        verdict = cross_page(readings)
         statuses = {h: str(p.reading.get("status", "?")) for h, p in sorted(got.items())}
         res = TpsResult(kw, tps, REVIEW, statuses,
                         [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits)

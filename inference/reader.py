@@ -53,7 +53,8 @@ from inference.register import Registration, RetakeError, rectify, register
 from inference.render import INK, page_style
 from inference.templates import DEFAULT_FORM, Field, Form, PageTemplate, load_form
 
-__all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "MESSAGES", "EMPTY"]
+__all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "check_tps_pages", "tps_form", "MESSAGES",
+           "EMPTY"]
 
 EMPTY = 10
 CROP_MARGIN_MM = 1.0
@@ -1162,6 +1163,43 @@ def check_tps(readings: list[PageReading | dict], *, form_id: str = DEFAULT_FORM
         "reasons": reasons,
         "checks": [{"rule": c["rule"], "ok": c["ok"]} for c in checks],
     }
+
+
+MIXED_FORMS_ADVICE = "Periksa formulir tiap halaman: halaman tiap formulir diperiksa sebagai TPS tersendiri."
+
+
+def _page_label(d: dict) -> str:
+    return d.get("image") or f"halaman {d['page']}"
+
+
+def tps_form(readings: list[dict], given: str | None = None,
+             default: str = DEFAULT_FORM) -> tuple[str | None, str | None]:
+    """The form whose cross-page rules apply to ``readings`` (one TPS's pages), and what is wrong if none:
+    ``given``, else the form every page read names (``default`` when none names one); pages of different
+    forms are no TPS: ``(None, message)`` naming each form's pages."""
+    if given:
+        return given, None
+    by_form: dict[str, list[str]] = {}
+    for d in readings:
+        if d.get("page") is not None and d.get("form") is not None:
+            by_form.setdefault(str(d["form"]), []).append(_page_label(d))
+    if len(by_form) <= 1:
+        return next(iter(by_form), default), None
+    listed = "; ".join(f"formulir {f}: {', '.join(pages)}" for f, pages in sorted(by_form.items()))
+    return None, f"Halaman-halaman ini dari formulir yang berbeda ({listed}), bukan satu TPS."
+
+
+def check_tps_pages(readings: list[PageReading | dict], *, form_id: str | None = None,
+                    advice: str = MIXED_FORMS_ADVICE) -> dict:
+    """``check_tps`` under the form the pages are of (``form_id`` if given, see ``tps_form``), with that
+    form: ``{"tps": True, "form", "status", "reasons", "checks"}``. Pages of different forms are ``review``
+    with no checks and one ``mixed_forms`` reason (its message ends with ``advice``), form None."""
+    dicts = [r.to_dict() if isinstance(r, PageReading) else r for r in readings]
+    form, mixed = tps_form(dicts, form_id)
+    if mixed:
+        return {"tps": True, "form": None, "status": "review",
+                "reasons": [{"code": "mixed_forms", "message": f"{mixed} {advice}".strip()}], "checks": []}
+    return {"tps": True, "form": form, **check_tps(dicts, form_id=form)}
 
 
 # ------------------------------------------------------------------------------------------ annotate ---

@@ -1,4 +1,5 @@
-"""Shared pieces of the delivery tests: polling, a test courier and a collector for one registered kit."""
+"""Shared pieces of the delivery tests: polling, a test courier, a collector for one registered kit and the
+shipped broker's message size limit."""
 
 from __future__ import annotations
 
@@ -81,3 +82,15 @@ def signed_reading(
         body=body,
         epoch=EPOCH,
     )
+
+
+def shipped_message_size_limit() -> int:
+    """``message_size_limit`` of the shipped broker config, comms/mosquitto/mosquitto.conf."""
+    conf = Path(__file__).resolve().parents[1] / "comms" / "mosquitto" / "mosquitto.conf"
+    values = [
+        int(words[1])
+        for words in (line.split() for line in conf.read_text(encoding="utf-8").splitlines())
+        if words[:1] == ["message_size_limit"]
+    ]
+    assert len(values) == 1, f"{conf} must set message_size_limit once"
+    return values[0]

@@ -8,6 +8,7 @@ import pytest
 
 from firmware.cli import main
 from inference.synth import make_sample, make_tps
+from tests.form_helpers import OTHER, install_second_form
 
 digits = pytest.importorskip("inference.digits")
 try:
@@ -172,42 +173,13 @@ def test_an_annotation_that_cannot_be_written_is_an_error_for_that_photo_only(ph
     assert rc == 1 and "page1.annotated.jpg" in out and "Traceback" not in out
 
 
-OTHER = "C.HASIL-UJI-2024"  # a second form (a copy of the shipped one under other page codes)
-
-
 @pytest.fixture
 def two_forms(tmp_path, monkeypatch):
-    """A forms folder with the shipped form and ``OTHER``, used wherever the reader, the rules and the
-    generator load forms by id; photos of the three pages of each (one TPS's numbers)."""
-    import shutil
+    """A forms folder with the shipped form and ``OTHER`` (tests/form_helpers.py); photos of the three pages
+    of each (one TPS's numbers)."""
+    from inference import templates
 
-    from inference import reader, register, rules, synth, templates
-
-    root = tmp_path / "forms"
-    shutil.copytree(templates.FORMS_DIR / templates.DEFAULT_FORM, root / templates.DEFAULT_FORM)
-    shutil.copytree(templates.FORMS_DIR / templates.DEFAULT_FORM, root / OTHER)
-    for f in (root / OTHER).glob("*.json"):
-        data = json.loads(f.read_text(encoding="utf-8"))
-        data["form"] = OTHER
-        if "tag" in data:
-            data["tag"]["id"] += 10
-        f.write_text(json.dumps(data), encoding="utf-8")
-
-    load, known = templates.load_form, templates.available_forms
-
-    def load_form(form_id=templates.DEFAULT_FORM, forms_dir=root):
-        return load(form_id, forms_dir)
-
-    def available_forms(forms_dir=root):
-        return known(forms_dir)
-
-    tps_rules = rules.load_tps_rules
-    for mod in (reader, register, rules, synth):
-        monkeypatch.setattr(mod, "load_form", load_form)
-    for mod in (register, templates):
-        monkeypatch.setattr(mod, "available_forms", available_forms)
-    monkeypatch.setattr(rules, "load_tps_rules",
-                        lambda form_id, forms_dir=root: tps_rules(form_id, forms_dir))
+    install_second_form(tmp_path / "forms", monkeypatch)
     tps = make_tps(np.random.default_rng(21))
     photos = {}
     for form in (templates.DEFAULT_FORM, OTHER):

@@ -651,3 +651,42 @@ def test_the_collector_command_refuses_a_registry_without_kits(tmp_path, capsys,
         assert cli.main(["collector", "--kits", str(folder), *extra]) == 2
         err = capsys.readouterr().err
         assert str(folder) in err and "provision --export" in err
+
+
+def _collector_argv(tmp_path, kit) -> list[str]:
+    """``tpskit collector`` with a registry of ``kit`` and a database in ``tmp_path``."""
+    from comms.signing import registry_add
+
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", kit.verify_key, kode_wilayah=KW, tps=TPS)
+    return ["collector", "--kits", str(reg), "--broker", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "c.db")]
+
+
+@pytest.mark.parametrize("bad", [["--kits", "missing.json"], ["--broker", "http://nowhere"],
+                                 ["--password-file", "no-password"], ["--ack-key", "broken.key"]])
+def test_bad_arguments_are_refused_before_the_database_is_created(tmp_path, kit, capsys, monkeypatch, bad):
+    """A bad --kits (or another bad argument) left an empty collector database behind."""
+    from firmware import cli
+
+    monkeypatch.setattr(Collector, "start", lambda self: pytest.fail("the collector started"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.key").write_text("not a key")
+    assert cli.main([*_collector_argv(tmp_path, kit), *bad]) == 2  # the last of an option counts
+    err = capsys.readouterr().err
+    assert "tpskit collector:" in err and "Traceback" not in err
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_a_missing_ack_key_is_created_only_once_the_database_is_usable(tmp_path, kit, capsys, monkeypatch):
+    from firmware import cli
+
+    def stop_here(self, **kwargs):
+        raise ValueError("stop before the collector runs")
+
+    monkeypatch.setattr(Collector, "__init__", stop_here)
+    (tmp_path / "not-a-dir").write_text("")
+    argv = [*_collector_argv(tmp_path, kit), "--ack-key", str(tmp_path / "ack.key")]
+    assert cli.main([*argv, "--db", str(tmp_path / "not-a-dir" / "c.db")]) == 2  # an unusable database
+    assert not (tmp_path / "ack.key").exists()
+    assert cli.main(argv) == 2 and "stop before the collector runs" in capsys.readouterr().err
+    assert (tmp_path / "ack.key").exists()

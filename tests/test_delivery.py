@@ -23,7 +23,7 @@ from comms.signing import (
     public_key_pem,
     registry_add,
 )
-from tests.delivery_helpers import KW, TPS, start_collector
+from tests.delivery_helpers import KW, TPS, shipped_message_size_limit, start_collector
 from tests.delivery_helpers import make_courier as _courier
 from tests.delivery_helpers import wait_for as _wait
 
@@ -366,7 +366,6 @@ def test_the_largest_chunks_pass_a_broker_with_the_shipped_size_limit(tmp_path, 
     """With the message_size_limit of comms/mosquitto/mosquitto.conf, a photo in chunks of the largest size
     the courier allows arrives whole (a larger chunk is refused by that broker and sent again for ever)."""
     from comms import payloads
-    from tests.test_payloads import shipped_message_size_limit
 
     broker = mosquitto_factory(extra_conf=f"message_size_limit {shipped_message_size_limit()}")
     key = generate_key()

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from firmware.cli import main
+from tests.form_helpers import OTHER, install_second_form
 
 
 def _reader_available() -> str | None:
@@ -62,3 +63,35 @@ def test_bad_options_are_refused_before_anything_starts(tmp_path, capsys, argv, 
     err = capsys.readouterr().err
     assert what in err and "Traceback" not in err
     assert not work.exists()
+
+
+def _pages(form_ids: list[str]) -> list[dict]:
+    """One TPS's three pages as the kit reads them, consistent, page k of form ``form_ids[k - 1]``."""
+    import numpy as np
+
+    from inference.synth import make_tps
+
+    numbers = make_tps(np.random.default_rng(5))[0]
+    return [{"image": "", "form": form, "page": h, "status": "ok", "reasons": [],
+             "fields": {k: {"value": v} for k, v in numbers[h].items()}}
+            for h, form in zip((1, 2, 3), form_ids, strict=True)]
+
+
+def test_cross_page_check_is_the_form_the_pages_are_of(tmp_path, monkeypatch):
+    """Pages of another form were checked as a TPS of the default form (every page "missing")."""
+    from firmware.cmd_demo import cross_page
+
+    install_second_form(tmp_path / "forms", monkeypatch)
+    cross = cross_page(_pages([OTHER] * 3))
+    assert cross["status"] == "ok" and cross["form"] == OTHER and cross["reasons"] == []
+
+
+def test_cross_page_check_of_pages_of_different_forms_says_why(tmp_path, monkeypatch):
+    from firmware.cmd_demo import cross_page
+    from inference.templates import DEFAULT_FORM
+
+    install_second_form(tmp_path / "forms", monkeypatch)
+    cross = cross_page(_pages([DEFAULT_FORM, OTHER, OTHER]))
+    assert cross["status"] == "review" and cross["form"] is None
+    assert [r["code"] for r in cross["reasons"]] == ["mixed_forms"]
+    assert DEFAULT_FORM in cross["reasons"][0]["message"] and OTHER in cross["reasons"][0]["message"]

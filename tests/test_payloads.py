@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import annotated_types
 import pytest
 
 from comms import payloads
 from comms.signing import generate_key
+from tests.delivery_helpers import shipped_message_size_limit
 
 KW, TPS = "31.71.01.1001", 7
 
@@ -78,18 +78,6 @@ def test_ack_and_schema():
     schema = payloads.json_schema()
     assert set(schema) == {"envelope", "reading", "photo", "status", "ack"}
     json.dumps(schema)
-
-
-def shipped_message_size_limit() -> int:
-    """``message_size_limit`` of the shipped broker config, comms/mosquitto/mosquitto.conf."""
-    conf = Path(__file__).resolve().parents[1] / "comms" / "mosquitto" / "mosquitto.conf"
-    values = [
-        int(words[1])
-        for words in (line.split() for line in conf.read_text(encoding="utf-8").splitlines())
-        if words[:1] == ["message_size_limit"]
-    ]
-    assert len(values) == 1, f"{conf} must set message_size_limit once"
-    return values[0]
 
 
 def config_maximum(section, name: str) -> int:

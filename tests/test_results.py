@@ -16,6 +16,7 @@ from comms.signing import KitEntry, generate_key, registry_add
 from firmware import cli
 from firmware.results import INCOMPLETE, NONE, OK, REVIEW, assess, pages_from_collector_db
 from inference.synth import make_tps
+from tests.form_helpers import OTHER, install_second_form
 from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
 
 PREFIX = "tpskit/v1"
@@ -36,11 +37,14 @@ class Kit:
     def entry(self) -> KitEntry:
         return KitEntry(self.kit_id, self.key.verify_key, self.kode_wilayah, self.tps)
 
-    def page(self, halaman: int, *, status: str = "ok", change: dict | None = None) -> tuple[str, bytes]:
+    def page(self, halaman: int, *, status: str = "ok", change: dict | None = None,
+             form: str | None = None) -> tuple[str, bytes]:
         self.seq += 1
         values = {**self.numbers[halaman], **(change or {})}
         reading = {"page": halaman, "status": status, "reasons": [],
                    "fields": {k: {"value": v} for k, v in values.items()}}
+        if form is not None:  # as the kit's reader names it
+            reading["form"] = form
         capture = f"c{self.seq}"
         body = payloads.reading_body(capture_id=capture, halaman=halaman, reading=reading, taken_at=1.0,
                                      time_source="rtc", photo=None, chunk_bytes=1000)
@@ -92,6 +96,47 @@ def test_each_tps_is_complete_to_check_incomplete_or_silent(collector_db):
     assert got[4].state == NONE and got[4].pages == {}
     assert got[5].state == REVIEW and got[5].kits == ["kit-e", "kit-f"]
     assert any("beberapa kit" in r for r in got[5].reasons)
+
+
+def test_a_tps_is_checked_against_the_form_its_pages_name(tmp_path, monkeypatch):
+    """Pages of another form than the default were checked as a TPS of the default form: every page
+    "missing", the TPS to check though all three arrived, read and consistent."""
+    from inference.templates import DEFAULT_FORM
+
+    install_second_form(tmp_path / "forms", monkeypatch)
+    other, broken = Kit("kit-a", 1), Kit("kit-b", 2)
+    v = broken.numbers[3]["total_suara"]
+    messages = [other.page(h, form=OTHER) for h in (1, 2, 3)]
+    messages += [broken.page(1, form=OTHER), broken.page(2, form=OTHER),
+                 broken.page(3, form=OTHER, change={"total_suara": v + 10})]
+    _collect(tmp_path / "collector.db", [other, broken], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(tmp_path / "collector.db"))}
+    assert got[1].state == OK and got[1].reasons == []
+    assert got[2].state == REVIEW and any("V.C = I.B.4" in r for r in got[2].reasons)
+    assert all(DEFAULT_FORM not in r for r in got[2].reasons)
+
+
+def test_a_tps_whose_pages_are_of_different_forms_is_to_check_and_says_why(tmp_path, monkeypatch):
+    from inference.templates import DEFAULT_FORM
+
+    install_second_form(tmp_path / "forms", monkeypatch)
+    mixed, partial = Kit("kit-a", 1), Kit("kit-b", 2)
+    messages = [mixed.page(1), mixed.page(2, form=DEFAULT_FORM), mixed.page(3, form=OTHER)]
+    messages += [partial.page(1, form=DEFAULT_FORM), partial.page(2, form=OTHER)]
+    _collect(tmp_path / "collector.db", [mixed, partial], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(tmp_path / "collector.db"))}
+    assert got[1].state == REVIEW and got[2].state == INCOMPLETE
+    for res in got.values():
+        why = [r for r in res.reasons if DEFAULT_FORM in r and OTHER in r]
+        assert why and "halaman 2" in why[0]
+    assert "halaman 3" in [r for r in got[1].reasons if OTHER in r][0]
+
+
+def test_a_form_this_machine_does_not_know_is_to_check_not_a_crash(tmp_path):
+    kit = Kit("kit-a", 1)
+    _collect(tmp_path / "collector.db", [kit], [kit.page(h, form="C.HASIL-ENTAH-2099") for h in (1, 2, 3)])
+    (res,) = assess(None, pages_from_collector_db(tmp_path / "collector.db"))
+    assert res.state == REVIEW and any("C.HASIL-ENTAH-2099" in r for r in res.reasons)
 
 
 def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
