@@ -259,3 +259,39 @@ class DriverGuard:
                 log.warning("%s is stuck in a call: released when that call returns", self.name)
                 return
             self._release()
+
+
+class DriverCamera:
+    """A camera whose driver calls may hang (Camera Module, USB camera): each call runs on a
+    ``TimeoutRunner`` under a ``DriverGuard``, so one abandoned on its timeout (``CaptureTimeout``) still
+    releases the device itself when (if) it returns. Subclasses give ``_open``, ``_grab`` and ``_release``."""
+
+    def __init__(self, *, name: str, timeout_s: float) -> None:
+        self.name = name
+        self._runner = TimeoutRunner(timeout_s=timeout_s, name=name)
+        self._guard = DriverGuard(self._release, name=name)
+
+    def open(self):
+        """Open the device now (under the timeout), so a missing camera is an error at start."""
+        self._guard.reopen()
+        try:
+            self._runner.call(lambda: self._guard.run(self._open))
+        except CaptureTimeout:
+            self.close()  # nobody will hold this instance: the stuck open must not keep the device
+            raise
+        return self
+
+    def capture(self) -> Frame:
+        return self._runner.call(lambda: self._guard.run(self._grab))
+
+    def close(self) -> None:
+        self._guard.close()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _grab(self) -> Frame:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError

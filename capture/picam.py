@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from capture.base import CaptureError, CaptureTimeout, DriverGuard, Frame, TimeoutRunner, frame_from_bgr
+from capture.base import CaptureError, DriverCamera, Frame, frame_from_bgr
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def fixed_controls(camera_config) -> dict:
     return controls
 
 
-class Picamera2Camera:
+class Picamera2Camera(DriverCamera):
     """Camera Module 3 stills; open() configures once, capture() returns a Frame or raises CaptureError.
 
     A call abandoned on its timeout still runs in the driver: close() (and an open() that timed out) then
@@ -46,18 +46,8 @@ class Picamera2Camera:
 
     def __init__(self, camera_config) -> None:
         self.config = camera_config
-        self._runner = TimeoutRunner(timeout_s=camera_config.timeout_s, name="Camera Module")
         self._cam = None
-        self._guard = DriverGuard(self._release, name="Camera Module")
-
-    def open(self) -> Picamera2Camera:
-        self._guard.reopen()
-        try:
-            self._runner.call(lambda: self._guard.run(self._open))
-        except CaptureTimeout:
-            self.close()  # nobody will hold this instance: the stuck open must not keep the camera
-            raise
-        return self
+        super().__init__(name="Camera Module", timeout_s=camera_config.timeout_s)
 
     def _open(self) -> None:
         try:
@@ -106,12 +96,6 @@ class Picamera2Camera:
             raise CaptureError("Camera Module returned an empty picture")
         image = image[:, :, :3]
         return frame_from_bgr(image, quality=self.config.jpeg_quality, taken_at=taken_at, source="picamera2")
-
-    def capture(self) -> Frame:
-        return self._runner.call(lambda: self._guard.run(self._grab))
-
-    def close(self) -> None:
-        self._guard.close()
 
     def _release(self) -> None:
         cam, self._cam = self._cam, None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from capture.base import CaptureError, CaptureTimeout, DriverGuard, Frame, TimeoutRunner, frame_from_bgr
+from capture.base import CaptureError, DriverCamera, Frame, frame_from_bgr
 
 
-class V4l2Camera:
+class V4l2Camera(DriverCamera):
     """open() opens /dev/video<device> (under the timeout); capture() flushes stale frames, grabs one still.
 
     As with the Camera Module, a call abandoned on its timeout still runs in the driver: close() (and an
@@ -22,19 +22,8 @@ class V4l2Camera:
         self.width = width
         self.height = height
         self.jpeg_quality = jpeg_quality
-        self.name = f"USB camera /dev/video{device}"
-        self._runner = TimeoutRunner(timeout_s=timeout_s, name=self.name)
         self._cap = None
-        self._guard = DriverGuard(self._release, name=self.name)
-
-    def open(self) -> V4l2Camera:
-        self._guard.reopen()
-        try:
-            self._runner.call(lambda: self._guard.run(self._open))
-        except CaptureTimeout:
-            self.close()  # nobody will hold this instance: the stuck open must not keep the device
-            raise
-        return self
+        super().__init__(name=f"USB camera /dev/video{device}", timeout_s=timeout_s)
 
     def _open(self) -> None:
         import cv2
@@ -60,12 +49,6 @@ class V4l2Camera:
             raise CaptureError(f"{self.name} returned no picture")
         return frame_from_bgr(image, quality=self.jpeg_quality, taken_at=time.time(),
                               source=f"v4l2:{self.device}")
-
-    def capture(self) -> Frame:
-        return self._runner.call(lambda: self._guard.run(self._grab))
-
-    def close(self) -> None:
-        self._guard.close()
 
     def _release(self) -> None:
         cap, self._cap = self._cap, None

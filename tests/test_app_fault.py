@@ -326,49 +326,43 @@ def test_after_a_low_battery_warning_the_fault_look_comes_back(tmp_path, photos,
         assert h.kit.panel.indicator.current == "fault" and h.kit.state == "fault"
 
 
-def test_a_stop_while_a_part_is_being_opened_does_not_wait_for_the_open(tmp_path, photos):
-    """systemd's stop (TimeoutStopSec=45) and a critical battery must not wait for an open that hangs (up to
-    OPEN_LIMIT_S, 60 s, or the camera's timeout and a grace)."""
-    cfg = make_config(tmp_path / "state", photos)
-    opening = threading.Event()
-    release = threading.Event()
+class HangingOpen:
+    """Opening the camera hangs in the driver until released (hardware edge), then fails."""
 
-    def hanging_open():
-        opening.set()
-        release.wait(30)
+    def __init__(self):
+        self.opening = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self):
+        self.opening.set()
+        self.release.wait(30)
         raise CaptureError("no Camera Module found")
 
-    try:
-        with KitHarness(cfg, camera=None, openers={"camera": hanging_open}, fault_retry_s=0.05) as h:
-            assert opening.wait(5)
-            t0 = time.monotonic()
-            h.stop(timeout=5)
-            assert h.rc == 0 and time.monotonic() - t0 < 3
-    finally:
-        release.set()
 
-
-def test_a_critical_battery_while_a_part_is_being_opened_powers_off_without_waiting(tmp_path, photos):
+@pytest.mark.parametrize("urgent", ["stop", "critical_battery"])
+def test_a_stop_or_critical_battery_while_a_part_is_being_opened_does_not_wait_for_the_open(
+        tmp_path, photos, urgent):
+    """systemd's stop (TimeoutStopSec=45) and a critical battery must not wait for an open that hangs (up to
+    OPEN_LIMIT_S, 60 s, or the camera's timeout and a grace)."""
     from firmware.app import EXIT_POWEROFF
     from firmware.events import LowBattery
 
     cfg = make_config(tmp_path / "state", photos)
-    opening = threading.Event()
-    release = threading.Event()
-
-    def hanging_open():
-        opening.set()
-        release.wait(30)
-        raise CaptureError("no Camera Module found")
-
+    hanging = HangingOpen()
     try:
-        with KitHarness(cfg, camera=None, openers={"camera": hanging_open}, fault_retry_s=0.05) as h:
-            assert opening.wait(5)
-            h.kit.post(LowBattery(level=3.0, critical=True))
-            assert _wait(lambda: h.rc is not None, timeout=3)
-            assert h.rc == EXIT_POWEROFF
+        with KitHarness(cfg, camera=None, openers={"camera": hanging}, fault_retry_s=0.05) as h:
+            assert hanging.opening.wait(5)
+            t0 = time.monotonic()
+            if urgent == "stop":
+                h.stop(timeout=5)
+                assert h.rc == 0
+            else:
+                h.kit.post(LowBattery(level=3.0, critical=True))
+                assert _wait(lambda: h.rc is not None, timeout=3)
+                assert h.rc == EXIT_POWEROFF
+            assert time.monotonic() - t0 < 3
     finally:
-        release.set()
+        hanging.release.set()
 
 
 def test_the_camera_fault_tells_to_turn_the_kit_off_before_the_cable_and_on_again_after():

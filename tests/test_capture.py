@@ -164,60 +164,6 @@ def test_folder_takes_the_next_name_when_files_come_and_go(tmp_path):
     assert cam.capture().source == "folder:d.jpg"
 
 
-def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(monkeypatch):
-    import sys
-    import types
-
-    class FakePicamera2:  # the hardware edge: libcamera lets one process hold the camera at a time
-        held = 0
-        fail_start = 1
-
-        def __init__(self):
-            if FakePicamera2.held:
-                raise RuntimeError("Failed to acquire camera: Device or resource busy")
-            FakePicamera2.held += 1
-            self.open = True
-
-        def create_still_configuration(self, **kw):
-            return kw
-
-        def configure(self, cfg):
-            pass
-
-        def set_controls(self, controls):
-            pass
-
-        def start(self):
-            if FakePicamera2.fail_start:
-                FakePicamera2.fail_start -= 1
-                raise RuntimeError("Failed to allocate buffers")
-
-        def autofocus_cycle(self):
-            pass
-
-        def capture_array(self, name):
-            return np.full((120, 160, 3), 200, np.uint8)
-
-        def stop(self):
-            pass
-
-        def close(self):
-            if self.open:
-                self.open = False
-                FakePicamera2.held -= 1
-
-    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
-    from capture.picam import Picamera2Camera
-
-    cam = Picamera2Camera(CameraConfig(backend="picamera2", timeout_s=5))
-    with pytest.raises(CaptureError, match="could not be started"):
-        cam.open()
-    frame = cam.capture()  # opened again at the press: the failed one was released, not left busy
-    assert frame.source == "picamera2" and frame.image.shape == (120, 160)
-    cam.close()
-    assert FakePicamera2.held == 0
-
-
 def huge_bmp() -> bytes:
     """A BMP whose header claims 100000 x 100000 px: OpenCV refuses to decode it by raising cv2.error."""
     import struct
@@ -245,18 +191,20 @@ def test_a_picture_too_large_to_decode_is_a_clear_capture_error(tmp_path):
 
 
 class StuckPicamera2:
-    """picamera2 at the hardware edge: one instance may hold the camera at a time; ``init_gate`` /
-    ``capture_gate`` (Events) make the constructor or a capture hang in the driver until they are set."""
+    """picamera2 at the hardware edge: one instance may hold the camera at a time; ``open_gate`` /
+    ``capture_gate`` (Events) make the constructor or a capture hang in the driver until they are set.
+    ``FakeVideoCapture`` is the same for a USB camera."""
 
     held = 0
     made = 0
-    init_gate: threading.Event | None = None
+    fail_start = 0  # this many start()s fail (no memory for the buffers)
+    open_gate: threading.Event | None = None
     capture_gate: threading.Event | None = None
 
     def __init__(self):
         StuckPicamera2.made += 1
-        if StuckPicamera2.init_gate is not None:
-            StuckPicamera2.init_gate.wait(10)
+        if StuckPicamera2.open_gate is not None:
+            StuckPicamera2.open_gate.wait(10)
         if StuckPicamera2.held:
             raise RuntimeError("Failed to acquire camera: Device or resource busy")
         StuckPicamera2.held += 1
@@ -272,7 +220,9 @@ class StuckPicamera2:
         pass
 
     def start(self):
-        pass
+        if StuckPicamera2.fail_start:
+            StuckPicamera2.fail_start -= 1
+            raise RuntimeError("Failed to allocate buffers")
 
     def autofocus_cycle(self):
         pass
@@ -296,13 +246,27 @@ def stuck_picamera2(monkeypatch):
     import sys
     import types
 
-    for name, value in (("held", 0), ("made", 0), ("init_gate", None), ("capture_gate", None)):
+    fresh = {"held": 0, "made": 0, "fail_start": 0, "open_gate": None, "capture_gate": None}
+    for name, value in fresh.items():
         monkeypatch.setattr(StuckPicamera2, name, value)
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=StuckPicamera2))
     yield StuckPicamera2
-    for gate in (StuckPicamera2.init_gate, StuckPicamera2.capture_gate):
+    for gate in (StuckPicamera2.open_gate, StuckPicamera2.capture_gate):
         if gate is not None:
             gate.set()
+
+
+def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(stuck_picamera2):
+    from capture.picam import Picamera2Camera
+
+    stuck_picamera2.fail_start = 1
+    cam = Picamera2Camera(CameraConfig(backend="picamera2", timeout_s=5))
+    with pytest.raises(CaptureError, match="could not be started"):
+        cam.open()
+    frame = cam.capture()  # opened again at the press: the failed one was released, not left busy
+    assert frame.source == "picamera2" and frame.image.shape == (120, 160)
+    cam.close()
+    assert stuck_picamera2.held == 0
 
 
 def _until(predicate, timeout=5.0):
@@ -312,47 +276,12 @@ def _until(predicate, timeout=5.0):
     return predicate()
 
 
-def test_a_camera_module_closed_while_its_capture_hangs_is_released_when_the_capture_returns(stuck_picamera2):
-    from capture.picam import Picamera2Camera
-
-    cfg = CameraConfig(backend="picamera2", timeout_s=0.2)
-    cam = Picamera2Camera(cfg).open()
-    stuck_picamera2.capture_gate = threading.Event()
-    with pytest.raises(CaptureTimeout):
-        cam.capture()
-    cam.close()  # the kit lets the wedged camera go and opens a new one later
-    stuck_picamera2.capture_gate.set()  # the driver comes back
-    assert _until(lambda: stuck_picamera2.held == 0), "the old one keeps the camera: every reopen is busy"
-    stuck_picamera2.capture_gate = None
-    again = Picamera2Camera(cfg).open()
-    assert again.capture().source == "picamera2"
-    again.close()
-    assert stuck_picamera2.held == 0
-
-
-def test_a_camera_module_open_that_times_out_does_not_keep_the_camera_when_it_finishes_late(stuck_picamera2):
-    from capture.picam import Picamera2Camera
-
-    cfg = CameraConfig(backend="picamera2", timeout_s=0.2)
-    stuck_picamera2.init_gate = threading.Event()
-    with pytest.raises(CaptureTimeout):
-        Picamera2Camera(cfg).open()
-    stuck_picamera2.init_gate.set()  # the open finishes after its caller gave up on it
-    assert _until(lambda: stuck_picamera2.made == 1)
-    time.sleep(0.1)
-    assert _until(lambda: stuck_picamera2.held == 0), "an abandoned open keeps the camera for good"
-    stuck_picamera2.init_gate = None
-    cam = Picamera2Camera(cfg).open()
-    cam.close()
-    assert stuck_picamera2.held == 0
-
-
 def test_a_new_camera_module_open_while_an_earlier_one_hangs_in_the_driver_fails_at_once(stuck_picamera2):
     """The kit retries every 15 s-2 min: each retry must not leave one more thread stuck in libcamera."""
     from capture.picam import Picamera2Camera
 
     cfg = CameraConfig(backend="picamera2", timeout_s=0.3)
-    stuck_picamera2.init_gate = threading.Event()
+    stuck_picamera2.open_gate = threading.Event()
     with pytest.raises(CaptureTimeout):
         Picamera2Camera(cfg).open()
     t0 = time.monotonic()
@@ -360,9 +289,9 @@ def test_a_new_camera_module_open_while_an_earlier_one_hangs_in_the_driver_fails
         Picamera2Camera(cfg).open()
     assert not isinstance(err.value, CaptureTimeout) and time.monotonic() - t0 < 0.25
     assert stuck_picamera2.made == 1  # no second Picamera2 on the camera the first one is opening
-    stuck_picamera2.init_gate.set()  # the stuck open returns and lets the camera go
+    stuck_picamera2.open_gate.set()  # the stuck open returns and lets the camera go
     assert _until(lambda: stuck_picamera2.held == 0)
-    stuck_picamera2.init_gate = None
+    stuck_picamera2.open_gate = None
     assert _until(lambda: _opens(Picamera2Camera, cfg))
     assert stuck_picamera2.held == 0
 
@@ -377,14 +306,14 @@ def _opens(cls, cfg) -> bool:
 
 class FakeVideoCapture:
     """cv2.VideoCapture at the hardware edge: ``present`` says whether /dev/videoN is there, one capture may
-    hold the device at a time (V4L2 answers EBUSY); ``open_gate`` / ``read_gate`` (Events) make the open or a
-    read hang in the driver until they are set."""
+    hold the device at a time (V4L2 answers EBUSY); ``open_gate`` / ``capture_gate`` (Events) make the open
+    or a read hang in the driver until they are set."""
 
     held = 0
     made = 0
     present = True
     open_gate: threading.Event | None = None
-    read_gate: threading.Event | None = None
+    capture_gate: threading.Event | None = None
 
     def __init__(self, index, api=None):
         FakeVideoCapture.made += 1
@@ -404,8 +333,8 @@ class FakeVideoCapture:
         return self.opened
 
     def read(self):
-        if FakeVideoCapture.read_gate is not None:
-            FakeVideoCapture.read_gate.wait(10)
+        if FakeVideoCapture.capture_gate is not None:
+            FakeVideoCapture.capture_gate.wait(10)
         if not self.opened:
             return False, None
         return True, np.full((120, 160, 3), 200, np.uint8)
@@ -419,11 +348,11 @@ class FakeVideoCapture:
 @pytest.fixture
 def fake_videocapture(monkeypatch):
     for name, value in (("held", 0), ("made", 0), ("present", True), ("open_gate", None),
-                        ("read_gate", None)):
+                        ("capture_gate", None)):
         monkeypatch.setattr(FakeVideoCapture, name, value)
     monkeypatch.setattr(cv2, "VideoCapture", FakeVideoCapture)
     yield FakeVideoCapture
-    for gate in (FakeVideoCapture.open_gate, FakeVideoCapture.read_gate):
+    for gate in (FakeVideoCapture.open_gate, FakeVideoCapture.capture_gate):
         if gate is not None:
             gate.set()
 
@@ -446,42 +375,6 @@ def test_open_camera_opens_a_usb_camera_at_once_and_says_when_it_cannot(fake_vid
     assert fake_videocapture.held == 0
 
 
-def test_a_usb_camera_closed_while_its_capture_hangs_is_released_when_the_capture_returns(fake_videocapture):
-    cfg = CameraConfig(backend="v4l2", timeout_s=0.2)
-    cam = open_camera(cfg)
-    fake_videocapture.read_gate = threading.Event()
-    with pytest.raises(CaptureTimeout):
-        cam.capture()
-    cam.close()  # the kit lets the wedged camera go and opens a new one later
-    with pytest.raises(CaptureError, match="cannot be opened"):
-        open_camera(cfg)  # the device is still held by the stuck capture: the kit keeps reporting the fault
-    fake_videocapture.read_gate.set()  # the driver comes back
-    assert _until(lambda: fake_videocapture.held == 0), "the old one keeps the device: every reopen fails"
-    fake_videocapture.read_gate = None
-    made = fake_videocapture.made
-    with pytest.raises(CaptureError, match="closed"):
-        cam.capture()  # the closed camera does not open the device again behind close()'s back
-    assert fake_videocapture.made == made and fake_videocapture.held == 0
-    again = open_camera(cfg)
-    assert again.capture().source == "v4l2:0"
-    again.close()
-    assert fake_videocapture.held == 0
-
-
-def test_a_usb_camera_open_that_times_out_does_not_keep_the_device_when_it_finishes_late(fake_videocapture):
-    cfg = CameraConfig(backend="v4l2", timeout_s=0.2)
-    fake_videocapture.open_gate = threading.Event()
-    with pytest.raises(CaptureTimeout):
-        open_camera(cfg)
-    fake_videocapture.open_gate.set()  # the open finishes after its caller gave up on it
-    assert _until(lambda: fake_videocapture.made == 1)
-    time.sleep(0.1)
-    assert _until(lambda: fake_videocapture.held == 0), "an abandoned open keeps the device for good"
-    fake_videocapture.open_gate = None
-    open_camera(cfg).close()
-    assert fake_videocapture.held == 0
-
-
 def test_a_usb_capture_arriving_after_close_does_not_open_the_device_again(fake_videocapture):
     """The kit's capture waiter may call capture() just after the kit closed the camera (its own wait ran
     out): the lazy open in the capture opened the device again for an instance nobody would ever close."""
@@ -490,6 +383,55 @@ def test_a_usb_capture_arriving_after_close_does_not_open_the_device_again(fake_
     with pytest.raises(CaptureError, match="closed"):
         cam.capture()
     assert fake_videocapture.made == 1 and fake_videocapture.held == 0
+
+
+# the same driver behaviour, both backends: a busy device is refused with their own words
+DRIVERS = {"picamera2": ("stuck_picamera2", "still held"), "v4l2": ("fake_videocapture", "cannot be opened")}
+
+
+@pytest.fixture(params=sorted(DRIVERS))
+def stuck_driver(request):
+    """(backend, fake driver class, what a busy device says) for each camera that talks to a driver."""
+    fixture, busy = DRIVERS[request.param]
+    return request.param, request.getfixturevalue(fixture), busy
+
+
+def test_a_camera_closed_while_its_capture_hangs_is_released_when_the_capture_returns(stuck_driver):
+    backend, fake, busy = stuck_driver
+    cfg = CameraConfig(backend=backend, timeout_s=0.2)
+    cam = open_camera(cfg)
+    fake.capture_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        cam.capture()
+    cam.close()  # the kit lets the wedged camera go and opens a new one later
+    with pytest.raises(CaptureError, match=busy):
+        open_camera(cfg)  # still held by the stuck capture: the kit keeps reporting the fault
+    fake.capture_gate.set()  # the driver comes back
+    assert _until(lambda: fake.held == 0), "the old one keeps the device: every reopen fails"
+    fake.capture_gate = None
+    made = fake.made
+    with pytest.raises(CaptureError, match="closed"):
+        cam.capture()  # the closed camera does not open the device again behind close()'s back
+    assert fake.made == made and fake.held == 0
+    again = open_camera(cfg)
+    assert again.capture().source.startswith(backend)
+    again.close()
+    assert fake.held == 0
+
+
+def test_a_camera_open_that_times_out_does_not_keep_the_device_when_it_finishes_late(stuck_driver):
+    backend, fake, _ = stuck_driver
+    cfg = CameraConfig(backend=backend, timeout_s=0.2)
+    fake.open_gate = threading.Event()
+    with pytest.raises(CaptureTimeout):
+        open_camera(cfg)
+    fake.open_gate.set()  # the open finishes after its caller gave up on it
+    assert _until(lambda: fake.made == 1)
+    time.sleep(0.1)
+    assert _until(lambda: fake.held == 0), "an abandoned open keeps the device for good"
+    fake.open_gate = None
+    open_camera(cfg).close()
+    assert fake.held == 0
 
 
 def test_a_picture_refused_for_its_pixel_count_says_so():
