@@ -9,7 +9,6 @@ tests/test_collector.py. The cluster is a throw-away one (tests/pg.py); tests sk
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import threading
 import time
@@ -252,8 +251,10 @@ def test_cli_refuses_an_unreachable_database_before_subscribing(tmp_path, capsys
 
     parser = argparse.ArgumentParser()
     cmd_collector.add_arguments(parser)
-    kits = tmp_path / "kits.json"
-    kits.write_text(json.dumps({"version": 1, "kits": {}}), encoding="utf-8")
+    from comms.signing import registry_add
+
+    kits = tmp_path / "kits.json"  # a registry with a kit: an empty one is refused first, by itself
+    registry_add(kits, "kit-1", generate_key(), kode_wilayah=KW, tps=TPS)
     dead = f"postgresql://tpskit@127.0.0.1:{free_port()}/collector"
     args = parser.parse_args(["--kits", str(kits), "--db", dead, "--broker", "mqtt://127.0.0.1:1"])
     assert cmd_collector.run(args) == 2
