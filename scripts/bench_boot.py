@@ -6,7 +6,10 @@ closed loopback port unless --broker is given: READY must not wait for the netwo
 datagram socket, starts `python -m firmware.cli --config ... run` with NOTIFY_SOCKET and WATCHDOG_USEC set,
 times READY=1 and the first WATCHDOG=1, then sends SIGTERM and times STOPPING=1 and the exit.
 
-    .venv/bin/python scripts/bench_boot.py [--runs 5] [--broker mqtt://127.0.0.1:1883] [--json]
+    .venv/bin/python scripts/bench_boot.py [--runs 5] [--broker mqtt://127.0.0.1:1883] [--no-camera] [--json]
+
+--no-camera removes the folder camera's folder: the kit starts in its fault state (READY=1 with the fault as
+STATUS, stored data still sent) instead of failing the start.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -104,16 +108,22 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--broker", help="broker URL (default: a closed loopback port)")
     ap.add_argument("--model", type=Path, help="digit model .tflite (default: the shipped one)")
+    ap.add_argument("--no-camera", action="store_true", help="no camera: time READY=1 in the fault state")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tpskit-bench-boot-") as d:
         conf = make_kit(Path(d), broker=args.broker, model=args.model)
+        if args.no_camera:
+            shutil.rmtree(Path(d) / "photos")
         runs = [measure_boot(conf) for _ in range(args.runs)]
     ready = [r["ready_ms"] for r in runs]
+    status = next((m.split("STATUS=", 1)[1].split("\n")[0] for m in runs[-1]["messages"]
+                   if m.startswith("READY=1") and "STATUS=" in m), "")
     summary = {"runs": len(runs), "ready_ms_first": ready[0], "ready_ms_median": statistics.median(ready),
                "ready_ms_min": min(ready), "ready_ms_max": max(ready),
                "stop_ms_median": statistics.median(r["exit_ms"] for r in runs),
-               "exit_codes": sorted({r["exit_code"] for r in runs}), "machine": os.uname().machine,
+               "exit_codes": sorted({r["exit_code"] for r in runs}), "status_at_ready": status,
+               "machine": os.uname().machine,
                "python": sys.version.split()[0]}
     if args.json:
         print(json.dumps({"summary": summary, "runs": [{k: v for k, v in r.items() if k != "messages"}
@@ -126,6 +136,7 @@ def main() -> int:
         s = summary
         print(f"boot-to-ready: median {s['ready_ms_median']:.0f} ms (first {s['ready_ms_first']:.0f}, "
               f"min {s['ready_ms_min']:.0f}, max {s['ready_ms_max']:.0f}) on {s['machine']}")
+        print(f"status at READY=1: {s['status_at_ready']}")
     return 0
 
 
