@@ -97,7 +97,6 @@ def export_bundle(
         },
     )
     name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
-    path = out_dir / name
     data = b"\n".join([canonical_json(manifest), *lines]) + b"\n"
     try:
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
@@ -106,6 +105,7 @@ def export_bundle(
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            path = _free_name(out_dir, name)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -121,6 +121,18 @@ def export_bundle(
             "writable and has free space"
         ) from None
     return path, len(rows)
+
+
+def _free_name(out_dir: Path, name: str) -> Path:
+    """*name* in *out_dir*, or with -2, -3, ... before the suffix when taken: an export never replaces a
+    bundle already on the stick (same second, a clock restarted at the same time, another --db). On a FAT
+    stick ``exists`` ignores case, as the stick does."""
+    stem = name[: -len(SUFFIX)]
+    path, n = out_dir / name, 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{stem}-{n}{SUFFIX}"
+    return path
 
 
 def _unacked_rows(db_path: Path, *, scratch_dirs: list[Path | None]) -> list[Row]:

@@ -288,3 +288,27 @@ def test_snapshot_goes_to_the_next_folder_and_is_removed(tmp_path):
         with Outbox(copy) as ob:
             assert len(list(ob.unacked())) == 2 + 3
     assert list((tmp_path / "usb").iterdir()) == []
+
+
+def test_a_second_export_never_overwrites_a_bundle_on_the_stick(tmp_path):
+    """Two exports with the same name (the same second, or a kit clock that restarts at the same time after
+    a reboot) must both stay on the stick: the first may hold messages the second does not (another --db)."""
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    _fill(c, 2)
+    c.close()
+    other = _courier(key, tmp_path / "other.db")
+    _fill(other, 1)
+    other.close()
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    first, n1 = export_bundle(db_path=tmp_path / "tpskit.db", out_dir=usb, signing_key=key, kit_id="kit-1",
+                              kode_wilayah=KW, tps=TPS, now=1000.0)
+    second, n2 = export_bundle(db_path=tmp_path / "other.db", out_dir=usb, signing_key=key, kit_id="kit-1",
+                               kode_wilayah=KW, tps=TPS, now=1000.0)
+    assert first != second and first.exists() and second.exists()
+    assert second.name.endswith(".tpsbundle")
+    assert len(read_bundle(first)[1]) == n1 and len(read_bundle(second)[1]) == n2
+    third, _n = export_bundle(db_path=tmp_path / "tpskit.db", out_dir=usb, signing_key=key, kit_id="kit-1",
+                              kode_wilayah=KW, tps=TPS, now=1000.0)
+    assert third not in (first, second) and len(list(usb.iterdir())) == 3
