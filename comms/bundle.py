@@ -28,6 +28,7 @@ from pathlib import Path
 from comms import payloads, topics
 from comms.outbox import Outbox, Row
 from comms.signing import (
+    KeyFileError,
     canonical_json,
     coerce_signing_key,
     load_public_key,
@@ -226,33 +227,14 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
         raw_lines = path.read_bytes().splitlines()
     except OSError as exc:
         raise BundleError(f"cannot read bundle {path}: {exc.strerror}") from None
+    manifest = _manifest(path, raw_lines[0] if raw_lines else b"", public_key)
     try:
-        manifest = json.loads(raw_lines[0])
         entries = [json.loads(line) for line in raw_lines[1:] if line.strip()]
-    except (IndexError, json.JSONDecodeError, UnicodeDecodeError):
-        raise BundleError(f"{path} is not a tpskit bundle (bad JSON lines)") from None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("kind") != "bundle"
-        or manifest.get("v") != 1
-        or not isinstance(manifest.get("public_key"), str)
-        or not isinstance(manifest.get("messages"), list)
-        or not all(isinstance(m, list) and len(m) == 2 for m in manifest["messages"])
-    ):
-        raise BundleError(f"{path} is not a tpskit bundle v1")
-    key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
-    if key is None:
-        key = load_public_key(manifest["public_key"])
-    if not verify_document(key, manifest):
-        raise BundleError(
-            f"{path}: the manifest signature does not verify: the file was altered or comes from another kit"
-        )
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{path}: {_TRUNCATED}") from None
     listed = [tuple(m) for m in manifest["messages"]]
     if len(listed) != len(entries) or manifest.get("count") != len(entries):
-        raise BundleError(
-            f"{path}: {len(entries)} messages but the manifest lists {len(listed)}: "
-            "the file is truncated; export it again"
-        )
+        raise BundleError(f"{path}: {len(entries)} messages, the manifest lists {len(listed)}: {_TRUNCATED}")
     out = []
     for (mid, sha), e in zip(listed, entries, strict=True):
         if not (
@@ -267,6 +249,47 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
             raise BundleError(f"{path}: message {mid} is damaged (checksum mismatch); export it again")
         out.append(BundleMessage(mid, e["topic"], e.get("retain", False), payload))
     return manifest, out
+
+
+_TRUNCATED = (
+    "file terpotong atau rusak / the file is truncated or damaged (the stick pulled while writing or "
+    "copying?): copy it again, or export it again on the kit"
+)
+
+
+def _manifest(path: Path, line: bytes, public_key) -> dict:
+    """The checked, signature-verified manifest (line 1) of the bundle at *path*."""
+    try:
+        manifest = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = None
+    if not _is_manifest(manifest):
+        raise BundleError(f"{path} is not a tpskit bundle v1 (its first line is not a bundle manifest)")
+    key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
+    if key is None:
+        try:
+            key = load_public_key(manifest["public_key"])
+        except KeyFileError:
+            raise BundleError(f"{path} is not a tpskit bundle v1 (its manifest's key is damaged)") from None
+    if not verify_document(key, manifest):
+        raise BundleError(
+            f"{path}: the manifest signature does not verify: the file was altered or comes from another kit"
+        )
+    return manifest
+
+
+def _is_manifest(m) -> bool:
+    """A v1 bundle manifest's shape (its signature is checked apart)."""
+    return (
+        isinstance(m, dict)
+        and m.get("kind") == "bundle"
+        and m.get("v") == 1
+        and all(isinstance(m.get(f), str) for f in ("public_key", "kit_id", "kode_wilayah"))
+        and isinstance(m.get("tps"), int)
+        and not isinstance(m.get("tps"), bool)
+        and isinstance(m.get("messages"), list)
+        and all(isinstance(e, list) and len(e) == 2 for e in m["messages"])
+    )
 
 
 def import_bundle(

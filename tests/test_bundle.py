@@ -312,3 +312,23 @@ def test_a_second_export_never_overwrites_a_bundle_on_the_stick(tmp_path):
     third, _n = export_bundle(db_path=tmp_path / "tpskit.db", out_dir=usb, signing_key=key, kit_id="kit-1",
                               kode_wilayah=KW, tps=TPS, now=1000.0)
     assert third not in (first, second) and len(list(usb.iterdir())) == 3
+
+
+def test_a_bundle_cut_off_or_with_a_bad_manifest_is_explained(tmp_path):
+    """A bundle cut off in the middle of a line (the stick pulled while a PC copied it) is 'truncated', not
+    'not a tpskit bundle'; a manifest without the kit's identity or with a broken key is refused by
+    read_bundle (no KeyError in the import, no advice about 'tpskit provision')."""
+    key = generate_key()
+    path, _n = _filled_and_exported(tmp_path, key, 2)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(BundleError, match="truncated.*again"):
+        read_bundle(path)
+    lines = data.splitlines()
+    for change in ({"kit_id": None}, {"kode_wilayah": 7}, {"tps": "7"}, {"public_key": "!!"}):
+        manifest = {k: v for k, v in json.loads(lines[0]).items() if k != "sig"}
+        manifest.update(change)
+        path.write_bytes(b"\n".join([canonical_json(sign_document(key, manifest)), *lines[1:]]) + b"\n")
+        with pytest.raises(BundleError, match="not a tpskit bundle") as err:
+            read_bundle(path)
+        assert "provision" not in str(err.value)
