@@ -318,7 +318,8 @@ def import_bundle(
     ids = {m.id for m in messages}
     acked: set[str] = set()
     lock = threading.Lock()
-    connected, lost = threading.Event(), threading.Event()
+    answered, lost = threading.Event(), threading.Event()
+    refusal: list[str] = []  # the broker's reason when its CONNACK refuses us
     client = make_mqtt_client(
         client_id=f"tpskit-import-{manifest['kit_id']}-{os.getpid()}",
         protocol=protocol,
@@ -331,8 +332,9 @@ def import_bundle(
     )
 
     def on_connect(c, userdata, flags, reason_code, properties):
-        if not reason_code.is_failure:
-            connected.set()
+        if reason_code.is_failure:
+            refusal.append(str(reason_code))
+        answered.set()
 
     def on_message(c, userdata, msg):
         try:
@@ -349,11 +351,13 @@ def import_bundle(
     try:
         client.connect(host, port, keepalive=30)
     except OSError as exc:
-        raise BundleError(f"cannot connect to {broker_url}: {exc}") from None
+        raise BundleError(
+            f"cannot connect to {broker_url} ({exc}): is the broker running, the address right, the network "
+            "up? run the import again when it is; the bundle is unchanged"
+        ) from None
     client.loop_start()
     try:
-        if not connected.wait(15):
-            raise BundleError(f"broker {broker_url} did not accept the connection (credentials? TLS?)")
+        _check_connected(broker_url, answered, refusal)
         ack_topic = topics.topic(topic_prefix, manifest["kode_wilayah"], manifest["tps"], topics.ACK)
         client.subscribe(ack_topic, qos=1)
         time.sleep(0.2)
@@ -377,6 +381,19 @@ def import_bundle(
         client.disconnect()
         client.loop_stop()
     return {"messages": len(messages), "published": published, "acked": n_acked}
+
+
+def _check_connected(broker_url: str, answered: threading.Event, refusal: list[str]) -> None:
+    """Raise a BundleError unless the broker accepted the connection (CONNACK within 15 s)."""
+    if not answered.wait(15):
+        raise BundleError(
+            f"broker {broker_url} did not answer the connection within 15 s (TLS? a proxy? the right port?)"
+        )
+    if refusal:
+        raise BundleError(
+            f"broker {broker_url} refused the connection ({refusal[0]}): check --username and "
+            "--password-file (or the client certificate) and that this user may publish for the kit"
+        )
 
 
 PUBLISH_STALL_S = 60.0  # the import gives up when no PUBACK has come for this long

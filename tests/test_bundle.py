@@ -332,3 +332,17 @@ def test_a_bundle_cut_off_or_with_a_bad_manifest_is_explained(tmp_path):
         with pytest.raises(BundleError, match="not a tpskit bundle") as err:
             read_bundle(path)
         assert "provision" not in str(err.value)
+
+
+def test_import_refused_by_the_broker_says_why_at_once(tmp_path, mosquitto_factory):
+    """Wrong or missing credentials: the broker's CONNACK refusal is reported at once with its reason and
+    what to check, not after 15 s as 'did not accept the connection'; a broker that is down: what to do."""
+    broker = mosquitto_factory(anonymous=False)
+    path, _n = _filled_and_exported(tmp_path, generate_key(), 1)
+    started = time.monotonic()
+    with pytest.raises(BundleError, match=r"(?i)refused.*not authori[sz]ed.*--username"):
+        import_bundle(path, broker_url=broker.url, wait_acks_s=1)
+    assert time.monotonic() - started < 5
+    broker.stop()
+    with pytest.raises(BundleError, match=r"cannot connect.*broker running.*import again"):
+        import_bundle(path, broker_url=broker.url, wait_acks_s=1)
