@@ -8,7 +8,8 @@ Bundle file (``tpskit-<kit_id>-<UTC time>.tpsbundle``), JSON Lines, UTF-8:
 - then one line per message, in delivery order: ``{"id", "topic", "retain", "payload"}`` where ``payload`` is
   the exact signed message text (each message also carries its own signature).
 
-Exporting changes nothing in the outbox: rows become ``acked`` only when the collector's acks reach the kit
+The export streams (one read transaction, a few rows at a time: bounded memory on a Pi Zero 2 W) and
+changes nothing in the outbox: rows become ``acked`` only when the collector's acks reach the kit
 (when it next connects it resends them; the collector answers duplicates with acks and stores nothing twice).
 """
 
@@ -22,11 +23,14 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 from comms import payloads, topics
-from comms.outbox import Outbox, Row
+from comms.outbox import Outbox
 from comms.signing import (
     KeyFileError,
     canonical_json,
@@ -76,34 +80,54 @@ def export_bundle(
         )
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
-    rows = _unacked_rows(Path(db_path), scratch_dirs=[None, out_dir])
-    lines = [
-        canonical_json(
+    name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
+    with ExitStack() as stack:
+        ob, listed = _open_unacked(Path(db_path), stack, scratch_dirs=[None, out_dir])
+        manifest = sign_document(
+            key,
+            {
+                "v": 1,
+                "kind": "bundle",
+                "kit_id": kit_id,
+                "kode_wilayah": kode_wilayah,
+                "tps": int(tps),
+                "created_at": now,
+                "count": len(listed),
+                "public_key": public_key_b64(key),
+                "messages": listed,
+            },
+        )
+        try:
+            path = _write_new(out_dir, name, chain([canonical_json(manifest)], _lines(ob, listed)))
+        except sqlite3.Error as exc:
+            raise _unreadable(Path(db_path), exc) from None
+    return path, len(listed)
+
+
+EXPORT_PAGE = 16  # outbox rows read at a time by an export (≈ 1.4 MB of photo chunks)
+
+
+def _lines(ob: Outbox, listed: list[list[str]]) -> Iterator[bytes]:
+    """The bundle's message lines, one row at a time, in the order of *listed* (same read transaction)."""
+    rows = ob.unacked(page=EXPORT_PAGE)
+    for (mid, sha), r in zip(listed, rows, strict=True):
+        if r.id != mid or hashlib.sha256(r.payload).hexdigest() != sha:
+            raise sqlite3.DatabaseError(f"message {mid} changed while it was exported")
+        yield canonical_json(
             {"id": r.id, "topic": r.topic, "retain": r.retain, "payload": r.payload.decode("utf-8")}
         )
-        for r in rows
-    ]
-    manifest = sign_document(
-        key,
-        {
-            "v": 1,
-            "kind": "bundle",
-            "kit_id": kit_id,
-            "kode_wilayah": kode_wilayah,
-            "tps": int(tps),
-            "created_at": now,
-            "count": len(rows),
-            "public_key": public_key_b64(key),
-            "messages": [[r.id, hashlib.sha256(r.payload).hexdigest()] for r in rows],
-        },
-    )
-    name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
-    data = b"\n".join([canonical_json(manifest), *lines]) + b"\n"
+
+
+def _write_new(out_dir: Path, name: str, lines: Iterable[bytes]) -> Path:
+    """Write *lines* to a new file *name* in *out_dir* (temp file, fsync, rename, fsync of the folder);
+    its path. A failed write leaves no file behind."""
     try:
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                for line in lines:
+                    f.write(line)
+                    f.write(b"\n")
                 f.flush()
                 os.fsync(f.fileno())
             path = _free_name(out_dir, name)
@@ -118,10 +142,10 @@ def export_bundle(
             os.close(dfd)
     except OSError as exc:
         raise BundleError(
-            f"cannot write the bundle to {out_dir} ({exc.strerror}): check the USB stick is "
+            f"cannot write the bundle to {out_dir} ({exc.strerror or exc}): check the USB stick is "
             "writable and has free space"
         ) from None
-    return path, len(rows)
+    return path
 
 
 def _free_name(out_dir: Path, name: str) -> Path:
@@ -136,22 +160,40 @@ def _free_name(out_dir: Path, name: str) -> Path:
     return path
 
 
-def _unacked_rows(db_path: Path, *, scratch_dirs: list[Path | None]) -> list[Row]:
-    """The outbox's unacked rows; from a snapshot when the database cannot be opened for writing (a card the
+def _open_unacked(
+    db_path: Path, stack: ExitStack, *, scratch_dirs: list[Path | None]
+) -> tuple[Outbox, list[list[str]]]:
+    """The outbox in one read transaction (closed with *stack*) and its unacked messages' [id, sha256],
+    read one page at a time; from a snapshot when the database cannot be opened for writing (a card the
     kernel remounted read-only after errors: exactly when the bundle is the rescue path)."""
     try:
-        with Outbox(db_path) as ob:
-            return list(ob.unacked())
+        return _enter_and_list(stack, lambda s: Outbox(db_path))
     except (sqlite3.Error, OSError) as exc:
         first = exc
     try:
-        with WalSnapshot(db_path, scratch_dirs=scratch_dirs) as copy, Outbox(copy) as ob:
-            return list(ob.unacked())
+        return _enter_and_list(
+            stack, lambda s: Outbox(s.enter_context(WalSnapshot(db_path, scratch_dirs=scratch_dirs)))
+        )
     except (sqlite3.Error, OSError):
-        raise BundleError(
-            f"kit database {db_path} cannot be read ({first}): nothing was exported; keep the SD card for a "
-            "technician"
-        ) from None
+        raise _unreadable(db_path, first) from None
+
+
+def _enter_and_list(stack: ExitStack, opener) -> tuple[Outbox, list[list[str]]]:
+    """``opener(stack)``'s outbox, a read transaction on it, and its unacked [id, sha256]; on success what
+    was opened moves to *stack*, on failure it is closed."""
+    with ExitStack() as attempt:
+        ob = attempt.enter_context(opener(attempt))
+        attempt.enter_context(ob.snapshot())
+        listed = [[r.id, hashlib.sha256(r.payload).hexdigest()] for r in ob.unacked(page=EXPORT_PAGE)]
+        stack.push(attempt.pop_all())
+        return ob, listed
+
+
+def _unreadable(db_path: Path, exc: BaseException) -> BundleError:
+    return BundleError(
+        f"kit database {db_path} cannot be read ({exc}): nothing was exported; keep the SD card for a "
+        "technician"
+    )
 
 
 class WalSnapshot:

@@ -361,16 +361,28 @@ class Outbox:
             ).fetchall()
         return [Row(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
 
-    def unacked(self) -> Iterator[Row]:
-        """Every unacked row in delivery order (priority, seq)."""
+    def unacked(self, *, page: int = 500) -> Iterator[Row]:
+        """Every unacked row in delivery order (priority, seq), read *page* rows at a time (a page of photo
+        chunks is page × ~85 KB in memory)."""
         for prio in (PRIORITY_NUMBERS, PRIORITY_PHOTO):
             after = 0
             while True:
-                rows = self.pending(priority=prio, after_seq=after, limit=500)
+                rows = self.pending(priority=prio, after_seq=after, limit=page)
                 if not rows:
                     break
                 yield from rows
                 after = rows[-1].seq
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction: every read of this outbox inside sees it as of the first read (WAL), also
+        while other connections ack or queue messages. Other threads using this Outbox wait."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._conn.execute("ROLLBACK")
 
     def unacked_count(self) -> int:
         """Messages not yet acked by the collector (cheap: counts the pending index only)."""

@@ -346,3 +346,34 @@ def test_import_refused_by_the_broker_says_why_at_once(tmp_path, mosquitto_facto
     broker.stop()
     with pytest.raises(BundleError, match=r"cannot connect.*broker running.*import again"):
         import_bundle(path, broker_url=broker.url, wait_acks_s=1)
+
+
+def _kit_with_photos(db: Path, key, *, readings: int, chunks_each: int) -> None:
+    """kit-1's outbox with *readings* readings, each with a photo of *chunks_each* 64 KB chunks."""
+    c = Courier(db_path=db, kit_id="kit-1", kode_wilayah=KW, tps=TPS, signing_key=key,
+                broker_url="mqtt://127.0.0.1:1", chunk_bytes=64_000)
+    for i in range(readings):
+        c.submit_reading(capture_id=f"c{i}", halaman=1, reading={"paslon": {"01": i}},
+                         photo_jpeg=os.urandom(64_000 * chunks_each), taken_at=1.0, time_source="rtc")
+    c.close()
+
+
+def test_export_of_many_photo_chunks_streams_in_bounded_memory(tmp_path):
+    """A Pi Zero 2 W has 512 MB for everything: an export must not hold the whole bundle in memory (it held
+    it three times: rows, lines, the joined file: 380 MB for 1000 chunks). Here ~26 MB of chunks."""
+    import tracemalloc
+
+    key = generate_key()
+    _kit_with_photos(tmp_path / "tpskit.db", key, readings=15, chunks_each=20)
+    (tmp_path / "usb").mkdir()
+    tracemalloc.start()
+    try:
+        path, n = _export(key, tmp_path / "tpskit.db", tmp_path / "usb")
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 15 * 21 and path.stat().st_size > 25_000_000
+    assert peak < 8_000_000, f"export peak {peak / 1e6:.0f} MB"
+    _manifest, msgs = read_bundle(path, public_key=key.verify_key)
+    with Outbox(tmp_path / "tpskit.db") as ob:
+        assert [(m.id, m.payload) for m in msgs] == [(r.id, r.payload) for r in ob.unacked()]
