@@ -258,39 +258,74 @@ def _signature(path: Path) -> tuple[int, int] | None:
 
 
 def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[BundleMessage]]:
-    """Read and check a bundle: manifest signature and every payload's SHA-256.
+    """Read and check a whole bundle: manifest signature and every payload's SHA-256 (in memory: for
+    large bundles use ``check_bundle`` then ``iter_bundle``).
 
     With *public_key* (the kit's key from the registry) the manifest must be signed by it; without, it is
     checked against the key it carries (catches damage, not forgery; the collector still verifies every
     message against its registry).
     """
+    manifest = check_bundle(path, public_key=public_key)
+    return manifest, list(iter_bundle(path, manifest))
+
+
+def check_bundle(path: Path | str, *, public_key=None) -> dict:
+    """Check a bundle as ``read_bundle`` does, one line at a time (bounded memory); its manifest."""
     path = Path(path)
+    with _open(path) as f:
+        manifest = _manifest(path, f.readline(), public_key)
+    for _m in iter_bundle(path, manifest):
+        pass
+    return manifest
+
+
+def iter_bundle(path: Path | str, manifest: dict) -> Iterator[BundleMessage]:
+    """The messages of the bundle at *path*, one line at a time, each checked against *manifest* (from
+    ``check_bundle``): a file changed since is a BundleError, raised when reached."""
+    path = Path(path)
+    listed = [tuple(m) for m in manifest["messages"]]
+    if manifest.get("count") != len(listed):
+        count = manifest.get("count")
+        raise BundleError(f"{path}: manifest count {count}, {len(listed)} listed: {_TRUNCATED}")
+    with _open(path) as f:
+        f.readline()
+        entries = (line for line in f if line.strip())
+        for i, (mid, sha) in enumerate(listed):
+            line = next(entries, None)
+            if line is None:
+                raise BundleError(f"{path}: {i} messages, the manifest lists {len(listed)}: {_TRUNCATED}")
+            yield _message(path, mid, sha, line)
+        if next(entries, None) is not None:
+            raise BundleError(f"{path}: more messages than the {len(listed)} in its manifest: {_TRUNCATED}")
+
+
+def _open(path: Path):
     try:
-        raw_lines = path.read_bytes().splitlines()
+        return path.open("rb")
     except OSError as exc:
-        raise BundleError(f"cannot read bundle {path}: {exc.strerror}") from None
-    manifest = _manifest(path, raw_lines[0] if raw_lines else b"", public_key)
+        raise BundleError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
+
+
+def _message(path: Path, mid: str, sha: str, line: bytes) -> BundleMessage:
+    """One message line, checked against its manifest entry (*mid*, *sha*)."""
     try:
-        entries = [json.loads(line) for line in raw_lines[1:] if line.strip()]
+        e = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BundleError(f"{path}: {_TRUNCATED}") from None
-    listed = [tuple(m) for m in manifest["messages"]]
-    if len(listed) != len(entries) or manifest.get("count") != len(entries):
-        raise BundleError(f"{path}: {len(entries)} messages, the manifest lists {len(listed)}: {_TRUNCATED}")
-    out = []
-    for (mid, sha), e in zip(listed, entries, strict=True):
-        if not (
-            isinstance(e, dict)
-            and isinstance(e.get("payload"), str)
-            and isinstance(e.get("topic"), str)
-            and isinstance(e.get("retain", False), bool)
-        ):
-            raise BundleError(f"{path}: message {mid} is damaged (not a bundle line); export it again")
+    if not (
+        isinstance(e, dict)
+        and isinstance(e.get("payload"), str)
+        and isinstance(e.get("topic"), str)
+        and isinstance(e.get("retain", False), bool)
+    ):
+        raise BundleError(f"{path}: message {mid} is damaged (not a bundle line); export it again")
+    try:
         payload = e["payload"].encode("utf-8")
-        if e.get("id") != mid or hashlib.sha256(payload).hexdigest() != sha:
-            raise BundleError(f"{path}: message {mid} is damaged (checksum mismatch); export it again")
-        out.append(BundleMessage(mid, e["topic"], e.get("retain", False), payload))
-    return manifest, out
+    except UnicodeEncodeError:
+        payload = b""
+    if e.get("id") != mid or hashlib.sha256(payload).hexdigest() != sha:
+        raise BundleError(f"{path}: message {mid} is damaged (checksum mismatch); export it again")
+    return BundleMessage(mid, e["topic"], e.get("retain", False), payload)
 
 
 _TRUNCATED = (
@@ -355,9 +390,9 @@ def import_bundle(
     """
     from comms.courier import make_mqtt_client, parse_broker_url
 
-    manifest, messages = read_bundle(path, public_key=public_key)
+    manifest = check_bundle(path, public_key=public_key)
     host, port, tls = parse_broker_url(broker_url)
-    ids = {m.id for m in messages}
+    ids = {m[0] for m in manifest["messages"]}
     acked: set[str] = set()
     lock = threading.Lock()
     answered, lost = threading.Event(), threading.Event()
@@ -403,11 +438,11 @@ def import_bundle(
         ack_topic = topics.topic(topic_prefix, manifest["kode_wilayah"], manifest["tps"], topics.ACK)
         client.subscribe(ack_topic, qos=1)
         time.sleep(0.2)
-        infos = [client.publish(m.topic, m.payload, qos=1, retain=m.retain) for m in messages]
-        published = _wait_published(infos, lost)
-        if published < len(infos) and lost.is_set():
+        published = _publish_all(client, iter_bundle(path, manifest), lost)
+        total = manifest["count"]
+        if published < total and lost.is_set():
             raise BundleError(
-                f"connection to {broker_url} lost after {published} of {len(infos)} messages (network, or a "
+                f"connection to {broker_url} lost after {published} of {total} messages (network, or a "
                 "message over the broker's size limit: see its log): run the import again; the collector "
                 "stores each message once"
             )
@@ -422,7 +457,7 @@ def import_bundle(
     finally:
         client.disconnect()
         client.loop_stop()
-    return {"messages": len(messages), "published": published, "acked": n_acked}
+    return {"messages": manifest["count"], "published": published, "acked": n_acked}
 
 
 def _check_connected(broker_url: str, answered: threading.Event, refusal: list[str]) -> None:
@@ -436,6 +471,25 @@ def _check_connected(broker_url: str, answered: threading.Event, refusal: list[s
             f"broker {broker_url} refused the connection ({refusal[0]}): check --username and "
             "--password-file (or the client certificate) and that this user may publish for the kit"
         )
+
+
+PUBLISH_WINDOW = 32  # messages published and not yet PUBACKed at a time (≈ 2.7 MB of photo chunks)
+
+
+def _publish_all(client, messages: Iterable[BundleMessage], lost: threading.Event) -> int:
+    """Publish *messages* (QoS 1, in order), at most PUBLISH_WINDOW unacknowledged at a time; how many the
+    broker PUBACKed (fewer when the connection is lost or the broker stalls)."""
+    published, window = 0, []
+    for m in chain(messages, [None]):
+        if m is not None:
+            window.append(client.publish(m.topic, m.payload, qos=1, retain=m.retain))
+        if window and (m is None or len(window) >= PUBLISH_WINDOW):
+            done = _wait_published(window, lost)
+            published += done
+            if done < len(window):
+                break
+            window = []
+    return published
 
 
 PUBLISH_STALL_S = 60.0  # the import gives up when no PUBACK has come for this long

@@ -73,9 +73,9 @@ def _import(args) -> int:
     try:
         public_key = None
         if args.kits:
-            from comms.bundle import read_bundle
+            from comms.bundle import check_bundle
 
-            manifest, _ = read_bundle(args.bundle)
+            manifest = check_bundle(args.bundle)
             entry = load_registry(args.kits).get(manifest["kit_id"])
             if entry is None:
                 raise BundleError(f"kit {manifest['kit_id']} is not in the registry {args.kits}")

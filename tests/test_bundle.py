@@ -377,3 +377,22 @@ def test_export_of_many_photo_chunks_streams_in_bounded_memory(tmp_path):
     _manifest, msgs = read_bundle(path, public_key=key.verify_key)
     with Outbox(tmp_path / "tpskit.db") as ob:
         assert [(m.id, m.payload) for m in msgs] == [(r.id, r.payload) for r in ob.unacked()]
+
+
+def test_import_of_many_photo_chunks_streams_in_bounded_memory(tmp_path, mosquitto):
+    """The import runs on whatever has signal (a laptop, another Pi): it must check and publish the bundle a
+    few messages at a time, not read it whole (four copies of it: file, lines, JSON, payloads)."""
+    import tracemalloc
+
+    key = generate_key()
+    _kit_with_photos(tmp_path / "tpskit.db", key, readings=15, chunks_each=20)
+    (tmp_path / "usb").mkdir()
+    path, n = _export(key, tmp_path / "tpskit.db", tmp_path / "usb")
+    tracemalloc.start()
+    try:
+        result = import_bundle(path, broker_url=mosquitto.url, wait_acks_s=0)
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result == {"messages": n, "published": n, "acked": 0}
+    assert peak < 12_000_000, f"import peak {peak / 1e6:.0f} MB"
