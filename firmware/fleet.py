@@ -276,8 +276,46 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
         else:
             st.state = READY
         states.append(st)
+    if registry is not None:
+        _one_ready_per_key(states, registry, seen)
     states.sort(key=lambda s: (s.kode_wilayah or "~", s.tps or 0, s.kit_id))
     return states
+
+
+def _reported_at(obs: Observation) -> float:
+    """When *obs* was reported: the collector's clock if it has it, else the kit's."""
+    for value in (obs.received_at, obs.created_at, obs.body.get("checked_at")):
+        if _finite(value):
+            return float(value)
+    return 0.0
+
+
+def _one_ready_per_key(states: list[KitState], registry: dict, seen: dict[str, Observation]) -> None:
+    """One key is one kit, which serves one TPS: of the kit ids registered with the same public key (a kit
+    re-provisioned for another TPS keeps its key; so does an SD card cloned from a provisioned kit), only the
+    one that reported last may count as ready."""
+    by_key: dict[bytes, list[str]] = {}
+    for kit_id, entry in registry.items():
+        by_key.setdefault(bytes(entry.public_key), []).append(kit_id)
+    by_id = {s.kit_id: s for s in states}
+    for kit_ids in by_key.values():
+        reported = [k for k in kit_ids if k in seen]
+        if len(reported) < 2:
+            continue
+        latest = max(reported, key=lambda k: _reported_at(seen[k]))
+        for kit_id in reported:
+            st = by_id.get(kit_id)
+            if kit_id != latest and st is not None and st.state == READY:
+                st.state, st.reasons = NOT_READY, [_same_key_reason(kit_id, by_id[latest])]
+
+
+def _same_key_reason(kit_id: str, latest: KitState) -> str:
+    where = f"{latest.kit_id} ({latest.kode_wilayah} TPS {latest.tps})"
+    return (f"kunci publik sama dengan {where}, yang melapor lebih baru: kit ini dipindah ke sana (siapkan "
+            f"kit lain untuk TPS ini, hapus baris {kit_id} dari registry) atau kartu SD-nya disalin dari kit "
+            "itu (di kit ini: sudo tpskit provision --force --new-key, lalu kirim baris registry barunya) "
+            f"/ same key as {latest.kit_id}, which reported later: the kit moved there, or its SD card "
+            "was cloned")
 
 
 def _finite(value) -> bool:

@@ -346,3 +346,31 @@ def test_a_registry_without_kits_is_a_clear_error(tmp_path, capsys, command):
         assert cli.main(["fleet", command, "--registry", str(registry), "--collector-db", str(db)]) == 2
         err = capsys.readouterr().err
         assert str(registry) in err and "provision --export" in err and "Traceback" not in err
+
+
+def test_a_kit_moved_to_another_tps_is_not_ready_at_both(tmp_path, capsys):
+    """A kit self-tested for TPS 5, then re-provisioned for TPS 6 (same key, the guide keeps it) and
+    self-tested again: the registry holds both rows, the collector both readiness reports, and the fleet
+    showed TPS 5 and TPS 6 SIAP, 100 % ready with one kit for two TPS. The older identity of one key is
+    not ready, and says why."""
+    from comms import signing
+
+    key = signing.generate_key()
+    reg_path = tmp_path / "reg.json"
+    for tps in (5, 6):
+        signing.registry_add(reg_path, f"kit-3171011001-00{tps}", key, kode_wilayah="31.71.01.1001", tps=tps)
+    signing.registry_add(reg_path, "kit-other", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=7)
+    db = tmp_path / "collector.db"
+    now = time.time()
+    body = json.dumps({"ready": True, "failing": [], "checked_at": now - 3600, "time_source": "ntp"})
+    _readiness_db(db, [("kit-3171011001-005", "31.71.01.1001", 5, body, now - 3600, 4),
+                       ("kit-3171011001-006", "31.71.01.1001", 6, body, now - 60, 1),
+                       ("kit-other", "31.71.01.1001", 7, body, now - 7200, 9)])
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--registry", str(reg_path),
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kits = _by_kit(data["kits"])
+    assert kits["kit-3171011001-006"]["state"] == "ready" and kits["kit-other"]["state"] == "ready"
+    moved = kits["kit-3171011001-005"]
+    assert moved["state"] == "not_ready" and data["total"]["ready"] == 2
+    assert "kit-3171011001-006" in moved["reasons"][0] and "--new-key" in moved["reasons"][0]
