@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 READY, NOT_READY, SILENT = "ready", "not_ready", "silent"
+FUTURE_TOLERANCE_S = 3600.0  # a report dated further ahead comes from a kit clock that is wrong: age unknown
 STATE_LABELS = {READY: "SIAP", NOT_READY: "BELUM SIAP", SILENT: "DIAM"}
 
 
@@ -267,6 +268,8 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = [obs.problem]
         elif body.get("ready") is not True or st.skipped:
             st.reasons = _reasons(body)
+        elif max_age_s is not None and aged_from is not None and aged_from - now > FUTURE_TOLERANCE_S:
+            st.reasons = [_future_reason(aged_from)]
         elif max_age_s is not None and aged_from is not None and now - aged_from > max_age_s:
             age_h = (now - aged_from) / 3600
             clock = "" if synced or aged_from is not checked else (
@@ -316,6 +319,13 @@ def _same_key_reason(kit_id: str, latest: KitState) -> str:
             "itu (di kit ini: sudo tpskit provision --force --new-key, lalu kirim baris registry barunya) "
             f"/ same key as {latest.kit_id}, which reported later: the kit moved there, or its SD card "
             "was cloned")
+
+
+def _future_reason(aged_from: float) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(aged_from))
+    return (f"laporan kesiapan bertanggal {stamp}, di masa depan menurut jam kit: umurnya tidak diketahui → "
+            "sambungkan kit ke internet agar jamnya sinkron (NTP), lalu jalankan sudo tpskit selftest "
+            "/ dated in the future by the kit's clock: its age is unknown")
 
 
 def _finite(value) -> bool:

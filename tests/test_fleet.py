@@ -374,3 +374,18 @@ def test_a_kit_moved_to_another_tps_is_not_ready_at_both(tmp_path, capsys):
     moved = kits["kit-3171011001-005"]
     assert moved["state"] == "not_ready" and data["total"]["ready"] == 2
     assert "kit-3171011001-006" in moved["reasons"][0] and "--new-key" in moved["reasons"][0]
+
+
+def test_a_readiness_from_a_kit_clock_ahead_is_not_ready_for_ever():
+    """From the broker there is no receive time: a kit whose clock ran days ahead (unsynced) stamped a ready
+    report that never went stale (its age was negative), so a kit switched off since still counted ready."""
+    now = time.time()
+    ahead = fleet.Observation("kit-a", "31.71.01.1001", 1,
+                              {"ready": True, "checked_at": now + 10 * 86400, "time_source": "unsynced"},
+                              created_at=now + 10 * 86400)
+    st = fleet.assess(None, [ahead], now=now, max_age_s=86400)[0]
+    assert st.state == "not_ready" and "masa depan" in st.reasons[0]
+    # a few minutes ahead is just two clocks that differ a little
+    close = fleet.Observation("kit-b", "31.71.01.1001", 2, {"ready": True, "checked_at": now + 120},
+                              created_at=now + 120)
+    assert fleet.assess(None, [close], now=now, max_age_s=86400)[0].state == "ready"
