@@ -94,9 +94,11 @@ def validate_broker(url: str) -> str:
                              "/ broker must be mqtts://host:port")
     parts = urlsplit(url)
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port  # raises on a port above 65535
     except ValueError:
-        raise ProvisionError(f"port pada {url!r} tidak sah / bad port in broker URL") from None
+        port = 0
+    if port == 0:
+        raise ProvisionError(f"port pada {url!r} tidak sah (1–65535, biasanya 8883) / bad port in broker URL")
     return url
 
 

@@ -394,3 +394,12 @@ def test_moving_a_self_tested_kit_needs_no_force_for_delivered_messages(env, cap
     _add_unsent_data(env["state"])
     assert run_cli(env, tps="7") == 2
     assert "masih menyimpan data" in capsys.readouterr().err
+
+
+def test_broker_port_zero_is_refused():
+    """'mqtts://host:0' (a typo for :8883) passed and the kit could never connect."""
+    from firmware.provision import validate_broker
+
+    with pytest.raises(ProvisionError, match="port"):
+        validate_broker("mqtts://mqtt.kpu-kab.example:0")
+    assert validate_broker("mqtts://mqtt.kpu-kab.example:8883") == "mqtts://mqtt.kpu-kab.example:8883"
