@@ -98,11 +98,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     items = evaluate(m, min_px_per_mm=min_ppm)
     ok = all(i.ok for i in items)
+    store_failed = False
     if settings and ok and not args.dry_run:
         try:
             stored = store_camera_settings(config_path, settings)
         except (OSError, cfg.ConfigError) as exc:
-            print(f"tpskit calibrate: pengaturan tidak bisa disimpan ke {config_path}: {exc}",
+            store_failed = True
+            print(f"tpskit calibrate: GAGAL / FAILED: pengaturan kamera tidak bisa disimpan ke "
+                  f"{config_path}: {exc}\n  → jalankan dengan sudo; periksa kartu SD (penuh/read-only), "
+                  "lalu kalibrasi lagi "
+                  "/ camera settings not stored: run with sudo, check the SD card, calibrate again",
                   file=sys.stderr)
     out = Path(args.out) if args.out else config.paths.state_dir / "calibration.jpg"
     try:
@@ -114,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from firmware.provision import fix_state_ownership
 
     fix_state_ownership(config.paths.state_dir)  # run as root: the daemon must still own its files
-    result = {"ok": ok, "items": [vars(i) for i in items], "settings": settings, "stored": stored,
+    result = {"ok": ok and not store_failed, "items": [vars(i) for i in items], "settings": settings,
+              "stored": stored,
               "annotated": str(out) if out else None, "page": m.page, "px_per_mm_min": m.px_per_mm_min,
               "glare": m.glare, "edge_mm": m.edge_mm, "paper": m.paper, "coverage": m.coverage}
     if args.json:
@@ -132,5 +138,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"  pengaturan kamera / camera settings: {settings} ({what})")
         if out:
             print(f"  gambar beranotasi / annotated picture: {out}")
-        print("KESIMPULAN: SIAP" if ok else "KESIMPULAN: ATUR ULANG lalu jalankan kalibrasi lagi")
+        print(_verdict(ok=ok, store_failed=store_failed))
+    if store_failed:
+        return 2
     return 0 if ok else 1
+
+
+def _verdict(*, ok: bool, store_failed: bool) -> str:
+    if store_failed:
+        return "KESIMPULAN: BELUM SIAP — pengaturan kamera tidak tersimpan / camera settings not stored"
+    return "KESIMPULAN: SIAP" if ok else "KESIMPULAN: ATUR ULANG lalu jalankan kalibrasi lagi"

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 READY, NOT_READY, SILENT = "ready", "not_ready", "silent"
+FUTURE_TOLERANCE_S = 3600.0  # a report dated further ahead comes from a kit clock that is wrong: age unknown
 STATE_LABELS = {READY: "SIAP", NOT_READY: "BELUM SIAP", SILENT: "DIAM"}
 
 
@@ -267,6 +268,8 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = [obs.problem]
         elif body.get("ready") is not True or st.skipped:
             st.reasons = _reasons(body)
+        elif max_age_s is not None and aged_from is not None and aged_from - now > FUTURE_TOLERANCE_S:
+            st.reasons = [_future_reason(aged_from)]
         elif max_age_s is not None and aged_from is not None and now - aged_from > max_age_s:
             age_h = (now - aged_from) / 3600
             clock = "" if synced or aged_from is not checked else (
@@ -276,8 +279,53 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
         else:
             st.state = READY
         states.append(st)
+    if registry is not None:
+        _one_ready_per_key(states, registry, seen)
     states.sort(key=lambda s: (s.kode_wilayah or "~", s.tps or 0, s.kit_id))
     return states
+
+
+def _reported_at(obs: Observation) -> float:
+    """When *obs* was reported: the collector's clock if it has it, else the kit's."""
+    for value in (obs.received_at, obs.created_at, obs.body.get("checked_at")):
+        if _finite(value):
+            return float(value)
+    return 0.0
+
+
+def _one_ready_per_key(states: list[KitState], registry: dict, seen: dict[str, Observation]) -> None:
+    """One key is one kit, which serves one TPS: of the kit ids registered with the same public key (a kit
+    re-provisioned for another TPS keeps its key; so does an SD card cloned from a provisioned kit), only the
+    one that reported last may count as ready."""
+    by_key: dict[bytes, list[str]] = {}
+    for kit_id, entry in registry.items():
+        by_key.setdefault(bytes(entry.public_key), []).append(kit_id)
+    by_id = {s.kit_id: s for s in states}
+    for kit_ids in by_key.values():
+        reported = [k for k in kit_ids if k in seen]
+        if len(reported) < 2:
+            continue
+        latest = max(reported, key=lambda k: _reported_at(seen[k]))
+        for kit_id in reported:
+            st = by_id.get(kit_id)
+            if kit_id != latest and st is not None and st.state == READY:
+                st.state, st.reasons = NOT_READY, [_same_key_reason(kit_id, by_id[latest])]
+
+
+def _same_key_reason(kit_id: str, latest: KitState) -> str:
+    where = f"{latest.kit_id} ({latest.kode_wilayah} TPS {latest.tps})"
+    return (f"kunci publik sama dengan {where}, yang melapor lebih baru: kit ini dipindah ke sana (siapkan "
+            f"kit lain untuk TPS ini, hapus baris {kit_id} dari registry) atau kartu SD-nya disalin dari kit "
+            "itu (di kit ini: sudo tpskit provision --force --new-key, lalu kirim baris registry barunya) "
+            f"/ same key as {latest.kit_id}, which reported later: the kit moved there, or its SD card "
+            "was cloned")
+
+
+def _future_reason(aged_from: float) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(aged_from))
+    return (f"laporan kesiapan bertanggal {stamp}, di masa depan menurut jam kit: umurnya tidak diketahui → "
+            "sambungkan kit ke internet agar jamnya sinkron (NTP), lalu jalankan sudo tpskit selftest "
+            "/ dated in the future by the kit's clock: its age is unknown")
 
 
 def _finite(value) -> bool:

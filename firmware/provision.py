@@ -94,9 +94,11 @@ def validate_broker(url: str) -> str:
                              "/ broker must be mqtts://host:port")
     parts = urlsplit(url)
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port  # raises on a port above 65535
     except ValueError:
-        raise ProvisionError(f"port pada {url!r} tidak sah / bad port in broker URL") from None
+        port = 0
+    if port == 0:
+        raise ProvisionError(f"port pada {url!r} tidak sah (1–65535, biasanya 8883) / bad port in broker URL")
     return url
 
 
@@ -247,8 +249,22 @@ def fix_state_ownership(state_dir: Path, *, service_user: str = SERVICE_USER) ->
     return changed
 
 
+# outbox bookkeeping, never data: the payloads of its rows and its sequence counters
+OUTBOX_BOOKKEEPING = frozenset({"outbox_payloads", "outbox_counters"})
+
+
+def _table_rows(con: sqlite3.Connection, table: str) -> int:
+    """Rows of *table* that hold data: all of them, except the outbox's messages the collector acked."""
+    if table == "outbox":
+        columns = {r[1] for r in con.execute('PRAGMA table_info("outbox")')}
+        if "state" in columns:
+            return con.execute("SELECT COUNT(*) FROM outbox WHERE state != 'acked'").fetchone()[0]
+    return con.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0]
+
+
 def stored_data(state_dir: Path) -> list[str]:
-    """What the kit holds that may not have been delivered: non-empty tables in tpskit.db, photos."""
+    """What the kit holds that may not have been delivered: captures (and other tables), unacked outbox
+    messages, photos. Acked messages (a self-test's readiness) and outbox counters are not data."""
     found: list[str] = []
     db = state_dir / "tpskit.db"
     if db.exists():
@@ -258,7 +274,7 @@ def stored_data(state_dir: Path) -> list[str]:
                 tables = [r[0] for r in con.execute(
                     "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
                 for t in tables:
-                    n = con.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]
+                    n = 0 if t in OUTBOX_BOOKKEEPING else _table_rows(con, t)
                     if n:
                         found.append(f"{n} baris di tabel {t}")
             finally:
@@ -271,6 +287,11 @@ def stored_data(state_dir: Path) -> list[str]:
         if n:
             found.append(f"{n} foto di {photos}")
     return found
+
+
+def _archivable(state_dir: Path) -> bool:
+    """Whether *state_dir* has a database or photos to move aside."""
+    return any(state_dir.glob("tpskit.db*")) or (state_dir / "photos").exists()
 
 
 def _archive(state_dir: Path, label: str) -> Path:
@@ -411,7 +432,7 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
                              f"{exc}") from None
     text = dumps(data, header=CONFIG_HEADER)
     key = None if new_key else _existing_key(conf.signing_key_path)
-    if held:
+    if identity_changed and _archivable(state_dir):  # the new identity starts its own outbox and sequence
         archived.append(_archive(state_dir, str(old_kit.get("kit_id") or "old")))
         notes.append(f"data lama dipindahkan ke {archived[-1]}")
     if secret is not None:

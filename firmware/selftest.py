@@ -44,6 +44,7 @@ MIN_YEAR = 2024
 MAX_YEAR = 2040
 SERVICE_HINT = "jika layanan berjalan, hentikan dulu: sudo systemctl stop tpskit"
 RUN_SELFTEST = "sudo systemctl stop tpskit; sudo tpskit selftest"  # as docs/technician-guide.md, section 7
+FUTURE_TOLERANCE_S = 3600.0  # a self-test dated further ahead was run while the kit's clock was wrong
 REINSTALL = "pasang ulang tpskit (sudo bash scripts/install.sh)"  # technician guide, section 4
 
 
@@ -651,28 +652,41 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
     if last is None:
         report.checks.append(Check("selftest", False, "tes mandiri belum pernah dijalankan",
                                    f"jalankan: {RUN_SELFTEST}"))
-    else:
-        age_d = (time.time() - float(last.get("checked_at", 0))) / 86400
-        skipped = [str(name) for name in last.get("skipped") or []]
-        same_kit = (last.get("kit_id"), last.get("kode_wilayah"), last.get("tps")) == (
-            config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps)
-        if not same_kit:
-            report.checks.append(Check("selftest", False, "tes mandiri terakhir untuk identitas lain",
-                                       f"jalankan ulang: {RUN_SELFTEST}"))
-        elif last.get("failing") or not (last.get("ready") or skipped):
-            failing = ", ".join(last.get("failing", [])) or "?"
-            report.checks.append(Check("selftest", False, f"tes mandiri terakhir gagal: {failing}",
-                                       f"perbaiki lalu jalankan ulang: {RUN_SELFTEST}"))
-        elif age_d > max_age_days:
-            report.checks.append(Check("selftest", False, f"tes mandiri terakhir {age_d:.0f} hari lalu",
-                                       f"jalankan ulang: {RUN_SELFTEST}"))
-        else:
-            detail = f"lulus {age_d * 24:.0f} jam lalu"
-            if skipped:
-                detail += f", kecuali yang dilewati: {', '.join(skipped)}"
-                report.skipped = skipped
-            report.checks.append(Check("selftest", True, detail))
+        return report
+    check = _last_selftest_check(config, last, max_age_days=max_age_days)
+    if check.ok:
+        report.skipped = [str(name) for name in last.get("skipped") or []]
+    report.checks.append(check)
     return report
+
+
+def _last_selftest_check(config: Config, last: dict, *, max_age_days: float) -> Check:
+    """Whether the last self-test (``selftest.json``) still vouches for this kit: same identity, passed
+    (its skipped checks aside), not older than *max_age_days* and not dated in the future."""
+    checked_at = float(last.get("checked_at", 0))
+    age_d = (time.time() - checked_at) / 86400
+    skipped = [str(name) for name in last.get("skipped") or []]
+    same_kit = (last.get("kit_id"), last.get("kode_wilayah"), last.get("tps")) == (
+        config.kit.kit_id, config.kit.kode_wilayah, config.kit.tps)
+    if not same_kit:
+        return Check("selftest", False, "tes mandiri terakhir untuk identitas lain",
+                     f"jalankan ulang: {RUN_SELFTEST}")
+    if last.get("failing") or not (last.get("ready") or skipped):
+        failing = ", ".join(last.get("failing", [])) or "?"
+        return Check("selftest", False, f"tes mandiri terakhir gagal: {failing}",
+                     f"perbaiki lalu jalankan ulang: {RUN_SELFTEST}")
+    if age_d * 86400 < -FUTURE_TOLERANCE_S:  # the clock was ahead then: its age (and validity) is unknown
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(checked_at))
+        return Check("selftest", False, f"tes mandiri terakhir bertanggal {stamp}, di masa depan (jam kit "
+                                        "salah saat tes)",
+                     f"sambungkan ke internet agar jam sinkron (NTP), lalu jalankan ulang: {RUN_SELFTEST}")
+    if age_d > max_age_days:
+        return Check("selftest", False, f"tes mandiri terakhir {age_d:.0f} hari lalu",
+                     f"jalankan ulang: {RUN_SELFTEST}")
+    detail = f"lulus {max(age_d, 0) * 24:.0f} jam lalu"
+    if skipped:
+        detail += f", kecuali yang dilewati: {', '.join(skipped)}"
+    return Check("selftest", True, detail)
 
 
 def publish_readiness(courier, report: Report) -> str | None:

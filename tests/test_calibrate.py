@@ -142,3 +142,27 @@ def test_cli_image_too_large_to_decode_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["--config", str(path), "calibrate", "--image", str(huge)]) == 2
     err = capsys.readouterr().err
     assert "bukan foto" in err and str(huge) in err and "Traceback" not in err
+
+
+def test_cli_settings_that_cannot_be_stored_are_not_siap(tmp_path, good, monkeypatch, capsys):
+    """The camera settings could not be written (read-only SD card, full disk): calibrate printed the error,
+    then 'KESIMPULAN: SIAP' and exit 0, though nothing was locked and every page would be shot on auto."""
+    import capture
+    from firmware import tomlwrite
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "p.jpg").write_bytes(good.jpeg)
+    make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1883", photos=photos)
+    monkeypatch.setattr(capture, "open_camera", lambda c: MetaCamera(c.folder, loop=True))
+
+    def read_only(*_a, **_k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tomlwrite, "write_atomic", read_only)
+    path = tmp_path / "kit" / "config.toml"
+    before = path.read_text()
+    rc = cli.main(["--config", str(path), "calibrate", "--out", str(tmp_path / "a.jpg")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "KESIMPULAN: SIAP" not in captured.out
+    assert "Read-only" in captured.err and path.read_text() == before

@@ -346,3 +346,46 @@ def test_a_registry_without_kits_is_a_clear_error(tmp_path, capsys, command):
         assert cli.main(["fleet", command, "--registry", str(registry), "--collector-db", str(db)]) == 2
         err = capsys.readouterr().err
         assert str(registry) in err and "provision --export" in err and "Traceback" not in err
+
+
+def test_a_kit_moved_to_another_tps_is_not_ready_at_both(tmp_path, capsys):
+    """A kit self-tested for TPS 5, then re-provisioned for TPS 6 (same key, the guide keeps it) and
+    self-tested again: the registry holds both rows, the collector both readiness reports, and the fleet
+    showed TPS 5 and TPS 6 SIAP, 100 % ready with one kit for two TPS. The older identity of one key is
+    not ready, and says why."""
+    from comms import signing
+
+    key = signing.generate_key()
+    reg_path = tmp_path / "reg.json"
+    for tps in (5, 6):
+        signing.registry_add(reg_path, f"kit-3171011001-00{tps}", key, kode_wilayah="31.71.01.1001", tps=tps)
+    signing.registry_add(reg_path, "kit-other", signing.generate_key(), kode_wilayah="31.71.01.1001", tps=7)
+    db = tmp_path / "collector.db"
+    now = time.time()
+    body = json.dumps({"ready": True, "failing": [], "checked_at": now - 3600, "time_source": "ntp"})
+    _readiness_db(db, [("kit-3171011001-005", "31.71.01.1001", 5, body, now - 3600, 4),
+                       ("kit-3171011001-006", "31.71.01.1001", 6, body, now - 60, 1),
+                       ("kit-other", "31.71.01.1001", 7, body, now - 7200, 9)])
+    assert cli.main(["fleet", "readiness", "--collector-db", str(db), "--registry", str(reg_path),
+                     "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    kits = _by_kit(data["kits"])
+    assert kits["kit-3171011001-006"]["state"] == "ready" and kits["kit-other"]["state"] == "ready"
+    moved = kits["kit-3171011001-005"]
+    assert moved["state"] == "not_ready" and data["total"]["ready"] == 2
+    assert "kit-3171011001-006" in moved["reasons"][0] and "--new-key" in moved["reasons"][0]
+
+
+def test_a_readiness_from_a_kit_clock_ahead_is_not_ready_for_ever():
+    """From the broker there is no receive time: a kit whose clock ran days ahead (unsynced) stamped a ready
+    report that never went stale (its age was negative), so a kit switched off since still counted ready."""
+    now = time.time()
+    ahead = fleet.Observation("kit-a", "31.71.01.1001", 1,
+                              {"ready": True, "checked_at": now + 10 * 86400, "time_source": "unsynced"},
+                              created_at=now + 10 * 86400)
+    st = fleet.assess(None, [ahead], now=now, max_age_s=86400)[0]
+    assert st.state == "not_ready" and "masa depan" in st.reasons[0]
+    # a few minutes ahead is just two clocks that differ a little
+    close = fleet.Observation("kit-b", "31.71.01.1001", 2, {"ready": True, "checked_at": now + 120},
+                              created_at=now + 120)
+    assert fleet.assess(None, [close], now=now, max_age_s=86400)[0].state == "ready"

@@ -359,3 +359,47 @@ def test_the_brokers_ca_stays_on_the_kit_when_the_usb_stick_goes(tmp_path, monke
     capsys.readouterr()
     assert cli.main(argv[:2] + [str(tmp_path / "k.toml")] + argv[3:]) == 2
     assert "PEM" in capsys.readouterr().err and conf_path.read_text() == text
+
+
+def _add_delivered_selftest_messages(state):
+    """What every self-test leaves: readiness messages the collector acked, and the outbox counters."""
+    from comms.outbox import Outbox
+
+    box = Outbox(state / "tpskit.db")
+    ids = [f"kit-3171011001-005:readiness:1:{n}" for n in (1, 2)]
+    for msg_id in ids:
+        box.enqueue(msg_id=msg_id, kind="readiness", topic="tpskit/v1/31.71.01.1001/5/readiness",
+                    payload=b"{}", retain=True)
+    box.mark_acked(ids)
+    box.close()
+
+
+def test_moving_a_self_tested_kit_needs_no_force_for_delivered_messages(env, capsys):
+    """A kit self-tested for TPS 5 holds only delivered readiness messages: 'export first' exported 0
+    messages, yet the move was refused for '2 baris di tabel outbox; ... outbox_counters'. Nothing is
+    undelivered, so the move goes ahead; the old outbox is archived all the same (never deleted), so the
+    new identity starts its own sequence."""
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    _add_delivered_selftest_messages(env["state"])
+    assert run_cli(env, tps="6") == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert cfg.load(env["conf"]).kit.tps == 6
+    assert not (env["state"] / "tpskit.db").exists()
+    archived = [p for p in (env["state"] / "archive").rglob("tpskit.db")]
+    assert len(archived) == 1 and out["archived"]
+    # unsent messages still need --force
+    assert run_cli(env, tps="5") == 0
+    capsys.readouterr()
+    _add_unsent_data(env["state"])
+    assert run_cli(env, tps="7") == 2
+    assert "masih menyimpan data" in capsys.readouterr().err
+
+
+def test_broker_port_zero_is_refused():
+    """'mqtts://host:0' (a typo for :8883) passed and the kit could never connect."""
+    from firmware.provision import validate_broker
+
+    with pytest.raises(ProvisionError, match="port"):
+        validate_broker("mqtts://mqtt.kpu-kab.example:0")
+    assert validate_broker("mqtts://mqtt.kpu-kab.example:8883") == "mqtts://mqtt.kpu-kab.example:8883"

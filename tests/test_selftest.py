@@ -355,3 +355,21 @@ def test_every_command_in_a_selftest_hint_runs_with_sudo():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and command.search(node.value)
         ]
         assert not bad, module.__name__
+
+
+def test_a_selftest_dated_in_the_future_does_not_stay_valid(tmp_path):
+    """No RTC: a self-test run while the kit's clock was ahead (a bad manual 'date -s', 2040 still passes the
+    clock check) got a negative age once NTP set the clock right: 'lulus -480 jam lalu', valid for weeks
+    past the 14 days, or for ever. A self-test from the future is not trusted: run it again."""
+    conf = make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1")
+    ahead = Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
+                   [Check("camera", True, "ok")], checked_at=time.time() + 20 * 86400)
+    save_report(conf, ahead)
+    rep = boot_report(conf)
+    check = rep.get("selftest")
+    assert not rep.ready and not check.ok and "masa depan" in check.detail and "jam lalu" not in check.detail
+    assert "sudo tpskit selftest" in check.fix
+    # a few minutes ahead (clocks differ a little) is fine
+    save_report(conf, Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
+                             [Check("camera", True, "ok")], checked_at=time.time() + 120))
+    assert boot_report(conf).ready
