@@ -369,6 +369,19 @@ CONFIG_HEADER = ("tpskit configuration, written by 'tpskit provision' and 'tpski
                  "Every key is described in firmware/config.py; unknown keys are refused at start.")
 
 
+def _refuse_while_running(state_dir: Path) -> None:
+    """The running kit keeps the identity, broker and password it started with, and would go on writing
+    into a database moved to archive/: it is stopped first, whatever --force says."""
+    from firmware.cmd_status import daemon_state
+
+    state = daemon_state(Path(state_dir))
+    if state.get("running"):
+        raise ProvisionError(
+            f"layanan tpskit sedang berjalan (pid {state.get('pid')}, kit {state.get('kit_id')}): hentikan "
+            "dulu dengan 'sudo systemctl stop tpskit', ulangi provision, lalu 'sudo systemctl start tpskit' "
+            "/ the kit's service is running: stop it first, provision again, then start it")
+
+
 def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PATH, force: bool = False,
               new_key: bool = False, service_user: str = SERVICE_USER,
               secret_path: Path | str | None = None, volatile_ok: bool = False) -> ProvisionResult:
@@ -389,6 +402,7 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     if new_key and not force:
         raise ProvisionError("--new-key membuang identitas kunci lama: ulangi bersama --force "
                              "/ --new-key needs --force")
+    _refuse_while_running(state_dir)
 
     notes: list[str] = []
     archived: list[Path] = []

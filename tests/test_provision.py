@@ -403,3 +403,22 @@ def test_broker_port_zero_is_refused():
     with pytest.raises(ProvisionError, match="port"):
         validate_broker("mqtts://mqtt.kpu-kab.example:0")
     assert validate_broker("mqtts://mqtt.kpu-kab.example:8883") == "mqtts://mqtt.kpu-kab.example:8883"
+
+
+def test_provisioning_while_the_kit_runs_is_refused_until_it_is_stopped(env, capsys):
+    """The running daemon keeps the identity, broker and password it started with, and would go on writing
+    into a database moved to archive/: provision says to stop the service first (also with --force)."""
+    import time
+
+    assert run_cli(env) == 0
+    capsys.readouterr()
+    status = env["state"] / "status.json"
+    status.write_text(json.dumps({"pid": os.getpid(), "state": "ready", "ready": True,
+                                  "updated_at": time.time(), "kit_id": "kit-3171011001-005"}))
+    for extra in ((), ("--force",)):
+        assert run_cli(env, *extra, tps="6") == 2
+        err = capsys.readouterr().err
+        assert "sudo systemctl stop tpskit" in err and "kit-3171011001-005" in err
+    assert cfg.load(env["conf"]).kit.tps == 5  # nothing changed
+    status.write_text(json.dumps({"pid": os.getpid(), "state": "stopping", "updated_at": time.time()}))
+    assert run_cli(env, tps="6") == 0  # stopped: goes ahead
