@@ -391,6 +391,7 @@ def import_bundle(
     from comms.courier import make_mqtt_client, parse_broker_url
 
     manifest = check_bundle(path, public_key=public_key)
+    _check_topics(path, manifest, topic_prefix)  # the whole file, before anything is published
     host, port, tls = parse_broker_url(broker_url)
     ids = {m[0] for m in manifest["messages"]}
     acked: set[str] = set()
@@ -458,6 +459,20 @@ def import_bundle(
         client.disconnect()
         client.loop_stop()
     return {"messages": manifest["count"], "published": published, "acked": n_acked}
+
+
+def _check_topics(path: Path | str, manifest: dict, prefix: str) -> None:
+    """Every message goes to a topic of the manifest's own kit, never to its ack topic: an importer's broker
+    account may publish for many kits, so a changed bundle must not speak for another TPS or for the
+    collector (read line by line; a damaged line is a BundleError here too)."""
+    own = {topics.topic(prefix, manifest["kode_wilayah"], manifest["tps"], kind) for kind in topics.KIT_KINDS}
+    for m in iter_bundle(path, manifest):
+        if m.topic not in own:
+            raise BundleError(
+                f"{path}: message {m.id} goes to {m.topic!r}, not to a topic of kit {manifest['kit_id']} "
+                f"({manifest['kode_wilayah']} TPS {manifest['tps']}, prefix {prefix!r}): the bundle was "
+                "changed, or the kit uses another --prefix; nothing was imported"
+            )
 
 
 def _check_connected(broker_url: str, answered: threading.Event, refusal: list[str]) -> None:

@@ -396,3 +396,20 @@ def test_import_of_many_photo_chunks_streams_in_bounded_memory(tmp_path, mosquit
         tracemalloc.stop()
     assert result == {"messages": n, "published": n, "acked": 0}
     assert peak < 12_000_000, f"import peak {peak / 1e6:.0f} MB"
+
+
+def test_a_bundle_whose_topics_were_changed_publishes_nothing(tmp_path):
+    """The manifest signs each message's id and payload, not the topic it goes to: a line moved to another
+    TPS's topic or to the kit's ack topic (where the collector speaks) would be published by the importer's
+    broker account. Every topic is checked against the manifest's kit before anything is published."""
+    key = generate_key()
+    path, n = _filled_and_exported(tmp_path, key, 2)
+    lines = path.read_bytes().splitlines()
+    entry = json.loads(lines[1])
+    own = entry["topic"]
+    for other in (own.rsplit("/", 1)[0] + "/ack", own.replace(f"/{TPS}/", f"/{TPS + 1}/"), "elsewhere/x"):
+        changed = dict(entry, topic=other)
+        path.write_bytes(b"\n".join([lines[0], canonical_json(changed), *lines[2:]]) + b"\n")
+        assert read_bundle(path)  # the signature still verifies: the topic is not signed
+        with pytest.raises(BundleError, match="not to a topic of kit kit-1.*nothing was imported"):
+            import_bundle(path, broker_url="mqtt://127.0.0.1:1", wait_acks_s=0)  # before any connection
