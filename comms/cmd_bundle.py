@@ -17,7 +17,8 @@ def _name(parser_or_args) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     if _name(p) == "import":
-        p.add_argument("bundle", type=Path, help="bundle file written by 'tpskit export'")
+        p.add_argument("bundle", type=Path, help="bundle file written by 'tpskit export', or a folder of "
+                       "them (a USB stick from several kits): each is imported in turn")
         p.add_argument("--broker", required=True, help="broker URL, mqtt://host:1883 or mqtts://host:8883")
         p.add_argument("--username", help="MQTT username allowed to publish for this kit")
         p.add_argument("--password-file", type=Path, help="file holding the MQTT password")
@@ -67,6 +68,26 @@ def _export(args) -> int:
 
 
 def _import(args) -> int:
+    """One bundle, or every bundle of a folder in name order (each on its own; the worst exit code)."""
+    from comms.bundle import SUFFIX
+
+    if not args.bundle.is_dir():
+        return _import_one(args, args.bundle)
+    found = sorted(p for p in args.bundle.glob(f"*{SUFFIX}") if not p.name.startswith("."))
+    if not found:
+        print(f"tpskit import: GAGAL / FAILED: tidak ada berkas *{SUFFIX} di / no *{SUFFIX} file in "
+              f"{args.bundle}: give the bundle file or the folder 'tpskit export' wrote it into",
+              file=sys.stderr)
+        return 2
+    worst = 0
+    for path in found:
+        if not args.json:
+            print(f"== {path.name}")
+        worst = max(worst, _import_one(args, path))
+    return worst
+
+
+def _import_one(args, bundle: Path) -> int:
     from comms.bundle import BundleError, import_bundle
     from comms.signing import KeyFileError, load_registry
 
@@ -75,7 +96,7 @@ def _import(args) -> int:
         if args.kits:
             from comms.bundle import check_bundle
 
-            manifest = check_bundle(args.bundle)
+            manifest = check_bundle(bundle)
             entry = load_registry(args.kits).get(manifest["kit_id"])
             if entry is None:
                 raise BundleError(f"kit {manifest['kit_id']} is not in the registry {args.kits}")
@@ -86,7 +107,7 @@ def _import(args) -> int:
 
             password = read_secret(args.password_file)
         result = import_bundle(
-            args.bundle,
+            bundle,
             broker_url=args.broker,
             username=args.username,
             password=password,
@@ -101,7 +122,7 @@ def _import(args) -> int:
         print(f"tpskit import: GAGAL / FAILED: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({"bundle": str(bundle), **result}))
     else:
         print(
             f"{result['published']}/{result['messages']} pesan terkirim / published, "

@@ -413,3 +413,39 @@ def test_a_bundle_whose_topics_were_changed_publishes_nothing(tmp_path):
         assert read_bundle(path)  # the signature still verifies: the topic is not signed
         with pytest.raises(BundleError, match="not to a topic of kit kit-1.*nothing was imported"):
             import_bundle(path, broker_url="mqtt://127.0.0.1:1", wait_acks_s=0)  # before any connection
+
+
+def test_a_usb_stick_from_several_kits_is_imported_as_one_folder(tmp_path, mosquitto, capsys):
+    """A technician back from blank spots carries one stick with the bundles of many kits: `tpskit import
+    <folder>` imports each (it said 'Is a directory'); an empty folder says what to give instead."""
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    registry = tmp_path / "kits.json"
+    for kit_id, tps in (("kit-1", TPS), ("kit-2", TPS + 1)):
+        key = generate_key()
+        db = tmp_path / kit_id / "tpskit.db"
+        c = Courier(db_path=db, kit_id=kit_id, kode_wilayah=KW, tps=tps, signing_key=key,
+                    broker_url="mqtt://127.0.0.1:1", chunk_bytes=4000)
+        _fill(c, 2)
+        c.close()
+        export_bundle(db_path=db, out_dir=usb, signing_key=key, kit_id=kit_id, kode_wilayah=KW, tps=tps)
+        registry_add(registry, kit_id, key.verify_key, kode_wilayah=KW, tps=tps)
+    (usb / ".tpskit-kit-3.tpsbundle.tmp").write_bytes(b"half a bundle")  # a write that never finished
+    (usb / "notes.txt").write_text("TPS 7 dan 8")
+    collector = Collector(broker_url=mosquitto.url, db_path=tmp_path / "collector.db", registry=registry,
+                          client_id="collector-usb").start()
+    try:
+        assert collector.connected.wait(10)
+        argv = ["import", str(usb), "--broker", mosquitto.url, "--kits", str(registry), "--wait", "20"]
+        assert cli.main([*argv, "--json"]) == 0
+        results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [Path(r["bundle"]).name[:12] for r in results] == ["tpskit-kit-1", "tpskit-kit-2"]
+        assert all(r["acked"] == r["messages"] == 2 + 3 for r in results)  # 2 readings + 3 photo chunks
+        with sqlite3.connect(tmp_path / "collector.db") as db:
+            assert db.execute("SELECT COUNT(DISTINCT kit_id) FROM readings").fetchone()[0] == 2
+    finally:
+        collector.stop()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["import", str(empty), "--broker", mosquitto.url]) == 2
+    assert "no *.tpsbundle file in" in capsys.readouterr().err
