@@ -6,6 +6,10 @@ import ctypes
 import ctypes.util
 from pathlib import Path
 
+# a time stamped further ahead than this (by a kit, in a report or a self-test) comes from a clock that was
+# wrong: how old it is cannot be known (fleet readiness, the boot readiness's last self-test)
+FUTURE_TOLERANCE_S = 3600.0
+
 # struct timex from <sys/timex.h> (Linux, 64-bit and 32-bit longs alike via c_long)
 _STA_UNSYNC = 0x0040
 _TIME_ERROR = 5

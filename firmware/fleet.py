@@ -30,8 +30,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from firmware.clock import FUTURE_TOLERANCE_S
+
 READY, NOT_READY, SILENT = "ready", "not_ready", "silent"
-FUTURE_TOLERANCE_S = 3600.0  # a report dated further ahead comes from a kit clock that is wrong: age unknown
 STATE_LABELS = {READY: "SIAP", NOT_READY: "BELUM SIAP", SILENT: "DIAM"}
 
 
@@ -258,9 +259,8 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
         if not isinstance(checked, int | float) or not math.isfinite(checked):  # Infinity: never stale
             checked = obs.created_at
         synced = body.get("time_source") == "ntp"
-        aged_from = checked
-        if not synced and _finite(obs.received_at):
-            aged_from = obs.received_at  # the kit's clock may be days behind: the collector's says when
+        by_collector = not synced and _finite(obs.received_at)  # the kit's clock may be days behind
+        aged_from = obs.received_at if by_collector else checked
         st = KitState(kit_id, obs.kode_wilayah, obs.tps, NOT_READY, checked_at=checked,
                       trigger=body.get("trigger"), battery_percent=body.get("battery_percent"),
                       registered=registry is None or kit_id in registry, skipped=_skipped(body))
@@ -272,7 +272,7 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = [_future_reason(aged_from)]
         elif max_age_s is not None and aged_from is not None and now - aged_from > max_age_s:
             age_h = (now - aged_from) / 3600
-            clock = "" if synced or aged_from is not checked else (
+            clock = "" if synced or by_collector else (
                 " menurut jam kit yang belum sinkron NTP; kit melapor lagi begitu jamnya sinkron")
             st.reasons = [f"laporan kesiapan terakhir {age_h:.0f} jam lalu{clock} (kit yang menyala melapor "
                           "tiap 6 jam): nyalakan kit, periksa sinyal, atau jalankan selftest"]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware.clock import FUTURE_TOLERANCE_S
 from firmware.config import Config
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ MIN_YEAR = 2024
 MAX_YEAR = 2040
 SERVICE_HINT = "jika layanan berjalan, hentikan dulu: sudo systemctl stop tpskit"
 RUN_SELFTEST = "sudo systemctl stop tpskit; sudo tpskit selftest"  # as docs/technician-guide.md, section 7
-FUTURE_TOLERANCE_S = 3600.0  # a self-test dated further ahead was run while the kit's clock was wrong
 REINSTALL = "pasang ulang tpskit (sudo bash scripts/install.sh)"  # technician guide, section 4
 
 
