@@ -31,6 +31,7 @@ from typing import Any
 
 from capture.base import BoundedCall, Camera, CaptureError, CaptureTimeout, encode_jpeg
 from firmware import messages as msg
+from firmware import status_file
 from firmware.clock import time_source as read_time_source
 from firmware.config import Config
 from firmware.events import Event, HoldReached, LowBattery, Press, Stop
@@ -43,7 +44,6 @@ EXIT_OK = 0
 EXIT_POWEROFF = 75  # same as firmware.power.EXIT_POWEROFF: tpskit.service powers off after it
 EXIT_REBOOT = 76  # a part stayed down: tpskit.service reboots the Pi after it (once per fault)
 TICK_S = 0.5
-STATUS_EVERY_S = 30.0
 BATTERY_POLL_S = 30.0
 IDLE_CHECK_S = 5.0
 CAPTURE_GRACE_S = 5.0  # past camera.timeout_s: a backend that overruns its own timeout is abandoned
@@ -632,7 +632,7 @@ class Kit:
 
     @property
     def status_path(self) -> Path:
-        return self.store.state_dir / "status.json"
+        return status_file.status_path(self.store.state_dir)
 
     def status(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -653,7 +653,7 @@ class Kit:
         return dict(self._heartbeat)
 
     def _write_status(self) -> None:
-        self._next_status = time.monotonic() + STATUS_EVERY_S
+        self._next_status = time.monotonic() + status_file.STATUS_EVERY_S
         last = self.store.last(1)
         battery = self.battery.status() if self.battery is not None else None
         self._heartbeat = {
@@ -666,9 +666,7 @@ class Kit:
             "captures": self.store.counts(),
         }
         try:
-            tmp = self.status_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(), ensure_ascii=False, default=str), encoding="utf-8")
-            os.replace(tmp, self.status_path)
+            status_file.write_status(self.store.state_dir, self.status())
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
 

@@ -7,44 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
-STALE_S = 90.0  # the daemon rewrites status.json at least every 30 s
+from firmware.status_file import daemon_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object for machines")
     parser.add_argument("-n", "--last", type=int, default=5, help="how many recent captures to list")
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def daemon_state(state_dir: Path) -> dict:
-    """What the running daemon last wrote, and whether it is alive."""
-    path = state_dir / "status.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"running": False, "ready": False, "detail": "the daemon has not written a status yet"}
-    age = time.time() - float(data.get("updated_at", 0))
-    running = _pid_alive(data.get("pid")) and data.get("state") not in ("stopping",) and age < STALE_S
-    data.update(running=running, age_s=round(age, 1))
-    data["ready"] = bool(running and data.get("ready"))
-    return data
 
 
 def collect(state_dir: Path, *, last: int = 5) -> dict:

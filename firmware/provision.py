@@ -372,7 +372,7 @@ CONFIG_HEADER = ("tpskit configuration, written by 'tpskit provision' and 'tpski
 def _refuse_while_running(state_dir: Path) -> None:
     """The running kit keeps the identity, broker and password it started with, and would go on writing
     into a database moved to archive/: it is stopped first, whatever --force says."""
-    from firmware.cmd_status import daemon_state
+    from firmware.status_file import daemon_state
 
     state = daemon_state(Path(state_dir))
     if state.get("running"):

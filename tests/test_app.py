@@ -391,7 +391,7 @@ def test_readiness_is_published_again_once_ntp_synced_the_clock(tmp_path, photos
 
     clock = ["unsynced"]
     monkeypatch.setattr(firmware.clock, "time_source", lambda: clock[0])
-    monkeypatch.setattr(firmware.app, "STATUS_EVERY_S", 0.1)
+    monkeypatch.setattr(firmware.app.status_file, "STATUS_EVERY_S", 0.1)
     courier = ReadinessCourier()
     cfg = make_config(tmp_path / "state", photos)
     with KitHarness(cfg, courier=courier, time_source=lambda: clock[0]):
