@@ -19,15 +19,15 @@ import binascii
 import csv
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
+
+from comms.durable import write_atomic
 
 # DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), followed by the 32 key bytes.
 _SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
@@ -55,33 +55,10 @@ def generate_key() -> SigningKey:
     return SigningKey.generate()
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-        os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def save_private_key(key: SigningKey, path: Path | str) -> Path:
     """Write the seed (base64) atomically with mode 0600."""
     path = Path(path)
-    _atomic_write(path, base64.b64encode(bytes(key)) + b"\n", 0o600)
+    write_atomic(path, base64.b64encode(bytes(key)) + b"\n", mode=0o600)
     return path
 
 
@@ -334,4 +311,4 @@ def registry_add(
     if tps is not None:
         entry["tps"] = int(tps)
     data["kits"][kit_id] = entry
-    _atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"), 0o644)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)

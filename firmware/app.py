@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from capture.base import BoundedCall, Camera, CaptureError, CaptureTimeout, encode_jpeg
+from comms.durable import write_atomic
 from firmware import messages as msg
 from firmware import status_file
 from firmware.clock import time_source as read_time_source
@@ -510,9 +511,10 @@ class Kit:
 
         try:
             parts = sorted(tried | set(self.faults))
-            self._fault_marker.write_text(json.dumps({"parts": parts, "faults": self.faults,
-                                                      "boot_id": boot_id(), "at": time.time()},
-                                                     ensure_ascii=False))
+            # durable: a marker lost with the reboot would let the next boot reboot again
+            write_atomic(self._fault_marker, json.dumps({"parts": parts, "faults": self.faults,
+                                                         "boot_id": boot_id(), "at": time.time()},
+                                                        ensure_ascii=False))
         except OSError as exc:  # without the marker the next boot would reboot again: no reboot at all
             log.error("cannot write %s (%s): no reboot", self._fault_marker, exc)
             return

@@ -19,9 +19,10 @@ def store_camera_settings(config_path: Path, settings: dict) -> bool:
     """Merge *settings* into [camera] of the config file (validated first); True if the file changed."""
     import tomllib
 
+    from comms.durable import write_atomic
     from firmware import config as cfg
     from firmware.provision import CONFIG_HEADER
-    from firmware.tomlwrite import dumps, write_atomic
+    from firmware.tomlwrite import dumps
 
     data = tomllib.loads(config_path.read_text(encoding="utf-8"))
     camera = data.setdefault("camera", {})

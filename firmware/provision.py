@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from comms.durable import write_atomic
 from firmware import config as cfg
-from firmware.tomlwrite import dumps, write_atomic
+from firmware.tomlwrite import dumps
 
 log = logging.getLogger(__name__)
 

@@ -594,7 +594,7 @@ def save_report(config: Config, report: Report) -> Path | None:
     """Keep the last self-test in <state_dir>/selftest.json (boot readiness refers to it)."""
     import json
 
-    from firmware.tomlwrite import write_atomic
+    from comms.durable import write_atomic
 
     path = config.paths.state_dir / SELFTEST_FILE
     try:

@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlite_utils
 
+from comms.durable import fsync_dir, write_atomic
 from firmware.clock import boot_id
 from firmware.config import is_volatile
 
@@ -66,26 +67,11 @@ class CaptureRecord:
                    reading=json.loads(row["reading"] or "{}"), submitted_at=row["submitted_at"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durable(path: Path, data: bytes) -> None:
-    """Write *data* to *path* atomically: temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write *data* to *path* atomically (``comms.durable.write_atomic``); a full disk is DiskFull."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"disk full while writing {path.name}") from None
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
@@ -168,8 +154,8 @@ class CaptureStore:
             aside.mkdir(exist_ok=True)
             for p in orphans:
                 os.replace(p, aside / p.name)
-            _fsync_dir(self.photos_dir)
-            _fsync_dir(aside)
+            fsync_dir(self.photos_dir)
+            fsync_dir(aside)
         except OSError as exc:  # left where they are: never counted, never lost
             log.warning("photos without a capture not moved: %s", exc)
 

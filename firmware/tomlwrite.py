@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import date, datetime
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 
 def _value(v) -> str:
@@ -48,20 +46,3 @@ def dumps(data: dict, *, header: str = "") -> str:
 
     table([], data)
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path | str, text: str, *, mode: int = 0o644) -> None:
-    """Replace *path* with *text* atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -257,6 +257,21 @@ def test_the_reboot_marker_is_per_part_and_forgotten_after_a_healthy_while(tmp_p
         assert _wait(lambda: not marker.exists())
 
 
+def test_no_reboot_when_the_marker_cannot_be_written(tmp_path, photos, monkeypatch):
+    """Without its marker on disk the next boot would reboot again, and again: no reboot at all then."""
+    import firmware.app
+
+    def read_only(*_a, **_k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(firmware.app, "write_atomic", read_only)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, camera=None, fault_retry_s=60, fault_reboot_after_s=0.3) as h:
+        time.sleep(1.0)
+        assert h.rc is None and h.kit.state == "fault"
+    assert not (cfg.paths.state_dir / FAULT_REBOOT_MARKER).exists()
+
+
 def test_retries_in_the_background_back_off_and_a_press_still_tries_at_once(tmp_path, photos):
     cfg = make_config(tmp_path / "state", photos)
     socket = CameraSocket(cfg)

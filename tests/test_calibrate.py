@@ -148,7 +148,7 @@ def test_cli_settings_that_cannot_be_stored_are_not_siap(tmp_path, good, monkeyp
     """The camera settings could not be written (read-only SD card, full disk): calibrate printed the error,
     then 'KESIMPULAN: SIAP' and exit 0, though nothing was locked and every page would be shot on auto."""
     import capture
-    from firmware import tomlwrite
+    from comms import durable
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -159,7 +159,7 @@ def test_cli_settings_that_cannot_be_stored_are_not_siap(tmp_path, good, monkeyp
     def read_only(*_a, **_k):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(tomlwrite, "write_atomic", read_only)
+    monkeypatch.setattr(durable, "write_atomic", read_only)
     path = tmp_path / "kit" / "config.toml"
     before = path.read_text()
     rc = cli.main(["--config", str(path), "calibrate", "--out", str(tmp_path / "a.jpg")])
