@@ -270,23 +270,38 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
 
 
 def check_bundle(path: Path | str, *, public_key=None) -> dict:
-    """Check a bundle as ``read_bundle`` does, one line at a time (bounded memory); its manifest."""
-    path = Path(path)
-    with _open(path) as f:
-        manifest = _manifest(path, f.readline(), public_key)
+    """Check a bundle as ``read_bundle`` does, one line at a time (bounded memory); its manifest. Strict:
+    one damaged line is a BundleError (``import_bundle`` imports the intact lines of a damaged bundle)."""
+    manifest = read_manifest(path, public_key=public_key)
     for _m in iter_bundle(path, manifest):
         pass
     return manifest
+
+
+def read_manifest(path: Path | str, *, public_key=None) -> dict:
+    """The bundle's signature-verified manifest (line 1 only: the message lines are checked when read).
+    A damaged or unverifiable manifest is a BundleError: nothing in the bundle can be trusted then."""
+    path = Path(path)
+    with _open(path) as f:
+        manifest = _manifest(path, f.readline(), public_key)
+    _listed(path, manifest)
+    return manifest
+
+
+def _listed(path: Path, manifest: dict) -> list[tuple[str, str]]:
+    """The manifest's [id, sha256] entries; a BundleError when its count disagrees."""
+    listed = [tuple(m) for m in manifest["messages"]]
+    if manifest.get("count") != len(listed):
+        count = manifest.get("count")
+        raise BundleError(f"{path}: manifest count {count}, {len(listed)} listed: {_TRUNCATED}")
+    return listed
 
 
 def iter_bundle(path: Path | str, manifest: dict) -> Iterator[BundleMessage]:
     """The messages of the bundle at *path*, one line at a time, each checked against *manifest* (from
     ``check_bundle``): a file changed since is a BundleError, raised when reached."""
     path = Path(path)
-    listed = [tuple(m) for m in manifest["messages"]]
-    if manifest.get("count") != len(listed):
-        count = manifest.get("count")
-        raise BundleError(f"{path}: manifest count {count}, {len(listed)} listed: {_TRUNCATED}")
+    listed = _listed(path, manifest)
     with _open(path) as f:
         f.readline()
         entries = (line for line in f if line.strip())
@@ -297,6 +312,35 @@ def iter_bundle(path: Path | str, manifest: dict) -> Iterator[BundleMessage]:
             yield _message(path, mid, sha, line)
         if next(entries, None) is not None:
             raise BundleError(f"{path}: more messages than the {len(listed)} in its manifest: {_TRUNCATED}")
+
+
+def iter_intact(path: Path | str, manifest: dict, damaged: list[str]) -> Iterator[BundleMessage]:
+    """The intact messages of the bundle at *path*, in manifest order, one line at a time: each line whose
+    id is listed in *manifest* (after the previous intact one) and whose payload matches its checksum. The
+    ids of the others (a changed byte, a cut-off file, a lost line) are appended to *damaged*, in manifest
+    order, as soon as known; lines the manifest does not list are ignored."""
+    path = Path(path)
+    listed = _listed(path, manifest)
+    index = {mid: i for i, (mid, _sha) in enumerate(listed)}
+    nxt = 0  # manifest index of the next message expected
+    with _open(path) as f:
+        f.readline()
+        for line in f:
+            try:
+                mid = json.loads(line).get("id")
+                i = index[mid] if mid in index else -1
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
+                continue
+            if i < nxt:
+                continue
+            try:
+                m = _message(path, mid, listed[i][1], line)
+            except BundleError:
+                continue
+            damaged.extend(d for d, _sha in listed[nxt:i])
+            nxt = i + 1
+            yield m
+    damaged.extend(d for d, _sha in listed[nxt:])
 
 
 def _open(path: Path):
@@ -383,15 +427,20 @@ def import_bundle(
     protocol: str = "mqtt5",
     topic_prefix: str = topics.DEFAULT_PREFIX,
 ) -> dict:
-    """Publish a bundle (QoS 1, in order) and wait up to *wait_acks_s* for the collector's acks.
+    """Publish the bundle's intact messages (QoS 1, in order) and wait up to *wait_acks_s* for the
+    collector's acks.
 
-    Returns {"messages", "published", "acked"}. The collector stores each message once, however often
-    the bundle is imported.
+    Returns {"messages", "published", "acked", "damaged"}: "damaged" lists the ids of the lines that were
+    damaged or missing (not published: each message is signed on its own, so the intact ones still count;
+    the kit keeps the others). A damaged or unverifiable manifest, or an intact line going to another
+    kit's topic, refuses the whole bundle before anything is published. The collector stores each message
+    once, however often the bundle is imported.
     """
     from comms.courier import make_mqtt_client, parse_broker_url
 
-    manifest = check_bundle(path, public_key=public_key)
-    _check_topics(path, manifest, topic_prefix)  # the whole file, before anything is published
+    manifest = read_manifest(path, public_key=public_key)
+    own = _own_topics(manifest, topic_prefix)
+    expected = _check_topics(path, manifest, own, topic_prefix)  # whole file, before anything is published
     host, port, tls = parse_broker_url(broker_url)
     ids = {m[0] for m in manifest["messages"]}
     acked: set[str] = set()
@@ -439,8 +488,9 @@ def import_bundle(
         ack_topic = topics.topic(topic_prefix, manifest["kode_wilayah"], manifest["tps"], topics.ACK)
         client.subscribe(ack_topic, qos=1)
         time.sleep(0.2)
-        published = _publish_all(client, iter_bundle(path, manifest), lost)
-        total = manifest["count"]
+        damaged: list[str] = []
+        published = _publish_all(client, _to_publish(path, manifest, own, damaged), lost)
+        total = len(expected)
         if published < total and lost.is_set():
             raise BundleError(
                 f"connection to {broker_url} lost after {published} of {total} messages (network, or a "
@@ -450,7 +500,7 @@ def import_bundle(
         deadline = time.monotonic() + wait_acks_s
         while time.monotonic() < deadline:
             with lock:
-                if len(acked) >= len(ids):
+                if acked >= expected:
                     break
             time.sleep(0.1)
         with lock:
@@ -458,21 +508,38 @@ def import_bundle(
     finally:
         client.disconnect()
         client.loop_stop()
-    return {"messages": manifest["count"], "published": published, "acked": n_acked}
+    return {"messages": manifest["count"], "published": published, "acked": n_acked, "damaged": damaged}
 
 
-def _check_topics(path: Path | str, manifest: dict, prefix: str) -> None:
-    """Every message goes to a topic of the manifest's own kit, never to its ack topic: an importer's broker
-    account may publish for many kits, so a changed bundle must not speak for another TPS or for the
-    collector (read line by line; a damaged line is a BundleError here too)."""
-    own = {topics.topic(prefix, manifest["kode_wilayah"], manifest["tps"], kind) for kind in topics.KIT_KINDS}
-    for m in iter_bundle(path, manifest):
+def _to_publish(path, manifest: dict, own: set[str], damaged: list[str]) -> Iterator[BundleMessage]:
+    """The intact messages to *own* topics (a line changed since ``_check_topics`` read it is damaged)."""
+    for m in iter_intact(path, manifest, damaged):
+        if m.topic in own:
+            yield m
+        else:
+            damaged.append(m.id)
+
+
+def _own_topics(manifest: dict, prefix: str) -> set[str]:
+    kw, tps = manifest["kode_wilayah"], manifest["tps"]
+    return {topics.topic(prefix, kw, tps, kind) for kind in topics.KIT_KINDS}
+
+
+def _check_topics(path: Path | str, manifest: dict, own: set[str], prefix: str) -> set[str]:
+    """Every intact message goes to a topic (*own*) of the manifest's own kit, never to its ack topic: an
+    importer's broker account may publish for many kits, so a changed bundle must not speak for another TPS
+    or for the collector (read line by line; damaged lines are skipped: they are not published). The ids
+    of the intact messages."""
+    intact: set[str] = set()
+    for m in iter_intact(path, manifest, []):
+        intact.add(m.id)
         if m.topic not in own:
             raise BundleError(
                 f"{path}: message {m.id} goes to {m.topic!r}, not to a topic of kit {manifest['kit_id']} "
                 f"({manifest['kode_wilayah']} TPS {manifest['tps']}, prefix {prefix!r}): the bundle was "
                 "changed, or the kit uses another --prefix; nothing was imported"
             )
+    return intact
 
 
 def _check_connected(broker_url: str, answered: threading.Event, refusal: list[str]) -> None:

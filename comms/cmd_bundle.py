@@ -94,9 +94,9 @@ def _import_one(args, bundle: Path) -> int:
     try:
         public_key = None
         if args.kits:
-            from comms.bundle import check_bundle
+            from comms.bundle import read_manifest
 
-            manifest = check_bundle(bundle)
+            manifest = read_manifest(bundle)  # damaged lines are reported by the import
             entry = load_registry(args.kits).get(manifest["kit_id"])
             if entry is None:
                 raise BundleError(f"kit {manifest['kit_id']} is not in the registry {args.kits}")
@@ -128,15 +128,30 @@ def _import_one(args, bundle: Path) -> int:
             f"{result['published']}/{result['messages']} pesan terkirim / published, "
             f"{result['acked']} dikonfirmasi collector / acked by the collector"
         )
-    if result["acked"] < result["messages"]:
+    damaged = result["damaged"]
+    if damaged:
+        print(_damaged_message(damaged), file=sys.stderr)
+    intact = result["messages"] - len(damaged)
+    if result["acked"] < intact:
+        what = f"{intact} intact messages" if damaged else f"{intact} messages"
         print(
-            f"tpskit import: BELUM SELESAI / NOT DONE: {result['acked']} of {result['messages']} messages "
+            f"tpskit import: BELUM SELESAI / NOT DONE: {result['acked']} of {what} "
             "confirmed by the collector (running? the kit in its registry? see its log and rejects); "
             "run the import again: nothing is stored twice, and the kit keeps its data until it is confirmed",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if damaged or result["acked"] < result["messages"] else 0
+
+
+def _damaged_message(damaged: list[str], *, shown: int = 10) -> str:
+    more = f" (+{len(damaged) - shown} more)" if len(damaged) > shown else ""
+    return (
+        f"tpskit import: {len(damaged)} pesan rusak atau hilang di bundel, tidak dikirim / {len(damaged)} "
+        f"messages damaged or missing in the bundle (checksum mismatch, or the file cut off: the stick "
+        f"pulled while writing or copying?), not imported: {', '.join(damaged[:shown])}{more}. "
+        "Ekspor lagi dari kit / export again from the kit: it still has them (the other messages were "
+        "imported)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
