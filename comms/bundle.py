@@ -634,7 +634,7 @@ def acks_path(bundle: Path | str) -> Path:
 
 
 def write_acks(bundle: Path | str, manifest: dict, acks: Iterable[bytes]) -> Path | None:
-    """Write the collector's *acks* (raw signed ack payloads, as received) to the bundle's acks file, with
+    """Write the collector's *acks* (raw signed ack payloads, as received) to the bundle's acks file, after
     those an earlier import of the bundle wrote there (each once); its path, or None when there is none.
 
     Line 1 ``{"v": 1, "kind": "acks", "bundle", "kit_id", "kode_wilayah", "tps", "written_at"}`` (not
@@ -646,9 +646,10 @@ def write_acks(bundle: Path | str, manifest: dict, acks: Iterable[bytes]) -> Pat
         kept = [a for a in _acks_lines(path)[1] if _is_ack(a)] if path.exists() else []
     except (OSError, ValueError):  # unreadable or damaged: replaced by what this import got
         kept = []
-    lines = list(dict.fromkeys([*kept, *(a for a in acks if _is_ack(a))]))
-    if not lines:
-        return None
+    new = [a for a in dict.fromkeys(acks) if a not in kept and _is_ack(a)]
+    if not new:  # nothing to add: the file stays as it is
+        return path if kept else None
+    lines = list(dict.fromkeys(kept)) + new
     header = {
         "v": 1,
         "kind": "acks",

@@ -176,8 +176,9 @@ def _import_one(args, bundle: Path) -> int:
         )
         if result["acks_file"]:
             print(
-                f"Konfirmasi ditulis / acks written: {result['acks_file']}: put the stick back into the kit "
-                "and run 'tpskit export' there (it marks these messages delivered and carries only the rest)"
+                f"Konfirmasi di / the collector's acks are in: {result['acks_file']}: put the stick back "
+                "into the kit and run 'tpskit export' there (it marks these messages delivered and carries "
+                "only the rest)"
             )
     if result["acks_error"]:
         print(f"tpskit import: {result['acks_error']}", file=sys.stderr)
