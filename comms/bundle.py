@@ -11,6 +11,11 @@ Bundle file (``tpskit-<kit_id>-<UTC time>.tpsbundle``), JSON Lines, UTF-8:
 The export streams (one read transaction, a few rows at a time: bounded memory on a Pi Zero 2 W) and
 changes nothing in the outbox: rows become ``acked`` only when the collector's acks reach the kit
 (when it next connects it resends them; the collector answers duplicates with acks and stores nothing twice).
+
+The import publishes the intact lines of a bundle and writes the acks it hears next to it
+(``<bundle name>.acks``, ``write_acks``); ``tpskit export`` applies them to the outbox first (``apply_acks``:
+only acks the kit's collector key verifies), so the stick carries the collector's acks back to a kit that
+never connects.
 """
 
 from __future__ import annotations
