@@ -11,6 +11,11 @@ Bundle file (``tpskit-<kit_id>-<UTC time>.tpsbundle``), JSON Lines, UTF-8:
 The export streams (one read transaction, a few rows at a time: bounded memory on a Pi Zero 2 W) and
 changes nothing in the outbox: rows become ``acked`` only when the collector's acks reach the kit
 (when it next connects it resends them; the collector answers duplicates with acks and stores nothing twice).
+
+The import publishes the intact lines of a bundle and writes the acks it hears next to it
+(``<bundle name>.acks``, ``write_acks``); ``tpskit export`` applies them to the outbox first (``apply_acks``:
+only acks the kit's collector key verifies), so the stick carries the collector's acks back to a kit that
+never connects.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
+
+from nacl.signing import VerifyKey
 
 from comms import payloads, topics
 from comms.outbox import Outbox
@@ -67,17 +74,7 @@ def export_bundle(
     now: float | None = None,
 ) -> tuple[Path, int]:
     """Write all unacked messages of the outbox to one bundle file in *out_dir*; returns (path, count)."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise BundleError(
-            f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
-            "mount point, e.g. /media/usb"
-        )
-    if not Path(db_path).is_file():
-        raise BundleError(
-            f"kit database {db_path} not found: give the kit's database (--db, default "
-            "<state_dir>/tpskit.db from the config); nothing was exported"
-        )
+    out_dir = _check_paths(db_path, out_dir)
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
     name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
@@ -104,6 +101,22 @@ def export_bundle(
     return path, len(listed)
 
 
+def _check_paths(db_path: Path | str, out_dir: Path | str) -> Path:
+    """*out_dir* as a Path; a BundleError unless it is a folder and the kit database exists."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise BundleError(
+            f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
+            "mount point, e.g. /media/usb"
+        )
+    if not Path(db_path).is_file():
+        raise BundleError(
+            f"kit database {db_path} not found: give the kit's database (--db, default "
+            "<state_dir>/tpskit.db from the config); nothing was exported"
+        )
+    return out_dir
+
+
 EXPORT_PAGE = 16  # outbox rows read at a time by an export (≈ 1.4 MB of photo chunks)
 
 
@@ -118,9 +131,11 @@ def _lines(ob: Outbox, listed: list[list[str]]) -> Iterator[bytes]:
         )
 
 
-def _write_new(out_dir: Path, name: str, lines: Iterable[bytes]) -> Path:
+def _write_new(out_dir: Path, name: str, lines: Iterable[bytes], *, replace: bool = False) -> Path:
     """Write *lines* to a new file *name* in *out_dir* (temp file, fsync, rename, fsync of the folder);
-    its path. A failed write leaves no file behind."""
+    its path. A failed write leaves no file behind. Without *replace* an existing file is kept and the new
+    one gets a free name (``_free_name``); with it, the file *name* is replaced in one rename."""
+    what = "the acks file" if replace else "the bundle"
     try:
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
         try:
@@ -130,7 +145,7 @@ def _write_new(out_dir: Path, name: str, lines: Iterable[bytes]) -> Path:
                     f.write(b"\n")
                 f.flush()
                 os.fsync(f.fileno())
-            path = _free_name(out_dir, name)
+            path = out_dir / name if replace else _free_name(out_dir, name)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -142,7 +157,7 @@ def _write_new(out_dir: Path, name: str, lines: Iterable[bytes]) -> Path:
             os.close(dfd)
     except OSError as exc:
         raise BundleError(
-            f"cannot write the bundle to {out_dir} ({exc.strerror or exc}): check the USB stick is "
+            f"cannot write {what} to {out_dir} ({exc.strerror or exc}): check the USB stick is "
             "writable and has free space"
         ) from None
     return path
@@ -270,23 +285,38 @@ def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[Bundle
 
 
 def check_bundle(path: Path | str, *, public_key=None) -> dict:
-    """Check a bundle as ``read_bundle`` does, one line at a time (bounded memory); its manifest."""
-    path = Path(path)
-    with _open(path) as f:
-        manifest = _manifest(path, f.readline(), public_key)
+    """Check a bundle as ``read_bundle`` does, one line at a time (bounded memory); its manifest. Strict:
+    one damaged line is a BundleError (``import_bundle`` imports the intact lines of a damaged bundle)."""
+    manifest = read_manifest(path, public_key=public_key)
     for _m in iter_bundle(path, manifest):
         pass
     return manifest
+
+
+def read_manifest(path: Path | str, *, public_key=None) -> dict:
+    """The bundle's signature-verified manifest (line 1 only: the message lines are checked when read).
+    A damaged or unverifiable manifest is a BundleError: nothing in the bundle can be trusted then."""
+    path = Path(path)
+    with _open(path) as f:
+        manifest = _manifest(path, f.readline(), public_key)
+    _listed(path, manifest)
+    return manifest
+
+
+def _listed(path: Path, manifest: dict) -> list[tuple[str, str]]:
+    """The manifest's [id, sha256] entries; a BundleError when its count disagrees."""
+    listed = [tuple(m) for m in manifest["messages"]]
+    if manifest.get("count") != len(listed):
+        count = manifest.get("count")
+        raise BundleError(f"{path}: manifest count {count}, {len(listed)} listed: {_TRUNCATED}")
+    return listed
 
 
 def iter_bundle(path: Path | str, manifest: dict) -> Iterator[BundleMessage]:
     """The messages of the bundle at *path*, one line at a time, each checked against *manifest* (from
     ``check_bundle``): a file changed since is a BundleError, raised when reached."""
     path = Path(path)
-    listed = [tuple(m) for m in manifest["messages"]]
-    if manifest.get("count") != len(listed):
-        count = manifest.get("count")
-        raise BundleError(f"{path}: manifest count {count}, {len(listed)} listed: {_TRUNCATED}")
+    listed = _listed(path, manifest)
     with _open(path) as f:
         f.readline()
         entries = (line for line in f if line.strip())
@@ -297,6 +327,35 @@ def iter_bundle(path: Path | str, manifest: dict) -> Iterator[BundleMessage]:
             yield _message(path, mid, sha, line)
         if next(entries, None) is not None:
             raise BundleError(f"{path}: more messages than the {len(listed)} in its manifest: {_TRUNCATED}")
+
+
+def iter_intact(path: Path | str, manifest: dict, damaged: list[str]) -> Iterator[BundleMessage]:
+    """The intact messages of the bundle at *path*, in manifest order, one line at a time: each line whose
+    id is listed in *manifest* (after the previous intact one) and whose payload matches its checksum. The
+    ids of the others (a changed byte, a cut-off file, a lost line) are appended to *damaged*, in manifest
+    order, as soon as known; lines the manifest does not list are ignored."""
+    path = Path(path)
+    listed = _listed(path, manifest)
+    index = {mid: i for i, (mid, _sha) in enumerate(listed)}
+    nxt = 0  # manifest index of the next message expected
+    with _open(path) as f:
+        f.readline()
+        for line in f:
+            try:
+                mid = json.loads(line).get("id")
+                i = index[mid] if mid in index else -1
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
+                continue
+            if i < nxt:
+                continue
+            try:
+                m = _message(path, mid, listed[i][1], line)
+            except BundleError:
+                continue
+            damaged.extend(d for d, _sha in listed[nxt:i])
+            nxt = i + 1
+            yield m
+    damaged.extend(d for d, _sha in listed[nxt:])
 
 
 def _open(path: Path):
@@ -383,18 +442,26 @@ def import_bundle(
     protocol: str = "mqtt5",
     topic_prefix: str = topics.DEFAULT_PREFIX,
 ) -> dict:
-    """Publish a bundle (QoS 1, in order) and wait up to *wait_acks_s* for the collector's acks.
+    """Publish the bundle's intact messages (QoS 1, in order) and wait up to *wait_acks_s* for the
+    collector's acks.
 
-    Returns {"messages", "published", "acked"}. The collector stores each message once, however often
-    the bundle is imported.
+    Returns {"messages", "published", "acked", "damaged", "acks_file", "acks_error"}: "damaged" lists the
+    ids of the lines that were damaged or missing (not published: each message is signed on its own, so the
+    intact ones still count; the kit keeps the others); the collector's acks are written next to the bundle
+    (``write_acks``: "acks_file", or None; "acks_error" when it cannot be written), for ``tpskit export``
+    to mark them acked when the stick goes back to the kit. A damaged or unverifiable manifest, or an intact
+    line going to another kit's topic, refuses the whole bundle before anything is published. The collector
+    stores each message once, however often the bundle is imported.
     """
     from comms.courier import make_mqtt_client, parse_broker_url
 
-    manifest = check_bundle(path, public_key=public_key)
-    _check_topics(path, manifest, topic_prefix)  # the whole file, before anything is published
+    manifest = read_manifest(path, public_key=public_key)
+    own = _own_topics(manifest, topic_prefix)
+    expected = _check_topics(path, manifest, own, topic_prefix)  # whole file, before anything is published
     host, port, tls = parse_broker_url(broker_url)
     ids = {m[0] for m in manifest["messages"]}
     acked: set[str] = set()
+    raw_acks: list[bytes] = []  # the ack payloads as received
     lock = threading.Lock()
     answered, lost = threading.Event(), threading.Event()
     refusal: list[str] = []  # the broker's reason when its CONNACK refuses us
@@ -420,7 +487,9 @@ def import_bundle(
         except payloads.MalformedMessage:
             return
         with lock:
-            acked.update(i for i in got if i in ids)
+            if any(i in ids for i in got):
+                acked.update(i for i in got if i in ids)
+                raw_acks.append(bytes(msg.payload))
 
     def on_disconnect(c, userdata, flags, reason_code, properties):
         lost.set()
@@ -439,8 +508,9 @@ def import_bundle(
         ack_topic = topics.topic(topic_prefix, manifest["kode_wilayah"], manifest["tps"], topics.ACK)
         client.subscribe(ack_topic, qos=1)
         time.sleep(0.2)
-        published = _publish_all(client, iter_bundle(path, manifest), lost)
-        total = manifest["count"]
+        damaged: list[str] = []
+        published = _publish_all(client, _to_publish(path, manifest, own, damaged), lost)
+        total = len(expected)
         if published < total and lost.is_set():
             raise BundleError(
                 f"connection to {broker_url} lost after {published} of {total} messages (network, or a "
@@ -450,29 +520,56 @@ def import_bundle(
         deadline = time.monotonic() + wait_acks_s
         while time.monotonic() < deadline:
             with lock:
-                if len(acked) >= len(ids):
+                if acked >= expected:
                     break
             time.sleep(0.1)
-        with lock:
-            n_acked = len(acked)
     finally:
         client.disconnect()
         client.loop_stop()
-    return {"messages": manifest["count"], "published": published, "acked": n_acked}
+    written, error = None, None
+    try:
+        written = write_acks(path, manifest, raw_acks)
+    except BundleError as exc:
+        error = f"{exc}; the kit sends these messages again when it next connects, or in its next bundle"
+    return {
+        "messages": manifest["count"],
+        "published": published,
+        "acked": len(acked),
+        "damaged": damaged,
+        "acks_file": str(written) if written else None,
+        "acks_error": error,
+    }
 
 
-def _check_topics(path: Path | str, manifest: dict, prefix: str) -> None:
-    """Every message goes to a topic of the manifest's own kit, never to its ack topic: an importer's broker
-    account may publish for many kits, so a changed bundle must not speak for another TPS or for the
-    collector (read line by line; a damaged line is a BundleError here too)."""
-    own = {topics.topic(prefix, manifest["kode_wilayah"], manifest["tps"], kind) for kind in topics.KIT_KINDS}
-    for m in iter_bundle(path, manifest):
+def _to_publish(path, manifest: dict, own: set[str], damaged: list[str]) -> Iterator[BundleMessage]:
+    """The intact messages to *own* topics (a line changed since ``_check_topics`` read it is damaged)."""
+    for m in iter_intact(path, manifest, damaged):
+        if m.topic in own:
+            yield m
+        else:
+            damaged.append(m.id)
+
+
+def _own_topics(manifest: dict, prefix: str) -> set[str]:
+    kw, tps = manifest["kode_wilayah"], manifest["tps"]
+    return {topics.topic(prefix, kw, tps, kind) for kind in topics.KIT_KINDS}
+
+
+def _check_topics(path: Path | str, manifest: dict, own: set[str], prefix: str) -> set[str]:
+    """Every intact message goes to a topic (*own*) of the manifest's own kit, never to its ack topic: an
+    importer's broker account may publish for many kits, so a changed bundle must not speak for another TPS
+    or for the collector (read line by line; damaged lines are skipped: they are not published). The ids
+    of the intact messages."""
+    intact: set[str] = set()
+    for m in iter_intact(path, manifest, []):
+        intact.add(m.id)
         if m.topic not in own:
             raise BundleError(
                 f"{path}: message {m.id} goes to {m.topic!r}, not to a topic of kit {manifest['kit_id']} "
                 f"({manifest['kode_wilayah']} TPS {manifest['tps']}, prefix {prefix!r}): the bundle was "
                 "changed, or the kit uses another --prefix; nothing was imported"
             )
+    return intact
 
 
 def _check_connected(broker_url: str, answered: threading.Event, refusal: list[str]) -> None:
@@ -527,3 +624,144 @@ def _wait_published(infos: list, lost: threading.Event, *, stall_s: float = PUBL
             break
         time.sleep(0.05)
     return done()
+
+
+# --- acks files: the collector's acks carried back to a kit with no network ------------------------------
+
+ACKS_SUFFIX = ".acks"
+ACKS_LINE_MAX = 1 << 20  # longest line read from an acks file (an ack of 500 ids is ≈ 20 KB)
+
+
+def acks_path(bundle: Path | str) -> Path:
+    """The acks file of *bundle*: next to it, ``<bundle name>.acks``."""
+    bundle = Path(bundle)
+    return bundle.with_name(bundle.name + ACKS_SUFFIX)
+
+
+def write_acks(bundle: Path | str, manifest: dict, acks: Iterable[bytes]) -> Path | None:
+    """Write the collector's *acks* (raw signed ack payloads, as received) to the bundle's acks file, after
+    those an earlier import of the bundle wrote there (each once); its path, or None when there is none.
+
+    Line 1 ``{"v": 1, "kind": "acks", "bundle", "kit_id", "kode_wilayah", "tps", "written_at"}`` (not
+    signed: the importer has no key; the kit trusts only acks its collector key verifies), then one ack
+    payload per line. Written to a temp file, fsynced and renamed over the old one."""
+    bundle = Path(bundle)
+    path = acks_path(bundle)
+    try:
+        kept = [a for a in _acks_lines(path)[1] if _is_ack(a)] if path.exists() else []
+    except (OSError, ValueError):  # unreadable or damaged: replaced by what this import got
+        kept = []
+    new = [a for a in dict.fromkeys(acks) if a not in kept and _is_ack(a)]
+    if not new:  # nothing to add: the file stays as it is
+        return path if kept else None
+    lines = list(dict.fromkeys(kept)) + new
+    header = {
+        "v": 1,
+        "kind": "acks",
+        "bundle": bundle.name,
+        "kit_id": manifest["kit_id"],
+        "kode_wilayah": manifest["kode_wilayah"],
+        "tps": manifest["tps"],
+        "written_at": time.time(),
+    }
+    return _write_new(path.parent, path.name, [canonical_json(header), *lines], replace=True)
+
+
+def _is_ack(payload: bytes) -> bool:
+    """An ack payload that fits on one line of an acks file (its signature is the kit's to check)."""
+    if b"\n" in payload or b"\r" in payload:
+        return False
+    try:
+        payloads.parse_ack(payload)
+    except payloads.MalformedMessage:
+        return False
+    return True
+
+
+def _acks_lines(path: Path) -> tuple[dict | None, list[bytes]]:
+    """The header (None when it is not an acks file v1) and the ack lines of the acks file at *path*; an
+    OSError when it cannot be read, a ValueError when a line is longer than ACKS_LINE_MAX."""
+    with path.open("rb") as f:
+        try:
+            header = json.loads(f.readline(ACKS_LINE_MAX))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+        if not (isinstance(header, dict) and header.get("kind") == "acks" and header.get("v") == 1):
+            return None, []
+        lines = []
+        while line := f.readline(ACKS_LINE_MAX + 1):
+            if len(line) > ACKS_LINE_MAX:
+                raise ValueError(f"a line longer than {ACKS_LINE_MAX} bytes")
+            if line.strip():
+                lines.append(line.rstrip(b"\r\n"))
+    return header, lines
+
+
+def apply_acks(
+    *,
+    db_path: Path | str,
+    folder: Path | str,
+    kit_id: str,
+    collector_keys: list | None,
+    why_no_keys: str = "",
+) -> dict:
+    """Mark acked in the kit's outbox every id of the acks files (``*.acks``) in *folder* that one of
+    *collector_keys* signed, exactly as the same acks received over MQTT would (``Outbox.record``).
+
+    Returns {"files", "confirmed", "rejected", "problems"}: acks files read, messages newly marked acked,
+    acks not accepted, and what to tell the user (a bad, foreign or malformed file is skipped, never fatal;
+    without *collector_keys* every acks file is ignored: anyone can write a file on a stick, *why_no_keys*
+    says why there is none). Acks only mark messages delivered; nothing is deleted. Files of other kits
+    (their header's kit_id) are skipped. The database is opened only when there is an ack to record.
+    """
+    folder = _check_paths(db_path, folder)
+    files = sorted(p for p in folder.glob(f"*{ACKS_SUFFIX}") if not p.name.startswith(".") and p.is_file())
+    result: dict = {"files": len(files), "confirmed": 0, "rejected": 0, "problems": []}
+    if not files:
+        return result
+    if not collector_keys:
+        result["problems"].append(
+            f"{len(files)} berkas acks di stick diabaikan / acks files on the stick ignored: "
+            f"{why_no_keys or 'the kit has no collector key'} (mqtt.collector_key_file): without it anyone "
+            "could write such a file; the messages stay unacked and are exported again"
+        )
+        result["rejected"] = len(files)
+        return result
+    keys = [k if isinstance(k, VerifyKey) else load_public_key(k) for k in collector_keys]
+    ids: list[str] = []
+    for path in files:
+        try:
+            header, lines = _acks_lines(path)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            result["problems"].append(f"{path.name}: cannot be read ({reason}); skipped")
+            result["rejected"] += 1
+            continue
+        if header is None:
+            result["problems"].append(f"{path.name}: not a tpskit acks file (damaged?); skipped")
+            result["rejected"] += 1
+            continue
+        if header.get("kit_id") != kit_id:
+            continue  # another kit's acks on a shared stick
+        bad = 0
+        for line in lines:
+            try:
+                ids.extend(payloads.parse_ack(line, keys=keys))
+            except payloads.MalformedMessage:
+                bad += 1
+        if bad:
+            result["problems"].append(
+                f"{path.name}: {bad} of {len(lines)} acks not signed by the collector key of this kit, or "
+                "damaged: ignored (those messages are exported again)"
+            )
+            result["rejected"] += bad
+    if ids:
+        try:
+            with Outbox(db_path) as ob:
+                result["confirmed"] = ob.record(acked=ids)
+        except (sqlite3.Error, OSError) as exc:
+            result["problems"].append(
+                f"cannot record the collector's acks in the kit database {db_path} ({exc}): every unacked "
+                "message is exported"
+            )
+    return result

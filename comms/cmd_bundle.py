@@ -37,13 +37,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _collector_keys(cfg) -> tuple[list, str]:
+    """The collector public key of the kit's config (``mqtt.collector_key_file``), or why there is none."""
+    from comms.signing import load_public_key
+
+    key_file = getattr(cfg.mqtt, "collector_key_file", None)
+    if not key_file:
+        return [], "the kit has no collector key"
+    try:
+        return [load_public_key(Path(key_file).read_text(encoding="ascii"))], ""
+    except (OSError, ValueError) as exc:
+        return [], f"the collector key {key_file} cannot be read ({exc})"
+
+
 def _export(args) -> int:
-    from comms.bundle import BundleError, export_bundle
+    """Apply the collector's acks found on the stick, then export what is still unacked."""
+    from comms.bundle import BundleError, apply_acks, export_bundle
     from comms.signing import KeyFileError
     from firmware.config import ConfigError, load
 
     try:
         cfg = load(args.config)
+        keys, why = _collector_keys(cfg)
+        acks = apply_acks(
+            db_path=args.db or cfg.db_path,
+            folder=args.dir,
+            kit_id=cfg.kit.kit_id,
+            collector_keys=keys,
+            why_no_keys=why,
+        )
+        for problem in acks["problems"]:
+            print(f"tpskit export: {problem}", file=sys.stderr)
         path, n = export_bundle(
             db_path=args.db or cfg.db_path,
             out_dir=args.dir,
@@ -56,14 +80,36 @@ def _export(args) -> int:
         print(f"tpskit export: GAGAL / FAILED: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"bundle": str(path), "messages": n}))
-    else:
-        print(f"Bundel ditulis / bundle written: {path} ({n} pesan / messages).")
         print(
-            "Bawa ke komputer yang punya jaringan / take it to a networked PC: "
-            f"tpskit import {path.name} --broker URL"
+            json.dumps(
+                {
+                    "bundle": str(path),
+                    "messages": n,
+                    "acks_files": acks["files"],
+                    "acks_confirmed": acks["confirmed"],
+                    "acks_rejected": acks["rejected"],
+                }
+            )
         )
-        print("Data di kit tetap disimpan sampai server mengonfirmasi / the kit keeps it until acked.")
+        return 0
+    if acks["files"]:
+        print(
+            f"Dari stick: {acks['confirmed']} pesan dikonfirmasi collector / from the stick: "
+            f"{acks['confirmed']} messages confirmed by the collector, now marked delivered "
+            f"({acks['files']} acks files)."
+        )
+    print(f"Bundel ditulis / bundle written: {path} ({n} pesan / messages).")
+    if n == 0:
+        print(
+            "Tidak ada yang perlu dibawa / nothing left to carry: the kit has no message the collector has "
+            "not confirmed (this empty bundle need not be imported)."
+        )
+        return 0
+    print(
+        "Bawa ke komputer yang punya jaringan / take it to a networked PC: "
+        f"tpskit import {path.name} --broker URL"
+    )
+    print("Data di kit tetap disimpan sampai server mengonfirmasi / the kit keeps it until acked.")
     return 0
 
 
@@ -94,9 +140,9 @@ def _import_one(args, bundle: Path) -> int:
     try:
         public_key = None
         if args.kits:
-            from comms.bundle import check_bundle
+            from comms.bundle import read_manifest
 
-            manifest = check_bundle(bundle)
+            manifest = read_manifest(bundle)  # damaged lines are reported by the import
             entry = load_registry(args.kits).get(manifest["kit_id"])
             if entry is None:
                 raise BundleError(f"kit {manifest['kit_id']} is not in the registry {args.kits}")
@@ -128,15 +174,38 @@ def _import_one(args, bundle: Path) -> int:
             f"{result['published']}/{result['messages']} pesan terkirim / published, "
             f"{result['acked']} dikonfirmasi collector / acked by the collector"
         )
-    if result["acked"] < result["messages"]:
+        if result["acks_file"]:
+            print(
+                f"Konfirmasi di / the collector's acks are in: {result['acks_file']}: put the stick back "
+                "into the kit and run 'tpskit export' there (it marks these messages delivered and carries "
+                "only the rest)"
+            )
+    if result["acks_error"]:
+        print(f"tpskit import: {result['acks_error']}", file=sys.stderr)
+    damaged = result["damaged"]
+    if damaged:
+        print(_damaged_message(damaged), file=sys.stderr)
+    intact = result["messages"] - len(damaged)
+    if result["acked"] < intact:
+        what = f"{intact} intact messages" if damaged else f"{intact} messages"
         print(
-            f"tpskit import: BELUM SELESAI / NOT DONE: {result['acked']} of {result['messages']} messages "
+            f"tpskit import: BELUM SELESAI / NOT DONE: {result['acked']} of {what} "
             "confirmed by the collector (running? the kit in its registry? see its log and rejects); "
             "run the import again: nothing is stored twice, and the kit keeps its data until it is confirmed",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if damaged or result["acked"] < result["messages"] else 0
+
+
+def _damaged_message(damaged: list[str], *, shown: int = 10) -> str:
+    more = f" (+{len(damaged) - shown} more)" if len(damaged) > shown else ""
+    return (
+        f"tpskit import: {len(damaged)} pesan rusak atau hilang di bundel, tidak dikirim / {len(damaged)} "
+        f"messages damaged or missing in the bundle (checksum mismatch, or the file cut off: the stick "
+        f"pulled while writing or copying?), not imported: {', '.join(damaged[:shown])}{more}. "
+        "Ekspor lagi dari kit / export again from the kit: it still has them (the other messages were "
+        "imported)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -128,7 +128,8 @@ def test_cli_export_import_then_kit_acked_by_collector(tmp_path, mosquitto):
             == 0
         )
         again = import_bundle(bundle, broker_url=mosquitto.url, wait_acks_s=20)
-        assert again == {"messages": 8, "published": 8, "acked": 8}
+        assert again == {"messages": 8, "published": 8, "acked": 8, "damaged": [],
+                         "acks_file": str(bundle) + ".acks", "acks_error": None}
         with sqlite3.connect(tmp_path / "collector.db") as db:
             assert db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 5
             assert db.execute("SELECT COUNT(*) FROM photos").fetchone()[0] == 1
@@ -394,7 +395,8 @@ def test_import_of_many_photo_chunks_streams_in_bounded_memory(tmp_path, mosquit
         _size, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert result == {"messages": n, "published": n, "acked": 0}
+    assert result == {"messages": n, "published": n, "acked": 0, "damaged": [],
+                      "acks_file": None, "acks_error": None}
     assert peak < 12_000_000, f"import peak {peak / 1e6:.0f} MB"
 
 
