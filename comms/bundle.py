@@ -37,6 +37,7 @@ from pathlib import Path
 from nacl.signing import VerifyKey
 
 from comms import payloads, topics
+from comms.durable import write_atomic
 from comms.outbox import Outbox
 from comms.signing import (
     KeyFileError,
@@ -132,30 +133,14 @@ def _lines(ob: Outbox, listed: list[list[str]]) -> Iterator[bytes]:
 
 
 def _write_new(out_dir: Path, name: str, lines: Iterable[bytes], *, replace: bool = False) -> Path:
-    """Write *lines* to a new file *name* in *out_dir* (temp file, fsync, rename, fsync of the folder);
-    its path. A failed write leaves no file behind. Without *replace* an existing file is kept and the new
-    one gets a free name (``_free_name``); with it, the file *name* is replaced in one rename."""
-    what = "the acks file" if replace else "the bundle"
+    """Write *lines* to a file *name* in *out_dir* (``comms.durable.write_atomic``); its path. A failed
+    write leaves no file behind. Without *replace* an existing file is kept and the new one gets a free
+    name (``_free_name``); with it, the file *name* is replaced in one rename."""
+    path = out_dir / name if replace else _free_name(out_dir, name)
     try:
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for line in lines:
-                    f.write(line)
-                    f.write(b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            path = out_dir / name if replace else _free_name(out_dir, name)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(out_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, (line + b"\n" for line in lines), mode=None)
     except OSError as exc:
+        what = "the acks file" if replace else "the bundle"
         raise BundleError(
             f"cannot write {what} to {out_dir} ({exc.strerror or exc}): check the USB stick is "
             "writable and has free space"

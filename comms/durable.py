@@ -19,15 +19,17 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes | str | Iterable[bytes], *, mode: int = 0o644) -> None:
+def write_atomic(path: Path | str, data: bytes | str | Iterable[bytes], *, mode: int | None = 0o644) -> None:
     """Replace *path* with *data* (bytes, text as UTF-8, or chunks of bytes written as they come); the file
-    gets *mode* before a byte is written, so a secret is never readable by others, even briefly."""
+    gets *mode* before a byte is written, so a secret is never readable by others, even briefly. None
+    leaves the temp file's 0600 (a FAT USB stick refuses most chmods: its modes come from the mount)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             if isinstance(data, str):
                 data = data.encode("utf-8")
             for chunk in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
