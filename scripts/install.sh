@@ -185,7 +185,7 @@ remove() {
 }
 
 uninstall() {
-  local u x verdict=0 present=() active=() keyfile_outside=0
+  local u x verdict=0 present=() active=()
   REMOVED=0
   for u in "${KIT_UNITS[@]}"; do
     if [ -e "$DESTDIR$UNIT_DIR/$u" ] || [ -d "$DESTDIR$UNIT_DIR/$u.d" ]; then present+=("$u"); fi
@@ -258,19 +258,33 @@ uninstall() {
 
   # --- configuration and data ----------------------------------------------------------------------------
   if ((PURGE)); then
-    case "$KEY" in
-      "$CONF_DIR"/*) ;;
-      *) keyfile_outside=1
-         for x in "${STATES[@]}"; do case "$KEY" in "$x"/*) keyfile_outside=0 ;; esac; done ;;
-    esac
-    local had_key=0
+    # what goes: the config, and each state directory that is tpskit's own (a config naming /var or /srv as
+    # state_dir must not make this delete it: then only the kit's files there are to go, by hand)
+    local doomed=("$CONF_DIR" /etc/default/tpskit-collector) key_doomed=0 key_in_state=0 had_key=0 base
+    for x in "${STATES[@]}"; do
+      base="${x%/}"
+      base="${base##*/}"
+      case "$x:$base" in
+        /*:*tpskit*) doomed+=("$x") ;;
+        *) [ -e "$DESTDIR$x" ] &&
+             say "state directory $x (from the config) is not tpskit's own folder: left alone, remove the kit's files in it by hand" ;;
+      esac
+      case "$KEY" in "${x%/}"/*) key_in_state=1 ;; esac
+    done
+    case "$KEY" in "$CONF_DIR"/*) key_in_state=1 ;; esac
+    ((key_in_state)) || doomed+=("$KEY")  # signing.key_file elsewhere: it is the kit's all the same
+    for x in "${doomed[@]}"; do
+      case "$KEY" in "$x"|"${x%/}"/*) key_doomed=1 ;; esac
+    done
     [ -e "$DESTDIR$KEY" ] && had_key=1
     if [ -d "$DESTDIR$CONF_DIR" ]; then
       say "configuration in $CONF_DIR: $(find "$DESTDIR$CONF_DIR" -mindepth 1 -maxdepth 1 -printf '%f ')"
     fi
-    remove "$CONF_DIR" /etc/default/tpskit-collector "${STATES[@]}"
-    ((keyfile_outside)) && remove "$KEY"
-    if ((had_key)); then
+    remove "${doomed[@]}"
+    if ((had_key && !key_doomed)); then
+      say "the kit's private signing key stays: $KEY"
+    fi
+    if ((had_key && key_doomed)); then
       say "KUNCI PRIBADI KIT DIHAPUS / THE KIT'S PRIVATE SIGNING KEY IS GONE: $KEY"
       say "  identitas kit ini hilang; kit yang di-provision ulang mendapat kunci baru, dan baris registry-nya"
       say "  harus diserahkan lagi ke collector kabupaten / this kit's identity is gone: provisioned again it gets"

@@ -466,3 +466,23 @@ def test_uninstall_from_the_installed_copy_and_what_enable_linked(tmp_path):
     assert res.returncode == 0, res.stderr
     assert_code_gone(root)
     assert not state.exists() and not (wants / "tpskit.service").is_symlink()
+
+
+def test_purge_never_deletes_a_folder_that_is_not_tpskit_s_own(tmp_path):
+    """A config naming /srv as its state_dir must not make --purge delete /srv; a signing key kept elsewhere
+    (signing.key_file) is the kit's all the same: it goes, and purge says so."""
+    root = tmp_path / "root"
+    stage_kit(root)
+    (root / "etc/tpskit/config.toml").write_text(
+        '[kit]\nkit_id = "k"\n[paths]\nstate_dir = "/srv"\n[signing]\nkey_file = "/etc/ssl/kit.key"\n')
+    outbox_with(root / "srv", acked=2)
+    (root / "srv/other-service").mkdir()
+    (root / "etc/ssl").mkdir()
+    (root / "etc/ssl/kit.key").write_text("PRIVATE\n")
+    res = uninstall(root, "--purge")
+    assert res.returncode == 0, res.stderr
+    assert (root / "srv/other-service").is_dir() and (root / "srv/tpskit.db").exists()
+    assert "state directory /srv (from the config) is not tpskit's own folder" in res.stdout
+    assert not (root / "etc/ssl/kit.key").exists() and (root / "etc/ssl").is_dir()
+    assert "PRIVATE SIGNING KEY IS GONE: /etc/ssl/kit.key" in res.stdout
+    assert not (root / "var/lib/tpskit").exists() and not (root / "etc/tpskit").exists()
