@@ -202,3 +202,287 @@ def test_the_copy_belongs_to_root_whatever_the_checkout(tmp_path):
     wrong = [(str(p), p.stat().st_uid, oct(p.stat().st_mode & 0o777)) for p in [src, *src.rglob("*")]
              if p.stat().st_uid != 0 or p.stat().st_mode & 0o022 or not p.stat().st_mode & 0o004]
     assert wrong == []
+
+
+# --- install.sh --uninstall ------------------------------------------------------------------------------
+# A real install is staged first (--destdir); its venv is stood in for by a python that runs the staged
+# /opt/tpskit/src with this test's interpreter (install.sh --no-venv: no pip here), so the uninstaller asks
+# the installed code, as on a kit. Outboxes are real SQLite files made with the product's Outbox.
+
+def stage_kit(root: Path, *extra: str) -> Path:
+    """A staged install with a stand-in venv; returns the staged state directory /var/lib/tpskit."""
+    import shlex
+    import sys
+
+    res = install("--destdir", str(root), "--no-apt", "--no-venv", *extra)
+    assert res.returncode == 0, res.stderr
+    venv_bin = root / "opt/tpskit/venv/bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text(
+        f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(root / 'opt/tpskit/src'))} "
+        f'exec {shlex.quote(sys.executable)} "$@"\n')
+    (venv_bin / "python").chmod(0o755)
+    (venv_bin / "tpskit").write_text("#!/bin/sh\n")
+    (root / "opt/tpskit/constraints.txt").write_text("")
+    (root / "etc/tpskit/config.toml").write_text('[kit]\nkit_id = "kit-3171011001-005"\n')
+    (root / "etc/tpskit/mqtt-password").write_text("secret")
+    state = root / "var/lib/tpskit"
+    (state / "keys").mkdir(parents=True)
+    (state / "keys/kit.key").write_text("PRIVATE\n")
+    return state
+
+
+def outbox_with(state: Path, *, queued: int = 0, acked: int = 0) -> Path:
+    """The kit's database with *queued* unacked and *acked* acked messages (the product's Outbox)."""
+    from comms.outbox import Outbox
+
+    db = state / "tpskit.db"
+    with Outbox(db) as ob:
+        for i in range(queued + acked):
+            ob.enqueue(msg_id=f"m{i}", kind="reading", topic="tpskit/v1/kit/reading", payload=b"{}")
+        ob.mark_acked([f"m{i}" for i in range(queued, queued + acked)])
+        assert ob.unacked_count() == queued
+    return db
+
+
+def tree(root: Path) -> dict:
+    """Every path under *root* with what it holds: nothing may change."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = ("link", os.readlink(p)) if p.is_symlink() else ("dir",) if p.is_dir() else p.read_bytes()
+    return out
+
+
+def uninstall(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return install("--uninstall", "--destdir", str(root), *args)
+
+
+def assert_code_gone(root: Path):
+    for rel in ("opt/tpskit", "usr/local/bin/tpskit", "etc/systemd/system/tpskit.service",
+                "etc/systemd/system/tpskit-collector.service"):
+        assert not (root / rel).exists() and not (root / rel).is_symlink(), rel
+
+
+def test_uninstall_removes_code_venv_units_and_command_and_keeps_config_and_data(tmp_path):
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    db = outbox_with(state, queued=2, acked=1)
+    kept = {k: v for k, v in tree(root).items() if k.startswith(("etc/tpskit", "var/lib/tpskit"))}
+    res = uninstall(root)
+    assert res.returncode == 0, res.stderr
+    assert_code_gone(root)
+    for cmd in ("stop tpskit.service", "disable tpskit.service", "daemon-reload"):
+        assert f"+ systemctl {cmd}" in res.stdout
+    assert "+ userdel" not in res.stdout
+    # config, data and identity stay, byte for byte; the technician is told where, and how to remove them
+    assert {k: v for k, v in tree(root).items() if k.startswith(("etc/tpskit", "var/lib/tpskit"))} == kept
+    assert db.exists() and (state / "keys/kit.key").exists()
+    assert "KEPT / disimpan: /etc/tpskit" in res.stdout and "KEPT / disimpan: /var/lib/tpskit" in res.stdout
+    assert "2 pesan belum di-ack" in res.stdout and "--uninstall --purge" in res.stdout
+    assert "apt packages left installed" in res.stdout and "python3-picamera2" in res.stdout
+    # twice in a row: nothing left to remove, still fine, still kept
+    again = uninstall(root)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to remove" in again.stdout and "systemctl" not in again.stdout
+    assert db.exists() and "KEPT / disimpan: /var/lib/tpskit" in again.stdout
+
+
+@pytest.mark.parametrize("data", ["no database", "empty outbox", "all acked"])
+def test_purge_removes_everything_when_nothing_would_be_lost(tmp_path, data):
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    if data == "empty outbox":
+        outbox_with(state)
+    elif data == "all acked":
+        outbox_with(state, acked=3)
+    (root / "etc/systemd/system/tpskit.service.d").mkdir()
+    (root / "etc/systemd/system/tpskit.service.d/override.conf").write_text("[Service]\n")
+    res = uninstall(root, "--purge")
+    assert res.returncode == 0, res.stderr
+    assert_code_gone(root)
+    assert not (root / "etc/tpskit").exists() and not state.exists()
+    assert not (root / "etc/systemd/system/tpskit.service.d").exists()
+    assert "+ userdel tpskit" in res.stdout
+    assert "THE KIT'S PRIVATE SIGNING KEY IS GONE: /var/lib/tpskit/keys/kit.key" in res.stdout
+    assert "REFUSED" not in res.stderr and "WARNING" not in res.stderr
+    again = uninstall(root, "--purge")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to remove" in again.stdout and "SIGNING KEY" not in again.stdout
+
+
+def test_purge_refuses_while_messages_wait_for_the_collector_and_removes_nothing(tmp_path):
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, queued=1, acked=5)
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1
+    assert "DITOLAK / REFUSED" in res.stderr and "1 pesan belum di-ack" in res.stderr
+    assert "tpskit export /media/usb" in res.stderr and "tpskit status" in res.stderr
+    assert "nothing was removed or stopped" in res.stderr
+    assert "systemctl" not in res.stdout and "removing" not in res.stdout
+    assert tree(root) == before
+    # a dry run says the same
+    dry = uninstall(root, "--purge", "--dry-run")
+    assert dry.returncode == 1 and "REFUSED" in dry.stderr and tree(root) == before
+
+
+def test_purge_refuses_captures_not_yet_in_the_outbox(tmp_path):
+    """A page photographed and committed, not yet handed to the outbox (the kit hands it over at its next
+    start): the outbox is empty, and the reading would still be lost."""
+    from firmware.store import CaptureStore
+
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state)
+    store = CaptureStore(state, volatile_ok=True, min_free_mb=1)
+    store.save(jpeg=b"\xff\xd8 not really a jpeg", status="ok", reading={"page": 1}, taken_at=1.0,
+               time_source="ntp")
+    store.close()
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "captures not yet in the outbox" in res.stderr
+    assert tree(root) == before
+
+
+def test_purge_checks_the_state_directory_the_config_names(tmp_path):
+    root = tmp_path / "root"
+    stage_kit(root)
+    (root / "etc/tpskit/config.toml").write_text('[kit]\nkit_id = "k"\n[paths]\nstate_dir = "/srv/tpskit"\n')
+    outbox_with(root / "srv/tpskit", queued=3)
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "3 pesan belum di-ack" in res.stderr and "srv/tpskit" in res.stderr
+    assert tree(root) == before
+
+
+def test_purge_refuses_an_unreadable_database_or_config(tmp_path):
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    (state / "tpskit.db").write_bytes(b"this is not a database, maybe a damaged SD card" * 100)
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1
+    assert "cannot be read" in res.stderr and "file is not a database" in res.stderr
+    assert "is not" in res.stderr and "proof that it is empty" in res.stderr
+    assert tree(root) == before
+    # a config that cannot be read hides where the data is
+    (state / "tpskit.db").unlink()
+    (root / "etc/tpskit/config.toml").write_text("[kit\n")
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "config" in res.stderr and "REFUSED" in res.stderr
+    assert tree(root) == before
+
+
+def test_purge_after_a_plain_uninstall_cannot_check_without_the_installed_code(tmp_path):
+    """The venv went with the first uninstall: nobody can look into the database any more, so purge refuses
+    (and says to install again, or --force)."""
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, acked=1)
+    assert uninstall(root).returncode == 0
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "cannot be checked" in res.stderr and "scripts/install.sh" in res.stderr
+    assert tree(root) == before
+
+
+def test_force_overrides_the_refusal_loudly(tmp_path):
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, queued=4)
+    res = uninstall(root, "--purge", "--force")
+    assert res.returncode == 0, res.stderr
+    assert "WARNING" in res.stderr and "LOST" in res.stderr and "4 pesan belum di-ack" in res.stderr
+    assert_code_gone(root)
+    assert not state.exists() and not (root / "etc/tpskit").exists()
+    assert "PRIVATE SIGNING KEY IS GONE" in res.stdout
+
+
+def test_uninstall_dry_run_changes_nothing(tmp_path):
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, acked=2)
+    before = tree(root)
+    for args in ([], ["--purge"]):
+        res = uninstall(root, "--dry-run", *args)
+        assert res.returncode == 0, res.stderr
+        assert "+ rm -rf --" in res.stdout and "+ systemctl stop tpskit.service" in res.stdout
+        assert tree(root) == before
+    assert "userdel tpskit" in res.stdout
+
+
+def test_uninstall_where_install_never_ran(tmp_path):
+    for args in ([], ["--purge"]):
+        res = uninstall(tmp_path / "empty", *args)
+        assert res.returncode == 0, res.stderr
+        assert "nothing to remove" in res.stdout
+    assert not (tmp_path / "empty").exists()
+
+
+def test_uninstall_on_a_collector_host_needs_collector_and_keeps_its_database(tmp_path):
+    root = tmp_path / "root"
+    state = stage_kit(root, "--collector")
+    outbox_with(state, acked=1)
+    dropin = root / "etc/systemd/system/tpskit-collector.service.d"
+    dropin.mkdir()
+    shutil.copy(ROOT / "systemd/tpskit-collector-certificate.conf", dropin)
+    collected = root / "var/lib/private/tpskit-collector/collector.db"
+    collected.parent.mkdir(parents=True)
+    collected.write_bytes(b"every kit's results")
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "--collector" in res.stderr and tree(root) == before
+    res = uninstall(root, "--purge", "--collector")
+    assert res.returncode == 0, res.stderr
+    assert "+ systemctl stop tpskit-collector.service" in res.stdout
+    assert_code_gone(root)
+    assert not dropin.exists()
+    assert collected.read_bytes() == b"every kit's results"
+    assert "KEPT / disimpan: /var/lib/tpskit-collector" in res.stdout
+
+
+def test_uninstall_options(tmp_path):
+    for args in (["--purge"], ["--force"], ["--uninstall", "--force"], ["--uninstall", "--enable-i2c"]):
+        res = install(*args, "--destdir", str(tmp_path / "r"))
+        assert res.returncode == 2, args
+    assert not (tmp_path / "r").exists()
+    assert "--uninstall" in install("--help").stdout
+
+
+def test_uninstall_from_the_installed_copy_and_what_enable_linked(tmp_path):
+    """The checkout may be gone: the copy in /opt/tpskit/src uninstalls too (and removes itself); a link
+    'systemctl enable' made goes as well, should 'disable' not have removed it."""
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, acked=1)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir()
+    (wants / "tpskit.service").symlink_to("/etc/systemd/system/tpskit.service")
+    res = subprocess.run(["bash", str(root / "opt/tpskit/src/scripts/install.sh"), "--uninstall", "--purge",
+                          "--destdir", str(root)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert_code_gone(root)
+    assert not state.exists() and not (wants / "tpskit.service").is_symlink()
+
+
+def test_purge_never_deletes_a_folder_that_is_not_tpskit_s_own(tmp_path):
+    """A config naming /srv as its state_dir must not make --purge delete /srv; a signing key kept elsewhere
+    (signing.key_file) is the kit's all the same: it goes, and purge says so."""
+    root = tmp_path / "root"
+    stage_kit(root)
+    (root / "etc/tpskit/config.toml").write_text(
+        '[kit]\nkit_id = "k"\n[paths]\nstate_dir = "/srv"\n[signing]\nkey_file = "/etc/ssl/kit.key"\n')
+    outbox_with(root / "srv", acked=2)
+    (root / "srv/other-service").mkdir()
+    (root / "etc/ssl").mkdir()
+    (root / "etc/ssl/kit.key").write_text("PRIVATE\n")
+    res = uninstall(root, "--purge")
+    assert res.returncode == 0, res.stderr
+    assert (root / "srv/other-service").is_dir() and (root / "srv/tpskit.db").exists()
+    assert "state directory /srv (from the config) is not tpskit's own folder" in res.stdout
+    assert not (root / "etc/ssl/kit.key").exists() and (root / "etc/ssl").is_dir()
+    assert "PRIVATE SIGNING KEY IS GONE: /etc/ssl/kit.key" in res.stdout
+    assert not (root / "var/lib/tpskit").exists() and not (root / "etc/tpskit").exists()
