@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -38,7 +36,7 @@ from nacl.signing import VerifyKey
 
 from comms import payloads, topics
 from comms.durable import write_atomic
-from comms.outbox import Outbox
+from comms.outbox import Outbox, WalSnapshot
 from comms.signing import (
     KeyFileError,
     canonical_json,
@@ -194,67 +192,6 @@ def _unreadable(db_path: Path, exc: BaseException) -> BundleError:
         f"kit database {db_path} cannot be read ({exc}): nothing was exported; keep the SD card for a "
         "technician"
     )
-
-
-class WalSnapshot:
-    """A private copy of an SQLite database and its ``-wal`` file, to read one that cannot be written.
-
-    SQLite reads a WAL database only through its ``-shm`` index, which it must be able to create or find; the
-    main file and the ``-wal`` copied to a writable folder (the ``-shm`` left behind: SQLite rebuilds it from
-    the WAL) hold everything committed, also what is only in the WAL. ``immutable=1`` would ignore the WAL.
-    The copy is taken again when the files change while being copied. ``with WalSnapshot(db,
-    scratch_dirs=[None, usb]) as copy:`` the copy goes into the first folder that takes it (None: the system
-    temp folder, itself read-only when the whole card is) and is deleted on exit.
-    """
-
-    SUFFIXES = ("", "-wal")
-    ATTEMPTS = 3
-
-    def __init__(self, db_path: Path | str, *, scratch_dirs: list[Path | None]):
-        self.db_path = Path(db_path)
-        self.scratch_dirs = list(scratch_dirs)
-        self._tmp: tempfile.TemporaryDirectory | None = None
-
-    def __enter__(self) -> Path:
-        error: OSError | None = None
-        for folder in self.scratch_dirs:
-            try:
-                self._tmp = tempfile.TemporaryDirectory(dir=folder, prefix=".tpskit-snapshot-")
-                return self._copy(Path(self._tmp.name))
-            except OSError as exc:  # read-only or full: try the next folder
-                error = exc
-                self._cleanup()
-        raise error or OSError("no folder for the database snapshot")
-
-    def __exit__(self, *exc) -> None:
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def _copy(self, folder: Path) -> Path:
-        sources = [self.db_path.with_name(self.db_path.name + s) for s in self.SUFFIXES]
-        target = folder / self.db_path.name
-        for _ in range(self.ATTEMPTS):
-            before = [_signature(p) for p in sources]
-            for src in sources:
-                dst = target.with_name(target.name + src.name[len(self.db_path.name):])
-                dst.unlink(missing_ok=True)
-                if src.exists():
-                    shutil.copyfile(src, dst)
-            if [_signature(p) for p in sources] == before:
-                return target
-        raise OSError(f"{self.db_path} kept changing while it was copied")
-
-
-def _signature(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def read_bundle(path: Path | str, *, public_key=None) -> tuple[dict, list[BundleMessage]]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from comms import payloads, topics
-from comms.outbox import connect
+from comms.outbox import connect, connect_reading
 from comms.signing import KitEntry
 
 log = logging.getLogger("tpskit.comms.collector")
@@ -862,7 +862,7 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"collector database {path} does not exist")
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        con = connect_reading(path)
         errors: tuple = (sqlite3.DatabaseError,)
     else:
         import psycopg

@@ -13,7 +13,10 @@ would exceed ``max_bytes`` the batch is refused with ``OutboxFull`` and nothing 
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -66,6 +69,112 @@ def connect(path: Path | str, *, timeout_s: float = 30.0, synchronous: str = "FU
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
+
+
+def connect_reading(path: Path | str, *, timeout_s: float = 10.0) -> sqlite3.Connection:
+    """A connection that only reads (`tpskit status`, selftest, provision, fleet): opened read-write with
+    ``query_only``, so that closing it, the last connection while the service is stopped, removes the -wal
+    and -shm files it made. A read-only open leaves them behind, owned by whoever ran the command (root
+    under sudo), and the service's own user can then no longer write its database. Falls back to a
+    read-only open when the file or its folder is not writable. Never creates a database."""
+    path = Path(path)
+    if not path.is_file():
+        raise sqlite3.OperationalError(f"unable to open database file {path}: it does not exist")
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout_s)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+
+
+@contextmanager
+def reading(path: Path | str, *, timeout_s: float = 10.0,
+            scratch_dirs: Iterable[Path | None] = (None,)) -> Iterator[sqlite3.Connection]:
+    """``with reading(db) as conn:`` a ``connect_reading`` connection, closed on exit; on a card the kernel
+    remounted read-only (no -shm can be made beside the database) one on a ``WalSnapshot`` copy instead."""
+    path = Path(path)
+    try:
+        conn = connect_reading(path, timeout_s=timeout_s)
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # a WAL database opens its -shm here
+        except sqlite3.Error:
+            conn.close()
+            raise
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+        with WalSnapshot(path, scratch_dirs=list(scratch_dirs)) as copy:
+            conn = connect_reading(copy, timeout_s=timeout_s)
+            try:
+                yield conn
+            finally:
+                conn.close()
+        return
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+class WalSnapshot:
+    """A private copy of an SQLite database and its ``-wal`` file, to read one that cannot be written.
+
+    SQLite reads a WAL database only through its ``-shm`` index, which it must be able to create or find; the
+    main file and the ``-wal`` copied to a writable folder (the ``-shm`` left behind: SQLite rebuilds it from
+    the WAL) hold everything committed, also what is only in the WAL. ``immutable=1`` would ignore the WAL.
+    The copy is taken again when the files change while being copied. ``with WalSnapshot(db,
+    scratch_dirs=[None, usb]) as copy:`` the copy goes into the first folder that takes it (None: the system
+    temp folder, itself read-only when the whole card is) and is deleted on exit.
+    """
+
+    SUFFIXES = ("", "-wal")
+    ATTEMPTS = 3
+
+    def __init__(self, db_path: Path | str, *, scratch_dirs: list[Path | None]):
+        self.db_path = Path(db_path)
+        self.scratch_dirs = list(scratch_dirs)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> Path:
+        error: OSError | None = None
+        for folder in self.scratch_dirs:
+            try:
+                self._tmp = tempfile.TemporaryDirectory(dir=folder, prefix=".tpskit-snapshot-")
+                return self._copy(Path(self._tmp.name))
+            except OSError as exc:  # read-only or full: try the next folder
+                error = exc
+                self._cleanup()
+        raise error or OSError("no folder for the database snapshot")
+
+    def __exit__(self, *exc) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _copy(self, folder: Path) -> Path:
+        sources = [self.db_path.with_name(self.db_path.name + s) for s in self.SUFFIXES]
+        target = folder / self.db_path.name
+        for _ in range(self.ATTEMPTS):
+            before = [_signature(p) for p in sources]
+            for src in sources:
+                dst = target.with_name(target.name + src.name[len(self.db_path.name):])
+                dst.unlink(missing_ok=True)
+                if src.exists():
+                    shutil.copyfile(src, dst)
+            if [_signature(p) for p in sources] == before:
+                return target
+        raise OSError(f"{self.db_path} kept changing while it was copied")
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 class _Batch:

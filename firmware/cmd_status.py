@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from comms.outbox import reading
 from firmware.status_file import daemon_state
+from firmware.store import capture_counts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,38 +31,8 @@ def collect(state_dir: Path, *, last: int = 5) -> dict:
         problems.append("no database yet (the kit has not run)")
         out.update(captures=None, outbox=None, last_captures=[])
     else:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-        conn.row_factory = sqlite3.Row
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "captures" in tables:
-            counts = dict(conn.execute("SELECT status, COUNT(*) FROM captures GROUP BY status").fetchall())
-            not_handed = conn.execute("SELECT COUNT(*) FROM captures WHERE submitted_at IS NULL "
-                                      "AND status != 'retake'").fetchone()[0]
-            out["captures"] = {"total": sum(counts.values()), "ok": counts.get("ok", 0),
-                               "review": counts.get("review", 0), "retake": counts.get("retake", 0),
-                               "not_in_outbox": not_handed}
-            out["last_captures"] = [
-                {"seq": r["seq"], "id": r["id"], "halaman": r["halaman"], "status": r["status"],
-                 "taken_at": r["taken_at"], "time_source": r["time_source"],
-                 "reasons": json.loads(r["reasons"] or "[]"),
-                 "in_outbox": r["submitted_at"] is not None}
-                for r in conn.execute("SELECT * FROM captures ORDER BY seq DESC LIMIT ?", (last,))]
-        else:
-            out.update(captures=None, last_captures=[])
-        if "outbox" in tables:
-            states = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
-            oldest = conn.execute("SELECT MIN(created_at) FROM outbox WHERE state != 'acked'").fetchone()[0]
-            out["outbox"] = {"waiting": states.get("queued", 0) + states.get("sent", 0),
-                             "queued": states.get("queued", 0), "sent": states.get("sent", 0),
-                             "acked": states.get("acked", 0),
-                             "oldest_waiting_age_s": round(time.time() - oldest, 1) if oldest else None}
-        else:
-            out["outbox"] = None
-        integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
-        out["db_ok"] = integrity == "ok"
-        if integrity != "ok":
-            problems.append(f"database check: {integrity}")
-        conn.close()
+        with reading(db_path) as conn:
+            _read_db(conn, out, problems, last=last)
     if not out["daemon"].get("running"):
         problems.append("daemon not running")
     elif not out["daemon"].get("ready"):
@@ -70,6 +42,37 @@ def collect(state_dir: Path, *, last: int = 5) -> dict:
     out["ready"] = not problems
     out["problems"] = problems
     return out
+
+
+def _read_db(conn: sqlite3.Connection, out: dict, problems: list[str], *, last: int) -> None:
+    """The captures, the outbox and the database check, into *out*; what is wrong into *problems*."""
+    conn.row_factory = sqlite3.Row
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "captures" in tables:
+        counts = capture_counts(conn)
+        out["captures"] = {"total": counts["total"], "ok": counts["ok"], "review": counts["review"],
+                           "retake": counts["retake"], "not_in_outbox": counts["unsubmitted"]}
+        out["last_captures"] = [
+            {"seq": r["seq"], "id": r["id"], "halaman": r["halaman"], "status": r["status"],
+             "taken_at": r["taken_at"], "time_source": r["time_source"],
+             "reasons": json.loads(r["reasons"] or "[]"),
+             "in_outbox": r["submitted_at"] is not None}
+            for r in conn.execute("SELECT * FROM captures ORDER BY seq DESC LIMIT ?", (last,))]
+    else:
+        out.update(captures=None, last_captures=[])
+    if "outbox" in tables:
+        states = dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+        oldest = conn.execute("SELECT MIN(created_at) FROM outbox WHERE state != 'acked'").fetchone()[0]
+        out["outbox"] = {"waiting": states.get("queued", 0) + states.get("sent", 0),
+                         "queued": states.get("queued", 0), "sent": states.get("sent", 0),
+                         "acked": states.get("acked", 0),
+                         "oldest_waiting_age_s": round(time.time() - oldest, 1) if oldest else None}
+    else:
+        out["outbox"] = None
+    integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
+    out["db_ok"] = integrity == "ok"
+    if integrity != "ok":
+        problems.append(f"database check: {integrity}")
 
 
 def _when(ts: float | None) -> str:

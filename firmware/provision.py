@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from comms.durable import write_atomic
+from comms.outbox import connect_reading
 from firmware import config as cfg
 from firmware.tomlwrite import dumps
 
@@ -270,7 +271,7 @@ def stored_data(state_dir: Path) -> list[str]:
     db = state_dir / "tpskit.db"
     if db.exists():
         try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            con = connect_reading(db, timeout_s=5)
             try:
                 tables = [r[0] for r in con.execute(
                     "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]

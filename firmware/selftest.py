@@ -287,8 +287,10 @@ def check_storage(config: Config, *, db_check: bool = True) -> Check:
     if db_check and db.exists():
         import sqlite3
 
+        from comms.outbox import connect_reading
+
         try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+            con = connect_reading(db)
             try:
                 result = con.execute("PRAGMA quick_check").fetchone()[0]
             finally:

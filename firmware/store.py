@@ -86,6 +86,19 @@ def open_db(path: Path) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+def capture_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Captures by status, plus 'total' and 'unsubmitted' (not yet handed to the outbox; a retake never is),
+    in the kit database open on *conn* (any connection, a read-only one too)."""
+    counts = {s: 0 for s in STATUSES}
+    for status, n in conn.execute(f"SELECT status, COUNT(*) FROM {CaptureStore.TABLE} GROUP BY status"):
+        counts[status] = n
+    counts["total"] = sum(counts[s] for s in STATUSES)
+    counts["unsubmitted"] = conn.execute(
+        f"SELECT COUNT(*) FROM {CaptureStore.TABLE} WHERE submitted_at IS NULL AND status != 'retake'"
+    ).fetchone()[0]
+    return counts
+
+
 class CaptureStore:
     """Captures of this kit in ``<state_dir>/tpskit.db`` plus their JPEGs in ``<state_dir>/photos``."""
 
@@ -238,14 +251,7 @@ class CaptureStore:
 
     def counts(self) -> dict[str, int]:
         """Number of captures by status, plus 'total' and 'unsubmitted'."""
-        counts = {s: 0 for s in STATUSES}
-        for status, n in self.db.conn.execute(f"SELECT status, COUNT(*) FROM {self.TABLE} GROUP BY status"):
-            counts[status] = n
-        counts["total"] = sum(counts[s] for s in STATUSES)
-        counts["unsubmitted"] = self.db.conn.execute(
-            f"SELECT COUNT(*) FROM {self.TABLE} WHERE submitted_at IS NULL AND status != 'retake'"
-        ).fetchone()[0]
-        return counts
+        return capture_counts(self.db.conn)
 
     def integrity_ok(self) -> bool:
         return self.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

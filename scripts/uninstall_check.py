@@ -3,7 +3,7 @@
 Run by install.sh with the *installed* venv's python (before it removes the venv), so the kit's own code of
 the installed version decides: the config is read with ``firmware.config.load``, the outbox's unacked
 messages are counted with ``comms.outbox.Outbox.unacked_count`` and captures not yet handed to the outbox
-with ``firmware.store.CaptureStore.counts``. Prints one line per finding, for the shell to read:
+with ``firmware.store.capture_counts``. Prints one line per finding, for the shell to read:
 
     state PATH    a state directory (system path, without --root)
     key PATH      the kit's private signing key (system path)
@@ -31,18 +31,19 @@ def staged(root: str, path: Path) -> Path:
 
 def check_db(db: Path) -> tuple[list[str], list[str]]:
     """(held, errors) for one kit database."""
-    from comms.outbox import Outbox
-    from firmware.store import CaptureStore, open_db
+    from comms.outbox import Outbox, connect_reading
+    from firmware.store import capture_counts
 
     held: list[str] = []
     if not db.is_file():
         return held, [f"{db}: not a file" if db.exists() else f"{db} missing beside its -wal/-shm files"]
     try:
-        # a plain connection first: which tables there are (Outbox() would create its own in a foreign file)
-        con = sqlite3.connect(db, timeout=10)
+        # a reading connection first: which tables there are (Outbox() would create its own in a foreign file)
+        con = connect_reading(db)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             quick = con.execute("PRAGMA quick_check").fetchone()[0]
+            unsubmitted = capture_counts(con)["unsubmitted"] if "captures" in tables and quick == "ok" else 0
         finally:
             con.close()
         if quick != "ok":
@@ -53,15 +54,9 @@ def check_db(db: Path) -> tuple[list[str], list[str]]:
             if n:
                 held.append(f"{n} pesan belum di-ack collector / messages the collector has not acked, "
                             f"in {db}")
-        if "captures" in tables:
-            store = CaptureStore.__new__(CaptureStore)  # only its counts: __init__ would move photos
-            store.db = open_db(db)
-            try:
-                n = store.counts()["unsubmitted"]
-            finally:
-                store.close()
-            if n:
-                held.append(f"{n} foto halaman belum masuk outbox / captures not yet in the outbox, in {db}")
+        if unsubmitted:
+            held.append(f"{unsubmitted} foto halaman belum masuk outbox / captures not yet in the outbox, "
+                        f"in {db}")
     except (sqlite3.Error, OSError) as exc:
         return held, [f"{db}: cannot be read ({exc})"]
     return held, []

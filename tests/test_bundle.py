@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from comms.bundle import BundleError, WalSnapshot, export_bundle, import_bundle, read_bundle
+from comms.bundle import BundleError, export_bundle, import_bundle, read_bundle
 from comms.collector import Collector
 from comms.courier import Courier
-from comms.outbox import Outbox
+from comms.outbox import Outbox, WalSnapshot
 from comms.signing import canonical_json, generate_key, registry_add, save_private_key, sign_document
 from firmware import cli
 from tests.readonly_fs import ReadOnlyView

@@ -102,3 +102,52 @@ def test_status_without_permission_says_so(tmp_path):
     assert res.returncode != 0
     assert "Traceback" not in res.stderr and "has not run" not in res.stdout
     assert "sudo tpskit status" in res.stderr, res.stderr
+
+
+def _kit_db(state):
+    from comms.outbox import Outbox
+
+    store = CaptureStore(state, volatile_ok=True)
+    store.save(jpeg=b"\xff\xd8x\xff\xd9", status="ok", reading={"page": 1, "reasons": []}, taken_at=1.7e9,
+               time_source="ntp")
+    store.close()
+    with Outbox(state / "tpskit.db") as ob:
+        ob.enqueue(msg_id="m1", kind="reading", topic="t", payload=b"{}")
+    return sorted(p.name for p in state.iterdir())
+
+
+def test_status_leaves_no_wal_files_behind(tmp_path, capsys):
+    """`sudo tpskit status` on a stopped kit: a read-only SQLite open leaves tpskit.db-wal/-shm behind,
+    owned by root, and the kit's service user then cannot write its own database ("attempt to write a
+    readonly database") when it starts. The reading connection must leave the folder as it found it."""
+    state = tmp_path / "state"
+    before = _kit_db(state)
+    assert "tpskit.db-wal" not in before and "tpskit.db-shm" not in before
+    cfg = write_config(tmp_path, state)
+    main(["--config", str(cfg), "status", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["captures"]["total"] == 1 and info["outbox"]
+    assert sorted(p.name for p in state.iterdir()) == before
+
+
+def test_status_reads_a_card_the_kernel_made_read_only(tmp_path):
+    """A failing SD card remounted read-only: status still reads it (a read-only open, as it cannot write)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.readonly_fs import ReadOnlyView
+
+    state = tmp_path / "state"
+    before = _kit_db(state)
+    cfg = write_config(tmp_path, state)
+    repo = Path(__file__).resolve().parent.parent
+    with ReadOnlyView(state) as view:
+        argv = [sys.executable, "-m", "firmware.cli", "--config", str(cfg), "status", "--json"]
+        res = subprocess.run(view.command(argv),
+                             capture_output=True, text=True, timeout=60, cwd="/",
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    assert res.returncode == 1, res.stderr  # not ready: no daemon runs
+    assert json.loads(res.stdout)["captures"]["total"] == 1
+    assert sorted(p.name for p in state.iterdir()) == before

@@ -127,6 +127,36 @@ def test_exec_stop_post_reboots_or_powers_off_only_on_its_exit_codes(tmp_path):
     assert log.read_text().splitlines() == ["--no-block poweroff", "--no-block reboot"]
 
 
+def test_files_a_root_command_left_in_the_state_directory_are_given_back_before_start(tmp_path):
+    """A root-owned tpskit.db-shm (a read-only `sudo sqlite3`, an interrupted root command) keeps the service
+    user from writing its database: the privileged ExecStartPre gives the whole StateDirectory back to it,
+    without following a symlink out of it."""
+    import os
+    import shlex
+    import subprocess
+
+    import pytest
+
+    d = directives("tpskit.service")
+    line = d["ExecStartPre"][0]
+    assert line.startswith("+") and d["StateDirectory"] == ["tpskit"] and d["User"] == ["tpskit"]
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    state = tmp_path / "tpskit"
+    (state / "photos").mkdir(parents=True)
+    for name in ("tpskit.db", "tpskit.db-shm", "photos/a.jpg"):
+        (state / name).write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"x")
+    (state / "link").symlink_to(outside)
+    argv = [a.replace("%S", str(tmp_path)) for a in shlex.split(line.lstrip("+"))]
+    argv = [a.replace("tpskit:tpskit", "65534:65534") if ":" in a else a for a in argv]
+    subprocess.run(argv, check=True)
+    for p in [state, *state.rglob("*")]:
+        assert (p.lstat().st_uid, p.lstat().st_gid) == (65534, 65534), p
+    assert outside.stat().st_uid == 0
+
+
 def test_collector_unit():
     d = directives("tpskit-collector.service")
     assert d["Restart"] == ["on-failure"]
