@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ack-key",
         type=Path,
-        help="collector key file (created if missing) that signs acks; its public key goes to the kits "
-        "(mqtt.collector_key_file); prints the public key when created",
+        help="collector key file (created if missing) that signs acks; its public key, written beside it as "
+        "FILE.pub, goes to the kits (tpskit provision --collector-key FILE.pub → mqtt.collector_key_file)",
     )
     add = p.add_argument_group("register a kit instead of running (then exit)")
     add.add_argument("--add-kit", metavar="KIT_ID", help="add or replace this kit in --kits (JSON)")
@@ -126,6 +126,28 @@ def _create_ack_key(path: Path) -> SigningKey:
     return key
 
 
+def ack_public_key_path(ack_key: Path) -> Path:
+    """Where the collector keeps its ack key's public half for the technicians: ``<ack key>.pub``."""
+    return ack_key.with_name(ack_key.name + ".pub")
+
+
+def _write_ack_public_key(ack_key_path: Path, key: SigningKey) -> None:
+    """``<ack key>.pub``, the file technicians give to ``tpskit provision --collector-key`` (kept current)."""
+    from comms.durable import write_atomic
+    from comms.signing import public_key_b64
+
+    path = ack_public_key_path(ack_key_path)
+    text = public_key_b64(key) + "\n"
+    try:
+        if not path.exists() or path.read_text(encoding="ascii") != text:
+            write_atomic(path, text, mode=0o644)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"tpskit collector: cannot write {path} ({exc}); the public key for the kits is "
+              f"{public_key_b64(key)}", file=sys.stderr)
+        return
+    print(f"collector ack public key for the kits (tpskit provision --collector-key): {path}")
+
+
 def run(args: argparse.Namespace) -> int:
     from comms.signing import KeyFileError, load_kit_registry, registry_add
 
@@ -191,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.ack_key and ack_key is None:
             ack_key = _create_ack_key(args.ack_key)
+        if ack_key is not None:
+            _write_ack_public_key(args.ack_key, ack_key)
         collector = Collector(
             broker_url=args.broker,
             db_path=args.db,

@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password-file", help="file with the MQTT password (copied to the credential file)")
     p.add_argument("--ca-file", help="CA bundle (PEM) that signed the broker's certificate; copied "
                                      "beside the config as ca.pem")
+    p.add_argument("--collector-key", dest="collector_key_file", metavar="FILE",
+                   help="the collectors' ack public key (ack.key.pub of tpskit-collector); copied beside "
+                        "the config as collector.pub: the kit then takes only acks they signed, also from a "
+                        "USB stick")
     p.add_argument("--dpt", help="registered voters of this TPS (Pemilu 2024: at most 300)")
     p.add_argument("--kit-id", help="kit name (default kit-<kode wilayah digits>-<TPS>)")
     p.add_argument("--state-dir", help="state directory (default from the config, /var/lib/tpskit)")
@@ -38,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     batch = p.add_argument_group("a regency prepares many kits at once (no kit needed)")
     batch.add_argument("--prepare", metavar="CSV",
                        help="CSV kode_wilayah,tps[,dpt][,kit_id]: write one --from file per kit, broker "
-                            "passwords and ACL into --out-dir (with --broker, optional --ca-file)")
+                            "passwords and ACL into --out-dir (with --broker, optional --ca-file and "
+                            "--collector-key)")
     batch.add_argument("--out-dir", help="output directory for --prepare")
 
 
@@ -56,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
         return _prepare(args)
     try:
         values = read_request_file(args.from_file) if args.from_file else {}
-        for name in ("kode_wilayah", "tps", "broker", "username", "password_file", "ca_file", "dpt", "kit_id",
-                     "state_dir"):
+        for name in ("kode_wilayah", "tps", "broker", "username", "password_file", "ca_file",
+                     "collector_key_file", "dpt", "kit_id", "state_dir"):
             v = getattr(args, name)
             if v is not None:
                 values[name] = v
@@ -111,7 +116,8 @@ def _prepare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        kits = prepare_batch(args.prepare, broker=args.broker, out_dir=args.out_dir, ca_file=args.ca_file)
+        kits = prepare_batch(args.prepare, broker=args.broker, out_dir=args.out_dir, ca_file=args.ca_file,
+                             collector_key_file=args.collector_key_file)
     except (ProvisionError, OSError) as exc:
         print(f"tpskit provision: GAGAL / FAILED: {exc}", file=sys.stderr)
         return 2

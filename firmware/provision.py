@@ -34,7 +34,8 @@ PROVINCES: frozenset[int] = frozenset(
     [*range(11, 20), 21, *range(31, 37), *range(51, 54), *range(61, 66), *range(71, 77), 81, 82,
      *range(91, 97)])
 REQUEST_KEYS = {"kode_wilayah", "tps", "dpt", "kit_id", "broker", "username", "password", "password_file",
-                "ca_file", "topic_prefix", "state_dir"}
+                "ca_file", "collector_key_file", "topic_prefix", "state_dir"}
+COLLECTOR_KEY_NAME = "collector.pub"  # beside the config: the collectors' ack public key
 
 
 class ProvisionError(ValueError):
@@ -144,6 +145,7 @@ class ProvisionRequest:
     dpt: int | None = None
     kit_id: str | None = None
     ca_file: Path | None = None
+    collector_key_file: Path | None = None
     topic_prefix: str | None = None
     state_dir: Path | None = None
 
@@ -156,7 +158,9 @@ class ProvisionRequest:
             password_file=Path(self.password_file) if self.password_file else None,
             dpt=validate_dpt(self.dpt),
             kit_id=validate_kit_id(self.kit_id) if self.kit_id else default_kit_id(kode, tps),
-            ca_file=Path(self.ca_file) if self.ca_file else None, topic_prefix=self.topic_prefix,
+            ca_file=Path(self.ca_file) if self.ca_file else None,
+            collector_key_file=Path(self.collector_key_file) if self.collector_key_file else None,
+            topic_prefix=self.topic_prefix,
             state_dir=Path(self.state_dir) if self.state_dir else None)
 
     @property
@@ -182,7 +186,8 @@ def read_request_file(path: Path | str) -> dict:
     if unknown:
         raise ProvisionError(f"file provisioning {path}: kunci tidak dikenal {sorted(unknown)}; "
                              f"yang boleh: {sorted(REQUEST_KEYS)}")
-    for key in ("password_file", "ca_file"):  # a relative path is beside the file (on the same USB stick)
+    # a relative path is beside the file (on the same USB stick)
+    for key in ("password_file", "ca_file", "collector_key_file"):
         if isinstance(data.get(key), str) and data[key] and not Path(data[key]).is_absolute():
             data[key] = str(path.parent / data[key])
     return data
@@ -340,6 +345,21 @@ def read_ca(path: Path) -> str:
     return text
 
 
+def read_collector_key(path: Path) -> str:
+    """The collectors' ack public key (base64 or PEM, ``<ack key>.pub`` of ``tpskit collector --ack-key``),
+    read and checked: it is copied, the file given may be on a USB stick."""
+    from comms.signing import KeyFileError, load_public_key, public_key_b64
+
+    text = read_text(path, "kunci collector")
+    try:
+        return public_key_b64(load_public_key(text)) + "\n"
+    except KeyFileError:
+        raise ProvisionError(
+            f"file kunci collector {path} bukan kunci publik Ed25519 (base64 atau PEM): pakai ack.key.pub "
+            "dari server collector (/var/lib/tpskit-collector/ack.key.pub) / not an Ed25519 public key: give "
+            "the collector's ack.key.pub") from None
+
+
 def _write_if_changed(path: Path, text: str, *, mode: int) -> None:
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         write_atomic(path, text, mode=mode)
@@ -426,6 +446,9 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     # the broker's CA goes beside the config: the file given may be on a USB stick the technician takes away
     ca_path = config_out.parent / "ca.pem"
     ca_text = read_ca(req.ca_file) if req.ca_file is not None else None
+    # the collectors' ack key likewise: with it the kit takes only their signed acks (also from a USB stick)
+    collector_key_path = config_out.parent / COLLECTOR_KEY_NAME
+    collector_key = read_collector_key(req.collector_key_file) if req.collector_key_file is not None else None
     kit = {"kit_id": req.kit_id, "kode_wilayah": req.kode_wilayah, "tps": req.tps}
     if req.dpt is not None:
         kit["dpt"] = req.dpt
@@ -434,6 +457,7 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
     mqtt["url"] = req.broker
     for key, value in (("username", req.username), ("password_file", password_path),
                        ("ca_file", ca_path if ca_text is not None else None),
+                       ("collector_key_file", collector_key_path if collector_key is not None else None),
                        ("topic_prefix", req.topic_prefix)):
         if value is not None:
             mqtt[key] = str(value)
@@ -459,6 +483,8 @@ def provision(req: ProvisionRequest, *, config_out: Path | str = cfg.DEFAULT_PAT
         write_atomic(secret_path, "", mode=0o600)
     if ca_text is not None:
         _write_if_changed(ca_path, ca_text, mode=0o644)
+    if collector_key is not None:
+        _write_if_changed(collector_key_path, collector_key, mode=0o644)
     changed = not config_out.exists() or config_out.read_text(encoding="utf-8") != text
     if changed:
         write_atomic(config_out, text, mode=0o644)
@@ -525,14 +551,15 @@ class PreparedKit:
 
 
 def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
-                  ca_file: Path | str | None = None,
+                  ca_file: Path | str | None = None, collector_key_file: Path | str | None = None,
                   topic_prefix: str | None = None) -> list[PreparedKit]:
     """From a spreadsheet (CSV: ``kode_wilayah,tps[,dpt][,kit_id]``) write one provisioning file per kit.
 
     Writes ``<out_dir>/kits/<kit_id>.toml`` (0600, with a generated MQTT password; for
     ``tpskit provision --from``), ``mosquitto-passwords.txt`` (``user:password`` lines for
     ``mosquitto_passwd -U``), ``mosquitto-acl.conf`` (each kit may publish only under its own TPS),
-    ``kits.csv`` (no passwords) and, with *ca_file*, a copy ``ca.pem`` the kit files name. Every row is
+    ``kits.csv`` (no passwords) and, with *ca_file* / *collector_key_file*, copies ``ca.pem`` /
+    ``collector.pub`` the kit files name. Every row is
     checked first; one bad row refuses the whole batch, naming each bad row. Re-running keeps existing
     kits' passwords and only adds new kits.
     """
@@ -573,10 +600,13 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
         raise ProvisionError(f"{csv_path}: {len(errors)} baris salah, tidak ada yang ditulis:\n  "
                              + "\n  ".join(errors))
     ca_text = read_ca(Path(ca_file)) if ca_file else None
+    collector_key = read_collector_key(Path(collector_key_file)) if collector_key_file else None
     kit_dir = out_dir / "kits"
     kit_dir.mkdir(parents=True, exist_ok=True)
     if ca_text is not None:  # on the stick with the kit files, named relative to them
         _write_if_changed(out_dir / "ca.pem", ca_text, mode=0o644)
+    if collector_key is not None:
+        _write_if_changed(out_dir / COLLECTOR_KEY_NAME, collector_key, mode=0o644)
     prefix = topic_prefix or DEFAULT_PREFIX
     prepared: list[PreparedKit] = []
     passwords: list[str] = []
@@ -600,7 +630,9 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
         password = password or secrets.token_urlsafe(18)
         data = {"kode_wilayah": kode, "tps": tps, "dpt": dpt, "kit_id": kit_id, "broker": broker,
                 "username": kit_id, "password": password,
-                "ca_file": "../ca.pem" if ca_file else None, "topic_prefix": topic_prefix}
+                "ca_file": "../ca.pem" if ca_file else None,
+                "collector_key_file": f"../{COLLECTOR_KEY_NAME}" if collector_key_file else None,
+                "topic_prefix": topic_prefix}
         text = dumps(data, header=f"tpskit provisioning file for {kit_id} ({kode} TPS {tps}).\n"
                                   "Secret: keep on the technician's USB stick only; "
                                   f"on the kit run: sudo tpskit provision --from {path.name}")

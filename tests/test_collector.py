@@ -690,3 +690,25 @@ def test_a_missing_ack_key_is_created_only_once_the_database_is_usable(tmp_path,
     assert not (tmp_path / "ack.key").exists()
     assert cli.main(argv) == 2 and "stop before the collector runs" in capsys.readouterr().err
     assert (tmp_path / "ack.key").exists()
+
+
+def test_the_ack_keys_public_half_is_written_beside_it_for_technicians(tmp_path, kit, capsys, monkeypatch):
+    """tpskit-collector.service signs its acks with ack.key; provision --collector-key takes ack.key.pub."""
+    from comms.cmd_collector import ack_public_key_path
+    from comms.signing import load_private_key, load_public_key, public_key_b64
+    from firmware import cli
+
+    def stop_here(self, **kwargs):
+        raise ValueError("stop before the collector runs")
+
+    monkeypatch.setattr(Collector, "__init__", stop_here)
+    key_path = tmp_path / "ack.key"
+    argv = [*_collector_argv(tmp_path, kit), "--ack-key", str(key_path)]
+    assert cli.main(argv) == 2
+    pub = ack_public_key_path(key_path)
+    assert pub == tmp_path / "ack.key.pub" and str(pub) in capsys.readouterr().out
+    key = load_private_key(key_path)
+    assert load_public_key(pub.read_text()) == key.verify_key
+    pub.write_text("stale\n")  # rewritten when it does not match the key
+    assert cli.main(argv) == 2
+    assert pub.read_text() == public_key_b64(key) + "\n"

@@ -361,6 +361,46 @@ def test_the_brokers_ca_stays_on_the_kit_when_the_usb_stick_goes(tmp_path, monke
     assert "PEM" in capsys.readouterr().err and conf_path.read_text() == text
 
 
+def test_the_collectors_ack_key_goes_onto_the_kit_from_the_stick(tmp_path, monkeypatch, capsys):
+    """`--prepare --collector-key ack.key.pub` (the file tpskit-collector writes beside its ack key) puts a
+    copy on the stick that the kit files name; the kit keeps its own copy, and its config names it, so it
+    takes only the collector's signed acks, over MQTT and from acks files on a USB stick."""
+    from comms.cmd_collector import ack_public_key_path
+
+    monkeypatch.chdir(tmp_path)
+    ack_key = signing.generate_key()
+    pub = ack_public_key_path(tmp_path / "ack.key")
+    pub.write_text(signing.public_key_b64(ack_key) + "\n")
+    (tmp_path / "tps.csv").write_text("kode_wilayah,tps\n31.71.01.1001,5\n")
+    assert cli.main(["provision", "--prepare", "tps.csv", "--broker", "mqtts://mqtt.kpu.example:8883",
+                     "--collector-key", pub.name, "--out-dir", "usb"]) == 0
+    conf_path = tmp_path / "etc" / "config.toml"
+    argv = ["provision", "--from", str(tmp_path / "usb" / "kits" / "kit-3171011001-005.toml"), "--config-out",
+            str(conf_path), "--state-dir", str(tmp_path / "state"), "--volatile-ok"]
+    assert cli.main(argv) == 0
+    for p in (tmp_path / "usb").rglob("*"):
+        if p.is_file():
+            p.unlink()  # the stick goes on to the next kit
+    conf = cfg.load(conf_path)
+    assert conf.mqtt.collector_key_file == tmp_path / "etc" / "collector.pub"
+    assert signing.load_public_key(conf.mqtt.collector_key_file.read_text()) == ack_key.verify_key
+    # a PEM key given directly is stored the same way (nothing changes); something else is refused before
+    # anything is written
+    text = conf_path.read_text()
+    pem = tmp_path / "collector.pem"
+    pem.write_text(signing.public_key_pem(ack_key))
+    argv = ["provision", "--kode-wilayah", "31.71.01.1001", "--tps", "5", "--broker",
+            "mqtts://mqtt.kpu.example:8883", *argv[3:]]
+    assert cli.main([*argv, "--collector-key", str(pem)]) == 0
+    assert conf_path.read_text() == text
+    (tmp_path / "not-a-key").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    capsys.readouterr()
+    assert cli.main([*argv, "--tps", "6", "--collector-key", str(tmp_path / "not-a-key")]) == 2
+    err = capsys.readouterr().err
+    assert "ack.key.pub" in err and "Traceback" not in err
+    assert conf_path.read_text() == text
+
+
 def _add_delivered_selftest_messages(state):
     """What every self-test leaves: readiness messages the collector acked, and the outbox counters."""
     from comms.outbox import Outbox
