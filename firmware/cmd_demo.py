@@ -100,7 +100,7 @@ def _kit_settings(root: Path, item: dict, broker_url: str, collector_key: Path |
         "kit": {"kit_id": f"demo-kit-{tps}", "kode_wilayah": item["kode_wilayah"], "tps": tps},
         "paths": {"state_dir": str(root / f"tps{tps}" / "state"), "volatile_ok": True, "min_free_mb": 20},
         "camera": {"backend": "folder", "folder": str(item["folder"]), "timeout_s": 30},
-        "gpio": {"pin_factory": "mock", "verdict_s": 2},
+        "gpio": {"pin_factory": "mock", "verdict_s": 1},
         "mqtt": {"url": broker_url, "heartbeat_s": 30, "backoff_max_s": 2.0,
                  "collector_key_file": str(collector_key) if collector_key else None},
     }
