@@ -476,6 +476,9 @@ def run(args: argparse.Namespace) -> int:
         _p("== TPS results as an operator sees them (tpskit fleet results) ==")
         for line in results.table(found).splitlines():
             _p(f"  {line}" if line else "")
+        by_usb = [t["tps"] for t in summary["tps"] if t["delivered_by"] == "usb"]
+        if by_usb:
+            _p(f"  (TPS {', '.join(map(str, by_usb))}: no signal there; its pages came by USB stick)")
         if args.json:
             print(json.dumps(summary, ensure_ascii=False, default=str))
         return 0

@@ -74,7 +74,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         sorted(p["page"] for p in blank_sent)
     assert states[2] in ("ok", "review")
     assert "tpskit import" in out and "nothing left to carry" in out
-    assert "reached the collector by USB stick" in out
+    assert "reached the collector by USB stick" in out and "its pages came by USB stick" in out
 
 
 @pytest.mark.parametrize("argv,what", [(["--tps", "0"], "--tps"), (["--tps", "-2"], "--tps"),
