@@ -5,19 +5,29 @@
 2. starts mosquitto on a free loopback port (or reuses ``--broker``) and the reference collector;
 3. for each TPS runs the real daemon loop (firmware.app.Kit) with a folder camera and gpiozero's
    MockFactory, pressing the button once per photo;
-4. prints what was read, what was flagged, and what the collector stored; stops everything it started.
+4. the last TPS (of two or more) is a blank spot: its kit's broker URL is a loopback port where nothing
+   listens, so its readings and photos stay in its outbox; a technician then runs ``tpskit export`` to a
+   "USB stick" folder, ``tpskit import`` of that bundle at a "networked PC" (the collector stores it and
+   signs its acks, written next to the bundle), and ``tpskit export`` again on the kit, which applies those
+   acks (verified with the collector's ack public key, ``mqtt.collector_key_file``) and carries nothing;
+5. prints what was read, what was flagged, and what the collector stored, and how each TPS got there;
+   stops everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import shlex
 import shutil
+import socket
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 SHOW_FIELDS = {1: ("dpt_jml", "pengguna_total_jml", "surat_diterima", "surat_digunakan"),
@@ -78,17 +88,53 @@ def _write(folder: Path, i: int, page: int, jpeg: bytes, tag: str) -> str:
     return name
 
 
-def _kit_config(root: Path, item: dict, broker_url: str):
-    from firmware import config as config_mod
+def blank_spot_tps(n_tps: int) -> int | None:
+    """The TPS without any signal: the last one, when there are two or more (with one TPS the demo shows
+    the ordinary path, over MQTT, as before)."""
+    return n_tps if n_tps >= 2 else None
 
+
+def _kit_settings(root: Path, item: dict, broker_url: str, collector_key: Path | None = None) -> dict:
     tps = item["tps"]
-    return config_mod.parse({
+    return {
         "kit": {"kit_id": f"demo-kit-{tps}", "kode_wilayah": item["kode_wilayah"], "tps": tps},
         "paths": {"state_dir": str(root / f"tps{tps}" / "state"), "volatile_ok": True, "min_free_mb": 20},
         "camera": {"backend": "folder", "folder": str(item["folder"]), "timeout_s": 30},
-        "gpio": {"pin_factory": "mock", "verdict_s": 2},
-        "mqtt": {"url": broker_url, "heartbeat_s": 30, "backoff_max_s": 2.0},
-    })
+        "gpio": {"pin_factory": "mock", "verdict_s": 1},
+        "mqtt": {"url": broker_url, "heartbeat_s": 30, "backoff_max_s": 2.0,
+                 "collector_key_file": str(collector_key) if collector_key else None},
+    }
+
+
+def _kit_config(root: Path, item: dict, broker_url: str):
+    from firmware import config as config_mod
+
+    return config_mod.parse(_kit_settings(root, item, broker_url))
+
+
+def write_kit_config(root: Path, item: dict, broker_url: str, collector_key: Path) -> Path:
+    """The kit's config file, <root>/tpsN/config.toml, as `tpskit provision` would leave it: the daemon
+    loop and `tpskit export --config FILE` read the same file."""
+    from firmware import tomlwrite
+
+    path = root / f"tps{item['tps']}" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomlwrite.dumps(_kit_settings(root, item, broker_url, collector_key),
+                                    header=f"tpskit demo: kit of TPS {item['tps']}"), encoding="utf-8")
+    return path
+
+
+class NoBroker:
+    """A loopback port where no broker listens (the blank spot's "broker"): bound, never listening, so a
+    connection is refused and no other program can take the port while the demo runs."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"mqtt://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def stop(self) -> None:
+        self._sock.close()
 
 
 def _fields_text(reading: dict, page: int | None) -> str:
@@ -123,7 +169,16 @@ def _wait_delivered(kit, timeout: float) -> bool:
     return False
 
 
-def run_tps(item: dict, cfg, *, reader, summary: dict) -> None:
+def _wait_pattern(kit, pattern: str, timeout: float) -> str | None:
+    """The pattern the kit's LEDs show once they show *pattern* (or after *timeout*)."""
+    indicator = getattr(getattr(kit, "panel", None), "indicator", None)
+    deadline = time.monotonic() + timeout
+    while indicator is not None and indicator.current != pattern and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return getattr(indicator, "current", None)
+
+
+def run_tps(item: dict, cfg, *, reader, summary: dict, blank_spot: bool = False) -> None:
     from comms.courier import Courier
     from firmware.app import build_kit
     from firmware.soak import SoakPresser
@@ -163,7 +218,20 @@ def run_tps(item: dict, cfg, *, reader, summary: dict) -> None:
     kit.started.wait(60)
     presser.start()
     presser._thread.join()
-    delivered = _wait_delivered(kit, timeout=60)
+    waiting = None
+    if blank_spot:  # nothing to wait for: the kit tells the KPPS its data is safe and not yet sent
+        led = _wait_pattern(kit, "queued", timeout=cfg.gpio.verdict_s + 3)
+        st = kit._courier_status()
+        delivered = False
+        waiting = {"messages": int(st.get("queued", 0)) + int(st.get("sent", 0)),
+                   "acked_over_mqtt": int(st.get("acked", 0)), "bytes": int(st.get("bytes") or 0),
+                   "connected": bool(st.get("connected")), "led": led, "last_error": st.get("last_error")}
+        _p(f"  TPS {tps} · no signal ({cfg.mqtt.url}: nothing listens there): the kit kept working; "
+           f"{waiting['messages']} signed messages (readings and photo chunks, "
+           f"{waiting['bytes'] // 1024} kB) are stored in its outbox, waiting; LEDs show '{led}'"
+           + (f" · courier: {waiting['last_error']}" if waiting["last_error"] else ""))
+    else:
+        delivered = _wait_delivered(kit, timeout=60)
     kit.stop("demo: TPS done")
     loop.join(30)
     kit.close()
@@ -179,8 +247,91 @@ def run_tps(item: dict, cfg, *, reader, summary: dict) -> None:
         v.pop("page_reading", None)
     summary["presses"].extend(verdicts)
     summary["tps"].append({"tps": tps, "kit_id": cfg.kit.kit_id, "slip": item["slip"], "delivered": delivered,
+                           "blank_spot": blank_spot, "delivered_by": "mqtt" if delivered else None,
+                           "waiting": waiting,
                            "cross_page": {k: cross.get(k) for k in ("form", "status", "reasons")} if cross
                            else None})
+
+
+def tpskit(argv: list[str]) -> int:
+    """Run a `tpskit` command in this process (firmware.cli.main, what the technician types) and show the
+    command and everything it prints, indented."""
+    from firmware.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(argv)
+    _p(f"  $ tpskit {shlex.join(argv)}")
+    for line in (out.getvalue() + err.getvalue()).splitlines():
+        _p(f"    {line}")
+    if rc:
+        _p(f"    (exit code {rc})")
+    return rc
+
+
+def _outbox_counts(db: Path) -> dict:
+    from comms.outbox import Outbox
+
+    with Outbox(db) as ob:
+        st = ob.stats()
+    return {"unacked": st["queued"] + st["sent"], "acked": st["acked"]}
+
+
+def _kit_readings(collector_db: Path, kit_id: str) -> int:
+    conn = sqlite3.connect(collector_db)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM readings WHERE kit_id = ?", (kit_id,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def usb_round_trip(root: Path, cfg, config_file: Path, *, broker_url: str, registry: Path,
+                   collector_db: Path) -> dict:
+    """The blank spot's answer, as a KPPS and a technician would do it, with the real commands:
+    `tpskit export` on the kit to a USB stick, `tpskit import` of the bundle at a networked PC (the collector
+    stores it; its signed acks are written next to the bundle), then `tpskit export` again on the kit, which
+    applies those acks and has nothing left to carry."""
+    from comms.bundle import SUFFIX, acks_path, read_manifest
+
+    tps, kit_id = cfg.kit.tps, cfg.kit.kit_id
+    stick = root / "usb-stick"
+    stick.mkdir(exist_ok=True)
+    out: dict = {"tps": tps, "kit_id": kit_id, "stick": str(stick),
+                 "collector_readings_before": _kit_readings(collector_db, kit_id)}
+
+    def bundles() -> set[Path]:
+        return set(stick.glob(f"*{SUFFIX}"))
+
+    _p(f"  TPS {tps}: the collector holds {out['collector_readings_before']} readings of {kit_id}. "
+       f"At the TPS, a USB stick ({stick}) goes into the kit:")
+    before = bundles()
+    out["export_rc"] = tpskit(["--config", str(config_file), "export", str(stick)])
+    made = sorted(bundles() - before)
+    if out["export_rc"] or len(made) != 1:
+        out["error"] = "the export wrote no bundle"
+        return out
+    bundle = made[0]
+    out["bundle"] = bundle.name
+    out["exported"] = read_manifest(bundle)["count"]
+    _p("  at a PC with a network (kantor desa, PPK), the stick's bundle goes to the collector's broker:")
+    out["import_rc"] = tpskit(["import", str(bundle), "--broker", broker_url, "--kits", str(registry)])
+    acks = acks_path(bundle)
+    out["acks_file"] = acks.name if acks.is_file() else None
+    out["collector_readings_after"] = _kit_readings(collector_db, kit_id)
+    _p(f"  back at the TPS, the stick (with {out['acks_file'] or 'no acks file'}) goes into the kit again:")
+    counts = _outbox_counts(cfg.db_path)
+    before = bundles()
+    out["second_export_rc"] = tpskit(["--config", str(config_file), "export", str(stick)])
+    made = sorted(bundles() - before)
+    after = _outbox_counts(cfg.db_path)
+    out["confirmed"] = after["acked"] - counts["acked"]
+    out["second_export"] = read_manifest(made[0])["count"] if len(made) == 1 else None
+    out["left_unacked"] = after["unacked"]
+    out["delivered"] = (out["import_rc"] == 0 and out["second_export_rc"] == 0 and out["left_unacked"] == 0
+                        and out["second_export"] == 0)
+    _p(f"  TPS {tps}: {out['confirmed']} messages confirmed by the collector's signed acks, "
+       + ("nothing left to carry" if out["delivered"] else f"{out['left_unacked']} still unconfirmed"))
+    return out
 
 
 def cross_page(pages: list[dict]) -> dict:
@@ -236,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
     started: list = []
     try:
         _p(f"tpskit demo — work directory {root}")
-        _p("[1/4] loading the page reader and digit model")
+        _p("[1/5] loading the page reader and digit model")
         try:
             from firmware.app import load_reader
 
@@ -246,11 +397,13 @@ def run(args: argparse.Namespace) -> int:
             _p(f"  the page reader cannot be loaded ({type(exc).__name__}: {exc});")
             _p("  nothing can be read, so the demo stops here.")
             return 1
-        _p(f"[2/4] rendering filled C.HASIL pages for {args.tps} TPS (seed {args.seed})")
+        _p(f"[2/5] rendering filled C.HASIL pages for {args.tps} TPS (seed {args.seed})")
         plan = render_pages(root, n_tps=args.tps, seed=args.seed, scale=args.scale)
-        _p("[3/4] broker and reference collector")
+        _p("[3/5] broker and reference collector")
+        from comms.cmd_collector import _write_ack_public_key, ack_public_key_path
         from comms.collector import Collector
         from comms.signing import load_or_create_private_key, registry_add
+        from firmware import config as config_mod
 
         if args.broker:
             url = args.broker
@@ -265,24 +418,54 @@ def run(args: argparse.Namespace) -> int:
             _p(f"  mosquitto started on {url}")
         registry = root / "collector" / "kits.json"
         registry.parent.mkdir(exist_ok=True)
-        configs = {}
+        # the collector signs its acks (as `tpskit collector --ack-key FILE` does); every kit has the public
+        # half (`tpskit provision --collector-key FILE.pub`) and takes only acks it verifies, over MQTT and
+        # from a USB stick
+        ack_key_file = root / "collector" / "ack.key"
+        ack_key = load_or_create_private_key(ack_key_file)
+        said = io.StringIO()
+        with redirect_stdout(said), redirect_stderr(said):
+            _write_ack_public_key(ack_key_file, ack_key)
+        for line in said.getvalue().splitlines():
+            _p(f"  {line}")
+        blank = blank_spot_tps(args.tps)
+        if blank is not None:
+            no_broker = NoBroker()
+            started.append(no_broker)
+            _p(f"  TPS {blank} is a blank spot: its kit's broker is {no_broker.url}, where nothing listens")
+        configs, config_files = {}, {}
+        ack_public = ack_public_key_path(ack_key_file)
         for item in plan:
-            cfg = _kit_config(root, item, url)
+            kit_url = no_broker.url if item["tps"] == blank else url
+            config_files[item["tps"]] = write_kit_config(root, item, kit_url, ack_public)
+            cfg = config_mod.load(config_files[item["tps"]])
             cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
             key = load_or_create_private_key(cfg.signing_key_path)
             registry_add(registry, cfg.kit.kit_id, key, kode_wilayah=cfg.kit.kode_wilayah, tps=cfg.kit.tps)
             configs[item["tps"]] = cfg
         collector_db = root / "collector" / "collector.db"
-        collector = Collector(broker_url=url, db_path=collector_db, registry=registry).start()
+        collector = Collector(broker_url=url, db_path=collector_db, registry=registry,
+                              ack_key=ack_key).start()
         started.append(collector)
         if not collector.connected.wait(10):
             _p("  the collector could not connect to the broker")
             return 1
         _p(f"  collector running, database {collector_db}")
-        _p("[4/4] pressing the button of each kit once per photo (same daemon loop as `tpskit run`)")
+        _p("[4/5] pressing the button of each kit once per photo (same daemon loop as `tpskit run`)")
         for item in plan:
-            run_tps(item, configs[item["tps"]], reader=reader, summary=summary)
+            run_tps(item, configs[item["tps"]], reader=reader, summary=summary,
+                    blank_spot=item["tps"] == blank)
         time.sleep(1.0)
+        if blank is not None:
+            _p(f"[5/5] no signal at TPS {blank}: the data goes by USB stick (tpskit export / tpskit import)")
+            usb = usb_round_trip(root, configs[blank], config_files[blank], broker_url=url, registry=registry,
+                                 collector_db=collector_db)
+            summary["usb"] = usb
+            for t in summary["tps"]:
+                if t["tps"] == blank and usb.get("delivered"):
+                    t["delivered_by"] = "usb"
+        else:
+            _p("[5/5] (one TPS: no blank spot; run with --tps 2 or more to see the USB stick path)")
         summary["collector"] = collector_report(collector_db)
         _print_summary(summary)
         from comms.signing import load_registry
@@ -293,6 +476,9 @@ def run(args: argparse.Namespace) -> int:
         _p("== TPS results as an operator sees them (tpskit fleet results) ==")
         for line in results.table(found).splitlines():
             _p(f"  {line}" if line else "")
+        by_usb = [t["tps"] for t in summary["tps"] if t["delivered_by"] == "usb"]
+        if by_usb:
+            _p(f"  (TPS {', '.join(map(str, by_usb))}: no signal there; its pages came by USB stick)")
         if args.json:
             print(json.dumps(summary, ensure_ascii=False, default=str))
         return 0
@@ -333,7 +519,14 @@ def _print_summary(summary: dict) -> None:
     for r in c.get("readings", []):
         _p(f"  {r['kit_id']} TPS {r['tps']} halaman {r['halaman']} (seq {r['seq']}): "
            f"{r['status']} {r['fields']}")
-    undelivered = [t["tps"] for t in summary["tps"] if not t["delivered"]]
+    usb = summary.get("usb")
+    if usb:
+        _p(f"  TPS {usb['tps']} (blank spot, no signal) reached the collector by USB stick: "
+           f"{usb.get('exported', 0)} messages exported, imported at a networked PC "
+           f"({usb.get('collector_readings_after', 0)} readings stored), {usb.get('confirmed', 0)} confirmed "
+           f"back on the kit by the collector's signed acks; "
+           + ("nothing left to carry" if usb.get("delivered") else "NOT all delivered: see above"))
+    undelivered = [t["tps"] for t in summary["tps"] if not t["delivered_by"]]
     if undelivered:
         _p(f"  not yet acknowledged by the collector: TPS {undelivered}", )
     sys.stdout.flush()

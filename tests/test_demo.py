@@ -52,6 +52,29 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     states = {t["tps"]: t["state"] for t in summary["results"]["tps"]}
     assert set(states) == {t["tps"] for t in summary["tps"]} and set(states.values()) <= {"ok", "review"}
     assert "TPS results as an operator sees them" in out
+    # TPS 2 is the blank spot: no broker at its URL, so nothing went over MQTT; the USB stick carried it
+    by_tps = {t["tps"]: t for t in summary["tps"]}
+    assert by_tps[1]["blank_spot"] is False and by_tps[1]["delivered_by"] == "mqtt"
+    blank = by_tps[2]
+    assert blank["blank_spot"] is True and blank["delivered"] is False and blank["delivered_by"] == "usb"
+    waiting = blank["waiting"]
+    assert waiting["connected"] is False and waiting["acked_over_mqtt"] == 0 and waiting["led"] == "queued"
+    blank_sent = [p for p in sent if p["tps"] == 2]
+    assert waiting["messages"] > len(blank_sent)  # its readings and their photos' chunks, all in the outbox
+    usb = summary["usb"]
+    assert usb["tps"] == 2 and usb["collector_readings_before"] == 0  # nothing of it arrived over MQTT
+    assert usb["export_rc"] == 0 and usb["exported"] == waiting["messages"]
+    assert usb["import_rc"] == 0 and usb["acks_file"] == usb["bundle"] + ".acks"
+    assert (tmp_path / "demo" / "usb-stick" / usb["acks_file"]).is_file()  # next to the bundle, on the stick
+    # back on the kit: the collector's signed acks (the kit has its key) mark everything delivered
+    assert usb["second_export_rc"] == 0 and usb["confirmed"] == usb["exported"]
+    assert usb["second_export"] == 0 and usb["left_unacked"] == 0 and usb["delivered"] is True
+    assert usb["collector_readings_after"] == len(blank_sent)
+    assert sorted(r["halaman"] for r in stored if r["kit_id"] == blank["kit_id"]) == \
+        sorted(p["page"] for p in blank_sent)
+    assert states[2] in ("ok", "review")
+    assert "tpskit import" in out and "nothing left to carry" in out
+    assert "reached the collector by USB stick" in out and "its pages came by USB stick" in out
 
 
 @pytest.mark.parametrize("argv,what", [(["--tps", "0"], "--tps"), (["--tps", "-2"], "--tps"),
@@ -95,3 +118,28 @@ def test_cross_page_check_of_pages_of_different_forms_says_why(tmp_path, monkeyp
     assert cross["status"] == "review" and cross["form"] is None
     assert [r["code"] for r in cross["reasons"]] == ["mixed_forms"]
     assert DEFAULT_FORM in cross["reasons"][0]["message"] and OTHER in cross["reasons"][0]["message"]
+
+
+def test_the_last_tps_is_the_blank_spot_when_there_are_two_or_more():
+    from firmware.cmd_demo import blank_spot_tps
+
+    assert blank_spot_tps(1) is None  # one TPS: the ordinary path, over MQTT
+    assert blank_spot_tps(2) == 2 and blank_spot_tps(5) == 5
+
+
+def test_the_blank_spots_broker_port_refuses_connections():
+    import socket
+
+    from comms.courier import parse_broker_url
+    from firmware.cmd_demo import NoBroker
+
+    nothing = NoBroker()
+    try:
+        host, port, tls = parse_broker_url(nothing.url)
+        assert host == "127.0.0.1" and not tls
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, port), timeout=2).close()
+        with socket.socket() as other, pytest.raises(OSError):  # nobody else can listen there meanwhile
+            other.bind((host, port))
+    finally:
+        nothing.stop()
