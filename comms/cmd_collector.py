@@ -131,7 +131,7 @@ def ack_public_key_path(ack_key: Path) -> Path:
     return ack_key.with_name(ack_key.name + ".pub")
 
 
-def _write_ack_public_key(ack_key_path: Path, key: SigningKey) -> None:
+def write_ack_public_key(ack_key_path: Path, key: SigningKey) -> None:
     """``<ack key>.pub``, the file technicians give to ``tpskit provision --collector-key`` (kept current)."""
     from comms.durable import write_atomic
     from comms.signing import public_key_b64
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ack_key and ack_key is None:
             ack_key = _create_ack_key(args.ack_key)
         if ack_key is not None:
-            _write_ack_public_key(args.ack_key, ack_key)
+            write_ack_public_key(args.ack_key, ack_key)
         collector = Collector(
             broker_url=args.broker,
             db_path=args.db,

@@ -400,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
         _p(f"[2/5] rendering filled C.HASIL pages for {args.tps} TPS (seed {args.seed})")
         plan = render_pages(root, n_tps=args.tps, seed=args.seed, scale=args.scale)
         _p("[3/5] broker and reference collector")
-        from comms.cmd_collector import _write_ack_public_key, ack_public_key_path
+        from comms.cmd_collector import ack_public_key_path, write_ack_public_key
         from comms.collector import Collector
         from comms.signing import load_or_create_private_key, registry_add
         from firmware import config as config_mod
@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
         ack_key = load_or_create_private_key(ack_key_file)
         said = io.StringIO()
         with redirect_stdout(said), redirect_stderr(said):
-            _write_ack_public_key(ack_key_file, ack_key)
+            write_ack_public_key(ack_key_file, ack_key)
         for line in said.getvalue().splitlines():
             _p(f"  {line}")
         blank = blank_spot_tps(args.tps)
