@@ -266,7 +266,7 @@ def iter_intact(path: Path | str, manifest: dict, damaged: list[str]) -> Iterato
             try:
                 mid = json.loads(line).get("id")
                 i = index[mid] if mid in index else -1
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
+            except (*_BAD_JSON, AttributeError, TypeError):
                 continue
             if i < nxt:
                 continue
@@ -291,7 +291,7 @@ def _message(path: Path, mid: str, sha: str, line: bytes) -> BundleMessage:
     """One message line, checked against its manifest entry (*mid*, *sha*)."""
     try:
         e = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except _BAD_JSON:
         raise BundleError(f"{path}: {_TRUNCATED}") from None
     if not (
         isinstance(e, dict)
@@ -309,6 +309,10 @@ def _message(path: Path, mid: str, sha: str, line: bytes) -> BundleMessage:
     return BundleMessage(mid, e["topic"], e.get("retain", False), payload)
 
 
+# what json.loads raises on a line that is not JSON: also RecursionError (a RuntimeError) on deeply nested
+# brackets, which a garbled or crafted file on a stick can hold
+_BAD_JSON = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
+
 _TRUNCATED = (
     "file terpotong atau rusak / the file is truncated or damaged (the stick pulled while writing or "
     "copying?): copy it again, or export it again on the kit"
@@ -319,7 +323,7 @@ def _manifest(path: Path, line: bytes, public_key) -> dict:
     """The checked, signature-verified manifest (line 1) of the bundle at *path*."""
     try:
         manifest = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except _BAD_JSON:
         manifest = None
     if not _is_manifest(manifest):
         raise BundleError(f"{path} is not a tpskit bundle v1 (its first line is not a bundle manifest)")
@@ -606,7 +610,7 @@ def _acks_lines(path: Path) -> tuple[dict | None, list[bytes]]:
     with path.open("rb") as f:
         try:
             header = json.loads(f.readline(ACKS_LINE_MAX))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except _BAD_JSON:
             header = None
         if not (isinstance(header, dict) and header.get("kind") == "acks" and header.get("v") == 1):
             return None, []
