@@ -556,6 +556,9 @@ def _wait_published(infos: list, lost: threading.Event, *, stall_s: float = PUBL
 
 ACKS_SUFFIX = ".acks"
 ACKS_LINE_MAX = 1 << 20  # longest line read from an acks file (an ack of 500 ids is ≈ 20 KB)
+# largest acks file read (≈ 380 000 acked ids; a kit's whole outbox is far fewer): anything larger was not
+# written by tpskit import, and checking it line by line would hold the export for minutes, all in memory
+ACKS_FILE_MAX = 16 << 20
 
 
 def acks_path(bundle: Path | str) -> Path:
@@ -606,8 +609,11 @@ def _is_ack(payload: bytes) -> bool:
 
 def _acks_lines(path: Path) -> tuple[dict | None, list[bytes]]:
     """The header (None when it is not an acks file v1) and the ack lines of the acks file at *path*; an
-    OSError when it cannot be read, a ValueError when a line is longer than ACKS_LINE_MAX."""
+    OSError when it cannot be read, a ValueError when a line is longer than ACKS_LINE_MAX or the file than
+    ACKS_FILE_MAX."""
     with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size > ACKS_FILE_MAX:
+            raise ValueError(f"larger than {ACKS_FILE_MAX >> 20} MiB: not an acks file tpskit import wrote")
         try:
             header = json.loads(f.readline(ACKS_LINE_MAX))
         except _BAD_JSON:

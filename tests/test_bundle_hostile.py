@@ -56,3 +56,29 @@ def test_an_earlier_acks_file_that_is_deeply_nested_is_replaced_by_the_import(tm
     ack = payloads.ack_payload([manifest["messages"][0][0]], collector="x", at=1.0)
     assert write_acks(path, manifest, [ack]) == acks_path(path)
     assert acks_path(path).read_bytes().splitlines()[1] == ack
+
+
+def test_a_huge_acks_file_is_skipped_without_reading_it_all(tmp_path, capsys, monkeypatch):
+    """An acks file far larger than any tpskit import writes (a crafted one, a disk image named *.acks) would
+    hold the export for as long as its lines take to check, with all of them in memory, on a Pi that also
+    runs the kit: it is skipped, said why, and the export goes on."""
+    import tracemalloc
+
+    from comms.signing import generate_key
+
+    col_key = generate_key()
+    _key, cfg, db = _kit(tmp_path, collector_key=col_key)
+    usb = tmp_path / "usb"
+    line = payloads.ack_payload(ALL[:1], collector="x", at=1.0, key=generate_key())
+    big = usb / "big.tpsbundle.acks"
+    _write_acks(big, [line] * (64 * 1024 * 1024 // len(line) + 1))  # 64 MiB of (forged) acks
+    tracemalloc.start()
+    try:
+        result, err = _export(cfg, usb, capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result["messages"] == len(ALL) and result["acks_rejected"] == 1
+    assert "big.tpsbundle.acks: cannot be read (larger than" in err
+    assert peak < 16 * 1024 * 1024
+    assert set(_states(db).values()) == {"queued"}
