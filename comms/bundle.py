@@ -266,7 +266,7 @@ def iter_intact(path: Path | str, manifest: dict, damaged: list[str]) -> Iterato
             try:
                 mid = json.loads(line).get("id")
                 i = index[mid] if mid in index else -1
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
+            except (*_BAD_JSON, AttributeError, TypeError):
                 continue
             if i < nxt:
                 continue
@@ -291,7 +291,7 @@ def _message(path: Path, mid: str, sha: str, line: bytes) -> BundleMessage:
     """One message line, checked against its manifest entry (*mid*, *sha*)."""
     try:
         e = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except _BAD_JSON:
         raise BundleError(f"{path}: {_TRUNCATED}") from None
     if not (
         isinstance(e, dict)
@@ -309,6 +309,10 @@ def _message(path: Path, mid: str, sha: str, line: bytes) -> BundleMessage:
     return BundleMessage(mid, e["topic"], e.get("retain", False), payload)
 
 
+# what json.loads raises on a line that is not JSON: also RecursionError (a RuntimeError) on deeply nested
+# brackets, which a garbled or crafted file on a stick can hold
+_BAD_JSON = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
+
 _TRUNCATED = (
     "file terpotong atau rusak / the file is truncated or damaged (the stick pulled while writing or "
     "copying?): copy it again, or export it again on the kit"
@@ -319,7 +323,7 @@ def _manifest(path: Path, line: bytes, public_key) -> dict:
     """The checked, signature-verified manifest (line 1) of the bundle at *path*."""
     try:
         manifest = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except _BAD_JSON:
         manifest = None
     if not _is_manifest(manifest):
         raise BundleError(f"{path} is not a tpskit bundle v1 (its first line is not a bundle manifest)")
@@ -552,6 +556,9 @@ def _wait_published(infos: list, lost: threading.Event, *, stall_s: float = PUBL
 
 ACKS_SUFFIX = ".acks"
 ACKS_LINE_MAX = 1 << 20  # longest line read from an acks file (an ack of 500 ids is ≈ 20 KB)
+# largest acks file read (≈ 380 000 acked ids; a kit's whole outbox is far fewer): anything larger was not
+# written by tpskit import, and checking it line by line would hold the export for minutes, all in memory
+ACKS_FILE_MAX = 16 << 20
 
 
 def acks_path(bundle: Path | str) -> Path:
@@ -602,11 +609,14 @@ def _is_ack(payload: bytes) -> bool:
 
 def _acks_lines(path: Path) -> tuple[dict | None, list[bytes]]:
     """The header (None when it is not an acks file v1) and the ack lines of the acks file at *path*; an
-    OSError when it cannot be read, a ValueError when a line is longer than ACKS_LINE_MAX."""
+    OSError when it cannot be read, a ValueError when a line is longer than ACKS_LINE_MAX or the file than
+    ACKS_FILE_MAX."""
     with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size > ACKS_FILE_MAX:
+            raise ValueError(f"larger than {ACKS_FILE_MAX >> 20} MiB: not an acks file tpskit import wrote")
         try:
             header = json.loads(f.readline(ACKS_LINE_MAX))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except _BAD_JSON:
             header = None
         if not (isinstance(header, dict) and header.get("kind") == "acks" and header.get("v") == 1):
             return None, []

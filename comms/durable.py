@@ -25,7 +25,9 @@ def write_atomic(path: Path | str, data: bytes | str | Iterable[bytes], *, mode:
     leaves the temp file's 0600 (a FAT USB stick refuses most chmods: its modes come from the mount)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    # ".<name>.<random>.tmp": what a crash leaves behind is hidden, and found by its suffix (the photo store
+    # removes its ``.*.tmp`` when it opens)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             if mode is not None:

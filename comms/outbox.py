@@ -103,12 +103,23 @@ def reading(path: Path | str, *, timeout_s: float = 10.0,
     except sqlite3.OperationalError:
         if os.access(path.parent, os.W_OK):
             raise
-        with WalSnapshot(path, scratch_dirs=list(scratch_dirs)) as copy:
+        snapshot = WalSnapshot(path, scratch_dirs=list(scratch_dirs))
+        try:
+            copy = snapshot.__enter__()
+        except OSError as exc:  # the whole card read-only: /tmp too
+            raise sqlite3.OperationalError(
+                f"{path} is on a read-only folder (a failing SD card the kernel remounted read-only?) and no "
+                f"writable folder takes the copy it is read from ({exc.strerror or exc}); its data is still "
+                "there: keep the card for a technician, 'sudo tpskit export /media/usb' copies it to a stick"
+            ) from None
+        try:
             conn = connect_reading(copy, timeout_s=timeout_s)
             try:
                 yield conn
             finally:
                 conn.close()
+        finally:
+            snapshot.__exit__(None, None, None)
         return
     try:
         yield conn

@@ -87,6 +87,12 @@ def check_state(state: Path) -> tuple[list[str], list[str]]:
                 h, e = check_db(place / "tpskit.db")
                 held += h
                 errors += e
+            elif (place / "photos").is_dir():
+                # without their database nothing tells whether these pages' readings were delivered
+                n = sum(1 for _ in (place / "photos").glob("*.jpg"))
+                if n:
+                    errors.append(f"{n} foto halaman tanpa database / page photos with no database to tell "
+                                  f"whether they were delivered, in {place / 'photos'}")
             uncommitted = place / "photos" / "uncommitted"
             n = _files(uncommitted) if uncommitted.is_dir() else 0
             if n:

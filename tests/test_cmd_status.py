@@ -151,3 +151,30 @@ def test_status_reads_a_card_the_kernel_made_read_only(tmp_path):
     assert res.returncode == 1, res.stderr  # not ready: no daemon runs
     assert json.loads(res.stdout)["captures"]["total"] == 1
     assert sorted(p.name for p in state.iterdir()) == before
+
+
+def test_status_on_a_card_read_only_everywhere_says_so_without_a_traceback(tmp_path):
+    """A card remounted read-only holds / and /tmp too (Raspberry Pi OS keeps /tmp on the card): no folder
+    takes the database copy a read-only WAL database is read from. status says what is wrong and what to
+    do, exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.readonly_fs import ReadOnlyView
+
+    state = tmp_path / "state"
+    before = _kit_db(state)
+    cfg = write_config(tmp_path, state)
+    repo = Path(__file__).resolve().parent.parent
+    script = ("import sys, tempfile; tempfile.tempdir = '/proc/no-such-folder'; "
+              "from firmware.cli import main; sys.exit(main(sys.argv[1:]))")
+    with ReadOnlyView(state) as view:
+        argv = [sys.executable, "-c", script, "--config", str(cfg), "status"]
+        res = subprocess.run(view.command(argv), capture_output=True, text=True, timeout=60, cwd="/",
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "cannot be read" in res.stderr and "read-only" in res.stderr
+    assert sorted(p.name for p in state.iterdir()) == before

@@ -486,3 +486,30 @@ def test_purge_never_deletes_a_folder_that_is_not_tpskit_s_own(tmp_path):
     assert not (root / "etc/ssl/kit.key").exists() and (root / "etc/ssl").is_dir()
     assert "PRIVATE SIGNING KEY IS GONE: /etc/ssl/kit.key" in res.stdout
     assert not (root / "var/lib/tpskit").exists() and not (root / "etc/tpskit").exists()
+
+
+def test_purge_refuses_unacked_messages_in_a_database_provision_archived(tmp_path):
+    """provision --force moves an old database to <state_dir>/archive/<time>-<kit>/: its unacked messages are
+    never sent by the kit again, and --purge must not delete them unnoticed."""
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, acked=1)
+    outbox_with(state / "archive/20240101T000000-old-kit", queued=2)
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "2 pesan belum di-ack" in res.stderr and "archive" in res.stderr
+    assert tree(root) == before
+
+
+def test_purge_refuses_photos_left_without_their_database(tmp_path):
+    """Page photos whose database is gone (deleted by hand, lost with a damaged card): nothing can tell
+    whether their readings ever reached the collector, so --purge refuses as for an unreadable database."""
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    (state / "photos").mkdir()
+    (state / "photos/0123abcd.jpg").write_bytes(b"\xff\xd8 a page \xff\xd9")
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "REFUSED" in res.stderr
+    assert "1 foto" in res.stderr and "no database" in res.stderr
+    assert tree(root) == before

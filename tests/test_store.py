@@ -139,3 +139,30 @@ def test_a_database_recreated_empty_never_deletes_photos(tmp_path):
     store = CaptureStore(tmp_path, volatile_ok=True)
     assert store.counts()["total"] == 0
     assert (tmp_path / "photos" / "uncommitted" / f"{rec.id}.jpg").read_bytes() == JPEG
+
+
+def test_power_cut_while_a_photo_is_written_leaves_no_temp_file_after_restart(tmp_path):
+    """SIGKILL after the photo's temp file is written, before its rename: the kit starts again without the
+    half-written temp file (it is never a capture: no row, no final name), so a kit that loses power often
+    does not fill its card with them, and provision's "photos held" count is not inflated by them."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from firmware import store as store_mod
+store = store_mod.CaptureStore({str(tmp_path)!r}, volatile_ok=True)
+os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # dies before the rename
+store.save(jpeg=b"\\xff\\xd8" + b"y" * 500 + b"\\xff\\xd9", status="ok", reading={{"page": 2}},
+           taken_at=1.7e9, time_source="ntp")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert [p.name for p in (tmp_path / "photos").iterdir() if p.name.startswith(".")]  # the temp file
+
+    store = CaptureStore(tmp_path, volatile_ok=True)  # the kit starts again
+    assert store.counts()["total"] == 0
+    assert [p.name for p in (tmp_path / "photos").rglob("*")] == []
