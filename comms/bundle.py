@@ -100,13 +100,24 @@ def export_bundle(
     return path, len(listed)
 
 
+# where USB sticks are mounted: a folder below these that is not on a mounted stick is the SD card's own
+STICK_ROOTS = (Path("/media"), Path("/mnt"), Path("/run/media"))
+
+
 def _check_paths(db_path: Path | str, out_dir: Path | str) -> Path:
-    """*out_dir* as a Path; a BundleError unless it is a folder and the kit database exists."""
+    """*out_dir* as a Path; a BundleError unless it is a folder (on a mounted stick, when it is below
+    ``STICK_ROOTS``) and the kit database exists."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise BundleError(
-            f"folder {out_dir} tidak ada / does not exist: plug in the USB stick and give its "
-            "mount point, e.g. /media/usb"
+            f"folder {out_dir} tidak ada / does not exist: plug in the USB stick, mount it (sudo mkdir -p "
+            "/media/usb && sudo mount /dev/sda1 /media/usb) and give its mount point, e.g. /media/usb"
+        )
+    if not _on_a_mounted_stick(out_dir):
+        raise BundleError(
+            f"tidak ada USB stick terpasang di {out_dir} / no USB stick is mounted at {out_dir}: the folder "
+            "is on the kit's own SD card, and a bundle written there would never leave the kit. Plug the "
+            f"stick in and mount it (sudo mount /dev/sda1 {out_dir}), then export again; nothing was written"
         )
     if not Path(db_path).is_file():
         raise BundleError(
@@ -114,6 +125,19 @@ def _check_paths(db_path: Path | str, out_dir: Path | str) -> Path:
             "<state_dir>/tpskit.db from the config); nothing was exported"
         )
     return out_dir
+
+
+def _on_a_mounted_stick(folder: Path) -> bool:
+    """False for a folder below ``STICK_ROOTS`` whose nearest mount point is not a stick mounted there (the
+    empty mount folder /media/usb when the stick is not plugged in or not mounted); True otherwise."""
+    path = folder.resolve()
+    root = next((r for r in STICK_ROOTS if path.is_relative_to(r)), None)
+    if root is None:
+        return True
+    mount = path
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return mount != root and mount.is_relative_to(root)
 
 
 EXPORT_PAGE = 16  # outbox rows read at a time by an export (≈ 1.4 MB of photo chunks)

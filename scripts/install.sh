@@ -215,11 +215,12 @@ uninstall() {
       fi
     fi
   done
-  if ((PURGE && LIVE && !DRY_RUN && ${#active[@]})); then
-    # the kit ran until now: only a check of the stopped kit's database counts
+  if ((PURGE && LIVE && !DRY_RUN && ${#present[@]})); then
+    # the kit may have run until now (or been starting: "activating" is not "active"): only a check of the
+    # stopped kit's database counts
     verdict=0
     check_data || verdict=$?
-    if ((verdict && !FORCE)); then
+    if ((verdict && !FORCE && ${#active[@]})); then
       warn "the kit queued messages while this ran; starting again what ran: ${active[*]}"
       systemctl start "${active[@]}" || true
     fi

@@ -451,3 +451,26 @@ def test_a_usb_stick_from_several_kits_is_imported_as_one_folder(tmp_path, mosqu
     empty.mkdir()
     assert cli.main(["import", str(empty), "--broker", mosquitto.url]) == 2
     assert "no *.tpsbundle file in" in capsys.readouterr().err
+
+
+def test_export_to_the_mount_folder_of_a_stick_that_is_not_mounted_is_refused(tmp_path, monkeypatch):
+    """`tpskit export /media/usb` with no stick mounted wrote the bundle onto the kit's own SD card and said
+    'bundle written': the technician left with an empty stick. A folder below the stick roots must be on a
+    mounted stick; a folder elsewhere (an ordinary path given on purpose) is taken as it is."""
+    import comms.bundle as bundle
+
+    key = generate_key()
+    db = tmp_path / "state" / "tpskit.db"
+    c = _courier(key, db)
+    _fill(c, n=1)
+    c.close()
+    media = tmp_path / "media"
+    (media / "usb").mkdir(parents=True)
+    monkeypatch.setattr(bundle, "STICK_ROOTS", (media,))
+    with pytest.raises(BundleError, match="no USB stick is mounted at .*nothing was written"):
+        _export(key, db, media / "usb")
+    assert list((media / "usb").iterdir()) == []
+    # the same folder with a stick mounted on it: the bundle is written there
+    monkeypatch.setattr(bundle.os.path, "ismount", lambda p: str(p) == str(media / "usb"))
+    path, n = _export(key, db, media / "usb")
+    assert path.parent == media / "usb" and n == 4  # the reading and its photo in 3 chunks
