@@ -187,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.db:
             print("tpskit collector: --gaps needs --db", file=sys.stderr)
             return 2
+        from comms.collector_store import is_postgres
+
+        if not is_postgres(args.db) and not Path(args.db).is_file():  # opening it would create an empty one
+            print(f"tpskit collector: collector database {args.db} does not exist: give the --db the "
+                  "collector runs with (tpskit-collector.service: /var/lib/tpskit-collector/collector.db)",
+                  file=sys.stderr)
+            return 2
         store = _open_store(args)
         if store is None:
             return 2

@@ -617,6 +617,9 @@ def test_gaps_needs_no_registry(tmp_path, kit, capsys):
     assert json.loads(capsys.readouterr().out) == {"kit-1": []}
     assert cli.main(["collector", "--db", str(tmp_path / "collector.db"), "--broker", "mqtt://h:1"]) == 2
     assert "--kits" in capsys.readouterr().err
+    # a mistyped path: said, and no empty database is created (as root it would lock the collector out)
+    assert cli.main(["collector", "--gaps", "--db", str(tmp_path / "colector.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "colector.db").exists()
 
 
 def test_a_reload_that_finds_no_kits_keeps_the_last_registry(tmp_path, kit, caplog):
