@@ -29,9 +29,9 @@ def daemon_state(state_dir: Path | str) -> dict:
     """What the running daemon last wrote, and whether it is alive."""
     try:
         data = json.loads(status_path(state_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        age = time.time() - float(data.get("updated_at", 0))
+    except (OSError, ValueError, TypeError, AttributeError):  # none, damaged, or not the daemon's
         return {"running": False, "ready": False, "detail": "the daemon has not written a status yet"}
-    age = time.time() - float(data.get("updated_at", 0))
     running = _pid_alive(data.get("pid")) and data.get("state") not in ("stopping",) and age < STALE_S
     data.update(running=running, age_s=round(age, 1))
     data["ready"] = bool(running and data.get("ready"))

@@ -178,3 +178,11 @@ def test_status_on_a_card_read_only_everywhere_says_so_without_a_traceback(tmp_p
     assert "Traceback" not in res.stderr
     assert "cannot be read" in res.stderr and "read-only" in res.stderr
     assert sorted(p.name for p in state.iterdir()) == before
+
+
+def test_a_damaged_status_file_is_a_daemon_that_is_not_running(tmp_path):
+    from firmware.status_file import daemon_state, status_path
+
+    for text in ("[1, 2]", '{"updated_at": "soon"}', "{not json", '{"updated_at": null}'):
+        status_path(tmp_path).write_text(text)
+        assert daemon_state(tmp_path)["running"] is False
