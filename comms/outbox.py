@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -93,38 +93,30 @@ def reading(path: Path | str, *, timeout_s: float = 10.0,
     """``with reading(db) as conn:`` a ``connect_reading`` connection, closed on exit; on a card the kernel
     remounted read-only (no -shm can be made beside the database) one on a ``WalSnapshot`` copy instead."""
     path = Path(path)
+    conn = None
     try:
         conn = connect_reading(path, timeout_s=timeout_s)
-        try:
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # a WAL database opens its -shm here
-        except sqlite3.Error:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # a WAL database opens its -shm here
+    except sqlite3.Error as exc:
+        if conn is not None:
             conn.close()
+        if not isinstance(exc, sqlite3.OperationalError) or os.access(path.parent, os.W_OK):
             raise
-    except sqlite3.OperationalError:
-        if os.access(path.parent, os.W_OK):
-            raise
-        snapshot = WalSnapshot(path, scratch_dirs=list(scratch_dirs))
+        conn = None
+    if conn is not None:
+        with closing(conn):
+            yield conn
+        return
+    with ExitStack() as stack:
         try:
-            copy = snapshot.__enter__()
+            copy = stack.enter_context(WalSnapshot(path, scratch_dirs=list(scratch_dirs)))
         except OSError as exc:  # the whole card read-only: /tmp too
             raise sqlite3.OperationalError(
                 f"{path} is on a read-only folder (a failing SD card the kernel remounted read-only?) and no "
                 f"writable folder takes the copy it is read from ({exc.strerror or exc}); its data is still "
                 "there: keep the card for a technician, 'sudo tpskit export /media/usb' copies it to a stick"
             ) from None
-        try:
-            conn = connect_reading(copy, timeout_s=timeout_s)
-            try:
-                yield conn
-            finally:
-                conn.close()
-        finally:
-            snapshot.__exit__(None, None, None)
-        return
-    try:
-        yield conn
-    finally:
-        conn.close()
+        yield stack.enter_context(closing(connect_reading(copy, timeout_s=timeout_s)))
 
 
 class WalSnapshot:
