@@ -44,14 +44,16 @@ def make_courier(key, broker, tmp_path: Path, **kw) -> Courier:
     return Courier(**opts)
 
 
-def start_collector(key, broker, tmp_path: Path, *, client_id: str, db_path=None) -> Collector:
-    """Register ``KIT`` with ``key`` in ``tmp_path/kits.json`` and start a connected collector for it."""
+def start_collector(key, broker, tmp_path: Path, *, client_id: str, db_path=None, ack_key=None) -> Collector:
+    """Register ``KIT`` with ``key`` in ``tmp_path/kits.json`` and start a connected collector for it (signing
+    its acks with *ack_key*, when given)."""
     registry_add(tmp_path / "kits.json", KIT, key.verify_key, kode_wilayah=KW, tps=TPS)
     collector = Collector(
         broker_url=broker.url,
         db_path=db_path if db_path is not None else tmp_path / "collector.db",
         registry=tmp_path / "kits.json",
         client_id=client_id,
+        ack_key=ack_key,
     ).start()
     assert collector.connected.wait(10), "collector did not connect"
     return collector

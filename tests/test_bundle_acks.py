@@ -9,10 +9,10 @@ from pathlib import Path
 
 from comms import payloads
 from comms.bundle import acks_path, read_bundle
-from comms.collector import Collector
 from comms.outbox import Outbox
-from comms.signing import canonical_json, generate_key, public_key_b64, registry_add, save_private_key
+from comms.signing import canonical_json, generate_key, public_key_b64, save_private_key
 from firmware import cli
+from tests.delivery_helpers import start_collector
 from tests.test_bundle import KW, TPS, _courier, _fill
 from tests.test_bundle_damaged import CHUNKS, READINGS, _damage_payload
 
@@ -60,19 +60,6 @@ def _states(db: Path) -> dict[str, str]:
         return {i: ob.state_of(i) for i in ALL}
 
 
-def _collector(tmp_path: Path, key, broker, col_key) -> Collector:
-    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(
-        broker_url=broker.url,
-        db_path=tmp_path / "collector.db",
-        registry=tmp_path / "kits.json",
-        client_id="collector-acks",
-        ack_key=col_key,
-    ).start()
-    assert collector.connected.wait(10)
-    return collector
-
-
 def _write_acks(path: Path, lines: list[bytes], *, kit_id: str = "kit-1") -> None:
     header = {
         "v": 1,
@@ -99,7 +86,7 @@ def test_round_trip_carries_only_what_the_collector_did_not_ack(tmp_path, mosqui
     lines = bundle.read_bytes().splitlines()
     lines[3] = _damage_payload(lines[3])  # kit-1:c2:reading
     bundle.write_bytes(b"\n".join(lines) + b"\n")
-    collector = _collector(tmp_path, key, mosquitto, col_key)
+    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-acks", ack_key=col_key)
     try:
         code, result, err = _import(bundle, mosquitto.url, capsys)
         assert code == 1 and result["damaged"] == ["kit-1:c2:reading"] and result["acked"] == 7
@@ -139,7 +126,7 @@ def test_importing_again_keeps_the_acks_already_on_the_stick(tmp_path, mosquitto
     col_key = generate_key()
     key, cfg, _db = _kit(tmp_path, collector_key=col_key)
     bundle = Path(_export(cfg, tmp_path / "usb", capsys)[0]["bundle"])
-    collector = _collector(tmp_path, key, mosquitto, col_key)
+    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-acks", ack_key=col_key)
     try:
         assert _import(bundle, mosquitto.url, capsys)[0] == 0
         before = acks_path(bundle).read_bytes().splitlines()

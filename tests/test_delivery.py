@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from comms.collector import Collector, CollectorStore
+from comms.collector import CollectorStore
 from comms.outbox import OutboxFull
 from comms.signing import (
     generate_key,
@@ -207,14 +207,7 @@ def test_last_will_marks_a_killed_kit_offline(setup):
 
 def test_signed_acks_only_count_from_the_collector_key(tmp_path, mosquitto):
     key, col_key = generate_key(), generate_key()
-    registry_add(tmp_path / "kits.json", "kit-1", key.verify_key, kode_wilayah=KW, tps=TPS)
-    collector = Collector(
-        broker_url=mosquitto.url,
-        db_path=tmp_path / "collector.db",
-        registry=tmp_path / "kits.json",
-        client_id="collector-signed",
-        ack_key=col_key,
-    ).start()
+    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-signed", ack_key=col_key)
     trusting = _courier(key, mosquitto, tmp_path, collector_keys=[public_key_pem(col_key)])
     wary = _courier(
         key,
