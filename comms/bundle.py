@@ -604,10 +604,12 @@ def write_acks(bundle: Path | str, manifest: dict, acks: Iterable[bytes]) -> Pat
         kept = [a for a in _acks_lines(path)[1] if _is_ack(a)] if path.exists() else []
     except (OSError, ValueError):  # unreadable or damaged: replaced by what this import got
         kept = []
-    new = [a for a in dict.fromkeys(acks) if a not in kept and _is_ack(a)]
+    kept = list(dict.fromkeys(kept))
+    known = set(kept)
+    new = [a for a in dict.fromkeys(acks) if a not in known and _is_ack(a)]
     if not new:  # nothing to add: the file stays as it is
         return path if kept else None
-    lines = list(dict.fromkeys(kept)) + new
+    lines = kept + new
     header = {
         "v": 1,
         "kind": "acks",

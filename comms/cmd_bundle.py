@@ -39,15 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _collector_keys(cfg) -> tuple[list, str]:
     """The collector public key of the kit's config (``mqtt.collector_key_file``), or why there is none."""
-    from comms.signing import load_public_key
+    from comms.courier import collector_keys
 
-    key_file = getattr(cfg.mqtt, "collector_key_file", None)
-    if not key_file:
-        return [], "the kit has no collector key"
     try:
-        return [load_public_key(Path(key_file).read_text(encoding="ascii"))], ""
+        keys = collector_keys(cfg)
     except (OSError, ValueError) as exc:
-        return [], f"the collector key {key_file} cannot be read ({exc})"
+        return [], f"the collector key {cfg.mqtt.collector_key_file} cannot be read ({exc})"
+    return keys, "" if keys else "the kit has no collector key"
 
 
 def _export(args) -> int:

@@ -46,6 +46,15 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
+def collector_keys(cfg) -> list[VerifyKey]:
+    """The collectors' ack public keys named by the kit's config (``mqtt.collector_key_file``; none: []).
+    Raises OSError (unreadable) or KeyFileError (not a public key)."""
+    key_file = getattr(cfg.mqtt, "collector_key_file", None)
+    if not key_file:
+        return []
+    return [load_public_key(Path(key_file).read_text(encoding="ascii"))]
+
+
 class Backoff:
     """Exponential backoff with jitter: base·2^n capped at max, times a random factor in [0.5, 1]."""
 
@@ -236,9 +245,9 @@ class Courier:
         for name in ("ack_timeout_s", "max_inflight", "protocol", "pack_max_bytes", "pack_max_count"):
             if hasattr(cfg.mqtt, name):
                 kw[name] = getattr(cfg.mqtt, name)
-        key_file = getattr(cfg.mqtt, "collector_key_file", None)
-        if key_file:
-            kw["collector_keys"] = [Path(key_file).read_text(encoding="ascii")]
+        keys = collector_keys(cfg)
+        if keys:
+            kw["collector_keys"] = keys
         kw.update(overrides)
         return cls(**kw)
 
