@@ -12,10 +12,11 @@ The export streams (one read transaction, a few rows at a time: bounded memory o
 changes nothing in the outbox: rows become ``acked`` only when the collector's acks reach the kit
 (when it next connects it resends them; the collector answers duplicates with acks and stores nothing twice).
 
-The import publishes the intact lines of a bundle and writes the acks it hears next to it
-(``<bundle name>.acks``, ``write_acks``); ``tpskit export`` applies them to the outbox first (``apply_acks``:
-only acks the kit's collector key verifies), so the stick carries the collector's acks back to a kit that
-never connects.
+The import publishes the intact lines of a bundle (each addressed as its signed message says: a line's topic
+and retain flag are not in the manifest's checksums, so they are checked against the message) and writes the
+acks it hears next to it (``<bundle name>.acks``, ``write_acks``); ``tpskit export`` applies them to the
+outbox first (``apply_acks``: only acks the kit's collector key verifies), so the stick carries the
+collector's acks back to a kit that never connects.
 """
 
 from __future__ import annotations
@@ -400,8 +401,9 @@ def import_bundle(
     intact ones still count; the kit keeps the others); the collector's acks are written next to the bundle
     (``write_acks``: "acks_file", or None; "acks_error" when it cannot be written), for ``tpskit export``
     to mark them acked when the stick goes back to the kit. A damaged or unverifiable manifest, or an intact
-    line going to another kit's topic, refuses the whole bundle before anything is published. The collector
-    stores each message once, however often the bundle is imported.
+    line addressed otherwise (another kit's topic, another kind's, a changed retain flag), refuses the whole
+    bundle before anything is published. The collector stores each message once, however often the bundle
+    is imported.
     """
     from comms.courier import make_mqtt_client, parse_broker_url
 
@@ -506,10 +508,12 @@ def _own_topics(manifest: dict, prefix: str) -> set[str]:
 
 
 def _check_topics(path: Path | str, manifest: dict, own: set[str], prefix: str) -> set[str]:
-    """Every intact message goes to a topic (*own*) of the manifest's own kit, never to its ack topic: an
+    """Every intact message goes where its kit would publish it: a topic (*own*) of the manifest's own kit,
+    never its ack topic, the topic of the message's own kind, retained only for a retained kind. An
     importer's broker account may publish for many kits, so a changed bundle must not speak for another TPS
-    or for the collector (read line by line; damaged lines are skipped: they are not published). The ids
-    of the intact messages."""
+    or for the collector; and the manifest signs each message's id and payload, not the line's topic and
+    retain flag, so those are checked against the signed message itself (read line by line; damaged lines
+    are skipped: they are not published). The ids of the intact messages."""
     intact: set[str] = set()
     for m in iter_intact(path, manifest, []):
         intact.add(m.id)
@@ -519,7 +523,32 @@ def _check_topics(path: Path | str, manifest: dict, own: set[str], prefix: str) 
                 f"({manifest['kode_wilayah']} TPS {manifest['tps']}, prefix {prefix!r}): the bundle was "
                 "changed, or the kit uses another --prefix; nothing was imported"
             )
+        problem = _misaddressed(m, manifest, prefix)
+        if problem:
+            raise BundleError(
+                f"{path}: message {m.id} {problem}: the bundle was changed; nothing was imported"
+            )
     return intact
+
+
+def _misaddressed(m: BundleMessage, manifest: dict, prefix: str) -> str:
+    """Why the line *m* is not how the manifest's kit publishes its signed message, or ""."""
+    try:
+        env = payloads.parse_wire(m.payload)
+    except payloads.MalformedMessage as exc:
+        return f"is not a tpskit message ({exc.reason})"
+    owner = (env.kit_id, env.kode_wilayah, env.tps)
+    if owner != (manifest["kit_id"], manifest["kode_wilayah"], manifest["tps"]):
+        return "is a message of kit {} ({} TPS {}), not of this bundle's kit".format(*owner)
+    if env.kind not in payloads.QUEUED_KINDS:
+        return f"is a {env.kind} message, which a kit never queues"
+    want = topics.topic(prefix, env.kode_wilayah, env.tps, env.kind)
+    retain = env.kind in topics.RETAINED_KINDS
+    if (m.topic, m.retain) != (want, retain):
+        said = "retained" if m.retain else "not retained"
+        return (f"is a {env.kind} message going to {m.topic!r} ({said}); the kit publishes it to {want!r} "
+                f"({'retained' if retain else 'not retained'})")
+    return ""
 
 
 def _check_connected(broker_url: str, answered: threading.Event, refusal: list[str]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "tpskit/v1"
 KIT_KINDS = ("reading", "photo", "readiness", "heartbeat", "status")
+RETAINED_KINDS = ("readiness", "status")  # published with retain: the broker keeps each TPS's latest
 ACK = "ack"
 KINDS = (*KIT_KINDS, ACK)
 SHARE_GROUP = "collectors"
@@ -60,10 +61,10 @@ def collector_filters(prefix: str, *, group: str | None = SHARE_GROUP) -> list[t
     """
     prefix = prefix.strip("/")
     out = []
-    for kind in ("reading", "photo", "heartbeat"):
+    for kind in (k for k in KIT_KINDS if k not in RETAINED_KINDS):
         f = f"{prefix}/+/+/{kind}"
         out.append((f"$share/{group}/{f}" if group else f, bool(group)))
-    for kind in ("readiness", "status"):
+    for kind in RETAINED_KINDS:
         out.append((f"{prefix}/+/+/{kind}", False))
     return out
 

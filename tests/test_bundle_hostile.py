@@ -3,20 +3,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from comms import payloads
-from comms.bundle import BundleError, acks_path, iter_intact, read_manifest, write_acks
+from comms.bundle import BundleError, acks_path, import_bundle, iter_intact, read_manifest, write_acks
+from comms.signing import canonical_json, generate_key
 from firmware import cli
-from tests.test_bundle import _filled_and_exported
+from tests.test_bundle import KW, TPS, _courier, _filled_and_exported
+from tests.test_bundle import _export as export_kit1
 from tests.test_bundle_acks import ALL, _export, _kit, _states, _write_acks
 
 NESTED = b"[" * 200_000  # json.loads raises RecursionError (not a ValueError) on this
 
 
 def test_a_deeply_nested_acks_file_on_the_stick_is_skipped_not_fatal_to_the_export(tmp_path, capsys):
-    from comms.signing import generate_key
-
     col_key = generate_key()
     _key, cfg, db = _kit(tmp_path, collector_key=col_key)
     usb = tmp_path / "usb"
@@ -30,8 +32,6 @@ def test_a_deeply_nested_acks_file_on_the_stick_is_skipped_not_fatal_to_the_expo
 
 
 def test_a_deeply_nested_message_line_is_damaged_and_a_nested_manifest_refused_clearly(tmp_path):
-    from comms.signing import generate_key
-
     path, n = _filled_and_exported(tmp_path, generate_key(), 3)
     lines = path.read_bytes().splitlines()
     manifest = read_manifest(path)
@@ -48,8 +48,6 @@ def test_a_deeply_nested_message_line_is_damaged_and_a_nested_manifest_refused_c
 
 
 def test_an_earlier_acks_file_that_is_deeply_nested_is_replaced_by_the_import(tmp_path):
-    from comms.signing import generate_key
-
     path, _n = _filled_and_exported(tmp_path, generate_key(), 1)
     manifest = read_manifest(path)
     acks_path(path).write_bytes(NESTED + b"\n")
@@ -63,8 +61,6 @@ def test_a_huge_acks_file_is_skipped_without_reading_it_all(tmp_path, capsys, mo
     hold the export for as long as its lines take to check, with all of them in memory, on a Pi that also
     runs the kit: it is skipped, said why, and the export goes on."""
     import tracemalloc
-
-    from comms.signing import generate_key
 
     col_key = generate_key()
     _key, cfg, db = _kit(tmp_path, collector_key=col_key)
@@ -82,3 +78,35 @@ def test_a_huge_acks_file_is_skipped_without_reading_it_all(tmp_path, capsys, mo
     assert "big.tpsbundle.acks: cannot be read (larger than" in err
     assert peak < 16 * 1024 * 1024
     assert set(_states(db).values()) == {"queued"}
+
+
+def test_a_line_whose_topic_or_retain_flag_was_changed_within_the_kit_publishes_nothing(tmp_path):
+    """The manifest signs each message's id and payload, not the line's topic and retain flag: a reading moved
+    to the kit's own photo topic, a reading made retained (the broker would keep it as the TPS's latest) or
+    the readiness made not retained (the fleet view would lose it) is refused whole, before any connection:
+    each line must be addressed as its signed message says."""
+    key = generate_key()
+    c = _courier(key, tmp_path / "tpskit.db")
+    c.submit_reading(capture_id="c0", halaman=1, reading={"paslon": {"01": 3}}, photo_jpeg=None,
+                     taken_at=1.0, time_source="rtc")
+    c.publish_retained("readiness", {"ready": True})
+    c.close()
+    (tmp_path / "usb").mkdir()
+    path, n = export_kit1(key, tmp_path / "tpskit.db", tmp_path / "usb")
+    assert n == 2
+    lines = path.read_bytes().splitlines()
+    reading, readiness = (json.loads(x) for x in lines[1:3])
+    assert reading["topic"] == f"tpskit/v1/{KW}/{TPS}/reading" and not reading["retain"]
+    assert readiness["retain"]
+    changes = [
+        (1, dict(reading, topic=f"tpskit/v1/{KW}/{TPS}/photo"), "reading message going to .*/photo"),
+        (1, dict(reading, topic=f"tpskit/v1/{KW}/{TPS}/readiness"), "reading message going to .*/readiness"),
+        (1, dict(reading, retain=True), r"reading message .*\(retained\); the kit publishes .*not retained"),
+        (2, dict(readiness, retain=False), r"readiness message .*\(not retained\).*\(retained\)"),
+    ]
+    for at, changed, why in changes:
+        edited = list(lines)
+        edited[at] = canonical_json(changed)
+        path.write_bytes(b"\n".join(edited) + b"\n")
+        with pytest.raises(BundleError, match=f"{why}.*the bundle was changed; nothing was imported"):
+            import_bundle(path, broker_url="mqtt://127.0.0.1:1", wait_acks_s=0)  # before any connection
