@@ -104,10 +104,12 @@ KIT_UNITS=(tpskit.service tpskit-collector.service)
 warn() { echo "uninstall: $*" >&2; }
 
 # check_data: what --purge would lose, decided by the installed tpskit (scripts/uninstall_check.py run by
-# the venv's python). Sets STATES, KEY, HELD, ERRORS; returns 0 (nothing to lose), 1 (data held) or 3 (unknown).
+# the venv's python). Sets STATES, KEY, HELD, ERRORS and CHECK_BROKEN (the check itself failed: an installed
+# version older than this checkout lacks what it calls); returns 0 (nothing to lose), 1 (data held) or 3
+# (unknown).
 check_data() {
-  STATES=("$STATE_DEFAULT") KEY="$STATE_DEFAULT/keys/kit.key" HELD=() ERRORS=()
-  local py="$DESTDIR$PREFIX/venv/bin/python" out rc=0 line fix=()
+  STATES=("$STATE_DEFAULT") KEY="$STATE_DEFAULT/keys/kit.key" HELD=() ERRORS=() CHECK_BROKEN=0
+  local py="$DESTDIR$PREFIX/venv/bin/python" out rc=0 line fix=() crash=""
   if [ ! -x "$py" ]; then
     # without the kit's code nobody can look: only a kit that never had config or state is known to be empty
     if [ -e "$DESTDIR$CONF_DIR/config.toml" ] || [ -e "$DESTDIR$STATE_DEFAULT" ]; then
@@ -126,14 +128,16 @@ check_data() {
       "key "*) KEY="${line#key }" ;;
       "held "*) HELD+=("${line#held }") ;;
       "error "*) ERRORS+=("${line#error }") ;;
-      *) [ -n "$line" ] && ERRORS+=("$line") ;;
+      "broken "*) CHECK_BROKEN=1 crash="${line#broken }" ;;
+      *) [ -n "$line" ] && CHECK_BROKEN=1 crash="$line" ;;  # a traceback: its last line says what
     esac
   done <<<"$out"
   ((${#STATES[@]})) || STATES=("$STATE_DEFAULT")
   case "$rc" in
     0|1|3) ;;
-    *) ERRORS+=("the check failed (exit $rc)"); rc=3 ;;
+    *) CHECK_BROKEN=1 ;;
   esac
+  ((CHECK_BROKEN)) && ERRORS+=("the installed tpskit could not run the check (exit $rc): ${crash:-no output}")
   ((${#ERRORS[@]})) && rc=3
   return "$rc"
 }
@@ -165,8 +169,10 @@ refuse_or_force() {
   warn "    lalu ulangi dengan --force / have the regency import that bundle, then run again with --force;"
   if ((verdict == 3)); then
     warn "  - salin dulu folder data kit / first copy the kit's data off: sudo cp -a ${STATES[*]} /media/usb/"
-    [ -x "$DESTDIR$PREFIX/venv/bin/python" ] ||
-      warn "  - pasang ulang dulu agar bisa diperiksa / install again so it can be checked: sudo bash scripts/install.sh"
+    if ((CHECK_BROKEN)) || [ ! -x "$DESTDIR$PREFIX/venv/bin/python" ]; then
+      warn "  - pasang ulang dulu agar bisa diperiksa / install again so it can be checked (the installed tpskit is"
+      warn "    missing or older than this checkout): sudo bash scripts/install.sh, then run this again"
+    fi
   fi
   warn "  - atau / or: --uninstall tanpa / without --purge: konfigurasi dan data tetap disimpan / config and data are kept."
   exit 1

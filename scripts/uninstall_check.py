@@ -9,6 +9,7 @@ with ``firmware.store.capture_counts``. Prints one line per finding, for the she
     key PATH      the kit's private signing key (system path)
     held TEXT     something that would be lost (unacked messages, captures not in the outbox, photos)
     error TEXT    something that could not be read: not proof that it is empty
+    broken TEXT   the check itself failed (the installed code is older than this script, or damaged)
 
 Exit 0: nothing would be lost; 1: something would; 3: something could not be read (then nothing is known).
 Reads only (the outbox connection is closed, so its -wal/-shm go away again); ``--fix-ownership`` (a live
@@ -151,5 +152,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except Exception as exc:  # an installed version that cannot answer: nothing is known
-        print(f"error the check failed: {type(exc).__name__}: {exc}")
+        print(f"broken {type(exc).__name__}: {exc}")
         sys.exit(3)

@@ -389,6 +389,24 @@ def test_purge_after_a_plain_uninstall_cannot_check_without_the_installed_code(t
     assert tree(root) == before
 
 
+def test_purge_with_an_older_installed_version_says_to_install_this_one_first(tmp_path):
+    """The check runs this checkout's scripts/uninstall_check.py on the installed code: an older install
+    lacks what it calls, so the check crashes. Purge refuses (nothing is known), names the crash in one line
+    (not a traceback) and says to install this version first."""
+    root = tmp_path / "root"
+    state = stage_kit(root)
+    outbox_with(state, acked=1)
+    outbox_py = root / "opt/tpskit/src/comms/outbox.py"
+    outbox_py.write_text(outbox_py.read_text().replace("def connect_reading(", "def _not_yet_written("))
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1 and "REFUSED" in res.stderr
+    assert "could not run the check (exit 3): ImportError: cannot import name 'connect_reading'" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert "install again so it can be checked" in res.stderr and "older than this checkout" in res.stderr
+    assert tree(root) == before
+
+
 def test_force_overrides_the_refusal_loudly(tmp_path):
     root = tmp_path / "root"
     state = stage_kit(root)
