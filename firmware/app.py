@@ -740,7 +740,7 @@ def load_reader(config: Config):
     digits = importlib.import_module("inference.digits")
     reader = importlib.import_module("inference.reader")
     classifier = digits.DigitClassifier.load(config.paths.model, num_threads=1)
-    return reader.PageReader(classifier=classifier, **config.reader.options())
+    return reader.PageReader(classifier=classifier, known=config.kit.known(), **config.reader.options())
 
 
 def make_courier(config: Config):

@@ -29,8 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add what each reading rests on to its JSON line: the page posterior, every "
                              "box's three likeliest classes with probabilities, the bubbles")
     parser.add_argument("--form", default=None, help="form id (default: recognise any known form by its tag)")
+    parser.add_argument("--dpt", type=_dpt, default=None,
+                        help="the TPS's registered voters (DPT): a page 1 whose DPT reads otherwise goes to "
+                             "review (default: kit.dpt of --config)")
     parser.add_argument("--model", type=Path, default=None,
                         help="digit model .tflite (default: config/shipped)")
+
+
+def _dpt(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"DPT must be a whole number 1..1000, got {text!r}")
+    return value
 
 
 def _load_image(path: Path):
@@ -146,14 +159,16 @@ def run(args: argparse.Namespace) -> int:
     from inference.rules import load_tps_rules
     from inference.templates import DEFAULT_FORM, TemplateError, available_forms
 
-    options, model = config_mod.ReaderConfig().options(), args.model
+    options, model, known = config_mod.ReaderConfig().options(), args.model, {}
     if getattr(args, "config", None):
         try:
             cfg = config_mod.load(args.config)
         except config_mod.ConfigError as exc:
             print(f"tpskit read: {exc}", file=sys.stderr)
             return 2
-        options, model = cfg.reader.options(), model or cfg.paths.model
+        options, model, known = cfg.reader.options(), model or cfg.paths.model, cfg.kit.known()
+    if args.dpt is not None:
+        known = {**known, "dpt": args.dpt}
     try:
         from inference.digits import DigitClassifier
 
@@ -164,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     form_id = args.form or DEFAULT_FORM
     try:
-        reader = PageReader(classifier=classifier, form=args.form, **options)
+        reader = PageReader(classifier=classifier, form=args.form, known=known, **options)
         if args.tps:  # a malformed tps.json is a setup error before any photo is read, not a traceback after
             for form in [args.form] if args.form else available_forms():  # (the pages name their form)
                 load_tps_rules(form)

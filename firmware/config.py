@@ -56,8 +56,15 @@ class KitConfig(Section):
                               description="Kemendagri region code provinsi.kabkota.kecamatan.desa, "
                                           "e.g. 31.71.01.1001.")
     tps: int = Field(1, ge=1, le=999, description="TPS number within the desa/kelurahan.")
-    dpt: int | None = Field(None, ge=0, le=1000,
-                            description="Registered voters (DPT) of this TPS, if known at provisioning.")
+    dpt: int | None = Field(None, ge=1, le=1000,
+                            description="Registered voters (DPT) of this TPS, if known at provisioning. The "
+                                        "reader compares it with the DPT written on the form (page 1, I.A "
+                                        "JML): a difference sends the page to review.")
+
+    def known(self) -> dict[str, int]:
+        """What the kit knows of its TPS before the count (``inference.templates.KNOWN_FACTS``), for
+        ``inference.reader.PageReader(known=...)``."""
+        return {} if self.dpt is None else {"dpt": self.dpt}
 
 
 class PathsConfig(Section):

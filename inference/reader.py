@@ -30,16 +30,19 @@ box's three likeliest classes with probabilities and the bubbles read (null for 
 
 Reason codes: retake ``not_in_frame blurred too_dark too_bright glare covered unknown_form no_form
 low_resolution not_an_image``; review ``digit_uncertain field_empty rule_failed bubble_mismatch
-bubble_unclear``; TPS line also ``page_missing page_not_ok``. ``fields`` is empty for ``retake``.
+bubble_unclear known_mismatch`` (a number the kit knows before the count, the DPT, reads otherwise); TPS
+line also ``page_missing page_not_ok``. ``fields`` is empty for ``retake``.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import cv2
@@ -51,7 +54,7 @@ from inference.digits import paper_level
 from inference.register import REASONS as RETAKE_MESSAGES
 from inference.register import Registration, RetakeError, rectify, register
 from inference.render import INK, page_style
-from inference.templates import DEFAULT_FORM, Field, Form, PageTemplate, load_form
+from inference.templates import DEFAULT_FORM, KNOWN_FACTS, Field, Form, PageTemplate, load_form
 
 __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "check_tps_pages", "tps_form", "MESSAGES",
            "EMPTY"]
@@ -131,6 +134,8 @@ MESSAGES = {
     "bubble_mismatch": ("Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. "
                         "Periksa dan perbaiki."),
     "bubble_unclear": "Bulatan kurang jelas: {fields}. Hitamkan tepat satu bulatan di setiap kolom.",
+    "known_mismatch": ("Angka tidak sama dengan data TPS yang terdaftar: {detail}. Periksa angka di formulir "
+                       "(atau data kit pada teknisi)."),
     "page_missing": "Halaman belum difoto atau belum terbaca: {pages}.",
     "page_not_ok": "Halaman perlu diperiksa atau difoto ulang: {pages}.",
 }
@@ -728,7 +733,9 @@ class PageReader:
     ``max_error``; it also decides which numbers a ``digit_uncertain`` reason names); ``min_support``: how
     probable, by its boxes alone and relative to their favourite, a value the rules pick must be;
     ``min_support_far``: the same where their favourite is more than 10 away, no plausible slip (at most
-    ``min_support``)."""
+    ``min_support``); ``known``: what the kit knows of its TPS before the count (``KNOWN_FACTS``, e.g.
+    ``{"dpt": 250}`` from provisioning): a field the form marks as printing that fact and reads otherwise
+    sends the page to ``review`` (``known_mismatch``), whatever its confidence."""
 
     def __init__(
         self,
@@ -740,6 +747,7 @@ class PageReader:
         min_support: float = MIN_SUPPORT,
         min_support_far: float = MIN_SUPPORT_FAR,
         min_px_per_mm: float = 2.0,
+        known: Mapping[str, int] | None = None,
     ) -> None:
         if not 0.5 < confidence < 1.0:
             raise ValueError(f"confidence must be within (0.5, 1), got {confidence}")
@@ -751,6 +759,12 @@ class PageReader:
             raise ValueError(f"min_support_far must be within [0, 1], got {min_support_far}")
         if not 0.0 < min_px_per_mm < math.inf:
             raise ValueError(f"min_px_per_mm must be a positive number, got {min_px_per_mm}")
+        known = {k: v for k, v in (known or {}).items() if v is not None}
+        for k, v in known.items():
+            if k not in KNOWN_FACTS:
+                raise ValueError(f"known fact {k!r} is not one of {', '.join(KNOWN_FACTS)}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"known {k} must be a whole number of at least 0, got {v!r}")
         self.classifier = classifier
         self.form = load_form(form) if isinstance(form, str) else form
         for page in self.form.pages.values() if self.form else ():
@@ -761,6 +775,7 @@ class PageReader:
         self.min_support_far = min(float(min_support_far), self.min_support)  # never stricter than near
         self.box_misread = BOX_MISREAD
         self.min_px_per_mm = float(min_px_per_mm)
+        self.known: Mapping[str, int] = MappingProxyType(known)
 
     # -- steps ---------------------------------------------------------------------------------------
     def _register(self, image: np.ndarray) -> Registration:
@@ -1108,6 +1123,7 @@ class PageReader:
             reasons.append(_reason("bubble_unclear", fields=unclear))
         if uncertain:
             reasons.append(_reason("digit_uncertain", fields=uncertain))
+        reasons += self._against_known(page, values)
         fields_out = {}
         for f in page.fields:
             idx = per_field[f.name]
@@ -1119,6 +1135,18 @@ class PageReader:
             }
         status = "ok" if not reasons else "review"
         return fields_out, reasons, checks, status, page_conf, terms
+
+
+    def _against_known(self, page: PageTemplate, values: dict[str, int | None]) -> list[dict]:
+        """A ``known_mismatch`` reason when a field printing a fact the kit knows (``Field.known``) reads
+        another number: a misread (27 read as 227) or a slip the rules cannot see, for a person to check."""
+        off = [f for f in page.fields if f.known in self.known
+               and values[f.name] is not None and values[f.name] != self.known[f.known]]
+        if not off:
+            return []
+        detail = "; ".join(f"{f.label} tertulis {values[f.name]}, terdaftar {self.known[f.known]}"
+                           for f in off)
+        return [_reason("known_mismatch", fields=[f.name for f in off], detail=detail)]
 
 
 # ---------------------------------------------------------------------------------------------- TPS ---

@@ -40,6 +40,9 @@ RULE_KINDS = ("sum", "le", "date")
 # The reader weighs every value a field can hold (10^boxes of them): 10^6 take ~200 MB, 10^7 ~2 GB.
 MAX_BOXES = 6
 MIN_BOX_MM = 3.0  # a writing box smaller than this is no box to write a digit in (nor a crop to classify)
+# What a kit knows of its TPS before the count (from provisioning), and the field a form prints it in
+# (``"known"``): the reader compares what it reads there with it.
+KNOWN_FACTS = {"dpt": "DPT terdaftar (registered voters, from provisioning)"}
 
 
 class TemplateError(ValueError):
@@ -77,6 +80,7 @@ class Field:
     required: bool = True
     bubbles: tuple[tuple[Bubble, ...], ...] = ()  # one column per box, digits 0..9 top to bottom
     kind: str = "number"
+    known: str | None = None  # a fact of KNOWN_FACTS the kit knows before the count, written in this field
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,10 @@ def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
             raise TemplateError(f"{where}: each bubble column needs 10 bubbles (digits 0..9)")
         if any(b.r <= 0 for c in bubbles for b in c):
             raise TemplateError(f"{where}: a bubble's radius must be positive")
+    known = _need(d, "known", str, where) if "known" in d else None
+    if known is not None and known not in KNOWN_FACTS:
+        raise TemplateError(f"{where}: known {known!r} is not a fact a kit knows; one of: "
+                            f"{', '.join(KNOWN_FACTS)}")
     lo, hi = _need(d, "min", int, where, default=0), _need(d, "max", int, where, default=10 ** len(boxes) - 1)
     if not 0 <= lo <= hi < 10 ** len(boxes):
         raise TemplateError(f"{where}: min/max {lo}/{hi} do not fit {len(boxes)} boxes")
@@ -254,6 +262,7 @@ def _field(d: dict, where: str, size: tuple[float, float]) -> Field:
         max=hi,
         required=_need(d, "required", bool, where, default=True),
         bubbles=bubbles,
+        known=known,
     )
 
 

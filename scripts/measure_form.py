@@ -151,7 +151,8 @@ def _frames(rects) -> list[list[float]]:
 
 
 def _number(
-    name: str, boxes, *, label: str, max_value: int = 999, required: bool = True, bubbles=None
+    name: str, boxes, *, label: str, max_value: int = 999, required: bool = True, bubbles=None,
+    known: str | None = None,
 ) -> dict:
     f = {
         "name": name,
@@ -162,6 +163,8 @@ def _number(
         "max": max_value,
         "required": required,
     }
+    if known is not None:
+        f["known"] = known
     if bubbles is not None:
         f["bubbles_mm"] = bubbles
     return f
@@ -201,6 +204,7 @@ def page1(rects) -> tuple[list[dict], list[dict]]:
                     row[3 * i : 3 * i + 3],
                     label=f"{label} ({part.upper()})",
                     max_value=300 if base == "dpt" else 999,
+                    known="dpt" if f"{base}_{part}" == "dpt_jml" else None,  # the kit's provisioned DPT
                 )
             )
         rules.append(_sum_rule([f"{base}_l", f"{base}_p"], f"{base}_jml", f"{label}: L + P = Jumlah"))

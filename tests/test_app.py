@@ -355,6 +355,30 @@ def test_real_reader_through_the_button(tmp_path, photos):
     assert h.store.counts()["total"] == 2
 
 
+def test_the_provisioned_dpt_reaches_the_reader_and_a_page_1_that_differs_goes_to_review(tmp_path, photos):
+    """kit.dpt (provisioning) is what the kit knows of its TPS: page 1 whose DPT reads otherwise is stored
+    for review, and the KPPS is told which number differs from what."""
+    from inference.digits import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.is_file():
+        pytest.skip("digit model not present")
+    from firmware.app import load_reader
+    from inference import synth
+
+    sample = synth.make_sample(201, 1, condition="clean", scale=0.6)
+    (photos / "1-page1.jpg").write_bytes(sample.jpeg)
+    cfg = make_config(tmp_path / "state", photos)
+    cfg.kit.dpt = sample.written["dpt_jml"] + 10
+    reader = load_reader(cfg)
+    assert reader.known == {"dpt": cfg.kit.dpt}
+    with KitHarness(cfg, reader=reader) as h:
+        h.press()
+        v = h.verdict(timeout=60)
+        assert v.pattern == "review" and v.record.halaman == 1
+        assert "known_mismatch" in [r["code"] for r in v.reading["reasons"]]
+        assert f"tertulis {sample.written['dpt_jml']}, terdaftar {cfg.kit.dpt}" in v.message
+
+
 class ReadinessCourier(RecordingCourier):
     def __init__(self):
         super().__init__()

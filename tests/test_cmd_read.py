@@ -324,3 +324,28 @@ def test_the_daemon_gets_a_lower_pixel_limit_than_the_reader(monkeypatch, tmp_pa
     monkeypatch.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "1000")
     cli.main(["--config", str(tmp_path / "missing.toml"), "run"])
     assert os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] == "1000"
+
+
+def test_the_tps_s_dpt_from_the_config_or_dpt_is_checked_on_page_1(photos, capsys, tmp_path):
+    """`tpskit read` compares page 1's DPT with what the kit knows: kit.dpt of --config, or --dpt (which
+    wins). A page that reads otherwise goes to review (exit 0: it was read); a DPT that is no number of
+    voters is refused before anything is read."""
+    _d, paths = photos
+    assert main(["read", "--json", str(paths[0])]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    dpt = plain["fields"]["dpt_jml"]["value"]
+    assert plain["status"] == "ok" and dpt
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"[kit]\ndpt = {dpt + 1}\n")
+    for argv in (["--config", str(cfg), "read", "--json"], ["read", "--json", "--dpt", str(dpt + 1)],
+                 ["--config", str(cfg), "read", "--json", "--dpt", str(dpt - 1)]):
+        assert main([*argv, str(paths[0])]) == 0
+        line = json.loads(capsys.readouterr().out)
+        assert line["status"] == "review" and [r["code"] for r in line["reasons"]] == ["known_mismatch"], argv
+        assert line["fields"] == plain["fields"]
+    assert main(["--config", str(cfg), "read", "--json", "--dpt", str(dpt), str(paths[0])]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+    for bad in ("0", "many", "1001"):
+        with pytest.raises(SystemExit) as exc:
+            main(["read", "--dpt", bad, str(paths[0])])
+        assert exc.value.code == 2 and "DPT must be a whole number 1..1000" in capsys.readouterr().err

@@ -42,6 +42,9 @@ def test_bad_choice_lists_choices(tmp_path):
 def test_out_of_range_value(tmp_path):
     text = error_of("[gpio]\nhold_s = 0.2\n", tmp_path)
     assert "gpio.hold_s" in text and "0.2" in text and "greater than or equal to 1" in text
+    # a TPS without voters does not exist (provision refuses it too): the reader would compare page 1 with it
+    text = error_of("[kit]\ndpt = 0\n", tmp_path)
+    assert "kit.dpt" in text and "greater than or equal to 1" in text
 
 
 def test_bad_type_and_pattern(tmp_path):
@@ -169,8 +172,9 @@ def test_reader_options_are_the_page_readers_defaults():
 
     opts = config.parse({}).reader.options()
     defaults = {k: p.default for k, p in inspect.signature(PageReader).parameters.items()
-                if p.default is not inspect.Parameter.empty and k != "form"}
+                if p.default is not inspect.Parameter.empty and k not in ("form", "known")}
     assert opts == defaults  # every [reader] key is a PageReader option, with the same default
+    # (``known`` is the TPS's, from [kit]: KitConfig.known())
     assert opts["min_support_far"] == MIN_SUPPORT_FAR
     cfg = config.parse({"reader": {"min_support_far": 0.05}})
     reader = PageReader(classifier=None, **cfg.reader.options())

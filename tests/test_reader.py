@@ -454,3 +454,31 @@ def test_grey_row_sums_by_a_fold_are_cut_where_they_show_their_borders():
     1159 as covered and sent 1133 to review; 1100 and 1151 were refused by a try that cut the row sums only
     where the fields near them moved. (Seeds read alike with OpenCV 5 and with the fallback leg's 4.10.)"""
     _read_as_written("folded", [(seed, 1 + seed % 3) for seed in (1100, 1127, 1133, 1151, 1159)])
+
+
+def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
+    """The kit knows its TPS's DPT from provisioning (``kit.dpt``): page 1's I.A JML is compared with it. The
+    same page is accepted when they agree, and sent to review naming the field when they do not (a misread
+    the rules cannot see when L + P was misread the same way, or a KPPS slip): never accepted."""
+    s, first = readings[0]
+    assert s.page == 1 and first.status == "ok"
+    dpt = s.written["dpt_jml"]
+    same = PageReader(classifier=CLASSIFIER, confidence=0.99, known={"dpt": dpt}).read(s.image)
+    assert (same.status, same.values, same.reasons) == ("ok", first.values, [])
+    other = PageReader(classifier=CLASSIFIER, confidence=0.99, known={"dpt": dpt + 100}).read(s.image)
+    assert other.status == "review" and other.values == first.values
+    (reason,) = other.reasons
+    assert reason["code"] == "known_mismatch" and reason["fields"] == ["dpt_jml"]
+    assert f"I.A DPT (JML) tertulis {dpt}, terdaftar {dpt + 100}" in reason["message"]
+    # pages 2 and 3 print no DPT: the fact changes nothing there; a kit without a DPT checks nothing
+    for s2, r in readings[1:]:
+        again = PageReader(classifier=CLASSIFIER, confidence=0.99, known={"dpt": dpt + 100}).read(s2.image)
+        assert (again.status, again.reasons) == (r.status, r.reasons)
+    assert PageReader(classifier=CLASSIFIER, known={"dpt": None}).known == {}
+
+
+@pytest.mark.parametrize("known, why", [({"dpl": 5}, "'dpl' is not one of dpt"),
+                                        ({"dpt": -1}, "at least 0"), ({"dpt": "250"}, "whole number")])
+def test_a_known_fact_the_reader_cannot_use_is_refused_when_the_reader_is_made(known, why):
+    with pytest.raises(ValueError, match=why):
+        PageReader(classifier=CLASSIFIER, known=known)

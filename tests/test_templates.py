@@ -38,6 +38,8 @@ def test_ppwp_pages_have_contract_fields_and_tags():
     assert all(len(p2.by_name[f"paslon_{k}"].bubbles) == 3 for k in (1, 2, 3))
     assert [len(p3.by_name[n].boxes) for n in ("tanggal", "bulan", "tahun")] == [2, 2, 4]
     assert any(r.terms == ("suara_sah", "suara_tidak_sah") and r.total == "total_suara" for r in p3.rules)
+    # the provisioned DPT is compared with page 1's I.A JML, the only field that prints it
+    assert [(n, f.name) for n, p in form.pages.items() for f in p.fields if f.known] == [(1, "dpt_jml")]
 
 
 def test_bad_templates_are_refused_with_clear_errors(tmp_path):
@@ -108,6 +110,9 @@ def _mutated(page: int, change) -> dict:
         (lambda d: d["rules"][2].__setitem__("unusual_odds", True), "'unusual_odds' must be a number"),
         # a box too small to write in: its crop (under 8 px) made the classifier raise in the middle of a read
         (lambda d: d["fields"][0]["boxes_mm"].__setitem__(0, [455, 166, 0.5, 18]), "at least 3.0 mm"),
+        # a fact the kit does not know (only the provisioned DPT), or no name at all
+        (lambda d: d["fields"][0].__setitem__("known", "pemilih"), "known 'pemilih' is not a fact"),
+        (lambda d: d["fields"][0].__setitem__("known", True), "'known' must be str"),
         # the reader enumerates every value of a field: 10^7 of them took ~2 GB
         (lambda d: d["fields"][0].__setitem__("boxes_mm", [[10 + 20 * i, 10, 18, 18] for i in range(7)]),
          "at most 6 boxes"),
