@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="MQTT client id, stable and one per collector: the broker keeps its session while it restarts "
         "(without it: a generated id and a clean session)",
     )
-    p.add_argument("--protocol", choices=("mqtt5", "mqtt311"), default="mqtt5")
+    p.add_argument("--protocol", choices=("mqtt5", "mqtt311"), default="mqtt5",
+                   help="MQTT version to the broker (mqtt5: shared subscriptions, so several collectors "
+                        "split the load; mqtt311 for an older broker)")
     p.add_argument(
         "--ack-key",
         type=Path,

@@ -86,7 +86,9 @@ class ReadingBody(_Model):
     halaman: int | None = Field(None, ge=1, le=99, description="Page number of the C.HASIL form.")
     taken_at: float = Field(description="Unix time the photo was taken (kit clock).")
     time_source: str = Field(
-        max_length=32, description="How the kit knew the time: ntp, rtc, gps, manual, none."
+        max_length=32,
+        description="How the kit knew the time (firmware.clock.time_source): ntp (synchronised), unsynced "
+        "(the last saved time: may be days off on a Pi without an RTC) or unknown.",
     )
     reading: dict[str, Any] = Field(description="The page reading (inference.reader PageReading.to_dict()).")
     photo: PhotoMeta | None = None

@@ -9,7 +9,8 @@ and the loop carries on, ready for the next press, with earlier captures untouch
 
 A part that does not open (camera unplugged or wedged, model file damaged) does not stop the kit: it runs
 in the ``fault`` state, keeps sending what it has stored, tells the KPPS, reports itself not ready to the
-operators, and opens the part again every ``FAULT_RETRY_S`` and at every press. Under systemd it reboots
+operators, and opens the part again at every press and after ``FAULT_RETRY_S``, then twice as long after
+each failed try up to ``FAULT_RETRY_MAX_S``. Under systemd it reboots
 the Pi once per fault (``EXIT_REBOOT``, a marker file in the state directory) if the part stays down.
 """
 

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("readiness", help="kits by region: ready / not ready (why) / silent",
                        description="Kits by region: ready / not ready (why) / silent, with counts and "
                                    "%% ready per kabupaten, as a table, CSV or JSON.")
-    r.add_argument("--registry", help="collector registry (JSON or CSV) of the kits that should report")
+    r.add_argument("--registry", help="collector registry of the kits that should report: a JSON or CSV "
+                   "file, or a folder of <kit_id>.csv rows (provision --export)")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--broker", help="read the retained readiness messages from this broker (mqtt[s]://host:port)")
     src.add_argument("--collector-db", help="read the latest readiness from a collector database")
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     res.add_argument("--collector-db", required=True,
                      help="collector database (SQLite file or PostgreSQL URL)")
     res.add_argument("--registry",
-                     help="collector registry (JSON or CSV): its TPS that sent nothing are listed too")
+                     help="collector registry (a JSON or CSV file, or a folder of <kit_id>.csv rows): its "
+                          "TPS that sent nothing are listed too")
     res.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")
     res.add_argument("--csv", metavar="FILE", help="also write one row per TPS to FILE ('-' = stdout)")
     res.add_argument("--json", action="store_true", help="print JSON instead of the table")
