@@ -77,8 +77,9 @@ def render_pages(root: Path, *, n_tps: int, seed: int, scale: float) -> list[dic
                           "spoiled": None, "written": s.written, "condition": cond})
             _p(f"  TPS {t} halaman {page}: {cond} photo rendered"
                + (" (with a KPPS arithmetic slip: " + numbers[2] + ")" if numbers[2] and page == 1 else ""))
+        page1 = numbers[0][1]
         plan.append({"tps": t, "kode_wilayah": f"31.71.01.{1000 + t}", "folder": folder, "shots": shots,
-                     "slip": numbers[2]})
+                     "slip": numbers[2], "dpt": page1["dpt_l"] + page1["dpt_p"]})  # the registered DPT
     return plan
 
 
@@ -97,7 +98,8 @@ def blank_spot_tps(n_tps: int) -> int | None:
 def _kit_settings(root: Path, item: dict, broker_url: str, collector_key: Path | None = None) -> dict:
     tps = item["tps"]
     return {
-        "kit": {"kit_id": f"demo-kit-{tps}", "kode_wilayah": item["kode_wilayah"], "tps": tps},
+        "kit": {"kit_id": f"demo-kit-{tps}", "kode_wilayah": item["kode_wilayah"], "tps": tps,
+                "dpt": item.get("dpt")},  # provisioned: the reader compares page 1's DPT with it
         "paths": {"state_dir": str(root / f"tps{tps}" / "state"), "volatile_ok": True, "min_free_mb": 20},
         "camera": {"backend": "folder", "folder": str(item["folder"]), "timeout_s": 30},
         "gpio": {"pin_factory": "mock", "verdict_s": 1},
