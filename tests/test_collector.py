@@ -715,3 +715,15 @@ def test_the_ack_keys_public_half_is_written_beside_it_for_technicians(tmp_path,
     pub.write_text("stale\n")  # rewritten when it does not match the key
     assert cli.main(argv) == 2
     assert pub.read_text() == public_key_b64(key) + "\n"
+
+
+def test_add_kit_to_a_registry_that_is_not_a_json_object_is_refused(tmp_path, kit, capsys):
+    from comms.signing import public_key_b64
+    from firmware import cli
+
+    reg = tmp_path / "kits.json"
+    reg.write_text("[1]")
+    argv = ["collector", "--kits", str(reg), "--add-kit", "kit-1", "--public-key", public_key_b64(kit)]
+    assert cli.main(argv) == 2
+    assert '"kits"' in capsys.readouterr().err
+    assert reg.read_text() == "[1]"
