@@ -97,10 +97,25 @@ def _open_store(args: argparse.Namespace):
                 file=sys.stderr,
             )
             return None
+    elif "://" in args.db:  # postgres spelled wrong, or another database's URL: not a local file name
+        print(f"tpskit collector: --db {args.db}: give a SQLite file or a postgresql://USER@HOST:PORT/DBNAME "
+              "URL", file=sys.stderr)
+        return None
+    elif Path(args.db).is_dir():
+        print(f"tpskit collector: --db {args.db} is a folder: give the database file in it, e.g. "
+              f"{Path(args.db) / 'collector.db'}", file=sys.stderr)
+        return None
+    import sqlite3
+
     try:
         return CollectorStore(args.db, prefix=args.prefix, reconnect_timeout_s=0)
     except (StoreUnavailable, OSError) as exc:
         print(f"tpskit collector: {exc}", file=sys.stderr)
+        return None
+    except sqlite3.Error as exc:
+        print(f"tpskit collector: --db {args.db} cannot be used as the collector database ({exc}): give the "
+              "collector's SQLite file (tpskit-collector.service: /var/lib/tpskit-collector/collector.db) or "
+              "a new file name; nothing was changed", file=sys.stderr)
         return None
 
 

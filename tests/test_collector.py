@@ -727,3 +727,21 @@ def test_add_kit_to_a_registry_that_is_not_a_json_object_is_refused(tmp_path, ki
     assert cli.main(argv) == 2
     assert '"kits"' in capsys.readouterr().err
     assert reg.read_text() == "[1]"
+
+
+@pytest.mark.parametrize("db", ["notadb", "folder", "postgresq://u@h/db"])
+def test_a_db_that_is_not_a_collector_database_is_refused_without_a_traceback(tmp_path, kit, capsys,
+                                                                                monkeypatch, db):
+    from comms.signing import registry_add
+    from firmware import cli
+
+    monkeypatch.chdir(tmp_path)
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", kit.verify_key, kode_wilayah=KW, tps=TPS)
+    (tmp_path / "notadb").write_text("not a database\n")
+    (tmp_path / "folder").mkdir()
+    argv = ["collector", "--kits", str(reg), "--broker", "mqtt://127.0.0.1:1", "--db", db]
+    assert cli.main(argv) == 2
+    assert "--db" in capsys.readouterr().err
+    assert (tmp_path / "notadb").read_text() == "not a database\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "kits.json", "notadb"]
