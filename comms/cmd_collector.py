@@ -122,11 +122,14 @@ def _open_store(args: argparse.Namespace):
 def _checked_arguments(args: argparse.Namespace) -> tuple[dict, str | None, SigningKey | None]:
     """The registry, the MQTT password and the ack key (None if its file is still to be created), read
     without writing anything; KeyFileError, ValueError or OSError says which is wrong."""
-    from comms.courier import parse_broker_url
+    from comms.courier import make_mqtt_client, parse_broker_url
     from comms.signing import load_kit_registry, load_private_key
 
     registry = load_kit_registry(args.kits)
-    parse_broker_url(args.broker)
+    _host, _port, tls = parse_broker_url(args.broker)
+    # the TLS files as the collector will load them (a client object only: nothing is connected)
+    make_mqtt_client(client_id="tpskit-collector-check", protocol=args.protocol, tls=tls,
+                     ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
     password = _secret(args.password_file)
     ack_key = load_private_key(args.ack_key) if args.ack_key and args.ack_key.exists() else None
     return registry, password, ack_key
