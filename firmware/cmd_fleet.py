@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
     r = sub.add_parser("readiness", help="kits by region: ready / not ready (why) / silent",
                        description="Kits by region: ready / not ready (why) / silent, with counts and "
-                                   "%% ready per kabupaten, as a table, CSV or JSON.")
+                                   "% ready per kabupaten, as a table, CSV or JSON.")
     r.add_argument("--registry", help="collector registry (JSON or CSV) of the kits that should report")
     src = r.add_mutually_exclusive_group()
     src.add_argument("--broker", help="read the retained readiness messages from this broker (mqtt[s]://host:port)")
