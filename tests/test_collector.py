@@ -666,7 +666,8 @@ def _collector_argv(tmp_path, kit) -> list[str]:
 
 
 @pytest.mark.parametrize("bad", [["--kits", "missing.json"], ["--broker", "http://nowhere"],
-                                 ["--password-file", "no-password"], ["--ack-key", "broken.key"]])
+                                 ["--password-file", "no-password"], ["--ack-key", "broken.key"],
+                                 ["--ack-key", "ack.key.pub"]])
 def test_bad_arguments_are_refused_before_the_database_is_created(tmp_path, kit, capsys, monkeypatch, bad):
     """A bad --kits (or another bad argument) left an empty collector database behind."""
     from firmware import cli
@@ -745,3 +746,21 @@ def test_a_db_that_is_not_a_collector_database_is_refused_without_a_traceback(tm
     assert "--db" in capsys.readouterr().err
     assert (tmp_path / "notadb").read_text() == "not a database\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "kits.json", "notadb"]
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_the_ack_keys_public_half_given_as_ack_key_is_refused(tmp_path, kit, capsys, monkeypatch, exists):
+    """ack.key.pub is a base64 line of 32 bytes like the key itself: given as --ack-key it loaded as a seed,
+    and the collector signed its acks with a key no kit knows (and wrote ack.key.pub.pub)."""
+    from comms.signing import generate_key, public_key_b64
+    from firmware import cli
+
+    monkeypatch.setattr(Collector, "start", lambda self: pytest.fail("the collector started"))
+    pub = tmp_path / "ack.key.pub"
+    if exists:
+        pub.write_text(public_key_b64(generate_key()) + "\n")
+    assert cli.main([*_collector_argv(tmp_path, kit), "--ack-key", str(pub)]) == 2
+    err = capsys.readouterr().err
+    assert "is the public key" in err and str(tmp_path / "ack.key") in err
+    assert not (tmp_path / "ack.key.pub.pub").exists() and not (tmp_path / "c.db").exists()
+    assert pub.exists() == exists
