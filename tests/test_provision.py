@@ -491,3 +491,23 @@ def test_prepare_into_a_file_is_refused(env, capsys):
     argv = ["provision", "--prepare", str(csv), "--broker", "mqtts://b.example:8883", "--out-dir", str(out)]
     assert cli.main(argv) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,with_pub", [("ack.key", False), ("ack.key", True), ("collector-ack", True)])
+def test_the_collectors_private_ack_key_is_never_copied_onto_a_kit(env, capsys, name, with_pub):
+    """ack.key (the seed) is a 32-byte base64 line like ack.key.pub: given as --collector-key it was taken as
+    the public key, so the kit refused every ack, and the collector's signing secret sat on the kit."""
+    ack_key = signing.generate_key()
+    private = env["tmp"] / name
+    signing.save_private_key(ack_key, private)
+    if with_pub:
+        (env["tmp"] / (name + ".pub")).write_text(signing.public_key_b64(ack_key) + "\n")
+    assert run_cli(env, "--collector-key", str(private)) == 2
+    err = capsys.readouterr().err
+    assert "PRIVATE" in err and f"{name}.pub" in err
+    assert not env["conf"].exists() and not env["state"].exists()
+    argv = ["provision", "--prepare", str(env["tmp"] / "tps.csv"), "--broker", "mqtts://b.example:8883",
+            "--collector-key", str(private), "--out-dir", str(env["tmp"] / "usb")]
+    (env["tmp"] / "tps.csv").write_text("kode_wilayah,tps\n31.71.01.1001,5\n")
+    assert cli.main(argv) == 2 and "PRIVATE" in capsys.readouterr().err
+    assert not (env["tmp"] / "usb" / "collector.pub").exists()
