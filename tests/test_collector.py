@@ -764,3 +764,30 @@ def test_the_ack_keys_public_half_given_as_ack_key_is_refused(tmp_path, kit, cap
     assert "is the public key" in err and str(tmp_path / "ack.key") in err
     assert not (tmp_path / "ack.key.pub.pub").exists() and not (tmp_path / "c.db").exists()
     assert pub.exists() == exists
+
+
+def test_an_unreachable_broker_is_logged_once_not_silently_retried(tmp_path, kit, caplog):
+    """The collector retried an unreachable broker without a word in its log: the operator saw a collector
+    'running' that received nothing."""
+    import logging
+    import socket
+    import time
+
+    from comms.collector import Collector
+
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    col = Collector(broker_url=f"mqtt://127.0.0.1:{port}", db_path=tmp_path / "c.db", registry=_registry(kit),
+                    reconnect_max_s=1)
+    with caplog.at_level(logging.WARNING, logger="tpskit.comms.collector"):
+        col.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "cannot reach the broker" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.5)  # several retries
+        finally:
+            col.stop()
+    said = [r for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+    assert len(said) == 1 and f"127.0.0.1:{port}" in said[0].getMessage()
