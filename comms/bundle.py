@@ -109,6 +109,11 @@ def _check_paths(db_path: Path | str, out_dir: Path | str) -> Path:
     """*out_dir* as a Path; a BundleError unless it is a folder (on a mounted stick, when it is below
     ``STICK_ROOTS``) and the kit database exists."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(
+            f"{out_dir} bukan folder / is not a folder: give the folder where the USB stick is mounted, e.g. "
+            "/media/usb; nothing was exported"
+        )
     if not out_dir.is_dir():
         raise BundleError(
             f"folder {out_dir} tidak ada / does not exist: plug in the USB stick, mount it (sudo mkdir -p "
@@ -120,6 +125,9 @@ def _check_paths(db_path: Path | str, out_dir: Path | str) -> Path:
             "is on the kit's own SD card, and a bundle written there would never leave the kit. Plug the "
             f"stick in and mount it (sudo mount /dev/sda1 {out_dir}), then export again; nothing was written"
         )
+    if Path(db_path).is_dir():
+        raise BundleError(f"kit database {db_path} is a folder: give the database file in it (tpskit.db); "
+                          "nothing was exported")
     if not Path(db_path).is_file():
         raise BundleError(
             f"kit database {db_path} not found: give the kit's database (--db, default "

@@ -99,24 +99,58 @@ def _open_store(args: argparse.Namespace):
                 file=sys.stderr,
             )
             return None
+    elif "://" in args.db:  # postgres spelled wrong, or another database's URL: not a local file name
+        print(f"tpskit collector: --db {args.db}: give a SQLite file or a postgresql://USER@HOST:PORT/DBNAME "
+              "URL", file=sys.stderr)
+        return None
+    elif Path(args.db).is_dir():
+        print(f"tpskit collector: --db {args.db} is a folder: give the database file in it, e.g. "
+              f"{Path(args.db) / 'collector.db'}", file=sys.stderr)
+        return None
+    import sqlite3
+
     try:
         return CollectorStore(args.db, prefix=args.prefix, reconnect_timeout_s=0)
     except (StoreUnavailable, OSError) as exc:
         print(f"tpskit collector: {exc}", file=sys.stderr)
+        return None
+    except sqlite3.Error as exc:
+        print(f"tpskit collector: --db {args.db} cannot be used as the collector database ({exc}): give the "
+              "collector's SQLite file (tpskit-collector.service: /var/lib/tpskit-collector/collector.db) or "
+              "a new file name; nothing was changed", file=sys.stderr)
         return None
 
 
 def _checked_arguments(args: argparse.Namespace) -> tuple[dict, str | None, SigningKey | None]:
     """The registry, the MQTT password and the ack key (None if its file is still to be created), read
     without writing anything; KeyFileError, ValueError or OSError says which is wrong."""
-    from comms.courier import parse_broker_url
-    from comms.signing import load_kit_registry, load_private_key
+    from comms.courier import make_mqtt_client, parse_broker_url
+    from comms.signing import KeyFileError, load_kit_registry
 
     registry = load_kit_registry(args.kits)
-    parse_broker_url(args.broker)
+    _host, _port, tls = parse_broker_url(args.broker)
+    # the TLS files as the collector will load them (a client object only: nothing is connected)
+    make_mqtt_client(client_id="tpskit-collector-check", protocol=args.protocol, tls=tls,
+                     ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
     password = _secret(args.password_file)
-    ack_key = load_private_key(args.ack_key) if args.ack_key and args.ack_key.exists() else None
+    if args.ack_key and args.ack_key.suffix == ".pub":
+        # its public half is a 32-byte base64 line too: it would load as a seed, and sign acks no kit takes
+        raise KeyFileError(f"--ack-key {args.ack_key} is the public key the kits get: give the private key "
+                           f"file beside it, {args.ack_key.with_suffix('')} (created if missing)")
+    ack_key = _load_ack_key(args.ack_key) if args.ack_key and args.ack_key.exists() else None
     return registry, password, ack_key
+
+
+def _load_ack_key(path: Path) -> SigningKey:
+    """The collector's ack key; KeyFileError, saying what the file should be, for a file that is no key."""
+    from comms.signing import KeyFileError, load_private_key
+
+    try:
+        return load_private_key(path)
+    except KeyFileError:
+        raise KeyFileError(f"--ack-key {path} is not a collector ack key (a base64 Ed25519 seed written by "
+                           "'tpskit collector --ack-key'): give that file, or a new file name to create "
+                           "one (then give its .pub to the kits again)") from None
 
 
 def _create_ack_key(path: Path) -> SigningKey:

@@ -126,6 +126,7 @@ class Collector:
             else None
         )
         self.connected = threading.Event()
+        self._unreachable_said = False  # one warning per outage, not one per retry
         self.stats: dict[str, int] = defaultdict(int)
         self._stats_lock = threading.Lock()
 
@@ -135,6 +136,7 @@ class Collector:
             log.error("broker refused the collector: %s", reason_code)
             return
         self._conn_gen += 1
+        self._unreachable_said = False
         subs = [(f, 1) for f, _shared in topics.collector_filters(self.prefix, group=self.group)]
         client.subscribe(subs)
         self.connected.set()
@@ -143,6 +145,12 @@ class Collector:
             self.broker_url,
             getattr(flags, "session_present", None),
         )
+
+    def _on_connect_fail(self, client, userdata):
+        if not self._unreachable_said:
+            self._unreachable_said = True
+            log.warning("collector cannot reach the broker %s (is it running, the address right, the network "
+                        "up?); retrying until it answers", self.broker_url)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self.connected.clear()
@@ -168,6 +176,7 @@ class Collector:
             **self._creds,
         )
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.reconnect_delay_set(min_delay=1, max_delay=max(1, self.reconnect_max_s))
         props = None

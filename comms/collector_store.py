@@ -862,6 +862,9 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"collector database {path} does not exist")
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not a tpskit collector database: give the database file "
+                             "(tpskit-collector.service: /var/lib/tpskit-collector/collector.db)")
         con = connect_reading(path)
         errors: tuple = (sqlite3.DatabaseError,)
     else:

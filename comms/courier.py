@@ -43,7 +43,20 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError(f"broker url {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
     tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or above 65535
+        raise ValueError(f"broker url {url!r}: the port must be a number 1-65535 (usually 8883 for mqtts://, "
+                         "1883 for mqtt://)") from None
+    return parts.hostname, port or (8883 if tls else 1883), tls
+
+
+def check_tls_files(ca_file=None, cert_file=None, key_file=None) -> None:
+    """ValueError naming the file when a CA, client certificate or key file given for TLS is missing or
+    is not a file (paho's own error names none of them)."""
+    for what, path in (("CA", ca_file), ("client certificate", cert_file), ("client key", key_file)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{what} file {path} not found (or not a file): check the path")
 
 
 def collector_keys(cfg) -> list[VerifyKey]:
@@ -101,13 +114,20 @@ def make_mqtt_client(
         kwargs["clean_session"] = clean_session
     client = mqtt.Client(**kwargs)
     if tls:
-        client.tls_set(
-            ca_certs=str(ca_file) if ca_file else None,
-            certfile=str(cert_file) if cert_file else None,
-            keyfile=str(key_file) if key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        check_tls_files(ca_file, cert_file, key_file)
+        try:
+            client.tls_set(
+                ca_certs=str(ca_file) if ca_file else None,
+                certfile=str(cert_file) if cert_file else None,
+                keyfile=str(key_file) if key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except ssl.SSLError as exc:
+            files = ", ".join(str(f) for f in (ca_file, cert_file, key_file) if f)
+            raise ValueError(f"TLS files {files} cannot be used ({exc.reason or exc}): give PEM files "
+                             "(the broker's CA, -----BEGIN CERTIFICATE-----; a client key that matches "
+                             "its certificate)") from None
         client.tls_insecure_set(False)
     elif cert_file:
         raise ValueError("a client certificate needs an mqtts:// broker url")

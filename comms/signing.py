@@ -281,6 +281,32 @@ def empty_registry_problem(path: Path | str) -> str:
     return f"kit registry {path} lists no kits: {should}"
 
 
+def read_registry_for_update(path: Path | str) -> dict:
+    """The JSON registry *path* as ``registry_add`` updates it (an empty one if the file is missing or
+    empty); KeyFileError (nothing written) when it is not a JSON registry file. OSError when unreadable."""
+    path = Path(path)
+    data: dict = {"version": 1, "kits": {}}
+    if path.is_dir():
+        raise KeyFileError(f"kit registry {path} is a folder: give a JSON file, e.g. {path / 'kits.json'}")
+    if not path.exists():
+        return data
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"kit registry {path} is not UTF-8 text; fix or move it first") from None
+    if not text.strip():
+        return data
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeyFileError(f"kit registry {path} is not valid JSON ({exc}); fix or move it first") from None
+    if not isinstance(data, dict) or not isinstance(data.setdefault("kits", {}), dict):
+        raise KeyFileError(
+            f'kit registry {path}: expected {{"version": 1, "kits": {{...}}}}; fix or move it first'
+        )
+    return data
+
+
 def registry_add(
     path: Path | str,
     kit_id: str,
@@ -296,15 +322,7 @@ def registry_add(
         key_b64 = public_key_b64(public_key)
     else:
         key_b64 = public_key_b64(load_public_key(public_key))
-    data: dict = {"version": 1, "kits": {}}
-    if path.exists() and path.read_text(encoding="utf-8-sig").strip():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as exc:
-            raise KeyFileError(
-                f"kit registry {path} is not valid JSON ({exc}); fix or move it first"
-            ) from None
-        data.setdefault("kits", {})
+    data = read_registry_for_update(path)
     entry: dict = {"public_key": key_b64, "added_at": time.time()}
     if kode_wilayah:
         entry["kode_wilayah"] = kode_wilayah

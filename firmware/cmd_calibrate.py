@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes
                 image = None
             if image is None:
-                print(f"tpskit calibrate: {args.image} bukan foto yang bisa dibaca", file=sys.stderr)
+                why = ("tidak ada / not found" if not Path(args.image).is_file()
+                       else "bukan foto JPEG/PNG yang bisa dibaca / not a readable JPEG/PNG photo")
+                print(f"tpskit calibrate: --image {args.image}: {why}", file=sys.stderr)
                 return 2
             m = measure(image, min_px_per_mm=min_ppm)
         else:
@@ -113,9 +115,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else config.paths.state_dir / "calibration.jpg"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(out), annotate(image, m, items, min_px_per_mm=min_ppm))
+        if not cv2.imwrite(str(out), annotate(image, m, items, min_px_per_mm=min_ppm)):
+            raise OSError(f"{out} cannot be written (no permission, disk full, or not a .jpg/.png name)")
     except (OSError, cv2.error) as exc:
-        print(f"tpskit calibrate: gambar beranotasi tidak tersimpan: {exc}", file=sys.stderr)
+        print(f"tpskit calibrate: gambar beranotasi tidak tersimpan / annotated picture not written: {exc}",
+              file=sys.stderr)
         out = None
     from firmware.provision import fix_state_ownership
 

@@ -364,6 +364,8 @@ def _bad_option(args: argparse.Namespace) -> str | None:
         return f"--tps {args.tps}: give 1 to 999 TPS"
     if not 0.1 <= args.scale <= 2.0:
         return f"--scale {args.scale}: give 0.1 to 2.0 (1.0 = the 12 MP sensor)"
+    if args.dir and Path(args.dir).exists() and not Path(args.dir).is_dir():
+        return f"--dir {args.dir} is a file: give a folder (created if missing) or leave --dir out"
     if args.broker:
         from firmware.provision import ProvisionError, validate_broker
 

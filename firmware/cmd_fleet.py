@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
     r = sub.add_parser("readiness", help="kits by region: ready / not ready (why) / silent",
                        description="Kits by region: ready / not ready (why) / silent, with counts and "
-                                   "%% ready per kabupaten, as a table, CSV or JSON.")
+                                   "% ready per kabupaten, as a table, CSV or JSON.")
     r.add_argument("--registry", help="collector registry of the kits that should report: a JSON or CSV "
                    "file, or a folder of <kit_id>.csv rows (provision --export)")
     src = r.add_mutually_exclusive_group()

@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from comms.signing import KeyFileError, read_registry_for_update
     from firmware import config as cfg
     from firmware.provision import (
         ProvisionError,
@@ -71,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
             flags = ", ".join("--" + n.replace("_", "-") for n in missing)
             raise ProvisionError(f"belum diisi / missing: {flags} (atau di file --from)")
         req = ProvisionRequest(**values)
+        # the stick's folders and the registry first: a typo there must not leave a half-done provisioning
+        if args.export and Path(args.export).exists() and not Path(args.export).is_dir():
+            raise ProvisionError(f"--export {args.export} bukan folder / is not a folder: beri folder di USB "
+                                 "stick, mis. /media/usb/registry / give a folder on the USB stick")
+        if args.registry:
+            read_registry_for_update(args.registry)
         config_out = Path(args.config_out or args.config or cfg.DEFAULT_PATH)
         result = provision(req, config_out=config_out, force=args.force, new_key=args.new_key,
                            service_user=args.service_user, secret_path=args.secret_out,
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
             registry_add(args.registry, result.kit_id, result.public_key, kode_wilayah=result.kode_wilayah,
                          tps=result.tps)
-    except (ProvisionError, cfg.ConfigError, OSError) as exc:
+    except (ProvisionError, cfg.ConfigError, KeyFileError, OSError) as exc:
         print(f"tpskit provision: GAGAL / FAILED: {exc}", file=sys.stderr)
         return 2
 
@@ -114,6 +121,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if not args.broker or not args.out_dir:
         print("tpskit provision --prepare: perlu --broker dan --out-dir / needs --broker and --out-dir",
               file=sys.stderr)
+        return 2
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        print(f"tpskit provision: GAGAL / FAILED: --out-dir {args.out_dir} bukan folder / is not a folder: "
+              "beri folder baru atau folder hasil --prepare sebelumnya / give a new folder or the one an "
+              "earlier --prepare wrote", file=sys.stderr)
         return 2
     try:
         kits = prepare_batch(args.prepare, broker=args.broker, out_dir=args.out_dir, ca_file=args.ca_file,

@@ -350,6 +350,14 @@ def read_collector_key(path: Path) -> str:
     read and checked: it is copied, the file given may be on a USB stick."""
     from comms.signing import KeyFileError, load_public_key, public_key_b64
 
+    path = Path(path)
+    public = path.with_name(path.name + ".pub")
+    if path.suffix == ".key" or public.is_file():
+        # the collector's private key looks the same (32 bytes, base64): a kit with it would refuse every ack,
+        # and the secret that signs them would be on every kit
+        raise ProvisionError(
+            f"file kunci collector {path} adalah kunci PRIBADI collector, jangan disalin ke kit: pakai "
+            f"{public.name} / {path.name} is the collector's PRIVATE key: give its public key {public.name}")
     text = read_text(path, "kunci collector")
     try:
         return public_key_b64(load_public_key(text)) + "\n"

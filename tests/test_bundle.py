@@ -474,3 +474,20 @@ def test_export_to_the_mount_folder_of_a_stick_that_is_not_mounted_is_refused(tm
     monkeypatch.setattr(bundle.os.path, "ismount", lambda p: str(p) == str(media / "usb"))
     path, n = _export(key, db, media / "usb")
     assert path.parent == media / "usb" and n == 4  # the reading and its photo in 3 chunks
+
+
+def test_export_to_a_file_or_from_a_folder_says_which_is_wrong(tmp_path):
+    """A file given as the stick's folder was reported as 'does not exist', a folder as --db as 'not
+    found': both exist, and the technician went looking for the wrong problem."""
+    (tmp_path / "usb").mkdir()
+    stick = tmp_path / "stick.img"
+    stick.write_text("x")
+    db = tmp_path / "state" / "tpskit.db"
+    c = _courier(generate_key(), db)
+    _fill(c, 1)
+    c.close()
+    with pytest.raises(BundleError, match="is not a folder"):
+        _export(generate_key(), db, stick)
+    with pytest.raises(BundleError, match="is a folder"):
+        _export(generate_key(), tmp_path / "state", tmp_path / "usb")
+    assert stick.read_text() == "x" and list((tmp_path / "usb").iterdir()) == []

@@ -166,3 +166,21 @@ def test_cli_settings_that_cannot_be_stored_are_not_siap(tmp_path, good, monkeyp
     captured = capsys.readouterr()
     assert rc == 2 and "KESIMPULAN: SIAP" not in captured.out
     assert "Read-only" in captured.err and path.read_text() == before
+
+
+def test_cli_missing_image_and_unwritable_annotated_picture_are_said(tmp_path, good, capsys, monkeypatch):
+    """cv2.imwrite returns False (it does not raise) where it cannot write, e.g. under /proc: calibrate
+    printed 'annotated picture: /proc/x.jpg' for a file that was never written."""
+    make_kit(tmp_path / "kit", broker_url="mqtt://127.0.0.1:1883")
+    path = tmp_path / "kit" / "config.toml"
+    assert cli.main(["--config", str(path), "calibrate", "--image", str(tmp_path / "nope.jpg")]) == 2
+    assert "not found" in capsys.readouterr().err
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(good.jpeg)
+    monkeypatch.setattr(cv2, "imwrite", lambda *_a, **_k: False)
+    out = tmp_path / "annotated.jpg"
+    argv = ["--config", str(path), "calibrate", "--image", str(photo), "--out", str(out), "--json"]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["annotated"] is None and not out.exists()
+    assert "annotated picture not written" in captured.err

@@ -666,7 +666,8 @@ def _collector_argv(tmp_path, kit) -> list[str]:
 
 
 @pytest.mark.parametrize("bad", [["--kits", "missing.json"], ["--broker", "http://nowhere"],
-                                 ["--password-file", "no-password"], ["--ack-key", "broken.key"]])
+                                 ["--password-file", "no-password"], ["--ack-key", "broken.key"],
+                                 ["--ack-key", "ack.key.pub"]])
 def test_bad_arguments_are_refused_before_the_database_is_created(tmp_path, kit, capsys, monkeypatch, bad):
     """A bad --kits (or another bad argument) left an empty collector database behind."""
     from firmware import cli
@@ -715,3 +716,78 @@ def test_the_ack_keys_public_half_is_written_beside_it_for_technicians(tmp_path,
     pub.write_text("stale\n")  # rewritten when it does not match the key
     assert cli.main(argv) == 2
     assert pub.read_text() == public_key_b64(key) + "\n"
+
+
+def test_add_kit_to_a_registry_that_is_not_a_json_object_is_refused(tmp_path, kit, capsys):
+    from comms.signing import public_key_b64
+    from firmware import cli
+
+    reg = tmp_path / "kits.json"
+    reg.write_text("[1]")
+    argv = ["collector", "--kits", str(reg), "--add-kit", "kit-1", "--public-key", public_key_b64(kit)]
+    assert cli.main(argv) == 2
+    assert '"kits"' in capsys.readouterr().err
+    assert reg.read_text() == "[1]"
+
+
+@pytest.mark.parametrize("db", ["notadb", "folder", "postgresq://u@h/db"])
+def test_a_db_that_is_not_a_collector_database_is_refused_without_a_traceback(tmp_path, kit, capsys,
+                                                                                monkeypatch, db):
+    from comms.signing import registry_add
+    from firmware import cli
+
+    monkeypatch.chdir(tmp_path)
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", kit.verify_key, kode_wilayah=KW, tps=TPS)
+    (tmp_path / "notadb").write_text("not a database\n")
+    (tmp_path / "folder").mkdir()
+    argv = ["collector", "--kits", str(reg), "--broker", "mqtt://127.0.0.1:1", "--db", db]
+    assert cli.main(argv) == 2
+    assert "--db" in capsys.readouterr().err
+    assert (tmp_path / "notadb").read_text() == "not a database\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "kits.json", "notadb"]
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_the_ack_keys_public_half_given_as_ack_key_is_refused(tmp_path, kit, capsys, monkeypatch, exists):
+    """ack.key.pub is a base64 line of 32 bytes like the key itself: given as --ack-key it loaded as a seed,
+    and the collector signed its acks with a key no kit knows (and wrote ack.key.pub.pub)."""
+    from comms.signing import generate_key, public_key_b64
+    from firmware import cli
+
+    monkeypatch.setattr(Collector, "start", lambda self: pytest.fail("the collector started"))
+    pub = tmp_path / "ack.key.pub"
+    if exists:
+        pub.write_text(public_key_b64(generate_key()) + "\n")
+    assert cli.main([*_collector_argv(tmp_path, kit), "--ack-key", str(pub)]) == 2
+    err = capsys.readouterr().err
+    assert "is the public key" in err and str(tmp_path / "ack.key") in err
+    assert not (tmp_path / "ack.key.pub.pub").exists() and not (tmp_path / "c.db").exists()
+    assert pub.exists() == exists
+
+
+def test_an_unreachable_broker_is_logged_once_not_silently_retried(tmp_path, kit, caplog):
+    """The collector retried an unreachable broker without a word in its log: the operator saw a collector
+    'running' that received nothing."""
+    import logging
+    import socket
+    import time
+
+    from comms.collector import Collector
+
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    col = Collector(broker_url=f"mqtt://127.0.0.1:{port}", db_path=tmp_path / "c.db", registry=_registry(kit),
+                    reconnect_max_s=1)
+    with caplog.at_level(logging.WARNING, logger="tpskit.comms.collector"):
+        col.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "cannot reach the broker" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.5)  # several retries
+        finally:
+            col.stop()
+    said = [r for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+    assert len(said) == 1 and f"127.0.0.1:{port}" in said[0].getMessage()

@@ -400,3 +400,33 @@ def test_a_puback_refusal_other_than_the_acl_does_not_blame_the_acl(courier):
     s._pump(FakeClient(s, early=True, reason=0x97))  # quota exceeded
     assert "ACL" not in courier.status()["last_error"]
     assert "Quota exceeded" in courier.status()["last_error"]
+
+
+@pytest.mark.parametrize("url", ["mqtt://127.0.0.1:99999", "mqtts://broker.example:88x3"])
+def test_a_bad_port_says_what_a_port_must_be(url):
+    with pytest.raises(ValueError, match="port must be a number 1-65535"):
+        parse_broker_url(url)
+
+
+def test_tls_files_missing_or_not_pem_are_named(tmp_path):
+    from comms.courier import make_mqtt_client
+
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(ValueError, match=f"CA file {tmp_path / 'nope.pem'} not found"):
+        make_mqtt_client(client_id="t", protocol="mqtt5", tls=True, ca_file=tmp_path / "nope.pem")
+    with pytest.raises(ValueError, match=f"TLS files {not_pem} cannot be used .*PEM"):
+        make_mqtt_client(client_id="t", protocol="mqtt5", tls=True, ca_file=not_pem)
+
+
+def test_collector_with_a_missing_ca_file_creates_no_database(tmp_path, capsys):
+    from comms.signing import registry_add
+    from firmware import cli
+
+    reg = tmp_path / "kits.json"
+    registry_add(reg, "kit-1", generate_key(), kode_wilayah=KW, tps=TPS)
+    argv = ["collector", "--kits", str(reg), "--db", str(tmp_path / "c.db"), "--broker", "mqtts://127.0.0.1:1",
+            "--ca-file", str(tmp_path / "ca.pem")]
+    assert cli.main(argv) == 2
+    assert "CA file" in capsys.readouterr().err
+    assert not (tmp_path / "c.db").exists()

@@ -143,3 +143,12 @@ def test_the_blank_spots_broker_port_refuses_connections():
             other.bind((host, port))
     finally:
         nothing.stop()
+
+
+def test_a_dir_that_is_a_file_is_refused_before_anything_starts(tmp_path, capsys):
+    work = tmp_path / "demo"
+    work.write_text("notes\n")
+    assert main(["demo", "--dir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "--dir" in err and "Traceback" not in err
+    assert work.read_text() == "notes\n"

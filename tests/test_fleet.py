@@ -389,3 +389,12 @@ def test_a_readiness_from_a_kit_clock_ahead_is_not_ready_for_ever():
     close = fleet.Observation("kit-b", "31.71.01.1001", 2, {"ready": True, "checked_at": now + 120},
                               created_at=now + 120)
     assert fleet.assess(None, [close], now=now, max_age_s=86400)[0].state == "ready"
+
+
+def test_readiness_help_shows_a_single_percent_sign(capsys):
+    from firmware import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["fleet", "readiness", "--help"])
+    out = capsys.readouterr().out
+    assert "% ready" in out and "%%" not in out

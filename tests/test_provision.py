@@ -462,3 +462,52 @@ def test_provisioning_while_the_kit_runs_is_refused_until_it_is_stopped(env, cap
     assert cfg.load(env["conf"]).kit.tps == 5  # nothing changed
     status.write_text(json.dumps({"pid": os.getpid(), "state": "stopping", "updated_at": time.time()}))
     assert run_cli(env, tps="6") == 0  # stopped: goes ahead
+
+
+@pytest.mark.parametrize("content", ["{bad", "[1, 2]", '{"kits": []}'])
+def test_bad_registry_is_refused_before_anything_is_written(env, capsys, content):
+    registry = env["tmp"] / "registry.json"
+    registry.write_text(content)
+    assert run_cli(env, "--registry", str(registry)) == 2
+    err = capsys.readouterr().err
+    assert "GAGAL" in err and str(registry) in err and "Traceback" not in err
+    assert not env["conf"].exists() and not env["state"].exists()
+    assert registry.read_text() == content
+
+
+def test_export_to_a_file_is_refused_before_anything_is_written(env, capsys):
+    stick = env["tmp"] / "usb"
+    stick.write_text("not a folder")
+    assert run_cli(env, "--export", str(stick)) == 2
+    assert "bukan folder / is not a folder" in capsys.readouterr().err
+    assert not env["conf"].exists() and not env["state"].exists()
+
+
+def test_prepare_into_a_file_is_refused(env, capsys):
+    csv = env["tmp"] / "daftar.csv"
+    csv.write_text("kode_wilayah,tps\n31.71.01.1001,1\n")
+    out = env["tmp"] / "out"
+    out.write_text("x")
+    argv = ["provision", "--prepare", str(csv), "--broker", "mqtts://b.example:8883", "--out-dir", str(out)]
+    assert cli.main(argv) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,with_pub", [("ack.key", False), ("ack.key", True), ("collector-ack", True)])
+def test_the_collectors_private_ack_key_is_never_copied_onto_a_kit(env, capsys, name, with_pub):
+    """ack.key (the seed) is a 32-byte base64 line like ack.key.pub: given as --collector-key it was taken as
+    the public key, so the kit refused every ack, and the collector's signing secret sat on the kit."""
+    ack_key = signing.generate_key()
+    private = env["tmp"] / name
+    signing.save_private_key(ack_key, private)
+    if with_pub:
+        (env["tmp"] / (name + ".pub")).write_text(signing.public_key_b64(ack_key) + "\n")
+    assert run_cli(env, "--collector-key", str(private)) == 2
+    err = capsys.readouterr().err
+    assert "PRIVATE" in err and f"{name}.pub" in err
+    assert not env["conf"].exists() and not env["state"].exists()
+    argv = ["provision", "--prepare", str(env["tmp"] / "tps.csv"), "--broker", "mqtts://b.example:8883",
+            "--collector-key", str(private), "--out-dir", str(env["tmp"] / "usb")]
+    (env["tmp"] / "tps.csv").write_text("kode_wilayah,tps\n31.71.01.1001,5\n")
+    assert cli.main(argv) == 2 and "PRIVATE" in capsys.readouterr().err
+    assert not (env["tmp"] / "usb" / "collector.pub").exists()

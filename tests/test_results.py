@@ -169,3 +169,10 @@ def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
     assert "tidak ada" in capsys.readouterr().err
     (tmp_path / "other.db").write_bytes(b"not a database at all, just text" * 100)
     assert cli.main(["fleet", "results", "--collector-db", str(tmp_path / "other.db")]) == 2
+
+
+@pytest.mark.parametrize("command", ["results", "readiness"])
+def test_fleet_collector_db_that_is_a_folder_is_refused_clearly(tmp_path, capsys, command):
+    assert cli.main(["fleet", command, "--collector-db", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "collector.db" in err

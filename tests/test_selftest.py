@@ -373,3 +373,13 @@ def test_a_selftest_dated_in_the_future_does_not_stay_valid(tmp_path):
     save_report(conf, Report(conf.kit.kit_id, conf.kit.kode_wilayah, conf.kit.tps, "selftest",
                              [Check("camera", True, "ok")], checked_at=time.time() + 120))
     assert boot_report(conf).ready
+
+
+@pytest.mark.parametrize("option,value", [("--button-timeout", "-1"), ("--button-timeout", "0"),
+                                          ("--ack-timeout", "-5"), ("--ack-timeout", "abc")])
+def test_a_wait_of_zero_or_less_is_refused_not_a_failed_check(capsys, option, value):
+    """--button-timeout -1 ran the self-test and failed the button ('check the wiring to GPIO17')."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["selftest", option, value])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
