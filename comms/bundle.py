@@ -317,7 +317,8 @@ def _open(path: Path):
     try:
         return path.open("rb")
     except OSError as exc:
-        raise BundleError(f"cannot read bundle {path}: {exc.strerror or exc}") from None
+        raise BundleError(f"bundel {path} tidak bisa dibaca / cannot read bundle {path}: "
+                          f"{exc.strerror or exc}; check the path (is the USB stick mounted?)") from None
 
 
 def _message(path: Path, mid: str, sha: str, line: bytes) -> BundleMessage:
@@ -359,13 +360,15 @@ def _manifest(path: Path, line: bytes, public_key) -> dict:
     except _BAD_JSON:
         manifest = None
     if not _is_manifest(manifest):
-        raise BundleError(f"{path} is not a tpskit bundle v1 (its first line is not a bundle manifest)")
+        raise BundleError(f"{path} bukan bundel tpskit / is not a tpskit bundle v1 (its first line is not a "
+                          "bundle manifest): give a .tpsbundle file written by 'tpskit export'")
     key = load_public_key(public_key) if isinstance(public_key, str | bytes) else public_key
     if key is None:
         try:
             key = load_public_key(manifest["public_key"])
         except KeyFileError:
-            raise BundleError(f"{path} is not a tpskit bundle v1 (its manifest's key is damaged)") from None
+            raise BundleError(f"{path} bukan bundel tpskit yang utuh / is not a tpskit bundle v1 (its "
+                              "manifest's key is damaged): export it again on the kit") from None
     if not verify_document(key, manifest):
         raise BundleError(
             f"{path}: the manifest signature does not verify: the file was altered or comes from another kit"

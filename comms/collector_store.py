@@ -861,7 +861,11 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"collector database {path} does not exist")
+            raise FileNotFoundError(
+                f"database collector {path} tidak ada / collector database {path} does not exist: give the "
+                "collector's database (tpskit-collector.service: /var/lib/tpskit-collector/collector.db) "
+                "or its postgresql:// URL"
+            )
         if path.is_dir():
             raise ValueError(f"{path} is a folder, not a tpskit collector database: give the database file "
                              "(tpskit-collector.service: /var/lib/tpskit-collector/collector.db)")

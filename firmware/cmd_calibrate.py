@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     stored = False
     try:
         if args.image:
-            try:
-                image = cv2.imread(args.image, cv2.IMREAD_COLOR)
+            try:  # (a missing file is not handed to OpenCV: it would print its own warning first)
+                image = cv2.imread(args.image, cv2.IMREAD_COLOR) if Path(args.image).is_file() else None
             except cv2.error:  # e.g. a header claiming more pixels than OpenCV decodes
                 image = None
             if image is None:

@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from firmware.argtypes import at_least_zero, seconds
+
 DEFAULT_MAX_AGE_HOURS = 24.0
 
 
@@ -26,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--password-file", help="file with the broker password")
     r.add_argument("--ca-file", help="CA bundle of the broker")
     r.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")
-    r.add_argument("--wait", type=float, default=5.0, help="seconds to collect retained messages (broker)")
-    r.add_argument("--max-age-hours", type=float, default=DEFAULT_MAX_AGE_HOURS,
+    r.add_argument("--wait", type=seconds, default=5.0, help="seconds to collect retained messages (broker)")
+    r.add_argument("--max-age-hours", type=at_least_zero, default=DEFAULT_MAX_AGE_HOURS,
                    help="a readiness older than this counts as not ready (default %(default)g: a running kit "
                         "reports every 6 h; 0 = no limit)")
     r.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from firmware.argtypes import seconds
+
 EXIT_READY = 0
 EXIT_NOT_READY = 1
 EXIT_CONFIG = 2
@@ -17,23 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip a check (repeat or comma-separate): camera, button, leds, model, storage, "
                         "clock, battery, broker, collector; a skipped check is not tested, so the verdict is "
                         "'ready except skipped' (not ready, exit 1) and the readiness names it")
-    p.add_argument("--button-timeout", type=_seconds, default=20.0,
+    p.add_argument("--button-timeout", type=seconds, default=20.0,
                    help="seconds to wait for the button press")
-    p.add_argument("--ack-timeout", type=_seconds, default=20.0,
+    p.add_argument("--ack-timeout", type=seconds, default=20.0,
                    help="seconds to wait for the collector's ack")
     p.add_argument("--no-publish", action="store_true", help="do not queue/publish the readiness message")
     p.add_argument("--yes", action="store_true", help="do not ask whether the LEDs and buzzer worked")
-
-
-def _seconds(text: str) -> float:
-    """A wait above 0 s (with 0 or less the button or collector check failed as if it were broken)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} bukan angka / is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text}: harus lebih dari 0 detik / must be more than 0 seconds")
-    return value
 
 
 def _confirm(question: str) -> bool | None:

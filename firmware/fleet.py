@@ -190,11 +190,9 @@ def _check_registry(obs: Observation, registry: dict) -> None:
 def from_collector_db(path: Path | str) -> list[Observation]:
     """The latest readiness per kit as stored (and verified) by the collector (SQLite file or
     ``postgresql://`` URL of a PostgreSQL collector database)."""
-    from comms.collector_store import StoreUnavailable, is_postgres, read_rows
+    from comms.collector_store import StoreUnavailable, read_rows
 
-    if not is_postgres(path) and not Path(path).exists():
-        raise FileNotFoundError(f"database collector {path} tidak ada")
-    try:
+    try:  # FileNotFoundError for a SQLite file that is not there
         rows = read_rows(path, "SELECT kit_id, kode_wilayah, tps, body, created_at, seq, received_at "
                                "FROM kit_readiness")
     except StoreUnavailable as exc:

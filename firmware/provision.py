@@ -178,14 +178,15 @@ def read_request_file(path: Path | str) -> dict:
         raise ProvisionError(f"file provisioning {path} rusak ({exc}): perbaiki formatnya "
                              "/ file is not valid TOML/JSON") from None
     if not isinstance(data, dict):
-        raise ProvisionError(f"file provisioning {path}: harus berisi satu tabel/objek per kit")
+        raise ProvisionError(f"file provisioning {path}: harus berisi satu tabel/objek per kit / the file "
+                             "must hold one TOML table or JSON object for one kit")
     data = dict(data.get("provision", data))
     if "url" in data and "broker" not in data:
         data["broker"] = data.pop("url")
     unknown = set(data) - REQUEST_KEYS
     if unknown:
-        raise ProvisionError(f"file provisioning {path}: kunci tidak dikenal {sorted(unknown)}; "
-                             f"yang boleh: {sorted(REQUEST_KEYS)}")
+        raise ProvisionError(f"file provisioning {path}: kunci tidak dikenal / unknown keys "
+                             f"{sorted(unknown)}; yang boleh / allowed: {sorted(REQUEST_KEYS)}")
     # a relative path is beside the file (on the same USB stick)
     for key in ("password_file", "ca_file", "collector_key_file"):
         if isinstance(data.get(key), str) and data[key] and not Path(data[key]).is_absolute():
@@ -596,16 +597,19 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
             errors.append(f"baris {n}: {exc}")
             continue
         if (kode, tps) in seen_tps:
-            errors.append(f"baris {n}: {kode} TPS {tps} sudah ada di baris {seen_tps[(kode, tps)]}")
+            errors.append(f"baris {n}: {kode} TPS {tps} sudah ada di baris / already on line "
+                          f"{seen_tps[(kode, tps)]}")
             continue
         if kit_id in seen_ids:
-            errors.append(f"baris {n}: kit_id {kit_id} sudah ada di baris {seen_ids[kit_id]}")
+            errors.append(f"baris {n}: kit_id {kit_id} sudah ada di baris / already on line "
+                          f"{seen_ids[kit_id]}")
             continue
         seen_tps[(kode, tps)] = n
         seen_ids[kit_id] = n
         kits.append((kit_id, kode, tps, dpt))
     if errors:
-        raise ProvisionError(f"{csv_path}: {len(errors)} baris salah, tidak ada yang ditulis:\n  "
+        raise ProvisionError(f"{csv_path}: {len(errors)} baris salah, tidak ada yang ditulis / bad lines, "
+                             "nothing was written (fix them and run again):\n  "
                              + "\n  ".join(errors))
     ca_text = read_ca(Path(ca_file)) if ca_file else None
     collector_key = read_collector_key(Path(collector_key_file)) if collector_key_file else None

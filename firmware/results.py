@@ -57,16 +57,14 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None,
                             ) -> dict[tuple[str, int], dict[int, PageSeen]]:
     """(kode wilayah, TPS) -> halaman -> the newest reading, from a collector database (SQLite or
     PostgreSQL); only one kabupaten/kota (``NN.NN``) if given, read as such (a national database is large)."""
-    from comms.collector_store import StoreUnavailable, is_postgres, read_rows
+    from comms.collector_store import StoreUnavailable, read_rows
 
     sql = READINGS_SQL
     if kabupaten is not None:
         if not re.fullmatch(r"\d\d\.\d\d", kabupaten):
             raise ValueError(f"kabupaten {kabupaten!r}: tulis NN.NN, mis. 31.71 / write it as NN.NN")
         sql += f" AND r.kode_wilayah LIKE '{kabupaten}.%'"
-    if not is_postgres(path) and not Path(path).exists():
-        raise FileNotFoundError(f"database collector {path} tidak ada")
-    try:
+    try:  # FileNotFoundError for a SQLite file that is not there
         rows = read_rows(path, sql)
     except StoreUnavailable as exc:
         raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None

@@ -398,3 +398,22 @@ def test_readiness_help_shows_a_single_percent_sign(capsys):
         cli.main(["fleet", "readiness", "--help"])
     out = capsys.readouterr().out
     assert "% ready" in out and "%%" not in out
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--wait", "-3"], "must be more than 0 seconds"),
+    (["--wait", "nan"], "is not a number"),
+    (["--max-age-hours", "-1"], "must be 0 or more"),
+])
+def test_a_wait_or_age_that_means_nothing_is_refused_before_anything_runs(argv, why, capsys):
+    """--wait -3 collected nothing and called it a timeout; --max-age-hours -1 made every kit stale."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fleet", "readiness", "--broker", "mqtt://127.0.0.1:1", *argv])
+    assert exc.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_a_missing_collector_database_says_what_to_give(tmp_path, capsys):
+    for sub in ("readiness", "results"):
+        assert cli.main(["fleet", sub, "--collector-db", str(tmp_path / "none.db")]) == 2
+        err = capsys.readouterr().err
+        assert "tidak ada / collector database" in err and "/var/lib/tpskit-collector/collector.db" in err
