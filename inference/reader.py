@@ -1136,7 +1136,6 @@ class PageReader:
         status = "ok" if not reasons else "review"
         return fields_out, reasons, checks, status, page_conf, terms
 
-
     def _against_known(self, page: PageTemplate, values: dict[str, int | None]) -> list[dict]:
         """A ``known_mismatch`` reason when a field printing a fact the kit knows (``Field.known``) reads
         another number: a misread (27 read as 227) or a slip the rules cannot see, for a person to check."""
