@@ -38,7 +38,7 @@ from firmware.clock import time_source as read_time_source
 from firmware.config import Config
 from firmware.events import Event, HoldReached, LowBattery, Press, Stop
 from firmware.memory import trim as trim_memory
-from firmware.store import CaptureRecord, CaptureStore, DiskFull, StoreError
+from firmware.store import CaptureRecord, CaptureStore, DiskFull, ReadOnly, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +361,8 @@ class Kit:
                                      annotated_jpeg=annotated_jpeg, latency_ms=latency_ms)
         except DiskFull as exc:
             return self._fail(press, msg.ERR_DISK_FULL.format(detail=exc), steps)
+        except ReadOnly as exc:
+            return self._fail(press, msg.ERR_STORE_READONLY.format(detail=exc), steps)
         except StoreError as exc:
             return self._fail(press, msg.ERR_STORE.format(detail=exc), steps)
         steps["store"] = _ms_since(t)

@@ -26,6 +26,8 @@ ERR_CAMERA = "Gagal memotret: {detail}. Kit tetap siap; tekan tombol lagi. Data 
 ERR_DISK_FULL = ("Penyimpanan penuh ({detail}). Foto ini TIDAK tersimpan; hubungi operator. "
                  "Data sebelumnya aman.")
 ERR_STORE = "Gagal menyimpan: {detail}. Tekan tombol lagi; data sebelumnya aman."
+ERR_STORE_READONLY = ("Penyimpanan kit tidak bisa ditulis ({detail}). Foto ini TIDAK tersimpan dan menekan "
+                      "tombol lagi tidak membantu; hubungi teknisi. Data sebelumnya aman.")
 ERR_READER = "Gagal membaca foto: {detail}. Tekan tombol lagi; data sebelumnya aman."
 
 # a part that did not open (camera unplugged, model file damaged): the kit keeps running, sends what it has

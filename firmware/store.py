@@ -43,6 +43,14 @@ class DiskFull(StoreError):
     """Not enough free space on the state filesystem."""
 
 
+class ReadOnly(StoreError):
+    """The state filesystem refuses writes (an SD card the kernel remounted read-only, wrong ownership):
+    pressing again does not help, a technician must."""
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 @dataclass(frozen=True)
 class CaptureRecord:
     """One committed capture."""
@@ -74,6 +82,8 @@ def write_durable(path: Path, data: bytes) -> None:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(f"disk full while writing {path.name}") from None
+        if exc.errno in READ_ONLY_ERRNOS:
+            raise ReadOnly(f"cannot write {path}: {exc.strerror}") from None
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
 
 
@@ -216,6 +226,8 @@ class CaptureStore:
             self._discard(photo, annotated)
             if "full" in str(exc).lower():
                 raise DiskFull(f"disk full while committing the capture: {exc}") from None
+            if "readonly" in str(exc).lower():  # "attempt to write a readonly database"
+                raise ReadOnly(f"capture not stored: {exc}") from None
             raise StoreError(f"capture not stored: {exc}") from None
         except StoreError:
             self._discard(photo, annotated)
@@ -223,9 +235,15 @@ class CaptureStore:
         return self.get(capture_id)
 
     def _discard(self, *paths: Path | None) -> None:
+        """Remove the photo files of a capture that was not stored; never raises (a filesystem that went
+        read-only refuses the unlink too, and the StoreError being raised is what the KPPS must hear)."""
         for p in paths:
-            if p is not None:
+            if p is None:
+                continue
+            try:
                 p.unlink(missing_ok=True)
+            except OSError as exc:  # left behind: set aside as uncommitted when the store opens again
+                log.warning("cannot remove %s of a capture not stored: %s", p, exc)
 
     def mark_submitted(self, capture_id: str, *, error: str | None = None) -> None:
         """Record that the capture is in the outbox (or why handing it over failed)."""

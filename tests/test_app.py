@@ -154,6 +154,38 @@ def test_full_disk_refuses_capture_keeps_earlier(tmp_path, photos):
     assert h.store.counts()["total"] == 2
 
 
+def test_storage_gone_read_only_mid_run_says_call_the_technician_and_the_kit_stays_ready(tmp_path, photos,
+                                                                                         monkeypatch):
+    """The SD card is remounted read-only while the kit runs: the press is an error verdict that says the
+    photo was not stored and pressing again will not help; once the card is writable again a press works."""
+    import errno
+    import os
+    from pathlib import Path
+
+    for i in range(3):
+        write_photo(photos / f"{i:02d}.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        h.press()
+        first = h.verdict()
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(os, "fsync", read_only)
+        monkeypatch.setattr(Path, "unlink", read_only)
+        h.press()
+        v = h.verdict()
+        monkeypatch.undo()
+        assert v.pattern == "error" and h.leds()["red"] is True and h.kit.state == "ready"
+        assert "tidak bisa ditulis" in v.message and "hubungi teknisi" in v.message
+        assert "TIDAK tersimpan" in v.message and "internal" not in v.message
+        h.press()
+        assert h.verdict().pattern == "ok"
+    assert first.record.photo_path.exists()
+    assert h.store.counts()["total"] == 2
+
+
 def test_reader_crash_is_an_error_not_a_dead_kit(tmp_path, photos):
     write_photo(photos / "01.jpg", 220)
     write_photo(photos / "02.jpg", 220)

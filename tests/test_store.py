@@ -81,6 +81,30 @@ def test_write_failure_leaves_no_row_or_file(tmp_path, monkeypatch):
     assert len(list((tmp_path / "photos").iterdir())) == 1
 
 
+def test_a_card_gone_read_only_is_a_read_only_error_not_the_cleanups_oserror(tmp_path, monkeypatch):
+    """The kernel remounted the SD card read-only: the photo is not written, and removing what was not
+    written fails too; the caller gets ReadOnly (the KPPS is told to call the technician), not the OSError
+    of the clean-up."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from firmware.store import ReadOnly
+
+    store = CaptureStore(tmp_path, volatile_ok=True)
+    save(store)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "fsync", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(ReadOnly, match="Read-only file system"):
+        save(store, annotated_jpeg=JPEG)
+    monkeypatch.undo()
+    assert store.counts()["total"] == 1
+
+
 def test_refuses_volatile_dir():
     with pytest.raises(StoreError, match="lost at reboot"):
         CaptureStore("/run/tpskit-test-never")
