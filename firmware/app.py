@@ -234,7 +234,11 @@ class Kit:
                 self.handle(event)
             except Exception as exc:  # a bug in one step must not stop the kit
                 log.exception("unexpected error handling %r", event)
-                self._error(msg.ERR_STORE.format(detail=f"kesalahan internal ({type(exc).__name__})"))
+                text = msg.ERR_STORE.format(detail=f"kesalahan internal ({type(exc).__name__})")
+                if isinstance(event, Press) and event.kind == "short":
+                    self._fail(event, text, {})  # a press always ends in a verdict (soak, demo wait)
+                else:
+                    self._error(text)
             if isinstance(event, Press):
                 trim_memory()  # the photo and the reader's temporaries are freed: give the memory back
         self._tick()

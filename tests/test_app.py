@@ -186,6 +186,24 @@ def test_storage_gone_read_only_mid_run_says_call_the_technician_and_the_kit_sta
     assert h.store.counts()["total"] == 2
 
 
+def test_an_unexpected_error_in_a_press_still_ends_in_an_error_verdict(tmp_path, photos, monkeypatch):
+    """A bug outside the guarded steps (here the store's save) is caught by the loop: the press gets the
+    error pattern and a verdict like any other (the soak presser and the demo wait for one), and the kit
+    stays ready."""
+    write_photo(photos / "01.jpg", 220)
+    write_photo(photos / "02.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg) as h:
+        monkeypatch.setattr(h.store, "save", lambda **kw: 1 / 0)
+        h.press()
+        v = h.verdict(timeout=5)
+        monkeypatch.undo()
+        assert v.pattern == "error" and "kesalahan internal (ZeroDivisionError)" in v.message
+        assert h.leds()["red"] is True and h.kit.state == "ready" and h.kit.verdicts == 1
+        h.press()
+        assert h.verdict().pattern == "ok"
+
+
 def test_reader_crash_is_an_error_not_a_dead_kit(tmp_path, photos):
     write_photo(photos / "01.jpg", 220)
     write_photo(photos / "02.jpg", 220)
