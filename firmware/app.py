@@ -382,6 +382,7 @@ class Kit:
         self._verdict(verdict)  # the KPPS sees the verdict now; sending is bookkeeping after it
         if status != "retake":
             t = time.monotonic()
+            self._submit_earlier(record)
             self.submit(record, frame.jpeg)
             steps["submit"] = _ms_since(t)
         self._notify(verdict)
@@ -554,6 +555,20 @@ class Kit:
             return False
         self.store.mark_submitted(record.id)
         return True
+
+    def _submit_earlier(self, record: CaptureRecord) -> None:
+        """Hand over, before *record*, the captures taken before it whose hand-over failed: the collector
+        takes the newest message of a halaman as its reading, so a page photographed again after a correction
+        must not be overtaken by the older photo re-submitted later (long press, restart)."""
+        if self.courier is None:
+            return
+        try:
+            earlier = [r for r in self.store.unsubmitted() if r.seq < record.seq]
+        except Exception:  # noqa: BLE001 - the new capture is handed over anyway
+            log.warning("captures not handed over before %s not listed", record.id, exc_info=True)
+            return
+        for r in earlier:
+            self.submit(r)
 
     def resubmit(self) -> int:
         """Re-submit every committed ok/review capture without an outbox message; returns how many."""

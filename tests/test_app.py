@@ -271,6 +271,26 @@ def test_unsent_captures_are_resubmitted_at_start(tmp_path, photos):
     assert h2.store.counts()["unsubmitted"] == 0
 
 
+def test_a_capture_whose_hand_over_failed_is_handed_over_before_the_next_one(tmp_path, photos):
+    """Halaman 1 is stored but the outbox refuses it; the KPPS corrects the form and photographs halaman 1
+    again. The older capture goes to the outbox first, so the collector (newest message of a halaman wins)
+    keeps the corrected photo, not the older one re-submitted later by a long press or a restart."""
+    for i in range(2):
+        write_photo(photos / f"{i}.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    courier = RecordingCourier()
+    with KitHarness(cfg, courier=courier) as h:
+        courier.fail = True
+        h.press()
+        first = h.verdict()
+        courier.fail = False
+        h.press()
+        second = h.verdict()
+        assert first.record.halaman == second.record.halaman == 1
+        assert courier.submitted == [first.record.id, second.record.id]
+    assert h.store.counts()["unsubmitted"] == 0
+
+
 def test_critical_battery_finishes_write_then_powers_off(tmp_path, photos):
     from firmware.power import BatteryMonitor
 
