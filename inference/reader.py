@@ -306,8 +306,16 @@ class PageReading:
         return self._annotated
 
 
-def _reason(code: str, **kw: Any) -> dict:
-    fmt = {k: ", ".join(map(str, v)) if isinstance(v, list | tuple) else v for k, v in kw.items()}
+def _reason(code: str, page: PageTemplate | None = None, **kw: Any) -> dict:
+    """A reason: its code, its message and the lists it names; with *page*, the message names each field by
+    its label on the form (what the KPPS finds on the sheet), the ``fields`` list keeps the names."""
+
+    def shown(key: str, v: Any) -> str:
+        if key == "fields" and page is not None:
+            v = [page.by_name[n].label if n in page.by_name else n for n in v]
+        return ", ".join(map(str, v))
+
+    fmt = {k: shown(k, v) if isinstance(v, list | tuple) else v for k, v in kw.items()}
     try:
         msg = MESSAGES[code].format(**fmt)
     except KeyError:
@@ -1114,15 +1122,15 @@ class PageReader:
                          if c.own_best is None or not f.min <= c.own_best <= f.max]
             uncertain = uncertain or [min(conf, key=conf.get)]
         if empty:
-            reasons.append(_reason("field_empty", fields=empty))
+            reasons.append(_reason("field_empty", page, fields=empty))
         if failed:
             reasons.append(_reason("rule_failed", rules=[ch["label"] for ch in failed]))
         if mismatch:
-            reasons.append(_reason("bubble_mismatch", fields=mismatch))
+            reasons.append(_reason("bubble_mismatch", page, fields=mismatch))
         if unclear:
-            reasons.append(_reason("bubble_unclear", fields=unclear))
+            reasons.append(_reason("bubble_unclear", page, fields=unclear))
         if uncertain:
-            reasons.append(_reason("digit_uncertain", fields=uncertain))
+            reasons.append(_reason("digit_uncertain", page, fields=uncertain))
         reasons += self._against_known(page, values)
         fields_out = {}
         for f in page.fields:

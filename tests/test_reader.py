@@ -456,6 +456,22 @@ def test_grey_row_sums_by_a_fold_are_cut_where_they_show_their_borders():
     _read_as_written("folded", [(seed, 1 + seed % 3) for seed in (1100, 1127, 1133, 1151, 1159)])
 
 
+def test_review_reasons_name_each_field_by_its_label_on_the_form():
+    """The KPPS looks for the boxes on the sheet by what is printed next to them ("II.3 surat suara
+    dikembalikan"), not by the template's names ("surat_dikembalikan"): the message says the label, the
+    reason's ``fields`` keeps the names for machines."""
+    tps = make_tps(np.random.default_rng(31))
+    tps[0][1]["surat_dikembalikan"] = None  # left blank by the KPPS
+    s = make_sample(31, 1, condition="clean", scale=0.6, tps=tps)
+    r = PageReader(classifier=CLASSIFIER).read(s.image)
+    assert r.status == "review"
+    empty = next(x for x in r.reasons if x["code"] == "field_empty")
+    assert empty["fields"] == ["surat_dikembalikan"]
+    assert "Kotak angka kosong: II.3 surat suara dikembalikan." in empty["message"]
+    for reason in r.reasons:
+        assert not any(name in reason["message"] for name in reason.get("fields", [])), reason
+
+
 def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
     """The kit knows its TPS's DPT from provisioning (``kit.dpt``): page 1's I.A JML is compared with it. The
     same page is accepted when they agree, and sent to review naming the field when they do not (a misread
