@@ -132,13 +132,18 @@ def summarize(results: Iterable[TpsResult]) -> dict[str, dict[str, int]]:
     return {k: out[k] for k in sorted(out, key=lambda k: (k == "total", k))}
 
 
+def _joined(reasons: list[str]) -> str:
+    """The reasons on one line: each one's own full stop left out, so the line never shows ".;" """
+    return "; ".join(r.rstrip(" .") for r in reasons)
+
+
 def to_csv(results: Iterable[TpsResult]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["kode_wilayah", "tps", "state", "halaman_1", "halaman_2", "halaman_3", "kits", "reasons"])
     for r in results:
         w.writerow([r.kode_wilayah, r.tps, r.state, *(r.pages.get(h, "") for h in PAGES), " ".join(r.kits),
-                    "; ".join(r.reasons)])
+                    _joined(r.reasons)])
     return buf.getvalue()
 
 
@@ -151,7 +156,7 @@ def table(results: list[TpsResult]) -> str:
     for r in results:
         pages = " ".join(f"{h}:{r.pages.get(h, '-')}" for h in PAGES)
         lines.append(f"{r.kode_wilayah:13} TPS {r.tps:>3}  {LABELS[r.state]:9} {pages:32} "
-                     f"{'; '.join(r.reasons)}".rstrip())
+                     f"{_joined(r.reasons)}".rstrip())
     lines.append("")
     lines.append(f"{'kabupaten':10} {'lengkap':>8} {'periksa':>8} {'kurang':>7} {'belum':>6}")
     for key, c in summarize(results).items():

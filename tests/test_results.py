@@ -171,6 +171,20 @@ def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
     assert cli.main(["fleet", "results", "--collector-db", str(tmp_path / "other.db")]) == 2
 
 
+def test_several_reasons_on_one_line_read_as_one_sentence_each():
+    """The reader's reasons end with a full stop; joined on the table's (and the CSV's) line they must not
+    show "3.; Halaman"."""
+    from firmware.results import TpsResult, table, to_csv
+
+    res = TpsResult("31.71.01.1001", 7, INCOMPLETE, {1: "review", 2: "ok"},
+                    ["Halaman belum difoto atau belum terbaca: 3.",
+                     "Halaman perlu diperiksa atau difoto ulang: 1."],
+                    ["kit-a"])
+    joined = "Halaman belum difoto atau belum terbaca: 3; Halaman perlu diperiksa atau difoto ulang: 1"
+    for text in (table([res]), to_csv([res])):
+        assert joined in text and ".;" not in text
+
+
 @pytest.mark.parametrize("command", ["results", "readiness"])
 def test_fleet_collector_db_that_is_a_folder_is_refused_clearly(tmp_path, capsys, command):
     assert cli.main(["fleet", command, "--collector-db", str(tmp_path)]) == 2
