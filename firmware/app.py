@@ -406,7 +406,9 @@ class Kit:
         self._tell(msg.RESEND if queued else msg.SENT_ALL)
         if self.faults:
             self._tell(msg.fault_text(self.faults))
-        self._show("fault" if self.faults else "queued" if queued else "ready")
+        # a page's verdict still showing stays (a long press queued behind a capture must not hide a review)
+        if self._pattern_until is None or self._shown not in ("review", "retake"):
+            self._show("fault" if self.faults else "queued" if queued else "ready")
         self._write_status()
         return text
 

@@ -50,6 +50,27 @@ def test_long_press_reports_status_and_never_captures(tmp_path, photos):
         assert h.kit.reader.calls == 0
 
 
+def test_a_long_press_during_a_capture_tells_the_status_without_hiding_the_pages_verdict(tmp_path, photos):
+    """The KPPS holds the button while a page is being read: the status is told after the verdict, and the
+    review pattern (yellow on) stays for gpio.verdict_s; the status must not turn it into ready/queued at
+    once, or the page that must be checked goes unseen."""
+    write_photo(photos / "01.jpg", 100)  # review
+    cfg = make_config(tmp_path / "state", photos)
+    with KitHarness(cfg, reader=StubReader(delay_s=1.5)) as h:
+        h.press()
+        time.sleep(0.2)
+        h.press(1.3)  # hold_s = 1.0, released while the page is still being read
+        v = h.verdict()
+        assert v.pattern == "review"
+        deadline = time.monotonic() + 5
+        while not any(m.startswith("Status:") for m in h.messages) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any(m.startswith("Status: 1 foto") for m in h.messages)
+        time.sleep(0.2)
+        assert h.kit._shown == "review" and h.leds() == {"green": True, "yellow": True, "red": False}
+        assert h.kit.reader.calls == 1
+
+
 def test_presses_during_a_slow_step_are_not_lost(tmp_path, photos):
     for i in range(4):
         write_photo(photos / f"{i:02d}.jpg", 220)
