@@ -403,7 +403,7 @@ class Kit:
         text = msg.STATUS.format(total=counts["total"], ok=counts["ok"], review=counts["review"],
                                  retake=counts["retake"], queued=queued, link=link)
         self._tell(text)
-        self._tell(msg.RESEND if queued else msg.SENT_ALL)
+        self._tell(msg.NOT_SENDING if self.courier is None else msg.RESEND if queued else msg.SENT_ALL)
         if self.faults:
             self._tell(msg.fault_text(self.faults))
         # a page's verdict still showing stays (a long press queued behind a capture must not hide a review)

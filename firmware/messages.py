@@ -16,6 +16,7 @@ SENT_ALL = "Semua data sudah terkirim."
 STATUS = ("Status: {total} foto tersimpan ({ok} terbaca, {review} perlu diperiksa, {retake} foto ulang); "
           "{queued} pesan menunggu dikirim; koneksi {link}.")
 RESEND = "Mencoba mengirim ulang data yang belum terkirim."
+NOT_SENDING = "Kit ini tidak mengirim (dijalankan tanpa koneksi, --no-send): semua data tersimpan di kit."
 LOW_BATTERY = "Baterai lemah ({level}). Sambungkan daya atau siapkan baterai cadangan."
 SHUTDOWN = "Baterai hampir habis ({level}). Data sudah tersimpan; kit dimatikan dengan aman."
 STOPPING = "Kit berhenti. Semua data yang sudah tersimpan tetap aman."

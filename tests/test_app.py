@@ -10,6 +10,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from capture.base import CaptureError, Frame, TimeoutRunner
+from firmware import messages as msg
 from firmware.app import EXIT_POWEROFF
 from firmware.events import LowBattery
 from tests.kit_helpers import KitHarness, StubReader, make_config, write_photo
@@ -48,6 +49,12 @@ def test_long_press_reports_status_and_never_captures(tmp_path, photos):
         assert any(m.startswith("Status: 0 foto") for m in h.messages)
         assert h.verdicts.empty()
         assert h.kit.reader.calls == 0
+        # a kit run without a courier (--no-send) does not claim to send: it says it keeps the data
+        deadline = time.monotonic() + 2
+        while "tidak mengirim" not in " ".join(h.messages) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert any("tidak mengirim" in m for m in h.messages)
+        assert not any(m in (msg.RESEND, msg.SENT_ALL) for m in h.messages)
 
 
 def test_a_long_press_during_a_capture_tells_the_status_without_hiding_the_pages_verdict(tmp_path, photos):
