@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep generated photos here (JPEG + truth), keyed by the generator's source and "
                     "templates: a rerun reads the very same photos without generating them again")
     ap.add_argument("--generate-only", action="store_true", help="only fill --cache, read nothing")
+    ap.add_argument("--known-dpt", action="store_true",
+                    help="give the reader each TPS's registered DPT, as a provisioned kit has it (kit.dpt): "
+                         "page 1's DPT that reads otherwise goes to review (known_mismatch)")
     ap.add_argument("--dump", type=Path, default=None,
                     help="pickle every page's box probabilities, bubbles and truth (to replay decisions)")
     args = ap.parse_args(argv)
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     from inference.digits import DigitClassifier
 
-    reader = PageReader(classifier=DigitClassifier.load(args.model, num_threads=1), confidence=0.99)
+    classifier = DigitClassifier.load(args.model, num_threads=1)
+    reader = PageReader(classifier=classifier, confidence=0.99)
     have_tess = shutil.which("tesseract") is not None and args.baseline_pages > 0
     rng = np.random.default_rng(args.seed)
     pages = []  # per page records
@@ -270,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         cond = conditions[i % len(conditions)]
         slip = int(rng.integers(10)) == 0 or i % 10 == 5
         tps = make_tps(np.random.default_rng(args.seed * 1000 + i), slip=slip)
+        registered = tps[0][1]["dpt_l"] + tps[0][1]["dpt_p"]  # the DPT as provisioned (a slip may change JML)
+        if args.known_dpt:
+            reader = PageReader(classifier=classifier, confidence=0.99, known={"dpt": registered})
         readings = []
         for p in (1, 2, 3):
             spoiled = None
@@ -349,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         "expected_silent_per_page": float(f"{expected_silent(normal):.2e}"),
         "silent_error_pages": [f"tps{p['tps']}-p{p['page']}:{','.join(p['wrong'])}" for p in silent][:20],
         "slips": len(slips), "slips_flagged_pct": share(sum(r["status"] != "ok" for r in slips), len(slips)),
+        # pages the provisioned DPT sent to review (--known-dpt), and of those the ones only it flagged
+        "known_mismatch": {"slip_free": sum("known_mismatch" in p["codes"] for p in normal_noslip),
+                           "with_a_slip": sum("known_mismatch" in p["codes"] for p in normal
+                                              if p["tps"] not in clean_tps),
+                           "only_reason": sum(p["codes"] == ["known_mismatch"] for p in normal)}
+        if args.known_dpt else None,
         "spoiled": len(spoiled),
         "spoiled_refused_pct": share(sum(p["status"] == "retake" for p in spoiled), len(spoiled)),
         "spoiled_kinds": sorted({p["spoiled"] for p in spoiled}),
