@@ -366,6 +366,7 @@ class Kit:
         except DiskFull as exc:
             return self._fail(press, msg.ERR_DISK_FULL.format(detail=exc), steps)
         except ReadOnly as exc:
+            self._storage_down(str(exc))
             return self._fail(press, msg.ERR_STORE_READONLY.format(detail=exc), steps)
         except StoreError as exc:
             return self._fail(press, msg.ERR_STORE.format(detail=exc), steps)
@@ -453,6 +454,15 @@ class Kit:
         self._publish_readiness("fault")
         self._write_status()
 
+    def _storage_down(self, detail: str) -> None:
+        """The state filesystem refuses writes: a fault (no photo can be kept) until a write probe passes
+        again (at every press and every retry), not a 'ready' kit whose every press fails."""
+        self._openers.setdefault("storage", self.store.probe_writable)
+        self.faults["storage"] = detail
+        self._fault_began()
+        self._publish_readiness("fault")  # queued in the outbox, which is on the same card: it may not be
+        self._write_status()
+
     def _reopen(self) -> bool:
         """Open every part that is down once more; True when none is down any more."""
         for name in list(self.faults):
@@ -475,7 +485,7 @@ class Kit:
                 continue
             if name == "camera":
                 self.camera = part
-            else:
+            elif name == "model":
                 self.reader = part
             del self.faults[name]
             log.info("%s is open again", name)

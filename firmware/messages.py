@@ -33,13 +33,15 @@ ERR_READER = "Gagal membaca foto: {detail}. Tekan tombol lagi; data sebelumnya a
 
 # a part that did not open (camera unplugged, model file damaged): the kit keeps running, sends what it has
 # stored and tries the part again by itself
-FAULT_PARTS = {"camera": "kamera", "model": "model pembaca angka"}
+FAULT_PARTS = {"camera": "kamera", "model": "model pembaca angka", "storage": "penyimpanan (kartu SD)"}
 FAULT = ("KIT RUSAK: {parts} tidak bisa dipakai ({detail}). Foto belum bisa diambil. Data yang sudah "
          "tersimpan aman dan tetap dikirim. {fix}")
 # the Camera Module is found only when the kit starts, and its cable is never touched with the power on
 FAULT_FIX = {"camera": ("Matikan kit, periksa kabel pita kamera, lalu nyalakan kit lagi; bila tetap rusak, "
                         "hubungi teknisi."),
-             "model": "Hubungi teknisi (pasang ulang tpskit)."}
+             "model": "Hubungi teknisi (pasang ulang tpskit).",
+             "storage": ("Jangan cabut kartu SD; hubungi teknisi. Foto baru tidak bisa disimpan sampai kartu "
+                         "bisa ditulis lagi (kit mencobanya sendiri).")}
 FAULT_REBOOT = "Kamera/model masih tidak bisa dipakai: kit dinyalakan ulang sekali. Data aman tersimpan."
 RECOVERED = "Kerusakan teratasi. " + READY
 

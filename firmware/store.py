@@ -184,6 +184,21 @@ class CaptureStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
+    def probe_writable(self) -> None:
+        """Raise ReadOnly (StoreError) unless the photo folder and the database take a write now; nothing of
+        it stays. The kit's probe while its storage is down (a card the kernel remounted read-only)."""
+        probe = self.photos_dir / ".write-probe.tmp"  # a crash leaves it to _clean_temp_files
+        write_durable(probe, b"tpskit")
+        try:
+            probe.unlink()
+        except OSError as exc:
+            raise ReadOnly(f"cannot remove {probe}: {exc.strerror}") from None
+        try:  # a write transaction that changes nothing: the schema version, set to what it is
+            version = int(self.db.conn.execute("PRAGMA user_version").fetchone()[0])
+            self.db.conn.execute(f"PRAGMA user_version = {version}")
+        except sqlite3.Error as exc:
+            raise ReadOnly(f"database {self.db_path} cannot be written: {exc}") from None
+
     def free_mb(self) -> float:
         return shutil.disk_usage(self.state_dir).free / 1e6
 

@@ -182,10 +182,12 @@ def test_full_disk_refuses_capture_keeps_earlier(tmp_path, photos):
     assert h.store.counts()["total"] == 2
 
 
-def test_storage_gone_read_only_mid_run_says_call_the_technician_and_the_kit_stays_ready(tmp_path, photos,
-                                                                                         monkeypatch):
+def test_storage_gone_read_only_mid_run_is_a_fault_until_the_card_takes_writes_again(tmp_path, photos,
+                                                                                    monkeypatch):
     """The SD card is remounted read-only while the kit runs: the press is an error verdict that says the
-    photo was not stored and pressing again will not help; once the card is writable again a press works."""
+    photo was not stored and pressing again will not help, and the kit is in fault (red, not a green 'ready'
+    that invites presses that all fail). Presses while the card refuses writes take no photo; once it is
+    writable again the kit's write probe passes, it recovers by itself and a press works."""
     import errno
     import os
     from pathlib import Path
@@ -193,7 +195,7 @@ def test_storage_gone_read_only_mid_run_says_call_the_technician_and_the_kit_sta
     for i in range(3):
         write_photo(photos / f"{i:02d}.jpg", 220)
     cfg = make_config(tmp_path / "state", photos)
-    with KitHarness(cfg) as h:
+    with KitHarness(cfg, fault_retry_s=0.3) as h:
         h.press()
         first = h.verdict()
 
@@ -204,14 +206,25 @@ def test_storage_gone_read_only_mid_run_says_call_the_technician_and_the_kit_sta
         monkeypatch.setattr(Path, "unlink", read_only)
         h.press()
         v = h.verdict()
-        monkeypatch.undo()
-        assert v.pattern == "error" and h.leds()["red"] is True and h.kit.state == "ready"
+        assert v.pattern == "error" and h.leds()["red"] is True
         assert "tidak bisa ditulis" in v.message and "hubungi teknisi" in v.message
         assert "TIDAK tersimpan" in v.message and "internal" not in v.message
+        assert h.kit.state == "fault" and "storage" in h.kit.faults
+        h.press()  # still read-only: the probe fails, no photo is taken
+        still = h.verdict()
+        assert still.pattern == "error" and "penyimpanan (kartu SD)" in still.message
+        assert "Jangan cabut kartu SD" in still.message and h.kit.reader.calls == 2
+        monkeypatch.undo()
+        deadline = time.monotonic() + 10  # the retries find the card writable again, without a press
+        while h.kit.faults and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.kit.faults == {} and h.kit.state == "ready"
+        assert any(m.startswith("Kerusakan teratasi") for m in h.messages)
         h.press()
         assert h.verdict().pattern == "ok"
     assert first.record.photo_path.exists()
     assert h.store.counts()["total"] == 2
+    assert not list((tmp_path / "state" / "photos").glob(".write-probe*"))
 
 
 def test_an_unexpected_error_in_a_press_still_ends_in_an_error_verdict(tmp_path, photos, monkeypatch):

@@ -190,3 +190,31 @@ store.save(jpeg=b"\\xff\\xd8" + b"y" * 500 + b"\\xff\\xd9", status="ok", reading
     store = CaptureStore(tmp_path, volatile_ok=True)  # the kit starts again
     assert store.counts()["total"] == 0
     assert [p.name for p in (tmp_path / "photos").rglob("*")] == []
+
+
+def test_the_write_probe_finds_a_database_or_folder_that_refuses_writes_and_leaves_nothing(tmp_path,
+                                                                                            monkeypatch):
+    """The kit's probe while its storage is down: both the photo folder and the database must take a write;
+    a database that refuses one (a read-only card, root-owned -wal) is ReadOnly, as the capture was."""
+    import errno
+    import os
+
+    from firmware.store import ReadOnly
+
+    store = CaptureStore(tmp_path, min_free_mb=1, volatile_ok=True)
+    store.probe_writable()  # a writable card: nothing to say, nothing left behind
+    assert list(store.photos_dir.iterdir()) == [] and store.counts()["total"] == 0
+    store.db.conn.execute("PRAGMA query_only = 1")  # refuses writes as a read-only database does
+    with pytest.raises(ReadOnly, match="cannot be written"):
+        store.probe_writable()
+    store.db.conn.execute("PRAGMA query_only = 0")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "fsync", read_only)
+    with pytest.raises(ReadOnly, match="Read-only file system"):
+        store.probe_writable()
+    monkeypatch.undo()
+    store.probe_writable()
+    assert list(store.photos_dir.iterdir()) == []
