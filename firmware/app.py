@@ -538,7 +538,7 @@ class Kit:
         except OSError as exc:  # without the marker the next boot would reboot again: no reboot at all
             log.error("cannot write %s (%s): no reboot", self._fault_marker, exc)
             return
-        self._tell(msg.FAULT_REBOOT)
+        self._tell(msg.FAULT_REBOOT.format(parts=msg.fault_parts(self.faults).capitalize()))
         self.exit_code = EXIT_REBOOT
         self._stop.set()
 

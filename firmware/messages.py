@@ -42,13 +42,18 @@ FAULT_FIX = {"camera": ("Matikan kit, periksa kabel pita kamera, lalu nyalakan k
              "model": "Hubungi teknisi (pasang ulang tpskit).",
              "storage": ("Jangan cabut kartu SD; hubungi teknisi. Foto baru tidak bisa disimpan sampai kartu "
                          "bisa ditulis lagi (kit mencobanya sendiri).")}
-FAULT_REBOOT = "Kamera/model masih tidak bisa dipakai: kit dinyalakan ulang sekali. Data aman tersimpan."
+FAULT_REBOOT = "{parts} masih tidak bisa dipakai: kit dinyalakan ulang sekali. Data aman tersimpan."
 RECOVERED = "Kerusakan teratasi. " + READY
+
+
+def fault_parts(faults: dict[str, str]) -> str:
+    """The parts that are down, in the KPPS's words ("kamera dan model pembaca angka")."""
+    return " dan ".join(FAULT_PARTS.get(name, name) for name in faults)
 
 
 def fault_text(faults: dict[str, str]) -> str:
     """One message for every part that is down (``faults``: part name -> what went wrong)."""
-    parts = " dan ".join(FAULT_PARTS.get(name, name) for name in faults)
+    parts = fault_parts(faults)
     detail = "; ".join(faults.values())
     fix = " ".join(FAULT_FIX.get(name, "Hubungi teknisi.") for name in faults)
     return FAULT.format(parts=parts, detail=detail, fix=fix)
