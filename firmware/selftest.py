@@ -639,8 +639,12 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
             report.checks.append(Check(name, False, f"tidak bisa dipakai: {faults[name]}", fix))
         else:
             report.checks.append(Check(name, True, ok_detail))
-    # the database was just opened by the kit; a full quick_check of a big DB would stall the main loop
-    report.checks.append(_timed("storage", lambda: check_storage(config, db_check=False)))
+    if "storage" in faults:  # the running kit found its card refusing writes (firmware.app: storage fault)
+        report.checks.append(Check("storage", False, f"tidak bisa ditulis: {faults['storage']}",
+                                   "periksa kartu SD (journalctl -k); salin dulu datanya, lalu ganti "
+                                   "kartu; kit mencoba menulis lagi sendiri"))
+    else:  # the database was just opened by the kit; a full quick_check of a big DB would stall the main loop
+        report.checks.append(_timed("storage", lambda: check_storage(config, db_check=False)))
     report.checks.append(_timed("clock", check_clock))
     if battery is not None:
         level = battery.level() if battery.has_source else None

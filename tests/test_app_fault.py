@@ -401,6 +401,19 @@ def test_the_readiness_fix_for_a_camera_that_is_down_says_reboot(tmp_path, photo
     assert "kabel pita kamera" in fix and "reboot" in fix
 
 
+def test_a_card_that_refuses_writes_makes_the_readiness_not_ready_with_what_to_do(tmp_path, photos):
+    """The running kit's storage fault reaches the operators' readiness as the storage check, failed (the
+    cheap storage check of a boot report would not have noticed a card gone read-only)."""
+    from firmware.selftest import boot_report
+
+    cfg = make_config(tmp_path / "state", photos)
+    report = boot_report(cfg, faults={"storage": "cannot write x.jpg: Read-only file system"})
+    check = next(c for c in report.checks if c.name == "storage")
+    assert not check.ok and "Read-only file system" in check.detail and "kartu SD" in check.fix
+    assert not report.ready
+    assert next(c for c in boot_report(cfg).checks if c.name == "storage").ok
+
+
 def test_a_signal_handler_may_post_while_the_loop_is_inside_the_event_queue(tmp_path, photos):
     """SIGTERM's handler (cmd_run: kit.stop) runs in the main thread between any two bytecodes, also inside
     the event queue's own code while it holds its lock: the post must not wait for that lock (a deadlock: no
