@@ -693,7 +693,8 @@ class Kit:
         last = self.store.last(1)
         battery = self.battery.status() if self.battery is not None else None
         self._heartbeat = {
-            "battery": battery, "state": self.state,
+            # the faults go in every heartbeat too: a kit whose card refuses writes cannot queue a readiness
+            "battery": battery, "state": self.state, "faults": dict(self.faults),
             "last_capture": ({"seq": last[0].seq, "status": last[0].status, "halaman": last[0].halaman,
                               "taken_at": last[0].taken_at, "time_source": last[0].time_source}
                              if last else None),

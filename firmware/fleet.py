@@ -3,7 +3,10 @@
 Sources of the kits' latest readiness (signed, retained ``<prefix>/<kw>/<tps>/readiness``):
 
 - the broker itself: subscribe, collect the retained messages, verify each signature against the registry;
-- a collector database (``kit_readiness`` table, already verified by the collector).
+- a collector database (``kit_readiness`` table, already verified by the collector). There a heartbeat
+  received after the readiness that says the kit is in ``fault`` (``kit_heartbeat``: state and faults) makes
+  it not ready: heartbeats are not queued, so they still come from a kit whose card refuses the readiness
+  it would queue.
 
 The registry (``comms.signing`` format) says which kits should exist: a registered kit without a readiness
 message is *silent*. A readiness older than ``max_age_s`` counts as not ready (stale: a running kit reports
@@ -50,6 +53,10 @@ class Observation:
     problem: str = ""
     epoch: int | None = None
     received_at: float | None = None  # the collector's clock (collector database only)
+    # the kit's latest heartbeat when the collector received it after this readiness (collector database
+    # only): its ``state`` and ``faults`` (heartbeats are not queued, so they still come from a kit whose
+    # storage refuses the readiness it would queue)
+    heartbeat: dict | None = None
 
 
 @dataclass
@@ -199,15 +206,26 @@ def from_collector_db(path: Path | str) -> list[Observation]:
         raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"bukan database collector tpskit: {exc}") from None
+    try:
+        beats = {kit_id: (received_at, _json_object(body)) for kit_id, received_at, body in
+                 read_rows(path, "SELECT kit_id, received_at, body FROM kit_heartbeat")}
+    except ValueError:  # a readiness table alone (an export of it): the readiness says it all
+        beats = {}
     out = []
     for kit_id, kw, tps, body, created_at, seq, received_at in rows:
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = {}
-        out.append(Observation(kit_id, kw, int(tps), data if isinstance(data, dict) else {}, created_at, seq,
-                               received_at=received_at))
+        beat_at, beat = beats.get(kit_id, (None, {}))
+        later = _finite(beat_at) and _finite(received_at) and beat_at > received_at
+        out.append(Observation(kit_id, kw, int(tps), _json_object(body), created_at, seq,
+                               received_at=received_at, heartbeat=beat if later else None))
     return out
+
+
+def _json_object(text) -> dict:
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 # --- assessment ---------------------------------------------------------------------------------
@@ -232,6 +250,15 @@ def _reasons(body: dict) -> list[str]:
         out.append(f"siap kecuali yang dilewati / ready except skipped: {', '.join(skipped)} "
                    "→ jalankan sudo tpskit selftest tanpa --skip")
     return out or ["laporan kesiapan: belum siap (tanpa rincian)"]
+
+
+def _fault_reason(heartbeat: dict) -> str:
+    """A kit ready in its last readiness, in fault in a later heartbeat (the readiness saying so could not
+    be queued: a card that refuses writes)."""
+    faults = heartbeat.get("faults")
+    parts = "; ".join(f"{k}: {v}" for k, v in faults.items()) if isinstance(faults, dict) and faults else "?"
+    return (f"kit dalam keadaan fault menurut heartbeat terakhir ({parts}) → periksa kit di TPS (kartu SD, "
+            "kamera); laporan kesiapan terakhirnya masih 'siap'")
 
 
 def assess(registry: dict | None, observations: Iterable[Observation], *, now: float | None = None,
@@ -266,6 +293,8 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = [obs.problem]
         elif body.get("ready") is not True or st.skipped:
             st.reasons = _reasons(body)
+        elif obs.heartbeat and obs.heartbeat.get("state") == "fault":
+            st.reasons = [_fault_reason(obs.heartbeat)]
         elif max_age_s is not None and aged_from is not None and aged_from - now > FUTURE_TOLERANCE_S:
             st.reasons = [_future_reason(aged_from)]
         elif max_age_s is not None and aged_from is not None and now - aged_from > max_age_s:

@@ -417,3 +417,37 @@ def test_a_missing_collector_database_says_what_to_give(tmp_path, capsys):
         assert cli.main(["fleet", sub, "--collector-db", str(tmp_path / "none.db")]) == 2
         err = capsys.readouterr().err
         assert "tidak ada / collector database" in err and "/var/lib/tpskit-collector/collector.db" in err
+
+
+def test_a_kit_whose_later_heartbeat_says_fault_is_not_ready(tmp_path, capsys):
+    """A card gone read-only cannot queue the readiness that says so, but the kit's heartbeats (not queued)
+    still carry its state and faults: a heartbeat the collector received after a 'ready' readiness and saying
+    'fault' makes the kit not ready, with the fault; a later healthy heartbeat makes it ready again."""
+    from comms import payloads, signing, topics
+    from comms.collector_store import CollectorStore
+    from comms.signing import KitEntry
+
+    key = signing.generate_key()
+    kw, tps = "31.71.01.1001", 1
+    registry = {"kit-a": KitEntry("kit-a", key.verify_key, kw, tps)}
+    db = tmp_path / "collector.db"
+    store = CollectorStore(db)
+
+    def deliver(kind: str, body: dict, seq: int | None, n: int):
+        wire = payloads.build(key, kind=kind, msg_id=f"kit-a:{kind}:{n}", kit_id="kit-a", kode_wilayah=kw,
+                              tps=tps, seq=seq, epoch=1, created_at=time.time(), body=body)
+        store.begin()
+        store.process(topics.topic("tpskit/v1", kw, tps, kind), wire, registry)
+        store.commit()
+        time.sleep(0.01)  # the collector's receive times are ordered
+
+    now = time.time()
+    deliver("readiness", {"ready": True, "checked_at": now, "time_source": "ntp"}, 1, 1)
+    obs = fleet.from_collector_db(db)
+    assert fleet.assess(registry, obs)[0].state == "ready" and obs[0].heartbeat is None
+    deliver("heartbeat", {"state": "fault", "faults": {"storage": "Read-only file system"}}, None, 2)
+    (st,) = fleet.assess(registry, fleet.from_collector_db(db))
+    assert st.state == "not_ready" and "storage: Read-only file system" in st.reasons[0]
+    deliver("heartbeat", {"state": "ready", "faults": {}}, None, 3)
+    assert fleet.assess(registry, fleet.from_collector_db(db))[0].state == "ready"
+    store.close()
