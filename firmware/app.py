@@ -383,8 +383,12 @@ class Kit:
         self._verdict(verdict)  # the KPPS sees the verdict now; sending is bookkeeping after it
         if status != "retake":
             t = time.monotonic()
-            self._submit_earlier(record)
-            self.submit(record, frame.jpeg)
+            try:
+                self._submit_earlier(record)
+                self.submit(record, frame.jpeg)
+            except Exception:  # noqa: BLE001 - the page is stored and told: it is handed over later (the
+                # next press, a long press or a restart), and a failure here is no second verdict
+                log.exception("capture %s: handing over to the outbox failed", record.id)
             steps["submit"] = _ms_since(t)
         self._notify(verdict)
         return verdict

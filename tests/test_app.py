@@ -245,6 +245,35 @@ def test_an_unexpected_error_in_a_press_still_ends_in_an_error_verdict(tmp_path,
         assert h.verdict().pattern == "ok"
 
 
+def test_an_error_after_the_verdict_leaves_the_press_one_verdict(tmp_path, photos, monkeypatch):
+    """The page is stored and the KPPS told 'ok'; then the outbox refuses it and recording that fails too:
+    the press keeps its one verdict (an 'error' after the 'ok' of a page that is stored would tell the KPPS
+    it was lost; without the verdict the listeners would wait), and the page is handed over at the next
+    press."""
+    write_photo(photos / "01.jpg", 220)
+    write_photo(photos / "02.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    courier = RecordingCourier()
+    with KitHarness(cfg, courier=courier) as h:
+        courier.fail = True
+        real = h.store.mark_submitted
+
+        def broken(capture_id, *, error=None):
+            raise RuntimeError("bookkeeping failed")
+
+        monkeypatch.setattr(h.store, "mark_submitted", broken)
+        h.press()
+        assert h.verdict().pattern == "ok"  # told, and handed to the listeners (soak, demo) all the same
+        time.sleep(0.3)
+        assert h.verdicts.empty() and h.kit.verdicts == 1 and h.kit.state == "ready"
+        assert not any("kesalahan" in m for m in h.messages)
+        monkeypatch.setattr(h.store, "mark_submitted", real)
+        courier.fail = False
+        h.press()
+        assert h.verdict().pattern == "ok" and h.kit.verdicts == 2
+        assert len(courier.submitted) == 2  # the first page too, before the second
+
+
 def test_reader_crash_is_an_error_not_a_dead_kit(tmp_path, photos):
     write_photo(photos / "01.jpg", 220)
     write_photo(photos / "02.jpg", 220)
