@@ -23,6 +23,15 @@ def _damage_payload(line: bytes) -> bytes:
     return canonical_json(entry)
 
 
+def _import_to_collector(path, key, mosquitto, tmp_path, capsys, *, client_id: str) -> tuple[int, dict, str]:
+    """``_import_json`` of *path* while a collector (kit-1's *key* registered) listens on the broker."""
+    collector = start_collector(key, mosquitto, tmp_path, client_id=client_id)
+    try:
+        return _import_json(path, mosquitto.url, capsys)
+    finally:
+        collector.stop()
+
+
 def _import_json(path, url, capsys, *, wait="20") -> tuple[int, dict, str]:
     code = cli.main(["import", str(path), "--broker", url, "--wait", wait, "--json"])
     out, err = capsys.readouterr()
@@ -45,11 +54,8 @@ def test_a_damaged_line_in_the_middle_is_skipped_and_the_others_imported(tmp_pat
     with pytest.raises(BundleError, match="damaged"):
         check_bundle(path)  # the strict whole-bundle check still says so
     assert read_manifest(path)["count"] == n
-    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-damaged")
-    try:
-        code, result, err = _import_json(path, mosquitto.url, capsys)
-    finally:
-        collector.stop()
+    code, result, err = _import_to_collector(path, key, mosquitto, tmp_path, capsys,
+                                             client_id="collector-damaged")
     assert code == 1
     assert result["damaged"] == ["kit-1:c2:reading"]
     assert result["messages"] == n and result["published"] == result["acked"] == n - 1
@@ -65,11 +71,8 @@ def test_a_truncated_bundle_imports_what_is_whole(tmp_path, mosquitto, capsys):
     path, n = _filled_and_exported(tmp_path, key, 5)
     lines = path.read_bytes().splitlines()
     path.write_bytes(b"\n".join(lines[:7]) + b"\n" + lines[7][: len(lines[7]) // 2])  # c0:photo:1 cut off
-    collector = start_collector(key, mosquitto, tmp_path, client_id="collector-truncated")
-    try:
-        code, result, err = _import_json(path, mosquitto.url, capsys)
-    finally:
-        collector.stop()
+    code, result, err = _import_to_collector(path, key, mosquitto, tmp_path, capsys,
+                                             client_id="collector-truncated")
     assert code == 1
     assert result["damaged"] == CHUNKS[1:]
     assert result["published"] == result["acked"] == n - 2

@@ -258,6 +258,15 @@ def uninstall(root: Path, *args: str) -> subprocess.CompletedProcess:
     return install("--uninstall", "--destdir", str(root), *args)
 
 
+def refused_purge(root: Path) -> subprocess.CompletedProcess:
+    """``--uninstall --purge``, which must refuse (exit 1) and change nothing at all."""
+    before = tree(root)
+    res = uninstall(root, "--purge")
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert tree(root) == before
+    return res
+
+
 def assert_code_gone(root: Path):
     for rel in ("opt/tpskit", "usr/local/bin/tpskit", "etc/systemd/system/tpskit.service",
                 "etc/systemd/system/tpskit-collector.service"):
@@ -340,10 +349,8 @@ def test_purge_refuses_captures_not_yet_in_the_outbox(tmp_path):
     store.save(jpeg=b"\xff\xd8 not really a jpeg", status="ok", reading={"page": 1}, taken_at=1.0,
                time_source="ntp")
     store.close()
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1 and "captures not yet in the outbox" in res.stderr
-    assert tree(root) == before
+    res = refused_purge(root)
+    assert "captures not yet in the outbox" in res.stderr
 
 
 def test_purge_checks_the_state_directory_the_config_names(tmp_path):
@@ -351,29 +358,22 @@ def test_purge_checks_the_state_directory_the_config_names(tmp_path):
     stage_kit(root)
     (root / "etc/tpskit/config.toml").write_text('[kit]\nkit_id = "k"\n[paths]\nstate_dir = "/srv/tpskit"\n')
     outbox_with(root / "srv/tpskit", queued=3)
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1 and "3 pesan belum di-ack" in res.stderr and "srv/tpskit" in res.stderr
-    assert tree(root) == before
+    res = refused_purge(root)
+    assert "3 pesan belum di-ack" in res.stderr and "srv/tpskit" in res.stderr
 
 
 def test_purge_refuses_an_unreadable_database_or_config(tmp_path):
     root = tmp_path / "root"
     state = stage_kit(root)
     (state / "tpskit.db").write_bytes(b"this is not a database, maybe a damaged SD card" * 100)
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1
+    res = refused_purge(root)
     assert "cannot be read" in res.stderr and "file is not a database" in res.stderr
     assert "is not" in res.stderr and "proof that it is empty" in res.stderr
-    assert tree(root) == before
     # a config that cannot be read hides where the data is
     (state / "tpskit.db").unlink()
     (root / "etc/tpskit/config.toml").write_text("[kit\n")
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1 and "config" in res.stderr and "REFUSED" in res.stderr
-    assert tree(root) == before
+    res = refused_purge(root)
+    assert "config" in res.stderr and "REFUSED" in res.stderr
 
 
 def test_purge_after_a_plain_uninstall_cannot_check_without_the_installed_code(tmp_path):
@@ -383,10 +383,8 @@ def test_purge_after_a_plain_uninstall_cannot_check_without_the_installed_code(t
     state = stage_kit(root)
     outbox_with(state, acked=1)
     assert uninstall(root).returncode == 0
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1 and "cannot be checked" in res.stderr and "scripts/install.sh" in res.stderr
-    assert tree(root) == before
+    res = refused_purge(root)
+    assert "cannot be checked" in res.stderr and "scripts/install.sh" in res.stderr
 
 
 def test_purge_with_an_older_installed_version_says_to_install_this_one_first(tmp_path):
@@ -398,13 +396,11 @@ def test_purge_with_an_older_installed_version_says_to_install_this_one_first(tm
     outbox_with(state, acked=1)
     outbox_py = root / "opt/tpskit/src/comms/outbox.py"
     outbox_py.write_text(outbox_py.read_text().replace("def connect_reading(", "def _not_yet_written("))
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1 and "REFUSED" in res.stderr
+    res = refused_purge(root)
+    assert "REFUSED" in res.stderr
     assert "could not run the check (exit 3): ImportError: cannot import name 'connect_reading'" in res.stderr
     assert "Traceback" not in res.stderr
     assert "install again so it can be checked" in res.stderr and "older than this checkout" in res.stderr
-    assert tree(root) == before
 
 
 def test_force_overrides_the_refusal_loudly(tmp_path):
@@ -526,8 +522,6 @@ def test_purge_refuses_photos_left_without_their_database(tmp_path):
     state = stage_kit(root)
     (state / "photos").mkdir()
     (state / "photos/0123abcd.jpg").write_bytes(b"\xff\xd8 a page \xff\xd9")
-    before = tree(root)
-    res = uninstall(root, "--purge")
-    assert res.returncode == 1 and "REFUSED" in res.stderr
+    res = refused_purge(root)
+    assert "REFUSED" in res.stderr
     assert "1 foto" in res.stderr and "no database" in res.stderr
-    assert tree(root) == before
