@@ -72,14 +72,19 @@ def export_bundle(
     kode_wilayah: str,
     tps: int,
     now: float | None = None,
-) -> tuple[Path, int]:
-    """Write all unacked messages of the outbox to one bundle file in *out_dir*; returns (path, count)."""
+) -> tuple[Path | None, int]:
+    """Write all unacked messages of the outbox to one bundle file in *out_dir*; returns (path, count).
+
+    With nothing unacked no file is written (path None): an empty bundle on the stick would only be carried
+    and imported for nothing."""
     out_dir = _check_paths(db_path, out_dir)
     key = coerce_signing_key(signing_key)
     now = now if now is not None else time.time()
     name = f"tpskit-{kit_id}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}{SUFFIX}"
     with ExitStack() as stack:
         ob, listed = _open_unacked(Path(db_path), stack, scratch_dirs=[None, out_dir])
+        if not listed:
+            return None, 0
         manifest = sign_document(
             key,
             {

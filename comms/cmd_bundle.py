@@ -81,7 +81,7 @@ def _export(args) -> int:
         print(
             json.dumps(
                 {
-                    "bundle": str(path),
+                    "bundle": str(path) if path is not None else None,
                     "messages": n,
                     "acks_files": acks["files"],
                     "acks_confirmed": acks["confirmed"],
@@ -96,13 +96,13 @@ def _export(args) -> int:
             f"{acks['confirmed']} messages confirmed by the collector, now marked delivered "
             f"({acks['files']} acks files)."
         )
-    print(f"Bundel ditulis / bundle written: {path} ({n} pesan / messages).")
-    if n == 0:
+    if path is None:
         print(
             "Tidak ada yang perlu dibawa / nothing left to carry: the kit has no message the collector has "
-            "not confirmed (this empty bundle need not be imported)."
+            "not confirmed, so no bundle was written. Semua data sudah diterima collector."
         )
         return 0
+    print(f"Bundel ditulis / bundle written: {path} ({n} pesan / messages).")
     print(
         "Bawa ke komputer yang punya jaringan / take it to a networked PC: "
         f"tpskit import {path.name} --broker URL"

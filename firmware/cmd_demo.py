@@ -327,7 +327,8 @@ def usb_round_trip(root: Path, cfg, config_file: Path, *, broker_url: str, regis
     made = sorted(bundles() - before)
     after = _outbox_counts(cfg.db_path)
     out["confirmed"] = after["acked"] - counts["acked"]
-    out["second_export"] = read_manifest(made[0])["count"] if len(made) == 1 else None
+    # nothing left unconfirmed: the export writes no bundle
+    out["second_export"] = read_manifest(made[0])["count"] if len(made) == 1 else (0 if not made else None)
     out["left_unacked"] = after["unacked"]
     out["delivered"] = (out["import_rc"] == 0 and out["second_export_rc"] == 0 and out["left_unacked"] == 0
                         and out["second_export"] == 0)

@@ -111,10 +111,14 @@ def test_round_trip_carries_only_what_the_collector_did_not_ack(tmp_path, mosqui
         assert code == 0 and result["acked"] == 1 and result["damaged"] == []
     finally:
         collector.stop()
+    on_stick = sorted(usb.iterdir())
     assert cli.main(["--config", str(cfg), "export", str(usb)]) == 0
     out = capsys.readouterr().out
-    assert "1 messages confirmed by the collector" in out and "(0 pesan / messages)" in out
-    assert "nothing left to carry" in out
+    assert "1 messages confirmed by the collector" in out and "bundle written" not in out
+    assert "nothing left to carry" in out and "no bundle was written" in out
+    assert sorted(usb.iterdir()) == on_stick  # no empty bundle to carry and import for nothing
+    again, _err = _export(cfg, usb, capsys)
+    assert again["bundle"] is None and again["messages"] == 0 and sorted(usb.iterdir()) == on_stick
     assert set(_states(db).values()) == {"acked"}
     with sqlite3.connect(tmp_path / "collector.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 5
