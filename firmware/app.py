@@ -718,7 +718,6 @@ class Kit:
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
 
-
     def _heartbeat_soon(self) -> None:
         """Ask the courier for a heartbeat as soon as the link is up, carrying the snapshot just taken: it is
         retained, so the operators' fleet view (``tpskit fleet readiness --broker``) sees the kit's faults
