@@ -912,7 +912,9 @@ class _Session:
         now = time.monotonic()
         if c.heartbeat_s > 0 and now >= self.next_heartbeat:
             self.next_heartbeat = now + c.heartbeat_s
-            self._publish_control(client, c.topic("heartbeat"), self._heartbeat_payload())
+            # retained: the broker keeps the kit's latest state and faults for `tpskit fleet readiness
+            # --broker` (a kit whose card refuses writes cannot queue the readiness that would say so)
+            self._publish_control(client, c.topic("heartbeat"), self._heartbeat_payload(), retain=True)
         if c._heartbeat_now:
             c._heartbeat_now = False
             self.next_heartbeat = now

@@ -1,6 +1,6 @@
 """MQTT topic layout: ``<prefix>/<kode_wilayah>/<tps>/<kind>`` (documented in docs/payloads.md).
 
-Kit → collector: ``reading``, ``photo``, ``readiness`` (retained), ``heartbeat``,
+Kit → collector: ``reading``, ``photo``, ``readiness`` (retained), ``heartbeat`` (retained),
 ``status`` (retained, last will).
 Collector → kit: ``ack``.
 """
@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "tpskit/v1"
 KIT_KINDS = ("reading", "photo", "readiness", "heartbeat", "status")
-RETAINED_KINDS = ("readiness", "status")  # published with retain: the broker keeps each TPS's latest
+# published with retain: the broker keeps each TPS's latest
+RETAINED_KINDS = ("readiness", "heartbeat", "status")
+# The retained kinds a collector takes over a plain subscription, so that it gets the broker's copy again
+# when it (re)subscribes: readiness (every 6 h) and status (at each connection) come rarely. Heartbeats come
+# every few minutes and stay on the shared subscription (a retained message is delivered live to shared
+# subscriptions too; only the stored copy is not): a plain one would hand every heartbeat to every collector
+# of a group, and every kit's stored heartbeat to each collector at each resubscribe. Their copy at the
+# broker is for ``tpskit fleet readiness --broker`` (a kit's latest state and faults).
+PLAIN_KINDS = ("readiness", "status")
 ACK = "ack"
 KINDS = (*KIT_KINDS, ACK)
 SHARE_GROUP = "collectors"
@@ -55,16 +63,17 @@ def parse_topic(prefix: str, name: str) -> TopicParts:
 def collector_filters(prefix: str, *, group: str | None = SHARE_GROUP) -> list[tuple[str, bool]]:
     """(filter, shared) pairs a collector subscribes to.
 
-    Readings and photos go through a shared subscription ($share/<group>/...) so several collectors split
-    the load. Retained kinds (readiness, status) use plain subscriptions: brokers do not deliver retained
-    messages to shared subscriptions (MQTT 5, 4.8.2), and every collector stores them idempotently.
+    Readings, photos and heartbeats go through a shared subscription ($share/<group>/...) so several
+    collectors split the load. Readiness and status (``PLAIN_KINDS``) use plain subscriptions: brokers do not
+    deliver the stored retained messages to shared subscriptions (MQTT 5, 4.8.2), and every collector
+    stores them idempotently.
     """
     prefix = prefix.strip("/")
     out = []
-    for kind in (k for k in KIT_KINDS if k not in RETAINED_KINDS):
+    for kind in (k for k in KIT_KINDS if k not in PLAIN_KINDS):
         f = f"{prefix}/+/+/{kind}"
         out.append((f"$share/{group}/{f}" if group else f, bool(group)))
-    for kind in RETAINED_KINDS:
+    for kind in PLAIN_KINDS:
         out.append((f"{prefix}/+/+/{kind}", False))
     return out
 

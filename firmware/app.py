@@ -129,6 +129,7 @@ class Kit:
         self._camera_wait = BoundedCall(limit_s=config.camera.timeout_s + CAPTURE_GRACE_S,
                                         tick=self._tick_watchdog, every_s=TICK_S, name="camera")
         self._heartbeat: dict[str, Any] = {}
+        self._beat_faults: frozenset[str] | None = None  # the parts down in the last heartbeat snapshot
         self._openers = dict(openers or {})
         self.faults: dict[str, str] = dict(faults or {})
         if camera is None:
@@ -494,6 +495,8 @@ class Kit:
             del self.faults[name]
             log.info("%s is open again", name)
         if self.faults:
+            if self._beat_faults is not None and set(self.faults) != self._beat_faults:
+                self._write_status()  # one part is back, another still down: say so now
             self._next_reopen = time.monotonic() + self._retry_every
             self._retry_every = min(2 * self._retry_every, max(FAULT_RETRY_MAX_S, self._fault_retry_s))
             return False
@@ -706,10 +709,25 @@ class Kit:
                                                              "version", None),
             "captures": self.store.counts(),
         }
+        faults = frozenset(self.faults)
+        if faults != self._beat_faults:  # a part went down or came back (or the first snapshot)
+            self._beat_faults = faults
+            self._heartbeat_soon()
         try:
             status_file.write_status(self.store.state_dir, self.status())
         except OSError as exc:
             log.warning("cannot write %s: %s", self.status_path, exc)
+
+    def _heartbeat_soon(self) -> None:
+        """Ask the courier for a heartbeat as soon as the link is up, carrying the snapshot just taken: it is
+        retained, so the operators' fleet view (``tpskit fleet readiness --broker``) sees the kit's faults
+        even when the card refuses the readiness that would say so."""
+        if self.courier is None or not hasattr(self.courier, "heartbeat"):
+            return
+        try:
+            self.courier.heartbeat()
+        except Exception:  # noqa: BLE001 - a heartbeat must never stop the kit
+            log.warning("courier.heartbeat failed", exc_info=True)
 
 
 class _OpenAbandoned(Exception):

@@ -22,9 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--registry", help="collector registry of the kits that should report: a JSON or CSV "
                    "file, or a folder of <kit_id>.csv rows (provision --export)")
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--broker", help="read the retained readiness messages from this broker (mqtt[s]://host:port)")
-    src.add_argument("--collector-db", help="read the latest readiness from a collector database")
-    r.add_argument("--username", help="broker username (operator account, read access to readiness)")
+    src.add_argument("--broker", help="read the retained readiness and heartbeat messages from this broker "
+                     "(mqtt[s]://host:port); a later heartbeat in fault makes a ready kit not ready")
+    src.add_argument("--collector-db", help="read the latest readiness (and heartbeat) from a collector "
+                     "database")
+    r.add_argument("--username", help="broker username (operator account, read access to readiness and "
+                   "heartbeat)")
     r.add_argument("--password-file", help="file with the broker password")
     r.add_argument("--ca-file", help="CA bundle of the broker")
     r.add_argument("--prefix", default="tpskit/v1", help="topic prefix (default tpskit/v1)")

@@ -3,10 +3,15 @@
 Sources of the kits' latest readiness (signed, retained ``<prefix>/<kw>/<tps>/readiness``):
 
 - the broker itself: subscribe, collect the retained messages, verify each signature against the registry;
-- a collector database (``kit_readiness`` table, already verified by the collector). There a heartbeat
-  received after the readiness that says the kit is in ``fault`` (``kit_heartbeat``: state and faults) makes
-  it not ready: heartbeats are not queued, so they still come from a kit whose card refuses the readiness
-  it would queue.
+- a collector database (``kit_readiness`` table, already verified by the collector).
+
+Either way a later heartbeat that says the kit is in ``fault`` (its ``state`` and ``faults``) makes a 'ready'
+kit not ready: heartbeats are not queued, so they still come from a kit whose card refuses the readiness it
+would queue. From the broker: the kit's retained heartbeat (``<prefix>/<kw>/<tps>/heartbeat``, signature
+checked like the readiness; one that does not verify, or of a kit the registry does not list there, is
+ignored) created after the readiness by the kit's clock (``created_at``); from a collector database: the
+``kit_heartbeat`` row received after the readiness. A kit with a heartbeat but no readiness stays *silent*;
+its reason says it is alive (and its faults).
 
 The registry (``comms.signing`` format) says which kits should exist: a registered kit without a readiness
 message is *silent*. A readiness older than ``max_age_s`` counts as not ready (stale: a running kit reports
@@ -36,6 +41,7 @@ from pathlib import Path
 from firmware.clock import FUTURE_TOLERANCE_S
 
 READY, NOT_READY, SILENT = "ready", "not_ready", "silent"
+BeatKey = tuple[str, str, int]  # a heartbeat's kit id, kode wilayah and TPS
 STATE_LABELS = {READY: "SIAP", NOT_READY: "BELUM SIAP", SILENT: "DIAM"}
 
 
@@ -53,10 +59,13 @@ class Observation:
     problem: str = ""
     epoch: int | None = None
     received_at: float | None = None  # the collector's clock (collector database only)
-    # the kit's latest heartbeat when the collector received it after this readiness (collector database
-    # only): its ``state`` and ``faults`` (heartbeats are not queued, so they still come from a kit whose
-    # storage refuses the readiness it would queue)
+    # the body of the kit's latest heartbeat when it came after this readiness (by the collector's receive
+    # time, or from the broker by the kit's clock): its ``state`` and ``faults`` (heartbeats are not queued,
+    # so they still come from a kit whose storage refuses the readiness it would queue)
     heartbeat: dict | None = None
+    # False: no readiness from this kit, only a verified heartbeat (``heartbeat``, ``created_at`` its time):
+    # the kit stays silent, but alive (from the broker only)
+    readiness: bool = True
 
 
 @dataclass
@@ -95,7 +104,10 @@ class RegionSummary:
 def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit/v1",
                 username: str | None = None, password: str | None = None, ca_file=None, wait_s: float = 5.0,
                 quiet_s: float = 0.7, client_id: str | None = None) -> list[Observation]:
-    """Collect the retained readiness messages from the broker (read-only; nothing is acked)."""
+    """Collect the retained readiness and heartbeat messages from the broker (read-only; nothing is acked).
+
+    One Observation per kit with a readiness (its heartbeat attached when created after it), plus one
+    ``readiness=False`` per kit with a verified heartbeat only."""
     from comms import payloads
     from comms.courier import make_mqtt_client, parse_broker_url
 
@@ -104,6 +116,7 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
                               protocol="mqtt5", tls=tls, ca_file=ca_file, username=username,
                               password=password)
     got: dict[str, Observation] = {}
+    beats: dict[BeatKey, tuple[float, dict]] = {}  # the newest verified heartbeat (its time, its body)
     lock = threading.Lock()
     last = [time.monotonic()]
     subscribed = threading.Event()
@@ -114,14 +127,27 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
             failed.append(str(rc))
             subscribed.set()
             return
-        c.subscribe(f"{prefix.strip('/')}/+/+/readiness", qos=1)
+        c.subscribe([(f"{prefix.strip('/')}/+/+/{kind}", 1) for kind in ("readiness", "heartbeat")])
 
     def on_subscribe(*_a):
         last[0] = time.monotonic()
         subscribed.set()
 
     def on_message(_c, _u, msg):
-        obs = _observe(msg.payload, registry, payloads)
+        parsed = _parse(msg.payload, payloads)
+        if parsed is None:
+            return
+        env, raw = parsed
+        if env.kind == "heartbeat":
+            beat = _heartbeat(env, raw, registry, payloads)
+            with lock:
+                if beat is not None:
+                    key, at, body = beat
+                    if key not in beats or at >= beats[key][0]:
+                        beats[key] = (at, body)
+                last[0] = time.monotonic()
+            return
+        obs = _readiness(env, raw, registry, payloads)
         if obs is None:
             return
         with lock:
@@ -146,7 +172,27 @@ def from_broker(broker_url: str, *, registry: dict | None, prefix: str = "tpskit
     finally:
         client.loop_stop()
         client.disconnect()
-    return list(got.values())
+    with lock:
+        return _with_heartbeats(list(got.values()), beats)
+
+
+def _with_heartbeats(observations: list[Observation], beats: dict[BeatKey, tuple[float, dict]]
+                     ) -> list[Observation]:
+    """Attach to each readiness its kit's heartbeat from the same TPS when the kit created the heartbeat
+    after it (the kit's clock, the only one a retained message has); a kit with a heartbeat and no readiness
+    gets a ``readiness=False`` observation."""
+    out = []
+    for obs in observations:
+        beat = beats.get((obs.kit_id, obs.kode_wilayah, obs.tps))
+        if beat is not None and _finite(obs.created_at) and beat[0] > obs.created_at:
+            obs.heartbeat = beat[1]
+        out.append(obs)
+    reported = {o.kit_id for o in observations}
+    alive: dict[str, Observation] = {}  # the newest heartbeat of each kit without a readiness
+    for (kit_id, kw, tps), (at, body) in beats.items():
+        if kit_id not in reported and (kit_id not in alive or at > alive[kit_id].created_at):
+            alive[kit_id] = Observation(kit_id, kw, tps, {}, created_at=at, heartbeat=body, readiness=False)
+    return out + list(alive.values())
 
 
 def _supersedes(obs: Observation, prev: Observation) -> bool:
@@ -161,11 +207,36 @@ def _supersedes(obs: Observation, prev: Observation) -> bool:
     return (obs.created_at or 0) >= (prev.created_at or 0)
 
 
-def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | None:
+def _parse(payload: bytes, payloads):
     try:
-        env, raw = payloads.parse(payload)
+        return payloads.parse(payload)
     except payloads.MalformedMessage:
         return None
+
+
+def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | None:
+    parsed = _parse(payload, payloads)
+    return _readiness(*parsed, registry, payloads) if parsed is not None else None
+
+
+def _heartbeat(env, raw: dict, registry: dict | None, payloads) -> tuple[BeatKey, float, dict] | None:
+    """((kit, kw, tps), created_at, body) of a heartbeat the registry vouches for (signature, kit, TPS), or
+    None: a heartbeat that does not verify must never change a verdict. Without a registry nothing is
+    verified, heartbeats no more than readiness messages (which are then believed as they are)."""
+    if not _finite(env.created_at):
+        return None
+    if registry is not None:
+        entry = registry.get(env.kit_id)
+        if entry is None or not payloads.verify(entry.public_key, raw):
+            return None
+        probe = Observation(env.kit_id, env.kode_wilayah, env.tps, {})
+        _check_registry(probe, registry)
+        if not probe.verified:
+            return None
+    return (env.kit_id, env.kode_wilayah, env.tps), float(env.created_at), dict(env.body)
+
+
+def _readiness(env, raw: dict, registry: dict | None, payloads) -> Observation | None:
     if env.kind != "readiness":
         return None
     obs = Observation(env.kit_id, env.kode_wilayah, env.tps, env.body, env.created_at, env.seq,
@@ -252,20 +323,48 @@ def _reasons(body: dict) -> list[str]:
     return out or ["laporan kesiapan: belum siap (tanpa rincian)"]
 
 
+def _in_fault(heartbeat: dict | None) -> bool:
+    """A heartbeat saying the kit is in fault, or naming parts that are down (one sent during a press)."""
+    if not heartbeat:
+        return False
+    faults = heartbeat.get("faults")
+    return heartbeat.get("state") == "fault" or (isinstance(faults, dict) and bool(faults))
+
+
+def _fault_parts(heartbeat: dict) -> str:
+    faults = heartbeat.get("faults")
+    return "; ".join(f"{k}: {v}" for k, v in faults.items()) if isinstance(faults, dict) and faults else "?"
+
+
 def _fault_reason(heartbeat: dict) -> str:
     """A kit ready in its last readiness, in fault in a later heartbeat (the readiness saying so could not
     be queued: a card that refuses writes)."""
-    faults = heartbeat.get("faults")
-    parts = "; ".join(f"{k}: {v}" for k, v in faults.items()) if isinstance(faults, dict) and faults else "?"
+    parts = _fault_parts(heartbeat)
     return (f"kit dalam keadaan fault menurut heartbeat terakhir ({parts}) → periksa kit di TPS (kartu SD, "
             "kamera); laporan kesiapan terakhirnya masih 'siap'")
+
+
+def _alive_reason(beat: Observation) -> str:
+    """A registered kit without a readiness whose heartbeat came (from the broker)."""
+    try:
+        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(beat.created_at))
+    except (TypeError, ValueError, OverflowError, OSError):
+        at = "?"
+    if _in_fault(beat.heartbeat):
+        return (f"tidak ada laporan kesiapan; heartbeat kit ({at}, jam kit): fault "
+                f"({_fault_parts(beat.heartbeat)}) → periksa kit di TPS (kartu SD, kamera) "
+                "/ alive but in fault, sent no readiness")
+    return (f"tidak ada laporan kesiapan, tetapi kit hidup (heartbeat {at}, jam kit) → jalankan sudo tpskit "
+            "selftest di kit / alive, sent no readiness")
 
 
 def assess(registry: dict | None, observations: Iterable[Observation], *, now: float | None = None,
            max_age_s: float | None = None) -> list[KitState]:
     """One KitState per registered kit (silent if no readiness) plus any unregistered kit that reported."""
     now = time.time() if now is None else now
-    seen = {o.kit_id: o for o in observations}
+    observations = list(observations)
+    seen = {o.kit_id: o for o in observations if o.readiness}
+    alive = {o.kit_id: o for o in observations if not o.readiness}
     states: list[KitState] = []
     kit_ids = list(registry) if registry is not None else []
     kit_ids += [k for k in seen if registry is None or k not in registry]
@@ -273,8 +372,10 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
         entry = registry.get(kit_id) if registry is not None else None
         obs = seen.get(kit_id)
         if obs is None:
+            beat = alive.get(kit_id)
             states.append(KitState(kit_id, entry.kode_wilayah, entry.tps, SILENT,
-                                   ["tidak ada laporan kesiapan: kit belum dinyalakan, belum selftest, "
+                                   [_alive_reason(beat) if beat is not None else
+                                    "tidak ada laporan kesiapan: kit belum dinyalakan, belum selftest, "
                                     "atau tidak ada sinyal"]))
             continue
         if registry is not None:
@@ -293,7 +394,7 @@ def assess(registry: dict | None, observations: Iterable[Observation], *, now: f
             st.reasons = [obs.problem]
         elif body.get("ready") is not True or st.skipped:
             st.reasons = _reasons(body)
-        elif obs.heartbeat and obs.heartbeat.get("state") == "fault":
+        elif _in_fault(obs.heartbeat):
             st.reasons = [_fault_reason(obs.heartbeat)]
         elif max_age_s is not None and aged_from is not None and aged_from - now > FUTURE_TOLERANCE_S:
             st.reasons = [_future_reason(aged_from)]

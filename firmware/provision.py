@@ -627,7 +627,7 @@ def prepare_batch(csv_path: Path | str, *, broker: str, out_dir: Path | str,
         "# tpskit: each kit publishes only under its own TPS and reads only its acks",
         f"# collector account:\n# user collector\n# topic read {base}/#\n# topic write {base}/+/+/ack",
         f"# operator account for 'tpskit fleet readiness':\n# user operator\n"
-        f"# topic read {base}/+/+/readiness",
+        f"# topic read {base}/+/+/readiness\n# topic read {base}/+/+/heartbeat",
     ]
     for kit_id, kode, tps, dpt in kits:
         path = kit_dir / f"{kit_id}.toml"

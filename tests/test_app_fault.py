@@ -467,3 +467,73 @@ def test_a_signal_handler_may_post_while_the_loop_is_inside_the_event_queue(tmp_
     else:  # no Python code in the queue to interrupt (a C queue): a post from a handler works as any other
         kit.stop("signal SIGTERM")
         assert isinstance(kit.events.get(timeout=1), Stop)
+
+
+class Beats(Readiness):
+    """A courier stub that records the heartbeat snapshot each time the kit asks for a heartbeat."""
+
+    def __init__(self):
+        super().__init__()
+        self.info = dict
+        self.beats: list[dict] = []
+
+    def heartbeat_info(self, func):
+        self.info = func
+
+    def heartbeat(self):
+        self.beats.append(self.info())
+
+
+def test_the_kit_asks_for_a_heartbeat_when_a_part_goes_down_or_comes_back(tmp_path, photos):
+    """Heartbeats are retained and carry the kit's state and faults (the operators' fleet view reads them: a
+    card that refuses writes cannot queue the readiness that would say so): the kit asks for one at once,
+    with the new snapshot, when its set of faults changes, not only every heartbeat_s."""
+    cfg = make_config(tmp_path / "state", photos)
+    socket = CameraSocket(cfg)
+    courier = Beats()
+    with KitHarness(cfg, camera=None, courier=courier, openers={"camera": socket.open, "model": StubReader},
+                    faults={"camera": "no Camera Module found", "model": "tidak termuat"},
+                    fault_retry_s=0.1) as h:
+        assert _wait(lambda: len(courier.beats) >= 2)  # at start, then the model came back, the camera not
+        assert courier.beats[0]["state"] == "fault" and set(courier.beats[0]["faults"]) == {"camera", "model"}
+        assert set(courier.beats[1]["faults"]) == {"camera"}
+        assert _wait(lambda: socket.attempts >= 3)  # the camera still down, the same faults: no heartbeat
+        h.press(seconds=cfg.gpio.hold_s + 0.3)  # nor for a long press (the status is written again)
+        assert _wait(lambda: "Status:" in " ".join(h.messages))
+        assert len(courier.beats) == 2
+        socket.plugged.set()
+        assert _wait(lambda: h.kit.state == "ready")
+        assert _wait(lambda: len(courier.beats) == 3)
+        assert courier.beats[2]["state"] == "ready" and courier.beats[2]["faults"] == {}
+    assert len(courier.beats) == 3  # stopping is no change of faults
+
+
+def test_a_card_gone_read_only_mid_run_asks_for_a_heartbeat_that_names_the_storage_fault(tmp_path, photos,
+                                                                                     monkeypatch):
+    """The readiness saying 'storage' goes to the outbox on the same card and may never leave: the heartbeat
+    the kit asks for at once carries the fault; once the card takes writes again another says it is gone."""
+    import errno
+    import os
+    from pathlib import Path
+
+    from tests.kit_helpers import write_photo
+
+    for i in range(2):
+        write_photo(photos / f"{i:02d}.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    courier = Beats()
+    with KitHarness(cfg, courier=courier, fault_retry_s=0.3) as h:
+        assert _wait(lambda: courier.beats) and courier.beats[0]["faults"] == {}
+
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(os, "fsync", read_only)
+        monkeypatch.setattr(Path, "unlink", read_only)
+        h.press()
+        assert h.verdict().pattern == "error"
+        assert len(courier.beats) == 2
+        assert courier.beats[1]["state"] == "fault" and "storage" in courier.beats[1]["faults"]
+        monkeypatch.undo()
+        assert _wait(lambda: len(courier.beats) == 3)
+        assert courier.beats[2]["state"] == "ready" and courier.beats[2]["faults"] == {}

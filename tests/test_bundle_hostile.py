@@ -110,3 +110,31 @@ def test_a_line_whose_topic_or_retain_flag_was_changed_within_the_kit_publishes_
         path.write_bytes(b"\n".join(edited) + b"\n")
         with pytest.raises(BundleError, match=f"{why}.*the bundle was changed; nothing was imported"):
             import_bundle(path, broker_url="mqtt://127.0.0.1:1", wait_acks_s=0)  # before any connection
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_a_heartbeat_line_in_a_bundle_signed_by_the_kit_publishes_nothing(tmp_path, retain):
+    """A kit never queues a heartbeat, so no bundle it exports holds one: a heartbeat line listed in a
+    manifest the kit key signed (a crafted bundle) is refused whole, before any connection, whether it is
+    retained (as the kit publishes heartbeats) or not: the broker would keep a crafted heartbeat as the
+    kit's latest state for the fleet view."""
+    import hashlib
+
+    from comms.signing import sign_document
+
+    key = generate_key()
+    path, n = _filled_and_exported(tmp_path, key, 1)
+    lines = path.read_bytes().splitlines()
+    beat = payloads.build(key, kind="heartbeat", msg_id="kit-1:heartbeat:1", kit_id="kit-1",
+                          kode_wilayah=KW, tps=TPS, seq=None, created_at=2e9,
+                          body={"state": "ready", "faults": {}})
+    line = {"id": "kit-1:heartbeat:1", "topic": f"tpskit/v1/{KW}/{TPS}/heartbeat", "retain": retain,
+            "payload": beat.decode()}
+    manifest = {k: v for k, v in json.loads(lines[0]).items() if k != "sig"}
+    manifest["messages"] = [*manifest["messages"], ["kit-1:heartbeat:1", hashlib.sha256(beat).hexdigest()]]
+    manifest["count"] = n + 1
+    path.write_bytes(b"\n".join([canonical_json(sign_document(key, manifest)), *lines[1:],
+                                 canonical_json(line)]) + b"\n")
+    never = "is a heartbeat message, which a kit never queues.*nothing was imported"
+    with pytest.raises(BundleError, match=never):
+        import_bundle(path, broker_url="mqtt://127.0.0.1:1", wait_acks_s=0)

@@ -258,6 +258,21 @@ def test_latest_heartbeat_status_and_readiness_keep_the_newest(store, kit):
     assert store.conn.execute("SELECT message_id FROM kit_readiness").fetchall() == [("kit-1:ready:3",)]
 
 
+def test_heartbeats_are_retained_yet_collectors_share_them():
+    """Heartbeats are published retained (the broker keeps each kit's latest for tpskit fleet readiness
+    --broker) but stay on the collectors' shared subscription: a live retained message reaches a shared
+    subscription, and a plain one would give every collector every heartbeat. Readiness and status, sent
+    rarely, stay plain so a (re)subscribing collector gets the broker's copy."""
+    assert set(topics.RETAINED_KINDS) == {"readiness", "heartbeat", "status"}
+    filters = dict(topics.collector_filters(PREFIX))
+    assert filters == {f"$share/collectors/{PREFIX}/+/+/reading": True,
+                       f"$share/collectors/{PREFIX}/+/+/photo": True,
+                       f"$share/collectors/{PREFIX}/+/+/heartbeat": True,
+                       f"{PREFIX}/+/+/readiness": False, f"{PREFIX}/+/+/status": False}
+    assert dict(topics.collector_filters(PREFIX, group=None)) == {
+        f"{PREFIX}/+/+/{k}": False for k in ("reading", "photo", "heartbeat", "readiness", "status")}
+
+
 def test_status_and_readiness_follow_the_kits_sequence_not_its_clock(store, kit):
     """A kit without an RTC may run behind after a power cut: within one sequence (epoch) the kit's session
     number orders its status and its seq orders its readiness; the clock only across epochs (a replaced

@@ -95,6 +95,49 @@ def test_readiness_retained_and_recorded(setup):
     assert row[0] == mid and "SIAP" in row[1]
 
 
+def _retained(broker, topic: str, timeout: float = 5.0) -> list:
+    """The retained messages a fresh subscriber to *topic* gets (its own client, subscribed now)."""
+    from comms.courier import make_mqtt_client, parse_broker_url
+
+    host, port, tls = parse_broker_url(broker.url)
+    got = []
+    client = make_mqtt_client(client_id=f"fresh-{time.time_ns()}", protocol="mqtt5", tls=tls)
+    client.on_message = lambda _c, _u, msg: got.append(msg)
+    client.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        _wait(lambda: got, timeout)
+        time.sleep(0.2)  # a second retained copy would have come by now
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got
+
+
+def test_heartbeat_is_retained_for_a_fresh_subscriber(setup):
+    """The courier publishes its heartbeat retained: a subscriber that comes after it (tpskit fleet readiness
+    --broker) gets the kit's latest state and faults, while the collector still gets every heartbeat live
+    through its shared subscription."""
+    key, collector, broker, tmp_path = setup
+    info = {"state": "ready", "faults": {}}
+    with _courier(key, broker, tmp_path, heartbeat_s=300) as courier:
+        courier.heartbeat_info(lambda: dict(info))
+        assert _wait(lambda: courier.status()["connected"], 10)
+        store = CollectorStore(tmp_path / "collector.db")
+        beat = "SELECT body FROM kit_heartbeat WHERE kit_id = 'kit-1'"
+        assert _wait(lambda: store.conn.execute(beat).fetchone() is not None, 10)
+        info.update(state="fault", faults={"storage": "Read-only file system"})
+        courier.heartbeat()  # sent at once, not after heartbeat_s
+        assert _wait(lambda: json.loads(store.conn.execute(beat).fetchone()[0])["state"] == "fault", 10)
+        store.close()
+    got = _retained(broker, f"tpskit/v1/{KW}/{TPS}/heartbeat")
+    assert len(got) == 1 and got[0].retain
+    env = json.loads(got[0].payload)
+    assert env["kind"] == "heartbeat" and env["kit_id"] == "kit-1"
+    assert env["body"]["state"] == "fault" and env["body"]["faults"] == {"storage": "Read-only file system"}
+
+
 def test_submit_is_idempotent_and_full_refuses(setup):
     key, collector, broker, tmp_path = setup
     courier = _courier(key, broker, tmp_path, max_bytes=1_000_000)  # not started: nothing is sent

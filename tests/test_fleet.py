@@ -451,3 +451,158 @@ def test_a_kit_whose_later_heartbeat_says_fault_is_not_ready(tmp_path, capsys):
     deliver("heartbeat", {"state": "ready", "faults": {}}, None, 3)
     assert fleet.assess(registry, fleet.from_collector_db(db))[0].state == "ready"
     store.close()
+
+
+# --- the broker view sees a kit's retained heartbeat ---------------------------------------------------
+
+BEAT_KW = "31.71.01.1001"
+
+
+def _publish_retained(broker_url: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish (topic, payload) pairs retained, as a kit does, and wait for each PUBACK."""
+    from comms.courier import make_mqtt_client, parse_broker_url
+
+    host, port, tls = parse_broker_url(broker_url)
+    client = make_mqtt_client(client_id=f"pub-{time.time_ns()}", protocol="mqtt5", tls=tls)
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        for topic, wire in messages:
+            client.publish(topic, wire, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _signed(key, kind: str, body: dict, at: float, *, kit_id="kit-a", tps=1, seq=None) -> tuple[str, bytes]:
+    """(topic, payload) of a signed message of *kind* as kit *kit_id* at TPS *tps* publishes it."""
+    from comms import payloads, topics
+
+    wire = payloads.build(key, kind=kind, msg_id=f"{kit_id}:{kind}:{at}", kit_id=kit_id, kode_wilayah=BEAT_KW,
+                          tps=tps, seq=seq, epoch=1 if seq else None, created_at=at, body=body)
+    return topics.topic("tpskit/v1", BEAT_KW, tps, kind), wire
+
+
+@pytest.fixture
+def beat_world(tmp_path, mosquitto):
+    """kit-a (TPS 1) registered with its key; its 'ready' readiness retained at the broker, a minute old."""
+    from comms import signing
+
+    key = signing.generate_key()
+    reg_path = tmp_path / "reg.json"
+    signing.registry_add(reg_path, "kit-a", key, kode_wilayah=BEAT_KW, tps=1)
+    now = time.time()
+    readiness = _signed(key, "readiness", {"ready": True, "failing": [], "checked_at": now - 60,
+                                           "time_source": "ntp"}, now - 60, seq=1)
+    _publish_retained(mosquitto.url, [readiness])
+    return {"key": key, "reg_path": reg_path, "registry": signing.load_registry(reg_path), "now": now,
+            "broker": mosquitto.url}
+
+
+def _broker_verdict(w) -> fleet.KitState:
+    (st,) = [s for s in fleet.assess(w["registry"], fleet.from_broker(w["broker"], registry=w["registry"],
+                                                                         wait_s=3), max_age_s=86400)
+             if s.kit_id == "kit-a"]
+    return st
+
+
+def _beat(w, body: dict, age: float, **kw) -> tuple[str, bytes]:
+    return _signed(kw.pop("key", w["key"]), "heartbeat", body, w["now"] - age, **kw)
+
+
+FAULT = {"state": "fault", "faults": {"storage": "cannot write x.jpg: Read-only file system"}}
+
+
+def test_a_retained_heartbeat_in_fault_makes_the_kit_not_ready_from_the_broker(beat_world, capsys):
+    """A kit whose card refuses writes cannot queue the readiness that says so; its last readiness at the
+    broker still says ready. Its heartbeat (not queued, retained) created after that readiness says fault:
+    `fleet readiness --broker` shows it not ready, naming the storage fault; a later heartbeat saying ready
+    (the card takes writes again) makes it ready again."""
+    w = beat_world
+    st = _broker_verdict(w)
+    assert st.state == "ready"
+    _publish_retained(w["broker"], [_beat(w, FAULT, 30)])
+    st = _broker_verdict(w)
+    assert st.state == "not_ready" and "Read-only file system" in st.reasons[0] and "storage" in st.reasons[0]
+    assert cli.main(["fleet", "readiness", "--registry", str(w["reg_path"]), "--broker", w["broker"],
+                     "--wait", "3", "--json"]) == 0
+    kit = _by_kit(json.loads(capsys.readouterr().out)["kits"])["kit-a"]
+    assert kit["state"] == "not_ready" and "storage: cannot write x.jpg" in kit["reasons"][0]
+    assert cli.main(["fleet", "readiness", "--registry", str(w["reg_path"]), "--broker", w["broker"],
+                     "--wait", "3"]) == 0
+    assert "BELUM SIAP" in capsys.readouterr().out
+    _publish_retained(w["broker"], [_beat(w, {"state": "ready", "faults": {}}, 10)])
+    assert _broker_verdict(w).state == "ready"
+
+
+def test_a_heartbeat_older_than_the_readiness_or_not_vouched_for_changes_nothing(beat_world):
+    """Only the kit's own heartbeat, created after its readiness, counts: one from before it (the readiness
+    is the kit's later word), one whose signature does not verify against the registry, one of a kit the
+    registry does not list, or one of this kit for a TPS the registry does not give it, is ignored."""
+    from comms import signing
+
+    w = beat_world
+    _publish_retained(w["broker"], [_beat(w, FAULT, 120)])  # before the readiness (60 s old)
+    assert _broker_verdict(w).state == "ready"
+    _publish_retained(w["broker"], [_beat(w, FAULT, 10, key=signing.generate_key())])  # forged
+    assert _broker_verdict(w).state == "ready"
+    _publish_retained(w["broker"], [_beat(w, FAULT, 10, kit_id="kit-z", tps=2),  # not registered
+                                    _beat(w, FAULT, 10, tps=3)])  # kit-a, but not its TPS
+    obs = fleet.from_broker(w["broker"], registry=w["registry"], wait_s=3)
+    assert [(o.kit_id, o.tps, o.heartbeat) for o in obs] == [("kit-a", 1, None)]
+    assert _broker_verdict(w).state == "ready"
+
+
+def test_a_kit_with_a_heartbeat_but_no_readiness_stays_silent_and_says_it_is_alive(tmp_path, mosquitto):
+    """A kit whose card refused writes from its boot never queued a readiness: it stays silent (no report),
+    and the reason says its heartbeat came, with the fault it names."""
+    from comms import signing
+
+    key, other = signing.generate_key(), signing.generate_key()
+    reg_path = tmp_path / "reg.json"
+    signing.registry_add(reg_path, "kit-a", key, kode_wilayah=BEAT_KW, tps=1)
+    signing.registry_add(reg_path, "kit-b", other, kode_wilayah=BEAT_KW, tps=2)
+    signing.registry_add(reg_path, "kit-c", signing.generate_key(), kode_wilayah=BEAT_KW, tps=3)
+    registry = signing.load_registry(reg_path)
+    now = time.time()
+    _publish_retained(mosquitto.url, [_signed(key, "heartbeat", FAULT, now - 5),
+                                      _signed(other, "heartbeat", {"state": "ready", "faults": {}}, now - 5,
+                                              kit_id="kit-b", tps=2)])
+    states = {s.kit_id: s for s in fleet.assess(registry, fleet.from_broker(mosquitto.url, registry=registry,
+                                                                             wait_s=3))}
+    assert [states[k].state for k in ("kit-a", "kit-b", "kit-c")] == ["silent"] * 3
+    assert "heartbeat" in states["kit-a"].reasons[0] and "storage: cannot write" in states["kit-a"].reasons[0]
+    assert "kit hidup" in states["kit-b"].reasons[0] and "selftest" in states["kit-b"].reasons[0]
+    assert "belum dinyalakan" in states["kit-c"].reasons[0]
+
+
+def test_a_real_kit_courier_in_storage_fault_shows_not_ready_from_the_broker(tmp_path, mosquitto):
+    """End to end with the kit's courier: its 'ready' readiness goes out, then its card refuses writes (the
+    kit's heartbeat info says fault) and it asks for a heartbeat: the broker view shows it not ready."""
+    registry_path = tmp_path / "registry.json"
+    conf = make_kit(tmp_path / "kit", kode_wilayah=BEAT_KW, tps=4, broker_url=mosquitto.url,
+                    registry=registry_path)
+    from comms.signing import load_registry
+
+    registry = load_registry(registry_path)
+    info = {"state": "ready", "faults": {}}
+    courier = Courier.from_config(conf, password="rahasia")
+    courier.heartbeat_info(lambda: dict(info))
+    try:
+        msg_id = courier.publish_retained("readiness", _report_body(conf, True))
+        courier.start()
+        assert _wait_state(conf.db_path, msg_id, "sent"), courier.status()
+
+        def verdict():
+            return fleet.assess(registry, fleet.from_broker(mosquitto.url, registry=registry, wait_s=3))[0]
+
+        assert verdict().state == "ready"
+        time.sleep(0.05)  # the kit's clock moves on past its readiness
+        info.update(FAULT)
+        courier.heartbeat()
+        deadline = time.monotonic() + 15
+        while (st := verdict()).state == "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert st.state == "not_ready" and "storage: cannot write x.jpg" in st.reasons[0]
+    finally:
+        courier.close()
