@@ -409,7 +409,7 @@ class Kit:
         text = msg.STATUS.format(total=counts["total"], ok=counts["ok"], review=counts["review"],
                                  retake=counts["retake"], queued=queued, link=link)
         self._tell(text)
-        self._tell(msg.NOT_SENDING if self.courier is None else msg.RESEND if queued else msg.SENT_ALL)
+        self._tell(self._sending_text(queued, connected=bool(cs.get("connected"))))
         if self.faults:
             self._tell(msg.fault_text(self.faults))
         # a page's verdict still showing stays (a long press queued behind a capture must not hide a review)
@@ -509,6 +509,15 @@ class Kit:
         self._publish_readiness("recovered")
         self._write_status()
         return True
+
+    def _sending_text(self, queued: int, *, connected: bool) -> str:
+        """What a long press says of the sending: kept only (--no-send), all sent, resent now (a link), or
+        waiting for a signal, the data safe on the kit (no link)."""
+        if self.courier is None:
+            return msg.NOT_SENDING
+        if not queued:
+            return msg.SENT_ALL
+        return msg.RESEND if connected else msg.QUEUED.format(n=queued)
 
     def _tick_open(self) -> None:
         """While a part opens: feed the watchdog; stop waiting once a Stop or critical battery is queued."""

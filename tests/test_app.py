@@ -320,6 +320,26 @@ class RecordingCourier:
         return capture_id
 
 
+def test_a_long_press_without_a_signal_says_how_many_messages_wait_and_that_they_are_safe(tmp_path, photos):
+    """No link: 'trying to resend' alone would leave the KPPS wondering; the kit says how many messages wait
+    for a signal and that they are kept. With the link up it says it resends them."""
+    write_photo(photos / "01.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    courier = RecordingCourier()
+    with KitHarness(cfg, courier=courier) as h:
+        h.press()
+        assert h.verdict().pattern == "ok"
+        h.press(1.3)  # hold_s = 1.0
+        waiting = msg.QUEUED.format(n=1)
+        deadline = time.monotonic() + 5
+        while waiting not in h.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert waiting in h.messages and msg.RESEND not in h.messages
+        assert "Belum ada sinyal" in waiting and "aman" in waiting
+        assert h.kit._sending_text(1, connected=True) == msg.RESEND
+        assert h.kit._sending_text(0, connected=False) == msg.SENT_ALL
+
+
 def test_unsent_captures_are_resubmitted_at_start(tmp_path, photos):
     for i in range(3):
         write_photo(photos / f"{i}.jpg", 220)
