@@ -7,8 +7,6 @@ from pathlib import Path
 
 from capture.base import CaptureError, Frame, TimeoutRunner, decode_image, frame_from_bgr
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 class FolderCamera:
     """Each capture() returns the next file (sorted by name) of *folder*.

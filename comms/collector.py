@@ -207,14 +207,6 @@ class Collector:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    def run_forever(self) -> None:
-        self.start()
-        try:
-            while not self._stop.wait(1.0):
-                pass
-        finally:
-            self.stop()
-
     # --- worker ---------------------------------------------------------------------------------------
     def _reload_registry(self) -> None:
         if self._registry_path is None:

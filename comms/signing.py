@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import hashlib
 import json
 import re
 import time
@@ -42,10 +41,6 @@ def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
         "utf-8"
     )
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- keys -------------------------------------------------------------------------------------------

@@ -214,11 +214,6 @@ def _parse(payload: bytes, payloads):
         return None
 
 
-def _observe(payload: bytes, registry: dict | None, payloads) -> Observation | None:
-    parsed = _parse(payload, payloads)
-    return _readiness(*parsed, registry, payloads) if parsed is not None else None
-
-
 def _heartbeat(env, raw: dict, registry: dict | None, payloads) -> tuple[BeatKey, float, dict] | None:
     """((kit, kw, tps), created_at, body) of a heartbeat the registry vouches for (signature, kit, TPS), or
     None: a heartbeat that does not verify must never change a verdict. Without a registry nothing is

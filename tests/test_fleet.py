@@ -149,7 +149,7 @@ def test_forged_readiness_is_not_ready(tmp_path):
     wire = payloads.build(other, kind="readiness", msg_id="kit-a:readiness:1", kit_id="kit-a",
                           kode_wilayah="31.71.01.1001", tps=1, seq=1, epoch=1, created_at=time.time(),
                           body={"ready": True})
-    obs = fleet._observe(wire, registry, payloads)
+    obs = fleet._readiness(*payloads.parse(wire), registry, payloads)
     states = fleet.assess(registry, [obs])
     assert states[0].state == "not_ready" and "tanda tangan" in states[0].reasons[0]
     old = fleet.Observation("kit-a", "31.71.01.1001", 1,
