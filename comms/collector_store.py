@@ -854,8 +854,9 @@ def open_store(path: Path | str):
 def read_rows(path: Path | str, sql: str) -> list[tuple]:
     """All rows of one parameterless query on a collector DB, read-only (SQLite file or PostgreSQL URL).
 
-    Raises ``FileNotFoundError`` (no such SQLite file), ``StoreUnavailable`` (PostgreSQL unreachable) or
-    ``ValueError`` (not a tpskit collector database)."""
+    Raises ``FileNotFoundError`` (no such SQLite file), ``StoreUnavailable`` (PostgreSQL unreachable),
+    ``PermissionError`` (a PostgreSQL role without SELECT on the tables) or ``ValueError`` (not a tpskit
+    collector database)."""
     if not is_postgres(path):
         import sqlite3
 
@@ -871,14 +872,27 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
                              "(tpskit-collector.service: /var/lib/tpskit-collector/collector.db)")
         con = connect_reading(path)
         errors: tuple = (sqlite3.DatabaseError,)
+        denied: tuple = ()
     else:
         import psycopg
 
         con = open_store(path)
         errors = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
+        denied = (psycopg.errors.InsufficientPrivilege,)
     try:
         return [tuple(r) for r in con.execute(sql).fetchall()]
     except errors as exc:
         raise ValueError(f"{describe(path)} is not a tpskit collector database ({exc})") from None
+    except denied as exc:
+        raise PermissionError(_read_denied(path, exc)) from None
     finally:
         con.close()
+
+
+def _read_denied(url: str, exc: Exception) -> str:
+    """What to do when the PostgreSQL role of ``url`` may not read the collector's tables."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    user = conninfo_to_dict(postgres_url(url)).get("user") or "ROLE"
+    return (f"{describe(url)}: role {user} may not read the collector's tables ({str(exc).splitlines()[0]}); "
+            f"ask the database owner to run: GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}")
