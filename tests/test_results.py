@@ -38,11 +38,11 @@ class Kit:
         return KitEntry(self.kit_id, self.key.verify_key, self.kode_wilayah, self.tps)
 
     def page(self, halaman: int, *, status: str = "ok", change: dict | None = None,
-             form: str | None = None) -> tuple[str, bytes]:
+             form: str | None = None, fields: object = None) -> tuple[str, bytes]:
         self.seq += 1
         values = {**self.numbers[halaman], **(change or {})}
         reading = {"page": halaman, "status": status, "reasons": [],
-                   "fields": {k: {"value": v} for k, v in values.items()}}
+                   "fields": {k: {"value": v} for k, v in values.items()} if fields is None else fields}
         if form is not None:  # as the kit's reader names it
             reading["form"] = form
         capture = f"c{self.seq}"
@@ -137,6 +137,23 @@ def test_a_form_this_machine_does_not_know_is_to_check_not_a_crash(tmp_path):
     _collect(tmp_path / "collector.db", [kit], [kit.page(h, form="C.HASIL-ENTAH-2099") for h in (1, 2, 3)])
     (res,) = assess(None, pages_from_collector_db(tmp_path / "collector.db"))
     assert res.state == REVIEW and any("C.HASIL-ENTAH-2099" in r for r in res.reasons)
+
+
+def test_a_signed_reading_whose_numbers_are_not_numbers_is_to_check_not_a_crash(tmp_path, capsys):
+    """The collector stores any JSON object as a page's reading (a kit of another version, a damaged one): a
+    field value that is text, or fields that are not {name: {"value": n}}, ended the whole report (every
+    TPS of the database) in a traceback."""
+    db = tmp_path / "collector.db"
+    text, listed, plain, good = Kit("kit-a", 1), Kit("kit-b", 2), Kit("kit-c", 3), Kit("kit-d", 4)
+    messages = [text.page(1), text.page(2, change={"paslon_1": "12"}), text.page(3)]
+    messages += [listed.page(1), listed.page(2, fields=[1, 2, 3]), listed.page(3)]
+    messages += [plain.page(1), plain.page(2, fields={"paslon_1": 12}), plain.page(3)]
+    messages += [good.page(h) for h in (1, 2, 3)]
+    _collect(db, [text, listed, plain, good], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(db))}
+    assert [got[t].state for t in (1, 2, 3, 4)] == [REVIEW, REVIEW, REVIEW, OK]
+    assert cli.main(["fleet", "results", "--collector-db", str(db)]) == 0
+    assert "PERIKSA" in capsys.readouterr().out
 
 
 def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
