@@ -855,8 +855,8 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
     """All rows of one parameterless query on a collector DB, read-only (SQLite file or PostgreSQL URL).
 
     Raises ``FileNotFoundError`` (no such SQLite file), ``StoreUnavailable`` (PostgreSQL unreachable),
-    ``PermissionError`` (a PostgreSQL role without SELECT on the tables) or ``ValueError`` (not a tpskit
-    collector database)."""
+    ``PermissionError`` (a PostgreSQL role without SELECT on the tables, a WAL file in a folder this user
+    cannot write) or ``ValueError`` (not a tpskit collector database)."""
     if not is_postgres(path):
         import sqlite3
 
@@ -882,11 +882,21 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
     try:
         return [tuple(r) for r in con.execute(sql).fetchall()]
     except errors as exc:
+        if not is_postgres(path) and not os.access(path.parent, os.W_OK) and "unable to open" in str(exc):
+            raise PermissionError(_folder_read_only(path)) from None
         raise ValueError(f"{describe(path)} is not a tpskit collector database ({exc})") from None
     except denied as exc:
         raise PermissionError(_read_denied(path, exc)) from None
     finally:
         con.close()
+
+
+def _folder_read_only(path: Path) -> str:
+    """What to do when a WAL database cannot be read because its folder is read-only for this user."""
+    return (f"{path} tidak bisa dibaca di sini / cannot be read here: its folder {path.parent} is read-only "
+            f"for this user and SQLite must create {path.name}-shm beside it; run the command with sudo (or "
+            f"as the collector's user), or copy {path.name} (and {path.name}-wal, if there is one) to a "
+            "folder you can write")
 
 
 def _read_denied(url: str, exc: Exception) -> str:

@@ -188,6 +188,33 @@ def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
     assert cli.main(["fleet", "results", "--collector-db", str(tmp_path / "other.db")]) == 2
 
 
+@pytest.mark.parametrize("command", ["results", "readiness"])
+def test_a_collector_database_in_a_folder_this_user_cannot_write_is_not_called_another_file(tmp_path,
+                                                                                          command):
+    """A stopped collector's WAL database can be read only where SQLite may create its -shm beside it: in a
+    folder the operator cannot write (no sudo, a read-only share or stick) `tpskit fleet` said the collector's
+    own database "is not a tpskit collector database"."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.readonly_fs import ReadOnlyView
+
+    folder = tmp_path / "collector"
+    kit = Kit("kit-a", 1)
+    _collect(folder / "collector.db", [kit], [kit.page(h) for h in (1, 2, 3)])
+    repo = Path(__file__).resolve().parent.parent
+    with ReadOnlyView(folder) as view:
+        argv = [sys.executable, "-m", "firmware.cli", "fleet", command, "--collector-db",
+                str(folder / "collector.db")]
+        res = subprocess.run(view.command(argv), capture_output=True, text=True, timeout=60, cwd="/",
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "not a tpskit collector database" not in res.stderr
+    assert "read-only" in res.stderr and "sudo" in res.stderr
+
+
 def test_several_reasons_on_one_line_read_as_one_sentence_each():
     """The reader's reasons end with a full stop; joined on the table's (and the CSV's) line they must not
     show "3.; Halaman"."""
