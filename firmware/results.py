@@ -141,8 +141,8 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSee
 
 
 def summarize(results: Iterable[TpsResult]) -> dict[str, dict[str, int]]:
-    """Per kabupaten (and ``total``): how many TPS are in each state."""
-    out: dict[str, dict[str, int]] = {}
+    """Per kabupaten (and ``total``, also when there is no TPS): how many TPS are in each state."""
+    out: dict[str, dict[str, int]] = {"total": {OK: 0, REVIEW: 0, INCOMPLETE: 0, NONE: 0}}
     for r in results:
         for key in (r.kabupaten, "total"):
             counts = out.setdefault(key, {OK: 0, REVIEW: 0, INCOMPLETE: 0, NONE: 0})

@@ -215,6 +215,18 @@ def test_a_collector_database_in_a_folder_this_user_cannot_write_is_not_called_a
     assert "read-only" in res.stderr and "sudo" in res.stderr
 
 
+def test_a_database_with_no_page_yet_still_has_its_total(tmp_path, capsys):
+    """Before the first page (or for a kabupaten with none) the JSON summary had no "total" (readiness
+    always has one) and the table no total line."""
+    db = tmp_path / "collector.db"
+    CollectorStore(db).close()
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"] == {
+        "total": {"ok": 0, "review": 0, "incomplete": 0, "none": 0}}
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--kabupaten", "32.01"]) == 0
+    assert "\ntotal" in capsys.readouterr().out
+
+
 def test_several_reasons_on_one_line_read_as_one_sentence_each():
     """The reader's reasons end with a full stop; joined on the table's (and the CSV's) line they must not
     show "3.; Halaman"."""
