@@ -76,8 +76,9 @@ def _secret(path: Path | None) -> str | None:
     return read_secret(path)
 
 
-def _open_store(args: argparse.Namespace):
-    """The collector store named by --db, or None after printing why it cannot be used."""
+def _open_store(args: argparse.Namespace, *, existing: bool = False):
+    """The collector store named by --db, or None after printing why it cannot be used; with ``existing``
+    (a report) only a collector database that is already there: opening another would create the tables."""
     from comms.collector_store import CollectorStore, StoreUnavailable, is_postgres, survives_path
 
     if is_postgres(args.db):
@@ -107,6 +108,10 @@ def _open_store(args: argparse.Namespace):
         print(f"tpskit collector: --db {args.db} is a folder: give the database file in it, e.g. "
               f"{Path(args.db) / 'collector.db'}", file=sys.stderr)
         return None
+    problem = _no_collector_db(args.db) if existing else None
+    if problem:
+        print(f"tpskit collector: {problem}", file=sys.stderr)
+        return None
     import sqlite3
 
     try:
@@ -119,6 +124,17 @@ def _open_store(args: argparse.Namespace):
               "collector's SQLite file (tpskit-collector.service: /var/lib/tpskit-collector/collector.db) or "
               "a new file name; nothing was changed", file=sys.stderr)
         return None
+
+
+def _no_collector_db(db: str) -> str | None:
+    """Why ``db`` is not a collector database to report on (read only: a report creates nothing), or None."""
+    from comms.collector_store import StoreUnavailable, read_rows
+
+    try:
+        read_rows(db, "SELECT kit_id, epoch, seq FROM messages LIMIT 0")
+    except (OSError, ValueError, StoreUnavailable) as exc:
+        return str(exc)
+    return None
 
 
 def _checked_arguments(args: argparse.Namespace) -> tuple[dict, str | None, SigningKey | None]:
@@ -223,14 +239,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.db:
             print("tpskit collector: --gaps needs --db", file=sys.stderr)
             return 2
-        from comms.collector_store import is_postgres
-
-        if not is_postgres(args.db) and not Path(args.db).is_file():  # opening it would create an empty one
-            print(f"tpskit collector: collector database {args.db} does not exist: give the --db the "
-                  "collector runs with (tpskit-collector.service: /var/lib/tpskit-collector/collector.db)",
-                  file=sys.stderr)
-            return 2
-        store = _open_store(args)
+        store = _open_store(args, existing=True)
         if store is None:
             return 2
         try:

@@ -854,8 +854,9 @@ def open_store(path: Path | str):
 def read_rows(path: Path | str, sql: str) -> list[tuple]:
     """All rows of one parameterless query on a collector DB, read-only (SQLite file or PostgreSQL URL).
 
-    Raises ``FileNotFoundError`` (no such SQLite file), ``StoreUnavailable`` (PostgreSQL unreachable) or
-    ``ValueError`` (not a tpskit collector database)."""
+    Raises ``FileNotFoundError`` (no such SQLite file), ``StoreUnavailable`` (PostgreSQL unreachable),
+    ``PermissionError`` (a PostgreSQL role without SELECT on the tables, a WAL file in a folder this user
+    cannot write) or ``ValueError`` (not a tpskit collector database)."""
     if not is_postgres(path):
         import sqlite3
 
@@ -871,14 +872,37 @@ def read_rows(path: Path | str, sql: str) -> list[tuple]:
                              "(tpskit-collector.service: /var/lib/tpskit-collector/collector.db)")
         con = connect_reading(path)
         errors: tuple = (sqlite3.DatabaseError,)
+        denied: tuple = ()
     else:
         import psycopg
 
         con = open_store(path)
         errors = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
+        denied = (psycopg.errors.InsufficientPrivilege,)
     try:
         return [tuple(r) for r in con.execute(sql).fetchall()]
     except errors as exc:
+        if not is_postgres(path) and not os.access(path.parent, os.W_OK) and "unable to open" in str(exc):
+            raise PermissionError(_folder_read_only(path)) from None
         raise ValueError(f"{describe(path)} is not a tpskit collector database ({exc})") from None
+    except denied as exc:
+        raise PermissionError(_read_denied(path, exc)) from None
     finally:
         con.close()
+
+
+def _folder_read_only(path: Path) -> str:
+    """What to do when a WAL database cannot be read because its folder is read-only for this user."""
+    return (f"{path} tidak bisa dibaca di sini / cannot be read here: its folder {path.parent} is read-only "
+            f"for this user and SQLite must create {path.name}-shm beside it; run the command with sudo (or "
+            f"as the collector's user), or copy {path.name} (and {path.name}-wal, if there is one) to a "
+            "folder you can write")
+
+
+def _read_denied(url: str, exc: Exception) -> str:
+    """What to do when the PostgreSQL role of ``url`` may not read the collector's tables."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    user = conninfo_to_dict(postgres_url(url)).get("user") or "ROLE"
+    return (f"{describe(url)}: role {user} may not read the collector's tables ({str(exc).splitlines()[0]}); "
+            f"ask the database owner to run: GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}")

@@ -70,16 +70,34 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None,
         raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
     out: dict[tuple[str, int], dict[int, PageSeen]] = {}
     for kw, tps, halaman, kit_id, epoch, seq, received_at, reading in rows:
-        try:
-            data = json.loads(reading)
-        except ValueError:
-            data = {}
-        seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), data if isinstance(data, dict)
-                        else {})
+        seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), _page_reading(reading))
         pages = out.setdefault((kw, int(tps)), {})
         if halaman not in pages or seen.newer_than(pages[halaman]):
             pages[int(halaman)] = seen
     return out
+
+
+def _page_reading(text: str) -> dict:
+    """A stored reading (JSON) as the cross-page rules take it: the collector keeps any JSON object a kit
+    signed, so a field whose value is no whole number (text, a kit of another version) counts as not read
+    (the TPS is to check), never as a crash of the whole report."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        return {}
+    fields = data.get("fields")
+    fields = fields if isinstance(fields, dict) else {}
+    data["fields"] = {name: {**(f if isinstance(f, dict) else {}), "value": _whole(f)}
+                      for name, f in fields.items()}
+    return data
+
+
+def _whole(field) -> int | None:
+    """A field's value if it is a whole number, else None (not read)."""
+    value = field.get("value") if isinstance(field, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def cross_page(readings: list[dict]) -> dict:
@@ -123,8 +141,8 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSee
 
 
 def summarize(results: Iterable[TpsResult]) -> dict[str, dict[str, int]]:
-    """Per kabupaten (and ``total``): how many TPS are in each state."""
-    out: dict[str, dict[str, int]] = {}
+    """Per kabupaten (and ``total``, also when there is no TPS): how many TPS are in each state."""
+    out: dict[str, dict[str, int]] = {"total": {OK: 0, REVIEW: 0, INCOMPLETE: 0, NONE: 0}}
     for r in results:
         for key in (r.kabupaten, "total"):
             counts = out.setdefault(key, {OK: 0, REVIEW: 0, INCOMPLETE: 0, NONE: 0})

@@ -637,6 +637,28 @@ def test_gaps_needs_no_registry(tmp_path, kit, capsys):
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "colector.db").exists()
 
 
+@pytest.mark.parametrize("content", ["kit database", "empty file"])
+def test_gaps_on_a_database_that_is_no_collectors_is_refused_and_left_alone(tmp_path, capsys, content):
+    """`--gaps` is a report: given the kit's tpskit.db (or an empty file) by mistake it wrote the collector's
+    tables into it and printed {} as if the collector had received nothing."""
+    import sqlite3
+
+    from firmware import cli
+
+    db = tmp_path / "tpskit.db"
+    db.touch()
+    if content == "kit database":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE outbox (id TEXT PRIMARY KEY, seq INTEGER)")
+    before = db.read_bytes()
+    assert cli.main(["collector", "--gaps", "--db", str(db)]) == 2
+    captured = capsys.readouterr()
+    assert "not a tpskit collector database" in captured.err and captured.out == ""
+    assert db.read_bytes() == before
+    assert cli.main(["collector", "--gaps", "--db", "postgresql:///collector"]) == 2  # the URL's shape first
+    assert "postgresql://USER@HOST:PORT/DBNAME" in capsys.readouterr().err
+
+
 def test_a_reload_that_finds_no_kits_keeps_the_last_registry(tmp_path, kit, caplog):
     """A registry folder emptied or swapped for a wrong one while the collector runs (files moved away, a
     folder of TOML files) must not drop every kit: every message would be rejected as unknown_kit."""

@@ -290,6 +290,25 @@ def test_role_with_data_rights_only(pg_cluster, pg_url, kit):
         store.close()
 
 
+@pytest.mark.parametrize("command", ["results", "readiness"])
+def test_fleet_with_a_role_that_may_not_read_the_tables_says_what_to_grant(pg_cluster, pg_url, capsys,
+                                                                          command):
+    """docs/broker-cluster.md: operators read the collector database with their own role
+    (postgresql://operator@…). One without SELECT on the tables ended `tpskit fleet` in a traceback."""
+    from firmware import cli
+
+    CollectorStore(pg_url).close()
+    with pg_cluster.admin(_dbname(pg_url)) as admin:
+        admin.execute("DO $$ BEGIN CREATE ROLE operator LOGIN PASSWORD 'pw'; "
+                      "EXCEPTION WHEN duplicate_object THEN NULL; END $$")  # fmt: skip
+    with open(pg_cluster.passfile, "a", encoding="utf-8") as f:
+        f.write(f"127.0.0.1:{pg_cluster.port}:*:operator:pw\n")
+    operator = pg_url.replace(f"{pg_cluster.user}@", "operator@")
+    assert cli.main(["fleet", command, "--collector-db", operator]) == 2
+    err = capsys.readouterr().err
+    assert "GRANT SELECT" in err and "operator" in err and "not a tpskit collector database" not in err
+
+
 def test_collector_waits_for_its_database_and_keeps_the_url(pg_url, tmp_path):
     """A PostgreSQL URL is kept as given (no Path folding of '//'); while the database cannot be reached
     the worker retries instead of dying, and stop() ends it."""

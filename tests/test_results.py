@@ -38,11 +38,11 @@ class Kit:
         return KitEntry(self.kit_id, self.key.verify_key, self.kode_wilayah, self.tps)
 
     def page(self, halaman: int, *, status: str = "ok", change: dict | None = None,
-             form: str | None = None) -> tuple[str, bytes]:
+             form: str | None = None, fields: object = None) -> tuple[str, bytes]:
         self.seq += 1
         values = {**self.numbers[halaman], **(change or {})}
         reading = {"page": halaman, "status": status, "reasons": [],
-                   "fields": {k: {"value": v} for k, v in values.items()}}
+                   "fields": {k: {"value": v} for k, v in values.items()} if fields is None else fields}
         if form is not None:  # as the kit's reader names it
             reading["form"] = form
         capture = f"c{self.seq}"
@@ -139,6 +139,23 @@ def test_a_form_this_machine_does_not_know_is_to_check_not_a_crash(tmp_path):
     assert res.state == REVIEW and any("C.HASIL-ENTAH-2099" in r for r in res.reasons)
 
 
+def test_a_signed_reading_whose_numbers_are_not_numbers_is_to_check_not_a_crash(tmp_path, capsys):
+    """The collector stores any JSON object as a page's reading (a kit of another version, a damaged one): a
+    field value that is text, or fields that are not {name: {"value": n}}, ended the whole report (every
+    TPS of the database) in a traceback."""
+    db = tmp_path / "collector.db"
+    text, listed, plain, good = Kit("kit-a", 1), Kit("kit-b", 2), Kit("kit-c", 3), Kit("kit-d", 4)
+    messages = [text.page(1), text.page(2, change={"paslon_1": "12"}), text.page(3)]
+    messages += [listed.page(1), listed.page(2, fields=[1, 2, 3]), listed.page(3)]
+    messages += [plain.page(1), plain.page(2, fields={"paslon_1": 12}), plain.page(3)]
+    messages += [good.page(h) for h in (1, 2, 3)]
+    _collect(db, [text, listed, plain, good], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(db))}
+    assert [got[t].state for t in (1, 2, 3, 4)] == [REVIEW, REVIEW, REVIEW, OK]
+    assert cli.main(["fleet", "results", "--collector-db", str(db)]) == 0
+    assert "PERIKSA" in capsys.readouterr().out
+
+
 def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
     db = tmp_path / "collector.db"
     full, silent = Kit("kit-a", 1), Kit("kit-b", 2, kode_wilayah="32.73.05.1002")
@@ -169,6 +186,45 @@ def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
     assert "tidak ada" in capsys.readouterr().err
     (tmp_path / "other.db").write_bytes(b"not a database at all, just text" * 100)
     assert cli.main(["fleet", "results", "--collector-db", str(tmp_path / "other.db")]) == 2
+
+
+@pytest.mark.parametrize("command", ["results", "readiness"])
+def test_a_collector_database_in_a_folder_this_user_cannot_write_is_not_called_another_file(tmp_path,
+                                                                                          command):
+    """A stopped collector's WAL database can be read only where SQLite may create its -shm beside it: in a
+    folder the operator cannot write (no sudo, a read-only share or stick) `tpskit fleet` said the collector's
+    own database "is not a tpskit collector database"."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.readonly_fs import ReadOnlyView
+
+    folder = tmp_path / "collector"
+    kit = Kit("kit-a", 1)
+    _collect(folder / "collector.db", [kit], [kit.page(h) for h in (1, 2, 3)])
+    repo = Path(__file__).resolve().parent.parent
+    with ReadOnlyView(folder) as view:
+        argv = [sys.executable, "-m", "firmware.cli", "fleet", command, "--collector-db",
+                str(folder / "collector.db")]
+        res = subprocess.run(view.command(argv), capture_output=True, text=True, timeout=60, cwd="/",
+                             env={**os.environ, "PYTHONPATH": str(repo)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "not a tpskit collector database" not in res.stderr
+    assert "read-only" in res.stderr and "sudo" in res.stderr
+
+
+def test_a_database_with_no_page_yet_still_has_its_total(tmp_path, capsys):
+    """Before the first page (or for a kabupaten with none) the JSON summary had no "total" (readiness
+    always has one) and the table no total line."""
+    db = tmp_path / "collector.db"
+    CollectorStore(db).close()
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"] == {
+        "total": {"ok": 0, "review": 0, "incomplete": 0, "none": 0}}
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--kabupaten", "32.01"]) == 0
+    assert "\ntotal" in capsys.readouterr().out
 
 
 def test_several_reasons_on_one_line_read_as_one_sentence_each():
