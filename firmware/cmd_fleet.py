@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="collector registry (a JSON or CSV file, or a folder of <kit_id>.csv rows): its "
                           "TPS that sent nothing are listed too")
     res.add_argument("--kabupaten", help="only this kabupaten/kota (NN.NN)")
+    res.add_argument("--since", metavar="WHEN",
+                     help="only pages photographed from WHEN on, e.g. the polling day 2024-02-14 (00:00 "
+                          "WIB) or 2024-02-14T07:00+08:00: practice pages of H-1 are left out (and counted "
+                          "per TPS). A page's time is the kit's clock if it was synchronised, else when the "
+                          "collector received it")
     res.add_argument("--csv", metavar="FILE", help="also write one row per TPS to FILE ('-' = stdout)")
     res.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
@@ -110,7 +115,8 @@ def _results(args: argparse.Namespace) -> int:
             from comms.signing import load_kit_registry
 
             registry = load_kit_registry(args.registry)
-        pages = results.pages_from_collector_db(args.collector_db, kabupaten=args.kabupaten)
+        since = results.parse_since(args.since) if args.since else None
+        pages = results.pages_from_collector_db(args.collector_db, kabupaten=args.kabupaten, since=since)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"tpskit fleet results: {exc}", file=sys.stderr)
         return 2

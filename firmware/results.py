@@ -7,9 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 OK, REVIEW, INCOMPLETE, NONE = "ok", "review", "incomplete", "none"
@@ -19,8 +21,10 @@ MIXED_FORMS_ADVICE = "Periksa kit mana yang memotret formulir yang salah."
 
 # the newest reading of every page: within a kit by (epoch, seq) (its clock may run behind), a second kit's
 # for the same TPS by when the collector received it
-READINGS_SQL = ("SELECT r.kode_wilayah, r.tps, r.halaman, r.kit_id, m.epoch, r.seq, r.received_at, r.reading "
+READINGS_SQL = ("SELECT r.kode_wilayah, r.tps, r.halaman, r.kit_id, m.epoch, r.seq, r.received_at, "
+                "r.reading, r.taken_at, r.time_source "
                 "FROM readings r JOIN messages m ON m.id = r.message_id WHERE r.halaman IS NOT NULL")
+WIB = timezone(timedelta(hours=7))  # a --since without its own UTC offset is Western Indonesia Time
 
 
 @dataclass
@@ -40,6 +44,15 @@ class PageSeen:
 
 
 @dataclass
+class TpsPages:
+    """What the collector holds of one TPS: the newest reading of each halaman, and how many readings were
+    left out as taken before the report's ``since`` (practice presses on H-1)."""
+
+    newest: dict[int, PageSeen] = field(default_factory=dict)
+    earlier: int = 0
+
+
+@dataclass
 class TpsResult:
     kode_wilayah: str
     tps: int
@@ -53,10 +66,32 @@ class TpsResult:
         return ".".join(self.kode_wilayah.split(".")[:2]) if self.kode_wilayah else "?"
 
 
-def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None,
-                            ) -> dict[tuple[str, int], dict[int, PageSeen]]:
-    """(kode wilayah, TPS) -> halaman -> the newest reading, from a collector database (SQLite or
-    PostgreSQL); only one kabupaten/kota (``NN.NN``) if given, read as such (a national database is large)."""
+def parse_since(text: str) -> float:
+    """``--since``: an ISO date (00:00 WIB that day) or date and time (WIB unless it names its UTC offset,
+    e.g. ``2024-02-14T07:00+08:00`` for WITA) -> Unix time. ValueError says what to write."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: tulis tanggal / write a date as 2024-02-14 or 2024-02-14T07:00 "
+                         "(WIB; another zone with its offset, e.g. 2024-02-14T07:00+08:00)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=WIB)).timestamp()
+
+
+def page_time(received_at: float, taken_at: float | None, time_source: str | None) -> float:
+    """When a page was photographed, as far as anyone knows: the kit's clock if it was synchronised (NTP),
+    else when the collector received it (a Pi without an RTC may run days behind; a page is never received
+    before it is taken)."""
+    if time_source == "ntp" and isinstance(taken_at, int | float) and math.isfinite(taken_at):
+        return float(taken_at)
+    return float(received_at)
+
+
+def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None, since: float | None = None,
+                            ) -> dict[tuple[str, int], TpsPages]:
+    """(kode wilayah, TPS) -> the newest reading of each halaman, from a collector database (SQLite or
+    PostgreSQL); only one kabupaten/kota (``NN.NN``) if given, read as such (a national database is large).
+    With ``since`` (Unix time) a reading photographed before it (``page_time``: practice on H-1) is left out
+    and counted in ``TpsPages.earlier``: the polling day's results are the polling day's pages only."""
     from comms.collector_store import StoreUnavailable, read_rows
 
     sql = READINGS_SQL
@@ -68,10 +103,14 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None,
         rows = read_rows(path, sql)
     except StoreUnavailable as exc:
         raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
-    out: dict[tuple[str, int], dict[int, PageSeen]] = {}
-    for kw, tps, halaman, kit_id, epoch, seq, received_at, reading in rows:
+    out: dict[tuple[str, int], TpsPages] = {}
+    for kw, tps, halaman, kit_id, epoch, seq, received_at, reading, taken_at, time_source in rows:
+        held = out.setdefault((kw, int(tps)), TpsPages())
+        if since is not None and page_time(received_at, taken_at, time_source) < since:
+            held.earlier += 1
+            continue
         seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), _page_reading(reading))
-        pages = out.setdefault((kw, int(tps)), {})
+        pages = held.newest
         if halaman not in pages or seen.newer_than(pages[halaman]):
             pages[int(halaman)] = seen
     return out
@@ -113,16 +152,19 @@ def cross_page(readings: list[dict]) -> dict:
         return {"tps": True, "form": None, "status": "review", "reasons": [why], "checks": []}
 
 
-def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSeen]]) -> list[TpsResult]:
+def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages]) -> list[TpsResult]:
     """One TpsResult per TPS of the registry (``none`` if it sent nothing) and per TPS that sent readings."""
     places = {(e.kode_wilayah, e.tps) for e in (registry or {}).values() if e.kode_wilayah and e.tps}
     places |= set(pages)
     out = []
     for kw, tps in sorted(places):
-        got = pages.get((kw, tps), {})
+        held = pages.get((kw, tps), TpsPages())
+        got = held.newest
         kits = sorted({p.kit_id for p in got.values()})
+        earlier = ([f"{held.earlier} halaman difoto sebelum --since diabaikan / photographed before --since, "
+                    "left out (latihan H-1?)"] if held.earlier else [])
         if not got:
-            out.append(TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima"]))
+            out.append(TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima", *earlier]))
             continue
         readings = [{**p.reading, "page": h} for h, p in got.items()]
         verdict = cross_page(readings)
@@ -136,6 +178,7 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], dict[int, PageSee
             res.state = OK
         if len(kits) > 1:
             res.reasons.append(f"halaman dari beberapa kit: {', '.join(kits)} (periksa mana yang sah)")
+        res.reasons += earlier
         out.append(res)
     return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from comms import payloads, topics
 from comms.collector_store import CollectorStore
 from comms.signing import KitEntry, generate_key, registry_add
 from firmware import cli
-from firmware.results import INCOMPLETE, NONE, OK, REVIEW, assess, pages_from_collector_db
+from firmware.results import INCOMPLETE, NONE, OK, REVIEW, assess, pages_from_collector_db, parse_since
 from inference.synth import make_tps
 from tests.form_helpers import OTHER, install_second_form
 from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
@@ -38,7 +39,8 @@ class Kit:
         return KitEntry(self.kit_id, self.key.verify_key, self.kode_wilayah, self.tps)
 
     def page(self, halaman: int, *, status: str = "ok", change: dict | None = None,
-             form: str | None = None, fields: object = None) -> tuple[str, bytes]:
+             form: str | None = None, fields: object = None, taken_at: float = 1.0,
+             time_source: str = "rtc") -> tuple[str, bytes]:
         self.seq += 1
         values = {**self.numbers[halaman], **(change or {})}
         reading = {"page": halaman, "status": status, "reasons": [],
@@ -46,8 +48,8 @@ class Kit:
         if form is not None:  # as the kit's reader names it
             reading["form"] = form
         capture = f"c{self.seq}"
-        body = payloads.reading_body(capture_id=capture, halaman=halaman, reading=reading, taken_at=1.0,
-                                     time_source="rtc", photo=None, chunk_bytes=1000)
+        body = payloads.reading_body(capture_id=capture, halaman=halaman, reading=reading, taken_at=taken_at,
+                                     time_source=time_source, photo=None, chunk_bytes=1000)
         msg = payloads.build(self.key, kind="reading", msg_id=payloads.reading_id(self.kit_id, capture),
                              kit_id=self.kit_id, kode_wilayah=self.kode_wilayah, tps=self.tps, seq=self.seq,
                              created_at=2.0, body=body, epoch=EPOCH)
@@ -154,6 +156,51 @@ def test_a_signed_reading_whose_numbers_are_not_numbers_is_to_check_not_a_crash(
     assert [got[t].state for t in (1, 2, 3, 4)] == [REVIEW, REVIEW, REVIEW, OK]
     assert cli.main(["fleet", "results", "--collector-db", str(db)]) == 0
     assert "PERIKSA" in capsys.readouterr().out
+
+
+def test_since_leaves_out_the_practice_pages_of_h1(tmp_path, capsys):
+    """A page photographed on H-1 (a technician's or KPPS's practice press) made a TPS complete when polling
+    day's page never came. With --since the report counts only the pages photographed from then on: by the
+    kit's clock when it was synchronised, else by when the collector received them (a kit's unsynced clock
+    may be days behind; a page is never received before it is taken)."""
+    db = tmp_path / "collector.db"
+    now = time.time()
+    day, h1, today = now - 3600, now - 86400, now - 600  # polling day began an hour ago
+    practised, practice_only, unsynced, fresh = (Kit(f"kit-{k}", t) for t, k in enumerate("abcd", 1))
+    messages = [practised.page(3, taken_at=h1, time_source="ntp")]  # H-1 practice; polling day's page 3 lost
+    messages += [practised.page(h, taken_at=today, time_source="ntp") for h in (1, 2)]
+    messages += [practice_only.page(h, taken_at=h1, time_source="ntp") for h in (1, 2, 3)]
+    # a kit whose clock runs ten days behind, received now: a polling-day page, kept
+    messages += [unsynced.page(h, taken_at=now - 10 * 86400, time_source="unsynced") for h in (1, 2, 3)]
+    messages += [fresh.page(h, taken_at=today, time_source="ntp") for h in (1, 2, 3)]
+    kits = [practised, practice_only, unsynced, fresh]
+    _collect(db, kits, messages)
+    registry = {k.kit_id: k.entry for k in kits}
+
+    everything = {r.tps: r for r in assess(registry, pages_from_collector_db(db))}
+    assert [everything[t].state for t in (1, 2, 3, 4)] == [OK, OK, OK, OK]  # practice counted as results
+
+    got = {r.tps: r for r in assess(registry, pages_from_collector_db(db, since=day))}
+    assert got[1].state == INCOMPLETE and got[1].pages == {1: "ok", 2: "ok"}
+    assert any("1 halaman difoto sebelum --since" in r for r in got[1].reasons)
+    assert got[2].state == NONE and any("3 halaman difoto sebelum --since" in r for r in got[2].reasons)
+    assert got[3].state == OK and got[4].state == OK and got[4].reasons == []
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(day))
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--since", stamp, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]["total"]
+    assert summary == {"ok": 2, "review": 0, "incomplete": 1, "none": 1}
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--since", "14 Februari"]) == 2
+    err = capsys.readouterr().err
+    assert "--since '14 Februari'" in err and "2024-02-14" in err and "Traceback" not in err
+
+
+def test_since_reads_a_date_as_midnight_wib_and_keeps_a_given_offset():
+    assert parse_since("2024-02-14") == 1707843600.0  # 2024-02-13 17:00 UTC
+    assert parse_since("2024-02-14T07:00") == parse_since("2024-02-14T00:00Z") == 1707868800.0
+    assert parse_since(" 2024-02-14T07:00+08:00 ") == 1707865200.0  # 07:00 WITA
+    with pytest.raises(ValueError, match="2024-02-14T07:00"):
+        parse_since("kemarin")
 
 
 def test_fleet_results_command_json_csv_and_bad_database(tmp_path, capsys):
