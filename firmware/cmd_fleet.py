@@ -116,11 +116,13 @@ def _results(args: argparse.Namespace) -> int:
 
             registry = load_kit_registry(args.registry)
         since = results.parse_since(args.since) if args.since else None
-        pages = results.pages_from_collector_db(args.collector_db, kabupaten=args.kabupaten, since=since)
+        where = {"kabupaten": args.kabupaten, "since": since}
+        pages = results.pages_from_collector_db(args.collector_db, **where)
+        rejected = results.rejected_from_collector_db(args.collector_db, **where)
     except (OSError, ValueError, ConnectionError) as exc:
         print(f"tpskit fleet results: {exc}", file=sys.stderr)
         return 2
-    found = results.assess(registry, pages)
+    found = results.assess(registry, pages, rejected=rejected)
     if args.kabupaten:
         found = [r for r in found if r.kabupaten == args.kabupaten]
     if args.csv and not _write_csv(results.to_csv(found), args.csv, "results"):

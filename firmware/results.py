@@ -24,6 +24,20 @@ MIXED_FORMS_ADVICE = "Periksa kit mana yang memotret formulir yang salah."
 READINGS_SQL = ("SELECT r.kode_wilayah, r.tps, r.halaman, r.kit_id, m.epoch, r.seq, r.received_at, "
                 "r.reading, r.taken_at, r.time_source "
                 "FROM readings r JOIN messages m ON m.id = r.message_id WHERE r.halaman IS NOT NULL")
+# the readings the collector refused and never stored later (a kit resends what is not acked: once its
+# registry row is fixed the resends are stored, and the refusal is history)
+REJECTS_SQL = ("SELECT topic, reason, received_at FROM rejects WHERE topic LIKE '%/reading' "
+               "AND (message_id IS NULL OR message_id NOT IN (SELECT message_id FROM readings))")
+# what an operator can do about each refusal (comms.collector_store's reasons)
+REJECT_HINTS = {
+    "unknown_kit": "kit tidak ada di registry collector → tambahkan baris registry kit itu "
+                   "(provision --export)",
+    "bad_signature": "tanda tangan tidak cocok dengan kunci di registry → kit diprovision ulang? perbarui "
+                     "baris registry-nya",
+    "wrong_tps": "kit terdaftar untuk TPS lain → periksa provisioning kit dan registry",
+    "topic_mismatch": "topik tidak sesuai isi pesan → periksa provisioning kit",
+    "schema": "format pesan tidak dikenal → samakan versi tpskit di kit dan collector",
+}
 WIB = timezone(timedelta(hours=7))  # a --since without its own UTC offset is Western Indonesia Time
 
 
@@ -116,6 +130,42 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None, s
     return out
 
 
+def rejected_from_collector_db(path: Path | str, *, kabupaten: str | None = None, since: float | None = None,
+                               ) -> dict[tuple[str, int], dict[str, int]]:
+    """(kode wilayah, TPS) -> refusal reason -> how many page readings the collector refused and never stored
+    (received from ``since`` on, if given): a TPS whose every page was refused otherwise shows only 'nothing
+    received'. Empty for a database without a rejects table."""
+    from comms.collector_store import StoreUnavailable, read_rows
+    from comms.topics import parse_topic
+
+    try:
+        rows = read_rows(path, REJECTS_SQL)
+    except ValueError:
+        return {}
+    except StoreUnavailable as exc:
+        raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
+    out: dict[tuple[str, int], dict[str, int]] = {}
+    for topic, reason, received_at in rows:
+        if since is not None and received_at < since:
+            continue
+        try:
+            where = parse_topic(str(topic).rsplit("/", 3)[0], str(topic))
+        except ValueError:
+            continue
+        if kabupaten is not None and not where.kode_wilayah.startswith(kabupaten + "."):
+            continue
+        counts = out.setdefault((where.kode_wilayah, where.tps), {})
+        counts[reason] = counts.get(reason, 0) + 1
+    return out
+
+
+def _rejected_reason(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    why = "; ".join(f"{reason} ×{n}" + (f": {REJECT_HINTS[reason]}" if reason in REJECT_HINTS else "")
+                    for reason, n in sorted(counts.items()))
+    return f"collector menolak {total} pesan halaman / refused {total} page messages ({why})"
+
+
 def _page_reading(text: str) -> dict:
     """A stored reading (JSON) as the cross-page rules take it: the collector keeps any JSON object a kit
     signed, so a field whose value is no whole number (text, a kit of another version) counts as not read
@@ -152,10 +202,13 @@ def cross_page(readings: list[dict]) -> dict:
         return {"tps": True, "form": None, "status": "review", "reasons": [why], "checks": []}
 
 
-def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages]) -> list[TpsResult]:
-    """One TpsResult per TPS of the registry (``none`` if it sent nothing) and per TPS that sent readings."""
+def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages], *,
+           rejected: dict[tuple[str, int], dict[str, int]] | None = None) -> list[TpsResult]:
+    """One TpsResult per TPS of the registry (``none`` if it sent nothing), per TPS that sent readings and per
+    TPS whose pages the collector refused (``rejected``, from ``rejected_from_collector_db``: added to its
+    reasons with what to do)."""
     places = {(e.kode_wilayah, e.tps) for e in (registry or {}).values() if e.kode_wilayah and e.tps}
-    places |= set(pages)
+    places |= set(pages) | set(rejected or {})
     out = []
     for kw, tps in sorted(places):
         held = pages.get((kw, tps), TpsPages())
@@ -163,6 +216,8 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages]) -> lis
         kits = sorted({p.kit_id for p in got.values()})
         earlier = ([f"{held.earlier} halaman difoto sebelum --since diabaikan / photographed before --since, "
                     "left out (latihan H-1?)"] if held.earlier else [])
+        refused = (rejected or {}).get((kw, tps))
+        earlier += [_rejected_reason(refused)] if refused else []
         if not got:
             out.append(TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima", *earlier]))
             continue

@@ -15,7 +15,16 @@ from comms import payloads, topics
 from comms.collector_store import CollectorStore
 from comms.signing import KitEntry, generate_key, registry_add
 from firmware import cli
-from firmware.results import INCOMPLETE, NONE, OK, REVIEW, assess, pages_from_collector_db, parse_since
+from firmware.results import (
+    INCOMPLETE,
+    NONE,
+    OK,
+    REVIEW,
+    assess,
+    pages_from_collector_db,
+    parse_since,
+    rejected_from_collector_db,
+)
 from inference.synth import make_tps
 from tests.form_helpers import OTHER, install_second_form
 from tests.pg import pg_cluster, pg_url  # noqa: F401 (fixtures)
@@ -193,6 +202,43 @@ def test_since_leaves_out_the_practice_pages_of_h1(tmp_path, capsys):
     assert cli.main(["fleet", "results", "--collector-db", str(db), "--since", "14 Februari"]) == 2
     err = capsys.readouterr().err
     assert "--since '14 Februari'" in err and "2024-02-14" in err and "Traceback" not in err
+
+
+def test_a_tps_whose_pages_the_collector_refused_says_so_and_what_to_do(collector_db, capsys):
+    """A kit re-provisioned with a new key whose registry row was not updated: the collector refuses every
+    page (bad signature) and the TPS showed only 'nothing received yet'. A refusal later made good (the row
+    fixed, the kit's resend stored) is history and not shown."""
+    db = collector_db
+    rekeyed, fixed, fine = Kit("kit-a", 1), Kit("kit-b", 2), Kit("kit-c", 3)
+    registered = {k.kit_id: k.entry for k in (rekeyed, fixed, fine)}
+    old_key = rekeyed.key
+    rekeyed.key = generate_key()  # the registry still has the old one
+    store = CollectorStore(db)
+    try:
+        for kit, halaman in [(rekeyed, 1), (rekeyed, 2), (rekeyed, 3), (fine, 1), (fine, 2), (fine, 3)]:
+            store.begin()
+            store.process(*kit.page(halaman), registered)
+            store.commit()
+        for h in (1, 2, 3):  # refused while its row is missing, stored when resent after the fix
+            topic, msg = fixed.page(h)
+            store.begin()
+            assert store.process(topic, msg, {}).status == "rejected"
+            assert store.process(topic, msg, registered).status == "stored"
+            store.commit()
+    finally:
+        store.close()
+    assert rekeyed.key is not old_key
+
+    got = {r.tps: r for r in assess(registered, pages_from_collector_db(db),
+                                     rejected=rejected_from_collector_db(db))}
+    assert got[1].state == NONE
+    (refused,) = [r for r in got[1].reasons if "menolak" in r]
+    assert "3 pesan halaman" in refused and "bad_signature ×3" in refused and "registry" in refused
+    assert got[2].state == OK and got[2].reasons == [] and got[3].reasons == []
+    assert rejected_from_collector_db(db, kabupaten="31.72") == {}
+    assert rejected_from_collector_db(db, since=time.time() + 60) == {}
+    assert cli.main(["fleet", "results", "--collector-db", str(db)]) == 0
+    assert "bad_signature ×3" in capsys.readouterr().out
 
 
 def test_since_reads_a_date_as_midnight_wib_and_keeps_a_given_offset():
