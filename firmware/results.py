@@ -74,6 +74,9 @@ class TpsResult:
     pages: dict[int, str] = field(default_factory=dict)  # halaman -> the page's status (ok / review)
     reasons: list[str] = field(default_factory=list)
     kits: list[str] = field(default_factory=list)
+    # the numbers of the newest pages, field by field in page order (None: not read); a name two pages share
+    # is given as h<halaman>.<name> on the later page
+    numbers: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def kabupaten(self) -> str:
@@ -225,17 +228,59 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages], *,
         verdict = cross_page(readings)
         statuses = {h: str(p.reading.get("status", "?")) for h, p in sorted(got.items())}
         res = TpsResult(kw, tps, REVIEW, statuses,
-                        [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits)
+                        [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits,
+                        _numbers(got, verdict.get("form")))
+        strangers = _not_registered_here(registry, kits, kw, tps)
         missing = [h for h in PAGES if h not in got]
         if missing:
             res.state = INCOMPLETE
-        elif verdict["status"] == "ok" and len(kits) == 1:
+        elif verdict["status"] == "ok" and len(kits) == 1 and not strangers:
             res.state = OK
         if len(kits) > 1:
             res.reasons.append(f"halaman dari beberapa kit: {', '.join(kits)} (periksa mana yang sah)")
+        if strangers:
+            res.reasons.append("halaman dari kit yang kini tidak terdaftar untuk TPS ini: "
+                               f"{', '.join(strangers)} (dicabut, diganti atau dipindah?) → periksa "
+                               "registry, foto ulang dengan kit yang terdaftar")
         res.reasons += earlier
         out.append(res)
     return out
+
+
+def _numbers(got: dict[int, PageSeen], form_id: str | None) -> dict[str, int | None]:
+    """The values of the newest pages' fields, page by page, each page's in the order its form lists them
+    (a signed reading's keys come sorted; fields the form does not know follow)."""
+    out: dict[str, int | None] = {}
+    for h, page in sorted(got.items()):
+        fields = page.reading.get("fields", {})
+        for name in sorted(fields, key=_field_order(form_id, h)):
+            out[name if name not in out else f"h{h}.{name}"] = fields[name].get("value")
+    return out
+
+
+def _field_order(form_id: str | None, halaman: int):
+    """Sort key: a field's place on its page's template (unknown fields last, by name)."""
+    from inference.templates import TemplateError, load_form
+
+    try:
+        names = [f.name for f in load_form(form_id).pages[halaman].fields] if form_id else []
+    except (TemplateError, KeyError, OSError):
+        names = []
+    place = {name: i for i, name in enumerate(names)}
+    return lambda name: (place.get(name, len(place)), name)
+
+
+def _not_registered_here(registry: dict | None, kits: list[str], kode_wilayah: str, tps: int) -> list[str]:
+    """Of the kits behind a TPS's pages, those the registry (when given) does not list for that TPS now: the
+    collector checked each page against its registry when it came, but a kit may since have been retired,
+    replaced or moved."""
+    if registry is None:
+        return []
+
+    def elsewhere(e) -> bool:  # a registry row without a place says nothing against it
+        return bool(e.kode_wilayah and e.kode_wilayah != kode_wilayah) or (e.tps is not None and e.tps != tps)
+
+    return [k for k in kits if (e := registry.get(k)) is None or elsewhere(e)]
 
 
 def summarize(results: Iterable[TpsResult]) -> dict[str, dict[str, int]]:
@@ -254,12 +299,18 @@ def _joined(reasons: list[str]) -> str:
 
 
 def to_csv(results: Iterable[TpsResult]) -> str:
+    """One row per TPS: its state, each page's status, kits and reasons, then every number read (a column
+    per field, in page order; empty where not read or not received)."""
+    results = list(results)
+    columns = list(dict.fromkeys(name for r in results for name in r.numbers))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["kode_wilayah", "tps", "state", "halaman_1", "halaman_2", "halaman_3", "kits", "reasons"])
+    w.writerow(["kode_wilayah", "tps", "state", "halaman_1", "halaman_2", "halaman_3", "kits", "reasons",
+                *columns])
     for r in results:
+        numbers = [r.numbers.get(c) for c in columns]
         w.writerow([r.kode_wilayah, r.tps, r.state, *(r.pages.get(h, "") for h in PAGES), " ".join(r.kits),
-                    _joined(r.reasons)])
+                    _joined(r.reasons), *("" if v is None else v for v in numbers)])
     return buf.getvalue()
 
 

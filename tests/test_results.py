@@ -241,6 +241,41 @@ def test_a_tps_whose_pages_the_collector_refused_says_so_and_what_to_do(collecto
     assert "bad_signature ×3" in capsys.readouterr().out
 
 
+def test_results_carry_the_numbers_read_and_csv_has_a_column_per_field(tmp_path, capsys):
+    """The operator's export is the point of polling day: the numbers of each TPS's newest pages, not only
+    their statuses."""
+    db = tmp_path / "collector.db"
+    full, partial = Kit("kit-a", 1), Kit("kit-b", 2)
+    messages = [full.page(h) for h in (1, 2, 3)] + [partial.page(2)]
+    _collect(db, [full, partial], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(db))}
+    expected = {**full.numbers[1], **full.numbers[2], **full.numbers[3]}
+    assert got[1].numbers == expected and list(got[1].numbers)[:1] == list(full.numbers[1])[:1]
+    assert got[2].numbers == partial.numbers[2]
+    out = tmp_path / "hasil.csv"
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--csv", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tps"][0]["numbers"] == expected
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [rows[0][k] for k in expected] == ["" if v is None else str(v) for v in expected.values()]
+    assert rows[1]["paslon_1"] == str(partial.numbers[2]["paslon_1"]) and rows[1]["dpt_jml"] == ""
+
+
+def test_pages_of_a_kit_the_registry_no_longer_lists_for_the_tps_are_to_check(tmp_path):
+    """The collector checked each page against its registry when it came; a kit retired or moved since (a
+    stolen kit revoked, a kit sent to another TPS) must not make a TPS complete."""
+    db = tmp_path / "collector.db"
+    kept, retired, moved = Kit("kit-a", 1), Kit("kit-b", 2), Kit("kit-c", 3)
+    _collect(db, [kept, retired, moved], [k.page(h) for k in (kept, retired, moved) for h in (1, 2, 3)])
+    now = {kept.kit_id: kept.entry, moved.kit_id: KitEntry(moved.kit_id, moved.key.verify_key, KW, 9)}
+    got = {r.tps: r for r in assess(now, pages_from_collector_db(db))}
+    assert got[1].state == OK and got[1].reasons == []
+    for tps, kit in ((2, retired), (3, moved)):
+        assert got[tps].state == REVIEW
+        assert any("tidak terdaftar untuk TPS ini: " + kit.kit_id in r for r in got[tps].reasons)
+    assert got[9].state == NONE  # where the moved kit is registered now: nothing from it there yet
+    assert {r.tps: r.state for r in assess(None, pages_from_collector_db(db))} == {1: OK, 2: OK, 3: OK}
+
+
 def test_since_reads_a_date_as_midnight_wib_and_keeps_a_given_offset():
     assert parse_since("2024-02-14") == 1707843600.0  # 2024-02-13 17:00 UTC
     assert parse_since("2024-02-14T07:00") == parse_since("2024-02-14T00:00Z") == 1707868800.0
