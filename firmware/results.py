@@ -16,7 +16,7 @@ from pathlib import Path
 
 OK, REVIEW, INCOMPLETE, NONE = "ok", "review", "incomplete", "none"
 LABELS = {OK: "LENGKAP", REVIEW: "PERIKSA", INCOMPLETE: "KURANG", NONE: "BELUM ADA"}
-PAGES = (1, 2, 3)
+PAGES = (1, 2, 3)  # the halaman of a TPS whose form is not known here (C.HASIL-PPWP: three)
 MIXED_FORMS_ADVICE = "Periksa kit mana yang memotret formulir yang salah."
 
 # the newest reading of every page: within a kit by (epoch, seq) (its clock may run behind), a second kit's
@@ -77,6 +77,7 @@ class TpsResult:
     # the numbers of the newest pages, field by field in page order (None: not read); a name two pages share
     # is given as h<halaman>.<name> on the later page
     numbers: dict[str, int | None] = field(default_factory=dict)
+    expected_pages: tuple[int, ...] = PAGES  # the halaman of the form its pages are of
 
     @property
     def kabupaten(self) -> str:
@@ -229,9 +230,9 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages], *,
         statuses = {h: str(p.reading.get("status", "?")) for h, p in sorted(got.items())}
         res = TpsResult(kw, tps, REVIEW, statuses,
                         [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits,
-                        _numbers(got, verdict.get("form")))
+                        _numbers(got, verdict.get("form")), _form_pages(verdict.get("form")))
         strangers = _not_registered_here(registry, kits, kw, tps)
-        missing = [h for h in PAGES if h not in got]
+        missing = [h for h in res.expected_pages if h not in got]
         if missing:
             res.state = INCOMPLETE
         elif verdict["status"] == "ok" and len(kits) == 1 and not strangers:
@@ -256,6 +257,16 @@ def _numbers(got: dict[int, PageSeen], form_id: str | None) -> dict[str, int | N
         for name in sorted(fields, key=_field_order(form_id, h)):
             out[name if name not in out else f"h{h}.{name}"] = fields[name].get("value")
     return out
+
+
+def _form_pages(form_id: str | None) -> tuple[int, ...]:
+    """The halaman of a form (its page templates), or ``PAGES`` when the form is not known here."""
+    from inference.templates import TemplateError, load_form
+
+    try:
+        return tuple(load_form(form_id).pages) if form_id else PAGES
+    except (TemplateError, OSError):
+        return PAGES
 
 
 def _field_order(form_id: str | None, halaman: int):
@@ -302,14 +313,15 @@ def to_csv(results: Iterable[TpsResult]) -> str:
     """One row per TPS: its state, each page's status, kits and reasons, then every number read (a column
     per field, in page order; empty where not read or not received)."""
     results = list(results)
+    pages = sorted({h for r in results for h in (*r.expected_pages, *r.pages)} or PAGES)
     columns = list(dict.fromkeys(name for r in results for name in r.numbers))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["kode_wilayah", "tps", "state", "halaman_1", "halaman_2", "halaman_3", "kits", "reasons",
+    w.writerow(["kode_wilayah", "tps", "state", *(f"halaman_{h}" for h in pages), "kits", "reasons",
                 *columns])
     for r in results:
         numbers = [r.numbers.get(c) for c in columns]
-        w.writerow([r.kode_wilayah, r.tps, r.state, *(r.pages.get(h, "") for h in PAGES), " ".join(r.kits),
+        w.writerow([r.kode_wilayah, r.tps, r.state, *(r.pages.get(h, "") for h in pages), " ".join(r.kits),
                     _joined(r.reasons), *("" if v is None else v for v in numbers)])
     return buf.getvalue()
 
@@ -321,7 +333,7 @@ def to_json(results: list[TpsResult]) -> dict:
 def table(results: list[TpsResult]) -> str:
     lines = []
     for r in results:
-        pages = " ".join(f"{h}:{r.pages.get(h, '-')}" for h in PAGES)
+        pages = " ".join(f"{h}:{r.pages.get(h, '-')}" for h in sorted({*r.expected_pages, *r.pages}))
         lines.append(f"{r.kode_wilayah:13} TPS {r.tps:>3}  {LABELS[r.state]:9} {pages:32} "
                      f"{_joined(r.reasons)}".rstrip())
     lines.append("")

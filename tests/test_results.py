@@ -24,6 +24,8 @@ from firmware.results import (
     pages_from_collector_db,
     parse_since,
     rejected_from_collector_db,
+    table,
+    to_csv,
 )
 from inference.synth import make_tps
 from tests.form_helpers import OTHER, install_second_form
@@ -141,6 +143,32 @@ def test_a_tps_whose_pages_are_of_different_forms_is_to_check_and_says_why(tmp_p
         why = [r for r in res.reasons if DEFAULT_FORM in r and OTHER in r]
         assert why and "halaman 2" in why[0]
     assert "halaman 3" in [r for r in got[1].reasons if OTHER in r][0]
+
+
+def test_a_tps_is_complete_when_every_page_of_its_form_came_however_many_there_are(tmp_path, monkeypatch):
+    """Forms are data: a form of four halaman is complete with four, incomplete (not 'to check') with three,
+    and its fourth page has its own status and numbers in the report."""
+    from inference import templates
+
+    root = install_second_form(tmp_path / "forms", monkeypatch)
+    page4 = json.loads((root / OTHER / "page3.json").read_text(encoding="utf-8"))
+    page4["page"], page4["tag"]["id"] = 4, page4["tag"]["id"] + 100
+    (root / OTHER / "page4.json").write_text(json.dumps(page4), encoding="utf-8")
+    load = templates.load_form
+    monkeypatch.setattr(templates, "load_form", lambda form_id=OTHER, forms_dir=root: load(form_id,
+                                                                                            forms_dir))
+    four, three = Kit("kit-a", 1), Kit("kit-b", 2)
+    four.numbers[4] = dict(four.numbers[3])
+    messages = [four.page(h, form=OTHER) for h in (1, 2, 3, 4)]
+    messages += [three.page(h, form=OTHER) for h in (1, 2, 3)]
+    _collect(tmp_path / "collector.db", [four, three], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(tmp_path / "collector.db"))}
+    assert got[1].state == OK and got[1].expected_pages == (1, 2, 3, 4) and got[1].pages[4] == "ok"
+    assert got[1].numbers["h4.suara_sah"] == four.numbers[3]["suara_sah"]
+    assert got[2].state == INCOMPLETE and any("4" in r for r in got[2].reasons)
+    rows = list(csv.DictReader(io.StringIO(to_csv(got.values()))))
+    assert rows[0]["halaman_4"] == "ok" and rows[1]["halaman_4"] == ""
+    assert "4:ok" in table(list(got.values())) and "4:-" in table(list(got.values()))
 
 
 def test_a_form_this_machine_does_not_know_is_to_check_not_a_crash(tmp_path):
