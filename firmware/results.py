@@ -19,8 +19,8 @@ LABELS = {OK: "LENGKAP", REVIEW: "PERIKSA", INCOMPLETE: "KURANG", NONE: "BELUM A
 PAGES = (1, 2, 3)  # the halaman of a TPS whose form is not known here (C.HASIL-PPWP: three)
 MIXED_FORMS_ADVICE = "Periksa kit mana yang memotret formulir yang salah."
 
-# the newest reading of every page: within a kit by (epoch, seq) (its clock may run behind), a second kit's
-# for the same TPS by when the collector received it
+# the newest reading of every page (``PageSeen.newer_than``): within one outbox by the kit's seq (its clock
+# may run behind), across outboxes and kits by when it was photographed (``page_time``)
 READINGS_SQL = ("SELECT r.kode_wilayah, r.tps, r.halaman, r.kit_id, m.epoch, r.seq, r.received_at, "
                 "r.reading, r.taken_at, r.time_source "
                 "FROM readings r JOIN messages m ON m.id = r.message_id WHERE r.halaman IS NOT NULL")
@@ -50,11 +50,21 @@ class PageSeen:
     seq: int
     received_at: float
     reading: dict
+    at: float | None = None  # when it was photographed (``page_time``); None: when it was received
 
     def newer_than(self, other: PageSeen) -> bool:
-        if self.kit_id == other.kit_id:
-            return (self.epoch, self.seq) > (other.epoch, other.seq)
-        return self.received_at > other.received_at
+        """Within one outbox (kit and epoch) by the kit's sequence (its clock may run behind). Across outboxes
+        (a replaced SD card: its epoch comes from the clock when its database was made, which may be behind
+        the old card's) and across kits by when each was photographed (``page_time``)."""
+        if (self.kit_id, self.epoch) == (other.kit_id, other.epoch):
+            return self.seq > other.seq
+        mine, theirs = self._when(), other._when()
+        if mine != theirs:
+            return mine > theirs
+        return self.kit_id == other.kit_id and self.epoch > other.epoch
+
+    def _when(self) -> float:
+        return self.received_at if self.at is None else self.at
 
 
 @dataclass
@@ -124,10 +134,11 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None, s
     out: dict[tuple[str, int], TpsPages] = {}
     for kw, tps, halaman, kit_id, epoch, seq, received_at, reading, taken_at, time_source in rows:
         held = out.setdefault((kw, int(tps)), TpsPages())
-        if since is not None and page_time(received_at, taken_at, time_source) < since:
+        at = page_time(received_at, taken_at, time_source)
+        if since is not None and at < since:
             held.earlier += 1
             continue
-        seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), _page_reading(reading))
+        seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), _page_reading(reading), at)
         pages = held.newest
         if halaman not in pages or seen.newer_than(pages[halaman]):
             pages[int(halaman)] = seen

@@ -51,7 +51,7 @@ class Kit:
 
     def page(self, halaman: int, *, status: str = "ok", change: dict | None = None,
              form: str | None = None, fields: object = None, taken_at: float = 1.0,
-             time_source: str = "rtc") -> tuple[str, bytes]:
+             time_source: str = "rtc", epoch: int = EPOCH) -> tuple[str, bytes]:
         self.seq += 1
         values = {**self.numbers[halaman], **(change or {})}
         reading = {"page": halaman, "status": status, "reasons": [],
@@ -63,7 +63,7 @@ class Kit:
                                      time_source=time_source, photo=None, chunk_bytes=1000)
         msg = payloads.build(self.key, kind="reading", msg_id=payloads.reading_id(self.kit_id, capture),
                              kit_id=self.kit_id, kode_wilayah=self.kode_wilayah, tps=self.tps, seq=self.seq,
-                             created_at=2.0, body=body, epoch=EPOCH)
+                             created_at=2.0, body=body, epoch=epoch)
         return topics.topic(PREFIX, self.kode_wilayah, self.tps, "reading"), msg
 
 
@@ -302,6 +302,33 @@ def test_pages_of_a_kit_the_registry_no_longer_lists_for_the_tps_are_to_check(tm
         assert any("tidak terdaftar untuk TPS ini: " + kit.kit_id in r for r in got[tps].reasons)
     assert got[9].state == NONE  # where the moved kit is registered now: nothing from it there yet
     assert {r.tps: r.state for r in assess(None, pages_from_collector_db(db))} == {1: OK, 2: OK, 3: OK}
+
+
+def test_a_replacement_card_whose_clock_was_behind_still_gives_the_newest_pages(tmp_path):
+    """A kit's SD card dies on polling day; the technician sets up a new card for the same kit, in the field
+    without NTP: its outbox's epoch comes from a clock behind the old card's. Its pages, photographed later,
+    must win over the dead card's, whether its clock synced later or not; within one card the kit's
+    sequence still decides, whatever its clock says."""
+    db = tmp_path / "collector.db"
+    now = time.time()
+    synced, unsynced = Kit("kit-a", 1), Kit("kit-b", 2)
+    messages = []
+    for kit, source in ((synced, "ntp"), (unsynced, "unsynced")):
+        messages += [kit.page(h, taken_at=now - 7200, time_source="ntp") for h in (1, 2, 3)]  # the old card
+        # the new card's outbox: an epoch from a clock a year behind (its seq would start again at 1; the
+        # test's message ids need it to go on)
+        taken = now - 600 if source == "ntp" else now - 400 * 86400
+        messages += [kit.page(2, change={"paslon_1": 777}, taken_at=taken, time_source=source,
+                              epoch=EPOCH - 365 * 86400 * 1000)]
+    _collect(db, [synced, unsynced], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(db))}
+    for tps in (1, 2):
+        assert got[tps].numbers["paslon_1"] == 777
+
+    same = Kit("kit-c", 3)  # one card, a clock that jumped back between two photos of page 2
+    _collect(db, [same], [same.page(2, taken_at=now - 60, time_source="ntp"),
+                          same.page(2, change={"paslon_1": 555}, taken_at=now - 3600, time_source="ntp")])
+    assert {r.tps: r for r in assess(None, pages_from_collector_db(db))}[3].numbers["paslon_1"] == 555
 
 
 def test_since_reads_a_date_as_midnight_wib_and_keeps_a_given_offset():
