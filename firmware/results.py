@@ -74,6 +74,39 @@ class TpsPages:
 
     newest: dict[int, PageSeen] = field(default_factory=dict)
     earlier: int = 0
+    # halaman -> kit -> that kit's newest reading of it (a TPS served by two kits: a replaced kit, a spare)
+    by_kit: dict[int, dict[str, PageSeen]] = field(default_factory=dict)
+
+    def add(self, halaman: int, seen: PageSeen) -> None:
+        """Keep ``seen`` if it is the newest of its halaman overall or from its kit."""
+        if halaman not in self.newest or seen.newer_than(self.newest[halaman]):
+            self.newest[halaman] = seen
+        mine = self.by_kit.setdefault(halaman, {})
+        if seen.kit_id not in mine or seen.newer_than(mine[seen.kit_id]):
+            mine[seen.kit_id] = seen
+
+    def other_kits_disagree(self) -> list[str]:
+        """Each halaman another kit read with other numbers than the page taken as newest (a number both
+        read): a person must look, whichever kit photographed last."""
+        out = []
+        for h, page in sorted(self.newest.items()):
+            mine = _values(page)
+            for kit_id, other in sorted(self.by_kit.get(h, {}).items()):
+                if kit_id == page.kit_id:
+                    continue
+                theirs = _values(other)
+                diff = [n for n in mine if mine[n] is not None and theirs.get(n) is not None
+                        and mine[n] != theirs[n]]
+                if diff:
+                    shown = ", ".join(f"{n} {theirs[n]} (terbaru {mine[n]})" for n in diff[:3])
+                    more = " …" if len(diff) > 3 else ""
+                    out.append(f"halaman {h} dari {kit_id} terbaca lain: {shown}{more} → periksa "
+                               "formulir dan foto kedua kit")
+        return out
+
+
+def _values(page: PageSeen) -> dict[str, int | None]:
+    return {name: f.get("value") for name, f in page.reading.get("fields", {}).items()}
 
 
 @dataclass
@@ -138,10 +171,8 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None, s
         if since is not None and at < since:
             held.earlier += 1
             continue
-        seen = PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at), _page_reading(reading), at)
-        pages = held.newest
-        if halaman not in pages or seen.newer_than(pages[halaman]):
-            pages[int(halaman)] = seen
+        held.add(int(halaman), PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at),
+                                        _page_reading(reading), at))
     return out
 
 
@@ -243,11 +274,13 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages], *,
                         [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits,
                         _numbers(got, verdict.get("form")), _form_pages(verdict.get("form")))
         strangers = _not_registered_here(registry, kits, kw, tps)
+        disagree = held.other_kits_disagree()
         missing = [h for h in res.expected_pages if h not in got]
         if missing:
             res.state = INCOMPLETE
-        elif verdict["status"] == "ok" and len(kits) == 1 and not strangers:
+        elif verdict["status"] == "ok" and len(kits) == 1 and not strangers and not disagree:
             res.state = OK
+        res.reasons += disagree
         if len(kits) > 1:
             res.reasons.append(f"halaman dari beberapa kit: {', '.join(kits)} (periksa mana yang sah)")
         if strangers:

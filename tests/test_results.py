@@ -331,6 +331,28 @@ def test_a_replacement_card_whose_clock_was_behind_still_gives_the_newest_pages(
     assert {r.tps: r for r in assess(None, pages_from_collector_db(db))}[3].numbers["paslon_1"] == 555
 
 
+def test_a_second_kit_reading_other_numbers_for_the_same_page_is_to_check(tmp_path):
+    """A TPS served by two kits (a kit replaced, a spare): the second kit's full set hid the first's. When
+    the same page reads the same on both, the TPS stays complete; when a number differs, a person must look
+    at the form and both photos, whichever kit photographed last."""
+    db = tmp_path / "collector.db"
+    first, spare = Kit("kit-a", 1), Kit("kit-b", 1)
+    again, replacement = Kit("kit-c", 2), Kit("kit-d", 2)
+    replacement.numbers = again.numbers
+    n = spare.numbers[1]
+    # the spare's page 1 is consistent in itself and with pages 2 and 3 (no rule fails), but not the first's
+    other = {"disabilitas_l": n["disabilitas_l"] + 1, "disabilitas_jml": n["disabilitas_jml"] + 1}
+    messages = [first.page(h) for h in (1, 2, 3)]
+    messages += [spare.page(1, change=other), spare.page(2), spare.page(3)]
+    messages += [again.page(h) for h in (1, 2, 3)] + [replacement.page(h) for h in (1, 2, 3)]
+    _collect(db, [first, spare, again, replacement], messages)
+    got = {r.tps: r for r in assess(None, pages_from_collector_db(db))}
+    assert got[1].kits == ["kit-b"] and got[1].state == REVIEW and len(got[1].reasons) == 1
+    assert got[1].reasons[0].startswith("halaman 1 dari kit-a terbaca lain: ")
+    assert f"disabilitas_l {n['disabilitas_l']} (terbaru {n['disabilitas_l'] + 1})" in got[1].reasons[0]
+    assert got[2].state == OK and got[2].kits == ["kit-d"] and got[2].reasons == []
+
+
 def test_since_reads_a_date_as_midnight_wib_and_keeps_a_given_offset():
     assert parse_since("2024-02-14") == 1707843600.0  # 2024-02-13 17:00 UTC
     assert parse_since("2024-02-14T07:00") == parse_since("2024-02-14T00:00Z") == 1707868800.0
