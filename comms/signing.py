@@ -220,8 +220,11 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
     path = Path(path)
     if path.is_dir():
         merged: dict[str, KitEntry] = {}
+        found_in: dict[str, Path] = {}
         for f in _registry_files(path):
-            merged.update(load_registry(f))
+            for kit_id, entry in load_registry(f).items():
+                _one_entry(kit_id, entry, merged.get(kit_id), f"{found_in.get(kit_id)} and {f}")
+                merged[kit_id], found_in[kit_id] = entry, f
         return merged
     if not path.exists():
         raise KeyFileError(
@@ -252,8 +255,18 @@ def load_registry(path: Path | str) -> dict[str, KitEntry]:
             raise KeyFileError(f"kit registry {path}, kit {kit_id}: {exc}") from None
         where, kw = f"kit registry {path}", row.get("kode_wilayah")
         kode_wilayah, tps = _checked_entry(where, kit_id, kw, row.get("tps"))
-        out[kit_id] = KitEntry(kit_id, key, kode_wilayah, tps)
+        entry = KitEntry(kit_id, key, kode_wilayah, tps)
+        _one_entry(kit_id, entry, out.get(kit_id), str(path))
+        out[kit_id] = entry
     return out
+
+
+def _one_entry(kit_id: str, entry: KitEntry, earlier: KitEntry | None, where: str) -> None:
+    """A kit listed twice must be listed the same: which key or TPS is right is the operator's call, not the
+    order the files are read in."""
+    if earlier is not None and earlier != entry:
+        raise KeyFileError(f"kit registry: kit {kit_id} is listed twice, differently (key or TPS), in "
+                           f"{where}: keep only its current row (the latest 'tpskit provision --export')")
 
 
 def load_kit_registry(path: Path | str) -> dict[str, KitEntry]:

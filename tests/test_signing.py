@@ -55,6 +55,26 @@ def test_registry_json_and_csv(tmp_path):
     assert signing.load_registry(csv_path)["kit-3"].tps is None
 
 
+def test_a_kit_listed_twice_differently_is_refused_not_taken_by_file_order(tmp_path):
+    """Two rows of one kit with other keys or TPS (an old export beside the new one): which is right is the
+    operator's call; the last file read used to win silently. The same row twice is harmless."""
+    old, new = signing.generate_key(), signing.generate_key()
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    header = "kit_id,public_key,kode_wilayah,tps\n"
+    (folder / "kit-1.csv").write_text(header + f"kit-1,{signing.public_key_b64(new)},31.71.01.1001,7\n")
+    (folder / "kit-1-copy.csv").write_text(header + f"kit-1,{signing.public_key_b64(new)},31.71.01.1001,7\n")
+    assert bytes(signing.load_registry(folder)["kit-1"].public_key) == bytes(new.verify_key)
+    (folder / "kit-1-old.csv").write_text(header + f"kit-1,{signing.public_key_b64(old)},31.71.01.1001,7\n")
+    with pytest.raises(signing.KeyFileError, match=r"kit kit-1 is listed twice.*kit-1-old\.csv.*provision"):
+        signing.load_registry(folder)
+    moved = tmp_path / "kits.csv"
+    moved.write_text(header + f"kit-1,{signing.public_key_b64(new)},31.71.01.1001,7\n"
+                     f"kit-1,{signing.public_key_b64(new)},31.71.01.1001,8\n")
+    with pytest.raises(signing.KeyFileError, match="listed twice, differently"):
+        signing.load_registry(moved)
+
+
 @pytest.mark.parametrize(
     "kit_id, kw, tps, what",
     [
