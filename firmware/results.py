@@ -21,9 +21,13 @@ MIXED_FORMS_ADVICE = "Periksa kit mana yang memotret formulir yang salah."
 
 # the newest reading of every page (``PageSeen.newer_than``): within one outbox by the kit's seq (its clock
 # may run behind), across outboxes and kits by when it was photographed (``page_time``)
+# (and whether the page's photo is complete at the collector: the photo follows the numbers)
 READINGS_SQL = ("SELECT r.kode_wilayah, r.tps, r.halaman, r.kit_id, m.epoch, r.seq, r.received_at, "
-                "r.reading, r.taken_at, r.time_source "
-                "FROM readings r JOIN messages m ON m.id = r.message_id WHERE r.halaman IS NOT NULL")
+                "r.reading, r.taken_at, r.time_source, "
+                "CASE WHEN p.capture_id IS NULL THEN 0 ELSE 1 END "
+                "FROM readings r JOIN messages m ON m.id = r.message_id "
+                "LEFT JOIN photos p ON p.kit_id = r.kit_id AND p.capture_id = r.capture_id "
+                "WHERE r.halaman IS NOT NULL")
 # the readings the collector refused and never stored later (a kit resends what is not acked: once its
 # registry row is fixed the resends are stored, and the refusal is history)
 REJECTS_SQL = ("SELECT topic, reason, received_at FROM rejects WHERE topic LIKE '%/reading' "
@@ -51,6 +55,7 @@ class PageSeen:
     received_at: float
     reading: dict
     at: float | None = None  # when it was photographed (``page_time``); None: when it was received
+    photo: bool = False  # its photo is complete at the collector
 
     def newer_than(self, other: PageSeen) -> bool:
         """Within one outbox (kit and epoch) by the kit's sequence (its clock may run behind). Across outboxes
@@ -121,6 +126,8 @@ class TpsResult:
     # is given as h<halaman>.<name> on the later page
     numbers: dict[str, int | None] = field(default_factory=dict)
     expected_pages: tuple[int, ...] = PAGES  # the halaman of the form its pages are of
+    # received halaman whose photo (the evidence; it follows the numbers) is not complete at the collector yet
+    photos_missing: list[int] = field(default_factory=list)
 
     @property
     def kabupaten(self) -> str:
@@ -165,14 +172,14 @@ def pages_from_collector_db(path: Path | str, *, kabupaten: str | None = None, s
     except StoreUnavailable as exc:
         raise ConnectionError(f"database collector tidak bisa dihubungi: {exc}") from None
     out: dict[tuple[str, int], TpsPages] = {}
-    for kw, tps, halaman, kit_id, epoch, seq, received_at, reading, taken_at, time_source in rows:
+    for kw, tps, halaman, kit_id, epoch, seq, received_at, reading, taken_at, time_source, photo in rows:
         held = out.setdefault((kw, int(tps)), TpsPages())
         at = page_time(received_at, taken_at, time_source)
         if since is not None and at < since:
             held.earlier += 1
             continue
         held.add(int(halaman), PageSeen(kit_id, int(epoch or 0), int(seq), float(received_at),
-                                        _page_reading(reading), at))
+                                        _page_reading(reading), at, bool(photo)))
     return out
 
 
@@ -273,6 +280,7 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages], *,
         res = TpsResult(kw, tps, REVIEW, statuses,
                         [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits,
                         _numbers(got, verdict.get("form")), _form_pages(verdict.get("form")))
+        res.photos_missing = [h for h, p in sorted(got.items()) if not p.photo]
         strangers = _not_registered_here(registry, kits, kw, tps)
         disagree = held.other_kits_disagree()
         missing = [h for h in res.expected_pages if h not in got]
@@ -354,19 +362,21 @@ def _joined(reasons: list[str]) -> str:
 
 
 def to_csv(results: Iterable[TpsResult]) -> str:
-    """One row per TPS: its state, each page's status, kits and reasons, then every number read (a column
-    per field, in page order; empty where not read or not received)."""
+    """One row per TPS: its state, each page's status, kits, reasons, the received halaman whose photo is not
+    complete yet, then every number read (a column per field, in page order; empty where not read or not
+    received)."""
     results = list(results)
     pages = sorted({h for r in results for h in (*r.expected_pages, *r.pages)} or PAGES)
     columns = list(dict.fromkeys(name for r in results for name in r.numbers))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["kode_wilayah", "tps", "state", *(f"halaman_{h}" for h in pages), "kits", "reasons",
-                *columns])
+                "foto_belum", *columns])
     for r in results:
         numbers = [r.numbers.get(c) for c in columns]
         w.writerow([r.kode_wilayah, r.tps, r.state, *(r.pages.get(h, "") for h in pages), " ".join(r.kits),
-                    _joined(r.reasons), *("" if v is None else v for v in numbers)])
+                    _joined(r.reasons), " ".join(map(str, r.photos_missing)),
+                    *("" if v is None else v for v in numbers)])
     return buf.getvalue()
 
 

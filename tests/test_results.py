@@ -51,7 +51,7 @@ class Kit:
 
     def page(self, halaman: int, *, status: str = "ok", change: dict | None = None,
              form: str | None = None, fields: object = None, taken_at: float = 1.0,
-             time_source: str = "rtc", epoch: int = EPOCH) -> tuple[str, bytes]:
+             time_source: str = "rtc", epoch: int = EPOCH, photo: bytes | None = None) -> tuple[str, bytes]:
         self.seq += 1
         values = {**self.numbers[halaman], **(change or {})}
         reading = {"page": halaman, "status": status, "reasons": [],
@@ -60,11 +60,24 @@ class Kit:
             reading["form"] = form
         capture = f"c{self.seq}"
         body = payloads.reading_body(capture_id=capture, halaman=halaman, reading=reading, taken_at=taken_at,
-                                     time_source=time_source, photo=None, chunk_bytes=1000)
+                                     time_source=time_source, photo=photo, chunk_bytes=1000)
         msg = payloads.build(self.key, kind="reading", msg_id=payloads.reading_id(self.kit_id, capture),
                              kit_id=self.kit_id, kode_wilayah=self.kode_wilayah, tps=self.tps, seq=self.seq,
                              created_at=2.0, body=body, epoch=epoch)
         return topics.topic(PREFIX, self.kode_wilayah, self.tps, "reading"), msg
+
+    def photo(self, halaman: int, photo: bytes) -> list[tuple[str, bytes]]:
+        """The photo chunks of the last page sent (``page(..., photo=photo)``)."""
+        capture, out = f"c{self.seq}", []
+        for body in payloads.photo_chunk_bodies(capture_id=capture, halaman=halaman, photo=photo,
+                                                chunk_bytes=1000):
+            self.seq += 1
+            msg = payloads.build(self.key, kind="photo",
+                                 msg_id=payloads.photo_chunk_id(self.kit_id, capture, body["index"]),
+                                 kit_id=self.kit_id, kode_wilayah=self.kode_wilayah, tps=self.tps,
+                                 seq=self.seq, created_at=2.0, body=body, epoch=EPOCH)
+            out.append((topics.topic(PREFIX, self.kode_wilayah, self.tps, "photo"), msg))
+        return out
 
 
 def _collect(db, kits: list[Kit], messages: list[tuple[str, bytes]]) -> None:
@@ -286,6 +299,24 @@ def test_results_carry_the_numbers_read_and_csv_has_a_column_per_field(tmp_path,
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [rows[0][k] for k in expected] == ["" if v is None else str(v) for v in expected.values()]
     assert rows[1]["paslon_1"] == str(partial.numbers[2]["paslon_1"]) and rows[1]["dpt_jml"] == ""
+
+
+def test_results_say_which_pages_photos_have_not_arrived_yet(tmp_path, capsys):
+    """The numbers go first and the photo (the evidence) after it: a TPS is complete on its numbers, and the
+    report says whose photos are still on their way."""
+    db = tmp_path / "collector.db"
+    kit = Kit("kit-a", 1)
+    jpeg = b"\xff\xd8" + bytes(range(256)) * 9 + b"\xff\xd9"
+    messages = []
+    for h in (1, 2, 3):
+        messages.append(kit.page(h, photo=jpeg))
+        chunks = kit.photo(h, jpeg)
+        messages += chunks if h != 2 else chunks[:-1]  # page 2's last chunk still on its way
+    _collect(db, [kit], messages)
+    (res,) = assess(None, pages_from_collector_db(db))
+    assert res.state == OK and res.photos_missing == [2]
+    assert cli.main(["fleet", "results", "--collector-db", str(db), "--csv", "-"]) == 0
+    assert list(csv.DictReader(io.StringIO(capsys.readouterr().out)))[0]["foto_belum"] == "2"
 
 
 def test_pages_of_a_kit_the_registry_no_longer_lists_for_the_tps_are_to_check(tmp_path):
