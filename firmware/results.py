@@ -265,39 +265,44 @@ def assess(registry: dict | None, pages: dict[tuple[str, int], TpsPages], *,
     out = []
     for kw, tps in sorted(places):
         held = pages.get((kw, tps), TpsPages())
-        got = held.newest
-        kits = sorted({p.kit_id for p in got.values()})
-        earlier = ([f"{held.earlier} halaman difoto sebelum --since diabaikan / photographed before --since, "
-                    "left out (latihan H-1?)"] if held.earlier else [])
+        res = (_tps_result(kw, tps, held, registry) if held.newest
+               else TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima"]))
+        if held.earlier:
+            res.reasons.append(f"{held.earlier} halaman difoto sebelum --since diabaikan / photographed "
+                               "before --since, left out (latihan H-1?)")
         refused = (rejected or {}).get((kw, tps))
-        earlier += [_rejected_reason(refused)] if refused else []
-        if not got:
-            out.append(TpsResult(kw, tps, NONE, reasons=["belum ada halaman yang diterima", *earlier]))
-            continue
-        readings = [{**p.reading, "page": h} for h, p in got.items()]
-        verdict = cross_page(readings)
-        statuses = {h: str(p.reading.get("status", "?")) for h, p in sorted(got.items())}
-        res = TpsResult(kw, tps, REVIEW, statuses,
-                        [r.get("message") or r.get("code", "?") for r in verdict["reasons"]], kits,
-                        _numbers(got, verdict.get("form")), _form_pages(verdict.get("form")))
-        res.photos_missing = [h for h, p in sorted(got.items()) if not p.photo]
-        strangers = _not_registered_here(registry, kits, kw, tps)
-        disagree = held.other_kits_disagree()
-        missing = [h for h in res.expected_pages if h not in got]
-        if missing:
-            res.state = INCOMPLETE
-        elif verdict["status"] == "ok" and len(kits) == 1 and not strangers and not disagree:
-            res.state = OK
-        res.reasons += disagree
-        if len(kits) > 1:
-            res.reasons.append(f"halaman dari beberapa kit: {', '.join(kits)} (periksa mana yang sah)")
-        if strangers:
-            res.reasons.append("halaman dari kit yang kini tidak terdaftar untuk TPS ini: "
-                               f"{', '.join(strangers)} (dicabut, diganti atau dipindah?) → periksa "
-                               "registry, foto ulang dengan kit yang terdaftar")
-        res.reasons += earlier
+        if refused:
+            res.reasons.append(_rejected_reason(refused))
         out.append(res)
     return out
+
+
+def _tps_result(kode_wilayah: str, tps: int, held: TpsPages, registry: dict | None) -> TpsResult:
+    """The verdict on a TPS's newest pages: complete, to check (a page or a cross-page rule, several kits, a
+    kit not registered there, two kits reading a page differently) or incomplete."""
+    got = held.newest
+    kits = sorted({p.kit_id for p in got.values()})
+    verdict = cross_page([{**p.reading, "page": h} for h, p in got.items()])
+    form = verdict.get("form")
+    statuses = {h: str(p.reading.get("status", "?")) for h, p in sorted(got.items())}
+    res = TpsResult(kode_wilayah, tps, REVIEW, pages=statuses, kits=kits,
+                    reasons=[r.get("message") or r.get("code", "?") for r in verdict["reasons"]],
+                    numbers=_numbers(got, form), expected_pages=_form_pages(form),
+                    photos_missing=[h for h, p in sorted(got.items()) if not p.photo])
+    strangers = _not_registered_here(registry, kits, kode_wilayah, tps)
+    disagree = held.other_kits_disagree()
+    if any(h not in got for h in res.expected_pages):
+        res.state = INCOMPLETE
+    elif verdict["status"] == "ok" and len(kits) == 1 and not strangers and not disagree:
+        res.state = OK
+    res.reasons += disagree
+    if len(kits) > 1:
+        res.reasons.append(f"halaman dari beberapa kit: {', '.join(kits)} (periksa mana yang sah)")
+    if strangers:
+        res.reasons.append("halaman dari kit yang kini tidak terdaftar untuk TPS ini: "
+                           f"{', '.join(strangers)} (dicabut, diganti atau dipindah?) → periksa "
+                           "registry, foto ulang dengan kit yang terdaftar")
+    return res
 
 
 def _numbers(got: dict[int, PageSeen], form_id: str | None) -> dict[str, int | None]:
