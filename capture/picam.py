@@ -59,6 +59,9 @@ class Picamera2Camera(DriverCamera):
             raise CaptureError("Camera Module is still held by an earlier open or capture that hangs in the "
                                "driver; restart the kit if this repeats")
         try:
+            # Picamera2() opens a pipe before it looks the camera up and leaks it if there is none: ask first
+            if not Picamera2.global_camera_info():
+                raise IndexError("libcamera lists no camera")
             cam = Picamera2()
         except BaseException as exc:
             _IN_USE.release()

@@ -198,6 +198,7 @@ class StuckPicamera2:
     held = 0
     made = 0
     fail_start = 0  # this many start()s fail (no memory for the buffers)
+    cameras = 1  # Camera Modules libcamera lists (0: ribbon cable loose at boot)
     open_gate: threading.Event | None = None
     capture_gate: threading.Event | None = None
 
@@ -205,10 +206,17 @@ class StuckPicamera2:
         StuckPicamera2.made += 1
         if StuckPicamera2.open_gate is not None:
             StuckPicamera2.open_gate.wait(10)
+        if not StuckPicamera2.cameras:
+            raise IndexError("list index out of range")  # global_camera_info()[0], after os.pipe2()
         if StuckPicamera2.held:
             raise RuntimeError("Failed to acquire camera: Device or resource busy")
         StuckPicamera2.held += 1
         self.open = True
+
+    @staticmethod
+    def global_camera_info():
+        return [{"Model": "imx708", "Id": f"/base/i2c@{n}/imx708@1a", "Num": n}
+                for n in range(StuckPicamera2.cameras)]
 
     def create_still_configuration(self, **kw):
         return kw
@@ -246,7 +254,7 @@ def stuck_picamera2(monkeypatch):
     import sys
     import types
 
-    fresh = {"held": 0, "made": 0, "fail_start": 0, "open_gate": None, "capture_gate": None}
+    fresh = {"held": 0, "made": 0, "fail_start": 0, "cameras": 1, "open_gate": None, "capture_gate": None}
     for name, value in fresh.items():
         monkeypatch.setattr(StuckPicamera2, name, value)
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=StuckPicamera2))
@@ -265,6 +273,25 @@ def test_camera_module_that_fails_to_start_is_released_and_the_next_press_works(
         cam.open()
     frame = cam.capture()  # opened again at the press: the failed one was released, not left busy
     assert frame.source == "picamera2" and frame.image.shape == (120, 160)
+    cam.close()
+    assert stuck_picamera2.held == 0
+
+
+def test_no_camera_module_is_found_without_making_a_picamera2_each_retry(stuck_picamera2):
+    """picamera2 opens a pipe in Picamera2.__init__ before it looks the camera up (picamera2/picamera2.py:
+    os.pipe2, then global_camera_info()[camera_num] raises IndexError) and close() returns early on a camera
+    that never opened, so each Picamera2() without a camera leaked a file descriptor: the kit retries a
+    missing camera every 2 min all day until it runs out of them. libcamera is asked for the list first."""
+    from capture.picam import Picamera2Camera
+
+    stuck_picamera2.cameras = 0
+    cam = Picamera2Camera(CameraConfig(backend="picamera2", timeout_s=5))
+    for _ in range(3):
+        with pytest.raises(CaptureError, match="no Camera Module found.*ribbon cable"):
+            cam.open()
+    assert stuck_picamera2.made == 0
+    stuck_picamera2.cameras = 1  # (a new boot with the cable seated)
+    assert cam.capture().source == "picamera2"
     cam.close()
     assert stuck_picamera2.held == 0
 
