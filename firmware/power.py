@@ -51,19 +51,34 @@ class MAX17040Gauge:
     SOC_REGISTER = 0x04
 
     def __init__(self, *, bus: int = 1, address: int = 0x36) -> None:
-        try:
-            from smbus2 import SMBus
-        except ImportError as exc:
-            raise RuntimeError("fuel_gauge = 'max17040' needs smbus2 (apt install python3-smbus2)") from exc
-        self._bus = SMBus(bus)
+        # the bus is opened at the first read: a bus that is not there (I2C off) is an unreadable gauge, not a
+        # kit that cannot start (systemd would restart it until it reboots the Pi)
+        self._bus_number = bus
+        self._bus = None
         self._address = address
 
     def percent(self) -> float:
-        hi, lo = self._bus.read_i2c_block_data(self._address, self.SOC_REGISTER, 2)
+        hi, lo = self._open().read_i2c_block_data(self._address, self.SOC_REGISTER, 2)
         return min(100.0, hi + lo / 256.0)
 
+    def _open(self):
+        if self._bus is None:
+            try:
+                from smbus2 import SMBus
+            except ImportError:
+                raise OSError("fuel_gauge = 'max17040' needs smbus2: sudo apt install python3-smbus2"
+                              ) from None
+            try:
+                self._bus = SMBus(self._bus_number)
+            except OSError as exc:
+                raise OSError(f"I2C bus {self._bus_number} not available ({exc}): enable I2C (sudo "
+                              "raspi-config nonint do_i2c 0) and reboot") from None
+        return self._bus
+
     def close(self) -> None:
-        self._bus.close()
+        if self._bus is not None:
+            self._bus.close()
+            self._bus = None
 
 
 class FakeGauge:
@@ -106,18 +121,32 @@ class BatteryMonitor:
         self._was_critical = False
         self.when_low: Callback | None = None
         self.when_critical: Callback | None = None
+        # why a configured source cannot be read (the line could not be claimed, the gauge did not answer):
+        # the kit runs on without it, and says so (``problem``) in its readiness and heartbeat
+        self._line_problem: str | None = None
+        self._gauge_problem: str | None = None
         if power_config.low_battery_pin is not None:
             from gpiozero import DigitalInputDevice
 
-            # active low: the HAT pulls the line to GND when the battery is nearly empty
-            self._line = DigitalInputDevice(power_config.low_battery_pin, pull_up=True,
-                                            bounce_time=bounce_s, pin_factory=pin_factory)
-            self._line.when_activated = self._on_line
+            try:  # active low: the HAT pulls the line to GND when the battery is nearly empty
+                self._line = DigitalInputDevice(power_config.low_battery_pin, pull_up=True,
+                                                bounce_time=bounce_s, pin_factory=pin_factory)
+            except Exception as exc:  # noqa: BLE001 - gpiozero's pin errors: in use, no such pin, no access
+                self._line_problem = f"low-battery line GPIO{power_config.low_battery_pin}: {exc}"
+                log.error("%s: running without it", self._line_problem)
+            else:
+                self._line.when_activated = self._on_line
 
     @property
     def has_source(self) -> bool:
         """True if a low-battery line or a gauge is fitted."""
         return self._line is not None or self._gauge is not None
+
+    @property
+    def problem(self) -> str | None:
+        """Why a configured source cannot be read now (the line, the gauge's last read), or None."""
+        found = [p for p in (self._line_problem, self._gauge_problem) if p]
+        return "; ".join(found) or None
 
     def level(self) -> float | None:
         """State of charge in percent from the gauge, or None (no gauge, or it did not answer)."""
@@ -126,8 +155,11 @@ class BatteryMonitor:
         try:
             value = round(float(self._gauge.percent()), 1)
         except OSError as exc:
-            log.warning("fuel gauge not readable: %s", exc)
+            if self._gauge_problem is None:
+                log.warning("fuel gauge not readable: %s", exc)
+            self._gauge_problem = f"fuel gauge: {exc}"
             return None
+        self._gauge_problem = None
         with self._lock:
             self._level = value
         return value
@@ -171,9 +203,13 @@ class BatteryMonitor:
         return level
 
     def status(self) -> dict:
-        """For the heartbeat: ``{"percent": float|None, "low": bool, "critical": bool}``."""
+        """For the heartbeat: ``{"percent": float|None, "low": bool, "critical": bool}``, and ``problem``
+        when a configured source cannot be read."""
         level = self.level()
-        return {"percent": level, "low": self.low, "critical": self.critical}
+        out = {"percent": level, "low": self.low, "critical": self.critical}
+        if self.problem:
+            out["problem"] = self.problem
+        return out
 
     def _on_line(self) -> None:
         log.warning("low-battery line from the UPS HAT is active")

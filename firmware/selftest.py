@@ -322,14 +322,17 @@ def check_clock(*, now: float | None = None, source: str | None = None) -> Check
     return Check("clock", True, f"{stamp}, sinkron NTP")
 
 
+BATTERY_FIX = ("aktifkan I2C (sudo raspi-config nonint do_i2c 0, lalu reboot), periksa UPS HAT dan "
+               "'i2cdetect -y 1' (alamat 0x36), dan pin power.low_battery_pin")
+
+
 def check_battery(config: Config, *, pin_factory=None, gauge=None) -> tuple[Check, float | None]:
     from firmware.power import BatteryMonitor
 
     try:
         mon = BatteryMonitor(config.power, pin_factory=pin_factory, gauge=gauge)
-    except Exception as exc:  # noqa: BLE001 - e.g. smbus2 missing, I2C disabled
-        return Check("battery", False, f"sensor baterai tidak terbaca: {exc}",
-                     "aktifkan I2C (sudo raspi-config nonint do_i2c 0) dan periksa UPS HAT"), None
+    except Exception as exc:  # noqa: BLE001 - a BatteryMonitor that cannot even be built
+        return Check("battery", False, f"sensor baterai tidak terbaca: {exc}", BATTERY_FIX), None
     try:
         if not mon.has_source:
             return Check("battery", True, "tidak ada sensor baterai di konfigurasi", skipped=True), None
@@ -337,6 +340,8 @@ def check_battery(config: Config, *, pin_factory=None, gauge=None) -> tuple[Chec
         if mon.line_active:
             return Check("battery", False, "UPS HAT memberi sinyal baterai lemah",
                          "isi baterai / sambungkan listrik sebelum hari H"), level
+        if mon.problem:
+            return Check("battery", False, f"sensor baterai tidak terbaca: {mon.problem}", BATTERY_FIX), level
         if config.power.fuel_gauge != "none" and level is None:
             return Check("battery", False, "fuel gauge tidak menjawab di I2C",
                          "periksa UPS HAT dan 'i2cdetect -y 1' (alamat 0x36)"), None
@@ -651,6 +656,9 @@ def boot_report(config: Config, *, battery=None, max_age_days: float = 14.0, tri
         report.battery_percent = level
         if battery.has_source and battery.low:
             report.checks.append(Check("battery", False, f"baterai lemah ({level}%)", "isi baterai"))
+        elif battery.problem:  # the kit runs without it: no warning, no safe shutdown on a low battery
+            report.checks.append(Check("battery", False, f"sensor baterai tidak terbaca: {battery.problem}",
+                                       BATTERY_FIX))
         else:
             report.checks.append(Check("battery", True, f"{level}%" if level is not None else "normal",
                                        skipped=not battery.has_source))

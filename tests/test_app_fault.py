@@ -311,6 +311,25 @@ def test_build_kit_turns_a_camera_or_model_that_does_not_open_into_faults(tmp_pa
         kit.close()
 
 
+def test_a_kit_whose_fuel_gauge_is_unreachable_runs_and_its_readiness_says_why(tmp_path, photos, monkeypatch):
+    """fuel_gauge = "max17040" with I2C off or smbus2 missing: the kit is built and takes photos (it used to
+    exit at start, and systemd restarted it until the Pi rebooted); its readiness fails the battery check
+    with what to do, since it would neither warn of nor shut down safely on a low battery."""
+    import sys
+
+    from firmware.selftest import BATTERY_FIX, boot_report
+
+    monkeypatch.setitem(sys.modules, "smbus2", None)
+    cfg = make_config(tmp_path / "state", photos, power={"fuel_gauge": "max17040"})
+    kit = build_kit(cfg, with_courier=False, reader=StubReader())
+    try:
+        assert kit.faults == {} and kit.battery is not None
+        (check,) = [c for c in boot_report(cfg, battery=kit.battery).checks if c.name == "battery"]
+        assert not check.ok and "python3-smbus2" in check.detail and check.fix == BATTERY_FIX
+    finally:
+        kit.close()
+
+
 def test_status_names_the_part_that_is_down(tmp_path, photos, capsys):
     from firmware.cmd_status import collect, render
 

@@ -92,3 +92,54 @@ def test_max17040_reads_soc_register(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "smbus2", types.SimpleNamespace(SMBus=Bus))
     assert MAX17040Gauge().percent() == 57.5
+
+
+def test_a_fuel_gauge_that_cannot_be_reached_is_a_problem_to_report_not_a_kit_that_cannot_start(monkeypatch):
+    """I2C switched off (no /dev/i2c-1) or smbus2 missing: the gauge used to fail when the kit was built, so
+    `tpskit run` exited and systemd restarted it until it rebooted the Pi, over and over. Now the gauge reads
+    nothing, the monitor says why (and what to do), and a bus that comes back is read again."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "smbus2", None)  # not installed: the import fails
+    mon = BatteryMonitor(PowerConfig(fuel_gauge="max17040"))
+    assert mon.has_source and mon.level() is None
+    assert "python3-smbus2" in mon.problem and mon.status()["problem"] == mon.problem
+    mon.close()
+
+    answers: list = []
+
+    class Bus:
+        def __init__(self, n):
+            if not answers:
+                raise FileNotFoundError(2, "No such file or directory", f"/dev/i2c-{n}")
+
+        def read_i2c_block_data(self, addr, reg, length):
+            return answers
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "smbus2", types.SimpleNamespace(SMBus=Bus))
+    mon = BatteryMonitor(PowerConfig(fuel_gauge="max17040"))
+    assert mon.level() is None and "raspi-config nonint do_i2c 0" in mon.problem
+    answers[:] = [80, 0]  # I2C switched on
+    assert mon.level() == 80.0 and mon.problem is None and "problem" not in mon.status()
+    mon.close()
+
+
+def test_a_low_battery_line_that_cannot_be_claimed_is_a_problem_to_report():
+    """The pin is taken (another process, a wrong pin in the config): the kit runs on without the line and
+    says so, instead of failing to start."""
+    from gpiozero import DigitalInputDevice
+    from gpiozero.pins.mock import MockFactory
+
+    factory = MockFactory()
+    taken = DigitalInputDevice(6, pin_factory=factory)
+    try:
+        mon = BatteryMonitor(PowerConfig(low_battery_pin=6), pin_factory=factory)
+        assert not mon.has_source and not mon.line_active
+        assert mon.problem.startswith("low-battery line GPIO6: ")
+        mon.close()
+    finally:
+        taken.close()
