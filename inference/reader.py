@@ -128,7 +128,8 @@ OBJECT_DARK = 0.4  # ... dark: under this share of the paper's brightness (a sha
 GREY_INSET_MM = 0.8  # beyond the box edge inwards: the border's inner half (0.27 mm) + registration slack
 
 MESSAGES = {
-    "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
+    "digit_uncertain": ("Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas, "
+                        "satu angka per kotak, rata kanan."),
     "field_empty": "Kotak angka kosong: {fields}. Isi semua kotak (tulis 0 bila tidak ada).",
     "rule_failed": "Jumlah tidak cocok: {rules}. Periksa kembali penjumlahan pada formulir.",
     "bubble_mismatch": ("Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. "
@@ -1097,7 +1098,11 @@ class PageReader:
         }
         checks = rules_mod.check(page.rules, values)
         failed = [ch for ch in checks if ch["ok"] is False]
-        empty = [f.name for f in page.fields if f.required and values[f.name] is None]
+        # empty: nothing written in any of its boxes. A number the boxes hold but that is none the reader
+        # can take (2 written in the first of three boxes) is unclear: "fill the boxes, write 0" would have
+        # the KPPS make it 200.
+        empty = [f.name for f in page.fields if f.required and values[f.name] is None
+                 and all(int(labels[i]) == EMPTY for i in per_field[f.name])]
         mismatch = [f.name for f in page.fields
                     if bubbles.get(f.name, (None, ""))[1] == "read" and values[f.name] != bubbles[f.name][0]]
         floor = 1.0 - self.confidence

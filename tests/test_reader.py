@@ -472,6 +472,40 @@ def test_review_reasons_name_each_field_by_its_label_on_the_form():
         assert not any(name in reason["message"] for name in reason.get("fields", [])), reason
 
 
+def _photo_with_digit_in_box(seed: int, page_no: int, field: str, box: int, digit: int):
+    """A clean photo of page ``page_no`` of TPS with ``field`` left blank but for ``digit`` handwritten in its
+    box ``box`` (a number written left-aligned, or in the middle box)."""
+    from inference import handwriting
+    from inference.synth import INKS, _blend_ink, fill_page, photograph
+    from inference.templates import load_form
+
+    rng = np.random.default_rng(seed)
+    page = load_form().pages[page_no]
+    written = {**TPS[0][page_no], field: None}
+    ppm = 3.1
+    img = fill_page(page, written, px_per_mm=ppm, rng=rng, leading="blank")
+    b = page.by_name[field].boxes[box]
+    g = handwriting.render_digit(digit, height_px=int(b.h * ppm * 0.62), rng=rng)
+    _blend_ink(img, int((b.x + b.w / 2) * ppm - g.shape[1] / 2), int((b.y + b.h / 2) * ppm - g.shape[0] / 2),
+               g * 0.95, INKS["blue"])
+    photo, _, _ = photograph(img, page, src_px_per_mm=ppm, rng=rng, condition="clean", scale=SCALE)
+    return photo
+
+
+def test_a_number_written_left_aligned_is_not_called_empty():
+    """A KPPS who writes 2 in the first box of three and leaves the others blank has not left the field empty.
+    The reader said "Kotak angka kosong ... Isi semua kotak (tulis 0 bila tidak ada)": told so, the KPPS
+    fills the blank boxes with 0 and the number on the form becomes 200. Boxes that hold writing but no
+    number the reader can take are unclear (review, the digits shown), never empty."""
+    r = PageReader(classifier=CLASSIFIER).read(_photo_with_digit_in_box(5, 1, "surat_dikembalikan", 0, 2))
+    assert r.status == "review" and r.fields["surat_dikembalikan"]["digits"] == [2, None, None]
+    codes = {x["code"]: x for x in r.reasons}
+    assert "field_empty" not in codes, codes
+    assert "surat_dikembalikan" in codes["digit_uncertain"]["fields"]
+    assert "tulis 0" not in " ".join(x["message"] for x in r.reasons)
+    assert "rata kanan" in codes["digit_uncertain"]["message"]  # the boxes are filled from the right
+
+
 def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
     """The kit knows its TPS's DPT from provisioning (``kit.dpt``): page 1's I.A JML is compared with it. The
     same page is accepted when they agree, and sent to review naming the field when they do not (a misread
