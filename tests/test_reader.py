@@ -506,6 +506,29 @@ def test_a_number_written_left_aligned_is_not_called_empty():
     assert "rata kanan" in codes["digit_uncertain"]["message"]  # the boxes are filled from the right
 
 
+def test_a_reflection_that_blows_out_a_box_is_glare_never_a_number_read_without_its_digit():
+    """A lamp's reflection over a box blows its inside out and takes the handwriting with it while the
+    printed border still shows. Page 2 with no row sums and no bubbles blackened has nothing to check a
+    paslon's number against: 129 read as 29 (17 as 7, 90 as 0) was accepted. A box whose inside is partly
+    blown out is now refused as glare (move the lamp), as one whose border the reflection hides was."""
+    pages, bubbles, _ = make_tps(np.random.default_rng(3003), row_sums=0.0)
+    s = make_sample(3003, 2, condition="clean", scale=SCALE, tps=(pages, dict.fromkeys(bubbles), None))
+    reader = PageReader(classifier=CLASSIFIER)
+    clear = reader.read(s.image)
+    assert (clear.status, clear.values) == ("ok", s.written)
+    page = clear.registration.page
+    for name, radius in (("paslon_1", 18), ("paslon_2", 22), ("paslon_3", 10)):
+        box = page.by_name[name].boxes[3 - len(str(s.written[name]))]
+        centre = cv2.perspectiveTransform(np.float64([[box.center]]), s.homography)[0, 0]
+        spot = np.zeros(s.image.shape[:2], np.float32)
+        cv2.circle(spot, tuple(int(v) for v in centre), radius, 1.0, -1)
+        spot = cv2.GaussianBlur(spot, (0, 0), radius / 4)[..., None]
+        glared = np.clip(s.image * (1 - spot) + (255 + 0.3 * s.image) * spot, 0, 255).astype(np.uint8)
+        r = reader.read(glared)
+        assert r.status == "retake" and [x["code"] for x in r.reasons] == ["glare"], (name, r.values)
+        assert r.reasons[0]["fields"] == [name] and "lampu" in r.reasons[0]["message"]
+
+
 def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
     """The kit knows its TPS's DPT from provisioning (``kit.dpt``): page 1's I.A JML is compared with it. The
     same page is accepted when they agree, and sent to review naming the field when they do not (a misread
