@@ -51,8 +51,8 @@ import numpy as np
 from capture.quality import SATURATED, is_image, to_gray
 from inference import rules as rules_mod
 from inference.digits import paper_level
+from inference.register import BRIGHT_PAPER, Registration, RetakeError, rectify, register
 from inference.register import REASONS as RETAKE_MESSAGES
-from inference.register import Registration, RetakeError, rectify, register
 from inference.render import INK, page_style
 from inference.templates import DEFAULT_FORM, KNOWN_FACTS, Field, Form, PageTemplate, load_form
 
@@ -1013,7 +1013,10 @@ class PageReader:
         t = lap("cut", t)
         if hidden or glared:
             reasons = []
-            if hidden:
+            if hidden and set(hidden) <= grey and reg.metrics.get("paper", 255.0) < BRIGHT_PAPER:
+                # only light grey borders lost, in a dim photo: they fade in the dark, nothing lies on them
+                reasons.append(_reason("too_dark", fields=sorted(set(hidden))))
+            elif hidden:
                 reasons.append(_reason("covered", fields=sorted(set(hidden))))
             if glared:
                 reasons.append(_reason("glare", fields=sorted(set(glared))))

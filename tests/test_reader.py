@@ -529,6 +529,21 @@ def test_a_reflection_that_blows_out_a_box_is_glare_never_a_number_read_without_
         assert r.reasons[0]["fields"] == [name] and "lampu" in r.reasons[0]["message"]
 
 
+def test_a_dim_photo_that_loses_the_grey_row_sum_borders_is_too_dark_not_covered():
+    """In a dim photo (paper at 75-115 of 255 where the markers are; the page still registers) the light
+    grey row-sum borders of pages 2 and 3 fade below what counts as seen, while page 1 (black borders only) is
+    read. Those pages were refused as "covered": take your hand away, flatten the folds. The KPPS is now told
+    the photo is too dark (turn on the light), with the same retake."""
+    reader = PageReader(classifier=CLASSIFIER)
+    for seed, page, gain in ((622, 2, 0.6), (612, 2, 0.4), (603, 3, 0.4)):
+        s = make_sample(seed, page, condition="field", scale=SCALE, tps=TPS)
+        r = reader.read(np.clip(s.image * gain, 0, 255).astype(np.uint8))
+        assert r.status == "retake" and [x["code"] for x in r.reasons] == ["too_dark"], (seed, r.reasons)
+        assert "gelap" in r.reasons[0]["message"] and "tangan" not in r.reasons[0]["message"]
+    s = make_sample(612, 2, condition="field", scale=SCALE, tps=TPS, spoiled="hand")
+    assert [x["code"] for x in reader.read(s.image).reasons] == ["covered"]  # a hand in good light: covered
+
+
 def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
     """The kit knows its TPS's DPT from provisioning (``kit.dpt``): page 1's I.A JML is compared with it. The
     same page is accepted when they agree, and sent to review naming the field when they do not (a misread
