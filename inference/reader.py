@@ -48,11 +48,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from capture.quality import is_image, to_gray
+from capture.quality import SATURATED, is_image, to_gray
 from inference import rules as rules_mod
 from inference.digits import paper_level
+from inference.register import BRIGHT_PAPER, Registration, RetakeError, rectify, register
 from inference.register import REASONS as RETAKE_MESSAGES
-from inference.register import Registration, RetakeError, rectify, register
 from inference.render import INK, page_style
 from inference.templates import DEFAULT_FORM, KNOWN_FACTS, Field, Form, PageTemplate, load_form
 
@@ -123,12 +123,17 @@ BLANK_MIN_P = 0.9  # ... if the classifier also gives "empty" at least this (a f
 # mm of it dark.
 OBJECT_MM = 4.0
 OBJECT_DARK = 0.4  # ... dark: under this share of the paper's brightness (a shadow is 0.5-0.7)
+# A box whose inside is this much blown out (SATURATED) by a lamp's reflection may have lost its writing: a
+# leading digit gone reads 129 as 29, with nothing on the page to say so where no rule or bubble checks it.
+GLARE_BOX_SHARE = 0.03
+GLARE_INSET_MM = 1.2  # ... inside the box's printed border (1.06 mm)
 # A grey-bordered box (row sums) is classified from inside its border: printed light grey (0.53 mm) it keeps
 # too little contrast in a dim photo for the classifier's border removal, and its remains read as 1, 4 or 6.
 GREY_INSET_MM = 0.8  # beyond the box edge inwards: the border's inner half (0.27 mm) + registration slack
 
 MESSAGES = {
-    "digit_uncertain": "Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas.",
+    "digit_uncertain": ("Angka kurang jelas: {fields}. Periksa formulir dan pastikan angka ditulis jelas, "
+                        "satu angka per kotak, rata kanan."),
     "field_empty": "Kotak angka kosong: {fields}. Isi semua kotak (tulis 0 bila tidak ada).",
     "rule_failed": "Jumlah tidak cocok: {rules}. Periksa kembali penjumlahan pada formulir.",
     "bubble_mismatch": ("Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. "
@@ -651,6 +656,16 @@ def _sides_shown(tries: list[list[BoxCrop]], ppm: float) -> np.ndarray:
     return np.array([[_box_sides(bc.crop, ppm, grey_border=True)[0] for bc in t] for t in tries])
 
 
+def _washed_out(crop: np.ndarray, ppm: float) -> bool:
+    """Whether at least GLARE_BOX_SHARE of the inside of a box crop cut with CROP_MARGIN_MM is blown out
+    (averaged over 3 x 3 px: bright paper's noise alone never is)."""
+    if not (crop >= SATURATED).any():
+        return False
+    m = int(round((CROP_MARGIN_MM + GLARE_INSET_MM) * ppm))
+    inside = cv2.blur(crop, (3, 3))[m:-m, m:-m] if min(crop.shape) > 2 * m else crop
+    return np.count_nonzero(inside >= SATURATED) >= GLARE_BOX_SHARE * inside.size
+
+
 def _object_over(crop: np.ndarray, ppm: float) -> bool:
     """Whether a dark object lies over a box crop cut with CROP_MARGIN_MM: a dark mark at least OBJECT_MM wide
     whose extent reaches the crop's edge, outside the printed border."""
@@ -993,10 +1008,15 @@ class PageReader:
                 (glared if gl else hidden).append(bc.field)
             elif _object_over(bc.crop, ppm):  # its border seen through, or under, a dark object on the form
                 hidden.append(bc.field)
+            elif _washed_out(bc.crop, ppm):  # its border seen, the writing inside blown out by a reflection
+                glared.append(bc.field)
         t = lap("cut", t)
         if hidden or glared:
             reasons = []
-            if hidden:
+            if hidden and set(hidden) <= grey and reg.metrics.get("paper", 255.0) < BRIGHT_PAPER:
+                # only light grey borders lost, in a dim photo: they fade in the dark, nothing lies on them
+                reasons.append(_reason("too_dark", fields=sorted(set(hidden))))
+            elif hidden:
                 reasons.append(_reason("covered", fields=sorted(set(hidden))))
             if glared:
                 reasons.append(_reason("glare", fields=sorted(set(glared))))
@@ -1097,7 +1117,11 @@ class PageReader:
         }
         checks = rules_mod.check(page.rules, values)
         failed = [ch for ch in checks if ch["ok"] is False]
-        empty = [f.name for f in page.fields if f.required and values[f.name] is None]
+        # empty: nothing written in any of its boxes. A number the boxes hold but that is none the reader
+        # can take (2 written in the first of three boxes) is unclear: "fill the boxes, write 0" would have
+        # the KPPS make it 200.
+        empty = [f.name for f in page.fields if f.required and values[f.name] is None
+                 and all(int(labels[i]) == EMPTY for i in per_field[f.name])]
         mismatch = [f.name for f in page.fields
                     if bubbles.get(f.name, (None, ""))[1] == "read" and values[f.name] != bubbles[f.name][0]]
         floor = 1.0 - self.confidence

@@ -472,6 +472,78 @@ def test_review_reasons_name_each_field_by_its_label_on_the_form():
         assert not any(name in reason["message"] for name in reason.get("fields", [])), reason
 
 
+def _photo_with_digit_in_box(seed: int, page_no: int, field: str, box: int, digit: int):
+    """A clean photo of page ``page_no`` of TPS with ``field`` left blank but for ``digit`` handwritten in its
+    box ``box`` (a number written left-aligned, or in the middle box)."""
+    from inference import handwriting
+    from inference.synth import INKS, _blend_ink, fill_page, photograph
+    from inference.templates import load_form
+
+    rng = np.random.default_rng(seed)
+    page = load_form().pages[page_no]
+    written = {**TPS[0][page_no], field: None}
+    ppm = 3.1
+    img = fill_page(page, written, px_per_mm=ppm, rng=rng, leading="blank")
+    b = page.by_name[field].boxes[box]
+    g = handwriting.render_digit(digit, height_px=int(b.h * ppm * 0.62), rng=rng)
+    _blend_ink(img, int((b.x + b.w / 2) * ppm - g.shape[1] / 2), int((b.y + b.h / 2) * ppm - g.shape[0] / 2),
+               g * 0.95, INKS["blue"])
+    photo, _, _ = photograph(img, page, src_px_per_mm=ppm, rng=rng, condition="clean", scale=SCALE)
+    return photo
+
+
+def test_a_number_written_left_aligned_is_not_called_empty():
+    """A KPPS who writes 2 in the first box of three and leaves the others blank has not left the field empty.
+    The reader said "Kotak angka kosong ... Isi semua kotak (tulis 0 bila tidak ada)": told so, the KPPS
+    fills the blank boxes with 0 and the number on the form becomes 200. Boxes that hold writing but no
+    number the reader can take are unclear (review, the digits shown), never empty."""
+    r = PageReader(classifier=CLASSIFIER).read(_photo_with_digit_in_box(5, 1, "surat_dikembalikan", 0, 2))
+    assert r.status == "review" and r.fields["surat_dikembalikan"]["digits"] == [2, None, None]
+    codes = {x["code"]: x for x in r.reasons}
+    assert "field_empty" not in codes, codes
+    assert "surat_dikembalikan" in codes["digit_uncertain"]["fields"]
+    assert "tulis 0" not in " ".join(x["message"] for x in r.reasons)
+    assert "rata kanan" in codes["digit_uncertain"]["message"]  # the boxes are filled from the right
+
+
+def test_a_reflection_that_blows_out_a_box_is_glare_never_a_number_read_without_its_digit():
+    """A lamp's reflection over a box blows its inside out and takes the handwriting with it while the
+    printed border still shows. Page 2 with no row sums and no bubbles blackened has nothing to check a
+    paslon's number against: 129 read as 29 (17 as 7, 90 as 0) was accepted. A box whose inside is partly
+    blown out is now refused as glare (move the lamp), as one whose border the reflection hides was."""
+    pages, bubbles, _ = make_tps(np.random.default_rng(3003), row_sums=0.0)
+    s = make_sample(3003, 2, condition="clean", scale=SCALE, tps=(pages, dict.fromkeys(bubbles), None))
+    reader = PageReader(classifier=CLASSIFIER)
+    clear = reader.read(s.image)
+    assert (clear.status, clear.values) == ("ok", s.written)
+    page = clear.registration.page
+    for name, radius in (("paslon_1", 18), ("paslon_2", 22), ("paslon_3", 10)):
+        box = page.by_name[name].boxes[3 - len(str(s.written[name]))]
+        centre = cv2.perspectiveTransform(np.float64([[box.center]]), s.homography)[0, 0]
+        spot = np.zeros(s.image.shape[:2], np.float32)
+        cv2.circle(spot, tuple(int(v) for v in centre), radius, 1.0, -1)
+        spot = cv2.GaussianBlur(spot, (0, 0), radius / 4)[..., None]
+        glared = np.clip(s.image * (1 - spot) + (255 + 0.3 * s.image) * spot, 0, 255).astype(np.uint8)
+        r = reader.read(glared)
+        assert r.status == "retake" and [x["code"] for x in r.reasons] == ["glare"], (name, r.values)
+        assert r.reasons[0]["fields"] == [name] and "lampu" in r.reasons[0]["message"]
+
+
+def test_a_dim_photo_that_loses_the_grey_row_sum_borders_is_too_dark_not_covered():
+    """In a dim photo (paper at 75-115 of 255 where the markers are; the page still registers) the light
+    grey row-sum borders of pages 2 and 3 fade below what counts as seen, while page 1 (black borders only) is
+    read. Those pages were refused as "covered": take your hand away, flatten the folds. The KPPS is now told
+    the photo is too dark (turn on the light), with the same retake."""
+    reader = PageReader(classifier=CLASSIFIER)
+    for seed, page, gain in ((622, 2, 0.6), (612, 2, 0.4), (603, 3, 0.4)):
+        s = make_sample(seed, page, condition="field", scale=SCALE, tps=TPS)
+        r = reader.read(np.clip(s.image * gain, 0, 255).astype(np.uint8))
+        assert r.status == "retake" and [x["code"] for x in r.reasons] == ["too_dark"], (seed, r.reasons)
+        assert "gelap" in r.reasons[0]["message"] and "tangan" not in r.reasons[0]["message"]
+    s = make_sample(612, 2, condition="field", scale=SCALE, tps=TPS, spoiled="hand")
+    assert [x["code"] for x in reader.read(s.image).reasons] == ["covered"]  # a hand in good light: covered
+
+
 def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
     """The kit knows its TPS's DPT from provisioning (``kit.dpt``): page 1's I.A JML is compared with it. The
     same page is accepted when they agree, and sent to review naming the field when they do not (a misread
