@@ -53,6 +53,9 @@ READINESS_EVERY_S = 6 * 3600.0  # well inside fleet readiness's default maximum 
 FAULT_RETRY_S = 15.0  # a missing camera or model is opened again after this (and at every press), then
 FAULT_RETRY_MAX_S = 120.0  # ... twice as long after each failed try, up to this
 FAULT_REBOOT_AFTER_S = 120.0  # tpskit run under systemd: reboot once if a part is still down after this
+# the other pages of the TPS being photographed: those this kit read in the last 12 h (counting and filling
+# the plano take hours; an H-1 practice page is older)
+TPS_WINDOW_S = 12 * 3600.0
 OPEN_LIMIT_S = 60.0  # opening a part (the model on a Zero 2 W, a camera) is abandoned after this
 CAMERA_TIMEOUTS_FAULT = 2  # consecutive camera timeouts: the camera is wedged, close it and open it again
 FAULT_REBOOT_MARKER = "fault-reboot.json"  # in the state dir: the parts a reboot was already tried for
@@ -357,6 +360,8 @@ class Kit:
         except Exception as exc:  # noqa: BLE001 - the reader must never take the kit down
             log.exception("reader failed")
             return self._fail(press, msg.ERR_READER.format(detail=f"{type(exc).__name__}: {exc}"), steps)
+        if status != "retake":
+            status = self._against_other_pages(data, frame.taken_at)
         steps["read"] = _ms_since(t)
         t = time.monotonic()
         latency_ms = _ms_since(press.released_at)
@@ -393,6 +398,22 @@ class Kit:
             steps["submit"] = _ms_since(t)
         self._notify(verdict)
         return verdict
+
+    def _against_other_pages(self, data: dict, taken_at: float) -> str:
+        """The page's status after the cross-page rules against the TPS's other pages this kit read in the
+        last TPS_WINDOW_S: a page that breaks one goes to review (``data`` gains the reason), so the KPPS
+        checks the form while it is still at hand. A failure here never costs the page."""
+        from inference.reader import check_with_other_pages
+
+        try:
+            reason = check_with_other_pages(data, self.store.newest_pages(since=taken_at - TPS_WINDOW_S))
+        except Exception:  # noqa: BLE001 - a check that cannot run is no reason to lose the photo
+            log.warning("cross-page check failed", exc_info=True)
+            reason = None
+        if reason is not None:
+            data["reasons"] = [*data.get("reasons", []), reason]
+            data["status"] = "review"
+        return data.get("status", "review")
 
     def report_status(self, press: Press | None = None) -> str:
         """Long press: tell the status, retry anything not yet handed over, nudge the courier."""

@@ -278,6 +278,14 @@ class CaptureStore:
         rows = self.db[self.TABLE].rows_where("submitted_at IS NULL AND status != 'retake'", order_by="seq")
         return [CaptureRecord.from_row(r, self.state_dir) for r in rows]
 
+    def newest_pages(self, *, since: float) -> list[dict[str, Any]]:
+        """The reading of the newest ok/review capture of each halaman taken from ``since`` on (kit clock):
+        the other pages of the TPS being photographed now."""
+        rows = self.db.conn.execute(
+            f"SELECT halaman, reading FROM {self.TABLE} WHERE status != 'retake' AND halaman IS NOT NULL "
+            "AND taken_at >= ? ORDER BY seq", (since,)).fetchall()
+        return list({h: json.loads(r or "{}") for h, r in rows}.values())
+
     def last(self, n: int = 5) -> list[CaptureRecord]:
         rows = self.db[self.TABLE].rows_where(order_by="seq DESC", limit=n)
         return [CaptureRecord.from_row(r, self.state_dir) for r in rows]

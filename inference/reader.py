@@ -54,7 +54,7 @@ from inference.digits import paper_level
 from inference.register import BRIGHT_PAPER, Registration, RetakeError, rectify, register
 from inference.register import REASONS as RETAKE_MESSAGES
 from inference.render import INK, page_style
-from inference.templates import DEFAULT_FORM, KNOWN_FACTS, Field, Form, PageTemplate, load_form
+from inference.templates import DEFAULT_FORM, KNOWN_FACTS, Field, Form, PageTemplate, TemplateError, load_form
 
 __all__ = ["PageReader", "PageReading", "BoxCrop", "check_tps", "check_tps_pages", "tps_form", "MESSAGES",
            "EMPTY"]
@@ -136,6 +136,8 @@ MESSAGES = {
                         "satu angka per kotak, rata kanan."),
     "field_empty": "Kotak angka kosong: {fields}. Isi semua kotak (tulis 0 bila tidak ada).",
     "rule_failed": "Jumlah tidak cocok: {rules}. Periksa kembali penjumlahan pada formulir.",
+    "tps_rule_failed": ("Tidak cocok dengan halaman lain yang sudah difoto: {rules}. Periksa angka di semua "
+                        "halaman formulir; bila ada yang salah, perbaiki lalu foto ulang halaman itu."),
     "bubble_mismatch": ("Bulatan yang dihitamkan tidak sama dengan angka di kotak: {fields}. "
                         "Periksa dan perbaiki."),
     "bubble_unclear": "Bulatan kurang jelas: {fields}. Hitamkan tepat satu bulatan di setiap kolom.",
@@ -1222,6 +1224,27 @@ def check_tps(readings: list[PageReading | dict], *, form_id: str = DEFAULT_FORM
         "reasons": reasons,
         "checks": [{"rule": c["rule"], "ok": c["ok"]} for c in checks],
     }
+
+
+def check_with_other_pages(reading: dict, others: list[dict]) -> dict | None:
+    """A ``tps_rule_failed`` reason when ``reading`` (a page's ``to_dict()``) breaks a cross-page rule of its
+    form against the other pages of its TPS read before (``others``: the newest reading of each other
+    halaman), else None: the kit tells the KPPS while the form is still at hand, not the collector later.
+    Only rules that involve this page count (the others were told at their own page); pages of another
+    form, retakes and rules with a number not read are left out."""
+    page, form = reading.get("page"), reading.get("form", DEFAULT_FORM)
+    mine = [o for o in others if o.get("page") not in (None, page) and o.get("form", DEFAULT_FORM) == form
+            and o.get("status") != "retake"]
+    if page is None or not mine:
+        return None
+    try:
+        rules = [r for r in rules_mod.load_tps_rules(form)
+                 if any(f.startswith(f"p{page}.") for f in (*r.left, *r.right))]
+    except (TemplateError, OSError, ValueError, KeyError):
+        return None
+    values = {f"p{d['page']}.{k}": v for d in (*mine, reading) for k, v in _page_values(d).items()}
+    failed = [c for c in rules_mod.check_values(tuple(rules), values) if c["ok"] is False]
+    return _reason("tps_rule_failed", rules=[c["label"] for c in failed]) if failed else None
 
 
 MIXED_FORMS_ADVICE = "Periksa formulir tiap halaman: halaman tiap formulir diperiksa sebagai TPS tersendiri."

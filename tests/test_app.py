@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 
+import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
@@ -338,6 +340,58 @@ def test_a_long_press_without_a_signal_says_how_many_messages_wait_and_that_they
         assert "Belum ada sinyal" in waiting and "aman" in waiting
         assert h.kit._sending_text(1, connected=True) == msg.RESEND
         assert h.kit._sending_text(0, connected=False) == msg.SENT_ALL
+
+
+class ScriptedReading:
+    """A page reading given as the reader's dict (``to_dict``)."""
+
+    def __init__(self, data: dict) -> None:
+        self.data, self.status, self.annotated = data, data["status"], None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self.data))
+
+
+class ScriptedReader:
+    """Reads each photo as the next of the given page dicts."""
+
+    def __init__(self, pages: list[dict]) -> None:
+        self.pages = list(pages)
+
+    def read(self, image):
+        return ScriptedReading(self.pages.pop(0))
+
+
+def test_a_page_that_does_not_agree_with_the_pages_read_before_goes_to_review_at_once(tmp_path, photos):
+    """Page 3's V.C must equal page 1's I.B.4: the kit checks it when page 3 is read, while the KPPS still has
+    the form, instead of leaving it to the collector. Photographed again with the slip corrected, the page is
+    ok. Only pages taken within the window count (an H-1 practice page is older)."""
+    from inference.synth import make_tps
+
+    numbers = make_tps(np.random.default_rng(5))[0]
+
+    def page(h: int, **change) -> dict:
+        return {"form": "C.HASIL-PPWP-2024", "page": h, "status": "ok", "reasons": [], "checks": [],
+                "fields": {k: {"value": v} for k, v in {**numbers[h], **change}.items()}}
+
+    for i in range(4):
+        write_photo(photos / f"{i}.jpg", 220)
+    cfg = make_config(tmp_path / "state", photos)
+    slip = numbers[3]["total_suara"] + 10
+    reader = ScriptedReader([page(1), page(2), page(3, total_suara=slip), page(3)])
+    with KitHarness(cfg, reader=reader) as h:
+        for _ in range(2):
+            h.press()
+            assert h.verdict().pattern == "ok"
+        h.press()
+        v = h.verdict()
+        assert v.pattern == "review" and "Tidak cocok dengan halaman lain" in v.message and "V.C" in v.message
+        assert v.record.status == "review" and v.record.reading["reasons"][-1]["code"] == "tps_rule_failed"
+        h.press()  # the form corrected and page 3 photographed again
+        assert h.verdict().pattern == "ok"
+    newest = h.store.newest_pages(since=0)
+    assert [p["page"] for p in newest] == [1, 2, 3] and newest[2]["status"] == "ok"  # the corrected page 3
+    assert h.store.newest_pages(since=time.time() + 1) == []  # pages taken before the window: not compared
 
 
 def test_unsent_captures_are_resubmitted_at_start(tmp_path, photos):

@@ -9,6 +9,7 @@ import pytest
 from inference.reader import PageReader, check_tps
 from inference.register import RetakeError
 from inference.synth import make_sample, make_tps
+from inference.templates import DEFAULT_FORM
 
 digits = pytest.importorskip("inference.digits")
 try:
@@ -570,3 +571,30 @@ def test_a_dpt_that_differs_from_the_provisioned_one_goes_to_review(readings):
 def test_a_known_fact_the_reader_cannot_use_is_refused_when_the_reader_is_made(known, why):
     with pytest.raises(ValueError, match=why):
         PageReader(classifier=CLASSIFIER, known=known)
+
+
+def _tps_pages(change: dict[int, dict] | None = None) -> dict[int, dict]:
+    """The three pages of one consistent generated TPS as the reader's dicts (``change``: numbers to set)."""
+    numbers = make_tps(np.random.default_rng(5))[0]
+    return {h: {"form": DEFAULT_FORM, "page": h, "status": "ok", "reasons": [],
+                "fields": {k: {"value": v} for k, v in {**numbers[h], **(change or {}).get(h, {})}.items()}}
+            for h in (1, 2, 3)}
+
+
+def test_a_page_that_breaks_a_cross_page_rule_with_pages_read_before_says_so():
+    """The kit checks the form's cross-page rules as soon as the pages they join are read: V.C (page 3) must
+    equal I.B.4 and II.2 (page 1). A page consistent with the others, or with nothing to compare yet, passes;
+    a rule between two earlier pages was told at its own page; retakes and other forms' pages are left out."""
+    from inference.reader import check_with_other_pages
+
+    pages = _tps_pages()
+    assert check_with_other_pages(pages[3], [pages[1], pages[2]]) is None
+    assert check_with_other_pages(pages[1], []) is None
+    off = _tps_pages({3: {"total_suara": pages[3]["fields"]["total_suara"]["value"] + 10}})
+    reason = check_with_other_pages(off[3], [pages[1], pages[2]])
+    assert reason["code"] == "tps_rule_failed" and "V.C = I.B.4" in reason["message"]
+    assert reason["message"].startswith("Tidak cocok dengan halaman lain")
+    assert "V.C = II.2" in reason["message"] and "V.A" not in reason["message"]
+    assert check_with_other_pages(pages[2], [pages[1], off[3]]) is None  # V.A holds; V.C was told at page 3
+    assert check_with_other_pages(off[3], [{**pages[1], "status": "retake"}, pages[2]]) is None
+    assert check_with_other_pages(off[3], [{**pages[1], "form": "C.HASIL-LAIN-2024"}, pages[2]]) is None
