@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -1187,6 +1187,12 @@ def _page_values(d: dict) -> dict:
     return {k: v.get("value") for k, v in d.get("fields", {}).items()}
 
 
+def _tps_values(pages: Iterable[dict]) -> dict:
+    """The numbers of a TPS's pages as the cross-page rules name them (``p<page>.<field>``; a later reading
+    of a page replaces an earlier one)."""
+    return {f"p{d['page']}.{k}": v for d in pages for k, v in _page_values(d).items()}
+
+
 def check_tps(readings: list[PageReading | dict], *, form_id: str = DEFAULT_FORM) -> dict:
     """Cross-page rules of one TPS: ``{"tps": True, "status", "reasons", "checks"}``.
 
@@ -1206,7 +1212,7 @@ def check_tps(readings: list[PageReading | dict], *, form_id: str = DEFAULT_FORM
     missing = [p for p in form.pages if p not in by_page or by_page[p].get("status") == "retake"]
     not_ok = [p for p in form.pages if p in by_page and p not in missing
               and (by_page[p].get("status") == "review" or p in torn)]
-    values = {f"p{p}.{k}": v for p, d in by_page.items() for k, v in _page_values(d).items()}
+    values = _tps_values(by_page.values())
     checks = rules_mod.check_values(rules_mod.load_tps_rules(form_id), values)
     failed = [c for c in checks if c["ok"] is False]
     if missing:
@@ -1242,7 +1248,7 @@ def check_with_other_pages(reading: dict, others: list[dict]) -> dict | None:
                  if any(f.startswith(f"p{page}.") for f in (*r.left, *r.right))]
     except (TemplateError, OSError, ValueError, KeyError):
         return None
-    values = {f"p{d['page']}.{k}": v for d in (*mine, reading) for k, v in _page_values(d).items()}
+    values = _tps_values([*mine, reading])
     failed = [c for c in rules_mod.check_values(tuple(rules), values) if c["ok"] is False]
     return _reason("tps_rule_failed", rules=[c["label"] for c in failed]) if failed else None
 
