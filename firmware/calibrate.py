@@ -22,6 +22,9 @@ GOOD_PX_PER_MM = 3.0  # comfortable: an 18 mm box is >= 54 px
 MAX_GLARE = 0.002  # share of blown-out pixels inside the boxes
 SATURATED = 250
 MAX_EXPOSURE_US = 50_000  # the page lies still; longer risks hand shake of the stand
+# Lamps on Indonesia's 50 Hz mains (PLN) flicker at 100 Hz: an exposure of whole 10 ms periods takes in the
+# same light on every row of the rolling shutter, where another length shows dark bands across the page
+FLICKER_PERIOD_US = 10_000
 TARGET_PAPER = 200  # gray level of paper we aim for
 
 
@@ -225,6 +228,8 @@ def choose_settings(meta: dict | None, m: Measurement) -> dict:
             elif m.paper < 150:
                 total *= min(2.0, TARGET_PAPER / max(m.paper, 1.0))
         exposure_us = min(MAX_EXPOSURE_US, max(100, int(total / 1.0)))
+        if exposure_us >= FLICKER_PERIOD_US:  # shorter: a bright scene (daylight), and no whole period fits
+            exposure_us -= exposure_us % FLICKER_PERIOD_US
         gain_out = max(1.0, min(16.0, total / exposure_us))  # prefer exposure time to gain (less noise)
         out["exposure_us"] = int(exposure_us)
         out["analogue_gain"] = round(gain_out, 2)

@@ -83,6 +83,17 @@ def test_choose_settings_prefers_exposure_and_locks_focus(good):
     assert choose_settings(None, m) == {}
 
 
+def test_choose_settings_exposes_whole_flicker_periods_of_the_lamps(good):
+    """Lamps on 50 Hz mains flicker at 100 Hz: a fixed exposure of 43 ms would band the page on a rolling
+    shutter; 40 ms with the gain making up the light does not. A bright scene under 10 ms is left as it is."""
+    m = measure(good.image)
+    s = choose_settings({"ExposureTime": 21500, "AnalogueGain": 2.0}, m)
+    assert s["exposure_us"] == 40000 and s["analogue_gain"] == pytest.approx(43000 / 40000, abs=0.005)
+    assert choose_settings({"ExposureTime": 7000, "AnalogueGain": 1.0}, m)["exposure_us"] == 7000
+    dark = choose_settings({"ExposureTime": 66000, "AnalogueGain": 8.0}, m)
+    assert dark["exposure_us"] == 50000 and dark["exposure_us"] % 10000 == 0
+
+
 class MetaCamera(FolderCamera):
     """The folder camera plus the picamera2 metadata a Camera Module 3 would report (hardware edge)."""
 
